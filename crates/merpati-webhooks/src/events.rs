@@ -189,7 +189,10 @@ impl Event {
     /// Reads a body of either format, chosen by its `Content-Type`.
     pub fn from_body(content_type: Option<&str>, body: &[u8]) -> Result<Event, ParseError> {
         let is_form = content_type
-            .map(|ct| ct.trim_start().starts_with("application/x-www-form-urlencoded"))
+            .map(|ct| {
+                ct.trim_start()
+                    .starts_with("application/x-www-form-urlencoded")
+            })
             .unwrap_or(false);
         if is_form {
             Event::from_form(body)

@@ -51,8 +51,7 @@ pub fn decode(body: &[u8]) -> Result<Value, FormError> {
     let mut root = Map::new();
     for (key, value) in form_urlencoded::parse(body) {
         let path = split_key(&key).ok_or_else(|| FormError(key.to_string()))?;
-        insert(&mut root, &path, value.into_owned())
-            .ok_or_else(|| FormError(key.to_string()))?;
+        insert(&mut root, &path, value.into_owned()).ok_or_else(|| FormError(key.to_string()))?;
     }
     Ok(Value::Object(root))
 }

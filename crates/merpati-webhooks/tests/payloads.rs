@@ -63,12 +63,16 @@ fn device_disconnected_is_the_documents_example_to_the_byte() {
         String::from_utf8(event.to_json()).unwrap(),
         compact(DISCONNECTED_DOC)
     );
-    assert_eq!(Event::from_json(DISCONNECTED_DOC.as_bytes()).unwrap(), event);
+    assert_eq!(
+        Event::from_json(DISCONNECTED_DOC.as_bytes()).unwrap(),
+        event
+    );
 }
 
 #[test]
 fn added_fields_come_after_the_documented_ones() {
-    let Event::Device(mut d) = doc_device(DeviceEventKind::Disconnected, DeviceStatus::Disconnected)
+    let Event::Device(mut d) =
+        doc_device(DeviceEventKind::Disconnected, DeviceStatus::Disconnected)
     else {
         unreachable!()
     };

@@ -1,1 +1,176 @@
-pub mod cli { pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS } }
+//! merpati: a self-hosted event hub for messaging-device gateways.
+//!
+//! [`run`] serves everything on a listener until a shutdown signal; [`start`] does the same
+//! under the caller's control, which is how the tests run a server on port 0.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub mod accounts;
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod devices;
+pub mod endpoints;
+pub mod events;
+pub mod ids;
+pub mod ingest;
+pub mod store;
+
+use clock::{SharedClock, SystemClock};
+use config::{Config, Secret};
+
+/// Serves until SIGINT or SIGTERM, then stops gracefully.
+pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    let server = start(config, listener, Arc::new(SystemClock)).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await
+}
+
+/// A running server: its address and the means to stop it.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    store: store::SharedStore,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Stops accepting, lets requests and attempts under way finish, closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let served = self.http.await;
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.store.close().await;
+        served.context("HTTP server task")?.context("HTTP server")?;
+        Ok(())
+    }
+}
+
+/// Opens the store, starts the worker and the HTTP server, and returns at once.
+pub async fn start(
+    config: Config,
+    listener: TcpListener,
+    clock: SharedClock,
+) -> anyhow::Result<Server> {
+    let admin_token = admin_token(&config)?;
+    let store = store::open(&config).await?;
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let waker = delivery::DeliveryWaker::default();
+
+    tasks.spawn(
+        delivery::Worker {
+            store: store.clone(),
+            config: config.delivery.clone(),
+            clock: clock.clone(),
+            waker: waker.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+
+    let state = api::AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        clock,
+        admin_token_hash: Arc::new(ids::token_hash(admin_token.expose())),
+        delivery: waker,
+    };
+    let addr = listener.local_addr()?;
+    let app = api::router(state);
+    let stop = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, "merpati is listening");
+    Ok(Server {
+        addr,
+        shutdown,
+        tasks,
+        store,
+        http,
+    })
+}
+
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The configured admin token; else the one stored in the data dir; else a new one, stored
+/// there (readable by the owner only) and printed this once.
+pub fn admin_token(config: &Config) -> anyhow::Result<Secret> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let token = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(Secret::new(token.trim()));
+    }
+    let token = ids::new_token("mat");
+    write_private(&path, &token)?;
+    eprintln!(
+        "merpati: generated an admin token (stored in {}; shown only now):\n\n    {token}\n",
+        path.display()
+    );
+    Ok(Secret::new(token))
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
+
+/// Runs a future to completion on a new multi-threaded runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime starts")
+        .block_on(f)
+}

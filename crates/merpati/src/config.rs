@@ -1,0 +1,421 @@
+//! Settings: defaults, then a TOML file, then `MERPATI_<SECTION>_<KEY>` environment variables.
+//!
+//! Every source is flattened to dotted keys (`delivery.timeout`) and each known key is parsed
+//! once, so a file and the environment are validated by the same code and an unknown key in
+//! the file is an error rather than a silently ignored typo.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("unknown setting {0:?}")]
+    UnknownKey(String),
+    #[error("setting {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// A secret that never shows up in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub database_url: Option<Secret>,
+    pub log_format: LogFormat,
+    pub database: DatabaseConfig,
+    pub delivery: DeliveryConfig,
+    pub presence: PresenceConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `full` makes every commit durable against power loss; `normal` only against a crash
+    /// of the process.
+    pub synchronous_full: bool,
+    pub read_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Ranges exempt from the private-address guard.
+    pub allowed_networks: Vec<IpNet>,
+    /// Delays after the first attempt; its length is the number of retries.
+    pub retry_schedule: Vec<Duration>,
+    pub timeout: Duration,
+    /// Outbound requests under way at once, all endpoints together.
+    pub max_in_flight: usize,
+    /// How long a rotated-out endpoint secret keeps signing beside the new one.
+    pub secret_rotation_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    pub heartbeat_timeout: Duration,
+    pub grace: Duration,
+}
+
+/// Every key a file or the environment may set.
+const KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "admin_token",
+    "database_url",
+    "log_format",
+    "database.synchronous",
+    "database.read_connections",
+    "delivery.allowed_networks",
+    "delivery.retry_schedule",
+    "delivery.timeout",
+    "delivery.max_in_flight",
+    "delivery.secret_rotation_grace",
+    "presence.heartbeat_timeout",
+    "presence.grace",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            data_dir: PathBuf::from("data"),
+            admin_token: None,
+            database_url: None,
+            log_format: LogFormat::Text,
+            database: DatabaseConfig {
+                synchronous_full: true,
+                read_connections: 4,
+            },
+            delivery: DeliveryConfig {
+                allowed_networks: Vec::new(),
+                retry_schedule: [5, 300, 1800, 7200, 18000, 36000, 36000]
+                    .into_iter()
+                    .map(Duration::from_secs)
+                    .collect(),
+                timeout: Duration::from_secs(15),
+                max_in_flight: 512,
+                secret_rotation_grace: Duration::from_secs(24 * 3600),
+            },
+            presence: PresenceConfig {
+                heartbeat_timeout: Duration::from_secs(90),
+                grace: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut settings = BTreeMap::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Toml {
+                        path: path.to_owned(),
+                        message: e.to_string(),
+                    })?;
+            flatten_toml("", &toml::Value::Table(table), &mut settings)?;
+        }
+        settings.extend(env_settings(std::env::vars()));
+        Config::from_settings(&settings)
+    }
+
+    /// Builds a config from dotted keys over the defaults. Unknown keys are errors.
+    pub fn from_settings(settings: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        for (key, raw) in settings {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: key.clone(),
+                message,
+            };
+            let raw = raw.trim();
+            match key.as_str() {
+                "listen" => c.listen = raw.parse().map_err(|e| invalid(format!("{e}")))?,
+                "data_dir" => c.data_dir = PathBuf::from(raw),
+                "admin_token" => {
+                    if raw.len() < 16 {
+                        return Err(invalid("must be at least 16 characters".into()));
+                    }
+                    c.admin_token = Some(Secret::new(raw))
+                }
+                "database_url" => c.database_url = Some(Secret::new(raw)),
+                "log_format" => {
+                    c.log_format = match raw {
+                        "text" => LogFormat::Text,
+                        "json" => LogFormat::Json,
+                        _ => return Err(invalid("expected \"text\" or \"json\"".into())),
+                    }
+                }
+                "database.synchronous" => {
+                    c.database.synchronous_full = match raw {
+                        "full" => true,
+                        "normal" => false,
+                        _ => return Err(invalid("expected \"full\" or \"normal\"".into())),
+                    }
+                }
+                "database.read_connections" => {
+                    c.database.read_connections = parse_count(raw).map_err(invalid)?
+                }
+                "delivery.allowed_networks" => {
+                    c.delivery.allowed_networks = split_list(raw)
+                        .map(|s| parse_network(s).map_err(&invalid))
+                        .collect::<Result<_, _>>()?
+                }
+                "delivery.retry_schedule" => {
+                    c.delivery.retry_schedule = split_list(raw)
+                        .map(|s| parse_duration(s).map_err(&invalid))
+                        .collect::<Result<_, _>>()?
+                }
+                "delivery.timeout" => {
+                    c.delivery.timeout = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "delivery.max_in_flight" => {
+                    c.delivery.max_in_flight = parse_count(raw).map_err(invalid)?
+                }
+                "delivery.secret_rotation_grace" => {
+                    c.delivery.secret_rotation_grace = parse_duration(raw).map_err(invalid)?
+                }
+                "presence.heartbeat_timeout" => {
+                    c.presence.heartbeat_timeout = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "presence.grace" => c.presence.grace = parse_duration(raw).map_err(invalid)?,
+                _ => return Err(ConfigError::UnknownKey(key.clone())),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Where the SQLite database lives when no `database_url` is set.
+    pub fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
+        match &self.database_url {
+            None => Ok(self.data_dir.join("merpati.db")),
+            Some(url) => {
+                let url = url.expose();
+                if let Some(path) = url.strip_prefix("sqlite://") {
+                    Ok(PathBuf::from(path))
+                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    Err(ConfigError::Invalid {
+                        key: "database_url".into(),
+                        message: "PostgreSQL is not supported by this version yet".into(),
+                    })
+                } else {
+                    Err(ConfigError::Invalid {
+                        key: "database_url".into(),
+                        message: "expected sqlite://PATH".into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// `MERPATI_DELIVERY_RETRY_SCHEDULE` → `delivery.retry_schedule`, for the known keys only.
+fn env_settings(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    let by_env_name: BTreeMap<String, &str> = KEYS
+        .iter()
+        .map(|k| {
+            (
+                format!("MERPATI_{}", k.replace('.', "_").to_uppercase()),
+                *k,
+            )
+        })
+        .collect();
+    vars.filter_map(|(name, value)| by_env_name.get(&name).map(|k| (k.to_string(), value)))
+        .collect()
+}
+
+fn flatten_toml(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten_toml(&key, v, out)?;
+            }
+        }
+        toml::Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(scalar_text).collect();
+            out.insert(prefix.to_owned(), parts.join(","));
+        }
+        other => {
+            out.insert(prefix.to_owned(), scalar_text(other));
+        }
+    }
+    if !prefix.is_empty() && !value.is_table() && !KEYS.contains(&prefix) {
+        return Err(ConfigError::UnknownKey(prefix.to_owned()));
+    }
+    Ok(())
+}
+
+fn scalar_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) | toml::Value::Table(_) => String::new(),
+    }
+}
+
+fn split_list(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{raw:?} is not a duration ({e})"))
+}
+
+fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
+    let d = parse_duration(raw)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_count(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{raw:?} is not a positive whole number")),
+    }
+}
+
+fn parse_network(raw: &str) -> Result<IpNet, String> {
+    raw.parse::<IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{raw:?} is not a CIDR range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_brief() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.delivery.timeout, Duration::from_secs(15));
+        assert_eq!(c.delivery.retry_schedule.len(), 7);
+        assert_eq!(c.presence.grace, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn environment_names_map_to_keys() {
+        let env = env_settings(
+            [
+                ("MERPATI_DELIVERY_ALLOWED_NETWORKS", "127.0.0.0/8,::1/128"),
+                ("MERPATI_LISTEN", "0.0.0.0:9"),
+                ("MERPATI_NOT_A_KEY", "x"),
+                ("PATH", "/bin"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        );
+        assert_eq!(env.len(), 2);
+        let c = Config::from_settings(&env).unwrap();
+        assert_eq!(c.delivery.allowed_networks.len(), 2);
+        assert_eq!(c.listen.port(), 9);
+    }
+
+    #[test]
+    fn toml_file_is_flattened_and_checked() {
+        let table: toml::Table = r#"
+            listen = "127.0.0.1:1"
+            [delivery]
+            retry_schedule = ["1s", "2m"]
+            timeout = "3s"
+        "#
+        .parse()
+        .unwrap();
+        let mut out = BTreeMap::new();
+        flatten_toml("", &toml::Value::Table(table), &mut out).unwrap();
+        let c = Config::from_settings(&out).unwrap();
+        assert_eq!(
+            c.delivery.retry_schedule,
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
+        assert_eq!(c.delivery.timeout, Duration::from_secs(3));
+
+        let bad: toml::Table = "[delivery]\ntimout = \"3s\"".parse().unwrap();
+        assert!(matches!(
+            flatten_toml("", &toml::Value::Table(bad), &mut BTreeMap::new()),
+            Err(ConfigError::UnknownKey(k)) if k == "delivery.timout"
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        for (k, v) in [
+            ("delivery.timeout", "0s"),
+            ("delivery.timeout", "soon"),
+            ("delivery.allowed_networks", "10.0.0.0/99"),
+            ("admin_token", "short"),
+            ("listen", "nowhere"),
+            ("log_format", "xml"),
+        ] {
+            let err = Config::from_settings(&settings(&[(k, v)])).unwrap_err();
+            assert!(err.to_string().contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c =
+            Config::from_settings(&settings(&[("admin_token", "0123456789abcdefXYZ")])).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+}

@@ -1,0 +1,227 @@
+//! One attempt: render the body for the endpoint, sign it, POST it, read a bounded part of
+//! the answer. Nothing here touches the database.
+
+use std::time::{Duration, Instant};
+
+use merpati_webhooks::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use merpati_webhooks::Webhook;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+
+use super::retry::{parse_retry_after, AttemptResult};
+use super::DueDelivery;
+use crate::endpoints::BodyFormat;
+
+/// How much of an answer is kept with the attempt.
+pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
+
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .user_agent(concat!("merpati/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client configuration is valid")
+}
+
+/// The bytes to send and their content type: the stored JSON payload as it is, or with the
+/// legacy `"secret"` added at top level, or the same fields form-encoded.
+pub fn render_body(
+    payload: &str,
+    format: BodyFormat,
+    secret_in_body: Option<&str>,
+) -> (Vec<u8>, &'static str) {
+    match (format, secret_in_body) {
+        (BodyFormat::Json, None) => (payload.as_bytes().to_vec(), "application/json"),
+        (format, secret) => {
+            let mut value: serde_json::Value =
+                serde_json::from_str(payload).expect("stored payloads are JSON");
+            if let (Some(secret), Some(map)) = (secret, value.as_object_mut()) {
+                map.insert("secret".into(), secret.into());
+            }
+            match format {
+                BodyFormat::Json => (
+                    serde_json::to_vec(&value).expect("JSON serializes"),
+                    "application/json",
+                ),
+                BodyFormat::Form => (
+                    merpati_webhooks::form::encode(&value).into_bytes(),
+                    "application/x-www-form-urlencoded",
+                ),
+            }
+        }
+    }
+}
+
+/// What an attempt did, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub result: AttemptResult,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_body: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+pub async fn attempt(
+    client: &reqwest::Client,
+    job: &DueDelivery,
+    timeout: Duration,
+    started_at_ms: i64,
+) -> AttemptReport {
+    let clock = Instant::now();
+    let mut report = AttemptReport {
+        result: AttemptResult::NoAnswer,
+        started_at: started_at_ms,
+        duration_ms: 0,
+        status_code: None,
+        error_kind: None,
+        error: None,
+        response_body: None,
+        retry_after: None,
+    };
+    let target = &job.endpoint;
+    let webhook = match Webhook::with_secrets(target.secrets.iter().map(String::as_str)) {
+        Ok(w) => w,
+        Err(e) => {
+            report.result = AttemptResult::Unsendable;
+            report.error_kind = Some("invalid_secret");
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    let (body, content_type) = render_body(
+        &job.payload,
+        target.format,
+        target
+            .secret_in_body
+            .then(|| target.secrets.first().map(String::as_str))
+            .flatten(),
+    );
+    let timestamp = started_at_ms.div_euclid(1000);
+    let signature = webhook.sign(&job.event_id, timestamp, &body);
+    let mut request = client
+        .post(&target.url)
+        .header(CONTENT_TYPE, content_type)
+        .header(HEADER_ID, &job.event_id)
+        .header(HEADER_TIMESTAMP, timestamp.to_string())
+        .header(HEADER_SIGNATURE, signature)
+        .body(body);
+    for (name, value) in &target.headers {
+        request = request.header(name, value);
+    }
+    let exchange = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let snippet = read_snippet(response).await;
+        Ok::<_, reqwest::Error>((status, retry_after, snippet))
+    };
+    // The client's own timeout covers the request; this one also bounds reading the answer.
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((status, retry_after, snippet))) => {
+            report.result = AttemptResult::Status(status);
+            report.status_code = Some(status);
+            report.retry_after = retry_after;
+            report.response_body = Some(snippet);
+            if !(200..300).contains(&status) {
+                report.error_kind = Some(if (300..400).contains(&status) {
+                    "redirect"
+                } else {
+                    "http_status"
+                });
+                if (300..400).contains(&status) {
+                    report.error = Some("redirects are not followed".into());
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            report.error_kind = Some(classify(&e));
+            report.error = Some(error_chain(&e));
+        }
+        Err(_) => {
+            report.error_kind = Some("timeout");
+            report.error = Some(format!("no complete answer within {timeout:?}"));
+        }
+    }
+    report.duration_ms = clock.elapsed().as_millis() as i64;
+    report
+}
+
+/// Up to [`RESPONSE_SNIPPET_BYTES`] of the body; the rest is never read.
+async fn read_snippet(mut response: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < RESPONSE_SNIPPET_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(RESPONSE_SNIPPET_BYTES);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "response"
+    } else {
+        "request"
+    }
+}
+
+/// The error with its causes, which say what actually went wrong (refused, reset, …).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMS: &str = r#"{"type":"sms","data":{"id":2,"phone":"+63"}}"#;
+
+    #[test]
+    fn json_body_is_the_stored_payload() {
+        let (body, ct) = render_body(SMS, BodyFormat::Json, None);
+        assert_eq!(body, SMS.as_bytes());
+        assert_eq!(ct, "application/json");
+    }
+
+    #[test]
+    fn legacy_secret_goes_last_at_top_level() {
+        let (body, _) = render_body(SMS, BodyFormat::Json, Some("whsec_x"));
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"type":"sms","data":{"id":2,"phone":"+63"},"secret":"whsec_x"}"#
+        );
+    }
+
+    #[test]
+    fn form_body_is_php_style() {
+        let (body, ct) = render_body(SMS, BodyFormat::Form, Some("s"));
+        assert_eq!(ct, "application/x-www-form-urlencoded");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            "type=sms&data%5Bid%5D=2&data%5Bphone%5D=%2B63&secret=s"
+        );
+    }
+}

@@ -1,0 +1,577 @@
+//! The device API's inbound side: what devices received (`POST /v1/device/messages`) and
+//! what engines report of their state (`POST /v1/device/status`).
+//!
+//! An item is answered 202 only once its event and every delivery it fans out to are
+//! committed together (a transactional outbox). A re-sent item (same device, same `rid`,
+//! same content) is answered as the first time and never becomes a second event.
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use merpati_webhooks::{InboundEvent, Notification, Rid, Sms, Ussd, Whatsapp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::api::extract::{parse_json, read_body, Device, JsonBody};
+use crate::api::{ApiError, ApiResult, AppState};
+use crate::devices::{check_phone, DeviceContext, Presence};
+use crate::store::StoreResult;
+
+pub const MAX_BATCH: usize = 1000;
+pub const MAX_RID_BYTES: usize = 128;
+const MAX_TEXT_BYTES: usize = 64 * 1024;
+const MAX_SHORT_BYTES: usize = 4096;
+/// Unix seconds beyond this are almost surely milliseconds sent by mistake (year 5138).
+const MAX_TIMESTAMP: i64 = 99_999_999_999;
+
+/// One item as a device posts it: the documented `data` fields it knows, plus `type` and
+/// `rid`. `sim` defaults to 1 and `timestamp` to the time of receipt.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum Item {
+    Sms {
+        rid: Rid,
+        sim: Option<i64>,
+        device: Option<String>,
+        phone: String,
+        message: String,
+        timestamp: Option<i64>,
+    },
+    Whatsapp {
+        rid: Rid,
+        /// The account's own number; the device's `phone` when absent.
+        wid: Option<String>,
+        phone: String,
+        message: String,
+        timestamp: Option<i64>,
+    },
+    Ussd {
+        rid: Rid,
+        sim: Option<i64>,
+        device: Option<String>,
+        code: String,
+        response: String,
+        timestamp: Option<i64>,
+    },
+    Notification {
+        rid: Rid,
+        device: Option<String>,
+        package: String,
+        title: String,
+        content: String,
+        timestamp: Option<i64>,
+    },
+}
+
+/// An item checked and turned into its payload (with `data.id` still to be assigned).
+#[derive(Debug, Clone)]
+pub struct PreparedItem {
+    /// The rid as a dedup key: integers and strings never collide.
+    pub rid_key: String,
+    pub rid: Rid,
+    /// Digest of the item as sent (keys sorted), to tell a re-send from a reused rid.
+    pub content_hash: Vec<u8>,
+    pub event: InboundEvent,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AcceptedItem {
+    pub rid: Rid,
+    /// The system id, `data.id` in the payload.
+    pub id: i64,
+    pub event_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestResult {
+    pub items: Vec<AcceptedItem>,
+    pub new_deliveries: usize,
+}
+
+/// What an engine says of its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedStatus {
+    Connected,
+    Disconnected,
+    LoggedOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusOutcome {
+    pub status: Presence,
+    /// The event announced, when the report changed the announced presence.
+    pub event_id: Option<String>,
+    #[serde(skip)]
+    pub new_deliveries: usize,
+}
+
+/// What a report announces, given what was last announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announcement {
+    Connected { offline_seconds: Option<i64> },
+    Disconnected { reason: &'static str },
+}
+
+/// Connected and disconnected alternate: a report that repeats what was last announced
+/// announces nothing.
+pub fn announcement(
+    current: Presence,
+    since_ms: Option<i64>,
+    reported: ReportedStatus,
+    now_ms: i64,
+) -> Option<Announcement> {
+    match (reported, current) {
+        (ReportedStatus::Connected, Presence::Connected) => None,
+        (ReportedStatus::Connected, Presence::Unknown) => Some(Announcement::Connected {
+            offline_seconds: None,
+        }),
+        (ReportedStatus::Connected, Presence::Disconnected) => Some(Announcement::Connected {
+            offline_seconds: since_ms.map(|s| (now_ms - s).max(0) / 1000),
+        }),
+        (_, Presence::Disconnected) => None,
+        (ReportedStatus::Disconnected, _) => {
+            Some(Announcement::Disconnected { reason: "reported" })
+        }
+        (ReportedStatus::LoggedOut, _) => Some(Announcement::Disconnected {
+            reason: "logged_out",
+        }),
+    }
+}
+
+#[async_trait::async_trait]
+pub trait IngestStore: Send + Sync {
+    /// Stores the items' events and their deliveries in one transaction. Conflict when a
+    /// rid was used before for different content; then nothing is written.
+    async fn ingest(
+        &self,
+        device: DeviceContext,
+        items: Vec<PreparedItem>,
+        now_ms: i64,
+    ) -> StoreResult<IngestResult>;
+
+    /// Records a reported status and announces it when it changes the announced presence.
+    async fn report_status(
+        &self,
+        device: DeviceContext,
+        reported: ReportedStatus,
+        detail: Option<String>,
+        now_ms: i64,
+    ) -> StoreResult<StatusOutcome>;
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/device/messages", post(post_messages))
+        .route("/v1/device/status", post(post_status))
+}
+
+async fn post_messages(
+    Device(device): Device,
+    State(state): State<AppState>,
+    request: Request,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = read_body(request, &()).await?;
+    let value: Value = parse_json(&body)?;
+    let now_ms = state.clock.now_ms();
+    let items = prepare_body(value, &device, now_ms.div_euclid(1000))?;
+    let result = state.store.ingest(device, items, now_ms).await?;
+    if result.new_deliveries > 0 {
+        state.delivery.wake();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": result.items.len(), "items": result.items})),
+    ))
+}
+
+/// A body is one item or `{"items": [...]}`; every item must pass, or none is taken.
+fn prepare_body(
+    body: Value,
+    device: &DeviceContext,
+    now_secs: i64,
+) -> ApiResult<Vec<PreparedItem>> {
+    let raw_items = match body {
+        Value::Object(mut map) if map.contains_key("items") => {
+            if map.len() > 1 {
+                return Err(ApiError::invalid(
+                    "a batch is {\"items\": [...]} with no other field",
+                ));
+            }
+            match map.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => return Err(ApiError::invalid("items must be an array")),
+            }
+        }
+        item @ Value::Object(_) => vec![item],
+        _ => {
+            return Err(ApiError::invalid(
+                "body must be an item or {\"items\": [...]}",
+            ))
+        }
+    };
+    if raw_items.is_empty() {
+        return Err(ApiError::invalid("items must not be empty"));
+    }
+    if raw_items.len() > MAX_BATCH {
+        return Err(ApiError::too_large(format!(
+            "a batch holds at most {MAX_BATCH} items, not {}",
+            raw_items.len()
+        )));
+    }
+    raw_items
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            prepare_item(raw, device, now_secs).map_err(|mut e| {
+                e.message = format!("items[{i}]: {}", e.message);
+                e
+            })
+        })
+        .collect()
+}
+
+fn prepare_item(raw: Value, device: &DeviceContext, now_secs: i64) -> ApiResult<PreparedItem> {
+    let content_hash = canonical_digest(&raw);
+    let item: Item = serde_json::from_value(raw).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let own_device = |given: Option<String>| -> ApiResult<String> {
+        match given {
+            Some(id) if id != device.device_id => Err(ApiError::forbidden(format!(
+                "this token belongs to device {:?}, not {id:?}",
+                device.device_id
+            ))),
+            _ => Ok(device.device_id.clone()),
+        }
+    };
+    let when = |ts: Option<i64>| -> ApiResult<i64> {
+        match ts {
+            None => Ok(now_secs),
+            Some(t) if (1..=MAX_TIMESTAMP).contains(&t) => Ok(t),
+            Some(_) => Err(ApiError::invalid("timestamp must be Unix seconds")),
+        }
+    };
+    let sim_slot = |sim: Option<i64>| -> ApiResult<i64> {
+        match sim.unwrap_or(1) {
+            s @ 0..=255 => Ok(s),
+            _ => Err(ApiError::invalid("sim must be a slot number from 0 to 255")),
+        }
+    };
+    let (rid, event) = match item {
+        Item::Sms {
+            rid,
+            sim,
+            device: d,
+            phone,
+            message,
+            timestamp,
+        } => {
+            check_phone("phone", &phone)?;
+            check_text("message", &message, MAX_TEXT_BYTES)?;
+            let event = InboundEvent::Sms(Sms {
+                id: 0,
+                rid: rid.clone(),
+                sim: sim_slot(sim)?,
+                device: own_device(d)?,
+                phone,
+                message,
+                timestamp: when(timestamp)?,
+            });
+            (rid, event)
+        }
+        Item::Whatsapp {
+            rid,
+            wid,
+            phone,
+            message,
+            timestamp,
+        } => {
+            let wid = wid.or_else(|| device.phone.clone()).ok_or_else(|| {
+                ApiError::invalid("wid is missing and the device has no phone number set")
+            })?;
+            check_phone("wid", &wid)?;
+            check_phone("phone", &phone)?;
+            check_text("message", &message, MAX_TEXT_BYTES)?;
+            let event = InboundEvent::Whatsapp(Whatsapp {
+                id: 0,
+                wid,
+                phone,
+                message,
+                timestamp: when(timestamp)?,
+            });
+            (rid, event)
+        }
+        Item::Ussd {
+            rid,
+            sim,
+            device: d,
+            code,
+            response,
+            timestamp,
+        } => {
+            check_text("code", &code, 256)?;
+            check_text("response", &response, MAX_TEXT_BYTES)?;
+            let event = InboundEvent::Ussd(Ussd {
+                id: 0,
+                sim: sim_slot(sim)?,
+                device: own_device(d)?,
+                code,
+                response,
+                timestamp: when(timestamp)?,
+            });
+            (rid, event)
+        }
+        Item::Notification {
+            rid,
+            device: d,
+            package,
+            title,
+            content,
+            timestamp,
+        } => {
+            check_text("package", &package, 256)?;
+            check_text("title", &title, MAX_SHORT_BYTES)?;
+            check_text("content", &content, MAX_TEXT_BYTES)?;
+            let event = InboundEvent::Notification(Notification {
+                id: 0,
+                device: own_device(d)?,
+                package,
+                title,
+                content,
+                timestamp: when(timestamp)?,
+            });
+            (rid, event)
+        }
+    };
+    let rid_key = match &rid {
+        Rid::Int(n) => format!("i:{n}"),
+        Rid::Str(s) if s.is_empty() || s.len() > MAX_RID_BYTES => {
+            return Err(ApiError::invalid(format!(
+                "rid must be an integer or a string of 1 to {MAX_RID_BYTES} bytes"
+            )))
+        }
+        Rid::Str(s) => format!("s:{s}"),
+    };
+    Ok(PreparedItem {
+        rid_key,
+        rid,
+        content_hash,
+        event,
+    })
+}
+
+fn check_text(field: &str, value: &str, max_bytes: usize) -> ApiResult<()> {
+    if value.len() > max_bytes {
+        return Err(ApiError::invalid(format!(
+            "{field} must be at most {max_bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// SHA-256 of the value with object keys sorted, so key order does not count as content.
+fn canonical_digest(value: &Value) -> Vec<u8> {
+    fn write(v: &Value, out: &mut Vec<u8>) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push(b'{');
+                for k in keys {
+                    out.extend_from_slice(serde_json::to_string(k).expect("str").as_bytes());
+                    out.push(b':');
+                    write(&map[k], out);
+                    out.push(b',');
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for item in items {
+                    write(item, out);
+                    out.push(b',');
+                }
+                out.push(b']');
+            }
+            scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        }
+    }
+    let mut buf = Vec::new();
+    write(value, &mut buf);
+    Sha256::digest(&buf).to_vec()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: ReportedStatus,
+    reason: Option<String>,
+}
+
+async fn post_status(
+    Device(device): Device,
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<StatusBody>,
+) -> ApiResult<(StatusCode, Json<StatusOutcome>)> {
+    if let Some(reason) = &body.reason {
+        check_text("reason", reason, 1024)?;
+    }
+    let now = state.clock.now_ms();
+    let outcome = state
+        .store
+        .report_status(device, body.status, body.reason, now)
+        .await?;
+    if outcome.new_deliveries > 0 {
+        state.delivery.wake();
+    }
+    Ok((StatusCode::ACCEPTED, Json(outcome)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> DeviceContext {
+        DeviceContext {
+            account_id: "acct".into(),
+            account_name: "Merchant".into(),
+            business_id: "biz".into(),
+            business_name: "Biz".into(),
+            channel_id: "ch".into(),
+            channel_name: "Ch".into(),
+            engine: "sms".into(),
+            device_id: "dev_1".into(),
+            device_name: "Phone".into(),
+            phone: Some("+62811".into()),
+        }
+    }
+
+    #[test]
+    fn sms_defaults_and_device_id() {
+        let p = prepare_item(
+            json!({"type":"sms","rid":10593,"phone":"+639760713666","message":"Hello World!"}),
+            &ctx(),
+            1645684231,
+        )
+        .unwrap();
+        assert_eq!(p.rid_key, "i:10593");
+        let InboundEvent::Sms(sms) = p.event else {
+            panic!()
+        };
+        assert_eq!(
+            (sms.sim, sms.timestamp, sms.device.as_str()),
+            (1, 1645684231, "dev_1")
+        );
+    }
+
+    #[test]
+    fn whatsapp_takes_wid_from_the_device() {
+        let p = prepare_item(
+            json!({"type":"whatsapp","rid":"w1","phone":"+63","message":"hi","timestamp":5}),
+            &ctx(),
+            9,
+        )
+        .unwrap();
+        assert_eq!(p.rid_key, "s:w1");
+        let InboundEvent::Whatsapp(w) = p.event else {
+            panic!()
+        };
+        assert_eq!(w.wid, "+62811");
+    }
+
+    #[test]
+    fn bad_items_are_refused() {
+        let cases = [
+            json!({"type":"mms","rid":1}),
+            json!({"type":"sms","rid":1,"phone":"+1"}),
+            json!({"type":"sms","rid":1,"phone":"+1","message":"m","extra":1}),
+            json!({"type":"sms","rid":"","phone":"+1","message":"m"}),
+            json!({"type":"sms","rid":"x".repeat(129),"phone":"+1","message":"m"}),
+            json!({"type":"sms","rid":1.5,"phone":"+1","message":"m"}),
+            json!({"type":"sms","rid":1,"phone":5,"message":"m"}),
+            json!({"type":"sms","rid":1,"phone":"+1","message":"m","timestamp":1645684231000i64}),
+            json!({"type":"ussd","rid":1,"code":"*1#"}),
+        ];
+        for case in cases {
+            let err = prepare_item(case.clone(), &ctx(), 1).unwrap_err();
+            assert_eq!(
+                err.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{case}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_devices_id_is_forbidden() {
+        let err = prepare_item(
+            json!({"type":"sms","rid":1,"phone":"+1","message":"m","device":"dev_2"}),
+            &ctx(),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err.status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn batches_are_bounded_and_all_or_nothing() {
+        let item = json!({"type":"sms","rid":1,"phone":"+1","message":"m"});
+        let too_many = json!({"items": vec![item.clone(); MAX_BATCH + 1]});
+        assert_eq!(
+            prepare_body(too_many, &ctx(), 1).unwrap_err().status,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let one_bad = json!({"items": [item.clone(), {"type":"sms"}]});
+        let err = prepare_body(one_bad, &ctx(), 1).unwrap_err();
+        assert!(err.message.starts_with("items[1]:"), "{}", err.message);
+        assert!(prepare_body(json!({"items": []}), &ctx(), 1).is_err());
+        assert!(prepare_body(json!([item]), &ctx(), 1).is_err());
+    }
+
+    #[test]
+    fn key_order_is_not_content() {
+        let a = json!({"type":"sms","rid":1,"phone":"+1","message":"m"});
+        let b: Value =
+            serde_json::from_str(r#"{"message":"m","phone":"+1","rid":1,"type":"sms"}"#).unwrap();
+        assert_eq!(canonical_digest(&a), canonical_digest(&b));
+        let c = json!({"type":"sms","rid":1,"phone":"+1","message":"n"});
+        assert_ne!(canonical_digest(&a), canonical_digest(&c));
+    }
+
+    #[test]
+    fn announcements_alternate() {
+        use ReportedStatus::*;
+        assert_eq!(
+            announcement(Presence::Unknown, None, Connected, 0),
+            Some(Announcement::Connected {
+                offline_seconds: None
+            })
+        );
+        assert_eq!(
+            announcement(Presence::Connected, Some(0), Connected, 5),
+            None
+        );
+        assert_eq!(
+            announcement(Presence::Connected, Some(0), LoggedOut, 5),
+            Some(Announcement::Disconnected {
+                reason: "logged_out"
+            })
+        );
+        assert_eq!(
+            announcement(Presence::Disconnected, Some(0), Disconnected, 5),
+            None
+        );
+        assert_eq!(
+            announcement(Presence::Disconnected, Some(0), LoggedOut, 5),
+            None
+        );
+        assert_eq!(
+            announcement(Presence::Disconnected, Some(1_000), Connected, 421_000),
+            Some(Announcement::Connected {
+                offline_seconds: Some(420)
+            })
+        );
+    }
+}

@@ -1,0 +1,170 @@
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+
+use super::{parse_json_column, SqliteStore};
+use crate::delivery::retry::NextStep;
+use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery, Target};
+use crate::endpoints::BodyFormat;
+use crate::store::StoreResult;
+
+fn live_secrets(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Vec<String>> {
+    let mut s = c.prepare_cached(
+        "SELECT secret FROM endpoint_secrets
+         WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+         ORDER BY created_at DESC, rowid DESC",
+    )?;
+    let rows = s.query_map(params![endpoint_id, now], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[async_trait::async_trait]
+impl DeliveryStore for SqliteStore {
+    async fn claim_due(
+        &self,
+        now: i64,
+        limit: usize,
+        lease_until: i64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        self.write(move |c| {
+            let mut rows = c.prepare_cached(
+                "SELECT d.id, d.attempts, e.id, e.payload, ep.id, ep.url, ep.format,
+                        ep.secret_in_body, ep.headers, ep.disabled
+                 FROM deliveries d
+                 JOIN events e ON e.seq = d.event_seq
+                 JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.status = 'pending' AND d.next_attempt_at <= ?1
+                 ORDER BY d.next_attempt_at
+                 LIMIT ?2",
+            )?;
+            let mut claim = c.prepare_cached(
+                "UPDATE deliveries SET claimed_at = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            )?;
+            let mut hold = c.prepare_cached(
+                "UPDATE deliveries SET status = 'held', next_attempt_at = NULL WHERE id = ?1",
+            )?;
+            let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
+            let mut due = Vec::new();
+            let found = rows.query_map(params![now, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, bool>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, bool>(9)?,
+                ))
+            })?;
+            for row in found {
+                let (
+                    id,
+                    attempts,
+                    event_id,
+                    payload,
+                    ep_id,
+                    url,
+                    format,
+                    in_body,
+                    headers,
+                    disabled,
+                ) = row?;
+                if disabled {
+                    // Disabled since it was queued: kept, to be released on re-enable.
+                    hold.execute([id])?;
+                    continue;
+                }
+                claim.execute(params![id, now, lease_until])?;
+                let endpoint_secrets = match secrets.get(&ep_id) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = live_secrets(c, &ep_id, now)?;
+                        secrets.insert(ep_id.clone(), s.clone());
+                        s
+                    }
+                };
+                due.push(DueDelivery {
+                    delivery_id: id,
+                    attempt: attempts + 1,
+                    event_id,
+                    payload,
+                    endpoint: Target {
+                        id: ep_id,
+                        url,
+                        format: BodyFormat::parse(&format).unwrap_or(BodyFormat::Json),
+                        secret_in_body: in_body,
+                        headers: parse_json_column(&headers)?,
+                        secrets: endpoint_secrets,
+                    },
+                });
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn next_due_at(&self) -> StoreResult<Option<i64>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+            )?
+            .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn record_attempt(&self, a: AttemptRecord) -> StoreResult<()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                                       error_kind, error, response_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                a.delivery_id,
+                a.attempt,
+                a.started_at,
+                a.duration_ms,
+                a.status_code,
+                a.error_kind,
+                a.error,
+                a.response_body
+            ])?;
+            let finished = a.started_at + a.duration_ms;
+            let (status, next_at, completed_at) = match a.next {
+                NextStep::Succeeded => ("succeeded", None, Some(finished)),
+                NextStep::Failed => ("failed", None, Some(finished)),
+                NextStep::RetryAt(at) => ("pending", Some(at), None),
+            };
+            c.prepare_cached(
+                "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                        completed_at = ?5, claimed_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                a.delivery_id,
+                status,
+                a.attempt,
+                next_at,
+                completed_at
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_claims(&self, now: i64) -> StoreResult<usize> {
+        // One SQLite file has one node, so every claim still standing was this node's.
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE deliveries SET claimed_at = NULL, next_attempt_at = MIN(next_attempt_at, ?1)
+                 WHERE status = 'pending' AND claimed_at IS NOT NULL",
+                [now],
+            )?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,420 @@
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{is_unique_violation, SqliteStore};
+use crate::devices::{Business, Channel, Device, DeviceContext, DeviceStore, Presence};
+use crate::store::{Page, StoreError, StoreResult};
+
+const BUSINESS_COLUMNS: &str = "id, name, created_at, updated_at";
+const CHANNEL_COLUMNS: &str =
+    "id, name, engine, business_id, backup_channel_id, created_at, updated_at";
+const DEVICE_COLUMNS: &str =
+    "id, name, channel_id, phone, presence, presence_since, created_at, updated_at";
+
+fn business_row(r: &Row<'_>) -> rusqlite::Result<Business> {
+    Ok(Business {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+    })
+}
+
+fn channel_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
+    Ok(Channel {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        engine: r.get(2)?,
+        business_id: r.get(3)?,
+        backup_channel_id: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        channel_id: r.get(2)?,
+        phone: r.get(3)?,
+        status: Presence::from_db(&r.get::<_, String>(4)?),
+        status_since: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+/// Whether `table` has a row (account, id).
+pub(super) fn owned(c: &Connection, table: &str, account: &str, id: &str) -> StoreResult<bool> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM {table} WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .exists(params![account, id])?)
+}
+
+fn require(c: &Connection, table: &str, field: &str, account: &str, id: &str) -> StoreResult<()> {
+    if owned(c, table, account, id)? {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{field} {id:?} does not exist"
+        )))
+    }
+}
+
+fn taken(what: &str, id: &str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let message = format!("{what} {id:?} already exists");
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(message)
+        } else {
+            e.into()
+        }
+    }
+}
+
+fn check_channel_refs(c: &Connection, account: &str, ch: &Channel) -> StoreResult<()> {
+    require(c, "businesses", "business_id", account, &ch.business_id)?;
+    if let Some(backup) = &ch.backup_channel_id {
+        require(c, "channels", "backup_channel_id", account, backup)?;
+    }
+    Ok(())
+}
+
+fn list<T: Send + 'static>(
+    c: &Connection,
+    table: &str,
+    columns: &str,
+    account: &str,
+    page: &Page,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<Vec<T>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = s.query_map(
+        params![
+            account,
+            page.after.as_deref().unwrap_or(""),
+            page.limit as i64
+        ],
+        row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn get<T>(
+    c: &Connection,
+    table: &str,
+    columns: &str,
+    what: &'static str,
+    account: &str,
+    id: &str,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> StoreResult<T> {
+    c.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .query_row(params![account, id], row)
+    .optional()?
+    .ok_or(StoreError::NotFound(what))
+}
+
+fn changed(n: usize, what: &'static str) -> StoreResult<()> {
+    if n == 0 {
+        Err(StoreError::NotFound(what))
+    } else {
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl DeviceStore for SqliteStore {
+    async fn create_business(&self, account: String, b: Business) -> StoreResult<Business> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO businesses (account_id, id, name, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![account, b.id, b.name, b.created_at, b.updated_at],
+            )
+            .map_err(taken("business", &b.id))?;
+            Ok(b)
+        })
+        .await
+    }
+
+    async fn list_businesses(&self, account: String, page: Page) -> StoreResult<Vec<Business>> {
+        self.read(move |c| {
+            list(
+                c,
+                "businesses",
+                BUSINESS_COLUMNS,
+                &account,
+                &page,
+                business_row,
+            )
+        })
+        .await
+    }
+
+    async fn get_business(&self, account: String, id: String) -> StoreResult<Business> {
+        self.read(move |c| {
+            get(
+                c,
+                "businesses",
+                BUSINESS_COLUMNS,
+                "business",
+                &account,
+                &id,
+                business_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_business(&self, account: String, b: Business) -> StoreResult<Business> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE businesses SET name = ?3, updated_at = ?4 WHERE account_id = ?1 AND id = ?2",
+                params![account, b.id, b.name, b.updated_at],
+            )?;
+            changed(n, "business")?;
+            Ok(b)
+        })
+        .await
+    }
+
+    async fn delete_business(&self, account: String, id: String) -> StoreResult<()> {
+        self.write(move |c| {
+            let in_use = c
+                .prepare_cached(
+                    "SELECT 1 FROM channels WHERE account_id = ?1 AND business_id = ?2",
+                )?
+                .exists(params![account, id])?;
+            if in_use {
+                return Err(StoreError::Conflict(
+                    "the business still has channels; delete or move them first".into(),
+                ));
+            }
+            let n = c.execute(
+                "DELETE FROM businesses WHERE account_id = ?1 AND id = ?2",
+                params![account, id],
+            )?;
+            changed(n, "business")
+        })
+        .await
+    }
+
+    async fn create_channel(&self, account: String, ch: Channel) -> StoreResult<Channel> {
+        self.write(move |c| {
+            check_channel_refs(c, &account, &ch)?;
+            c.execute(
+                "INSERT INTO channels (account_id, id, business_id, name, engine, backup_channel_id,
+                                       created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    account,
+                    ch.id,
+                    ch.business_id,
+                    ch.name,
+                    ch.engine,
+                    ch.backup_channel_id,
+                    ch.created_at,
+                    ch.updated_at
+                ],
+            )
+            .map_err(taken("channel", &ch.id))?;
+            Ok(ch)
+        })
+        .await
+    }
+
+    async fn list_channels(&self, account: String, page: Page) -> StoreResult<Vec<Channel>> {
+        self.read(move |c| list(c, "channels", CHANNEL_COLUMNS, &account, &page, channel_row))
+            .await
+    }
+
+    async fn get_channel(&self, account: String, id: String) -> StoreResult<Channel> {
+        self.read(move |c| {
+            get(
+                c,
+                "channels",
+                CHANNEL_COLUMNS,
+                "channel",
+                &account,
+                &id,
+                channel_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_channel(&self, account: String, ch: Channel) -> StoreResult<Channel> {
+        self.write(move |c| {
+            check_channel_refs(c, &account, &ch)?;
+            let n = c.execute(
+                "UPDATE channels SET business_id = ?3, name = ?4, engine = ?5,
+                        backup_channel_id = ?6, updated_at = ?7
+                 WHERE account_id = ?1 AND id = ?2",
+                params![
+                    account,
+                    ch.id,
+                    ch.business_id,
+                    ch.name,
+                    ch.engine,
+                    ch.backup_channel_id,
+                    ch.updated_at
+                ],
+            )?;
+            changed(n, "channel")?;
+            Ok(ch)
+        })
+        .await
+    }
+
+    async fn delete_channel(&self, account: String, id: String) -> StoreResult<()> {
+        self.write(move |c| {
+            let in_use = c
+                .prepare_cached("SELECT 1 FROM devices WHERE account_id = ?1 AND channel_id = ?2")?
+                .exists(params![account, id])?;
+            if in_use {
+                return Err(StoreError::Conflict(
+                    "the channel still has devices; delete or move them first".into(),
+                ));
+            }
+            c.execute(
+                "UPDATE channels SET backup_channel_id = NULL
+                 WHERE account_id = ?1 AND backup_channel_id = ?2",
+                params![account, id],
+            )?;
+            let n = c.execute(
+                "DELETE FROM channels WHERE account_id = ?1 AND id = ?2",
+                params![account, id],
+            )?;
+            changed(n, "channel")
+        })
+        .await
+    }
+
+    async fn create_device(
+        &self,
+        account: String,
+        d: Device,
+        token_hash: Vec<u8>,
+    ) -> StoreResult<Device> {
+        self.write(move |c| {
+            require(c, "channels", "channel_id", &account, &d.channel_id)?;
+            c.execute(
+                "INSERT INTO devices (account_id, id, channel_id, name, phone, token_hash,
+                                      created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    account,
+                    d.id,
+                    d.channel_id,
+                    d.name,
+                    d.phone,
+                    token_hash,
+                    d.created_at,
+                    d.updated_at
+                ],
+            )
+            .map_err(taken("device", &d.id))?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn list_devices(&self, account: String, page: Page) -> StoreResult<Vec<Device>> {
+        self.read(move |c| list(c, "devices", DEVICE_COLUMNS, &account, &page, device_row))
+            .await
+    }
+
+    async fn get_device(&self, account: String, id: String) -> StoreResult<Device> {
+        self.read(move |c| {
+            get(
+                c,
+                "devices",
+                DEVICE_COLUMNS,
+                "device",
+                &account,
+                &id,
+                device_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_device(&self, account: String, d: Device) -> StoreResult<Device> {
+        self.write(move |c| {
+            require(c, "channels", "channel_id", &account, &d.channel_id)?;
+            let n = c.execute(
+                "UPDATE devices SET channel_id = ?3, name = ?4, phone = ?5, updated_at = ?6
+                 WHERE account_id = ?1 AND id = ?2",
+                params![account, d.id, d.channel_id, d.name, d.phone, d.updated_at],
+            )?;
+            changed(n, "device")?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn delete_device(&self, account: String, id: String) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM devices WHERE account_id = ?1 AND id = ?2",
+                params![account, id],
+            )?;
+            changed(n, "device")
+        })
+        .await
+    }
+
+    async fn rotate_device_token(
+        &self,
+        account: String,
+        id: String,
+        token_hash: Vec<u8>,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE devices SET token_hash = ?3, updated_at = ?4
+                 WHERE account_id = ?1 AND id = ?2",
+                params![account, id, token_hash, now],
+            )?;
+            changed(n, "device")
+        })
+        .await
+    }
+
+    async fn device_for_token(&self, token_hash: Vec<u8>) -> StoreResult<Option<DeviceContext>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT d.account_id, a.name, b.id, b.name, ch.id, ch.name, ch.engine,
+                        d.id, d.name, d.phone
+                 FROM devices d
+                 JOIN accounts a ON a.id = d.account_id
+                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                 JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id
+                 WHERE d.token_hash = ?1",
+            )?
+            .query_row([token_hash], |r| {
+                Ok(DeviceContext {
+                    account_id: r.get(0)?,
+                    account_name: r.get(1)?,
+                    business_id: r.get(2)?,
+                    business_name: r.get(3)?,
+                    channel_id: r.get(4)?,
+                    channel_name: r.get(5)?,
+                    engine: r.get(6)?,
+                    device_id: r.get(7)?,
+                    device_name: r.get(8)?,
+                    phone: r.get(9)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,202 @@
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::devices::owned;
+use super::{json_list, parse_json_column, SqliteStore};
+use crate::endpoints::{BodyFormat, Endpoint, EndpointStore};
+use crate::store::{Page, StoreError, StoreResult};
+
+const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
+    format, secret_in_body, headers, ordering, disabled, created_at, updated_at";
+
+fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let events: Option<String> = r.get(3)?;
+    Ok(Endpoint {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        description: r.get(2)?,
+        events: events.as_deref().map(parse_json_column).transpose()?,
+        business_ids: parse_json_column(&r.get::<_, String>(4)?)?,
+        channel_ids: parse_json_column(&r.get::<_, String>(5)?)?,
+        device_ids: parse_json_column(&r.get::<_, String>(6)?)?,
+        format: BodyFormat::parse(&r.get::<_, String>(7)?).unwrap_or(BodyFormat::Json),
+        secret_in_body: r.get(8)?,
+        headers: parse_json_column(&r.get::<_, String>(9)?)?,
+        ordering: r.get(10)?,
+        disabled: r.get(11)?,
+        created_at: r.get(12)?,
+        updated_at: r.get(13)?,
+    })
+}
+
+/// Every scope id must be one of the account's own.
+fn check_scope(c: &Connection, account: &str, e: &Endpoint) -> StoreResult<()> {
+    for (table, field, ids) in [
+        ("businesses", "business_ids", &e.business_ids),
+        ("channels", "channel_ids", &e.channel_ids),
+        ("devices", "device_ids", &e.device_ids),
+    ] {
+        for id in ids {
+            if !owned(c, table, account, id)? {
+                return Err(StoreError::Invalid(format!(
+                    "{field}: {id:?} does not exist"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn events_column(e: &Endpoint) -> Option<String> {
+    e.events.as_deref().map(json_list)
+}
+
+fn headers_column(e: &Endpoint) -> String {
+    serde_json::to_string(&e.headers).expect("headers serialize")
+}
+
+#[async_trait::async_trait]
+impl EndpointStore for SqliteStore {
+    async fn create_endpoint(
+        &self,
+        account: String,
+        e: Endpoint,
+        secret: String,
+    ) -> StoreResult<Endpoint> {
+        self.write(move |c| {
+            check_scope(c, &account, &e)?;
+            c.execute(
+                "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,
+                     channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
+                     created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                params![
+                    account,
+                    e.id,
+                    e.url,
+                    e.description,
+                    events_column(&e),
+                    json_list(&e.business_ids),
+                    json_list(&e.channel_ids),
+                    json_list(&e.device_ids),
+                    e.format.as_str(),
+                    e.secret_in_body,
+                    headers_column(&e),
+                    e.ordering,
+                    e.disabled,
+                    e.created_at,
+                    e.updated_at
+                ],
+            )?;
+            c.execute(
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                params![e.id, secret, e.created_at],
+            )?;
+            Ok(e)
+        })
+        .await
+    }
+
+    async fn list_endpoints(&self, account: String, page: Page) -> StoreResult<Vec<Endpoint>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM endpoints WHERE account_id = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3"
+            ))?;
+            let rows = s.query_map(
+                params![account, page.after.unwrap_or_default(), page.limit as i64],
+                endpoint_row,
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_endpoint(&self, account: String, id: String) -> StoreResult<Endpoint> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM endpoints WHERE account_id = ?1 AND id = ?2"
+            ))?
+            .query_row(params![account, id], endpoint_row)
+            .optional()?
+            .ok_or(StoreError::NotFound("endpoint"))
+        })
+        .await
+    }
+
+    async fn update_endpoint(&self, account: String, e: Endpoint) -> StoreResult<Endpoint> {
+        self.write(move |c| {
+            check_scope(c, &account, &e)?;
+            let n = c.execute(
+                "UPDATE endpoints SET url = ?3, description = ?4, events = ?5, business_ids = ?6,
+                     channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
+                     headers = ?11, ordering = ?12, disabled = ?13, updated_at = ?14
+                 WHERE account_id = ?1 AND id = ?2",
+                params![
+                    account,
+                    e.id,
+                    e.url,
+                    e.description,
+                    events_column(&e),
+                    json_list(&e.business_ids),
+                    json_list(&e.channel_ids),
+                    json_list(&e.device_ids),
+                    e.format.as_str(),
+                    e.secret_in_body,
+                    headers_column(&e),
+                    e.ordering,
+                    e.disabled,
+                    e.updated_at
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("endpoint"));
+            }
+            Ok(e)
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, account: String, id: String) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM endpoints WHERE account_id = ?1 AND id = ?2",
+                params![account, id],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("endpoint"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rotate_endpoint_secret(
+        &self,
+        account: String,
+        id: String,
+        new_secret: String,
+        old_expires_at: i64,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            if !owned(c, "endpoints", &account, &id)? {
+                return Err(StoreError::NotFound("endpoint"));
+            }
+            c.execute(
+                "DELETE FROM endpoint_secrets WHERE endpoint_id = ?1 AND expires_at <= ?2",
+                params![id, now],
+            )?;
+            c.execute(
+                "UPDATE endpoint_secrets SET expires_at = MIN(COALESCE(expires_at, ?2), ?2)
+                 WHERE endpoint_id = ?1",
+                params![id, old_expires_at],
+            )?;
+            c.execute(
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                params![id, new_secret, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
