@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        // Bodies are read by `extract::read_body`; this bounds any other extractor too.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -1,0 +1,447 @@
+//! The test harness: a merpati server on port 0 with a fresh database, and real HTTP
+//! receivers on loopback whose answers each test scripts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use merpati::clock::SystemClock;
+use merpati::config::Config;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+/// The Standard Webhooks specification's example secret.
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// How long a test waits for something that should happen at once.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+pub struct TestApp {
+    pub url: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    overrides: Vec<(String, String)>,
+    server: Option<merpati::Server>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Settings every test server starts with: quick retries, a short timeout.
+pub fn test_settings() -> BTreeMap<String, String> {
+    [
+        ("admin_token", ADMIN),
+        ("delivery.retry_schedule", "100ms,100ms,100ms"),
+        ("delivery.timeout", "3s"),
+        ("database.synchronous", "normal"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[]).await
+    }
+
+    /// A server with `overrides` on top of [`test_settings`].
+    pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().to_path_buf();
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut app = Self::start_in(data_dir, overrides).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// A client of a server started elsewhere (e.g. the binary in a child process).
+    pub fn at(url: String) -> TestApp {
+        TestApp {
+            url,
+            client: reqwest::Client::new(),
+            data_dir: PathBuf::new(),
+            overrides: Vec::new(),
+            server: None,
+            _dir: None,
+        }
+    }
+
+    async fn start_in(data_dir: PathBuf, overrides: Vec<(String, String)>) -> TestApp {
+        let mut settings = test_settings();
+        for (k, v) in &overrides {
+            // An empty value removes the setting, to test its absence.
+            if v.is_empty() {
+                settings.remove(k);
+            } else {
+                settings.insert(k.clone(), v.clone());
+            }
+        }
+        let mut config = Config::from_settings(&settings).expect("test settings are valid");
+        config.data_dir = data_dir.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = merpati::start(config, listener, Arc::new(SystemClock))
+            .await
+            .expect("server starts");
+        TestApp {
+            url: format!("http://{}", server.addr),
+            client: reqwest::Client::new(),
+            data_dir,
+            overrides,
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data dir and settings.
+    pub async fn restart(mut self) -> TestApp {
+        self.server.take().unwrap().stop().await.unwrap();
+        let overrides = std::mem::take(&mut self.overrides);
+        let mut app = Self::start_in(self.data_dir.clone(), overrides).await;
+        app._dir = self._dir.take();
+        app
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.client.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let bytes = resp.bytes().await.unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+    pub async fn post_raw(&self, path: &str, token: &str, body: &[u8]) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::POST,
+            path,
+            Some(token),
+            Some(body.to_vec()),
+        )
+        .await
+    }
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(
+            reqwest::Method::PATCH,
+            path,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// A POST that must succeed with `expected`; returns the body.
+    pub async fn ok_post(&self, path: &str, token: &str, body: Value, expected: u16) -> Value {
+        let (status, v) = self.post(path, token, body).await;
+        assert_eq!(status.as_u16(), expected, "POST {path}: {v}");
+        v
+    }
+
+    /// An account with an API key, a business, a channel on `engine` and one device.
+    pub async fn merchant(&self, id: &str) -> Merchant {
+        self.merchant_on(id, "sms").await
+    }
+
+    pub async fn merchant_on(&self, id: &str, engine: &str) -> Merchant {
+        self.ok_post(
+            "/v1/accounts",
+            ADMIN,
+            json!({"id": id, "name": format!("{id} name")}),
+            201,
+        )
+        .await;
+        let key = self
+            .ok_post(
+                &format!("/v1/accounts/{id}/api-keys"),
+                ADMIN,
+                json!({}),
+                201,
+            )
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.ok_post(
+            "/v1/businesses",
+            &key,
+            json!({"id": "biz", "name": "Biz"}),
+            201,
+        )
+        .await;
+        self.ok_post(
+            "/v1/channels",
+            &key,
+            json!({"id": "ch", "name": "Channel", "engine": engine, "business_id": "biz"}),
+            201,
+        )
+        .await;
+        let device = self.device(&key, "dev", "ch").await;
+        Merchant {
+            key,
+            device_token: device,
+        }
+    }
+
+    /// Registers a device and returns its token.
+    pub async fn device(&self, key: &str, id: &str, channel: &str) -> String {
+        self.ok_post(
+            "/v1/devices",
+            key,
+            json!({"id": id, "name": format!("{id} name"), "channel_id": channel, "phone": "+6281100"}),
+            201,
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Creates an endpoint with the test secret; returns its id.
+    pub async fn endpoint(&self, key: &str, receiver: &Receiver, extra: Value) -> String {
+        let mut body = json!({"url": receiver.url, "secret": SECRET});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        self.ok_post("/v1/endpoints", key, body, 201).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn sms(&self, device_token: &str, rid: i64) -> Value {
+        self.ok_post(
+            "/v1/device/messages",
+            device_token,
+            json!({"type": "sms", "rid": rid, "phone": "+639760713666", "message": format!("message {rid}")}),
+            202,
+        )
+        .await
+    }
+
+    /// Polls the event until every delivery reached a final status; returns the event.
+    pub async fn settled_event(&self, key: &str, event_id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (status, event) = self.get(&format!("/v1/events/{event_id}"), key).await;
+            assert_eq!(status, StatusCode::OK, "{event}");
+            let deliveries = event["deliveries"].as_array().unwrap();
+            if deliveries
+                .iter()
+                .all(|d| d["status"] == "succeeded" || d["status"] == "failed")
+            {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deliveries did not settle: {event}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn event_count(&self, key: &str) -> usize {
+        let (status, v) = self.get("/v1/events?limit=500", key).await;
+        assert_eq!(status, StatusCode::OK);
+        v["data"].as_array().unwrap().len()
+    }
+}
+
+pub struct Merchant {
+    pub key: String,
+    pub device_token: String,
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn body_str(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+    /// Verifies the signature with the test secret and parses the body.
+    pub fn event(&self) -> merpati_webhooks::Event {
+        let webhook = merpati_webhooks::Webhook::new(SECRET).unwrap();
+        merpati_webhooks::receive(&webhook, &self.headers, &self.body)
+            .unwrap_or_else(|e| panic!("request not accepted ({e}): {}", self.body_str()))
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+/// How a receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+            body: String::new(),
+        }
+    }
+    pub fn header(mut self, name: &'static str, value: &str) -> Answer {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Answer {
+        self.delay = d;
+        self
+    }
+    pub fn body(mut self, b: &str) -> Answer {
+        self.body = b.to_string();
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Answer>>,
+    default: Mutex<Option<Answer>>,
+    arrived: Notify,
+}
+
+/// A webhook receiver on loopback: records every request; answers from its script, then
+/// with its default (200 unless set).
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(ReceiverState::default());
+        let handler_state = state.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
+            let state = handler_state.clone();
+            async move {
+                state.received.lock().unwrap().push(Received {
+                    headers,
+                    body,
+                    at: Instant::now(),
+                });
+                state.arrived.notify_waiters();
+                let answer = state
+                    .script
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .or_else(|| state.default.lock().unwrap().clone())
+                    .unwrap_or_else(|| Answer::status(200));
+                tokio::time::sleep(answer.delay).await;
+                let mut resp = axum::response::Response::builder().status(answer.status);
+                for (k, v) in &answer.headers {
+                    resp = resp.header(*k, v);
+                }
+                resp.body(axum::body::Body::from(answer.body)).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            state,
+            task,
+        }
+    }
+
+    /// Answers the next requests with these, in order.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.script.lock().unwrap().extend(answers);
+    }
+
+    /// Answers every request past the script with this.
+    pub fn always(&self, answer: Answer) {
+        *self.state.default.lock().unwrap() = Some(answer);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let arrived = self.state.arrived.notified();
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "only {} of {n} requests arrived",
+                got.len()
+            );
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
+        }
+    }
+}

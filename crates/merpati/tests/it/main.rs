@@ -1,0 +1,11 @@
+//! The one integration-test binary: real servers on port 0, real receivers on loopback.
+
+mod api;
+mod bad_input;
+mod dedup;
+mod filters;
+mod helpers;
+mod isolation;
+mod payloads;
+mod restart;
+mod retries;

@@ -1,0 +1,126 @@
+//! Nothing accepted is lost: a graceful restart, and the real binary killed with SIGKILL
+//! in the middle of deliveries.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_retries_survive_a_graceful_restart() {
+    let app = TestApp::spawn_with(&[("delivery.retry_schedule", "1s")]).await;
+    let receiver = Receiver::start().await;
+    receiver.script([Answer::status(500)]);
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+    let v = app.sms(&m.device_token, 1).await;
+    let event_id = v["items"][0]["event_id"].as_str().unwrap().to_string();
+    receiver.wait_for(1).await;
+
+    let app = app.restart().await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[1].header("webhook-id"), event_id);
+    let event = app.settled_event(&m.key, &event_id).await;
+    assert_eq!(event["deliveries"][0]["status"], "succeeded");
+    assert_eq!(event["deliveries"][0]["attempt_count"], 2);
+}
+
+/// `merpati serve` as a child process on a free port; returns it and its base URL.
+async fn spawn_binary(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_merpati"))
+        .arg("serve")
+        .env("MERPATI_LISTEN", "127.0.0.1:0")
+        .env("MERPATI_DATA_DIR", data_dir)
+        .env("MERPATI_ADMIN_TOKEN", ADMIN)
+        .env("MERPATI_LOG_FORMAT", "json")
+        .env(
+            "MERPATI_DELIVERY_RETRY_SCHEDULE",
+            "200ms,200ms,200ms,200ms,200ms",
+        )
+        .env("MERPATI_DELIVERY_TIMEOUT", "30s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the merpati binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "merpati is listening" {
+                return entry["fields"]["addr"].as_str().unwrap().to_string();
+            }
+        }
+        panic!("merpati exited before listening");
+    })
+    .await
+    .expect("merpati listens in time");
+    // Keep reading so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_delivers_everything_it_accepted_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    // First the receiver hangs, so that deliveries are under way when the server dies.
+    receiver.always(Answer::status(200).delay(Duration::from_secs(120)));
+
+    let (mut child, url) = spawn_binary(dir.path()).await;
+    let mut app = TestApp::at(url);
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+    let mut accepted = BTreeSet::new();
+    for batch in 0..10 {
+        let items: Vec<_> = (0..10)
+            .map(|i| json!({"type": "sms", "rid": batch * 10 + i, "phone": "+1", "message": "m"}))
+            .collect();
+        let v = app
+            .ok_post(
+                "/v1/device/messages",
+                &m.device_token,
+                json!({"items": items}),
+                202,
+            )
+            .await;
+        for item in v["items"].as_array().unwrap() {
+            accepted.insert(item["event_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(accepted.len(), 100);
+    receiver.wait_for(1).await;
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    receiver.always(Answer::status(200));
+
+    let (_child, url) = spawn_binary(dir.path()).await;
+    app.url = url;
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let delivered: BTreeSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect();
+        if accepted.is_subset(&delivered) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 100 delivered after the restart",
+            accepted.intersection(&delivered).count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
