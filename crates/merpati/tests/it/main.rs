@@ -2,6 +2,7 @@
 
 mod api;
 mod bad_input;
+mod compat;
 mod dedup;
 mod filters;
 mod helpers;

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the official Standard Webhooks verifiers (PyPI and npm) under target/compat, where
+# the compatibility test finds them. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=target/compat
+if [ ! -d "$dir/python/standardwebhooks" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dir/python" 'standardwebhooks>=1.1,<2'
+fi
+if [ ! -d "$dir/node/node_modules/standardwebhooks" ]; then
+  mkdir -p "$dir/node"
+  npm install --silent --no-audit --no-fund --prefix "$dir/node" 'standardwebhooks@^1.1' >/dev/null
+fi
