@@ -5,13 +5,8 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_accounts_resources_are_not_found_on_every_route() {
-    let app = TestApp::spawn().await;
-    let receiver = Receiver::start().await;
-    let a = app.merchant("a").await;
-    let b = app.merchant("b").await;
-    // A's own ids, distinct from anything B has.
+/// A business `biz_a`, channel `ch_a` and device `dev_a`: ids only A has.
+async fn own_tree(app: &TestApp, a: &Merchant) {
     app.ok_post(
         "/v1/businesses",
         &a.key,
@@ -27,6 +22,15 @@ async fn another_accounts_resources_are_not_found_on_every_route() {
     )
     .await;
     app.device(&a.key, "dev_a", "ch_a").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_resources_are_not_found_on_every_route() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let a = app.merchant("a").await;
+    let b = app.merchant("b").await;
+    own_tree(&app, &a).await;
     let ep = app.endpoint(&a.key, &receiver, json!({})).await;
     let event_id = app.sms(&a.device_token, 1).await["items"][0]["event_id"]
         .as_str()
@@ -100,21 +104,7 @@ async fn references_to_another_accounts_resources_are_refused() {
     let app = TestApp::spawn().await;
     let a = app.merchant("a").await;
     let b = app.merchant("b").await;
-    app.ok_post(
-        "/v1/businesses",
-        &a.key,
-        json!({"id": "biz_a", "name": "A"}),
-        201,
-    )
-    .await;
-    app.ok_post(
-        "/v1/channels",
-        &a.key,
-        json!({"id": "ch_a", "name": "A", "engine": "wa", "business_id": "biz_a"}),
-        201,
-    )
-    .await;
-    app.device(&a.key, "dev_a", "ch_a").await;
+    own_tree(&app, &a).await;
     for (path, body) in [
         (
             "/v1/channels",

@@ -104,7 +104,7 @@ async fn a_killed_server_delivers_everything_it_accepted_after_restart() {
     child.wait().await.unwrap();
     receiver.always(Answer::status(200));
 
-    let (_child, url) = spawn_binary(dir.path()).await;
+    let (mut child, url) = spawn_binary(dir.path()).await;
     app.url = url;
     let deadline = std::time::Instant::now() + PATIENCE * 2;
     loop {
@@ -123,4 +123,42 @@ async fn a_killed_server_delivers_everything_it_accepted_after_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop_gracefully(&mut child).await;
+}
+
+/// SIGTERM, and the process must exit cleanly in time.
+async fn stop_gracefully(child: &mut Child) {
+    let pid = child.id().expect("still running").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("merpati stops within the patience")
+        .unwrap();
+    assert!(status.success(), "merpati exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_binary_cleanly_and_it_starts_again_on_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) = spawn_binary(dir.path()).await;
+    let app = TestApp::at(url);
+    let m = app.merchant("m1").await;
+    let event_id = app.sms(&m.device_token, 1).await["items"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stop_gracefully(&mut child).await;
+
+    let (mut child, url) = spawn_binary(dir.path()).await;
+    let app = TestApp::at(url);
+    assert_eq!(
+        app.get(&format!("/v1/events/{event_id}"), &m.key).await.0,
+        200
+    );
+    stop_gracefully(&mut child).await;
 }

@@ -1,4 +1,5 @@
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFromIter, Row};
 
 use super::{is_unique_violation, SqliteStore};
 use crate::devices::{Business, Channel, Device, DeviceContext, DeviceStore, Presence};
@@ -71,6 +72,20 @@ fn taken(what: &str, id: &str) -> impl FnOnce(rusqlite::Error) -> StoreError {
             e.into()
         }
     }
+}
+
+/// ?1 … ?8 of both the INSERT and the UPDATE (which leaves ?7, created_at, alone).
+fn channel_params(account: &str, ch: &Channel) -> ParamsFromIter<Vec<SqlValue>> {
+    params_from_iter(vec![
+        account.to_owned().into(),
+        ch.id.clone().into(),
+        ch.business_id.clone().into(),
+        ch.name.clone().into(),
+        ch.engine.clone().into(),
+        ch.backup_channel_id.clone().into(),
+        ch.created_at.into(),
+        ch.updated_at.into(),
+    ])
 }
 
 fn check_channel_refs(c: &Connection, account: &str, ch: &Channel) -> StoreResult<()> {
@@ -212,16 +227,7 @@ impl DeviceStore for SqliteStore {
                 "INSERT INTO channels (account_id, id, business_id, name, engine, backup_channel_id,
                                        created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    account,
-                    ch.id,
-                    ch.business_id,
-                    ch.name,
-                    ch.engine,
-                    ch.backup_channel_id,
-                    ch.created_at,
-                    ch.updated_at
-                ],
+                channel_params(&account, &ch),
             )
             .map_err(taken("channel", &ch.id))?;
             Ok(ch)
@@ -254,17 +260,9 @@ impl DeviceStore for SqliteStore {
             check_channel_refs(c, &account, &ch)?;
             let n = c.execute(
                 "UPDATE channels SET business_id = ?3, name = ?4, engine = ?5,
-                        backup_channel_id = ?6, updated_at = ?7
+                        backup_channel_id = ?6, updated_at = ?8
                  WHERE account_id = ?1 AND id = ?2",
-                params![
-                    account,
-                    ch.id,
-                    ch.business_id,
-                    ch.name,
-                    ch.engine,
-                    ch.backup_channel_id,
-                    ch.updated_at
-                ],
+                channel_params(&account, &ch),
             )?;
             changed(n, "channel")?;
             Ok(ch)

@@ -1,4 +1,5 @@
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFromIter, Row};
 
 use super::devices::owned;
 use super::{json_list, parse_json_column, SqliteStore};
@@ -46,12 +47,27 @@ fn check_scope(c: &Connection, account: &str, e: &Endpoint) -> StoreResult<()> {
     Ok(())
 }
 
-fn events_column(e: &Endpoint) -> Option<String> {
-    e.events.as_deref().map(json_list)
-}
-
-fn headers_column(e: &Endpoint) -> String {
-    serde_json::to_string(&e.headers).expect("headers serialize")
+/// ?1 … ?15 of both the INSERT and the UPDATE (which leaves ?14, created_at, alone).
+fn endpoint_params(account: &str, e: &Endpoint) -> ParamsFromIter<Vec<SqlValue>> {
+    params_from_iter(vec![
+        account.to_owned().into(),
+        e.id.clone().into(),
+        e.url.clone().into(),
+        e.description.clone().into(),
+        e.events.as_deref().map(json_list).into(),
+        json_list(&e.business_ids).into(),
+        json_list(&e.channel_ids).into(),
+        json_list(&e.device_ids).into(),
+        e.format.as_str().to_owned().into(),
+        e.secret_in_body.into(),
+        serde_json::to_string(&e.headers)
+            .expect("headers serialize")
+            .into(),
+        e.ordering.clone().into(),
+        e.disabled.into(),
+        e.created_at.into(),
+        e.updated_at.into(),
+    ])
 }
 
 #[async_trait::async_trait]
@@ -69,23 +85,7 @@ impl EndpointStore for SqliteStore {
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
                      created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                params![
-                    account,
-                    e.id,
-                    e.url,
-                    e.description,
-                    events_column(&e),
-                    json_list(&e.business_ids),
-                    json_list(&e.channel_ids),
-                    json_list(&e.device_ids),
-                    e.format.as_str(),
-                    e.secret_in_body,
-                    headers_column(&e),
-                    e.ordering,
-                    e.disabled,
-                    e.created_at,
-                    e.updated_at
-                ],
+                endpoint_params(&account, &e),
             )?;
             c.execute(
                 "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
@@ -129,24 +129,9 @@ impl EndpointStore for SqliteStore {
             let n = c.execute(
                 "UPDATE endpoints SET url = ?3, description = ?4, events = ?5, business_ids = ?6,
                      channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
-                     headers = ?11, ordering = ?12, disabled = ?13, updated_at = ?14
+                     headers = ?11, ordering = ?12, disabled = ?13, updated_at = ?15
                  WHERE account_id = ?1 AND id = ?2",
-                params![
-                    account,
-                    e.id,
-                    e.url,
-                    e.description,
-                    events_column(&e),
-                    json_list(&e.business_ids),
-                    json_list(&e.channel_ids),
-                    json_list(&e.device_ids),
-                    e.format.as_str(),
-                    e.secret_in_body,
-                    headers_column(&e),
-                    e.ordering,
-                    e.disabled,
-                    e.updated_at
-                ],
+                endpoint_params(&account, &e),
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound("endpoint"));
