@@ -88,6 +88,16 @@ pub struct DeliveryConfig {
 pub struct PresenceConfig {
     pub heartbeat_timeout: Duration,
     pub grace: Duration,
+    /// Heartbeats faster than one per this (after a burst of ten) are refused.
+    pub min_heartbeat_interval: Duration,
+    /// Per engine (`wa`, `telegram`, …): settings over the defaults above.
+    pub engines: BTreeMap<String, EnginePresence>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EnginePresence {
+    pub heartbeat_timeout: Option<Duration>,
+    pub grace: Option<Duration>,
 }
 
 /// Every key a file or the environment may set.
@@ -106,7 +116,18 @@ const KEYS: &[&str] = &[
     "delivery.secret_rotation_grace",
     "presence.heartbeat_timeout",
     "presence.grace",
+    "presence.min_heartbeat_interval",
 ];
+
+/// `presence.engines.<engine>.<setting>`: per-engine lease settings.
+const ENGINE_SETTINGS: &[&str] = &["heartbeat_timeout", "grace"];
+
+/// The engine and setting of a per-engine key, if it is one.
+fn engine_key(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("presence.engines.")?;
+    let (engine, setting) = rest.rsplit_once('.')?;
+    (!engine.is_empty() && ENGINE_SETTINGS.contains(&setting)).then_some((engine, setting))
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -133,6 +154,8 @@ impl Default for Config {
             presence: PresenceConfig {
                 heartbeat_timeout: Duration::from_secs(90),
                 grace: Duration::from_secs(30),
+                min_heartbeat_interval: Duration::from_secs(1),
+                engines: BTreeMap::new(),
             },
         }
     }
@@ -218,7 +241,21 @@ impl Config {
                     c.presence.heartbeat_timeout = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "presence.grace" => c.presence.grace = parse_duration(raw).map_err(invalid)?,
-                _ => return Err(ConfigError::UnknownKey(key.clone())),
+                "presence.min_heartbeat_interval" => {
+                    c.presence.min_heartbeat_interval =
+                        parse_positive_duration(raw).map_err(invalid)?
+                }
+                other => {
+                    let Some((engine, setting)) = engine_key(other) else {
+                        return Err(ConfigError::UnknownKey(key.clone()));
+                    };
+                    let value = parse_positive_duration(raw).map_err(invalid)?;
+                    let e = c.presence.engines.entry(engine.to_owned()).or_default();
+                    match setting {
+                        "heartbeat_timeout" => e.heartbeat_timeout = Some(value),
+                        _ => e.grace = Some(value),
+                    }
+                }
             }
         }
         Ok(c)
@@ -259,8 +296,23 @@ fn env_settings(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<String
             )
         })
         .collect();
-    vars.filter_map(|(name, value)| by_env_name.get(&name).map(|k| (k.to_string(), value)))
-        .collect()
+    vars.filter_map(|(name, value)| {
+        if let Some(k) = by_env_name.get(&name) {
+            return Some((k.to_string(), value));
+        }
+        // MERPATI_PRESENCE_ENGINES_WA_GRACE → presence.engines.wa.grace
+        let rest = name.strip_prefix("MERPATI_PRESENCE_ENGINES_")?;
+        ENGINE_SETTINGS.iter().find_map(|setting| {
+            let engine = rest.strip_suffix(&format!("_{}", setting.to_uppercase()))?;
+            (!engine.is_empty()).then(|| {
+                (
+                    format!("presence.engines.{}.{setting}", engine.to_lowercase()),
+                    value.clone(),
+                )
+            })
+        })
+    })
+    .collect()
 }
 
 fn flatten_toml(
@@ -287,7 +339,11 @@ fn flatten_toml(
             out.insert(prefix.to_owned(), scalar_text(other));
         }
     }
-    if !prefix.is_empty() && !value.is_table() && !KEYS.contains(&prefix) {
+    if !prefix.is_empty()
+        && !value.is_table()
+        && !KEYS.contains(&prefix)
+        && engine_key(prefix).is_none()
+    {
         return Err(ConfigError::UnknownKey(prefix.to_owned()));
     }
     Ok(())
@@ -395,6 +451,35 @@ mod tests {
             flatten_toml("", &toml::Value::Table(bad), &mut BTreeMap::new()),
             Err(ConfigError::UnknownKey(k)) if k == "delivery.timout"
         ));
+    }
+
+    #[test]
+    fn per_engine_lease_settings() {
+        let env = env_settings(
+            [
+                ("MERPATI_PRESENCE_ENGINES_WA_GRACE", "5s"),
+                ("MERPATI_PRESENCE_ENGINES_TELEGRAM_HEARTBEAT_TIMEOUT", "2m"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b.to_string())),
+        );
+        let c = Config::from_settings(&env).unwrap();
+        assert_eq!(c.presence.engines["wa"].grace, Some(Duration::from_secs(5)));
+        assert_eq!(
+            c.presence.engines["telegram"].heartbeat_timeout,
+            Some(Duration::from_secs(120))
+        );
+        let table: toml::Table = "[presence.engines.slack]\ngrace = \"1m\"".parse().unwrap();
+        let mut out = BTreeMap::new();
+        flatten_toml("", &toml::Value::Table(table), &mut out).unwrap();
+        let c = Config::from_settings(&out).unwrap();
+        assert_eq!(
+            c.presence.engines["slack"].grace,
+            Some(Duration::from_secs(60))
+        );
+        assert!(
+            Config::from_settings(&settings(&[("presence.engines.wa.colour", "red")])).is_err()
+        );
     }
 
     #[test]

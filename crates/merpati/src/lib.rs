@@ -23,6 +23,7 @@ pub mod endpoints;
 pub mod events;
 pub mod ids;
 pub mod ingest;
+pub mod presence;
 pub mod store;
 
 use clock::{SharedClock, SystemClock};
@@ -43,9 +44,15 @@ pub struct Server {
     tasks: TaskTracker,
     store: store::SharedStore,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
+    presence: presence::PresenceHandle,
 }
 
 impl Server {
+    /// The presence hub, e.g. to make it look at its deadlines after a test moved the clock.
+    pub fn presence(&self) -> &presence::PresenceHandle {
+        &self.presence
+    }
+
     /// Stops accepting, lets requests and attempts under way finish, closes the database.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -81,12 +88,27 @@ pub async fn start(
         .run(),
     );
 
+    let policy = presence::Policy::new(config.presence.clone());
+    let (presence, hub) = presence::hub::hub(
+        store.clone(),
+        clock.clone(),
+        waker.clone(),
+        policy.clone(),
+        config.presence.min_heartbeat_interval,
+        shutdown.clone(),
+    );
+    tasks.spawn(hub.run());
+
     let state = api::AppState {
         store: store.clone(),
         config: Arc::new(config),
         clock,
         admin_token_hash: Arc::new(ids::token_hash(admin_token.expose())),
         delivery: waker,
+        presence: presence.clone(),
+        presence_policy: policy,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
     };
     let addr = listener.local_addr()?;
     let app = api::router(state);
@@ -103,6 +125,7 @@ pub async fn start(
         tasks,
         store,
         http,
+        presence,
     })
 }
 

@@ -31,6 +31,11 @@ pub struct AppState {
     pub admin_token_hash: Arc<Vec<u8>>,
     /// Tells the delivery worker that new deliveries are due.
     pub delivery: DeliveryWaker,
+    pub presence: crate::presence::PresenceHandle,
+    pub presence_policy: crate::presence::Policy,
+    /// Tasks the shutdown waits for (device links), and the signal to stop.
+    pub tasks: tokio_util::task::TaskTracker,
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::endpoints::routes())
         .merge(crate::events::routes())
         .merge(crate::ingest::routes())
+        .merge(crate::presence::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })

@@ -33,10 +33,41 @@ pub struct Channel {
     pub engine: String,
     pub business_id: String,
     pub backup_channel_id: Option<String>,
+    /// Lease settings for the devices of this channel (over the engine's and the defaults).
+    #[serde(with = "as_duration::option")]
+    pub heartbeat_timeout: Option<i64>,
+    #[serde(with = "as_duration::option")]
+    pub presence_grace: Option<i64>,
     #[serde(with = "as_rfc3339")]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
     pub updated_at: i64,
+}
+
+/// Millisecond settings shown as durations like `"1m 30s"`.
+mod as_duration {
+    pub mod option {
+        pub fn serialize<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => s.serialize_str(
+                    &humantime::format_duration(std::time::Duration::from_millis(*ms as u64))
+                        .to_string(),
+                ),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// A lease setting as given in a request: `"90s"`, `"5m"`, … at least 1 s, at most a day.
+fn parse_lease(field: &str, raw: &str) -> ApiResult<i64> {
+    let d = humantime::parse_duration(raw).map_err(|_| {
+        ApiError::invalid(format!("{field} {raw:?} is not a duration like \"90s\""))
+    })?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400) {
+        return Err(ApiError::invalid(format!("{field} must be from 1s to 24h")));
+    }
+    Ok(d.as_millis() as i64)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +114,27 @@ impl Presence {
     }
 }
 
+/// `GET /v1/devices?status=&engine=&business_id=&channel_id=`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilter {
+    pub status: Option<String>,
+    pub engine: Option<String>,
+    pub business_id: Option<String>,
+    pub channel_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    status: Option<String>,
+    engine: Option<String>,
+    business_id: Option<String>,
+    channel_id: Option<String>,
+}
+
 /// Everything known about an authenticated device, as of the request: the names that go
 /// into its payloads.
 #[derive(Debug, Clone)]
@@ -97,6 +149,13 @@ pub struct DeviceContext {
     pub device_id: String,
     pub device_name: String,
     pub phone: Option<String>,
+    /// The presence last announced, and since when: what the presence hub starts from.
+    pub presence: Presence,
+    pub presence_since: Option<i64>,
+    pub engine_state: Option<crate::presence::machine::EngineReport>,
+    /// The channel's own lease settings, if it has any.
+    pub channel_heartbeat_ms: Option<i64>,
+    pub channel_grace_ms: Option<i64>,
 }
 
 #[async_trait::async_trait]
@@ -122,7 +181,12 @@ pub trait DeviceStore: Send + Sync {
         d: Device,
         token_hash: Vec<u8>,
     ) -> StoreResult<Device>;
-    async fn list_devices(&self, account: String, page: Page) -> StoreResult<Vec<Device>>;
+    async fn list_devices(
+        &self,
+        account: String,
+        page: Page,
+        filter: DeviceFilter,
+    ) -> StoreResult<Vec<Device>>;
     async fn get_device(&self, account: String, id: String) -> StoreResult<Device>;
     async fn update_device(&self, account: String, d: Device) -> StoreResult<Device>;
     async fn delete_device(&self, account: String, id: String) -> StoreResult<()>;
@@ -247,6 +311,8 @@ struct NewChannel {
     engine: String,
     business_id: String,
     backup_channel_id: Option<String>,
+    heartbeat_timeout: Option<String>,
+    presence_grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +323,10 @@ struct ChannelPatch {
     business_id: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     backup_channel_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    heartbeat_timeout: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    presence_grace: Option<Option<String>>,
 }
 
 /// Engines are an open set (`wa`, `telegram`, `slack`, `sms`, …) with id-like spelling.
@@ -292,6 +362,14 @@ async fn create_channel(
         engine: body.engine,
         business_id: body.business_id,
         backup_channel_id: body.backup_channel_id,
+        heartbeat_timeout: body
+            .heartbeat_timeout
+            .map(|d| parse_lease("heartbeat_timeout", &d))
+            .transpose()?,
+        presence_grace: body
+            .presence_grace
+            .map(|d| parse_lease("presence_grace", &d))
+            .transpose()?,
         created_at: now,
         updated_at: now,
     };
@@ -338,6 +416,14 @@ async fn update_channel(
     }
     if let Some(backup) = patch.backup_channel_id {
         c.backup_channel_id = backup;
+    }
+    if let Some(t) = patch.heartbeat_timeout {
+        c.heartbeat_timeout = t
+            .map(|d| parse_lease("heartbeat_timeout", &d))
+            .transpose()?;
+    }
+    if let Some(g) = patch.presence_grace {
+        c.presence_grace = g.map(|d| parse_lease("presence_grace", &d)).transpose()?;
     }
     check_channel(&c)?;
     c.updated_at = state.clock.now_ms();
@@ -433,10 +519,39 @@ async fn create_device(
 async fn list_devices(
     Account(account): Account,
     State(state): State<AppState>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<DeviceListQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let page = q.page()?;
-    let items = state.store.list_devices(account, page.clone()).await?;
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .page()?;
+    if let Some(s) = &q.status {
+        if !["unknown", "connected", "disconnected"].contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                "status must be unknown, connected or disconnected",
+            ));
+        }
+    }
+    for (field, v) in [
+        ("engine", &q.engine),
+        ("business_id", &q.business_id),
+        ("channel_id", &q.channel_id),
+    ] {
+        if let Some(v) = v {
+            check_id(field, v)?;
+        }
+    }
+    let filter = DeviceFilter {
+        status: q.status,
+        engine: q.engine,
+        business_id: q.business_id,
+        channel_id: q.channel_id,
+    };
+    let items = state
+        .store
+        .list_devices(account, page.clone(), filter)
+        .await?;
     Ok(list_response(items, &page, |d| d.id.clone()))
 }
 
@@ -474,7 +589,14 @@ async fn delete_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_device(account, id).await?;
+    state
+        .store
+        .delete_device(account.clone(), id.clone())
+        .await?;
+    state
+        .presence
+        .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -489,6 +611,10 @@ async fn rotate_token(
         .store
         .rotate_device_token(account.clone(), id.clone(), ids::token_hash(&token), now)
         .await?;
+    state
+        .presence
+        .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)
+        .await;
     let d = state.store.get_device(account, id).await?;
     Ok(with_token(&d, &token))
 }

@@ -1,5 +1,5 @@
-//! The device API's inbound side: what devices received (`POST /v1/device/messages`) and
-//! what engines report of their state (`POST /v1/device/status`).
+//! The device API's inbound side: what devices received (`POST /v1/device/messages`, and the
+//! same items over the device link).
 //!
 //! An item is answered 202 only once its event and every delivery it fans out to are
 //! committed together (a transactional outbox). A re-sent item (same device, same `rid`,
@@ -14,9 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::extract::{parse_json, read_body, Device, JsonBody};
+use crate::api::extract::{parse_json, read_body, Device};
 use crate::api::{ApiError, ApiResult, AppState};
-use crate::devices::{check_phone, DeviceContext, Presence};
+use crate::devices::{check_phone, DeviceContext};
 use crate::store::StoreResult;
 
 pub const MAX_BATCH: usize = 1000;
@@ -90,57 +90,6 @@ pub struct IngestResult {
     pub new_deliveries: usize,
 }
 
-/// What an engine says of its device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReportedStatus {
-    Connected,
-    Disconnected,
-    LoggedOut,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StatusOutcome {
-    pub status: Presence,
-    /// The event announced, when the report changed the announced presence.
-    pub event_id: Option<String>,
-    #[serde(skip)]
-    pub new_deliveries: usize,
-}
-
-/// What a report announces, given what was last announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Announcement {
-    Connected { offline_seconds: Option<i64> },
-    Disconnected { reason: &'static str },
-}
-
-/// Connected and disconnected alternate: a report that repeats what was last announced
-/// announces nothing.
-pub fn announcement(
-    current: Presence,
-    since_ms: Option<i64>,
-    reported: ReportedStatus,
-    now_ms: i64,
-) -> Option<Announcement> {
-    match (reported, current) {
-        (ReportedStatus::Connected, Presence::Connected) => None,
-        (ReportedStatus::Connected, Presence::Unknown) => Some(Announcement::Connected {
-            offline_seconds: None,
-        }),
-        (ReportedStatus::Connected, Presence::Disconnected) => Some(Announcement::Connected {
-            offline_seconds: since_ms.map(|s| (now_ms - s).max(0) / 1000),
-        }),
-        (_, Presence::Disconnected) => None,
-        (ReportedStatus::Disconnected, _) => {
-            Some(Announcement::Disconnected { reason: "reported" })
-        }
-        (ReportedStatus::LoggedOut, _) => Some(Announcement::Disconnected {
-            reason: "logged_out",
-        }),
-    }
-}
-
 #[async_trait::async_trait]
 pub trait IngestStore: Send + Sync {
     /// Stores the items' events and their deliveries in one transaction. Conflict when a
@@ -151,21 +100,10 @@ pub trait IngestStore: Send + Sync {
         items: Vec<PreparedItem>,
         now_ms: i64,
     ) -> StoreResult<IngestResult>;
-
-    /// Records a reported status and announces it when it changes the announced presence.
-    async fn report_status(
-        &self,
-        device: DeviceContext,
-        reported: ReportedStatus,
-        detail: Option<String>,
-        now_ms: i64,
-    ) -> StoreResult<StatusOutcome>;
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/device/messages", post(post_messages))
-        .route("/v1/device/status", post(post_status))
+    Router::new().route("/v1/device/messages", post(post_messages))
 }
 
 async fn post_messages(
@@ -188,7 +126,7 @@ async fn post_messages(
 }
 
 /// A body is one item or `{"items": [...]}`; every item must pass, or none is taken.
-fn prepare_body(
+pub(crate) fn prepare_body(
     body: Value,
     device: &DeviceContext,
     now_secs: i64,
@@ -402,32 +340,6 @@ fn canonical_digest(value: &Value) -> Vec<u8> {
     Sha256::digest(&buf).to_vec()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StatusBody {
-    status: ReportedStatus,
-    reason: Option<String>,
-}
-
-async fn post_status(
-    Device(device): Device,
-    State(state): State<AppState>,
-    JsonBody(body): JsonBody<StatusBody>,
-) -> ApiResult<(StatusCode, Json<StatusOutcome>)> {
-    if let Some(reason) = &body.reason {
-        check_text("reason", reason, 1024)?;
-    }
-    let now = state.clock.now_ms();
-    let outcome = state
-        .store
-        .report_status(device, body.status, body.reason, now)
-        .await?;
-    if outcome.new_deliveries > 0 {
-        state.delivery.wake();
-    }
-    Ok((StatusCode::ACCEPTED, Json(outcome)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -445,6 +357,11 @@ mod tests {
             device_id: "dev_1".into(),
             device_name: "Phone".into(),
             phone: Some("+62811".into()),
+            presence: crate::devices::Presence::Unknown,
+            presence_since: None,
+            engine_state: None,
+            channel_heartbeat_ms: None,
+            channel_grace_ms: None,
         }
     }
 
@@ -538,40 +455,5 @@ mod tests {
         assert_eq!(canonical_digest(&a), canonical_digest(&b));
         let c = json!({"type":"sms","rid":1,"phone":"+1","message":"n"});
         assert_ne!(canonical_digest(&a), canonical_digest(&c));
-    }
-
-    #[test]
-    fn announcements_alternate() {
-        use ReportedStatus::*;
-        assert_eq!(
-            announcement(Presence::Unknown, None, Connected, 0),
-            Some(Announcement::Connected {
-                offline_seconds: None
-            })
-        );
-        assert_eq!(
-            announcement(Presence::Connected, Some(0), Connected, 5),
-            None
-        );
-        assert_eq!(
-            announcement(Presence::Connected, Some(0), LoggedOut, 5),
-            Some(Announcement::Disconnected {
-                reason: "logged_out"
-            })
-        );
-        assert_eq!(
-            announcement(Presence::Disconnected, Some(0), Disconnected, 5),
-            None
-        );
-        assert_eq!(
-            announcement(Presence::Disconnected, Some(0), LoggedOut, 5),
-            None
-        );
-        assert_eq!(
-            announcement(Presence::Disconnected, Some(1_000), Connected, 421_000),
-            Some(Announcement::Connected {
-                offline_seconds: Some(420)
-            })
-        );
     }
 }

@@ -14,6 +14,7 @@ use crate::devices::DeviceStore;
 use crate::endpoints::EndpointStore;
 use crate::events::EventStore;
 use crate::ingest::IngestStore;
+use crate::presence::PresenceStore;
 
 pub mod sqlite;
 
@@ -40,7 +41,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[async_trait::async_trait]
 pub trait Store:
-    AccountStore + DeviceStore + EndpointStore + EventStore + IngestStore + DeliveryStore
+    AccountStore
+    + DeviceStore
+    + EndpointStore
+    + EventStore
+    + IngestStore
+    + DeliveryStore
+    + PresenceStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

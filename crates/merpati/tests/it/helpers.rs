@@ -35,6 +35,7 @@ pub fn test_settings() -> BTreeMap<String, String> {
         ("delivery.retry_schedule", "100ms,100ms,100ms"),
         ("delivery.timeout", "3s"),
         ("database.synchronous", "normal"),
+        ("presence.grace", "300ms"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

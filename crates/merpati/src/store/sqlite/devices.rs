@@ -2,14 +2,34 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFromIter, Row};
 
 use super::{is_unique_violation, SqliteStore};
-use crate::devices::{Business, Channel, Device, DeviceContext, DeviceStore, Presence};
+use crate::devices::{
+    Business, Channel, Device, DeviceContext, DeviceFilter, DeviceStore, Presence,
+};
+use crate::presence::machine::EngineReport;
 use crate::store::{Page, StoreError, StoreResult};
 
 const BUSINESS_COLUMNS: &str = "id, name, created_at, updated_at";
-const CHANNEL_COLUMNS: &str =
-    "id, name, engine, business_id, backup_channel_id, created_at, updated_at";
+const CHANNEL_COLUMNS: &str = "id, name, engine, business_id, backup_channel_id, created_at,
+    updated_at, heartbeat_timeout_ms, grace_ms";
 const DEVICE_COLUMNS: &str =
     "id, name, channel_id, phone, presence, presence_since, created_at, updated_at";
+
+pub(super) fn engine_report_from_db(s: &str) -> Option<EngineReport> {
+    match s {
+        "connected" => Some(EngineReport::Connected),
+        "disconnected" => Some(EngineReport::Disconnected),
+        "logged_out" => Some(EngineReport::LoggedOut),
+        _ => None,
+    }
+}
+
+pub(super) fn engine_report_to_db(r: EngineReport) -> &'static str {
+    match r {
+        EngineReport::Connected => "connected",
+        EngineReport::Disconnected => "disconnected",
+        EngineReport::LoggedOut => "logged_out",
+    }
+}
 
 fn business_row(r: &Row<'_>) -> rusqlite::Result<Business> {
     Ok(Business {
@@ -29,6 +49,8 @@ fn channel_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
         backup_channel_id: r.get(4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
+        heartbeat_timeout: r.get(7)?,
+        presence_grace: r.get(8)?,
     })
 }
 
@@ -42,6 +64,40 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         status_since: r.get(5)?,
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
+    })
+}
+
+/// A device with the names of its channel, business and account, as of now; completed by a
+/// WHERE clause.
+pub(super) const CONTEXT_QUERY: &str =
+    "SELECT d.account_id, a.name, b.id, b.name, ch.id, ch.name, ch.engine,
+            d.id, d.name, d.phone, d.presence, d.presence_since, d.engine_state,
+            ch.heartbeat_timeout_ms, ch.grace_ms
+     FROM devices d
+     JOIN accounts a ON a.id = d.account_id
+     JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+     JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id";
+
+pub(super) fn context_row(r: &Row<'_>) -> rusqlite::Result<DeviceContext> {
+    Ok(DeviceContext {
+        account_id: r.get(0)?,
+        account_name: r.get(1)?,
+        business_id: r.get(2)?,
+        business_name: r.get(3)?,
+        channel_id: r.get(4)?,
+        channel_name: r.get(5)?,
+        engine: r.get(6)?,
+        device_id: r.get(7)?,
+        device_name: r.get(8)?,
+        phone: r.get(9)?,
+        presence: Presence::from_db(&r.get::<_, String>(10)?),
+        presence_since: r.get(11)?,
+        engine_state: r
+            .get::<_, Option<String>>(12)?
+            .as_deref()
+            .and_then(engine_report_from_db),
+        channel_heartbeat_ms: r.get(13)?,
+        channel_grace_ms: r.get(14)?,
     })
 }
 
@@ -74,7 +130,7 @@ fn taken(what: &str, id: &str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     }
 }
 
-/// ?1 … ?8 of both the INSERT and the UPDATE (which leaves ?7, created_at, alone).
+/// ?1 … ?10 of both the INSERT and the UPDATE (which leaves ?7, created_at, alone).
 fn channel_params(account: &str, ch: &Channel) -> ParamsFromIter<Vec<SqlValue>> {
     params_from_iter(vec![
         account.to_owned().into(),
@@ -85,6 +141,8 @@ fn channel_params(account: &str, ch: &Channel) -> ParamsFromIter<Vec<SqlValue>> 
         ch.backup_channel_id.clone().into(),
         ch.created_at.into(),
         ch.updated_at.into(),
+        ch.heartbeat_timeout.into(),
+        ch.presence_grace.into(),
     ])
 }
 
@@ -225,8 +283,8 @@ impl DeviceStore for SqliteStore {
             check_channel_refs(c, &account, &ch)?;
             c.execute(
                 "INSERT INTO channels (account_id, id, business_id, name, engine, backup_channel_id,
-                                       created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                       created_at, updated_at, heartbeat_timeout_ms, grace_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 channel_params(&account, &ch),
             )
             .map_err(taken("channel", &ch.id))?;
@@ -260,7 +318,8 @@ impl DeviceStore for SqliteStore {
             check_channel_refs(c, &account, &ch)?;
             let n = c.execute(
                 "UPDATE channels SET business_id = ?3, name = ?4, engine = ?5,
-                        backup_channel_id = ?6, updated_at = ?8
+                        backup_channel_id = ?6, updated_at = ?8, heartbeat_timeout_ms = ?9,
+                        grace_ms = ?10
                  WHERE account_id = ?1 AND id = ?2",
                 channel_params(&account, &ch),
             )?;
@@ -323,9 +382,51 @@ impl DeviceStore for SqliteStore {
         .await
     }
 
-    async fn list_devices(&self, account: String, page: Page) -> StoreResult<Vec<Device>> {
-        self.read(move |c| list(c, "devices", DEVICE_COLUMNS, &account, &page, device_row))
-            .await
+    async fn list_devices(
+        &self,
+        account: String,
+        page: Page,
+        filter: DeviceFilter,
+    ) -> StoreResult<Vec<Device>> {
+        self.read(move |c| {
+            let mut sql = format!(
+                "SELECT {} FROM devices d
+                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                 WHERE d.account_id = ? AND d.id > ?",
+                DEVICE_COLUMNS
+                    .split(',')
+                    .map(|col| format!("d.{}", col.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut args: Vec<SqlValue> =
+                vec![account.into(), page.after.unwrap_or_default().into()];
+            if let Some(status) = filter.status {
+                sql.push_str(" AND d.presence = ?");
+                let db = match status.as_str() {
+                    "connected" => Presence::Connected,
+                    "disconnected" => Presence::Disconnected,
+                    _ => Presence::Unknown,
+                };
+                args.push(db.as_db().to_owned().into());
+            }
+            for (column, value) in [
+                ("ch.engine", filter.engine),
+                ("ch.business_id", filter.business_id),
+                ("d.channel_id", filter.channel_id),
+            ] {
+                if let Some(v) = value {
+                    sql.push_str(&format!(" AND {column} = ?"));
+                    args.push(v.into());
+                }
+            }
+            sql.push_str(" ORDER BY d.id LIMIT ?");
+            args.push((page.limit as i64).into());
+            let mut s = c.prepare_cached(&sql)?;
+            let rows = s.query_map(params_from_iter(args), device_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     async fn get_device(&self, account: String, id: String) -> StoreResult<Device> {
@@ -388,30 +489,11 @@ impl DeviceStore for SqliteStore {
 
     async fn device_for_token(&self, token_hash: Vec<u8>) -> StoreResult<Option<DeviceContext>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT d.account_id, a.name, b.id, b.name, ch.id, ch.name, ch.engine,
-                        d.id, d.name, d.phone
-                 FROM devices d
-                 JOIN accounts a ON a.id = d.account_id
-                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
-                 JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id
-                 WHERE d.token_hash = ?1",
-            )?
-            .query_row([token_hash], |r| {
-                Ok(DeviceContext {
-                    account_id: r.get(0)?,
-                    account_name: r.get(1)?,
-                    business_id: r.get(2)?,
-                    business_name: r.get(3)?,
-                    channel_id: r.get(4)?,
-                    channel_name: r.get(5)?,
-                    engine: r.get(6)?,
-                    device_id: r.get(7)?,
-                    device_name: r.get(8)?,
-                    phone: r.get(9)?,
-                })
-            })
-            .optional()?)
+            Ok(
+                c.prepare_cached(&format!("{CONTEXT_QUERY} WHERE d.token_hash = ?1"))?
+                    .query_row([token_hash], context_row)
+                    .optional()?,
+            )
         })
         .await
     }

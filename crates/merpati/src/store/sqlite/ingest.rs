@@ -1,44 +1,19 @@
-use merpati_webhooks::{
-    ChannelRef, DeviceEvent, DeviceEventKind, DeviceRef, DeviceStatus, Event, NamedRef,
-};
+use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
 use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
 use super::SqliteStore;
-use crate::devices::{DeviceContext, Presence};
+use crate::devices::DeviceContext;
 use crate::endpoints::Scope;
 use crate::ids;
-use crate::ingest::{
-    announcement, AcceptedItem, Announcement, IngestResult, IngestStore, PreparedItem,
-    ReportedStatus, StatusOutcome,
-};
+use crate::ingest::{AcceptedItem, IngestResult, IngestStore, PreparedItem};
 use crate::store::{StoreError, StoreResult};
 
-fn scope(d: &DeviceContext) -> Scope<'_> {
+pub(super) fn scope(d: &DeviceContext) -> Scope<'_> {
     Scope {
         business_id: Some(&d.business_id),
         channel_id: Some(&d.channel_id),
         device_id: Some(&d.device_id),
-    }
-}
-
-fn device_ref(d: &DeviceContext) -> DeviceRef {
-    DeviceRef {
-        id: d.device_id.clone(),
-        name: d.device_name.clone(),
-        channel: ChannelRef {
-            id: d.channel_id.clone(),
-            name: d.channel_name.clone(),
-            engine: d.engine.clone(),
-        },
-        bisnis: NamedRef {
-            id: d.business_id.clone(),
-            name: d.business_name.clone(),
-        },
-        user: NamedRef {
-            id: d.account_id.clone(),
-            name: d.account_name.clone(),
-        },
     }
 }
 
@@ -114,88 +89,6 @@ impl IngestStore for SqliteStore {
             }
             Ok(IngestResult {
                 items: accepted,
-                new_deliveries,
-            })
-        })
-        .await
-    }
-
-    async fn report_status(
-        &self,
-        device: DeviceContext,
-        reported: ReportedStatus,
-        detail: Option<String>,
-        now_ms: i64,
-    ) -> StoreResult<StatusOutcome> {
-        self.write(move |c| {
-            let (current, since): (String, Option<i64>) = c
-                .prepare_cached(
-                    "SELECT presence, presence_since FROM devices WHERE account_id = ?1 AND id = ?2",
-                )?
-                .query_row(params![device.account_id, device.device_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?
-                .ok_or(StoreError::NotFound("device"))?;
-            let current = Presence::from_db(&current);
-            let Some(announce) = announcement(current, since, reported, now_ms) else {
-                return Ok(StatusOutcome {
-                    status: current,
-                    event_id: None,
-                    new_deliveries: 0,
-                });
-            };
-            let (kind, status, presence, reason, offline_seconds) = match announce {
-                Announcement::Connected { offline_seconds } => (
-                    DeviceEventKind::Connected,
-                    DeviceStatus::Connected,
-                    Presence::Connected,
-                    None,
-                    offline_seconds,
-                ),
-                Announcement::Disconnected { reason } => (
-                    DeviceEventKind::Disconnected,
-                    DeviceStatus::Disconnected,
-                    Presence::Disconnected,
-                    Some(reason.to_string()),
-                    None,
-                ),
-            };
-            c.prepare_cached(
-                "UPDATE devices SET presence = ?3, presence_since = ?4, presence_reason = ?5
-                 WHERE account_id = ?1 AND id = ?2",
-            )?
-            .execute(params![
-                device.account_id,
-                device.device_id,
-                presence.as_db(),
-                now_ms,
-                detail.or_else(|| reason.clone())
-            ])?;
-            let payload = Event::Device(DeviceEvent {
-                event: kind,
-                timestamp: now_ms.div_euclid(1000),
-                device: device_ref(&device),
-                status,
-                reason,
-                offline_seconds,
-            });
-            let event_id = ids::new_id("evt");
-            let new = NewEvent {
-                id: &event_id,
-                account_id: &device.account_id,
-                event_type: kind.as_str(),
-                scope: scope(&device),
-                created_at: now_ms,
-            };
-            let seq = insert_event(c, &new, |_| {
-                String::from_utf8(payload.to_json()).expect("JSON is UTF-8")
-            })?;
-            let subs = subscriptions(c, &device.account_id)?;
-            let new_deliveries = fan_out(c, &subs, seq, kind.as_str(), scope(&device), now_ms)?;
-            Ok(StatusOutcome {
-                status: presence,
-                event_id: Some(event_id),
                 new_deliveries,
             })
         })

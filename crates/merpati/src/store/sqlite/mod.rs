@@ -24,13 +24,21 @@ mod endpoints;
 mod events;
 mod fanout;
 mod ingest;
+mod presence;
 
 /// Versioned migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "presence",
+        include_str!("../migrations/sqlite/0002_presence.sql"),
+    ),
+];
 
 /// At most this many writes share one commit.
 const MAX_GROUP: usize = 512;
