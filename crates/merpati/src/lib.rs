@@ -89,7 +89,7 @@ pub async fn start(
     );
 
     let policy = presence::Policy::new(config.presence.clone());
-    let (presence, hub) = presence::hub::hub(
+    let (presence, mut hub) = presence::hub::hub(
         store.clone(),
         clock.clone(),
         waker.clone(),
@@ -97,6 +97,7 @@ pub async fn start(
         config.presence.min_heartbeat_interval,
         shutdown.clone(),
     );
+    hub.restore().await?;
     tasks.spawn(hub.run());
 
     let state = api::AppState {

@@ -6,7 +6,7 @@
 //! a crash mid-attempt leaves it due again rather than lost. No database connection is held
 //! while a request is under way: claim, send, record are three separate steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,10 @@ impl Worker {
             Err(e) => tracing::error!(error = %e, "could not release old claims"),
         }
         let mut in_flight: JoinSet<()> = JoinSet::new();
+        // A claim whose lease ran out while its attempt is still under way (the clock
+        // stepped) must not start a second attempt beside the first.
+        let mut running: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut busy: HashSet<i64> = HashSet::new();
         loop {
             if self.shutdown.is_cancelled() {
                 break;
@@ -123,13 +127,18 @@ impl Worker {
                     Ok(jobs) => {
                         more_due = jobs.len() == want;
                         for job in jobs {
-                            in_flight.spawn(deliver(
+                            if !busy.insert(job.delivery_id) {
+                                continue;
+                            }
+                            let id = job.delivery_id;
+                            let task = in_flight.spawn(deliver(
                                 self.store.clone(),
                                 client.clone(),
                                 self.clock.clone(),
                                 self.config.clone(),
                                 job,
                             ));
+                            running.insert(task.id(), id);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "could not claim deliveries"),
@@ -156,9 +165,16 @@ impl Worker {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.waker.0.notified() => {}
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "delivery task failed");
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(e) => {
+                            tracing::error!(error = %e, "delivery task failed");
+                            e.id()
+                        }
+                    };
+                    if let Some(id) = running.remove(&task) {
+                        busy.remove(&id);
                     }
                 }
                 _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}

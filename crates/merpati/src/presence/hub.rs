@@ -341,9 +341,6 @@ pub fn hub(
 
 impl Hub {
     pub async fn run(mut self) {
-        if let Err(e) = self.restore().await {
-            tracing::error!(error = %e, "could not restore presence; starting empty");
-        }
         let mut batch = Vec::new();
         loop {
             let wait = self.deadlines.first().map(|(at, _)| {
@@ -368,7 +365,9 @@ impl Hub {
         }
     }
 
-    async fn restore(&mut self) -> StoreResult<()> {
+    /// Rebuilds every device that was up from the store. Done before the server accepts
+    /// anything, so that restored leases start at the restart.
+    pub async fn restore(&mut self) -> StoreResult<()> {
         let now = self.clock.now_ms();
         let stored = self.store.presence_to_restore().await?;
         let count = stored.len();

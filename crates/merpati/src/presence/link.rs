@@ -108,13 +108,27 @@ async fn send_json(socket: &mut WebSocket, v: Value) -> bool {
         .is_ok()
 }
 
+/// Sends a close frame and waits (briefly) for the device's answer, so that the device
+/// reads the reason instead of a reset connection.
 async fn close(socket: &mut WebSocket, c: LinkClose) {
     let frame = CloseFrame {
         code: c.code,
         reason: c.reason.into(),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
+
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
     let timeouts = state.presence_policy.for_device(&device);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use merpati::clock::SystemClock;
+use merpati::clock::{Clock, ManualClock, SystemClock};
 use merpati::config::Config;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -24,6 +24,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     overrides: Vec<(String, String)>,
+    clock: Arc<dyn Clock>,
+    manual: Option<Arc<ManualClock>>,
     server: Option<merpati::Server>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -49,15 +51,44 @@ impl TestApp {
 
     /// A server with `overrides` on top of [`test_settings`].
     pub async fn spawn_with(overrides: &[(&str, &str)]) -> TestApp {
+        Self::spawn_on(overrides, Arc::new(SystemClock), None).await
+    }
+
+    /// A server whose time moves only with [`TestApp::advance`]. It starts at the real time,
+    /// so that signatures stay within the receivers' tolerance.
+    pub async fn spawn_manual(overrides: &[(&str, &str)]) -> TestApp {
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        Self::spawn_on(overrides, clock.clone(), Some(clock)).await
+    }
+
+    async fn spawn_on(
+        overrides: &[(&str, &str)],
+        clock: Arc<dyn Clock>,
+        manual: Option<Arc<ManualClock>>,
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().to_path_buf();
         let overrides: Vec<(String, String)> = overrides
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let mut app = Self::start_in(data_dir, overrides).await;
+        let mut app = Self::start_in(data_dir, overrides, clock, manual).await;
         app._dir = Some(dir);
         app
+    }
+
+    /// Moves the manual clock and lets the presence hub act on what came due.
+    pub async fn advance(&self, ms: i64) {
+        self.manual
+            .as_ref()
+            .expect("a manual clock (spawn_manual)")
+            .advance_ms(ms);
+        self.server.as_ref().unwrap().presence().tick().await;
+    }
+
+    /// The server's time, in ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// A client of a server started elsewhere (e.g. the binary in a child process).
@@ -67,12 +98,19 @@ impl TestApp {
             client: reqwest::Client::new(),
             data_dir: PathBuf::new(),
             overrides: Vec::new(),
+            clock: Arc::new(SystemClock),
+            manual: None,
             server: None,
             _dir: None,
         }
     }
 
-    async fn start_in(data_dir: PathBuf, overrides: Vec<(String, String)>) -> TestApp {
+    async fn start_in(
+        data_dir: PathBuf,
+        overrides: Vec<(String, String)>,
+        clock: Arc<dyn Clock>,
+        manual: Option<Arc<ManualClock>>,
+    ) -> TestApp {
         let mut settings = test_settings();
         for (k, v) in &overrides {
             // An empty value removes the setting, to test its absence.
@@ -85,7 +123,7 @@ impl TestApp {
         let mut config = Config::from_settings(&settings).expect("test settings are valid");
         config.data_dir = data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = merpati::start(config, listener, Arc::new(SystemClock))
+        let server = merpati::start(config, listener, clock.clone())
             .await
             .expect("server starts");
         TestApp {
@@ -93,6 +131,8 @@ impl TestApp {
             client: reqwest::Client::new(),
             data_dir,
             overrides,
+            clock,
+            manual,
             server: Some(server),
             _dir: None,
         }
@@ -102,7 +142,13 @@ impl TestApp {
     pub async fn restart(mut self) -> TestApp {
         self.server.take().unwrap().stop().await.unwrap();
         let overrides = std::mem::take(&mut self.overrides);
-        let mut app = Self::start_in(self.data_dir.clone(), overrides).await;
+        let mut app = Self::start_in(
+            self.data_dir.clone(),
+            overrides,
+            self.clock.clone(),
+            self.manual.clone(),
+        )
+        .await;
         app._dir = self._dir.take();
         app
     }
@@ -279,7 +325,19 @@ impl TestApp {
     }
 
     pub async fn event_count(&self, key: &str) -> usize {
-        let (status, v) = self.get("/v1/events?limit=500", key).await;
+        self.count_of(key, "").await
+    }
+
+    /// Events of one type (every type when empty).
+    pub async fn count_of(&self, key: &str, event_type: &str) -> usize {
+        let filter = if event_type.is_empty() {
+            String::new()
+        } else {
+            format!("&type={event_type}")
+        };
+        let (status, v) = self
+            .get(&format!("/v1/events?limit=500{filter}"), key)
+            .await;
         assert_eq!(status, StatusCode::OK);
         v["data"].as_array().unwrap().len()
     }
@@ -443,6 +501,108 @@ impl Receiver {
                 got.len()
             );
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
+        }
+    }
+}
+
+/// A device link, as a phone would hold it.
+pub struct Link {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+pub type Frame = tokio_tungstenite::tungstenite::Message;
+
+impl Link {
+    /// Opens a link and waits for its `ready` frame (the device is then recorded as up).
+    pub async fn open(app: &TestApp, token: &str) -> Link {
+        let mut link = Self::try_open(app, token).await.expect("link opens");
+        let ready = link.next_json().await;
+        assert_eq!(ready["type"], "ready", "{ready}");
+        link
+    }
+
+    /// The handshake, or its HTTP status when refused.
+    pub async fn try_open(app: &TestApp, token: &str) -> Result<Link, u16> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}/v1/device/link", app.url.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Link { ws }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        use futures_util::SinkExt;
+        self.ws.send(frame).await.expect("frame sent");
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send(Frame::Text(v.to_string().into())).await;
+    }
+
+    /// The next frame that is not a ping or pong.
+    pub async fn next(&mut self) -> Option<Frame> {
+        use futures_util::StreamExt;
+        loop {
+            let frame = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time")?;
+            match frame {
+                Ok(Frame::Ping(_) | Frame::Pong(_)) => continue,
+                Ok(f) => return Some(f),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next().await {
+            Some(Frame::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// Waits for the server to close the link; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.next().await {
+                Some(Frame::Close(Some(f))) => return (f.code.into(), f.reason.to_string()),
+                Some(Frame::Close(None)) | None => return (0, String::new()),
+                Some(_) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        // Wait for the server's answer, so the close has been seen.
+        while self.next().await.is_some() {}
+    }
+}
+
+impl TestApp {
+    /// Waits until the device's live status is `status`.
+    pub async fn wait_status(&self, key: &str, device: &str, status: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (_, v) = self
+                .get(&format!("/v1/devices/{device}/presence"), key)
+                .await;
+            if v["status"] == status {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{device} never became {status}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -7,6 +7,8 @@ mod dedup;
 mod filters;
 mod helpers;
 mod isolation;
+mod link;
 mod payloads;
+mod presence;
 mod restart;
 mod retries;
