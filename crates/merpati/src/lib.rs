@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod accounts;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod events;
 pub mod ids;
 pub mod ingest;
 pub mod presence;
+pub mod simulate;
 pub mod store;
 
 use clock::{SharedClock, SystemClock};

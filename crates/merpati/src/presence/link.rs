@@ -72,7 +72,8 @@ pub async fn upgrade(
     };
     // The server's shutdown waits for every link, as for any other task.
     let guard = state.tasks.token();
-    ws.read_buffer_size(4096)
+    // Small buffers: 10,000 idle links must fit in little memory, and frames are small.
+    ws.read_buffer_size(2048)
         .write_buffer_size(0)
         .max_message_size(MAX_BODY_BYTES)
         .max_frame_size(MAX_BODY_BYTES)
@@ -192,8 +193,9 @@ async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
                 };
                 last_heard = Instant::now();
                 let answer = match message {
+                    // Boxed: an idle link's task then holds no room for this future.
                     Message::Text(text) => {
-                        handle_text(&state, &device, &mut limiter, text.as_str()).await
+                        Box::pin(handle_text(&state, &device, &mut limiter, text.as_str())).await
                     }
                     Message::Binary(_) => Some(error_frame(
                         None,
