@@ -1,7 +1,7 @@
 //! The device link: `GET /v1/device/link`, a WebSocket that holds a device's presence lease
 //! while it is open, and carries its heartbeats and inbound items.
 //!
-//! Protocol (JSON text frames; see `docs/device-link.md`):
+//! Protocol (JSON text frames; see `docs/device-protocol.md`):
 //! - server → device, on open: `{"type":"ready","device_id","heartbeat_interval_seconds",
 //!   "heartbeat_timeout_seconds"}`.
 //! - device → server: `{"type":"heartbeat", "battery"?, "charging"?, "signal"?, "network"?}`

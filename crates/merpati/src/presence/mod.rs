@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -164,14 +164,29 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/device/link", get(link::upgrade))
         .route("/v1/devices/{id}/presence", get(device_presence))
         .route("/v1/devices/{id}/sessions", get(device_sessions))
-        .route("/v1/devices/{id}/downtime", get(device_downtime))
-        .route("/v1/devices/{id}/availability", get(device_availability))
-        .route("/v1/channels/{id}/downtime", get(channel_downtime))
-        .route("/v1/channels/{id}/availability", get(channel_availability))
-        .route("/v1/businesses/{id}/downtime", get(business_downtime))
+        .route(
+            "/v1/devices/{id}/downtime",
+            history(HistoryScope::Device, Report::Downtime),
+        )
+        .route(
+            "/v1/devices/{id}/availability",
+            history(HistoryScope::Device, Report::Availability),
+        )
+        .route(
+            "/v1/channels/{id}/downtime",
+            history(HistoryScope::Channel, Report::Downtime),
+        )
+        .route(
+            "/v1/channels/{id}/availability",
+            history(HistoryScope::Channel, Report::Availability),
+        )
+        .route(
+            "/v1/businesses/{id}/downtime",
+            history(HistoryScope::Business, Report::Downtime),
+        )
         .route(
             "/v1/businesses/{id}/availability",
-            get(business_availability),
+            history(HistoryScope::Business, Report::Availability),
         )
 }
 
@@ -420,56 +435,23 @@ async fn availability(
     })))
 }
 
-async fn device_downtime(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    downtime(state, account, HistoryScope::Device(id), window).await
+#[derive(Clone, Copy)]
+enum Report {
+    Downtime,
+    Availability,
 }
 
-async fn device_availability(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    availability(state, account, HistoryScope::Device(id), window).await
-}
-
-async fn channel_downtime(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    downtime(state, account, HistoryScope::Channel(id), window).await
-}
-
-async fn channel_availability(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    availability(state, account, HistoryScope::Channel(id), window).await
-}
-
-async fn business_downtime(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    downtime(state, account, HistoryScope::Business(id), window).await
-}
-
-async fn business_availability(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
-) -> ApiResult<Json<serde_json::Value>> {
-    availability(state, account, HistoryScope::Business(id), window).await
+/// `GET …/{id}/downtime` or `…/availability` for devices, channels or businesses.
+fn history(scope: fn(String) -> HistoryScope, report: Report) -> MethodRouter<AppState> {
+    get(
+        move |Account(account): Account,
+              State(state): State<AppState>,
+              Path(id): Path<String>,
+              Query(window): Query<Window>| async move {
+            match report {
+                Report::Downtime => downtime(state, account, scope(id), window).await,
+                Report::Availability => availability(state, account, scope(id), window).await,
+            }
+        },
+    )
 }
