@@ -163,7 +163,18 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/device/status", post(report_status))
         .route("/v1/device/link", get(link::upgrade))
         .route("/v1/devices/{id}/presence", get(device_presence))
-        .route("/v1/devices/{id}/sessions", get(device_sessions))
+        .route(
+            "/v1/devices/{id}/sessions",
+            history(HistoryScope::Device, Report::Sessions),
+        )
+        .route(
+            "/v1/channels/{id}/sessions",
+            history(HistoryScope::Channel, Report::Sessions),
+        )
+        .route(
+            "/v1/businesses/{id}/sessions",
+            history(HistoryScope::Business, Report::Sessions),
+        )
         .route(
             "/v1/devices/{id}/downtime",
             history(HistoryScope::Device, Report::Downtime),
@@ -368,23 +379,14 @@ async fn periods_of(
     Ok((from, to, periods))
 }
 
-async fn device_sessions(
-    Account(account): Account,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(window): Query<Window>,
+async fn sessions(
+    state: AppState,
+    account: String,
+    scope: HistoryScope,
+    window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let (from, to, periods) = periods_of(
-        &state,
-        account.clone(),
-        HistoryScope::Device(id.clone()),
-        &window,
-    )
-    .await?;
-    let blips = state
-        .store
-        .presence_blips(account, HistoryScope::Device(id), from, to)
-        .await?;
+    let (from, to, periods) = periods_of(&state, account.clone(), scope.clone(), &window).await?;
+    let blips = state.store.presence_blips(account, scope, from, to).await?;
     let sessions: Vec<&Period> = periods.iter().filter(|p| p.state == "up").collect();
     Ok(Json(serde_json::json!({"data": sessions, "blips": blips})))
 }
@@ -437,11 +439,13 @@ async fn availability(
 
 #[derive(Clone, Copy)]
 enum Report {
+    Sessions,
     Downtime,
     Availability,
 }
 
-/// `GET …/{id}/downtime` or `…/availability` for devices, channels or businesses.
+/// `GET …/{id}/sessions`, `…/downtime` or `…/availability` of a device, a channel or a
+/// business.
 fn history(scope: fn(String) -> HistoryScope, report: Report) -> MethodRouter<AppState> {
     get(
         move |Account(account): Account,
@@ -449,6 +453,7 @@ fn history(scope: fn(String) -> HistoryScope, report: Report) -> MethodRouter<Ap
               Path(id): Path<String>,
               Query(window): Query<Window>| async move {
             match report {
+                Report::Sessions => sessions(state, account, scope(id), window).await,
                 Report::Downtime => downtime(state, account, scope(id), window).await,
                 Report::Availability => availability(state, account, scope(id), window).await,
             }

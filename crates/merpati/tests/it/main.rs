@@ -12,3 +12,4 @@ mod payloads;
 mod presence;
 mod restart;
 mod retries;
+mod simulate;
