@@ -4,7 +4,7 @@
 //! once, so a file and the environment are validated by the same code and an unknown key in
 //! the file is an error rather than a silently ignored typo.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +75,9 @@ pub struct DatabaseConfig {
 pub struct DeliveryConfig {
     /// Ranges exempt from the private-address guard.
     pub allowed_networks: Vec<IpNet>,
+    /// Names resolved to these addresses instead of asking DNS (`name=addr,…`, like curl's
+    /// `--resolve`); the guard vets them like any other.
+    pub resolve: HashMap<String, Vec<std::net::IpAddr>>,
     /// Delays after the first attempt; its length is the number of retries.
     pub retry_schedule: Vec<Duration>,
     pub timeout: Duration,
@@ -110,6 +113,7 @@ const KEYS: &[&str] = &[
     "database.synchronous",
     "database.read_connections",
     "delivery.allowed_networks",
+    "delivery.resolve",
     "delivery.retry_schedule",
     "delivery.timeout",
     "delivery.max_in_flight",
@@ -143,6 +147,7 @@ impl Default for Config {
             },
             delivery: DeliveryConfig {
                 allowed_networks: Vec::new(),
+                resolve: HashMap::new(),
                 retry_schedule: [5, 300, 1800, 7200, 18000, 36000, 36000]
                     .into_iter()
                     .map(Duration::from_secs)
@@ -222,6 +227,23 @@ impl Config {
                     c.delivery.allowed_networks = split_list(raw)
                         .map(|s| parse_network(s).map_err(&invalid))
                         .collect::<Result<_, _>>()?
+                }
+                "delivery.resolve" => {
+                    c.delivery.resolve.clear();
+                    for pair in split_list(raw) {
+                        let (name, addr) = pair
+                            .split_once('=')
+                            .ok_or_else(|| invalid(format!("{pair:?} is not name=address")))?;
+                        let addr = addr
+                            .trim()
+                            .parse()
+                            .map_err(|_| invalid(format!("{addr:?} is not an IP address")))?;
+                        c.delivery
+                            .resolve
+                            .entry(name.trim().to_ascii_lowercase())
+                            .or_default()
+                            .push(addr);
+                    }
                 }
                 "delivery.retry_schedule" => {
                     c.delivery.retry_schedule = split_list(raw)
@@ -488,6 +510,8 @@ mod tests {
             ("delivery.timeout", "0s"),
             ("delivery.timeout", "soon"),
             ("delivery.allowed_networks", "10.0.0.0/99"),
+            ("delivery.resolve", "example.com"),
+            ("delivery.resolve", "example.com=nowhere"),
             ("admin_token", "short"),
             ("listen", "nowhere"),
             ("log_format", "xml"),

@@ -19,6 +19,7 @@ use crate::config::DeliveryConfig;
 use crate::endpoints::BodyFormat;
 use crate::store::{SharedStore, StoreResult};
 
+pub mod guard;
 pub mod retry;
 pub mod send;
 
@@ -98,7 +99,9 @@ pub struct Worker {
 impl Worker {
     /// Runs until shutdown, then waits for the attempts under way (bounded by the timeout).
     pub async fn run(self) {
-        let client = send::client(self.config.timeout);
+        let guard = guard::Guard::new(self.config.allowed_networks.clone());
+        let resolver = guard::GuardedResolver::new(guard.clone(), self.config.resolve.clone());
+        let client = send::client(self.config.timeout, resolver);
         let lease = self.config.timeout + Duration::from_secs(30);
         match self.store.release_claims(self.clock.now_ms()).await {
             Ok(0) => {}
@@ -134,6 +137,7 @@ impl Worker {
                             let task = in_flight.spawn(deliver(
                                 self.store.clone(),
                                 client.clone(),
+                                guard.clone(),
                                 self.clock.clone(),
                                 self.config.clone(),
                                 job,
@@ -195,12 +199,13 @@ impl Worker {
 async fn deliver(
     store: SharedStore,
     client: reqwest::Client,
+    guard: guard::Guard,
     clock: SharedClock,
     config: DeliveryConfig,
     job: DueDelivery,
 ) {
     let started = clock.now_ms();
-    let report = send::attempt(&client, &job, config.timeout, started).await;
+    let report = send::attempt(&client, &guard, &job, config.timeout, started).await;
     let next = next_step(
         job.attempt,
         &report.result,

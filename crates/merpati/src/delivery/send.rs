@@ -7,6 +7,7 @@ use merpati_webhooks::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use merpati_webhooks::Webhook;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
+use super::guard::{is_forbidden, Guard, GuardedResolver};
 use super::retry::{parse_retry_after, AttemptResult};
 use super::DueDelivery;
 use crate::endpoints::BodyFormat;
@@ -14,8 +15,13 @@ use crate::endpoints::BodyFormat;
 /// How much of an answer is kept with the attempt.
 pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
-pub fn client(timeout: Duration) -> reqwest::Client {
+/// The delivery client: resolves names only through the guard, never follows redirects,
+/// ignores proxy settings of the environment (a proxy would connect where the guard did not
+/// look).
+pub fn client(timeout: Duration, resolver: GuardedResolver) -> reqwest::Client {
     reqwest::Client::builder()
+        .dns_resolver(std::sync::Arc::new(resolver))
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -69,6 +75,7 @@ pub struct AttemptReport {
 
 pub async fn attempt(
     client: &reqwest::Client,
+    guard: &Guard,
     job: &DueDelivery,
     timeout: Duration,
     started_at_ms: i64,
@@ -85,6 +92,16 @@ pub async fn attempt(
         retry_after: None,
     };
     let target = &job.endpoint;
+    // An address in the URL never meets the resolver: vet it here.
+    let vetted = url::Url::parse(&target.url)
+        .map_err(|e| e.to_string())
+        .and_then(|u| guard.check_url_host(&u).map_err(|e| e.to_string()));
+    if let Err(why) = vetted {
+        report.result = AttemptResult::Unsendable;
+        report.error_kind = Some("forbidden_address");
+        report.error = Some(why);
+        return report;
+    }
     let webhook = match Webhook::with_secrets(target.secrets.iter().map(String::as_str)) {
         Ok(w) => w,
         Err(e) => {
@@ -142,6 +159,12 @@ pub async fn attempt(
                     report.error = Some("redirects are not followed".into());
                 }
             }
+        }
+        Ok(Err(e)) if is_forbidden(&e) => {
+            // Not retried: the same name would meet the same refusal.
+            report.result = AttemptResult::Unsendable;
+            report.error_kind = Some("forbidden_address");
+            report.error = Some(error_chain(&e));
         }
         Ok(Err(e)) => {
             report.error_kind = Some(classify(&e));

@@ -16,6 +16,7 @@ use crate::api::{
     check_id, double_option, list_response, ApiError, ApiResult, AppState, PageQuery,
 };
 use crate::clock::{as_rfc3339, rfc3339};
+use crate::delivery::guard::Guard;
 use crate::ids;
 use crate::store::{Page, StoreResult};
 
@@ -191,6 +192,21 @@ struct EndpointPatch {
     disabled: Option<bool>,
 }
 
+/// An endpoint URL: http(s), a host, no credentials, and not an address the private-address
+/// guard refuses.
+pub fn check_url_allowed(raw: &str, guard: &Guard) -> ApiResult<()> {
+    check_url(raw)?;
+    let url =
+        url::Url::parse(raw).map_err(|e| ApiError::invalid(format!("url is not valid: {e}")))?;
+    guard.check_url_host(&url).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "forbidden_address",
+            format!("url: {e}"),
+        )
+    })
+}
+
 /// An endpoint URL: http(s), a host, no credentials.
 pub fn check_url(raw: &str) -> ApiResult<()> {
     if raw.len() > MAX_URL_BYTES {
@@ -214,8 +230,8 @@ pub fn check_url(raw: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn check_endpoint(e: &Endpoint) -> ApiResult<()> {
-    check_url(&e.url)?;
+fn check_endpoint(e: &Endpoint, guard: &Guard) -> ApiResult<()> {
+    check_url_allowed(&e.url, guard)?;
     if let Some(d) = &e.description {
         if d.chars().count() > 1024 {
             return Err(ApiError::invalid(
@@ -283,6 +299,10 @@ fn check_endpoint(e: &Endpoint) -> ApiResult<()> {
     Ok(())
 }
 
+fn guard_of(state: &AppState) -> Guard {
+    Guard::new(state.config.delivery.allowed_networks.clone())
+}
+
 fn new_secret() -> String {
     encode_secret(&rand::random::<[u8; 24]>())
 }
@@ -321,7 +341,7 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    check_endpoint(&e)?;
+    check_endpoint(&e, &guard_of(&state))?;
     let e = state
         .store
         .create_endpoint(account, e, secret.clone())
@@ -389,7 +409,7 @@ async fn update(
     if let Some(v) = p.disabled {
         e.disabled = v;
     }
-    check_endpoint(&e)?;
+    check_endpoint(&e, &guard_of(&state))?;
     e.updated_at = state.clock.now_ms();
     Ok(Json(state.store.update_endpoint(account, e).await?))
 }

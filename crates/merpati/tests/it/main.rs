@@ -5,6 +5,7 @@ mod bad_input;
 mod compat;
 mod dedup;
 mod filters;
+mod guard;
 mod helpers;
 mod isolation;
 mod link;

@@ -44,6 +44,7 @@ async fn spawn_binary(data_dir: &Path) -> (Child, String) {
             "200ms,200ms,200ms,200ms,200ms",
         )
         .env("MERPATI_DELIVERY_TIMEOUT", "30s")
+        .env("MERPATI_DELIVERY_ALLOWED_NETWORKS", "127.0.0.0/8")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
