@@ -27,6 +27,7 @@ async fn webhook(headers: HeaderMap, body: Bytes) -> StatusCode {
             println!("SMS #{} from {}: {}", sms.id, sms.phone, sms.message);
         }
         Event::Inbound(other) => println!("{} #{}", other.event_type(), other.system_id()),
+        Event::Endpoint(e) => println!("endpoint {} disabled: {}", e.endpoint.url, e.reason),
     }
     // Answer fast with a 2xx; anything else is retried.
     StatusCode::NO_CONTENT

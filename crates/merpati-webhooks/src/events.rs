@@ -16,6 +16,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "whatsapp",
     "ussd",
     "notification",
+    "endpoint.disabled",
 ];
 
 /// An event as a receiver sees it: either a device lifecycle event (`{"event": …}`) or an
@@ -25,6 +26,33 @@ pub const EVENT_TYPES: &[&str] = &[
 pub enum Event {
     Device(DeviceEvent),
     Inbound(InboundEvent),
+    /// merpati's own operational events, in the device events' shape.
+    Endpoint(EndpointEvent),
+}
+
+/// `endpoint.disabled`: an endpoint stopped receiving; told to the account's other endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEvent {
+    pub event: EndpointEventKind,
+    pub timestamp: i64,
+    pub endpoint: EndpointRef,
+    /// `gone` (it answered 410) or `failing` (it failed without pause for too long).
+    pub reason: String,
+    /// Unix seconds since when it had been failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointEventKind {
+    #[serde(rename = "endpoint.disabled")]
+    Disabled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRef {
+    pub id: String,
+    pub url: String,
 }
 
 /// `device.connected` / `device.disconnected`.
@@ -170,6 +198,7 @@ impl Event {
         match self {
             Event::Device(d) => d.event.as_str(),
             Event::Inbound(i) => i.event_type(),
+            Event::Endpoint(_) => "endpoint.disabled",
         }
     }
 
@@ -205,7 +234,12 @@ impl Event {
     pub fn from_value(mut value: serde_json::Value) -> Result<Event, ParseError> {
         if let Some(map) = value.as_object_mut() {
             map.remove("secret");
-            if map.contains_key("event") {
+            if let Some(kind) = map.get("event").and_then(|e| e.as_str()) {
+                if kind.starts_with("endpoint.") {
+                    return serde_json::from_value(value)
+                        .map(Event::Endpoint)
+                        .map_err(ParseError::Shape);
+                }
                 return serde_json::from_value(value)
                     .map(Event::Device)
                     .map_err(ParseError::Shape);
@@ -323,6 +357,7 @@ mod tests {
         assert!(is_known_type_pattern("device.*"));
         assert!(!is_known_type_pattern("mms"));
         assert!(!is_known_type_pattern("sms.*"));
+        assert!(is_known_type_pattern("endpoint.*"));
     }
 
     #[test]
@@ -340,6 +375,14 @@ mod tests {
             panic!("not an sms")
         };
         assert_eq!(sms.rid, Rid::Str("abc-1".into()));
+    }
+
+    #[test]
+    fn endpoint_events_round_trip() {
+        let json = br#"{"event":"endpoint.disabled","timestamp":5,"endpoint":{"id":"ep_1","url":"https://x/"},"reason":"gone"}"#;
+        let e = Event::from_json(json).unwrap();
+        assert_eq!(e.event_type(), "endpoint.disabled");
+        assert_eq!(e.to_json(), json.to_vec());
     }
 
     #[test]

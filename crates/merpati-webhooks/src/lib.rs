@@ -12,8 +12,9 @@ pub mod form;
 pub mod signing;
 
 pub use events::{
-    ChannelRef, DeviceEvent, DeviceEventKind, DeviceRef, DeviceStatus, Event, InboundEvent,
-    NamedRef, Notification, ParseError, Rid, Sms, Ussd, Whatsapp, EVENT_TYPES,
+    ChannelRef, DeviceEvent, DeviceEventKind, DeviceRef, DeviceStatus, EndpointEvent,
+    EndpointEventKind, EndpointRef, Event, InboundEvent, NamedRef, Notification, ParseError, Rid,
+    Sms, Ussd, Whatsapp, EVENT_TYPES,
 };
 pub use signing::{verify_legacy_secret, VerifyError, Webhook};
 

@@ -85,6 +85,8 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// How long a rotated-out endpoint secret keeps signing beside the new one.
     pub secret_rotation_grace: Duration,
+    /// An endpoint failing without a single success for this long is disabled.
+    pub disable_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +120,7 @@ const KEYS: &[&str] = &[
     "delivery.timeout",
     "delivery.max_in_flight",
     "delivery.secret_rotation_grace",
+    "delivery.disable_after",
     "presence.heartbeat_timeout",
     "presence.grace",
     "presence.min_heartbeat_interval",
@@ -155,6 +158,7 @@ impl Default for Config {
                 timeout: Duration::from_secs(15),
                 max_in_flight: 512,
                 secret_rotation_grace: Duration::from_secs(24 * 3600),
+                disable_after: Duration::from_secs(5 * 24 * 3600),
             },
             presence: PresenceConfig {
                 heartbeat_timeout: Duration::from_secs(90),
@@ -255,6 +259,9 @@ impl Config {
                 }
                 "delivery.max_in_flight" => {
                     c.delivery.max_in_flight = parse_count(raw).map_err(invalid)?
+                }
+                "delivery.disable_after" => {
+                    c.delivery.disable_after = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "delivery.secret_rotation_grace" => {
                     c.delivery.secret_rotation_grace = parse_duration(raw).map_err(invalid)?

@@ -71,7 +71,15 @@ pub trait DeliveryStore: Send + Sync {
     ) -> StoreResult<Vec<DueDelivery>>;
     /// When the earliest pending delivery is due, if any.
     async fn next_due_at(&self) -> StoreResult<Option<i64>>;
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()>;
+    /// Records the attempt, the delivery's next step and the endpoint's health: a success
+    /// clears its failing streak; a 410, or failing without a success for `disable_after_ms`,
+    /// disables it (holding its pending deliveries) and tells the account's other endpoints
+    /// with `endpoint.disabled`. Returns how many deliveries that made due.
+    async fn record_attempt(
+        &self,
+        record: AttemptRecord,
+        disable_after_ms: i64,
+    ) -> StoreResult<usize>;
     /// At start: leases held by a previous run of this node are void. Returns how many.
     async fn release_claims(&self, now: i64) -> StoreResult<usize>;
 }
@@ -138,6 +146,7 @@ impl Worker {
                                 self.store.clone(),
                                 client.clone(),
                                 guard.clone(),
+                                self.waker.clone(),
                                 self.clock.clone(),
                                 self.config.clone(),
                                 job,
@@ -200,6 +209,7 @@ async fn deliver(
     store: SharedStore,
     client: reqwest::Client,
     guard: guard::Guard,
+    waker: DeliveryWaker,
     clock: SharedClock,
     config: DeliveryConfig,
     job: DueDelivery,
@@ -234,8 +244,13 @@ async fn deliver(
         response_body: report.response_body,
         next,
     };
-    if let Err(e) = store.record_attempt(record).await {
+    let disable_after = config.disable_after.as_millis() as i64;
+    match store.record_attempt(record, disable_after).await {
+        Ok(0) => {}
+        Ok(_) => waker.wake(),
         // The lease runs out and the delivery is attempted again: at least once, not lost.
-        tracing::error!(error = %e, delivery = job.delivery_id, "could not record an attempt");
+        Err(e) => {
+            tracing::error!(error = %e, delivery = job.delivery_id, "could not record an attempt")
+        }
     }
 }

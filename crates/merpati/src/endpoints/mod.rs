@@ -61,6 +61,13 @@ pub struct Endpoint {
     pub headers: BTreeMap<String, String>,
     pub ordering: Option<String>,
     pub disabled: bool,
+    /// `gone` (answered 410), `failing` (failed without pause too long) or `manual`.
+    pub disabled_reason: Option<String>,
+    #[serde(with = "as_rfc3339::option")]
+    pub disabled_at: Option<i64>,
+    /// Since when every attempt has failed, while that lasts.
+    #[serde(with = "as_rfc3339::option")]
+    pub failing_since: Option<i64>,
     #[serde(with = "as_rfc3339")]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
@@ -114,6 +121,15 @@ pub trait EndpointStore: Send + Sync {
     async fn list_endpoints(&self, account: String, page: Page) -> StoreResult<Vec<Endpoint>>;
     async fn get_endpoint(&self, account: String, id: String) -> StoreResult<Endpoint>;
     async fn update_endpoint(&self, account: String, e: Endpoint) -> StoreResult<Endpoint>;
+    /// Disabling holds its pending deliveries; enabling releases the held ones (returns how
+    /// many are due again).
+    async fn set_endpoint_enabled(
+        &self,
+        account: String,
+        id: String,
+        enabled: bool,
+        now: i64,
+    ) -> StoreResult<usize>;
     /// Also drops its deliveries that have not reached a final outcome.
     async fn delete_endpoint(&self, account: String, id: String) -> StoreResult<()>;
     /// `new_secret` signs from now on; the current ones keep signing until `old_expires_at`.
@@ -338,6 +354,9 @@ async fn create(
         headers: body.headers,
         ordering: body.ordering,
         disabled: body.disabled,
+        disabled_reason: body.disabled.then(|| "manual".to_string()),
+        disabled_at: body.disabled.then_some(now),
+        failing_since: None,
         created_at: now,
         updated_at: now,
     };
@@ -406,12 +425,25 @@ async fn update(
     if let Some(v) = p.ordering {
         e.ordering = v;
     }
-    if let Some(v) = p.disabled {
-        e.disabled = v;
-    }
+    let enable = p
+        .disabled
+        .map(|d| !d)
+        .filter(|enable| *enable == e.disabled);
     check_endpoint(&e, &guard_of(&state))?;
-    e.updated_at = state.clock.now_ms();
-    Ok(Json(state.store.update_endpoint(account, e).await?))
+    let now = state.clock.now_ms();
+    e.updated_at = now;
+    let id = e.id.clone();
+    state.store.update_endpoint(account.clone(), e).await?;
+    if let Some(enable) = enable {
+        let released = state
+            .store
+            .set_endpoint_enabled(account.clone(), id.clone(), enable, now)
+            .await?;
+        if released > 0 {
+            state.delivery.wake();
+        }
+    }
+    Ok(Json(state.store.get_endpoint(account, id).await?))
 }
 
 async fn remove(

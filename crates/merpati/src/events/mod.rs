@@ -85,6 +85,14 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<EventSummary>>;
     async fn get_event(&self, account: String, id: String) -> StoreResult<EventDetail>;
+    /// A new delivery of the same event to the same endpoint; returns its id. Conflict when
+    /// the endpoint is disabled.
+    async fn resend_delivery(
+        &self,
+        account: String,
+        delivery_id: i64,
+        now: i64,
+    ) -> StoreResult<i64>;
     /// New deliveries of the event: to `endpoint_id`, or to every endpoint it matches now.
     /// Returns how many are due.
     async fn replay_event(
@@ -101,6 +109,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/events", get(list))
         .route("/v1/events/{id}", get(read))
         .route("/v1/events/{id}/replay", post(replay))
+        .route("/v1/deliveries/{id}/resend", post(resend))
 }
 
 #[derive(Deserialize)]
@@ -158,6 +167,21 @@ async fn read(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventDetail>> {
     Ok(Json(state.store.get_event(account, id).await?))
+}
+
+async fn resend(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found("delivery"))?;
+    let now = state.clock.now_ms();
+    let new_id = state.store.resend_delivery(account, id, now).await?;
+    state.delivery.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"resent_from": id, "delivery_id": new_id})),
+    ))
 }
 
 #[derive(Deserialize, Default)]

@@ -6,6 +6,7 @@ mod compat;
 mod dedup;
 mod filters;
 mod guard;
+mod health;
 mod helpers;
 mod isolation;
 mod link;

@@ -2,10 +2,15 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection};
 
+use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
+
+use super::endpoints::disable;
+use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
 use super::{parse_json_column, SqliteStore};
 use crate::delivery::retry::NextStep;
 use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery, Target};
 use crate::endpoints::BodyFormat;
+use crate::endpoints::Scope;
 use crate::store::StoreResult;
 
 fn live_secrets(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Vec<String>> {
@@ -16,6 +21,71 @@ fn live_secrets(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Vec<
     )?;
     let rows = s.query_map(params![endpoint_id, now], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The endpoint's failing streak after this attempt, and disabling when it has gone on too
+/// long or the endpoint answered 410 Gone. Returns how many deliveries became due.
+fn endpoint_health(
+    c: &Connection,
+    a: &AttemptRecord,
+    now: i64,
+    disable_after_ms: i64,
+) -> StoreResult<usize> {
+    let endpoint: String = c
+        .prepare_cached("SELECT endpoint_id FROM deliveries WHERE id = ?1")?
+        .query_row([a.delivery_id], |r| r.get(0))?;
+    if a.next == NextStep::Succeeded {
+        c.prepare_cached(
+            "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
+        )?
+        .execute([&endpoint])?;
+        return Ok(0);
+    }
+    let (account, url, failing_since): (String, String, i64) = c
+        .prepare_cached(
+            "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2) WHERE id = ?1
+             RETURNING account_id, url, failing_since",
+        )?
+        .query_row(params![endpoint, a.started_at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    let reason = if a.status_code == Some(410) {
+        "gone"
+    } else if now - failing_since >= disable_after_ms {
+        "failing"
+    } else {
+        return Ok(0);
+    };
+    if !disable(c, &endpoint, reason, now)? {
+        return Ok(0);
+    }
+    tracing::warn!(endpoint = %endpoint, reason, "endpoint disabled");
+    // Tell the account's other endpoints that subscribe to it.
+    let event = Event::Endpoint(EndpointEvent {
+        event: EndpointEventKind::Disabled,
+        timestamp: now.div_euclid(1000),
+        endpoint: EndpointRef {
+            id: endpoint.clone(),
+            url,
+        },
+        reason: reason.to_string(),
+        failing_since: Some(failing_since.div_euclid(1000)),
+    });
+    let event_id = crate::ids::new_id("evt");
+    let new = NewEvent {
+        id: &event_id,
+        account_id: &account,
+        event_type: "endpoint.disabled",
+        scope: Scope::default(),
+        created_at: now,
+    };
+    let body = String::from_utf8(event.to_json()).expect("JSON is UTF-8");
+    let seq = insert_event(c, &new, |_| body)?;
+    let others: Vec<_> = subscriptions(c, &account)?
+        .into_iter()
+        .filter(|s| s.endpoint_id != endpoint)
+        .collect();
+    fan_out(c, &others, seq, "endpoint.disabled", Scope::default(), now)
 }
 
 #[async_trait::async_trait]
@@ -116,7 +186,7 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, a: AttemptRecord) -> StoreResult<()> {
+    async fn record_attempt(&self, a: AttemptRecord, disable_after_ms: i64) -> StoreResult<usize> {
         self.write(move |c| {
             c.prepare_cached(
                 "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
@@ -151,7 +221,7 @@ impl DeliveryStore for SqliteStore {
                 next_at,
                 completed_at
             ])?;
-            Ok(())
+            endpoint_health(c, &a, finished, disable_after_ms)
         })
         .await
     }

@@ -1,5 +1,5 @@
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFromIter, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::devices::owned;
 use super::{json_list, parse_json_column, SqliteStore};
@@ -7,7 +7,8 @@ use crate::endpoints::{BodyFormat, Endpoint, EndpointStore};
 use crate::store::{Page, StoreError, StoreResult};
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
-    format, secret_in_body, headers, ordering, disabled, created_at, updated_at";
+    format, secret_in_body, headers, ordering, disabled, created_at, updated_at, disabled_reason,
+    disabled_at, failing_since";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let events: Option<String> = r.get(3)?;
@@ -26,6 +27,9 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled: r.get(11)?,
         created_at: r.get(12)?,
         updated_at: r.get(13)?,
+        disabled_reason: r.get(14)?,
+        disabled_at: r.get(15)?,
+        failing_since: r.get(16)?,
     })
 }
 
@@ -47,9 +51,10 @@ fn check_scope(c: &Connection, account: &str, e: &Endpoint) -> StoreResult<()> {
     Ok(())
 }
 
-/// ?1 … ?15 of both the INSERT and the UPDATE (which leaves ?14, created_at, alone).
-fn endpoint_params(account: &str, e: &Endpoint) -> ParamsFromIter<Vec<SqlValue>> {
-    params_from_iter(vec![
+/// ?1 … ?17 of both the INSERT and the UPDATE (which leaves created_at and the disabled
+/// state alone: those change through their own calls).
+fn endpoint_params(account: &str, e: &Endpoint) -> Vec<SqlValue> {
+    vec![
         account.to_owned().into(),
         e.id.clone().into(),
         e.url.clone().into(),
@@ -67,7 +72,28 @@ fn endpoint_params(account: &str, e: &Endpoint) -> ParamsFromIter<Vec<SqlValue>>
         e.disabled.into(),
         e.created_at.into(),
         e.updated_at.into(),
-    ])
+        e.disabled_reason.clone().into(),
+        e.disabled_at.into(),
+    ]
+}
+
+/// The UPDATE's parameters stop at ?15: SQLite expects exactly as many as the highest used.
+const UPDATE_PARAMS: usize = 15;
+
+/// Marks the endpoint disabled and holds its pending deliveries. Returns false when it
+/// already was.
+pub(super) fn disable(c: &Connection, id: &str, reason: &str, now: i64) -> StoreResult<bool> {
+    let changed = c.execute(
+        "UPDATE endpoints SET disabled = 1, disabled_at = ?2, disabled_reason = ?3
+         WHERE id = ?1 AND disabled = 0",
+        params![id, now, reason],
+    )?;
+    c.execute(
+        "UPDATE deliveries SET status = 'held', next_attempt_at = NULL
+         WHERE endpoint_id = ?1 AND status = 'pending'",
+        [id],
+    )?;
+    Ok(changed > 0)
 }
 
 #[async_trait::async_trait]
@@ -83,9 +109,9 @@ impl EndpointStore for SqliteStore {
             c.execute(
                 "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
-                     created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                endpoint_params(&account, &e),
+                     created_at, updated_at, disabled_reason, disabled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                params_from_iter(endpoint_params(&account, &e)),
             )?;
             c.execute(
                 "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
@@ -129,14 +155,49 @@ impl EndpointStore for SqliteStore {
             let n = c.execute(
                 "UPDATE endpoints SET url = ?3, description = ?4, events = ?5, business_ids = ?6,
                      channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
-                     headers = ?11, ordering = ?12, disabled = ?13, updated_at = ?15
+                     headers = ?11, ordering = ?12, updated_at = ?15
                  WHERE account_id = ?1 AND id = ?2",
-                endpoint_params(&account, &e),
+                params_from_iter(
+                    endpoint_params(&account, &e)
+                        .into_iter()
+                        .take(UPDATE_PARAMS),
+                ),
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound("endpoint"));
             }
             Ok(e)
+        })
+        .await
+    }
+
+    async fn set_endpoint_enabled(
+        &self,
+        account: String,
+        id: String,
+        enabled: bool,
+        now: i64,
+    ) -> StoreResult<usize> {
+        self.write(move |c| {
+            if !owned(c, "endpoints", &account, &id)? {
+                return Err(StoreError::NotFound("endpoint"));
+            }
+            if enabled {
+                c.execute(
+                    "UPDATE endpoints SET disabled = 0, disabled_at = NULL, disabled_reason = NULL,
+                            failing_since = NULL
+                     WHERE id = ?1",
+                    [&id],
+                )?;
+                Ok(c.execute(
+                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2
+                     WHERE endpoint_id = ?1 AND status = 'held'",
+                    params![id, now],
+                )?)
+            } else {
+                disable(c, &id, "manual", now)?;
+                Ok(0)
+            }
         })
         .await
     }

@@ -120,6 +120,40 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn resend_delivery(
+        &self,
+        account: String,
+        delivery_id: i64,
+        now: i64,
+    ) -> StoreResult<i64> {
+        self.write(move |c| {
+            let (seq, endpoint, disabled): (i64, String, bool) = c
+                .prepare_cached(
+                    "SELECT d.event_seq, d.endpoint_id, ep.disabled FROM deliveries d
+                     JOIN events e ON e.seq = d.event_seq
+                     JOIN endpoints ep ON ep.id = d.endpoint_id
+                     WHERE d.id = ?1 AND e.account_id = ?2",
+                )?
+                .query_row(params![delivery_id, account], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?
+                .ok_or(StoreError::NotFound("delivery"))?;
+            if disabled {
+                return Err(StoreError::Conflict(
+                    "the endpoint is disabled; enable it first".into(),
+                ));
+            }
+            c.prepare_cached(
+                "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?3)",
+            )?
+            .execute(params![seq, endpoint, now])?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
     async fn replay_event(
         &self,
         account: String,

@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "presence",
         include_str!("../migrations/sqlite/0002_presence.sql"),
     ),
+    (
+        3,
+        "endpoint_health",
+        include_str!("../migrations/sqlite/0003_endpoint_health.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.
