@@ -61,6 +61,15 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub delivery: DeliveryConfig,
     pub presence: PresenceConfig,
+    pub retention: RetentionConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// Events (with their deliveries and attempts) older than this are deleted.
+    pub max_age: Duration,
+    /// How often the pruner looks.
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +133,8 @@ const KEYS: &[&str] = &[
     "presence.heartbeat_timeout",
     "presence.grace",
     "presence.min_heartbeat_interval",
+    "retention.max_age",
+    "retention.interval",
 ];
 
 /// `presence.engines.<engine>.<setting>`: per-engine lease settings.
@@ -159,6 +170,10 @@ impl Default for Config {
                 max_in_flight: 512,
                 secret_rotation_grace: Duration::from_secs(24 * 3600),
                 disable_after: Duration::from_secs(5 * 24 * 3600),
+            },
+            retention: RetentionConfig {
+                max_age: Duration::from_secs(30 * 24 * 3600),
+                interval: Duration::from_secs(600),
             },
             presence: PresenceConfig {
                 heartbeat_timeout: Duration::from_secs(90),
@@ -270,6 +285,12 @@ impl Config {
                     c.presence.heartbeat_timeout = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "presence.grace" => c.presence.grace = parse_duration(raw).map_err(invalid)?,
+                "retention.max_age" => {
+                    c.retention.max_age = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "retention.interval" => {
+                    c.retention.interval = parse_positive_duration(raw).map_err(invalid)?
+                }
                 "presence.min_heartbeat_interval" => {
                     c.presence.min_heartbeat_interval =
                         parse_positive_duration(raw).map_err(invalid)?

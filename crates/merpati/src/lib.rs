@@ -25,6 +25,7 @@ pub mod events;
 pub mod ids;
 pub mod ingest;
 pub mod presence;
+pub mod retention;
 pub mod simulate;
 pub mod store;
 
@@ -101,6 +102,15 @@ pub async fn start(
     );
     hub.restore().await?;
     tasks.spawn(hub.run());
+    tasks.spawn(
+        retention::Pruner {
+            store: store.clone(),
+            clock: clock.clone(),
+            config: config.retention.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
 
     let state = api::AppState {
         store: store.clone(),

@@ -85,6 +85,9 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<EventSummary>>;
     async fn get_event(&self, account: String, id: String) -> StoreResult<EventDetail>;
+    /// Deletes up to `limit` events created before `before` whose deliveries are all final,
+    /// with their deliveries, attempts and dedup records. Returns how many.
+    async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize>;
     /// A new delivery of the same event to the same endpoint; returns its id. Conflict when
     /// the endpoint is disabled.
     async fn resend_delivery(

@@ -13,5 +13,6 @@ mod link;
 mod payloads;
 mod presence;
 mod restart;
+mod retention;
 mod retries;
 mod simulate;

@@ -120,6 +120,22 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM events WHERE seq IN (
+                     SELECT e.seq FROM events e
+                     WHERE e.created_at < ?1
+                       AND NOT EXISTS (SELECT 1 FROM deliveries d
+                                       WHERE d.event_seq = e.seq
+                                         AND d.status IN ('pending', 'held'))
+                     ORDER BY e.seq LIMIT ?2)",
+            )?
+            .execute(params![before, limit as i64])?)
+        })
+        .await
+    }
+
     async fn resend_delivery(
         &self,
         account: String,

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint_health",
         include_str!("../migrations/sqlite/0003_endpoint_health.sql"),
     ),
+    (
+        4,
+        "retention",
+        include_str!("../migrations/sqlite/0004_retention.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.
