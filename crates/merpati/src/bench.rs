@@ -368,3 +368,294 @@ async fn presence_run(server: &ServerProcess, args: &PresenceArgs) -> anyhow::Re
     }
     Ok(())
 }
+
+pub struct DeliveryArgs {
+    pub duration: Duration,
+    pub concurrency: usize,
+    pub items_per_request: usize,
+    /// Events per second in all; full speed when `None`.
+    pub rate: Option<f64>,
+    pub endpoints: usize,
+    pub devices: usize,
+    pub json: bool,
+}
+
+/// Notes every delivery's arrival and its latency from the moment the item was sent (the
+/// item's message carries that moment).
+#[derive(Default)]
+struct ReceiptLog {
+    count: std::sync::atomic::AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+    last: Mutex<Option<Instant>>,
+}
+
+async fn start_timing_receiver(
+    log: Arc<ReceiptLog>,
+    epoch: Instant,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let log = log.clone();
+        async move {
+            let now = epoch.elapsed().as_micros() as u64;
+            let sent = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
+                v["data"]["message"]
+                    .as_str()
+                    .and_then(|m| m.strip_prefix("bench "))
+                    .and_then(|t| t.parse::<u64>().ok())
+            });
+            if let Some(sent) = sent {
+                log.latencies_us
+                    .lock()
+                    .expect("log lock")
+                    .push(now.saturating_sub(sent));
+            }
+            log.count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *log.last.lock().expect("log lock") = Some(Instant::now());
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+/// Posts items as fast as allowed until `until`; returns how many were accepted.
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    client: reqwest::Client,
+    url: String,
+    tokens: Vec<String>,
+    items_per_request: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    until: Instant,
+    epoch: Instant,
+) -> (u64, u64) {
+    let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    // A fixed rate is shared out among the workers as a per-worker interval.
+    let per_worker =
+        rate.map(|r| Duration::from_secs_f64(concurrency as f64 * items_per_request as f64 / r));
+    for w in 0..concurrency {
+        let (client, url, accepted, failed) = (
+            client.clone(),
+            url.clone(),
+            accepted.clone(),
+            failed.clone(),
+        );
+        let token = tokens[w % tokens.len()].clone();
+        workers.spawn(async move {
+            let mut rid: u64 = (w as u64) << 40;
+            let mut tick = per_worker.map(|p| {
+                let mut i = tokio::time::interval_at(
+                    tokio::time::Instant::now() + p.mul_f64(w as f64 / concurrency as f64),
+                    p,
+                );
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
+            while Instant::now() < until {
+                if let Some(t) = tick.as_mut() {
+                    t.tick().await;
+                }
+                let items: Vec<Value> = (0..items_per_request)
+                    .map(|_| {
+                        rid += 1;
+                        json!({"type": "sms", "rid": rid, "phone": "+639760713666",
+                               "message": format!("bench {}", epoch.elapsed().as_micros())})
+                    })
+                    .collect();
+                let body = if items_per_request == 1 {
+                    items.into_iter().next().expect("one item")
+                } else {
+                    json!({ "items": items })
+                };
+                let ok = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    accepted.fetch_add(
+                        items_per_request as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                } else {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    (
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        failed.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// The same client loop against a server that only answers 202: what this machine's
+/// loopback HTTP costs, to set merpati's figure against.
+async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64> {
+    let app =
+        axum::Router::new().fallback(|_body: Bytes| async { axum::http::StatusCode::ACCEPTED });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/device/messages", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let epoch = Instant::now();
+    let (done, _) = load(
+        client,
+        url,
+        vec!["x".into()],
+        args.items_per_request,
+        args.concurrency,
+        None,
+        Instant::now() + duration,
+        epoch,
+    )
+    .await;
+    server.abort();
+    Ok(done as f64 / duration.as_secs_f64())
+}
+
+/// Ingest to receipt: events accepted and delivered per second, latency, memory and CPU.
+pub async fn delivery(args: DeliveryArgs) -> anyhow::Result<()> {
+    let server = ServerProcess::start(&[(
+        "MERPATI_DELIVERY_ALLOWED_NETWORKS",
+        "127.0.0.0/8".to_string(),
+    )])
+    .await?;
+    let result = delivery_run(&server, &args).await;
+    server.stop().await;
+    result
+}
+
+async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Result<()> {
+    let epoch = Instant::now();
+    let log = Arc::new(ReceiptLog::default());
+    let (receiver, receiver_task) = start_timing_receiver(log.clone(), epoch).await?;
+    let api = Api::new(&server.url);
+    let fleet = simulate::provision(&api, &server.admin, args.devices, "sms", None).await?;
+    for i in 0..args.endpoints {
+        api.post(
+            "/v1/endpoints",
+            &fleet.key,
+            json!({"url": format!("http://{receiver}/hook/{i}"), "events": ["sms"]}),
+        )
+        .await?;
+    }
+    let tokens: Vec<String> = fleet.devices.iter().map(|d| d.token.clone()).collect();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let rss_before = server.rss_mib();
+    let cpu0 = server.cpu_seconds();
+    let started = Instant::now();
+    let (accepted, failed) = load(
+        client,
+        format!("{}/v1/device/messages", server.url),
+        tokens,
+        args.items_per_request,
+        args.concurrency,
+        args.rate,
+        started + args.duration,
+        epoch,
+    )
+    .await;
+    let ingest_seconds = started.elapsed().as_secs_f64();
+    let expected = accepted * args.endpoints as u64;
+    let drain_limit = Duration::from_secs(600);
+    let drained = wait_until("deliveries", drain_limit, || {
+        log.count.load(std::sync::atomic::Ordering::Relaxed) >= expected
+    })
+    .await
+    .is_ok();
+    let delivered = log.count.load(std::sync::atomic::Ordering::Relaxed);
+    let last = log
+        .last
+        .lock()
+        .expect("log lock")
+        .unwrap_or_else(Instant::now);
+    let delivery_seconds = last.duration_since(started).as_secs_f64();
+    let cpu = server.cpu_seconds() - cpu0;
+    let rss_after = server.rss_mib();
+    receiver_task.abort();
+
+    let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
+    lat.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let pick = |p: f64| {
+        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let base = baseline(args, Duration::from_secs(5)).await?;
+    let accepted_per_s = accepted as f64 / ingest_seconds;
+
+    let result = json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "duration_seconds": ingest_seconds,
+        "concurrency": args.concurrency,
+        "items_per_request": args.items_per_request,
+        "rate": args.rate,
+        "endpoints": args.endpoints,
+        "accepted": accepted,
+        "refused_requests": failed,
+        "accepted_per_second": accepted_per_s,
+        "delivered": delivered,
+        "all_delivered": drained,
+        "delivered_per_second": delivered as f64 / delivery_seconds.max(0.001),
+        "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
+        "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
+        "server_rss_mib": {"before": rss_before, "after": rss_after},
+        "loopback_baseline_requests_per_second": base,
+        "accepted_requests_vs_baseline": accepted_per_s / args.items_per_request as f64 / base,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("merpati bench delivery ({} cores)", result["cores"]);
+        println!(
+            "  load            {:.0} s, {} concurrent, {} item(s) a request, {}, {} endpoint(s)",
+            ingest_seconds,
+            args.concurrency,
+            args.items_per_request,
+            args.rate
+                .map(|r| format!("{r:.0} events/s"))
+                .unwrap_or("full speed".into()),
+            args.endpoints
+        );
+        println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
+        println!(
+            "  delivered       {delivered} of {expected}, {:.0}/s",
+            delivered as f64 / delivery_seconds.max(0.001)
+        );
+        println!(
+            "  ingest-to-receipt latency  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            ms(pick(0.5)),
+            ms(pick(0.99)),
+            ms(lat.last().copied().unwrap_or(0))
+        );
+        println!(
+            "  server          {:.0}% of one core, {rss_before:.1} → {rss_after:.1} MiB resident",
+            cpu / delivery_seconds.max(0.001) * 100.0
+        );
+        println!(
+            "  loopback HTTP baseline  {base:.0} requests/s; merpati's accepted requests are {:.2} of it",
+            accepted_per_s / args.items_per_request as f64 / base
+        );
+    }
+    Ok(())
+}

@@ -96,6 +96,25 @@ struct SimulateArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Ingest to receipt: events accepted and delivered per second, latency, CPU, memory,
+    /// and plain loopback HTTP for comparison.
+    Delivery {
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        items_per_request: usize,
+        /// Events per second in all (default: as fast as accepted).
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 1)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 64)]
+        devices: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Device links: memory and idle CPU with N links, and a mass drop timed to the
     /// receiver.
     Presence {
@@ -159,6 +178,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => {
             init_logging(LogFormat::Text);
             simulate(args).await
+        }
+        Command::Bench(BenchCommand::Delivery {
+            duration,
+            concurrency,
+            items_per_request,
+            rate,
+            endpoints,
+            devices,
+            json,
+        }) => {
+            crate::bench::delivery(crate::bench::DeliveryArgs {
+                duration,
+                concurrency,
+                items_per_request,
+                rate,
+                endpoints,
+                devices,
+                json,
+            })
+            .await
         }
         Command::Bench(BenchCommand::Presence {
             links,
