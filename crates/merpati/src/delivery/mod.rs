@@ -116,6 +116,7 @@ impl Worker {
             Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
             Err(e) => tracing::error!(error = %e, "could not release old claims"),
         }
+        let min_claim = (self.config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
         let mut in_flight: JoinSet<()> = JoinSet::new();
         // A claim whose lease ran out while its attempt is still under way (the clock
         // stepped) must not start a second attempt beside the first.
@@ -126,8 +127,11 @@ impl Worker {
                 break;
             }
             let room = self.config.max_in_flight.saturating_sub(in_flight.len());
+            // Claim in batches: with the pipe full, claiming one delivery per completion
+            // would cost a write transaction per delivery.
+            let worth_claiming = room >= min_claim || in_flight.is_empty();
             let mut more_due = false;
-            if room > 0 {
+            if room > 0 && worth_claiming {
                 let want = room.min(CLAIM_BATCH);
                 let now = self.clock.now_ms();
                 match self
@@ -160,7 +164,7 @@ impl Worker {
             if more_due && in_flight.len() < self.config.max_in_flight {
                 continue;
             }
-            let wake_at = if in_flight.len() >= self.config.max_in_flight {
+            let wake_at = if !worth_claiming || in_flight.len() >= self.config.max_in_flight {
                 None
             } else {
                 match self.store.next_due_at().await {
