@@ -527,7 +527,8 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
     )
     .await;
     server.abort();
-    Ok(done as f64 / duration.as_secs_f64())
+    // `load` counts items; the baseline is in requests.
+    Ok(done as f64 / args.items_per_request as f64 / duration.as_secs_f64())
 }
 
 /// Ingest to receipt: events accepted and delivered per second, latency, memory and CPU.
