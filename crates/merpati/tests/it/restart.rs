@@ -127,6 +127,77 @@ async fn a_killed_server_delivers_everything_it_accepted_after_restart() {
     stop_gracefully(&mut child).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_under_sustained_load_loses_nothing_it_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start().await;
+    let (mut child, url) = spawn_binary(dir.path()).await;
+    let app = std::sync::Arc::new(TestApp::at(url));
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+
+    // Eight devices post as fast as they can; the server dies under them.
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut posters = tokio::task::JoinSet::new();
+    for d in 0..8 {
+        let token = app.device(&m.key, &format!("load{d}"), "ch").await;
+        let (app, accepted) = (app.clone(), accepted.clone());
+        posters.spawn(async move {
+            for rid in 0.. {
+                let body = json!({"type": "sms", "rid": rid, "phone": "+1", "message": "load"});
+                let Ok(resp) = app
+                    .client
+                    .post(format!("{}/v1/device/messages", app.url))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if resp.status() != 202 {
+                    return;
+                }
+                let Ok(v) = resp.json::<serde_json::Value>().await else {
+                    return;
+                };
+                let id = v["items"][0]["event_id"].as_str().unwrap().to_string();
+                accepted.lock().unwrap().insert(id);
+            }
+        });
+    }
+    // Let the load run, then SIGKILL mid-stream.
+    while accepted.lock().unwrap().len() < 300 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    while posters.join_next().await.is_some() {}
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 300);
+
+    let (mut child, _url) = spawn_binary(dir.path()).await;
+    let deadline = std::time::Instant::now() + PATIENCE * 2;
+    loop {
+        let delivered: BTreeSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("webhook-id").to_string())
+            .collect();
+        let missing = accepted.difference(&delivered).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} accepted events never delivered",
+            accepted.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_gracefully(&mut child).await;
+}
+
 /// SIGTERM, and the process must exit cleanly in time.
 async fn stop_gracefully(child: &mut Child) {
     let pid = child.id().expect("still running").to_string();
