@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod events;
 pub mod ids;
 pub mod ingest;
+pub mod jobs;
 pub mod presence;
 pub mod retention;
 pub mod simulate;
@@ -112,6 +113,14 @@ pub async fn start(
         .run(),
     );
 
+    let (jobs, job_runner) = jobs::runner(
+        store.clone(),
+        clock.clone(),
+        waker.clone(),
+        shutdown.clone(),
+    );
+    tasks.spawn(job_runner.run());
+
     let state = api::AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -122,6 +131,7 @@ pub async fn start(
         presence_policy: policy,
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
+        jobs,
     };
     let addr = listener.local_addr()?;
     let app = api::router(state);

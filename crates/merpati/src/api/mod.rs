@@ -36,6 +36,7 @@ pub struct AppState {
     /// Tasks the shutdown waits for (device links), and the signal to stop.
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,
+    pub jobs: crate::jobs::JobQueue,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::events::routes())
         .merge(crate::ingest::routes())
         .merge(crate::presence::routes())
+        .merge(crate::jobs::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })

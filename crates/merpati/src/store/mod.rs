@@ -14,6 +14,7 @@ use crate::devices::DeviceStore;
 use crate::endpoints::EndpointStore;
 use crate::events::EventStore;
 use crate::ingest::IngestStore;
+use crate::jobs::JobStore;
 use crate::presence::PresenceStore;
 
 pub mod sqlite;
@@ -48,6 +49,7 @@ pub trait Store:
     + IngestStore
     + DeliveryStore
     + PresenceStore
+    + JobStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -196,3 +196,96 @@ async fn one_delivery_can_be_resent() {
     let (status, err) = app.post(&path, &m.key, json!({})).await;
     assert_eq!(status, 409, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_deliveries_since_a_time_are_recovered_by_a_job() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(500));
+    let m = app.merchant("m1").await;
+    let other = app.merchant("m2").await;
+    let ep = app.endpoint(&m.key, &receiver, json!({})).await;
+    let mut ids = Vec::new();
+    let mut since = String::new();
+    for rid in 0..5 {
+        if rid == 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            since = merpati::clock::rfc3339(app.now_ms());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let v = app.sms(&m.device_token, rid).await;
+        let id = v["items"][0]["event_id"].as_str().unwrap().to_string();
+        assert_eq!(
+            app.settled_event(&m.key, &id).await["deliveries"][0]["status"],
+            "failed"
+        );
+        ids.push(id);
+    }
+    receiver.always(Answer::status(200));
+    let before = receiver.received().len();
+
+    let path = format!("/v1/endpoints/{ep}/recover");
+    for bad in [
+        json!({}),
+        json!({"since": "yesterday"}),
+        json!({"since": true}),
+        json!({"since": 9_999_999_999i64}),
+    ] {
+        let (status, err) = app.post(&path, &m.key, bad.clone()).await;
+        assert_eq!(status, 422, "{bad}: {err}");
+    }
+    assert_eq!(
+        app.post(&path, &other.key, json!({"since": since})).await.0,
+        404
+    );
+
+    let job = app
+        .ok_post(&path, &m.key, json!({"since": since}), 202)
+        .await;
+    assert_eq!(job["total"], 4, "{job}");
+    let job_path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    assert_eq!(app.get(&job_path, &other.key).await.0, 404);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let done = loop {
+        let (_, j) = app.get(&job_path, &m.key).await;
+        if j["status"] == "done" {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job never finished: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["done"], 4);
+    assert!(done["finished_at"].is_string());
+    let got = receiver.wait_for(before + 4).await;
+    let mut recovered: Vec<String> = got[before..]
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    recovered.sort();
+    let mut expected = ids[1..].to_vec();
+    expected.sort();
+    assert_eq!(recovered, expected, "only what failed since the time");
+
+    // Nothing left to recover: each has a later delivery now.
+    for id in &ids[1..] {
+        app.settled_event(&m.key, id).await;
+    }
+    let again = app
+        .ok_post(&path, &m.key, json!({"since": since}), 202)
+        .await;
+    assert_eq!(again["total"], 0);
+
+    app.patch(
+        &format!("/v1/endpoints/{ep}"),
+        &m.key,
+        json!({"disabled": true}),
+    )
+    .await;
+    assert_eq!(
+        app.post(&path, &m.key, json!({"since": since})).await.0,
+        409
+    );
+}

@@ -24,6 +24,7 @@ mod endpoints;
 mod events;
 mod fanout;
 mod ingest;
+mod jobs;
 mod presence;
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -47,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "retention",
         include_str!("../migrations/sqlite/0004_retention.sql"),
+    ),
+    (
+        5,
+        "jobs",
+        include_str!("../migrations/sqlite/0005_jobs.sql"),
     ),
 ];
 
