@@ -178,12 +178,20 @@ pub async fn start_receiver(
     Ok((url, task))
 }
 
+#[derive(clap::Args)]
 pub struct PresenceArgs {
+    #[arg(long, default_value_t = 10_000)]
     pub links: usize,
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    #[arg(long, default_value_t = 1000)]
     pub drop: usize,
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// How long to measure idle CPU.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -369,14 +377,23 @@ async fn presence_run(server: &ServerProcess, args: &PresenceArgs) -> anyhow::Re
     Ok(())
 }
 
+#[derive(clap::Args)]
 pub struct DeliveryArgs {
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Requests under way at once.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    #[arg(long, default_value_t = 1)]
     pub items_per_request: usize,
-    /// Events per second in all; full speed when `None`.
+    /// Events per second in all (default: as fast as they are accepted).
+    #[arg(long)]
     pub rate: Option<f64>,
+    #[arg(long, default_value_t = 1)]
     pub endpoints: usize,
+    #[arg(long, default_value_t = 64)]
     pub devices: usize,
+    #[arg(long)]
     pub json: bool,
 }
 

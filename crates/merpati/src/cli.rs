@@ -98,40 +98,10 @@ struct SimulateArgs {
 enum BenchCommand {
     /// Ingest to receipt: events accepted and delivered per second, latency, CPU, memory,
     /// and plain loopback HTTP for comparison.
-    Delivery {
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 1)]
-        items_per_request: usize,
-        /// Events per second in all (default: as fast as accepted).
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long, default_value_t = 1)]
-        endpoints: usize,
-        #[arg(long, default_value_t = 64)]
-        devices: usize,
-        #[arg(long)]
-        json: bool,
-    },
+    Delivery(crate::bench::DeliveryArgs),
     /// Device links: memory and idle CPU with N links, and a mass drop timed to the
     /// receiver.
-    Presence {
-        #[arg(long, default_value_t = 10_000)]
-        links: usize,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        heartbeat: std::time::Duration,
-        #[arg(long, default_value_t = 1000)]
-        drop: usize,
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        grace: std::time::Duration,
-        /// How long to measure idle CPU.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        idle: std::time::Duration,
-        #[arg(long)]
-        json: bool,
-    },
+    Presence(crate::bench::PresenceArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -179,44 +149,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             simulate(args).await
         }
-        Command::Bench(BenchCommand::Delivery {
-            duration,
-            concurrency,
-            items_per_request,
-            rate,
-            endpoints,
-            devices,
-            json,
-        }) => {
-            crate::bench::delivery(crate::bench::DeliveryArgs {
-                duration,
-                concurrency,
-                items_per_request,
-                rate,
-                endpoints,
-                devices,
-                json,
-            })
-            .await
-        }
-        Command::Bench(BenchCommand::Presence {
-            links,
-            heartbeat,
-            drop,
-            grace,
-            idle,
-            json,
-        }) => {
-            crate::bench::presence(crate::bench::PresenceArgs {
-                links,
-                heartbeat,
-                drop,
-                grace,
-                idle,
-                json,
-            })
-            .await
-        }
+        Command::Bench(BenchCommand::Delivery(args)) => crate::bench::delivery(args).await,
+        Command::Bench(BenchCommand::Presence(args)) => crate::bench::presence(args).await,
         Command::Listen { listen, secret } => {
             init_logging(LogFormat::Text);
             listen_and_print(listen, secret).await

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::extract::{Account, JsonBody};
-use crate::api::{ApiError, ApiResult, AppState};
+use crate::api::{parse_time, ApiError, ApiResult, AppState};
 use crate::clock::{as_rfc3339, SharedClock};
 use crate::delivery::DeliveryWaker;
 use crate::store::{SharedStore, StoreResult};
@@ -79,14 +79,14 @@ async fn recover(
     JsonBody(body): JsonBody<RecoverBody>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     let since = match &body.since {
-        serde_json::Value::Number(n) => n.as_i64().map(|s| s * 1000),
-        serde_json::Value::String(s) => humantime::parse_rfc3339_weak(s)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64),
-        _ => None,
-    }
-    .ok_or_else(|| ApiError::invalid("since must be an RFC 3339 time or Unix seconds"))?;
+        serde_json::Value::Number(n) => parse_time("since", &n.to_string())?,
+        serde_json::Value::String(s) => parse_time("since", s)?,
+        _ => {
+            return Err(ApiError::invalid(
+                "since must be an RFC 3339 time or Unix seconds",
+            ))
+        }
+    };
     let now = state.clock.now_ms();
     if since > now {
         return Err(ApiError::invalid("since is in the future"));

@@ -129,6 +129,20 @@ pub fn id_or_new(field: &str, id: Option<String>, prefix: &str) -> ApiResult<Str
     }
 }
 
+/// A time given as RFC 3339 or as Unix seconds, in ms.
+pub fn parse_time(field: &str, raw: &str) -> ApiResult<i64> {
+    if let Ok(secs) = raw.parse::<i64>() {
+        return Ok(secs * 1000);
+    }
+    humantime::parse_rfc3339_weak(raw)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            ApiError::invalid(format!("{field} must be an RFC 3339 time or Unix seconds"))
+        })
+}
+
 pub fn check_id(field: &str, id: &str) -> ApiResult<()> {
     ids::validate_id(id).map_err(|why| ApiError::invalid(format!("{field} {why}")))
 }

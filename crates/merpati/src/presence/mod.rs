@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::api::extract::{Account, Device, OptionalJsonBody, Query};
-use crate::api::{ApiError, ApiResult, AppState};
+use crate::api::{parse_time, ApiError, ApiResult, AppState};
 use crate::clock::as_rfc3339;
 use crate::config::PresenceConfig;
 use crate::devices::DeviceContext;
@@ -350,19 +350,6 @@ impl Window {
         }
         Ok((from, to))
     }
-}
-
-fn parse_time(field: &str, raw: &str) -> ApiResult<i64> {
-    if let Ok(secs) = raw.parse::<i64>() {
-        return Ok(secs * 1000);
-    }
-    humantime::parse_rfc3339_weak(raw)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| {
-            ApiError::invalid(format!("{field} must be an RFC 3339 time or Unix seconds"))
-        })
 }
 
 async fn periods_of(

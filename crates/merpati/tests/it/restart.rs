@@ -107,23 +107,7 @@ async fn a_killed_server_delivers_everything_it_accepted_after_restart() {
 
     let (mut child, url) = spawn_binary(dir.path()).await;
     app.url = url;
-    let deadline = std::time::Instant::now() + PATIENCE * 2;
-    loop {
-        let delivered: BTreeSet<String> = receiver
-            .received()
-            .iter()
-            .map(|r| r.header("webhook-id").to_string())
-            .collect();
-        if accepted.is_subset(&delivered) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 100 delivered after the restart",
-            accepted.intersection(&delivered).count()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_all_delivered(&receiver, &accepted).await;
     stop_gracefully(&mut child).await;
 }
 
@@ -177,6 +161,12 @@ async fn a_server_killed_under_sustained_load_loses_nothing_it_accepted() {
     assert!(accepted.len() >= 300);
 
     let (mut child, _url) = spawn_binary(dir.path()).await;
+    wait_all_delivered(&receiver, &accepted).await;
+    stop_gracefully(&mut child).await;
+}
+
+/// Waits until every accepted event reached the receiver.
+async fn wait_all_delivered(receiver: &Receiver, accepted: &BTreeSet<String>) {
     let deadline = std::time::Instant::now() + PATIENCE * 2;
     loop {
         let delivered: BTreeSet<String> = receiver
@@ -186,16 +176,15 @@ async fn a_server_killed_under_sustained_load_loses_nothing_it_accepted() {
             .collect();
         let missing = accepted.difference(&delivered).count();
         if missing == 0 {
-            break;
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{missing} of {} accepted events never delivered",
+            "{missing} of {} accepted events never delivered after the restart",
             accepted.len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop_gracefully(&mut child).await;
 }
 
 /// SIGTERM, and the process must exit cleanly in time.
