@@ -132,6 +132,7 @@ pub async fn start(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         jobs,
+        device_tokens: Default::default(),
     };
     let addr = listener.local_addr()?;
     let app = api::router(state);

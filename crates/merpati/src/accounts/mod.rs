@@ -126,7 +126,8 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_account(id).await?;
+    state.store.delete_account(id.clone()).await?;
+    state.device_tokens.forget_account(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -123,8 +123,14 @@ impl FromRequestParts<AppState> for Device {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let hash = token_hash(bearer(parts)?);
-        match state.store.device_for_token(hash).await? {
-            Some(ctx) => Ok(Device(ctx)),
+        if let Some(ctx) = state.device_tokens.get(&hash) {
+            return Ok(Device(ctx));
+        }
+        match state.store.device_for_token(hash.clone()).await? {
+            Some(ctx) => {
+                state.device_tokens.put(hash, ctx.clone());
+                Ok(Device(ctx))
+            }
             None => Err(ApiError::unauthorized("invalid or rotated device token")),
         }
     }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub tasks: tokio_util::task::TaskTracker,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub jobs: crate::jobs::JobQueue,
+    /// Recently resolved device tokens.
+    pub device_tokens: crate::devices::token_cache::TokenCache,
 }
 
 pub fn router(state: AppState) -> Router {

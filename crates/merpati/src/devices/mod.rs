@@ -16,6 +16,8 @@ use crate::clock::as_rfc3339;
 use crate::ids;
 use crate::store::{Page, StoreResult};
 
+pub mod token_cache;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Business {
     pub id: String,
@@ -581,7 +583,9 @@ async fn update_device(
     }
     check_device(&d)?;
     d.updated_at = state.clock.now_ms();
-    Ok(Json(state.store.update_device(account, d).await?))
+    let d = state.store.update_device(account.clone(), d).await?;
+    state.device_tokens.forget_device(&account, &d.id);
+    Ok(Json(d))
 }
 
 async fn delete_device(
@@ -593,6 +597,7 @@ async fn delete_device(
         .store
         .delete_device(account.clone(), id.clone())
         .await?;
+    state.device_tokens.forget_device(&account, &id);
     state
         .presence
         .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)
@@ -611,6 +616,7 @@ async fn rotate_token(
         .store
         .rotate_device_token(account.clone(), id.clone(), ids::token_hash(&token), now)
         .await?;
+    state.device_tokens.forget_device(&account, &id);
     state
         .presence
         .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)

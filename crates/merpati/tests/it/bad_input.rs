@@ -375,6 +375,14 @@ async fn missing_wrong_and_revoked_tokens() {
         .as_str()
         .unwrap()
         .to_string();
+    // Used just before (so a cache would hold it), then rotated.
+    app.ok_post(
+        "/v1/device/status",
+        &m.device_token,
+        json!({"status": "connected"}),
+        202,
+    )
+    .await;
     let rotated = app
         .ok_post("/v1/devices/dev/token", &key, json!({}), 200)
         .await;
@@ -394,6 +402,12 @@ async fn missing_wrong_and_revoked_tokens() {
         202,
     )
     .await;
+    // Deleted: its token stops at once too.
+    app.ok_post("/v1/device/heartbeat", new_token, json!({}), 200)
+        .await;
+    assert_eq!(app.delete("/v1/devices/dev", &key).await.0, 204);
+    let (status, err) = app.post("/v1/device/heartbeat", new_token, json!({})).await;
+    assert_error(status, &err, 401, "deleted device's token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
