@@ -96,6 +96,14 @@ pub struct DeliveryConfig {
     pub secret_rotation_grace: Duration,
     /// An endpoint failing without a single success for this long is disabled.
     pub disable_after: Duration,
+    /// Requests under way at once to one endpoint, unless the endpoint sets its own.
+    pub endpoint_concurrency: usize,
+    /// Unhealthy answers in a row (no answer, 5xx, 408, 429) that pause an endpoint.
+    pub breaker_failures: u32,
+    /// The first pause of a paused endpoint; each failed probe doubles it, up to
+    /// `breaker_max_cooldown`.
+    pub breaker_cooldown: Duration,
+    pub breaker_max_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +138,10 @@ const KEYS: &[&str] = &[
     "delivery.max_in_flight",
     "delivery.secret_rotation_grace",
     "delivery.disable_after",
+    "delivery.endpoint_concurrency",
+    "delivery.breaker_failures",
+    "delivery.breaker_cooldown",
+    "delivery.breaker_max_cooldown",
     "presence.heartbeat_timeout",
     "presence.grace",
     "presence.min_heartbeat_interval",
@@ -170,6 +182,10 @@ impl Default for Config {
                 max_in_flight: 512,
                 secret_rotation_grace: Duration::from_secs(24 * 3600),
                 disable_after: Duration::from_secs(5 * 24 * 3600),
+                endpoint_concurrency: 64,
+                breaker_failures: 5,
+                breaker_cooldown: Duration::from_secs(5),
+                breaker_max_cooldown: Duration::from_secs(300),
             },
             retention: RetentionConfig {
                 max_age: Duration::from_secs(30 * 24 * 3600),
@@ -277,6 +293,20 @@ impl Config {
                 }
                 "delivery.disable_after" => {
                     c.delivery.disable_after = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "delivery.endpoint_concurrency" => {
+                    c.delivery.endpoint_concurrency = parse_count(raw).map_err(invalid)?
+                }
+                "delivery.breaker_failures" => {
+                    let n = parse_count(raw).map_err(invalid)?;
+                    c.delivery.breaker_failures = u32::try_from(n).unwrap_or(u32::MAX)
+                }
+                "delivery.breaker_cooldown" => {
+                    c.delivery.breaker_cooldown = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "delivery.breaker_max_cooldown" => {
+                    c.delivery.breaker_max_cooldown =
+                        parse_positive_duration(raw).map_err(invalid)?
                 }
                 "delivery.secret_rotation_grace" => {
                     c.delivery.secret_rotation_grace = parse_duration(raw).map_err(invalid)?

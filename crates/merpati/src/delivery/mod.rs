@@ -20,9 +20,11 @@ use crate::endpoints::BodyFormat;
 use crate::store::{SharedStore, StoreResult};
 
 pub mod guard;
+pub mod lane;
 pub mod retry;
 pub mod send;
 
+use lane::{BreakerPolicy, Gate, Health, Lane, Limits};
 use retry::{next_step, NextStep};
 
 /// A delivery ready for its next attempt, with everything the attempt needs.
@@ -45,6 +47,8 @@ pub struct Target {
     pub headers: BTreeMap<String, String>,
     /// Live secrets, newest first.
     pub secrets: Vec<String>,
+    pub max_concurrency: Option<u32>,
+    pub rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +84,8 @@ pub trait DeliveryStore: Send + Sync {
         record: AttemptRecord,
         disable_after_ms: i64,
     ) -> StoreResult<usize>;
+    /// Hands claimed deliveries back, due at the given times, without an attempt.
+    async fn park(&self, parked: Vec<(i64, i64)>) -> StoreResult<()>;
     /// At start: leases held by a previous run of this node are void. Returns how many.
     async fn release_claims(&self, now: i64) -> StoreResult<usize>;
 }
@@ -104,34 +110,73 @@ pub struct Worker {
     pub shutdown: CancellationToken,
 }
 
+/// What a finished attempt tells the worker.
+struct Finished {
+    delivery_id: i64,
+    endpoint_id: String,
+    /// When its lane started it.
+    started_at: i64,
+    health: Health,
+}
+
+/// The worker's state between steps: the lanes, and every delivery it holds a claim on.
+struct Lanes {
+    lanes: HashMap<String, Lane>,
+    /// Lanes with something queued.
+    active: HashSet<String>,
+    /// Queued or under way: a claim whose lease ran out while its delivery waits or is
+    /// attempted (the clock stepped) must not start a second attempt beside the first.
+    claimed: HashSet<i64>,
+    /// Deliveries to hand back to the store with a later due time, in one write.
+    to_park: Vec<(i64, i64)>,
+}
+
 impl Worker {
     /// Runs until shutdown, then waits for the attempts under way (bounded by the timeout).
     pub async fn run(self) {
         let guard = guard::Guard::new(self.config.allowed_networks.clone());
         let resolver = guard::GuardedResolver::new(guard.clone(), self.config.resolve.clone());
-        let client = send::client(self.config.timeout, resolver);
+        let sender = Arc::new(Sender {
+            store: self.store.clone(),
+            client: send::client(self.config.timeout, resolver),
+            guard,
+            waker: self.waker.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+        });
         let lease = self.config.timeout + Duration::from_secs(30);
+        let policy = BreakerPolicy {
+            failures: self.config.breaker_failures,
+            cooldown_ms: self.config.breaker_cooldown.as_millis() as i64,
+            max_cooldown_ms: self.config.breaker_max_cooldown.as_millis() as i64,
+        };
         match self.store.release_claims(self.clock.now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
             Err(e) => tracing::error!(error = %e, "could not release old claims"),
         }
+        // Claims cover what is under way and a queue behind it, so that a completion finds
+        // the next delivery in memory rather than in the store.
+        let budget = self.config.max_in_flight + CLAIM_BATCH;
         let min_claim = (self.config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
-        let mut in_flight: JoinSet<()> = JoinSet::new();
-        // A claim whose lease ran out while its attempt is still under way (the clock
-        // stepped) must not start a second attempt beside the first.
-        let mut running: HashMap<tokio::task::Id, i64> = HashMap::new();
-        let mut busy: HashSet<i64> = HashSet::new();
+        let mut in_flight: JoinSet<Finished> = JoinSet::new();
+        let mut running: HashMap<tokio::task::Id, (i64, String, i64)> = HashMap::new();
+        let mut state = Lanes {
+            lanes: HashMap::new(),
+            active: HashSet::new(),
+            claimed: HashSet::new(),
+            to_park: Vec::new(),
+        };
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let room = self.config.max_in_flight.saturating_sub(in_flight.len());
-            // Claim in batches: with the pipe full, claiming one delivery per completion
-            // would cost a write transaction per delivery.
-            let worth_claiming = room >= min_claim || in_flight.is_empty();
+            let room = budget.saturating_sub(state.claimed.len());
+            // Claim in batches: claiming one delivery per completion would cost a write
+            // transaction per delivery.
+            let worth_claiming = room >= min_claim || state.claimed.is_empty();
             let mut more_due = false;
-            if room > 0 && worth_claiming {
+            if worth_claiming {
                 let want = room.min(CLAIM_BATCH);
                 let now = self.clock.now_ms();
                 match self
@@ -142,29 +187,34 @@ impl Worker {
                     Ok(jobs) => {
                         more_due = jobs.len() == want;
                         for job in jobs {
-                            if !busy.insert(job.delivery_id) {
-                                continue;
-                            }
-                            let id = job.delivery_id;
-                            let task = in_flight.spawn(deliver(
-                                self.store.clone(),
-                                client.clone(),
-                                guard.clone(),
-                                self.waker.clone(),
-                                self.clock.clone(),
-                                self.config.clone(),
-                                job,
-                            ));
-                            running.insert(task.id(), id);
+                            state.take(job, &self.config, now);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "could not claim deliveries"),
                 }
             }
-            if more_due && in_flight.len() < self.config.max_in_flight {
+            let now = self.clock.now_ms();
+            state.trim(now);
+            let lane_wake = state.start_ready(now, self.config.max_in_flight, |job| {
+                let key = (job.delivery_id, job.endpoint.id.clone(), now);
+                let task = in_flight.spawn(deliver(sender.clone(), job, now));
+                running.insert(task.id(), key);
+            });
+            if !state.to_park.is_empty() {
+                let parked = std::mem::take(&mut state.to_park);
+                let n = parked.len();
+                match self.store.park(parked).await {
+                    Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
+                    // Their leases run out and they are claimed again: delayed, not lost.
+                    Err(e) => tracing::error!(error = %e, "could not park deliveries"),
+                }
+            }
+            if more_due && budget.saturating_sub(state.claimed.len()) >= min_claim {
                 continue;
             }
-            let wake_at = if !worth_claiming || in_flight.len() >= self.config.max_in_flight {
+            let store_wake = if budget.saturating_sub(state.claimed.len()) < min_claim
+                && !state.claimed.is_empty()
+            {
                 None
             } else {
                 match self.store.next_due_at().await {
@@ -175,6 +225,10 @@ impl Worker {
                     }
                 }
             };
+            let wake_at = match (store_wake, lane_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = wake_at.map(|at| {
                 let wait = (at - self.clock.now_ms()).max(0) as u64;
                 tokio::time::sleep(Duration::from_millis(wait))
@@ -183,22 +237,38 @@ impl Worker {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.waker.0.notified() => {}
                 Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                    let task = match done {
-                        Ok((task, ())) => task,
-                        Err(e) => {
-                            tracing::error!(error = %e, "delivery task failed");
-                            e.id()
-                        }
-                    };
-                    if let Some(id) = running.remove(&task) {
-                        busy.remove(&id);
+                    // Take every attempt that has ended, then step once for them all.
+                    let mut done = Some(done);
+                    while let Some(result) = done.take().or_else(|| in_flight.try_join_next_with_id()) {
+                        let finished = match result {
+                            Ok((task, f)) => {
+                                running.remove(&task);
+                                f
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "delivery task failed");
+                                let Some((delivery_id, endpoint_id, started_at)) =
+                                    running.remove(&e.id())
+                                else {
+                                    continue;
+                                };
+                                Finished {
+                                    delivery_id,
+                                    endpoint_id,
+                                    started_at,
+                                    health: Health::Unknown,
+                                }
+                            }
+                        };
+                        state.finish(finished, self.clock.now_ms(), &policy);
                     }
                 }
                 _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
             }
         }
         // Attempts under way finish (each is bounded by the timeout) and are recorded; one
-        // that does not is left leased, and is retried after the next start.
+        // that does not is left leased, and is retried after the next start. What waits in
+        // the lanes keeps its lease and is claimed again after the next start.
         let grace = self.config.timeout + Duration::from_secs(1);
         let _ = tokio::time::timeout(grace, async {
             while in_flight.join_next().await.is_some() {}
@@ -208,18 +278,120 @@ impl Worker {
     }
 }
 
-/// One attempt and its record: the unit of work of the worker.
-async fn deliver(
+impl Lanes {
+    /// A claimed delivery joins its endpoint's lane, or is parked when the lane cannot
+    /// start it soon (its breaker is open, or it is already queued as deep as its pace).
+    fn take(&mut self, job: DueDelivery, config: &DeliveryConfig, now: i64) {
+        if !self.claimed.insert(job.delivery_id) {
+            return;
+        }
+        let limits = Limits {
+            concurrency: job
+                .endpoint
+                .max_concurrency
+                .map_or(config.endpoint_concurrency, |n| n as usize)
+                .max(1),
+            rate: job.endpoint.rate_limit,
+        };
+        let lane = self
+            .lanes
+            .entry(job.endpoint.id.clone())
+            .or_insert_with(|| Lane::new(limits, now));
+        lane.set_limits(limits);
+        if lane.queue.len() >= lane.queue_cap(now) {
+            let at = lane.park_at(now);
+            self.claimed.remove(&job.delivery_id);
+            self.to_park.push((job.delivery_id, at));
+            return;
+        }
+        self.active.insert(job.endpoint.id.clone());
+        lane.queue.push_back(job);
+    }
+
+    /// Lanes that slowed down (or opened their breaker) since they queued give back what
+    /// they cannot start soon, so that they never sit on claims others could use.
+    fn trim(&mut self, now: i64) {
+        for id in &self.active {
+            let lane = self.lanes.get_mut(id).expect("active lanes exist");
+            let cap = lane.queue_cap(now);
+            while lane.queue.len() > cap {
+                let job = lane.queue.pop_back().expect("longer than its cap");
+                let at = lane.park_at(now);
+                self.claimed.remove(&job.delivery_id);
+                self.to_park.push((job.delivery_id, at));
+            }
+        }
+        let lanes = &self.lanes;
+        self.active.retain(|id| !lanes[id].queue.is_empty());
+    }
+
+    /// Starts what the lanes' limits allow, within `max_in_flight` in all. Returns when a
+    /// lane held back by its rate limit or breaker can go next.
+    fn start_ready(
+        &mut self,
+        now: i64,
+        max_in_flight: usize,
+        mut start: impl FnMut(DueDelivery),
+    ) -> Option<i64> {
+        let mut wake: Option<i64> = None;
+        let mut total: usize = self.lanes.values().map(|l| l.in_flight).sum();
+        for id in &self.active {
+            let lane = self.lanes.get_mut(id).expect("active lanes exist");
+            while !lane.queue.is_empty() && total < max_in_flight {
+                match lane.gate(now) {
+                    Gate::Go => {
+                        let job = lane.queue.pop_front().expect("not empty");
+                        lane.start(now);
+                        total += 1;
+                        start(job);
+                    }
+                    Gate::At(at) => {
+                        wake = Some(wake.map_or(at, |w| w.min(at)));
+                        break;
+                    }
+                    Gate::Busy => break,
+                }
+            }
+        }
+        let lanes = &self.lanes;
+        self.active.retain(|id| !lanes[id].queue.is_empty());
+        wake
+    }
+
+    fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy) {
+        self.claimed.remove(&f.delivery_id);
+        let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
+            return;
+        };
+        lane.finish(f.started_at, now, f.health, policy);
+        if lane.is_idle(now) {
+            self.lanes.remove(&f.endpoint_id);
+        }
+    }
+}
+
+/// What every attempt shares.
+struct Sender {
     store: SharedStore,
     client: reqwest::Client,
     guard: guard::Guard,
     waker: DeliveryWaker,
     clock: SharedClock,
     config: DeliveryConfig,
-    job: DueDelivery,
-) {
+}
+
+/// One attempt and its record: the unit of work of the worker.
+async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) -> Finished {
+    let Sender {
+        store,
+        client,
+        guard,
+        waker,
+        clock,
+        config,
+    } = &*sender;
     let started = clock.now_ms();
-    let report = send::attempt(&client, &guard, &job, config.timeout, started).await;
+    let report = send::attempt(client, guard, &job, config.timeout, started).await;
     let next = next_step(
         job.attempt,
         &report.result,
@@ -248,6 +420,7 @@ async fn deliver(
         response_body: report.response_body,
         next,
     };
+    let health = Health::of(&report.result);
     let disable_after = config.disable_after.as_millis() as i64;
     match store.record_attempt(record, disable_after).await {
         Ok(0) => {}
@@ -256,5 +429,11 @@ async fn deliver(
         Err(e) => {
             tracing::error!(error = %e, delivery = job.delivery_id, "could not record an attempt")
         }
+    }
+    Finished {
+        delivery_id: job.delivery_id,
+        endpoint_id: job.endpoint.id,
+        started_at: lane_started_at,
+        health,
     }
 }

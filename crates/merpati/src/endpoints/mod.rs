@@ -59,7 +59,12 @@ pub struct Endpoint {
     pub secret_in_body: bool,
     /// Extra request headers.
     pub headers: BTreeMap<String, String>,
+    /// `device`: each device's events in order, one at a time.
     pub ordering: Option<String>,
+    /// Requests under way at once; `None` for the configured default.
+    pub max_concurrency: Option<u32>,
+    /// Requests per second; `None` for no limit.
+    pub rate_limit: Option<u32>,
     pub disabled: bool,
     /// `gone` (answered 410), `failing` (failed without pause too long) or `manual`.
     pub disabled_reason: Option<String>,
@@ -82,6 +87,8 @@ pub struct Subscription {
     pub business_ids: Vec<String>,
     pub channel_ids: Vec<String>,
     pub device_ids: Vec<String>,
+    /// `ordering: "device"`: deliveries queue per device.
+    pub ordered: bool,
     pub disabled: bool,
 }
 
@@ -153,6 +160,8 @@ pub fn routes() -> Router<AppState> {
 pub const MAX_URL_BYTES: usize = 2048;
 const MAX_HEADERS: usize = 32;
 const MAX_FILTER_ITEMS: usize = 256;
+const MAX_CONCURRENCY: u32 = 1024;
+const MAX_RATE_LIMIT: u32 = 100_000;
 /// Headers merpati sets itself, which an endpoint may not override.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
@@ -183,6 +192,8 @@ struct NewEndpoint {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     ordering: Option<String>,
+    max_concurrency: Option<u32>,
+    rate_limit: Option<u32>,
     /// A secret of the caller's own (`whsec_…`); one is made when absent.
     secret: Option<String>,
     #[serde(default)]
@@ -205,6 +216,10 @@ struct EndpointPatch {
     headers: Option<BTreeMap<String, String>>,
     #[serde(default, deserialize_with = "double_option")]
     ordering: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    max_concurrency: Option<Option<u32>>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit: Option<Option<u32>>,
     disabled: Option<bool>,
 }
 
@@ -299,18 +314,26 @@ fn check_endpoint(e: &Endpoint, guard: &Guard) -> ApiResult<()> {
     }
     match e.ordering.as_deref() {
         None => {}
-        Some("device") => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unsupported",
-                "ordering \"device\" is not available in this version yet",
-            ))
-        }
+        Some("device") => {}
         Some(other) => {
             return Err(ApiError::invalid(format!(
                 "ordering must be \"device\" or absent, not {other:?}"
             )))
         }
+    }
+    if e.max_concurrency
+        .is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n))
+    {
+        return Err(ApiError::invalid(format!(
+            "max_concurrency must be from 1 to {MAX_CONCURRENCY}"
+        )));
+    }
+    if e.rate_limit
+        .is_some_and(|n| !(1..=MAX_RATE_LIMIT).contains(&n))
+    {
+        return Err(ApiError::invalid(format!(
+            "rate_limit must be from 1 to {MAX_RATE_LIMIT} requests per second"
+        )));
     }
     Ok(())
 }
@@ -353,6 +376,8 @@ async fn create(
         secret_in_body: body.secret_in_body,
         headers: body.headers,
         ordering: body.ordering,
+        max_concurrency: body.max_concurrency,
+        rate_limit: body.rate_limit,
         disabled: body.disabled,
         disabled_reason: body.disabled.then(|| "manual".to_string()),
         disabled_at: body.disabled.then_some(now),
@@ -425,6 +450,12 @@ async fn update(
     if let Some(v) = p.ordering {
         e.ordering = v;
     }
+    if let Some(v) = p.max_concurrency {
+        e.max_concurrency = v;
+    }
+    if let Some(v) = p.rate_limit {
+        e.rate_limit = v;
+    }
     let enable = p
         .disabled
         .map(|d| !d)
@@ -434,6 +465,8 @@ async fn update(
     e.updated_at = now;
     let id = e.id.clone();
     state.store.update_endpoint(account.clone(), e).await?;
+    // Switching ordering off may have made waiting deliveries due.
+    state.delivery.wake();
     if let Some(enable) = enable {
         let released = state
             .store

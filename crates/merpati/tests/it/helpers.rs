@@ -38,6 +38,8 @@ pub fn test_settings() -> BTreeMap<String, String> {
         ("delivery.timeout", "3s"),
         ("database.synchronous", "normal"),
         ("presence.grace", "300ms"),
+        // Tests of failing receivers count every attempt; the breaker's own tests lower this.
+        ("delivery.breaker_failures", "1000"),
         // The receivers are on loopback, which the private-address guard refuses otherwise.
         ("delivery.allowed_networks", "127.0.0.0/8,::1/128"),
     ]
@@ -417,6 +419,20 @@ struct ReceiverState {
     script: Mutex<VecDeque<Answer>>,
     default: Mutex<Option<Answer>>,
     arrived: Notify,
+    /// Requests wait while this is false (see [`Receiver::pause`]).
+    open: Option<tokio::sync::watch::Sender<bool>>,
+    under_way: std::sync::atomic::AtomicUsize,
+    most_at_once: std::sync::atomic::AtomicUsize,
+}
+
+struct UnderWay(Arc<ReceiverState>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0
+            .under_way
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A webhook receiver on loopback: records every request; answers from its script, then
@@ -435,7 +451,10 @@ impl Drop for Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let state = Arc::new(ReceiverState::default());
+        let state = Arc::new(ReceiverState {
+            open: Some(tokio::sync::watch::channel(true).0),
+            ..ReceiverState::default()
+        });
         let handler_state = state.clone();
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let state = handler_state.clone();
@@ -446,6 +465,13 @@ impl Receiver {
                     at: Instant::now(),
                 });
                 state.arrived.notify_waiters();
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = state.under_way.fetch_add(1, SeqCst) + 1;
+                state.most_at_once.fetch_max(now, SeqCst);
+                // Counted out however the request ends, even when the client gives up.
+                let _under_way = UnderWay(state.clone());
+                let mut open = state.open.as_ref().unwrap().subscribe();
+                let _ = open.wait_for(|open| *open).await;
                 let answer = state
                     .script
                     .lock()
@@ -481,6 +507,22 @@ impl Receiver {
     /// Answers every request past the script with this.
     pub fn always(&self, answer: Answer) {
         *self.state.default.lock().unwrap() = Some(answer);
+    }
+
+    /// Requests arriving from now on wait (recorded, unanswered) until [`Receiver::resume`].
+    pub fn pause(&self) {
+        self.state.open.as_ref().unwrap().send_replace(false);
+    }
+
+    pub fn resume(&self) {
+        self.state.open.as_ref().unwrap().send_replace(true);
+    }
+
+    /// The most requests it had under way at once.
+    pub fn most_at_once(&self) -> usize {
+        self.state
+            .most_at_once
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -9,6 +9,7 @@ mod guard;
 mod health;
 mod helpers;
 mod isolation;
+mod lanes;
 mod link;
 mod payloads;
 mod presence;

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection};
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
 use super::endpoints::disable;
-use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
+use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent};
 use super::{parse_json_column, SqliteStore};
 use crate::delivery::retry::NextStep;
 use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery, Target};
@@ -28,17 +28,15 @@ fn live_secrets(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Vec<
 fn endpoint_health(
     c: &Connection,
     a: &AttemptRecord,
+    endpoint: &str,
     now: i64,
     disable_after_ms: i64,
 ) -> StoreResult<usize> {
-    let endpoint: String = c
-        .prepare_cached("SELECT endpoint_id FROM deliveries WHERE id = ?1")?
-        .query_row([a.delivery_id], |r| r.get(0))?;
     if a.next == NextStep::Succeeded {
         c.prepare_cached(
             "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
         )?
-        .execute([&endpoint])?;
+        .execute([endpoint])?;
         return Ok(0);
     }
     let (account, url, failing_since): (String, String, i64) = c
@@ -56,7 +54,7 @@ fn endpoint_health(
     } else {
         return Ok(0);
     };
-    if !disable(c, &endpoint, reason, now)? {
+    if !disable(c, endpoint, reason, now)? {
         return Ok(0);
     }
     tracing::warn!(endpoint = %endpoint, reason, "endpoint disabled");
@@ -65,7 +63,7 @@ fn endpoint_health(
         event: EndpointEventKind::Disabled,
         timestamp: now.div_euclid(1000),
         endpoint: EndpointRef {
-            id: endpoint.clone(),
+            id: endpoint.to_owned(),
             url,
         },
         reason: reason.to_string(),
@@ -99,7 +97,8 @@ impl DeliveryStore for SqliteStore {
         self.write(move |c| {
             let mut rows = c.prepare_cached(
                 "SELECT d.id, d.attempts, e.id, e.payload, ep.id, ep.url, ep.format,
-                        ep.secret_in_body, ep.headers, ep.disabled
+                        ep.secret_in_body, ep.headers, ep.disabled, ep.max_concurrency,
+                        ep.rate_limit
                  FROM deliveries d
                  JOIN events e ON e.seq = d.event_seq
                  JOIN endpoints ep ON ep.id = d.endpoint_id
@@ -127,6 +126,8 @@ impl DeliveryStore for SqliteStore {
                     r.get::<_, bool>(7)?,
                     r.get::<_, String>(8)?,
                     r.get::<_, bool>(9)?,
+                    r.get::<_, Option<u32>>(10)?,
+                    r.get::<_, Option<u32>>(11)?,
                 ))
             })?;
             for row in found {
@@ -141,6 +142,8 @@ impl DeliveryStore for SqliteStore {
                     in_body,
                     headers,
                     disabled,
+                    max_concurrency,
+                    rate_limit,
                 ) = row?;
                 if disabled {
                     // Disabled since it was queued: kept, to be released on re-enable.
@@ -168,6 +171,8 @@ impl DeliveryStore for SqliteStore {
                         secret_in_body: in_body,
                         headers: parse_json_column(&headers)?,
                         secrets: endpoint_secrets,
+                        max_concurrency,
+                        rate_limit,
                     },
                 });
             }
@@ -209,19 +214,38 @@ impl DeliveryStore for SqliteStore {
                 NextStep::Failed => ("failed", None, Some(finished)),
                 NextStep::RetryAt(at) => ("pending", Some(at), None),
             };
-            c.prepare_cached(
-                "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
-                        completed_at = ?5, claimed_at = NULL
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                a.delivery_id,
-                status,
-                a.attempt,
-                next_at,
-                completed_at
-            ])?;
-            endpoint_health(c, &a, finished, disable_after_ms)
+            let (endpoint, order_key): (String, Option<String>) = c
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                            completed_at = ?5, claimed_at = NULL
+                     WHERE id = ?1
+                     RETURNING endpoint_id, order_key",
+                )?
+                .query_row(
+                    params![a.delivery_id, status, a.attempt, next_at, completed_at],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+            // A final outcome lets the next delivery of its device queue go.
+            let mut due = match &order_key {
+                Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
+                _ => 0,
+            };
+            due += endpoint_health(c, &a, &endpoint, finished, disable_after_ms)?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn park(&self, parked: Vec<(i64, i64)>) -> StoreResult<()> {
+        self.write(move |c| {
+            let mut park = c.prepare_cached(
+                "UPDATE deliveries SET next_attempt_at = ?2, claimed_at = NULL
+                 WHERE id = ?1 AND status = 'pending'",
+            )?;
+            for (id, at) in parked {
+                park.execute(params![id, at])?;
+            }
+            Ok(())
         })
         .await
     }

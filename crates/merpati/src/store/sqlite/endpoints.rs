@@ -2,13 +2,14 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::devices::owned;
+use super::fanout::release_held;
 use super::{json_list, parse_json_column, SqliteStore};
 use crate::endpoints::{BodyFormat, Endpoint, EndpointStore};
 use crate::store::{Page, StoreError, StoreResult};
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
     format, secret_in_body, headers, ordering, disabled, created_at, updated_at, disabled_reason,
-    disabled_at, failing_since";
+    disabled_at, failing_since, max_concurrency, rate_limit";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let events: Option<String> = r.get(3)?;
@@ -30,6 +31,8 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: r.get(14)?,
         disabled_at: r.get(15)?,
         failing_since: r.get(16)?,
+        max_concurrency: r.get(17)?,
+        rate_limit: r.get(18)?,
     })
 }
 
@@ -51,7 +54,7 @@ fn check_scope(c: &Connection, account: &str, e: &Endpoint) -> StoreResult<()> {
     Ok(())
 }
 
-/// ?1 … ?17 of both the INSERT and the UPDATE (which leaves created_at and the disabled
+/// ?1 … ?19 of both the INSERT and the UPDATE (which leaves created_at and the disabled
 /// state alone: those change through their own calls).
 fn endpoint_params(account: &str, e: &Endpoint) -> Vec<SqlValue> {
     vec![
@@ -74,11 +77,10 @@ fn endpoint_params(account: &str, e: &Endpoint) -> Vec<SqlValue> {
         e.updated_at.into(),
         e.disabled_reason.clone().into(),
         e.disabled_at.into(),
+        e.max_concurrency.into(),
+        e.rate_limit.into(),
     ]
 }
-
-/// The UPDATE's parameters stop at ?15: SQLite expects exactly as many as the highest used.
-const UPDATE_PARAMS: usize = 15;
 
 /// Marks the endpoint disabled and holds its pending deliveries. Returns false when it
 /// already was.
@@ -109,8 +111,10 @@ impl EndpointStore for SqliteStore {
             c.execute(
                 "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
-                     created_at, updated_at, disabled_reason, disabled_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                     created_at, updated_at, disabled_reason, disabled_at, max_concurrency,
+                     rate_limit)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                         ?18, ?19)",
                 params_from_iter(endpoint_params(&account, &e)),
             )?;
             c.execute(
@@ -155,16 +159,25 @@ impl EndpointStore for SqliteStore {
             let n = c.execute(
                 "UPDATE endpoints SET url = ?3, description = ?4, events = ?5, business_ids = ?6,
                      channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
-                     headers = ?11, ordering = ?12, updated_at = ?15
+                     headers = ?11, ordering = ?12, updated_at = ?15, max_concurrency = ?18,
+                     rate_limit = ?19
                  WHERE account_id = ?1 AND id = ?2",
-                params_from_iter(
-                    endpoint_params(&account, &e)
-                        .into_iter()
-                        .take(UPDATE_PARAMS),
-                ),
+                params_from_iter(endpoint_params(&account, &e)),
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound("endpoint"));
+            }
+            if e.ordering.is_none() {
+                // Ordering switched off: the deliveries waiting in device queues go now.
+                c.prepare_cached(
+                    "UPDATE deliveries
+                     SET order_key = NULL,
+                         next_attempt_at = CASE WHEN status = 'pending'
+                                           THEN COALESCE(next_attempt_at, ?2) END
+                     WHERE endpoint_id = ?1 AND status IN ('pending', 'held')
+                       AND order_key IS NOT NULL",
+                )?
+                .execute(params![e.id, e.updated_at])?;
             }
             Ok(e)
         })
@@ -189,11 +202,7 @@ impl EndpointStore for SqliteStore {
                      WHERE id = ?1",
                     [&id],
                 )?;
-                Ok(c.execute(
-                    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2
-                     WHERE endpoint_id = ?1 AND status = 'held'",
-                    params![id, now],
-                )?)
+                release_held(c, &id, now)
             } else {
                 disable(c, &id, "manual", now)?;
                 Ok(0)

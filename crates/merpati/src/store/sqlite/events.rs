@@ -2,7 +2,7 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use super::devices::owned;
-use super::fanout::{fan_out, subscriptions};
+use super::fanout::{enqueue, fan_out, subscriptions};
 use super::SqliteStore;
 use crate::endpoints::{Scope, Subscription};
 use crate::events::{
@@ -143,15 +143,18 @@ impl EventStore for SqliteStore {
         now: i64,
     ) -> StoreResult<i64> {
         self.write(move |c| {
-            let (seq, endpoint, disabled): (i64, String, bool) = c
+            type Found = (i64, String, bool, Option<String>);
+            let (seq, endpoint, disabled, order_key): Found = c
                 .prepare_cached(
-                    "SELECT d.event_seq, d.endpoint_id, ep.disabled FROM deliveries d
+                    "SELECT d.event_seq, d.endpoint_id, ep.disabled,
+                            CASE WHEN ep.ordering = 'device' THEN e.device_id END
+                     FROM deliveries d
                      JOIN events e ON e.seq = d.event_seq
                      JOIN endpoints ep ON ep.id = d.endpoint_id
                      WHERE d.id = ?1 AND e.account_id = ?2",
                 )?
                 .query_row(params![delivery_id, account], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()?
                 .ok_or(StoreError::NotFound("delivery"))?;
@@ -160,11 +163,7 @@ impl EventStore for SqliteStore {
                     "the endpoint is disabled; enable it first".into(),
                 ));
             }
-            c.prepare_cached(
-                "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?3)",
-            )?
-            .execute(params![seq, endpoint, now])?;
+            enqueue(c, seq, &endpoint, order_key.as_deref(), false, now)?;
             Ok(c.last_insert_rowid())
         })
         .await

@@ -10,7 +10,7 @@ use crate::store::StoreResult;
 /// An account's endpoints, loaded once per transaction.
 pub(super) fn subscriptions(c: &Connection, account: &str) -> StoreResult<Vec<Subscription>> {
     let mut s = c.prepare_cached(
-        "SELECT id, events, business_ids, channel_ids, device_ids, disabled
+        "SELECT id, events, business_ids, channel_ids, device_ids, disabled, ordering
          FROM endpoints WHERE account_id = ?1",
     )?;
     let rows = s.query_map([account], |r| {
@@ -22,6 +22,7 @@ pub(super) fn subscriptions(c: &Connection, account: &str) -> StoreResult<Vec<Su
             channel_ids: parse_json_column(&r.get::<_, String>(3)?)?,
             device_ids: parse_json_column(&r.get::<_, String>(4)?)?,
             disabled: r.get(5)?,
+            ordered: r.get::<_, Option<String>>(6)?.as_deref() == Some("device"),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -62,8 +63,7 @@ pub(super) fn insert_event(
     Ok(seq)
 }
 
-/// Creates one delivery per matching endpoint: due now, or held while the endpoint is
-/// disabled. Returns how many are due.
+/// Creates one delivery per matching endpoint. Returns how many are due now.
 pub(super) fn fan_out(
     c: &Connection,
     subs: &[Subscription],
@@ -73,18 +73,103 @@ pub(super) fn fan_out(
     now: i64,
 ) -> StoreResult<usize> {
     let mut due = 0;
-    let mut insert = c.prepare_cached(
-        "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
     for sub in subs.iter().filter(|s| s.matches(event_type, scope)) {
-        let (status, next) = if sub.disabled {
-            ("held", None)
-        } else {
+        let order_key = scope.device_id.filter(|_| sub.ordered);
+        if enqueue(c, event_seq, &sub.endpoint_id, order_key, sub.disabled, now)? {
             due += 1;
-            ("pending", Some(now))
-        };
-        insert.execute(params![event_seq, sub.endpoint_id, status, next, now])?;
+        }
+    }
+    Ok(due)
+}
+
+/// Queues one delivery of the event to the endpoint: held while the endpoint is disabled,
+/// waiting when an earlier delivery of the same device queue has not reached its outcome,
+/// due now otherwise. Returns whether it is due now.
+pub(super) fn enqueue(
+    c: &Connection,
+    event_seq: i64,
+    endpoint_id: &str,
+    order_key: Option<&str>,
+    disabled: bool,
+    now: i64,
+) -> StoreResult<bool> {
+    let waits = match order_key {
+        Some(key) if !disabled => queue_busy(c, endpoint_id, key)?,
+        _ => false,
+    };
+    let (status, next) = if disabled {
+        ("held", None)
+    } else if waits {
+        ("pending", None)
+    } else {
+        ("pending", Some(now))
+    };
+    c.prepare_cached(
+        "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,
+                                 order_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        event_seq,
+        endpoint_id,
+        status,
+        next,
+        now,
+        order_key
+    ])?;
+    Ok(next.is_some())
+}
+
+/// Whether a device queue has a delivery that has not reached its outcome.
+fn queue_busy(c: &Connection, endpoint_id: &str, key: &str) -> StoreResult<bool> {
+    Ok(c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries
+                        WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending')",
+    )?
+    .query_row(params![endpoint_id, key], |r| r.get(0))?)
+}
+
+/// Makes the first waiting delivery of a device queue due, unless one of the queue is
+/// already due or under way. Returns how many became due (0 or 1).
+pub(super) fn advance_queue(
+    c: &Connection,
+    endpoint_id: &str,
+    key: &str,
+    now: i64,
+) -> StoreResult<usize> {
+    Ok(c.prepare_cached(
+        "UPDATE deliveries SET next_attempt_at = ?3
+         WHERE id = (SELECT id FROM deliveries
+                     WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending'
+                     ORDER BY event_seq, id LIMIT 1)
+           AND next_attempt_at IS NULL",
+    )?
+    .execute(params![endpoint_id, key, now])?)
+}
+
+/// Releases an endpoint's held deliveries: unordered ones are due now, and each device
+/// queue starts again from its earliest event. Returns how many are due.
+pub(super) fn release_held(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<usize> {
+    let mut due = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2
+             WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NULL",
+        )?
+        .execute(params![endpoint_id, now])?;
+    c.prepare_cached(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL
+         WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NOT NULL",
+    )?
+    .execute([endpoint_id])?;
+    let keys: Vec<String> = c
+        .prepare_cached(
+            "SELECT DISTINCT order_key FROM deliveries
+             WHERE endpoint_id = ?1 AND status = 'pending' AND order_key IS NOT NULL",
+        )?
+        .query_map([endpoint_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for key in keys {
+        due += advance_queue(c, endpoint_id, &key, now)?;
     }
     Ok(due)
 }

@@ -1,6 +1,7 @@
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::devices::owned;
+use super::fanout::enqueue;
 use super::SqliteStore;
 use crate::jobs::{Job, JobStore};
 use crate::store::{StoreError, StoreResult};
@@ -116,20 +117,24 @@ impl JobStore for SqliteStore {
             if status != "running" {
                 return Ok((0, true));
             }
-            let picked: Vec<(i64, i64)> = c
+            let (ordered, disabled): (bool, bool) = c.query_row(
+                "SELECT ordering IS 'device', disabled FROM endpoints WHERE id = ?1",
+                [&endpoint],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let picked: Vec<(i64, i64, Option<String>)> = c
                 .prepare(&format!(
-                    "SELECT d.id, d.event_seq {CANDIDATES} ORDER BY d.id LIMIT ?4"
+                    "SELECT d.id, d.event_seq,
+                            (SELECT device_id FROM events WHERE seq = d.event_seq)
+                     {CANDIDATES} ORDER BY d.id LIMIT ?4"
                 ))?
                 .query_map(params![endpoint, since, cursor, limit as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<Result<_, _>>()?;
-            let mut insert = c.prepare_cached(
-                "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at)
-                 VALUES (?1, ?2, 'pending', ?3, ?3)",
-            )?;
-            for (_, seq) in &picked {
-                insert.execute(params![seq, endpoint, now])?;
+            for (_, seq, device) in &picked {
+                let order_key = device.as_deref().filter(|_| ordered);
+                enqueue(c, *seq, &endpoint, order_key, disabled, now)?;
             }
             let finished = picked.len() < limit;
             let last = picked.last().map(|p| p.0).unwrap_or(cursor);

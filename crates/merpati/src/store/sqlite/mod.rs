@@ -54,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "jobs",
         include_str!("../migrations/sqlite/0005_jobs.sql"),
     ),
+    (
+        6,
+        "lanes",
+        include_str!("../migrations/sqlite/0006_lanes.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.

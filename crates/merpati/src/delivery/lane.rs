@@ -1,0 +1,454 @@
+//! One endpoint's lane in the worker: its queue of claimed deliveries, its limits (concurrency
+//! and requests per second), its circuit breaker, and how far ahead to park what it cannot
+//! take. Pure: time is passed in, so every rule is unit-tested without a network or a sleep.
+
+use std::collections::VecDeque;
+
+use super::retry::AttemptResult;
+use super::DueDelivery;
+
+/// The limits an endpoint asks for, or the configured defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub concurrency: usize,
+    /// Requests per second; `None` for no limit.
+    pub rate: Option<u32>,
+}
+
+/// The breaker's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    /// Unhealthy answers in a row that open it.
+    pub failures: u32,
+    /// The first pause; each failed probe doubles it, up to `max_cooldown_ms`.
+    pub cooldown_ms: i64,
+    pub max_cooldown_ms: i64,
+}
+
+/// What an attempt says about the endpoint (not about the delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// It answered, even with a client error: it is up.
+    Up,
+    /// No answer, a timeout, a server error, or "too many requests".
+    Down,
+    /// Nothing learnt (the request was never sent).
+    Unknown,
+}
+
+impl Health {
+    pub fn of(result: &AttemptResult) -> Health {
+        match result {
+            AttemptResult::Status(s) if *s >= 500 || *s == 429 || *s == 408 => Health::Down,
+            AttemptResult::Status(_) => Health::Up,
+            AttemptResult::NoAnswer => Health::Down,
+            AttemptResult::Unsendable => Health::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Breaker {
+    Closed {
+        failures: u32,
+    },
+    /// Nothing is sent until `until`.
+    Open {
+        until: i64,
+        cooldown_ms: i64,
+    },
+    /// One probe may go; its outcome closes or reopens the breaker.
+    HalfOpen {
+        probing: bool,
+        cooldown_ms: i64,
+    },
+}
+
+/// Whether the lane may start an attempt now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Its rate limit or breaker lets the next one go at this time.
+    At(i64),
+    /// Waiting for an attempt under way (concurrency limit, or the breaker's probe).
+    Busy,
+}
+
+/// How long a delivery may wait in a lane's queue before it is parked in the store instead:
+/// deliveries the lane cannot start soon must not hold the worker's claims.
+const QUEUE_HORIZON_MS: f64 = 2_000.0;
+/// The latency assumed of an endpoint not heard from yet.
+const FIRST_GUESS_MS: f64 = 200.0;
+/// Parked deliveries are looked at again after this at the latest, in case the endpoint
+/// became faster than its lane estimated.
+pub const MAX_PARK_MS: i64 = 10 * 60 * 1000;
+
+#[derive(Debug)]
+pub struct Lane {
+    pub queue: VecDeque<DueDelivery>,
+    pub in_flight: usize,
+    limits: Limits,
+    tokens: f64,
+    refilled_at: i64,
+    breaker: Breaker,
+    /// Moving average of attempt durations.
+    avg_ms: f64,
+    /// Start times of the attempts under way, oldest first.
+    started: VecDeque<i64>,
+    /// The latest slot handed to a parked delivery.
+    parked_until: i64,
+}
+
+impl Lane {
+    pub fn new(limits: Limits, now: i64) -> Lane {
+        Lane {
+            queue: VecDeque::new(),
+            in_flight: 0,
+            limits,
+            tokens: burst(limits.rate),
+            refilled_at: now,
+            breaker: Breaker::Closed { failures: 0 },
+            avg_ms: FIRST_GUESS_MS,
+            started: VecDeque::new(),
+            parked_until: now,
+        }
+    }
+
+    pub fn breaker(&self) -> Breaker {
+        self.breaker
+    }
+
+    /// Limits follow the endpoint's latest settings.
+    pub fn set_limits(&mut self, limits: Limits) {
+        if limits.rate != self.limits.rate {
+            self.tokens = self.tokens.min(burst(limits.rate));
+        }
+        self.limits = limits;
+    }
+
+    /// Whether the next queued delivery may start at `now`.
+    pub fn gate(&mut self, now: i64) -> Gate {
+        match self.breaker {
+            Breaker::Open { until, cooldown_ms } => {
+                if now < until {
+                    return Gate::At(until);
+                }
+                self.breaker = Breaker::HalfOpen {
+                    probing: false,
+                    cooldown_ms,
+                };
+            }
+            Breaker::HalfOpen { probing: true, .. } => return Gate::Busy,
+            _ => {}
+        }
+        if self.in_flight >= self.limits.concurrency {
+            return Gate::Busy;
+        }
+        if let Some(rate) = self.limits.rate {
+            self.refill(now, rate);
+            if self.tokens < 1.0 {
+                let wait = ((1.0 - self.tokens) * 1000.0 / f64::from(rate)).ceil() as i64;
+                return Gate::At(now + wait.max(1));
+            }
+        }
+        Gate::Go
+    }
+
+    fn refill(&mut self, now: i64, rate: u32) {
+        let elapsed = (now - self.refilled_at).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * f64::from(rate) / 1000.0).min(burst(Some(rate)));
+        self.refilled_at = now;
+    }
+
+    /// An attempt starts (after [`Lane::gate`] said `Go`).
+    pub fn start(&mut self, now: i64) {
+        if self.limits.rate.is_some() {
+            self.tokens -= 1.0;
+        }
+        if let Breaker::HalfOpen { cooldown_ms, .. } = self.breaker {
+            self.breaker = Breaker::HalfOpen {
+                probing: true,
+                cooldown_ms,
+            };
+        }
+        self.in_flight += 1;
+        self.started.push_back(now);
+    }
+
+    /// An attempt started at `started_at` ended at `now`.
+    pub fn finish(&mut self, started_at: i64, now: i64, health: Health, policy: &BreakerPolicy) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(i) = self.started.iter().position(|t| *t == started_at) {
+            self.started.remove(i);
+        } else {
+            self.started.pop_front();
+        }
+        let took = (now - started_at).max(0) as f64;
+        self.avg_ms = 0.8 * self.avg_ms + 0.2 * took;
+        self.breaker = match (self.breaker, health) {
+            (_, Health::Unknown) => match self.breaker {
+                // A probe that was never sent proves nothing: let another go.
+                Breaker::HalfOpen { cooldown_ms, .. } => Breaker::HalfOpen {
+                    probing: false,
+                    cooldown_ms,
+                },
+                other => other,
+            },
+            (_, Health::Up) => Breaker::Closed { failures: 0 },
+            (Breaker::Closed { failures }, Health::Down) => {
+                let failures = failures + 1;
+                if failures >= policy.failures.max(1) {
+                    Breaker::Open {
+                        until: now + policy.cooldown_ms,
+                        cooldown_ms: policy.cooldown_ms,
+                    }
+                } else {
+                    Breaker::Closed { failures }
+                }
+            }
+            // An attempt that began before the breaker opened.
+            (open @ Breaker::Open { .. }, Health::Down) => open,
+            (Breaker::HalfOpen { cooldown_ms, .. }, Health::Down) => {
+                let cooldown_ms = (cooldown_ms * 2).min(policy.max_cooldown_ms.max(1));
+                Breaker::Open {
+                    until: now + cooldown_ms,
+                    cooldown_ms,
+                }
+            }
+        };
+    }
+
+    /// Deliveries per second the lane can be expected to start: its concurrency over its
+    /// latency (the attempt under way for longest counts as soon as it is slower than the
+    /// average, so a lane that hangs is found out before anything finishes), capped by the
+    /// rate limit.
+    pub fn drain_rate(&self, now: i64) -> f64 {
+        let oldest = self
+            .started
+            .front()
+            .map_or(0.0, |t| (now - t).max(0) as f64);
+        let latency = self.avg_ms.max(oldest).max(1.0);
+        let by_concurrency = self.limits.concurrency as f64 * 1000.0 / latency;
+        match self.limits.rate {
+            Some(rate) => by_concurrency.min(f64::from(rate)),
+            None => by_concurrency,
+        }
+    }
+
+    /// How many deliveries may wait in the queue: what the lane can start within the
+    /// horizon. An open breaker starts nothing, so it queues nothing.
+    pub fn queue_cap(&self, now: i64) -> usize {
+        if matches!(self.breaker, Breaker::Open { until, .. } if now < until) {
+            return 0;
+        }
+        (self.drain_rate(now) * QUEUE_HORIZON_MS / 1000.0).max(1.0) as usize
+    }
+
+    /// When a delivery the lane cannot take now should be looked at again: when the breaker
+    /// lets a probe go, or the next free slot at the lane's pace.
+    pub fn park_at(&mut self, now: i64) -> i64 {
+        let at = match self.breaker {
+            Breaker::Open { until, .. } if now < until => until,
+            _ => {
+                let per_item = 1000.0 / self.drain_rate(now).max(0.001);
+                let queued_until = now + (self.queue.len() as f64 * per_item) as i64;
+                self.parked_until.max(queued_until) + per_item.ceil() as i64
+            }
+        };
+        let at = at.min(now + MAX_PARK_MS);
+        self.parked_until = self.parked_until.max(at);
+        at
+    }
+
+    /// Nothing queued, under way or parked, and nothing to remember.
+    pub fn is_idle(&self, now: i64) -> bool {
+        self.parked_until <= now
+            && self.queue.is_empty()
+            && self.in_flight == 0
+            && self.breaker == Breaker::Closed { failures: 0 }
+    }
+}
+
+/// A rate limit lets at most this many requests go at once (50 ms worth, at least one).
+fn burst(rate: Option<u32>) -> f64 {
+    rate.map_or(0.0, |r| (f64::from(r) / 20.0).max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: BreakerPolicy = BreakerPolicy {
+        failures: 3,
+        cooldown_ms: 1000,
+        max_cooldown_ms: 4000,
+    };
+
+    fn lane(concurrency: usize, rate: Option<u32>) -> Lane {
+        Lane::new(Limits { concurrency, rate }, 0)
+    }
+
+    #[test]
+    fn concurrency_limit_holds_the_next_start() {
+        let mut l = lane(2, None);
+        assert_eq!(l.gate(0), Gate::Go);
+        l.start(0);
+        l.start(0);
+        assert_eq!(l.gate(0), Gate::Busy);
+        l.finish(0, 5, Health::Up, &POLICY);
+        assert_eq!(l.gate(5), Gate::Go);
+    }
+
+    #[test]
+    fn rate_limit_spaces_requests() {
+        let mut l = lane(100, Some(10));
+        // A burst of one, then one every 100 ms.
+        assert_eq!(l.gate(0), Gate::Go);
+        l.start(0);
+        assert_eq!(l.gate(0), Gate::At(100));
+        assert_eq!(l.gate(50), Gate::At(100));
+        assert_eq!(l.gate(100), Gate::Go);
+        l.start(100);
+        assert_eq!(l.gate(100), Gate::At(200));
+        // Idle time earns no more than the burst.
+        assert_eq!(l.gate(10_000), Gate::Go);
+        l.start(10_000);
+        assert_eq!(l.gate(10_000), Gate::At(10_100));
+    }
+
+    #[test]
+    fn started_requests_never_exceed_the_rate_over_a_window() {
+        let mut l = lane(1000, Some(200));
+        let mut started = Vec::new();
+        let mut now = 0;
+        while now < 5_000 {
+            match l.gate(now) {
+                Gate::Go => {
+                    l.start(now);
+                    l.finish(now, now, Health::Up, &POLICY);
+                    started.push(now);
+                }
+                Gate::At(t) => now = t,
+                Gate::Busy => unreachable!(),
+            }
+        }
+        // 200/s with a burst of 10: any one second holds at most 210.
+        for (i, t) in started.iter().enumerate() {
+            let in_window = started[i..].iter().take_while(|u| **u < t + 1000).count();
+            assert!(in_window <= 210, "{in_window} in the second after {t}");
+        }
+        assert!(started.len() >= 990, "{}", started.len());
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_in_a_row_and_probes_with_one_request() {
+        let mut l = lane(10, None);
+        for t in 0..2 {
+            l.start(t);
+            l.finish(t, t, Health::Down, &POLICY);
+        }
+        // A success in between resets the count.
+        l.start(2);
+        l.finish(2, 2, Health::Up, &POLICY);
+        for t in 3..6 {
+            l.start(t);
+            l.finish(t, t, Health::Down, &POLICY);
+        }
+        assert_eq!(
+            l.breaker(),
+            Breaker::Open {
+                until: 1005,
+                cooldown_ms: 1000
+            }
+        );
+        assert_eq!(l.gate(500), Gate::At(1005));
+        assert_eq!(l.queue_cap(500), 0);
+        assert_eq!(l.park_at(500), 1005);
+        // One probe at a time.
+        assert_eq!(l.gate(1005), Gate::Go);
+        l.start(1005);
+        assert_eq!(l.gate(1005), Gate::Busy);
+        // It fails: twice the pause.
+        l.finish(1005, 1010, Health::Down, &POLICY);
+        assert_eq!(
+            l.breaker(),
+            Breaker::Open {
+                until: 3010,
+                cooldown_ms: 2000
+            }
+        );
+        assert_eq!(l.gate(3010), Gate::Go);
+        l.start(3010);
+        l.finish(3010, 3011, Health::Down, &POLICY);
+        l.gate(7011);
+        l.start(7011);
+        l.finish(7011, 7012, Health::Down, &POLICY);
+        // Never longer than the most.
+        assert_eq!(
+            l.breaker(),
+            Breaker::Open {
+                until: 11012,
+                cooldown_ms: 4000
+            }
+        );
+        // A probe that works closes it.
+        l.gate(11012);
+        l.start(11012);
+        l.finish(11012, 11013, Health::Up, &POLICY);
+        assert_eq!(l.breaker(), Breaker::Closed { failures: 0 });
+        assert!(l.is_idle(11013));
+    }
+
+    #[test]
+    fn client_errors_keep_the_breaker_closed_and_unsent_probes_free_the_slot() {
+        assert_eq!(Health::of(&AttemptResult::Status(404)), Health::Up);
+        assert_eq!(Health::of(&AttemptResult::Status(503)), Health::Down);
+        assert_eq!(Health::of(&AttemptResult::Status(429)), Health::Down);
+        assert_eq!(Health::of(&AttemptResult::NoAnswer), Health::Down);
+        assert_eq!(Health::of(&AttemptResult::Unsendable), Health::Unknown);
+        let mut l = lane(1, None);
+        for t in 0..3 {
+            l.start(t);
+            l.finish(t, t, Health::Down, &POLICY);
+        }
+        l.gate(2000);
+        l.start(2000);
+        l.finish(2000, 2000, Health::Unknown, &POLICY);
+        assert_eq!(l.gate(2000), Gate::Go);
+    }
+
+    #[test]
+    fn a_slow_lane_queues_little_and_parks_the_rest_at_its_pace() {
+        let mut l = lane(4, None);
+        // Fast answers: a deep queue is fine.
+        for t in 0..20 {
+            l.start(t);
+            l.finish(t, t + 2, Health::Up, &POLICY);
+        }
+        assert!(l.queue_cap(20) > 1000, "{}", l.queue_cap(20));
+        // Attempts hanging for 10 s: the oldest one tells before any ends.
+        for _ in 0..4 {
+            l.start(100);
+        }
+        assert_eq!(l.queue_cap(10_100), 1);
+        let first = l.park_at(10_100);
+        let second = l.park_at(10_100);
+        assert_eq!(second - first, 2500, "4 at a time, 10 s each");
+        assert!(first > 10_100);
+        // Parking never reaches further than the most.
+        for _ in 0..1000 {
+            assert!(l.park_at(10_100) <= 10_100 + MAX_PARK_MS);
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_caps_the_pace() {
+        let mut l = lane(64, Some(5));
+        for t in 0..20 {
+            l.start(t);
+            l.finish(t, t + 1, Health::Up, &POLICY);
+        }
+        assert_eq!(l.drain_rate(30), 5.0);
+        assert_eq!(l.queue_cap(30), 10);
+    }
+}

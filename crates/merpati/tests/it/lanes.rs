@@ -1,0 +1,309 @@
+//! Per-endpoint lanes against real receivers: a slow endpoint never holds up another,
+//! concurrency and rate limits are enforced, the circuit breaker pauses an endpoint that
+//! keeps failing without burning the retries queued behind it, and `ordering: "device"`
+//! delivers each device's events in order, blocking only that device.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Sends `rids` from the device in one request; returns the event ids.
+async fn send_batch(app: &TestApp, device_token: &str, rids: impl Iterator<Item = i64>) {
+    let items: Vec<Value> = rids
+        .map(|rid| json!({"type": "sms", "rid": rid, "phone": "+639760713666", "message": "hi"}))
+        .collect();
+    app.ok_post(
+        "/v1/device/messages",
+        device_token,
+        json!({ "items": items }),
+        202,
+    )
+    .await;
+}
+
+fn rid(r: &Received) -> i64 {
+    r.json()["data"]["rid"].as_i64().expect("an sms")
+}
+
+fn rids(got: &[Received]) -> Vec<i64> {
+    got.iter().map(rid).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_endpoint_takes_only_its_own_concurrency_and_never_holds_up_another() {
+    let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
+    let stalled = Receiver::start().await;
+    let healthy = Receiver::start().await;
+    stalled.pause();
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &stalled, json!({"max_concurrency": 3}))
+        .await;
+    app.endpoint(&m.key, &healthy, json!({})).await;
+
+    send_batch(&app, &m.device_token, 1..=200).await;
+    // Everything reaches the healthy endpoint while the stalled one holds its first three.
+    let got = healthy.wait_for(200).await;
+    assert_eq!(got.len(), 200);
+    stalled.wait_for(3).await;
+    assert_eq!(stalled.received().len(), 3, "only its own concurrency");
+    assert_eq!(stalled.most_at_once(), 3);
+
+    // Once it answers, it gets the rest, never more than three at a time.
+    stalled.resume();
+    let got = stalled.wait_for(200).await;
+    let mut seen = rids(&got);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 200);
+    assert_eq!(stalled.most_at_once(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_spaces_requests_to_an_endpoint() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({"rate_limit": 10}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=16).await;
+    let got = receiver.wait_for(16).await;
+    // 10 a second with a burst of one: 16 requests take at least 1.5 s. Load can only
+    // make them slower.
+    let span = got[15].at - got[0].at;
+    assert!(
+        span >= Duration::from_millis(1450),
+        "16 requests in {span:?}"
+    );
+    for (i, r) in got.iter().enumerate() {
+        let within_a_second = got[i..]
+            .iter()
+            .take_while(|later| later.at - r.at < Duration::from_secs(1))
+            .count();
+        assert!(within_a_second <= 11, "{within_a_second} in one second");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_pauses_a_failing_endpoint_without_burning_queued_retries() {
+    let app = TestApp::spawn_with(&[
+        ("delivery.breaker_failures", "3"),
+        ("delivery.breaker_cooldown", "300ms"),
+    ])
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(503));
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=20).await;
+
+    // Down for a second and a half. Without the breaker, one request at a time with
+    // retries 100 ms apart would spend every attempt of every delivery in that time.
+    receiver.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    receiver.always(Answer::status(200));
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let events = loop {
+        let (_, page) = app.get("/v1/events?limit=100", &m.key).await;
+        let ids: Vec<String> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut settled = Vec::new();
+        for id in &ids {
+            let (_, e) = app.get(&format!("/v1/events/{id}"), &m.key).await;
+            if e["deliveries"][0]["status"] == "succeeded" {
+                settled.push(e);
+            }
+        }
+        if settled.len() == 20 {
+            break settled;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 20 delivered",
+            settled.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Three failures opened it, then one probe per pause (300 ms, 600 ms, 1.2 s, …).
+    let failed = receiver.received().len() - 20;
+    assert!((3..=7).contains(&failed), "{failed} failed requests");
+    let attempts: i64 = events
+        .iter()
+        .map(|e| e["deliveries"][0]["attempt_count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(attempts, 20 + failed as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_endpoints_deliver_each_devices_events_in_order_blocking_only_that_device() {
+    let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    let second = app.device(&m.key, "dev2", "ch").await;
+    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
+
+    // The first device's first event hangs; the second device's events all go by.
+    receiver.script([Answer::status(200).delay(Duration::from_secs(30))]);
+    send_batch(&app, &m.device_token, 100..110).await;
+    receiver.wait_for(1).await;
+    send_batch(&app, &second, 200..210).await;
+    let got = receiver.wait_for(11).await;
+    let first_device: Vec<i64> = rids(&got).into_iter().filter(|r| *r < 200).collect();
+    assert_eq!(
+        first_device,
+        [100],
+        "nothing passes the first device's head"
+    );
+    let second_device: Vec<i64> = rids(&got).into_iter().filter(|r| *r >= 200).collect();
+    assert_eq!(second_device, (200..210).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_queue_waits_for_its_head_through_every_retry() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    receiver.script([Answer::status(500), Answer::status(502)]);
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=6).await;
+    let got = receiver.wait_for(8).await;
+    assert_eq!(rids(&got), [1, 1, 1, 2, 3, 4, 5, 6]);
+    // One at a time, however many the endpoint may take.
+    assert_eq!(receiver.most_at_once(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_fails_for_good_lets_the_queue_go_on() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    // A client error is final: the next event goes after it.
+    receiver.script([Answer::status(400)]);
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=3).await;
+    let got = receiver.wait_for(3).await;
+    assert_eq!(rids(&got), [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_deliveries_held_while_disabled_resume_in_order() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    let ep = app
+        .endpoint(
+            &m.key,
+            &receiver,
+            json!({"ordering": "device", "disabled": true}),
+        )
+        .await;
+    send_batch(&app, &m.device_token, 1..=5).await;
+    app.patch(
+        &format!("/v1/endpoints/{ep}"),
+        &m.key,
+        json!({"disabled": false}),
+    )
+    .await;
+    let got = receiver.wait_for(5).await;
+    assert_eq!(rids(&got), [1, 2, 3, 4, 5]);
+    assert_eq!(receiver.most_at_once(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_ordering_off_releases_the_waiting_deliveries() {
+    let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    let ep = app
+        .endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
+    receiver.pause();
+    send_batch(&app, &m.device_token, 1..=4).await;
+    receiver.wait_for(1).await;
+    let (status, body) = app
+        .patch(
+            &format!("/v1/endpoints/{ep}"),
+            &m.key,
+            json!({"ordering": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ordering"], Value::Null);
+    // The three behind the hanging head go at once.
+    let got = receiver.wait_for(4).await;
+    assert_eq!(receiver.most_at_once(), 4);
+    receiver.resume();
+    let mut seen = rids(&got);
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_ordering_are_validated_and_shown() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant("m1").await;
+    let url = "http://127.0.0.1:9/hook";
+    for (bad, code) in [
+        (json!({"max_concurrency": 0}), 422),
+        (json!({"max_concurrency": 100000}), 422),
+        (json!({"max_concurrency": -1}), 422),
+        (json!({"max_concurrency": "2"}), 422),
+        (json!({"rate_limit": 0}), 422),
+        (json!({"rate_limit": 1.5}), 422),
+        (json!({"rate_limit": 1_000_000}), 422),
+        (json!({"ordering": "global"}), 422),
+        (json!({"ordering": 1}), 422),
+    ] {
+        let mut body = json!({ "url": url });
+        body.as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let (status, out) = app.post("/v1/endpoints", &m.key, body).await;
+        assert_eq!(status, code, "{bad}: {out}");
+        assert!(out["error"]["message"].is_string(), "{out}");
+    }
+    let (_, list) = app.get("/v1/endpoints", &m.key).await;
+    assert_eq!(list["data"], json!([]), "nothing half-written");
+
+    let created = app
+        .ok_post(
+            "/v1/endpoints",
+            &m.key,
+            json!({"url": url, "ordering": "device", "max_concurrency": 4, "rate_limit": 50}),
+            201,
+        )
+        .await;
+    assert_eq!(created["ordering"], "device");
+    assert_eq!(created["max_concurrency"], 4);
+    assert_eq!(created["rate_limit"], 50);
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = app
+        .patch(
+            &format!("/v1/endpoints/{id}"),
+            &m.key,
+            json!({"rate_limit": 0}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    let (status, patched) = app
+        .patch(
+            &format!("/v1/endpoints/{id}"),
+            &m.key,
+            json!({"rate_limit": null, "max_concurrency": 8}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(patched["rate_limit"], Value::Null);
+    assert_eq!(patched["max_concurrency"], 8);
+    assert_eq!(patched["ordering"], "device");
+}
