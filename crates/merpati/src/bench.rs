@@ -393,8 +393,33 @@ pub struct DeliveryArgs {
     pub endpoints: usize,
     #[arg(long, default_value_t = 64)]
     pub devices: usize,
+    /// Also subscribe an endpoint whose receiver takes this long to answer (e.g. `10s`):
+    /// the isolation check. Delivered/s and latency stay those of the other endpoints.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub slow_endpoint: Option<Duration>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// A receiver that takes `delay` to answer each request; counts the requests it got.
+async fn start_slow_receiver(
+    delay: Duration,
+    count: Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().fallback(move |_body: Bytes| {
+        let count = count.clone();
+        async move {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
 }
 
 /// Notes every delivery's arrival and its latency from the moment the item was sent (the
@@ -574,6 +599,20 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         )
         .await?;
     }
+    let slow_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let slow_task = match args.slow_endpoint {
+        Some(delay) => {
+            let (addr, task) = start_slow_receiver(delay, slow_count.clone()).await?;
+            api.post(
+                "/v1/endpoints",
+                &fleet.key,
+                json!({"url": format!("http://{addr}/slow"), "events": ["sms"]}),
+            )
+            .await?;
+            Some(task)
+        }
+        None => None,
+    };
     let tokens: Vec<String> = fleet.devices.iter().map(|d| d.token.clone()).collect();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
@@ -610,6 +649,10 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let cpu = server.cpu_seconds() - cpu0;
     let rss_after = server.rss_mib();
     receiver_task.abort();
+    let slow_requests = slow_count.load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(task) = slow_task {
+        task.abort();
+    }
 
     let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
     lat.sort_unstable();
@@ -629,6 +672,8 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "items_per_request": args.items_per_request,
         "rate": args.rate,
         "endpoints": args.endpoints,
+        "slow_endpoint_seconds": args.slow_endpoint.map(|d| d.as_secs_f64()),
+        "slow_endpoint_requests": args.slow_endpoint.map(|_| slow_requests),
         "accepted": accepted,
         "refused_requests": failed,
         "accepted_per_second": accepted_per_s,
@@ -655,6 +700,11 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
                 .unwrap_or("full speed".into()),
             args.endpoints
         );
+        if let Some(delay) = args.slow_endpoint {
+            println!(
+                "  slow endpoint   answers in {delay:?}; got {slow_requests} requests meanwhile"
+            );
+        }
         println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
         println!(
             "  delivered       {delivered} of {expected}, {:.0}/s",

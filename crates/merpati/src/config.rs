@@ -182,7 +182,7 @@ impl Default for Config {
                 max_in_flight: 512,
                 secret_rotation_grace: Duration::from_secs(24 * 3600),
                 disable_after: Duration::from_secs(5 * 24 * 3600),
-                endpoint_concurrency: 64,
+                endpoint_concurrency: 256,
                 breaker_failures: 5,
                 breaker_cooldown: Duration::from_secs(5),
                 breaker_max_cooldown: Duration::from_secs(300),

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -78,10 +78,10 @@ pub trait DeliveryStore: Send + Sync {
     /// Records the attempt, the delivery's next step and the endpoint's health: a success
     /// clears its failing streak; a 410, or failing without a success for `disable_after_ms`,
     /// disables it (holding its pending deliveries) and tells the account's other endpoints
-    /// with `endpoint.disabled`. Returns how many deliveries that made due.
-    async fn record_attempt(
+    /// with `endpoint.disabled`. Returns how many deliveries that made due. All or none.
+    async fn record_attempts(
         &self,
-        record: AttemptRecord,
+        records: Arc<Vec<AttemptRecord>>,
         disable_after_ms: i64,
     ) -> StoreResult<usize>;
     /// Hands claimed deliveries back, due at the given times, without an attempt.
@@ -117,6 +117,15 @@ struct Finished {
     /// When its lane started it.
     started_at: i64,
     health: Health,
+    /// When it is due again, if it is to be retried.
+    retry_at: Option<i64>,
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The worker's state between steps: the lanes, and every delivery it holds a claim on.
@@ -136,11 +145,18 @@ impl Worker {
     pub async fn run(self) {
         let guard = guard::Guard::new(self.config.allowed_networks.clone());
         let resolver = guard::GuardedResolver::new(guard.clone(), self.config.resolve.clone());
+        let (records, recorded) = mpsc::channel(RECORD_BATCH * 4);
+        let recorder = tokio::spawn(record_attempts(
+            self.store.clone(),
+            self.waker.clone(),
+            self.clock.clone(),
+            self.config.disable_after.as_millis() as i64,
+            recorded,
+        ));
         let sender = Arc::new(Sender {
-            store: self.store.clone(),
             client: send::client(self.config.timeout, resolver),
             guard,
-            waker: self.waker.clone(),
+            records,
             clock: self.clock.clone(),
             config: self.config.clone(),
         });
@@ -161,6 +177,12 @@ impl Worker {
         let min_claim = (self.config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, (i64, String, i64)> = HashMap::new();
+        // Whether deliveries may be due now (woken, or the last claim was full), and when
+        // the next one is due as far as the worker knows.
+        let mut known_due = true;
+        let mut next_due: Option<i64> = None;
+        let mut stale = true;
+        let mut due_read_at = i64::MIN / 2;
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
@@ -176,7 +198,7 @@ impl Worker {
             // transaction per delivery.
             let worth_claiming = room >= min_claim || state.claimed.is_empty();
             let mut more_due = false;
-            if worth_claiming {
+            if known_due && worth_claiming {
                 let want = room.min(CLAIM_BATCH);
                 let now = self.clock.now_ms();
                 match self
@@ -186,6 +208,12 @@ impl Worker {
                 {
                     Ok(jobs) => {
                         more_due = jobs.len() == want;
+                        known_due = more_due;
+                        if !more_due {
+                            // Nothing else is due now; what is due later is still known.
+                            next_due = next_due.filter(|at| *at > now);
+                            stale = true;
+                        }
                         for job in jobs {
                             state.take(job, &self.config, now);
                         }
@@ -203,6 +231,7 @@ impl Worker {
             if !state.to_park.is_empty() {
                 let parked = std::mem::take(&mut state.to_park);
                 let n = parked.len();
+                next_due = earliest(next_due, parked.iter().map(|p| p.1).min());
                 match self.store.park(parked).await {
                     Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
                     // Their leases run out and they are claimed again: delayed, not lost.
@@ -212,30 +241,36 @@ impl Worker {
             if more_due && budget.saturating_sub(state.claimed.len()) >= min_claim {
                 continue;
             }
-            let store_wake = if budget.saturating_sub(state.claimed.len()) < min_claim
-                && !state.claimed.is_empty()
-            {
-                None
-            } else {
+            // The store is asked when the next delivery is due only when what the worker
+            // knows may be out of date (deliveries it did not schedule itself: a lease run
+            // out, another process's writes), and at most ten times a second while busy:
+            // the worker learns of its own retries and parks as it makes them.
+            let now = self.clock.now_ms();
+            if stale && (state.claimed.is_empty() || now - due_read_at >= 100) {
+                stale = false;
+                due_read_at = now;
                 match self.store.next_due_at().await {
-                    Ok(at) => at,
+                    // Retries the recorder has not written yet are only in `next_due`.
+                    Ok(at) => next_due = earliest(at, next_due),
                     Err(e) => {
                         tracing::error!(error = %e, "could not read the next due time");
-                        Some(self.clock.now_ms() + 1000)
+                        next_due = Some(now + 1000);
                     }
                 }
+            }
+            let store_wake = if worth_claiming || state.claimed.is_empty() {
+                next_due
+            } else {
+                None
             };
-            let wake_at = match (store_wake, lane_wake) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake_at = earliest(store_wake, lane_wake);
             let sleep = wake_at.map(|at| {
                 let wait = (at - self.clock.now_ms()).max(0) as u64;
                 tokio::time::sleep(Duration::from_millis(wait))
             });
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = self.waker.0.notified() => {}
+                _ = self.waker.0.notified() => known_due = true,
                 Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                     // Take every attempt that has ended, then step once for them all.
                     let mut done = Some(done);
@@ -247,6 +282,8 @@ impl Worker {
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "delivery task failed");
+                                // Its delivery is due again when its lease runs out.
+                                stale = true;
                                 let Some((delivery_id, endpoint_id, started_at)) =
                                     running.remove(&e.id())
                                 else {
@@ -257,13 +294,18 @@ impl Worker {
                                     endpoint_id,
                                     started_at,
                                     health: Health::Unknown,
+                                    retry_at: None,
                                 }
                             }
                         };
+                        next_due = earliest(next_due, finished.retry_at);
                         state.finish(finished, self.clock.now_ms(), &policy);
                     }
                 }
-                _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {}
+                _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+                    known_due = true;
+                    stale = true;
+                }
             }
         }
         // Attempts under way finish (each is bounded by the timeout) and are recorded; one
@@ -275,6 +317,11 @@ impl Worker {
         })
         .await;
         in_flight.shutdown().await;
+        // The last sender goes with the attempts; the recorder writes what is left and ends.
+        drop(sender);
+        if let Err(e) = recorder.await {
+            tracing::error!(error = %e, "the attempt recorder failed");
+        }
     }
 }
 
@@ -372,21 +419,79 @@ impl Lanes {
 
 /// What every attempt shares.
 struct Sender {
-    store: SharedStore,
     client: reqwest::Client,
     guard: guard::Guard,
-    waker: DeliveryWaker,
+    records: mpsc::Sender<AttemptRecord>,
     clock: SharedClock,
     config: DeliveryConfig,
 }
 
+/// Writes attempt records as they come, many to a transaction: under load the deliveries
+/// finishing while one batch commits make the next batch.
+async fn record_attempts(
+    store: SharedStore,
+    waker: DeliveryWaker,
+    clock: SharedClock,
+    disable_after_ms: i64,
+    mut records: mpsc::Receiver<AttemptRecord>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while records.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let records = Arc::new(std::mem::take(&mut batch));
+        let made_due = match store
+            .record_attempts(records.clone(), disable_after_ms)
+            .await
+        {
+            Ok(n) => n,
+            // One bad record (its delivery deleted meanwhile, say) must not cost the others.
+            Err(_) if records.len() > 1 => {
+                let mut made_due = 0;
+                for record in records.iter() {
+                    made_due += record_alone(&store, record.clone(), disable_after_ms).await;
+                }
+                made_due
+            }
+            Err(e) => {
+                let delivery = records[0].delivery_id;
+                // The lease runs out and the delivery is attempted again: at least once.
+                tracing::error!(error = %e, delivery, "could not record an attempt");
+                0
+            }
+        };
+        // A retry already due by the time it is written was perhaps looked for too early.
+        let now = clock.now_ms();
+        let retry_due = records
+            .iter()
+            .any(|r| matches!(r.next, NextStep::RetryAt(at) if at <= now));
+        if made_due > 0 || retry_due {
+            waker.wake();
+        }
+    }
+}
+
+async fn record_alone(store: &SharedStore, record: AttemptRecord, disable_after_ms: i64) -> usize {
+    let delivery = record.delivery_id;
+    match store
+        .record_attempts(Arc::new(vec![record]), disable_after_ms)
+        .await
+    {
+        Ok(n) => n,
+        // The lease runs out and the delivery is attempted again: at least once, not lost.
+        Err(e) => {
+            tracing::error!(error = %e, delivery, "could not record an attempt");
+            0
+        }
+    }
+}
+
+const RECORD_BATCH: usize = 256;
+
 /// One attempt and its record: the unit of work of the worker.
 async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) -> Finished {
     let Sender {
-        store,
         client,
         guard,
-        waker,
+        records,
         clock,
         config,
     } = &*sender;
@@ -421,19 +526,16 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
         next,
     };
     let health = Health::of(&report.result);
-    let disable_after = config.disable_after.as_millis() as i64;
-    match store.record_attempt(record, disable_after).await {
-        Ok(0) => {}
-        Ok(_) => waker.wake(),
-        // The lease runs out and the delivery is attempted again: at least once, not lost.
-        Err(e) => {
-            tracing::error!(error = %e, delivery = job.delivery_id, "could not record an attempt")
-        }
-    }
+    // The recorder stops only after the worker, so it takes every record.
+    let _ = records.send(record).await;
     Finished {
         delivery_id: job.delivery_id,
         endpoint_id: job.endpoint.id,
         started_at: lane_started_at,
         health,
+        retry_at: match next {
+            NextStep::RetryAt(at) => Some(at),
+            _ => None,
+        },
     }
 }

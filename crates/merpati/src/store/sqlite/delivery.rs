@@ -86,6 +86,50 @@ fn endpoint_health(
     fan_out(c, &others, seq, "endpoint.disabled", Scope::default(), now)
 }
 
+/// Records one attempt, the delivery's next step and the endpoint's health. Returns how
+/// many deliveries that made due.
+fn record_attempt(c: &Connection, a: &AttemptRecord, disable_after_ms: i64) -> StoreResult<usize> {
+    c.prepare_cached(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
+                                       error_kind, error, response_body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        a.delivery_id,
+        a.attempt,
+        a.started_at,
+        a.duration_ms,
+        a.status_code,
+        a.error_kind,
+        a.error,
+        a.response_body
+    ])?;
+    let finished = a.started_at + a.duration_ms;
+    let (status, next_at, completed_at) = match a.next {
+        NextStep::Succeeded => ("succeeded", None, Some(finished)),
+        NextStep::Failed => ("failed", None, Some(finished)),
+        NextStep::RetryAt(at) => ("pending", Some(at), None),
+    };
+    let (endpoint, order_key): (String, Option<String>) = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                            completed_at = ?5, claimed_at = NULL
+                     WHERE id = ?1
+                     RETURNING endpoint_id, order_key",
+        )?
+        .query_row(
+            params![a.delivery_id, status, a.attempt, next_at, completed_at],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+    // A final outcome lets the next delivery of its device queue go.
+    let mut due = match &order_key {
+        Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
+        _ => 0,
+    };
+    due += endpoint_health(c, a, &endpoint, finished, disable_after_ms)?;
+    Ok(due)
+}
+
 #[async_trait::async_trait]
 impl DeliveryStore for SqliteStore {
     async fn claim_due(
@@ -191,46 +235,16 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn record_attempt(&self, a: AttemptRecord, disable_after_ms: i64) -> StoreResult<usize> {
+    async fn record_attempts(
+        &self,
+        records: std::sync::Arc<Vec<AttemptRecord>>,
+        disable_after_ms: i64,
+    ) -> StoreResult<usize> {
         self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-                                       error_kind, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                a.delivery_id,
-                a.attempt,
-                a.started_at,
-                a.duration_ms,
-                a.status_code,
-                a.error_kind,
-                a.error,
-                a.response_body
-            ])?;
-            let finished = a.started_at + a.duration_ms;
-            let (status, next_at, completed_at) = match a.next {
-                NextStep::Succeeded => ("succeeded", None, Some(finished)),
-                NextStep::Failed => ("failed", None, Some(finished)),
-                NextStep::RetryAt(at) => ("pending", Some(at), None),
-            };
-            let (endpoint, order_key): (String, Option<String>) = c
-                .prepare_cached(
-                    "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
-                            completed_at = ?5, claimed_at = NULL
-                     WHERE id = ?1
-                     RETURNING endpoint_id, order_key",
-                )?
-                .query_row(
-                    params![a.delivery_id, status, a.attempt, next_at, completed_at],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-            // A final outcome lets the next delivery of its device queue go.
-            let mut due = match &order_key {
-                Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
-                _ => 0,
-            };
-            due += endpoint_health(c, &a, &endpoint, finished, disable_after_ms)?;
+            let mut due = 0;
+            for a in records.iter() {
+                due += record_attempt(c, a, disable_after_ms)?;
+            }
             Ok(due)
         })
         .await
