@@ -63,9 +63,22 @@ impl ServerProcess {
         })
         .await
         .context("merpati serve did not start in 30 s")??;
-        // Keep its log flowing so it never blocks on a full pipe.
-        let log_drain =
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep its log flowing so it never blocks on a full pipe; warnings and errors are
+        // kept in the data dir, to look at after a run that went wrong.
+        let log_path = dir.join("server-warnings.log");
+        let log_drain = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if !line.starts_with('{')
+                    || line.contains("\"level\":\"WARN\"")
+                    || line.contains("\"level\":\"ERROR\"")
+                {
+                    kept.extend_from_slice(line.as_bytes());
+                    kept.push(b'\n');
+                    let _ = std::fs::write(&log_path, &kept);
+                }
+            }
+        });
         Ok(ServerProcess {
             child,
             url: format!("http://{addr}"),

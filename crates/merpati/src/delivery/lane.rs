@@ -77,8 +77,19 @@ pub enum Gate {
 /// How long a delivery may wait in a lane's queue before it is parked in the store instead:
 /// deliveries the lane cannot start soon must not hold the worker's claims.
 const QUEUE_HORIZON_MS: f64 = 2_000.0;
+/// A lane that can start fewer deliveries a second than this is slow.
+const SLOW_RATE: f64 = 1000.0;
+/// A lane not heard from yet is slow once an attempt has been under way this long.
+const UNKNOWN_SLOW_MS: i64 = 300;
+/// An attempt under way this long (or four times the usual, if more) means the receiver
+/// has slowed down.
+const HANGING_MS: f64 = 3_000.0;
 /// The latency assumed of an endpoint not heard from yet.
 const FIRST_GUESS_MS: f64 = 200.0;
+/// How far a lane not heard from yet parks what it cannot take.
+const UNKNOWN_PACE_PARK_MS: i64 = 30_000;
+/// Parked deliveries are looked at again after this at the earliest.
+const MIN_PARK_MS: i64 = 1000;
 /// Parked deliveries are looked at again after this at the latest, in case the endpoint
 /// became faster than its lane estimated.
 pub const MAX_PARK_MS: i64 = 10 * 60 * 1000;
@@ -97,6 +108,8 @@ pub struct Lane {
     started: VecDeque<i64>,
     /// The latest slot handed to a parked delivery.
     parked_until: i64,
+    /// Whether any attempt has ended: until one has, the lane's pace is unknown.
+    heard_back: bool,
 }
 
 impl Lane {
@@ -111,6 +124,7 @@ impl Lane {
             avg_ms: FIRST_GUESS_MS,
             started: VecDeque::new(),
             parked_until: now,
+            heard_back: false,
         }
     }
 
@@ -175,15 +189,23 @@ impl Lane {
         self.started.push_back(now);
     }
 
-    /// An attempt started at `started_at` ended at `now`.
-    pub fn finish(&mut self, started_at: i64, now: i64, health: Health, policy: &BreakerPolicy) {
+    /// An attempt started at `started_at` ended at `now`, after the receiver took `took_ms`.
+    pub fn finish(
+        &mut self,
+        started_at: i64,
+        now: i64,
+        took_ms: i64,
+        health: Health,
+        policy: &BreakerPolicy,
+    ) {
         self.in_flight = self.in_flight.saturating_sub(1);
         if let Some(i) = self.started.iter().position(|t| *t == started_at) {
             self.started.remove(i);
         } else {
             self.started.pop_front();
         }
-        let took = (now - started_at).max(0) as f64;
+        let took = took_ms.max(0) as f64;
+        self.heard_back = true;
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * took;
         self.breaker = match (self.breaker, health) {
             (_, Health::Unknown) => match self.breaker {
@@ -219,15 +241,17 @@ impl Lane {
     }
 
     /// Deliveries per second the lane can be expected to start: its concurrency over its
-    /// latency (the attempt under way for longest counts as soon as it is slower than the
-    /// average, so a lane that hangs is found out before anything finishes), capped by the
-    /// rate limit.
+    /// receiver's latency, capped by the rate limit. An attempt under way for much longer
+    /// than usual counts as the latency, so that a receiver that starts hanging is found
+    /// out before its attempts time out; "much longer" leaves out the pauses of merpati's
+    /// own making under load (a slow commit), which say nothing about the receiver.
     pub fn drain_rate(&self, now: i64) -> f64 {
         let oldest = self
             .started
             .front()
             .map_or(0.0, |t| (now - t).max(0) as f64);
-        let latency = self.avg_ms.max(oldest).max(1.0);
+        let hanging = oldest > HANGING_MS.max(4.0 * self.avg_ms);
+        let latency = if hanging { oldest } else { self.avg_ms }.max(1.0);
         let by_concurrency = self.limits.concurrency as f64 * 1000.0 / latency;
         match self.limits.rate {
             Some(rate) => by_concurrency.min(f64::from(rate)),
@@ -235,29 +259,81 @@ impl Lane {
         }
     }
 
-    /// How many deliveries may wait in the queue: what the lane can start within the
-    /// horizon. An open breaker starts nothing, so it queues nothing.
+    /// How many deliveries may wait in the queue: as many as it can start at once, and
+    /// what it can start within the horizon after those; before any attempt has ended, a
+    /// quarter of its concurrency, so that an endpoint that turns out to hang has not
+    /// taken the claims others need. An open breaker starts nothing, so it queues nothing.
+    /// A lane that is not slow queues whatever it is given: parking is for lanes whose
+    /// own pace holds them back, never for a busy healthy one.
     pub fn queue_cap(&self, now: i64) -> usize {
         if matches!(self.breaker, Breaker::Open { until, .. } if now < until) {
             return 0;
         }
-        (self.drain_rate(now) * QUEUE_HORIZON_MS / 1000.0).max(1.0) as usize
+        if !self.is_slow(now) {
+            return usize::MAX;
+        }
+        let mut free = self.limits.concurrency.saturating_sub(self.in_flight);
+        if self.limits.rate.is_some() {
+            free = free.min(self.tokens.max(0.0) as usize);
+        }
+        let ahead = if self.heard_back {
+            (self.drain_rate(now) * QUEUE_HORIZON_MS / 1000.0).max(1.0) as usize
+        } else {
+            (self.limits.concurrency / 4).max(1)
+        };
+        free + ahead
+    }
+
+    /// Held back by its own pace: paused by its breaker, hanging before it ever answered,
+    /// or able to start fewer than [`SLOW_RATE`] deliveries a second (its latency, its
+    /// concurrency or its rate limit).
+    pub fn is_slow(&self, now: i64) -> bool {
+        if matches!(self.breaker, Breaker::Open { until, .. } if now < until) {
+            return true;
+        }
+        if self.heard_back {
+            return self.drain_rate(now) < SLOW_RATE;
+        }
+        let oldest = self.started.front().map_or(0, |t| (now - t).max(0));
+        oldest >= UNKNOWN_SLOW_MS || self.limits.rate.is_some_and(|r| f64::from(r) < SLOW_RATE)
     }
 
     /// When a delivery the lane cannot take now should be looked at again: when the breaker
     /// lets a probe go, or the next free slot at the lane's pace.
     pub fn park_at(&mut self, now: i64) -> i64 {
+        // Parked deliveries come back in the claims' order, before newer ones: coming back
+        // at once, they would crowd out everyone else's. The lane takes them back sooner
+        // if it catches up.
+        let soonest = now + MIN_PARK_MS;
         let at = match self.breaker {
             Breaker::Open { until, .. } if now < until => until,
+            // Its pace is unknown: far enough not to come back again and again while it
+            // hangs; if it answers, it takes them back as soon as it has room.
+            _ if !self.heard_back => now + UNKNOWN_PACE_PARK_MS,
             _ => {
                 let per_item = 1000.0 / self.drain_rate(now).max(0.001);
                 let queued_until = now + (self.queue.len() as f64 * per_item) as i64;
-                self.parked_until.max(queued_until) + per_item.ceil() as i64
+                soonest.max(self.parked_until.max(queued_until) + per_item.ceil() as i64)
             }
         };
         let at = at.min(now + MAX_PARK_MS);
         self.parked_until = self.parked_until.max(at);
         at
+    }
+
+    /// A lane that parked deliveries and has caught up since (nothing queued, room to
+    /// start more, breaker closed) asks for this many of them back now: its estimate of
+    /// its own pace must not hold back an endpoint that became fast again.
+    pub fn take_back(&mut self, now: i64) -> Option<usize> {
+        let caught_up = self.parked_until > now
+            && self.queue.is_empty()
+            && self.in_flight < self.limits.concurrency
+            && matches!(self.breaker, Breaker::Closed { .. });
+        if !caught_up {
+            return None;
+        }
+        self.parked_until = now;
+        Some(self.queue_cap(now))
     }
 
     /// Nothing queued, under way or parked, and nothing to remember.
@@ -295,7 +371,7 @@ mod tests {
         l.start(0);
         l.start(0);
         assert_eq!(l.gate(0), Gate::Busy);
-        l.finish(0, 5, Health::Up, &POLICY);
+        l.finish(0, 5, 5, Health::Up, &POLICY);
         assert_eq!(l.gate(5), Gate::Go);
     }
 
@@ -325,7 +401,7 @@ mod tests {
             match l.gate(now) {
                 Gate::Go => {
                     l.start(now);
-                    l.finish(now, now, Health::Up, &POLICY);
+                    l.finish(now, now, 0, Health::Up, &POLICY);
                     started.push(now);
                 }
                 Gate::At(t) => now = t,
@@ -345,14 +421,14 @@ mod tests {
         let mut l = lane(10, None);
         for t in 0..2 {
             l.start(t);
-            l.finish(t, t, Health::Down, &POLICY);
+            l.finish(t, t, 0, Health::Down, &POLICY);
         }
         // A success in between resets the count.
         l.start(2);
-        l.finish(2, 2, Health::Up, &POLICY);
+        l.finish(2, 2, 0, Health::Up, &POLICY);
         for t in 3..6 {
             l.start(t);
-            l.finish(t, t, Health::Down, &POLICY);
+            l.finish(t, t, 0, Health::Down, &POLICY);
         }
         assert_eq!(
             l.breaker(),
@@ -369,7 +445,7 @@ mod tests {
         l.start(1005);
         assert_eq!(l.gate(1005), Gate::Busy);
         // It fails: twice the pause.
-        l.finish(1005, 1010, Health::Down, &POLICY);
+        l.finish(1005, 1010, 5, Health::Down, &POLICY);
         assert_eq!(
             l.breaker(),
             Breaker::Open {
@@ -379,10 +455,10 @@ mod tests {
         );
         assert_eq!(l.gate(3010), Gate::Go);
         l.start(3010);
-        l.finish(3010, 3011, Health::Down, &POLICY);
+        l.finish(3010, 3011, 1, Health::Down, &POLICY);
         l.gate(7011);
         l.start(7011);
-        l.finish(7011, 7012, Health::Down, &POLICY);
+        l.finish(7011, 7012, 1, Health::Down, &POLICY);
         // Never longer than the most.
         assert_eq!(
             l.breaker(),
@@ -394,7 +470,7 @@ mod tests {
         // A probe that works closes it.
         l.gate(11012);
         l.start(11012);
-        l.finish(11012, 11013, Health::Up, &POLICY);
+        l.finish(11012, 11013, 1, Health::Up, &POLICY);
         assert_eq!(l.breaker(), Breaker::Closed { failures: 0 });
         assert!(l.is_idle(11013));
     }
@@ -409,11 +485,11 @@ mod tests {
         let mut l = lane(1, None);
         for t in 0..3 {
             l.start(t);
-            l.finish(t, t, Health::Down, &POLICY);
+            l.finish(t, t, 0, Health::Down, &POLICY);
         }
         l.gate(2000);
         l.start(2000);
-        l.finish(2000, 2000, Health::Unknown, &POLICY);
+        l.finish(2000, 2000, 0, Health::Unknown, &POLICY);
         assert_eq!(l.gate(2000), Gate::Go);
     }
 
@@ -423,7 +499,7 @@ mod tests {
         // Fast answers: a deep queue is fine.
         for t in 0..20 {
             l.start(t);
-            l.finish(t, t + 2, Health::Up, &POLICY);
+            l.finish(t, t + 2, 2, Health::Up, &POLICY);
         }
         assert!(l.queue_cap(20) > 1000, "{}", l.queue_cap(20));
         // Attempts hanging for 10 s: the oldest one tells before any ends.
@@ -442,11 +518,59 @@ mod tests {
     }
 
     #[test]
+    fn a_lane_that_hangs_before_it_ever_answered_queues_a_quarter_of_its_concurrency() {
+        let mut l = lane(8, None);
+        assert_eq!(l.queue_cap(0), usize::MAX, "not known to be slow");
+        for _ in 0..8 {
+            l.start(0);
+        }
+        assert!(!l.is_slow(UNKNOWN_SLOW_MS - 1));
+        assert!(l.is_slow(UNKNOWN_SLOW_MS));
+        assert_eq!(l.queue_cap(1000), 2);
+        // Answers, fast: no longer slow.
+        for _ in 0..20 {
+            l.start(1000);
+            l.finish(1000, 1001, 2, Health::Up, &POLICY);
+        }
+        assert_eq!(l.queue_cap(1001), usize::MAX);
+    }
+
+    #[test]
+    fn a_busy_healthy_lane_is_never_slow() {
+        let mut l = lane(256, None);
+        for t in 0..256 {
+            l.start(t);
+        }
+        for t in 0..100 {
+            l.finish(t, 300 + t, 40, Health::Up, &POLICY);
+        }
+        // 256 at a time at 40 ms is 6,400 a second.
+        assert!(!l.is_slow(1000));
+        assert_eq!(l.queue_cap(1000), usize::MAX);
+    }
+
+    #[test]
+    fn a_lane_that_catches_up_takes_back_what_it_parked() {
+        let mut l = lane(2, None);
+        for _ in 0..2 {
+            l.start(0);
+        }
+        assert_eq!(l.take_back(10), None, "nothing parked");
+        let at = l.park_at(5_000);
+        assert!(at > 5_000);
+        assert_eq!(l.take_back(5_000), None, "still busy");
+        l.finish(0, 5_010, 5_010, Health::Up, &POLICY);
+        let n = l.take_back(5_010).expect("room and parked work");
+        assert!(n >= 1);
+        assert_eq!(l.take_back(5_010), None, "asked once");
+    }
+
+    #[test]
     fn the_rate_limit_caps_the_pace() {
         let mut l = lane(64, Some(5));
         for t in 0..20 {
             l.start(t);
-            l.finish(t, t + 1, Health::Up, &POLICY);
+            l.finish(t, t + 1, 1, Health::Up, &POLICY);
         }
         assert_eq!(l.drain_rate(30), 5.0);
         assert_eq!(l.queue_cap(30), 10);

@@ -86,7 +86,11 @@ pub trait DeliveryStore: Send + Sync {
     ) -> StoreResult<usize>;
     /// Hands claimed deliveries back, due at the given times, without an attempt.
     async fn park(&self, parked: Vec<(i64, i64)>) -> StoreResult<()>;
-    /// At start: leases held by a previous run of this node are void. Returns how many.
+    /// Makes up to `limit` of the endpoint's parked deliveries due now, earliest first:
+    /// its lane caught up sooner than it estimated. Returns how many.
+    async fn unpark(&self, endpoint_id: String, now: i64, limit: usize) -> StoreResult<usize>;
+    /// At start: leases held by a previous run of this node are void, and what its lanes
+    /// parked is due now. Returns how many.
     async fn release_claims(&self, now: i64) -> StoreResult<usize>;
 }
 
@@ -117,6 +121,8 @@ struct Finished {
     /// When its lane started it.
     started_at: i64,
     health: Health,
+    /// How long the receiver took.
+    took_ms: i64,
     /// When it is due again, if it is to be retried.
     retry_at: Option<i64>,
 }
@@ -197,7 +203,6 @@ impl Worker {
             // Claim in batches: claiming one delivery per completion would cost a write
             // transaction per delivery.
             let worth_claiming = room >= min_claim || state.claimed.is_empty();
-            let mut more_due = false;
             if known_due && worth_claiming {
                 let want = room.min(CLAIM_BATCH);
                 let now = self.clock.now_ms();
@@ -207,9 +212,8 @@ impl Worker {
                     .await
                 {
                     Ok(jobs) => {
-                        more_due = jobs.len() == want;
-                        known_due = more_due;
-                        if !more_due {
+                        known_due = jobs.len() == want;
+                        if !known_due {
                             // Nothing else is due now; what is due later is still known.
                             next_due = next_due.filter(|at| *at > now);
                             stale = true;
@@ -218,7 +222,12 @@ impl Worker {
                             state.take(job, &self.config, now);
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "could not claim deliveries"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not claim deliveries");
+                        // Try again in a second rather than at once.
+                        known_due = false;
+                        next_due = Some(now + 1000);
+                    }
                 }
             }
             let now = self.clock.now_ms();
@@ -228,6 +237,13 @@ impl Worker {
                 let task = in_flight.spawn(deliver(sender.clone(), job, now));
                 running.insert(task.id(), key);
             });
+            for (endpoint, limit) in state.take_back(now) {
+                match self.store.unpark(endpoint, now, limit).await {
+                    Ok(0) => {}
+                    Ok(_) => known_due = true,
+                    Err(e) => tracing::error!(error = %e, "could not take parked deliveries back"),
+                }
+            }
             if !state.to_park.is_empty() {
                 let parked = std::mem::take(&mut state.to_park);
                 let n = parked.len();
@@ -238,7 +254,10 @@ impl Worker {
                     Err(e) => tracing::error!(error = %e, "could not park deliveries"),
                 }
             }
-            if more_due && budget.saturating_sub(state.claimed.len()) >= min_claim {
+            // More is due (the claim was full, or a lane took parked deliveries back) and
+            // there is room for it.
+            let room = budget.saturating_sub(state.claimed.len());
+            if known_due && (room >= min_claim || state.claimed.is_empty()) {
                 continue;
             }
             // The store is asked when the next delivery is due only when what the worker
@@ -294,6 +313,7 @@ impl Worker {
                                     endpoint_id,
                                     started_at,
                                     health: Health::Unknown,
+                                    took_ms: 0,
                                     retry_at: None,
                                 }
                             }
@@ -405,12 +425,20 @@ impl Lanes {
         wake
     }
 
+    /// Lanes that caught up, and how many parked deliveries each wants back.
+    fn take_back(&mut self, now: i64) -> Vec<(String, usize)> {
+        self.lanes
+            .iter_mut()
+            .filter_map(|(id, lane)| lane.take_back(now).map(|n| (id.clone(), n)))
+            .collect()
+    }
+
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy) {
         self.claimed.remove(&f.delivery_id);
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
-        lane.finish(f.started_at, now, f.health, policy);
+        lane.finish(f.started_at, now, f.took_ms, f.health, policy);
         if lane.is_idle(now) {
             self.lanes.remove(&f.endpoint_id);
         }
@@ -533,6 +561,7 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
         endpoint_id: job.endpoint.id,
         started_at: lane_started_at,
         health,
+        took_ms: report.duration_ms,
         retry_at: match next {
             NextStep::RetryAt(at) => Some(at),
             _ => None,

@@ -151,7 +151,8 @@ impl DeliveryStore for SqliteStore {
                  LIMIT ?2",
             )?;
             let mut claim = c.prepare_cached(
-                "UPDATE deliveries SET claimed_at = ?2, next_attempt_at = ?3 WHERE id = ?1",
+                "UPDATE deliveries SET claimed_at = ?2, next_attempt_at = ?3, parked = 0
+                 WHERE id = ?1",
             )?;
             let mut hold = c.prepare_cached(
                 "UPDATE deliveries SET status = 'held', next_attempt_at = NULL WHERE id = ?1",
@@ -253,7 +254,7 @@ impl DeliveryStore for SqliteStore {
     async fn park(&self, parked: Vec<(i64, i64)>) -> StoreResult<()> {
         self.write(move |c| {
             let mut park = c.prepare_cached(
-                "UPDATE deliveries SET next_attempt_at = ?2, claimed_at = NULL
+                "UPDATE deliveries SET next_attempt_at = ?2, claimed_at = NULL, parked = 1
                  WHERE id = ?1 AND status = 'pending'",
             )?;
             for (id, at) in parked {
@@ -264,12 +265,31 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn unpark(&self, endpoint_id: String, now: i64, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE deliveries SET next_attempt_at = ?2
+                 WHERE id IN (SELECT id FROM deliveries
+                              WHERE endpoint_id = ?1 AND status = 'pending' AND parked = 1
+                                AND next_attempt_at > ?2
+                              ORDER BY next_attempt_at LIMIT ?3)",
+            )?
+            .execute(params![endpoint_id, now, limit as i64])?)
+        })
+        .await
+    }
+
     async fn release_claims(&self, now: i64) -> StoreResult<usize> {
         // One SQLite file has one node, so every claim still standing was this node's.
         self.write(move |c| {
             Ok(c.execute(
                 "UPDATE deliveries SET claimed_at = NULL, next_attempt_at = MIN(next_attempt_at, ?1)
                  WHERE status = 'pending' AND claimed_at IS NOT NULL",
+                [now],
+            )? + c.execute(
+                // The lanes that would have taken their parked deliveries back are gone.
+                "UPDATE deliveries SET parked = 0, next_attempt_at = MIN(next_attempt_at, ?1)
+                 WHERE status = 'pending' AND parked = 1",
                 [now],
             )?)
         })

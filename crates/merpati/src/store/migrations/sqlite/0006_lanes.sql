@@ -6,3 +6,8 @@ ALTER TABLE endpoints ADD COLUMN rate_limit INTEGER;
 ALTER TABLE deliveries ADD COLUMN order_key TEXT;
 CREATE INDEX deliveries_queue ON deliveries(endpoint_id, order_key, event_seq)
     WHERE status = 'pending' AND order_key IS NOT NULL;
+-- Set while a delivery waits in the store for its endpoint's lane (slow, paused or rate
+-- limited) rather than for a retry: a lane that catches up brings these forward.
+ALTER TABLE deliveries ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX deliveries_parked ON deliveries(endpoint_id, next_attempt_at)
+    WHERE status = 'pending' AND parked = 1;
