@@ -307,3 +307,43 @@ async fn limits_and_ordering_are_validated_and_shown() {
     assert_eq!(patched["max_concurrency"], 8);
     assert_eq!(patched["ordering"], "device");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_delivery_of_an_ordered_endpoint_waits_its_turn_in_the_device_queue() {
+    let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
+    let receiver = Receiver::start().await;
+    // The first event is refused for good; the second hangs until the test lets it go.
+    receiver.script([Answer::status(400)]);
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=1).await;
+    receiver.wait_for(1).await;
+    let (_, page) = app.get("/v1/events?limit=1", &m.key).await;
+    let first = page["data"][0]["id"].as_str().unwrap().to_string();
+    let failed = app.settled_event(&m.key, &first).await["deliveries"][0]["id"]
+        .as_i64()
+        .unwrap();
+
+    receiver.pause();
+    send_batch(&app, &m.device_token, 2..=2).await;
+    receiver.wait_for(2).await;
+    // Resent while the device's queue is busy: it waits for the event under way.
+    app.ok_post(
+        &format!("/v1/deliveries/{failed}/resend"),
+        &m.key,
+        json!({}),
+        202,
+    )
+    .await;
+    send_batch(&app, &m.device_token, 3..=3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 2, "one at a time");
+    receiver.resume();
+    let got = receiver.wait_for(4).await;
+    assert_eq!(
+        rids(&got),
+        [1, 2, 1, 3],
+        "the resend in event order, before 3"
+    );
+}
