@@ -80,6 +80,7 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let waker = delivery::DeliveryWaker::default();
+    let pauses = delivery::Pauses::default();
 
     tasks.spawn(
         delivery::Worker {
@@ -87,6 +88,7 @@ pub async fn start(
             config: config.delivery.clone(),
             clock: clock.clone(),
             waker: waker.clone(),
+            pauses: pauses.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -127,6 +129,7 @@ pub async fn start(
         clock,
         admin_token_hash: Arc::new(ids::token_hash(admin_token.expose())),
         delivery: waker,
+        pauses,
         presence: presence.clone(),
         presence_policy: policy,
         tasks: tasks.clone(),

@@ -24,7 +24,7 @@ pub mod lane;
 pub mod retry;
 pub mod send;
 
-use lane::{BreakerPolicy, Gate, Health, Lane, Limits};
+use lane::{Breaker, BreakerPolicy, Gate, Health, Lane, Limits};
 use retry::{next_step, NextStep};
 
 /// A delivery ready for its next attempt, with everything the attempt needs.
@@ -104,6 +104,29 @@ impl DeliveryWaker {
     }
 }
 
+/// Which endpoints their circuit breaker has paused, and until when: written by the worker
+/// when a breaker opens or closes, read by the endpoint API.
+#[derive(Clone, Default)]
+pub struct Pauses(Arc<std::sync::Mutex<HashMap<String, i64>>>);
+
+impl Pauses {
+    pub fn until(&self, endpoint_id: &str) -> Option<i64> {
+        self.0
+            .lock()
+            .expect("pauses lock")
+            .get(endpoint_id)
+            .copied()
+    }
+
+    fn set(&self, endpoint_id: &str, until: Option<i64>) {
+        let mut pauses = self.0.lock().expect("pauses lock");
+        match until {
+            Some(at) => pauses.insert(endpoint_id.to_owned(), at),
+            None => pauses.remove(endpoint_id),
+        };
+    }
+}
+
 const CLAIM_BATCH: usize = 256;
 
 pub struct Worker {
@@ -111,6 +134,7 @@ pub struct Worker {
     pub config: DeliveryConfig,
     pub clock: SharedClock,
     pub waker: DeliveryWaker,
+    pub pauses: Pauses,
     pub shutdown: CancellationToken,
 }
 
@@ -319,7 +343,7 @@ impl Worker {
                             }
                         };
                         next_due = earliest(next_due, finished.retry_at);
-                        state.finish(finished, self.clock.now_ms(), &policy);
+                        state.finish(finished, self.clock.now_ms(), &policy, &self.pauses);
                     }
                 }
                 _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
@@ -433,12 +457,24 @@ impl Lanes {
             .collect()
     }
 
-    fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy) {
+    fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
         self.claimed.remove(&f.delivery_id);
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
+        let before = lane.breaker();
         lane.finish(f.started_at, now, f.took_ms, f.health, policy);
+        match lane.breaker() {
+            Breaker::Open { until, .. } if lane.breaker() != before => {
+                tracing::warn!(endpoint = %f.endpoint_id, until, "endpoint paused by its circuit breaker");
+                pauses.set(&f.endpoint_id, Some(until));
+            }
+            Breaker::Closed { .. } if !matches!(before, Breaker::Closed { .. }) => {
+                tracing::info!(endpoint = %f.endpoint_id, "endpoint answers again; circuit breaker closed");
+                pauses.set(&f.endpoint_id, None);
+            }
+            _ => {}
+        }
         if lane.is_idle(now) {
             self.lanes.remove(&f.endpoint_id);
         }

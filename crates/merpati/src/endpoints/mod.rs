@@ -73,6 +73,9 @@ pub struct Endpoint {
     /// Since when every attempt has failed, while that lasts.
     #[serde(with = "as_rfc3339::option")]
     pub failing_since: Option<i64>,
+    /// Until when its circuit breaker pauses it (one probe goes then), while it does.
+    #[serde(with = "as_rfc3339::option")]
+    pub paused_until: Option<i64>,
     #[serde(with = "as_rfc3339")]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
@@ -382,6 +385,7 @@ async fn create(
         disabled_reason: body.disabled.then(|| "manual".to_string()),
         disabled_at: body.disabled.then_some(now),
         failing_since: None,
+        paused_until: None,
         created_at: now,
         updated_at: now,
     };
@@ -401,7 +405,13 @@ async fn list(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let page = q.page()?;
-    let items = state.store.list_endpoints(account, page.clone()).await?;
+    let items: Vec<Endpoint> = state
+        .store
+        .list_endpoints(account, page.clone())
+        .await?
+        .into_iter()
+        .map(|e| with_pause(&state, e))
+        .collect();
     Ok(list_response(items, &page, |e| e.id.clone()))
 }
 
@@ -410,7 +420,15 @@ async fn read(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Endpoint>> {
-    Ok(Json(state.store.get_endpoint(account, id).await?))
+    let e = state.store.get_endpoint(account, id).await?;
+    Ok(Json(with_pause(&state, e)))
+}
+
+/// The breaker's pause, while it lasts.
+fn with_pause(state: &AppState, mut e: Endpoint) -> Endpoint {
+    let now = state.clock.now_ms();
+    e.paused_until = state.pauses.until(&e.id).filter(|until| *until > now);
+    e
 }
 
 async fn update(
@@ -476,7 +494,8 @@ async fn update(
             state.delivery.wake();
         }
     }
-    Ok(Json(state.store.get_endpoint(account, id).await?))
+    let e = state.store.get_endpoint(account, id).await?;
+    Ok(Json(with_pause(&state, e)))
 }
 
 async fn remove(

@@ -31,6 +31,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         disabled_reason: r.get(14)?,
         disabled_at: r.get(15)?,
         failing_since: r.get(16)?,
+        paused_until: None,
         max_concurrency: r.get(17)?,
         rate_limit: r.get(18)?,
     })
