@@ -262,10 +262,20 @@ impl Worker {
                 running.insert(task.id(), key);
             });
             for (endpoint, limit) in state.take_back(now) {
-                match self.store.unpark(endpoint, now, limit).await {
-                    Ok(0) => {}
-                    Ok(_) => known_due = true,
-                    Err(e) => tracing::error!(error = %e, "could not take parked deliveries back"),
+                let taken = match self.store.unpark(endpoint.clone(), now, limit).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not take parked deliveries back");
+                        0
+                    }
+                };
+                if taken > 0 {
+                    known_due = true;
+                }
+                if taken < limit {
+                    if let Some(lane) = state.lanes.get_mut(&endpoint) {
+                        lane.nothing_parked(now);
+                    }
                 }
             }
             if !state.to_park.is_empty() {
