@@ -183,12 +183,8 @@ pub async fn start_receiver(
             axum::http::StatusCode::NO_CONTENT
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/hook", listener.local_addr()?);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((url, task))
+    let (addr, task) = serve_on_loopback(app).await?;
+    Ok((format!("http://{addr}/hook"), task))
 }
 
 #[derive(clap::Args)]
@@ -414,6 +410,18 @@ pub struct DeliveryArgs {
     pub json: bool,
 }
 
+/// Serves `app` on a loopback port; the task ends when aborted.
+async fn serve_on_loopback(
+    app: axum::Router,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
 /// A receiver that takes `delay` to answer each request; counts the requests it got.
 async fn start_slow_receiver(
     delay: Duration,
@@ -427,12 +435,7 @@ async fn start_slow_receiver(
             axum::http::StatusCode::NO_CONTENT
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, task))
+    serve_on_loopback(app).await
 }
 
 /// Notes every delivery's arrival and its latency from the moment the item was sent (the
@@ -469,12 +472,7 @@ async fn start_timing_receiver(
             axum::http::StatusCode::NO_CONTENT
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, task))
+    serve_on_loopback(app).await
 }
 
 /// Posts items as fast as allowed until `until`; returns how many were accepted.
