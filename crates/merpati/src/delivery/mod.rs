@@ -256,7 +256,8 @@ impl Worker {
             }
             let now = self.clock.now_ms();
             state.trim(now);
-            let lane_wake = state.start_ready(now, self.config.max_in_flight, |job| {
+            let under_way = in_flight.len();
+            let lane_wake = state.start_ready(now, under_way, self.config.max_in_flight, |job| {
                 let key = (job.delivery_id, job.endpoint.id.clone(), now);
                 let task = in_flight.spawn(deliver(sender.clone(), job, now));
                 running.insert(task.id(), key);
@@ -400,9 +401,13 @@ impl Lanes {
             .or_insert_with(|| Lane::new(limits, now));
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now) {
-            let at = lane.park_at(now);
-            self.claimed.remove(&job.delivery_id);
-            self.to_park.push((job.delivery_id, at));
+            park(
+                lane,
+                job.delivery_id,
+                now,
+                &mut self.claimed,
+                &mut self.to_park,
+            );
             return;
         }
         self.active.insert(job.endpoint.id.clone());
@@ -417,25 +422,29 @@ impl Lanes {
             let cap = lane.queue_cap(now);
             while lane.queue.len() > cap {
                 let job = lane.queue.pop_back().expect("longer than its cap");
-                let at = lane.park_at(now);
-                self.claimed.remove(&job.delivery_id);
-                self.to_park.push((job.delivery_id, at));
+                park(
+                    lane,
+                    job.delivery_id,
+                    now,
+                    &mut self.claimed,
+                    &mut self.to_park,
+                );
             }
         }
-        let lanes = &self.lanes;
-        self.active.retain(|id| !lanes[id].queue.is_empty());
+        // Lanes this emptied leave `active` in `start_ready`, which always follows.
     }
 
-    /// Starts what the lanes' limits allow, within `max_in_flight` in all. Returns when a
-    /// lane held back by its rate limit or breaker can go next.
+    /// Starts what the lanes' limits allow, within `max_in_flight` in all (`under_way` are
+    /// already). Returns when a lane held back by its rate limit or breaker can go next.
     fn start_ready(
         &mut self,
         now: i64,
+        under_way: usize,
         max_in_flight: usize,
         mut start: impl FnMut(DueDelivery),
     ) -> Option<i64> {
         let mut wake: Option<i64> = None;
-        let mut total: usize = self.lanes.values().map(|l| l.in_flight).sum();
+        let mut total = under_way;
         for id in &self.active {
             let lane = self.lanes.get_mut(id).expect("active lanes exist");
             while !lane.queue.is_empty() && total < max_in_flight {
@@ -447,7 +456,7 @@ impl Lanes {
                         start(job);
                     }
                     Gate::At(at) => {
-                        wake = Some(wake.map_or(at, |w| w.min(at)));
+                        wake = earliest(wake, Some(at));
                         break;
                     }
                     Gate::Busy => break,
@@ -489,6 +498,19 @@ impl Lanes {
             self.lanes.remove(&f.endpoint_id);
         }
     }
+}
+
+/// Hands a claimed delivery back to the store for when its lane expects to have room.
+fn park(
+    lane: &mut Lane,
+    delivery_id: i64,
+    now: i64,
+    claimed: &mut HashSet<i64>,
+    to_park: &mut Vec<(i64, i64)>,
+) {
+    let at = lane.park_at(now);
+    claimed.remove(&delivery_id);
+    to_park.push((delivery_id, at));
 }
 
 /// What every attempt shares.

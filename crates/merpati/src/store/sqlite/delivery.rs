@@ -91,8 +91,8 @@ fn endpoint_health(
 fn record_attempt(c: &Connection, a: &AttemptRecord, disable_after_ms: i64) -> StoreResult<usize> {
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-                                       error_kind, error, response_body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                               error_kind, error, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         a.delivery_id,
@@ -113,9 +113,9 @@ fn record_attempt(c: &Connection, a: &AttemptRecord, disable_after_ms: i64) -> S
     let (endpoint, order_key): (String, Option<String>) = c
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
-                            completed_at = ?5, claimed_at = NULL
-                     WHERE id = ?1
-                     RETURNING endpoint_id, order_key",
+                    completed_at = ?5, claimed_at = NULL
+             WHERE id = ?1
+             RETURNING endpoint_id, order_key",
         )?
         .query_row(
             params![a.delivery_id, status, a.attempt, next_at, completed_at],
