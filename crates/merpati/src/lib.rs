@@ -81,6 +81,7 @@ pub async fn start(
     let tasks = TaskTracker::new();
     let waker = delivery::DeliveryWaker::default();
     let pauses = delivery::Pauses::default();
+    let (handoff, inbox) = delivery::handoff(&config.delivery);
 
     tasks.spawn(
         delivery::Worker {
@@ -88,6 +89,7 @@ pub async fn start(
             config: config.delivery.clone(),
             clock: clock.clone(),
             waker: waker.clone(),
+            inbox,
             pauses: pauses.clone(),
             shutdown: shutdown.clone(),
         }
@@ -129,6 +131,7 @@ pub async fn start(
         clock,
         admin_token_hash: Arc::new(ids::token_hash(admin_token.expose())),
         delivery: waker,
+        handoff,
         pauses,
         presence: presence.clone(),
         presence_policy: policy,

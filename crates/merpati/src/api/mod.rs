@@ -31,6 +31,8 @@ pub struct AppState {
     pub admin_token_hash: Arc<Vec<u8>>,
     /// Tells the delivery worker that new deliveries are due.
     pub delivery: DeliveryWaker,
+    /// Hands fresh deliveries to the delivery worker.
+    pub handoff: crate::delivery::Handoff,
     /// Endpoints their circuit breaker has paused, as the worker last saw them.
     pub pauses: crate::delivery::Pauses,
     pub presence: crate::presence::PresenceHandle,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -104,6 +104,106 @@ impl DeliveryWaker {
     }
 }
 
+/// How ingest hands fresh deliveries straight to the worker: they are inserted already
+/// leased, in the transaction that stores their event, and passed in memory once it
+/// commits, so a fresh delivery costs neither a claim (a write) nor a read of its payload.
+/// `room` bounds what the worker holds; with no room, deliveries are stored due and the
+/// worker claims them from the store as it catches up.
+#[derive(Clone)]
+pub struct Handoff {
+    room: Arc<Semaphore>,
+    to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
+    /// How long a delivery handed over stays leased to this run of the worker.
+    pub lease: Duration,
+}
+
+/// The worker's end of the handoff.
+pub struct Inbox {
+    room: Arc<Semaphore>,
+    from_ingest: mpsc::UnboundedReceiver<Vec<DueDelivery>>,
+}
+
+/// A handoff for a worker holding at most `budget` claimed deliveries.
+pub fn handoff(config: &DeliveryConfig) -> (Handoff, Inbox) {
+    let room = Arc::new(Semaphore::new(claim_budget(config)));
+    let (to_worker, from_ingest) = mpsc::unbounded_channel();
+    (
+        Handoff {
+            room: room.clone(),
+            to_worker,
+            lease: lease(config),
+        },
+        Inbox { room, from_ingest },
+    )
+}
+
+/// Claims cover what is under way and a queue behind it, so that a completion finds the
+/// next delivery in memory rather than in the store.
+fn claim_budget(config: &DeliveryConfig) -> usize {
+    config.max_in_flight + CLAIM_BATCH
+}
+
+/// A claim outlives the longest attempt.
+fn lease(config: &DeliveryConfig) -> Duration {
+    config.timeout + Duration::from_secs(30)
+}
+
+impl Handoff {
+    /// Room to take during one write.
+    pub fn reserve(&self) -> Reserved {
+        Reserved {
+            room: self.room.clone(),
+            taken: 0,
+            to_worker: self.to_worker.clone(),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+/// Room taken in the worker during one write, with the deliveries it is for: sent once the
+/// write commits, given back if it does not.
+pub struct Reserved {
+    room: Arc<Semaphore>,
+    taken: usize,
+    to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
+    deliveries: Vec<DueDelivery>,
+}
+
+impl Reserved {
+    /// Takes room for one more delivery, if the worker has any.
+    pub fn take_room(&mut self) -> bool {
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                self.taken += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A delivery leased for the worker, in room taken before.
+    pub fn push(&mut self, delivery: DueDelivery) {
+        self.deliveries.push(delivery);
+    }
+
+    /// After the commit: the worker owns the room taken from now on.
+    pub fn send(mut self) {
+        self.taken = 0;
+        let deliveries = std::mem::take(&mut self.deliveries);
+        if !deliveries.is_empty() {
+            // A worker gone (shut down) leaves them leased; the next start releases them.
+            let _ = self.to_worker.send(deliveries);
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.room.add_permits(self.taken);
+    }
+}
+
 /// Which endpoints their circuit breaker has paused, and until when: written by the worker
 /// when a breaker opens or closes, read by the endpoint API.
 #[derive(Clone, Default)]
@@ -134,6 +234,7 @@ pub struct Worker {
     pub config: DeliveryConfig,
     pub clock: SharedClock,
     pub waker: DeliveryWaker,
+    pub inbox: Inbox,
     pub pauses: Pauses,
     pub shutdown: CancellationToken,
 }
@@ -166,13 +267,15 @@ struct Lanes {
     /// Queued or under way: a claim whose lease ran out while its delivery waits or is
     /// attempted (the clock stepped) must not start a second attempt beside the first.
     claimed: HashSet<i64>,
+    /// One permit for every claim the worker could still hold; shared with ingest.
+    room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
     to_park: Vec<(i64, i64)>,
 }
 
 impl Worker {
     /// Runs until shutdown, then waits for the attempts under way (bounded by the timeout).
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let guard = guard::Guard::new(self.config.allowed_networks.clone());
         let resolver = guard::GuardedResolver::new(guard.clone(), self.config.resolve.clone());
         let (records, recorded) = mpsc::channel(RECORD_BATCH * 4);
@@ -190,7 +293,7 @@ impl Worker {
             clock: self.clock.clone(),
             config: self.config.clone(),
         });
-        let lease = self.config.timeout + Duration::from_secs(30);
+        let lease = lease(&self.config);
         let policy = BreakerPolicy {
             failures: self.config.breaker_failures,
             cooldown_ms: self.config.breaker_cooldown.as_millis() as i64,
@@ -201,9 +304,6 @@ impl Worker {
             Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
             Err(e) => tracing::error!(error = %e, "could not release old claims"),
         }
-        // Claims cover what is under way and a queue behind it, so that a completion finds
-        // the next delivery in memory rather than in the store.
-        let budget = self.config.max_in_flight + CLAIM_BATCH;
         let min_claim = (self.config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
         let mut running: HashMap<tokio::task::Id, (i64, String, i64)> = HashMap::new();
@@ -217,18 +317,24 @@ impl Worker {
             lanes: HashMap::new(),
             active: HashSet::new(),
             claimed: HashSet::new(),
+            room: self.inbox.room.clone(),
             to_park: Vec::new(),
         };
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let room = budget.saturating_sub(state.claimed.len());
+            let room = state.room.available_permits();
             // Claim in batches: claiming one delivery per completion would cost a write
             // transaction per delivery.
             let worth_claiming = room >= min_claim || state.claimed.is_empty();
-            if known_due && worth_claiming {
+            if known_due && room > 0 && worth_claiming {
                 let want = room.min(CLAIM_BATCH);
+                let taken = state
+                    .room
+                    .try_acquire_many(want as u32)
+                    .expect("room is not closed");
+                taken.forget();
                 let now = self.clock.now_ms();
                 match self
                     .store
@@ -237,6 +343,7 @@ impl Worker {
                 {
                     Ok(jobs) => {
                         known_due = jobs.len() == want;
+                        state.room.add_permits(want - jobs.len());
                         if !known_due {
                             // Nothing else is due now; what is due later is still known.
                             next_due = next_due.filter(|at| *at > now);
@@ -247,6 +354,7 @@ impl Worker {
                         }
                     }
                     Err(e) => {
+                        state.room.add_permits(want);
                         tracing::error!(error = %e, "could not claim deliveries");
                         // Try again in a second rather than at once.
                         known_due = false;
@@ -291,8 +399,8 @@ impl Worker {
             }
             // More is due (the claim was full, or a lane took parked deliveries back) and
             // there is room for it.
-            let room = budget.saturating_sub(state.claimed.len());
-            if known_due && (room >= min_claim || state.claimed.is_empty()) {
+            let room = state.room.available_permits();
+            if known_due && room > 0 && (room >= min_claim || state.claimed.is_empty()) {
                 continue;
             }
             // The store is asked when the next delivery is due only when what the worker
@@ -325,6 +433,15 @@ impl Worker {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.waker.0.notified() => known_due = true,
+                Some(handed) = self.inbox.from_ingest.recv() => {
+                    let now = self.clock.now_ms();
+                    let mut handed = Some(handed);
+                    while let Some(jobs) = handed.take().or_else(|| self.inbox.from_ingest.try_recv().ok()) {
+                        for job in jobs {
+                            state.take(job, &self.config, now);
+                        }
+                    }
+                }
                 Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                     // Take every attempt that has ended, then step once for them all.
                     let mut done = Some(done);
@@ -385,6 +502,8 @@ impl Lanes {
     /// start it soon (its breaker is open, or it is already queued as deep as its pace).
     fn take(&mut self, job: DueDelivery, config: &DeliveryConfig, now: i64) {
         if !self.claimed.insert(job.delivery_id) {
+            // Claimed twice (a lease ran out under it): one claim is enough.
+            self.room.add_permits(1);
             return;
         }
         let limits = Limits {
@@ -406,6 +525,7 @@ impl Lanes {
                 job.delivery_id,
                 now,
                 &mut self.claimed,
+                &self.room,
                 &mut self.to_park,
             );
             return;
@@ -427,6 +547,7 @@ impl Lanes {
                     job.delivery_id,
                     now,
                     &mut self.claimed,
+                    &self.room,
                     &mut self.to_park,
                 );
             }
@@ -477,7 +598,9 @@ impl Lanes {
     }
 
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
-        self.claimed.remove(&f.delivery_id);
+        if self.claimed.remove(&f.delivery_id) {
+            self.room.add_permits(1);
+        }
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
@@ -506,10 +629,13 @@ fn park(
     delivery_id: i64,
     now: i64,
     claimed: &mut HashSet<i64>,
+    room: &Semaphore,
     to_park: &mut Vec<(i64, i64)>,
 ) {
     let at = lane.park_at(now);
-    claimed.remove(&delivery_id);
+    if claimed.remove(&delivery_id) {
+        room.add_permits(1);
+    }
     to_park.push((delivery_id, at));
 }
 
@@ -634,5 +760,67 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
             NextStep::RetryAt(at) => Some(at),
             _ => None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_in_flight: usize) -> DeliveryConfig {
+        DeliveryConfig {
+            max_in_flight,
+            ..crate::config::Config::default().delivery
+        }
+    }
+
+    fn due(id: i64) -> DueDelivery {
+        DueDelivery {
+            delivery_id: id,
+            attempt: 1,
+            event_id: format!("evt_{id}"),
+            payload: "{}".into(),
+            endpoint: Target {
+                id: "ep".into(),
+                url: "http://example.com".into(),
+                format: BodyFormat::Json,
+                secret_in_body: false,
+                headers: BTreeMap::new(),
+                secrets: Vec::new(),
+                max_concurrency: None,
+                rate_limit: None,
+            },
+        }
+    }
+
+    #[test]
+    fn room_taken_by_a_write_that_does_not_commit_comes_back() {
+        let (handoff, inbox) = handoff(&config(4));
+        let budget = 4 + CLAIM_BATCH;
+        let mut reserved = handoff.reserve();
+        assert!(reserved.take_room());
+        reserved.push(due(1));
+        // Taken but the write failed before the delivery was pushed: still given back.
+        assert!(reserved.take_room());
+        assert_eq!(inbox.room.available_permits(), budget - 2);
+        drop(reserved);
+        assert_eq!(inbox.room.available_permits(), budget);
+    }
+
+    #[test]
+    fn room_sent_with_its_deliveries_belongs_to_the_worker() {
+        let (handoff, mut inbox) = handoff(&config(0));
+        let mut reserved = handoff.reserve();
+        for id in 0..CLAIM_BATCH as i64 {
+            assert!(reserved.take_room());
+            reserved.push(due(id));
+        }
+        // No room left: the next delivery is stored due instead.
+        assert!(!reserved.take_room());
+        reserved.send();
+        assert_eq!(inbox.room.available_permits(), 0);
+        let handed = inbox.from_ingest.try_recv().expect("sent");
+        assert_eq!(handed.len(), CLAIM_BATCH);
+        assert_eq!(handed[0].delivery_id, 0);
     }
 }

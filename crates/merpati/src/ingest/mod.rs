@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::extract::{parse_json, read_body, Device};
 use crate::api::{ApiError, ApiResult, AppState};
+use crate::delivery::Handoff;
 use crate::devices::{check_phone, DeviceContext};
 use crate::store::StoreResult;
 
@@ -92,13 +93,15 @@ pub struct IngestResult {
 
 #[async_trait::async_trait]
 pub trait IngestStore: Send + Sync {
-    /// Stores the items' events and their deliveries in one transaction. Conflict when a
+    /// Stores the items' events and their deliveries in one transaction, and hands the
+    /// deliveries due now to the worker (as room allows) once it commits. Conflict when a
     /// rid was used before for different content; then nothing is written.
     async fn ingest(
         &self,
         device: DeviceContext,
         items: Vec<PreparedItem>,
         now_ms: i64,
+        handoff: &Handoff,
     ) -> StoreResult<IngestResult>;
 }
 
@@ -115,7 +118,10 @@ async fn post_messages(
     let value: Value = parse_json(&body)?;
     let now_ms = state.clock.now_ms();
     let items = prepare_body(value, &device, now_ms.div_euclid(1000))?;
-    let result = state.store.ingest(device, items, now_ms).await?;
+    let result = state
+        .store
+        .ingest(device, items, now_ms, &state.handoff)
+        .await?;
     if result.new_deliveries > 0 {
         state.delivery.wake();
     }

@@ -348,7 +348,11 @@ async fn handle_text(
                 Ok(items) => items,
                 Err(e) => return Some(error_frame(reference.as_ref(), &e)),
             };
-            match state.store.ingest(device.clone(), items, now).await {
+            match state
+                .store
+                .ingest(device.clone(), items, now, &state.handoff)
+                .await
+            {
                 Ok(result) => {
                     if result.new_deliveries > 0 {
                         state.delivery.wake();

@@ -362,3 +362,36 @@ async fn a_resent_delivery_of_an_ordered_endpoint_waits_its_turn_in_the_device_q
         "the resend in event order, before 3"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_deliveries_than_the_worker_holds_all_arrive_once() {
+    // The worker holds at most 2 under way + 256 queued: the rest of each wave is stored due
+    // rather than handed over, and claimed as room frees up.
+    let app = TestApp::spawn_with(&[("delivery.max_in_flight", "2")]).await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+
+    receiver.pause();
+    for wave in 0..6 {
+        send_batch(&app, &m.device_token, wave * 100 + 1..=wave * 100 + 100).await;
+    }
+    receiver.resume();
+    let got = receiver.wait_for(600).await;
+    let mut seen = rids(&got);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 600);
+    assert!(receiver.most_at_once() <= 2);
+
+    // Every bit of room came back: a second wave goes through as the first did.
+    for wave in 6..12 {
+        send_batch(&app, &m.device_token, wave * 100 + 1..=wave * 100 + 100).await;
+    }
+    let got = receiver.wait_for(1200).await;
+    let mut seen = rids(&got);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 1200);
+    assert_eq!(got.len(), 1200, "each delivered once");
+}

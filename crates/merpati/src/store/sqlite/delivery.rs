@@ -1,27 +1,14 @@
-use std::collections::HashMap;
-
 use rusqlite::{params, Connection};
 
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
 use super::endpoints::disable;
-use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent};
-use super::{parse_json_column, SqliteStore};
+use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent, Targets};
+use super::SqliteStore;
 use crate::delivery::retry::NextStep;
-use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery, Target};
-use crate::endpoints::BodyFormat;
+use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery};
 use crate::endpoints::Scope;
 use crate::store::StoreResult;
-
-fn live_secrets(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Vec<String>> {
-    let mut s = c.prepare_cached(
-        "SELECT secret FROM endpoint_secrets
-         WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
-         ORDER BY created_at DESC, rowid DESC",
-    )?;
-    let rows = s.query_map(params![endpoint_id, now], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
 
 /// The endpoint's failing streak after this attempt, and disabling when it has gone on too
 /// long or the endpoint answered 410 Gone. Returns how many deliveries became due.
@@ -78,12 +65,20 @@ fn endpoint_health(
         created_at: now,
     };
     let body = String::from_utf8(event.to_json()).expect("JSON is UTF-8");
-    let seq = insert_event(c, &new, |_| body)?;
+    let (seq, _) = insert_event(c, &new, |_| body)?;
     let others: Vec<_> = subscriptions(c, &account)?
         .into_iter()
         .filter(|s| s.endpoint_id != endpoint)
         .collect();
-    fan_out(c, &others, seq, "endpoint.disabled", Scope::default(), now)
+    fan_out(
+        c,
+        &others,
+        seq,
+        "endpoint.disabled",
+        Scope::default(),
+        now,
+        None,
+    )
 }
 
 /// Records one attempt, the delivery's next step and the endpoint's health. Returns how
@@ -140,9 +135,7 @@ impl DeliveryStore for SqliteStore {
     ) -> StoreResult<Vec<DueDelivery>> {
         self.write(move |c| {
             let mut rows = c.prepare_cached(
-                "SELECT d.id, d.attempts, e.id, e.payload, ep.id, ep.url, ep.format,
-                        ep.secret_in_body, ep.headers, ep.disabled, ep.max_concurrency,
-                        ep.rate_limit
+                "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id, ep.disabled
                  FROM deliveries d
                  JOIN events e ON e.seq = d.event_seq
                  JOIN endpoints ep ON ep.id = d.endpoint_id
@@ -157,7 +150,7 @@ impl DeliveryStore for SqliteStore {
             let mut hold = c.prepare_cached(
                 "UPDATE deliveries SET status = 'held', next_attempt_at = NULL WHERE id = ?1",
             )?;
-            let mut secrets: HashMap<String, Vec<String>> = HashMap::new();
+            let mut targets = Targets::default();
             let mut due = Vec::new();
             let found = rows.query_map(params![now, limit as i64], |r| {
                 Ok((
@@ -166,59 +159,23 @@ impl DeliveryStore for SqliteStore {
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, bool>(7)?,
-                    r.get::<_, String>(8)?,
-                    r.get::<_, bool>(9)?,
-                    r.get::<_, Option<u32>>(10)?,
-                    r.get::<_, Option<u32>>(11)?,
+                    r.get::<_, bool>(5)?,
                 ))
             })?;
             for row in found {
-                let (
-                    id,
-                    attempts,
-                    event_id,
-                    payload,
-                    ep_id,
-                    url,
-                    format,
-                    in_body,
-                    headers,
-                    disabled,
-                    max_concurrency,
-                    rate_limit,
-                ) = row?;
+                let (id, attempts, event_id, payload, endpoint_id, disabled) = row?;
                 if disabled {
                     // Disabled since it was queued: kept, to be released on re-enable.
                     hold.execute([id])?;
                     continue;
                 }
                 claim.execute(params![id, now, lease_until])?;
-                let endpoint_secrets = match secrets.get(&ep_id) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = live_secrets(c, &ep_id, now)?;
-                        secrets.insert(ep_id.clone(), s.clone());
-                        s
-                    }
-                };
                 due.push(DueDelivery {
                     delivery_id: id,
                     attempt: attempts + 1,
                     event_id,
                     payload,
-                    endpoint: Target {
-                        id: ep_id,
-                        url,
-                        format: BodyFormat::parse(&format).unwrap_or(BodyFormat::Json),
-                        secret_in_body: in_body,
-                        headers: parse_json_column(&headers)?,
-                        secrets: endpoint_secrets,
-                        max_concurrency,
-                        rate_limit,
-                    },
+                    endpoint: targets.get(c, &endpoint_id, now)?.clone(),
                 });
             }
             Ok(due)

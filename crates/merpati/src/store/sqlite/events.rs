@@ -163,8 +163,7 @@ impl EventStore for SqliteStore {
                     "the endpoint is disabled; enable it first".into(),
                 ));
             }
-            enqueue(c, seq, &endpoint, order_key.as_deref(), false, now)?;
-            Ok(c.last_insert_rowid())
+            enqueue(c, seq, &endpoint, order_key.as_deref(), false, now)
         })
         .await
     }
@@ -209,7 +208,7 @@ impl EventStore for SqliteStore {
                 }
                 None => subs,
             };
-            fan_out(c, &subs, e.seq, &e.event_type, scope, now)
+            fan_out(c, &subs, e.seq, &e.event_type, scope, now, None)
         })
         .await
     }

@@ -1,10 +1,13 @@
 //! Storing an event and fanning it out to the endpoints that subscribe to it, inside the
 //! caller's transaction: the event and its deliveries are committed together or not at all.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection};
 
 use super::parse_json_column;
-use crate::endpoints::{Scope, Subscription};
+use crate::delivery::{DueDelivery, Reserved, Target};
+use crate::endpoints::{BodyFormat, Scope, Subscription};
 use crate::store::StoreResult;
 
 /// An account's endpoints, loaded once per transaction.
@@ -36,34 +39,107 @@ pub(super) struct NewEvent<'a> {
     pub created_at: i64,
 }
 
+/// What a delivery handed over carries of its event.
+pub(super) struct EventBody<'a> {
+    pub id: &'a str,
+    pub payload: &'a str,
+}
+
 /// Inserts the event; `payload` is given the event's system-wide sequence number (the
-/// `data.id` of inbound payloads) and returns the exact body to deliver.
+/// `data.id` of inbound payloads) and returns the exact body to deliver. Returns the
+/// sequence number and that body.
 pub(super) fn insert_event(
     c: &Connection,
     e: &NewEvent<'_>,
     payload: impl FnOnce(i64) -> String,
-) -> StoreResult<i64> {
+) -> StoreResult<(i64, String)> {
+    // The one writer picks the next number itself, so the row is written once, payload
+    // and all; AUTOINCREMENT keeps the largest number ever used in sqlite_sequence.
+    let seq: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) + 1",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let payload = payload(seq);
     c.prepare_cached(
-        "INSERT INTO events (id, account_id, type, device_id, channel_id, business_id, payload,
-                             created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, '', ?7)",
+        "INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
+                             payload, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
+        seq,
         e.id,
         e.account_id,
         e.event_type,
         e.scope.device_id,
         e.scope.channel_id,
         e.scope.business_id,
+        payload,
         e.created_at
     ])?;
-    let seq = c.last_insert_rowid();
-    c.prepare_cached("UPDATE events SET payload = ?2 WHERE seq = ?1")?
-        .execute(params![seq, payload(seq)])?;
-    Ok(seq)
+    Ok((seq, payload))
 }
 
-/// Creates one delivery per matching endpoint. Returns how many are due now.
+/// Deliveries leased to the worker as they are inserted, for ingest to hand over once the
+/// transaction commits.
+pub(super) struct Handing<'a> {
+    pub reserved: &'a mut Reserved,
+    pub lease_until: i64,
+    pub targets: Targets,
+}
+
+/// Where deliveries go, read once per transaction.
+#[derive(Default)]
+pub(super) struct Targets(HashMap<String, Target>);
+
+impl Targets {
+    pub fn get(&mut self, c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<&Target> {
+        if !self.0.contains_key(endpoint_id) {
+            let target = load_target(c, endpoint_id, now)?;
+            self.0.insert(endpoint_id.to_owned(), target);
+        }
+        Ok(&self.0[endpoint_id])
+    }
+}
+
+fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Target> {
+    let (url, format, secret_in_body, headers, max_concurrency, rate_limit) = c
+        .prepare_cached(
+            "SELECT url, format, secret_in_body, headers, max_concurrency, rate_limit
+             FROM endpoints WHERE id = ?1",
+        )?
+        .query_row([endpoint_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<u32>>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+            ))
+        })?;
+    let mut live = c.prepare_cached(
+        "SELECT secret FROM endpoint_secrets
+         WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+         ORDER BY created_at DESC, rowid DESC",
+    )?;
+    let secrets = live
+        .query_map(params![endpoint_id, now], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Target {
+        id: endpoint_id.to_owned(),
+        url,
+        format: BodyFormat::parse(&format).unwrap_or(BodyFormat::Json),
+        secret_in_body,
+        headers: parse_json_column(&headers)?,
+        secrets,
+        max_concurrency,
+        rate_limit,
+    })
+}
+
+/// Creates one delivery per matching endpoint; with `handing`, those due now are leased
+/// to the worker while it has room. Returns how many are due now and not handed over.
 pub(super) fn fan_out(
     c: &Connection,
     subs: &[Subscription],
@@ -71,20 +147,50 @@ pub(super) fn fan_out(
     event_type: &str,
     scope: Scope<'_>,
     now: i64,
+    mut handing: Option<(&mut Handing<'_>, &EventBody<'_>)>,
 ) -> StoreResult<usize> {
     let mut due = 0;
     for sub in subs.iter().filter(|s| s.matches(event_type, scope)) {
         let order_key = scope.device_id.filter(|_| sub.ordered);
-        if enqueue(c, event_seq, &sub.endpoint_id, order_key, sub.disabled, now)? {
-            due += 1;
-        }
+        let place = placement(c, &sub.endpoint_id, order_key, sub.disabled)?;
+        let handing = match handing.as_mut() {
+            Some((h, event)) if place == Place::Due => h.reserved.take_room().then_some((h, event)),
+            _ => None,
+        };
+        let Some((h, event)) = handing else {
+            insert_delivery(c, event_seq, &sub.endpoint_id, order_key, place, now)?;
+            due += usize::from(place == Place::Due);
+            continue;
+        };
+        let leased = Place::Leased(h.lease_until);
+        let delivery_id = insert_delivery(c, event_seq, &sub.endpoint_id, order_key, leased, now)?;
+        let target = h.targets.get(c, &sub.endpoint_id, now)?.clone();
+        h.reserved.push(DueDelivery {
+            delivery_id,
+            attempt: 1,
+            event_id: event.id.to_owned(),
+            payload: event.payload.to_owned(),
+            endpoint: target,
+        });
     }
     Ok(due)
 }
 
+/// Where a new delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Its endpoint is disabled.
+    Held,
+    /// Behind an earlier delivery of its device queue.
+    Waiting,
+    Due,
+    /// Due now and leased to the worker until the given time.
+    Leased(i64),
+}
+
 /// Queues one delivery of the event to the endpoint: held while the endpoint is disabled,
 /// waiting when an earlier delivery of the same device queue has not reached its outcome,
-/// due now otherwise. Returns whether it is due now.
+/// due now otherwise.
 pub(super) fn enqueue(
     c: &Connection,
     event_seq: i64,
@@ -92,22 +198,43 @@ pub(super) fn enqueue(
     order_key: Option<&str>,
     disabled: bool,
     now: i64,
-) -> StoreResult<bool> {
-    let waits = match order_key {
-        Some(key) if !disabled => queue_busy(c, endpoint_id, key)?,
-        _ => false,
-    };
-    let (status, next) = if disabled {
-        ("held", None)
-    } else if waits {
-        ("pending", None)
-    } else {
-        ("pending", Some(now))
+) -> StoreResult<i64> {
+    let place = placement(c, endpoint_id, order_key, disabled)?;
+    insert_delivery(c, event_seq, endpoint_id, order_key, place, now)
+}
+
+fn placement(
+    c: &Connection,
+    endpoint_id: &str,
+    order_key: Option<&str>,
+    disabled: bool,
+) -> StoreResult<Place> {
+    Ok(match order_key {
+        _ if disabled => Place::Held,
+        Some(key) if queue_busy(c, endpoint_id, key)? => Place::Waiting,
+        _ => Place::Due,
+    })
+}
+
+/// Returns the new delivery's id.
+fn insert_delivery(
+    c: &Connection,
+    event_seq: i64,
+    endpoint_id: &str,
+    order_key: Option<&str>,
+    place: Place,
+    now: i64,
+) -> StoreResult<i64> {
+    let (status, next, claimed_at) = match place {
+        Place::Held => ("held", None, None),
+        Place::Waiting => ("pending", None, None),
+        Place::Due => ("pending", Some(now), None),
+        Place::Leased(until) => ("pending", Some(until), Some(now)),
     };
     c.prepare_cached(
         "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,
-                                 order_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                 order_key, claimed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         event_seq,
@@ -115,9 +242,10 @@ pub(super) fn enqueue(
         status,
         next,
         now,
-        order_key
+        order_key,
+        claimed_at
     ])?;
-    Ok(next.is_some())
+    Ok(c.last_insert_rowid())
 }
 
 /// Whether a device queue has a delivery that has not reached its outcome.

@@ -1,8 +1,9 @@
 use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
-use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
+use super::fanout::{fan_out, insert_event, subscriptions, EventBody, Handing, NewEvent};
 use super::SqliteStore;
+use crate::delivery::{Handoff, Reserved};
 use crate::devices::DeviceContext;
 use crate::endpoints::Scope;
 use crate::ids;
@@ -24,8 +25,16 @@ impl IngestStore for SqliteStore {
         device: DeviceContext,
         items: Vec<PreparedItem>,
         now_ms: i64,
+        handoff: &Handoff,
     ) -> StoreResult<IngestResult> {
-        self.write(move |c| {
+        let mut reserved = handoff.reserve();
+        let lease_until = now_ms + handoff.lease.as_millis() as i64;
+        let write = move |c: &rusqlite::Connection| {
+            let mut handing = Handing {
+                reserved: &mut reserved,
+                lease_until,
+                targets: Default::default(),
+            };
             let subs = subscriptions(c, &device.account_id)?;
             let mut accepted = Vec::with_capacity(items.len());
             let mut new_deliveries = 0;
@@ -65,7 +74,7 @@ impl IngestStore for SqliteStore {
                     scope: scope(&device),
                     created_at: now_ms,
                 };
-                let seq = insert_event(c, &new, |seq| {
+                let (seq, payload) = insert_event(c, &new, |seq| {
                     event.set_system_id(seq);
                     String::from_utf8(Event::Inbound(event).to_json()).expect("JSON is UTF-8")
                 })?;
@@ -80,17 +89,35 @@ impl IngestStore for SqliteStore {
                     item.content_hash,
                     seq
                 ])?;
-                new_deliveries += fan_out(c, &subs, seq, event_type, scope(&device), now_ms)?;
+                let body = EventBody {
+                    id: &event_id,
+                    payload: &payload,
+                };
+                new_deliveries += fan_out(
+                    c,
+                    &subs,
+                    seq,
+                    event_type,
+                    scope(&device),
+                    now_ms,
+                    Some((&mut handing, &body)),
+                )?;
                 accepted.push(AcceptedItem {
                     rid: item.rid,
                     id: seq,
                     event_id,
                 });
             }
-            Ok(IngestResult {
+            let result = IngestResult {
                 items: accepted,
                 new_deliveries,
-            })
+            };
+            Ok((result, reserved))
+        };
+        // Once committed, the leased deliveries go to the worker, even if the caller has gone.
+        self.write_then(write, |(result, reserved): (IngestResult, Reserved)| {
+            reserved.send();
+            result
         })
         .await
     }

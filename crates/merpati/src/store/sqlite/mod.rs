@@ -2,10 +2,13 @@
 //!
 //! One writer thread owns the only write connection and commits in groups: it takes every
 //! write waiting in its queue, runs each inside a savepoint of one transaction (so one
-//! failing write never undoes another), commits once, and only then answers each caller.
-//! A durable commit costs a few hundred microseconds of fsync; under load it is shared by
-//! every write that arrived meanwhile. Reads go to a small pool of read-only connections,
-//! which WAL lets run beside the writer.
+//! failing write never undoes another) and commits once. A syncer thread then makes the
+//! log durable (one fsync for every group committed meanwhile) and only then answers each
+//! caller, while the writer goes on with the next group: the writer waits for the disk
+//! only when it checkpoints (copies the log back into the database), which it does itself
+//! so that the log can start over rather than grow while commits never stop. Reads go to a small pool of read-only connections, which WAL lets run beside the
+//! writer; they may see a commit a few milliseconds before it is durable, but nothing is
+//! answered, nor handed on, before.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -64,10 +67,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// At most this many writes share one commit.
 const MAX_GROUP: usize = 512;
 const WRITE_QUEUE: usize = 8192;
+const STATEMENT_CACHE: usize = 128;
+/// Committed groups waiting for the syncer; beyond this the writer waits for the disk.
+const SYNC_QUEUE: usize = 64;
 
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer, then the syncer, which ends after it.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
 }
 
@@ -92,19 +99,28 @@ impl SqliteStore {
             })?;
         }
         let mut conn = Connection::open(path)?;
-        conn.execute_batch(&format!(
+        // Commits write the log without syncing it; the syncer thread syncs it (with
+        // `synchronous = full`), as SQLite's FULL would at every commit, but once for many.
+        conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = {};
+             PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;",
-            if config.synchronous_full {
-                "FULL"
-            } else {
-                "NORMAL"
-            }
-        ))?;
+        )?;
         migrate(&mut conn)?;
+        // Open while the store is: SQLite removes the log only when its last connection
+        // closes, so this stays the file the commits write to.
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(wal_path(path))
+            .map_err(|e| StoreError::Corrupt(format!("cannot open the write-ahead log: {e}")))?;
+        // The default (16) is fewer than the statements the writer uses, so it would
+        // prepare most of them again on every use.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
         let mut readers = Vec::with_capacity(config.read_connections);
         for _ in 0..config.read_connections {
@@ -113,17 +129,25 @@ impl SqliteStore {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             r.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
+            r.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             readers.push(r);
         }
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let thread = std::thread::Builder::new()
+        let (to_sync, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let sync = config.synchronous_full;
+        let thread_error = |e| StoreError::Corrupt(format!("cannot start a store thread: {e}"));
+        let writer = std::thread::Builder::new()
             .name("merpati-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start writer thread: {e}")))?;
+            .spawn(move || writer_loop(conn, rx, to_sync))
+            .map_err(thread_error)?;
+        let syncer = std::thread::Builder::new()
+            .name("merpati-sqlite-sync".into())
+            .spawn(move || sync_loop(log, sync, committed))
+            .map_err(thread_error)?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(vec![writer, syncer]),
             readers: Arc::new(ReadPool {
                 available: Semaphore::new(readers.len()),
                 idle: Mutex::new(readers),
@@ -137,6 +161,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.write_then(f, |t| t).await
+    }
+
+    /// As `write`, and `committed` turns what `f` returned into the answer on the writer
+    /// thread as soon as the commit is durable, whether or not the caller still waits.
+    pub(crate) async fn write_then<R, T, F>(&self, f: F, committed: fn(R) -> T) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
         let sender = self
             .writer
             .lock()
@@ -147,6 +182,7 @@ impl SqliteStore {
         let job = Box::new(Job {
             f: Some(f),
             result: None,
+            committed,
             reply,
         });
         sender.send(job).await.map_err(|_| StoreError::Closed)?;
@@ -190,12 +226,16 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // Dropping the last sender lets the writer finish its queue and exit.
+        // Dropping the last sender lets the writer finish its queue and exit, and the
+        // syncer after it.
         self.writer.lock().expect("writer lock").take();
-        let thread = self.writer_thread.lock().expect("writer lock").take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let threads = std::mem::take(&mut *self.threads.lock().expect("threads lock"));
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -206,16 +246,18 @@ trait WriteJob: Send {
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
 
-struct Job<F, T> {
+struct Job<F, R, T> {
     f: Option<F>,
-    result: Option<StoreResult<T>>,
+    result: Option<StoreResult<R>>,
+    committed: fn(R) -> T,
     reply: oneshot::Sender<StoreResult<T>>,
 }
 
-impl<F, T> WriteJob for Job<F, T>
+impl<F, R, T> WriteJob for Job<F, R, T>
 where
+    R: Send + 'static,
     T: Send + 'static,
-    F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else {
@@ -232,14 +274,21 @@ where
         let answer = match commit {
             Ok(()) => self
                 .result
-                .unwrap_or_else(|| Err(StoreError::Corrupt("write did not run".into()))),
+                .unwrap_or_else(|| Err(StoreError::Corrupt("write did not run".into())))
+                .map(self.committed),
             Err(message) => Err(StoreError::Corrupt(format!("commit failed: {message}"))),
         };
         let _ = self.reply.send(answer);
     }
 }
 
-fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
+type Group = Vec<Box<dyn WriteJob>>;
+
+fn writer_loop(
+    conn: Connection,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+    to_sync: std::sync::mpsc::SyncSender<Group>,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -248,14 +297,48 @@ fn writer_loop(conn: Connection, mut queue: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
-        let commit = run_group(&conn, &mut group);
-        if let Err(message) = &commit {
-            tracing::error!(%message, jobs = group.len(), "group commit failed");
-        }
-        for job in group {
-            job.finish(commit.clone());
+        match run_group(&conn, &mut group) {
+            Ok(()) => {
+                if let Err(unsent) = to_sync.send(group) {
+                    for job in unsent.0 {
+                        job.finish(Err("the store is closing".into()));
+                    }
+                }
+            }
+            Err(message) => {
+                tracing::error!(%message, jobs = group.len(), "group commit failed");
+                for job in group {
+                    job.finish(Err(message.clone()));
+                }
+            }
         }
     }
+}
+
+/// Makes committed groups durable, as many at a time as have committed, then answers them.
+fn sync_loop(log: std::fs::File, sync: bool, committed: std::sync::mpsc::Receiver<Group>) {
+    while let Ok(first) = committed.recv() {
+        let mut groups = vec![first];
+        groups.extend(committed.try_iter());
+        let synced = if sync {
+            log.sync_data()
+                .map_err(|e| format!("cannot sync the write-ahead log: {e}"))
+        } else {
+            Ok(())
+        };
+        if let Err(message) = &synced {
+            tracing::error!(%message, "commit not durable");
+        }
+        for job in groups.into_iter().flatten() {
+            job.finish(synced.clone());
+        }
+    }
+}
+
+fn wal_path(db: &Path) -> std::path::PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    name.into()
 }
 
 fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), String> {

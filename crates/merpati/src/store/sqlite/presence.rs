@@ -95,11 +95,11 @@ fn announce(
         created_at: now,
     };
     let body = String::from_utf8(Event::Device(payload).to_json()).expect("JSON is UTF-8");
-    let seq = insert_event(c, &new, |_| body)?;
+    let (seq, _) = insert_event(c, &new, |_| body)?;
     if !subs.contains_key(&d.account_id) {
         subs.insert(d.account_id.clone(), subscriptions(c, &d.account_id)?);
     }
-    let due = fan_out(c, &subs[&d.account_id], seq, kind, scope(d), now)?;
+    let due = fan_out(c, &subs[&d.account_id], seq, kind, scope(d), now, None)?;
     Ok((event_id, due))
 }
 
