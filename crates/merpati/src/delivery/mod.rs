@@ -35,7 +35,7 @@ pub struct DueDelivery {
     pub attempt: i64,
     pub event_id: String,
     pub payload: String,
-    pub endpoint: Target,
+    pub endpoint: Arc<Target>,
 }
 
 #[derive(Debug, Clone)]
@@ -752,7 +752,7 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
     let _ = records.send(record).await;
     Finished {
         delivery_id: job.delivery_id,
-        endpoint_id: job.endpoint.id,
+        endpoint_id: job.endpoint.id.clone(),
         started_at: lane_started_at,
         health,
         took_ms: report.duration_ms,
@@ -780,7 +780,7 @@ mod tests {
             attempt: 1,
             event_id: format!("evt_{id}"),
             payload: "{}".into(),
-            endpoint: Target {
+            endpoint: Arc::new(Target {
                 id: "ep".into(),
                 url: "http://example.com".into(),
                 format: BodyFormat::Json,
@@ -789,7 +789,7 @@ mod tests {
                 secrets: Vec::new(),
                 max_concurrency: None,
                 rate_limit: None,
-            },
+            }),
         }
     }
 

@@ -140,3 +140,56 @@ async fn a_deleted_endpoint_gets_nothing_more() {
     other.wait_for(2).await;
     assert_eq!(receiver.received().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_change_applies_to_the_very_next_event() {
+    // Fan-out keeps what it reads about endpoints between events; every change must show.
+    let app = TestApp::spawn().await;
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let m = app.merchant("m1").await;
+    let ep = app.endpoint(&m.key, &first, json!({})).await;
+
+    app.sms(&m.device_token, 1).await;
+    first.wait_for(1).await;
+
+    // A filter that no longer matches sms.
+    let (status, _) = app
+        .patch(
+            &format!("/v1/endpoints/{ep}"),
+            &m.key,
+            json!({"events": ["ussd"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let skipped = app.sms(&m.device_token, 2).await;
+    app.settled_event(&m.key, skipped["items"][0]["event_id"].as_str().unwrap())
+        .await;
+
+    // Pointed elsewhere, matching again.
+    let (status, _) = app
+        .patch(
+            &format!("/v1/endpoints/{ep}"),
+            &m.key,
+            json!({"events": ["sms"], "url": second.url}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    app.sms(&m.device_token, 3).await;
+    let got = second.wait_for(1).await;
+    assert_eq!(got[0].json()["data"]["rid"], 3);
+    assert_eq!(
+        first.received().len(),
+        1,
+        "nothing more went to the old URL"
+    );
+
+    // Deleted: no delivery at all.
+    let (status, _) = app.delete(&format!("/v1/endpoints/{ep}"), &m.key).await;
+    assert_eq!(status, 204);
+    let orphan = app.sms(&m.device_token, 4).await;
+    let event = app
+        .settled_event(&m.key, orphan["items"][0]["event_id"].as_str().unwrap())
+        .await;
+    assert_eq!(event["deliveries"].as_array().map(Vec::len), Some(0));
+    assert_eq!(second.received().len(), 1);
+}

@@ -339,3 +339,31 @@ async fn a_rotated_secret_signs_beside_the_new_one_until_its_grace_ends() {
         .verify(&r.headers, &r.body)
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_stops_signing_once_its_grace_has_passed() {
+    let app = TestApp::spawn_manual(&[]).await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    let ep = app.endpoint(&m.key, &receiver, json!({})).await;
+    app.ok_post(
+        &format!("/v1/endpoints/{ep}/secret/rotate"),
+        &m.key,
+        json!({"grace": "1m"}),
+        200,
+    )
+    .await;
+    app.sms(&m.device_token, 1).await;
+    let r = receiver.wait_for(1).await[0].clone();
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 2);
+
+    // Nothing was written when the grace ended; time alone retires the old secret.
+    app.advance(61_000).await;
+    app.sms(&m.device_token, 2).await;
+    let r = receiver.wait_for(2).await[1].clone();
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 1);
+    assert!(Webhook::new(SECRET)
+        .unwrap()
+        .verify(&r.headers, &r.body)
+        .is_err());
+}

@@ -2,8 +2,9 @@ use rusqlite::{params, Connection};
 
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
+use super::endpoint_cache;
 use super::endpoints::disable;
-use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent, Targets};
+use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent};
 use super::SqliteStore;
 use crate::delivery::retry::NextStep;
 use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery};
@@ -67,8 +68,9 @@ fn endpoint_health(
     let body = String::from_utf8(event.to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(c, &new, |_| body)?;
     let others: Vec<_> = subscriptions(c, &account)?
-        .into_iter()
+        .iter()
         .filter(|s| s.endpoint_id != endpoint)
+        .cloned()
         .collect();
     fan_out(
         c,
@@ -150,7 +152,6 @@ impl DeliveryStore for SqliteStore {
             let mut hold = c.prepare_cached(
                 "UPDATE deliveries SET status = 'held', next_attempt_at = NULL WHERE id = ?1",
             )?;
-            let mut targets = Targets::default();
             let mut due = Vec::new();
             let found = rows.query_map(params![now, limit as i64], |r| {
                 Ok((
@@ -175,7 +176,7 @@ impl DeliveryStore for SqliteStore {
                     attempt: attempts + 1,
                     event_id,
                     payload,
-                    endpoint: targets.get(c, &endpoint_id, now)?.clone(),
+                    endpoint: endpoint_cache::target(c, &endpoint_id, now)?,
                 });
             }
             Ok(due)

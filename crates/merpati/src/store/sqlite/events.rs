@@ -189,22 +189,24 @@ impl EventStore for SqliteStore {
                 device_id: e.device_id.as_deref(),
             };
             let subs = subscriptions(c, &account)?;
-            let subs: Vec<Subscription> = match endpoint_id {
+            let subs = match endpoint_id {
                 // An endpoint named explicitly gets the event whatever its filters say.
                 Some(endpoint_id) => {
                     if !owned(c, "endpoints", &account, &endpoint_id)? {
                         return Err(StoreError::NotFound("endpoint"));
                     }
-                    subs.into_iter()
+                    let named = subs
+                        .iter()
                         .filter(|s| s.endpoint_id == endpoint_id)
                         .map(|s| Subscription {
                             events: None,
                             business_ids: Vec::new(),
                             channel_ids: Vec::new(),
                             device_ids: Vec::new(),
-                            ..s
+                            ..s.clone()
                         })
-                        .collect()
+                        .collect();
+                    std::sync::Arc::new(named)
                 }
                 None => subs,
             };

@@ -1,35 +1,13 @@
 //! Storing an event and fanning it out to the endpoints that subscribe to it, inside the
 //! caller's transaction: the event and its deliveries are committed together or not at all.
 
-use std::collections::HashMap;
-
 use rusqlite::{params, Connection};
 
-use super::parse_json_column;
-use crate::delivery::{DueDelivery, Reserved, Target};
-use crate::endpoints::{BodyFormat, Scope, Subscription};
+use super::endpoint_cache;
+pub(super) use super::endpoint_cache::subscriptions;
+use crate::delivery::{DueDelivery, Reserved};
+use crate::endpoints::{Scope, Subscription};
 use crate::store::StoreResult;
-
-/// An account's endpoints, loaded once per transaction.
-pub(super) fn subscriptions(c: &Connection, account: &str) -> StoreResult<Vec<Subscription>> {
-    let mut s = c.prepare_cached(
-        "SELECT id, events, business_ids, channel_ids, device_ids, disabled, ordering
-         FROM endpoints WHERE account_id = ?1",
-    )?;
-    let rows = s.query_map([account], |r| {
-        let events: Option<String> = r.get(1)?;
-        Ok(Subscription {
-            endpoint_id: r.get(0)?,
-            events: events.as_deref().map(parse_json_column).transpose()?,
-            business_ids: parse_json_column(&r.get::<_, String>(2)?)?,
-            channel_ids: parse_json_column(&r.get::<_, String>(3)?)?,
-            device_ids: parse_json_column(&r.get::<_, String>(4)?)?,
-            disabled: r.get(5)?,
-            ordered: r.get::<_, Option<String>>(6)?.as_deref() == Some("device"),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
 
 pub(super) struct NewEvent<'a> {
     pub id: &'a str,
@@ -85,57 +63,6 @@ pub(super) fn insert_event(
 pub(super) struct Handing<'a> {
     pub reserved: &'a mut Reserved,
     pub lease_until: i64,
-    pub targets: Targets,
-}
-
-/// Where deliveries go, read once per transaction.
-#[derive(Default)]
-pub(super) struct Targets(HashMap<String, Target>);
-
-impl Targets {
-    pub fn get(&mut self, c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<&Target> {
-        if !self.0.contains_key(endpoint_id) {
-            let target = load_target(c, endpoint_id, now)?;
-            self.0.insert(endpoint_id.to_owned(), target);
-        }
-        Ok(&self.0[endpoint_id])
-    }
-}
-
-fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<Target> {
-    let (url, format, secret_in_body, headers, max_concurrency, rate_limit) = c
-        .prepare_cached(
-            "SELECT url, format, secret_in_body, headers, max_concurrency, rate_limit
-             FROM endpoints WHERE id = ?1",
-        )?
-        .query_row([endpoint_id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, bool>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<u32>>(4)?,
-                r.get::<_, Option<u32>>(5)?,
-            ))
-        })?;
-    let mut live = c.prepare_cached(
-        "SELECT secret FROM endpoint_secrets
-         WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
-         ORDER BY created_at DESC, rowid DESC",
-    )?;
-    let secrets = live
-        .query_map(params![endpoint_id, now], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(Target {
-        id: endpoint_id.to_owned(),
-        url,
-        format: BodyFormat::parse(&format).unwrap_or(BodyFormat::Json),
-        secret_in_body,
-        headers: parse_json_column(&headers)?,
-        secrets,
-        max_concurrency,
-        rate_limit,
-    })
 }
 
 /// Creates one delivery per matching endpoint; with `handing`, those due now are leased
@@ -164,7 +91,7 @@ pub(super) fn fan_out(
         };
         let leased = Place::Leased(h.lease_until);
         let delivery_id = insert_delivery(c, event_seq, &sub.endpoint_id, order_key, leased, now)?;
-        let target = h.targets.get(c, &sub.endpoint_id, now)?.clone();
+        let target = endpoint_cache::target(c, &sub.endpoint_id, now)?;
         h.reserved.push(DueDelivery {
             delivery_id,
             attempt: 1,

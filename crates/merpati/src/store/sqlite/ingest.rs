@@ -33,7 +33,6 @@ impl IngestStore for SqliteStore {
             let mut handing = Handing {
                 reserved: &mut reserved,
                 lease_until,
-                targets: Default::default(),
             };
             let subs = subscriptions(c, &device.account_id)?;
             let mut accepted = Vec::with_capacity(items.len());

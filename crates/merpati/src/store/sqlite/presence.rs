@@ -12,7 +12,6 @@ use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
 use super::ingest::scope;
 use super::SqliteStore;
 use crate::devices::{DeviceContext, Presence};
-use crate::endpoints::Subscription;
 use crate::ids;
 use crate::presence::machine::{Announced, Change};
 use crate::presence::{
@@ -80,7 +79,6 @@ fn next_period(
 /// are due.
 fn announce(
     c: &Connection,
-    subs: &mut HashMap<String, Vec<Subscription>>,
     d: &DeviceContext,
     payload: DeviceEvent,
     now: i64,
@@ -96,10 +94,8 @@ fn announce(
     };
     let body = String::from_utf8(Event::Device(payload).to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(c, &new, |_| body)?;
-    if !subs.contains_key(&d.account_id) {
-        subs.insert(d.account_id.clone(), subscriptions(c, &d.account_id)?);
-    }
-    let due = fan_out(c, &subs[&d.account_id], seq, kind, scope(d), now, None)?;
+    let subs = subscriptions(c, &d.account_id)?;
+    let due = fan_out(c, &subs, seq, kind, scope(d), now, None)?;
     Ok((event_id, due))
 }
 
@@ -144,7 +140,6 @@ impl PresenceStore for SqliteStore {
     async fn apply_presence(&self, writes: Vec<PresenceWrite>, now: i64) -> StoreResult<Applied> {
         self.write(move |c| {
             let mut applied = Applied::default();
-            let mut subs = HashMap::new();
             let mut contexts: HashMap<(String, String), Option<DeviceContext>> = HashMap::new();
             for (i, w) in writes.into_iter().enumerate() {
                 let key = (w.account_id.clone(), w.device_id.clone());
@@ -214,7 +209,7 @@ impl PresenceStore for SqliteStore {
                     reason: reason.map(str::to_owned),
                     offline_seconds,
                 };
-                let (event_id, due) = announce(c, &mut subs, &d, payload, now)?;
+                let (event_id, due) = announce(c, &d, payload, now)?;
                 applied.event_ids.insert(i, event_id);
                 applied.new_deliveries += due;
                 // Later writes of this batch see the device as it now is.
