@@ -11,6 +11,10 @@ use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery};
 use crate::endpoints::Scope;
 use crate::store::StoreResult;
 
+/// Endpoints known, within one batch of records, to have no failing streak: their next
+/// success need not look.
+type Healthy = std::collections::HashSet<String>;
+
 /// The endpoint's failing streak after this attempt, and disabling when it has gone on too
 /// long or the endpoint answered 410 Gone. Returns how many deliveries became due.
 fn endpoint_health(
@@ -19,14 +23,20 @@ fn endpoint_health(
     endpoint: &str,
     now: i64,
     disable_after_ms: i64,
+    healthy: &mut Healthy,
 ) -> StoreResult<usize> {
     if a.next == NextStep::Succeeded {
-        c.prepare_cached(
-            "UPDATE endpoints SET failing_since = NULL WHERE id = ?1 AND failing_since IS NOT NULL",
-        )?
-        .execute([endpoint])?;
+        if !healthy.contains(endpoint) {
+            c.prepare_cached(
+                "UPDATE endpoints SET failing_since = NULL
+                 WHERE id = ?1 AND failing_since IS NOT NULL",
+            )?
+            .execute([endpoint])?;
+            healthy.insert(endpoint.to_owned());
+        }
         return Ok(0);
     }
+    healthy.remove(endpoint);
     let (account, url, failing_since): (String, String, i64) = c
         .prepare_cached(
             "UPDATE endpoints SET failing_since = COALESCE(failing_since, ?2) WHERE id = ?1
@@ -85,7 +95,12 @@ fn endpoint_health(
 
 /// Records one attempt, the delivery's next step and the endpoint's health. Returns how
 /// many deliveries that made due.
-fn record_attempt(c: &Connection, a: &AttemptRecord, disable_after_ms: i64) -> StoreResult<usize> {
+fn record_attempt(
+    c: &Connection,
+    a: &AttemptRecord,
+    disable_after_ms: i64,
+    healthy: &mut Healthy,
+) -> StoreResult<usize> {
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                                error_kind, error, response_body)
@@ -123,7 +138,7 @@ fn record_attempt(c: &Connection, a: &AttemptRecord, disable_after_ms: i64) -> S
         Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
         _ => 0,
     };
-    due += endpoint_health(c, a, &endpoint, finished, disable_after_ms)?;
+    due += endpoint_health(c, a, &endpoint, finished, disable_after_ms, healthy)?;
     Ok(due)
 }
 
@@ -201,8 +216,9 @@ impl DeliveryStore for SqliteStore {
     ) -> StoreResult<usize> {
         self.write(move |c| {
             let mut due = 0;
+            let mut healthy = Healthy::new();
             for a in records.iter() {
-                due += record_attempt(c, a, disable_after_ms)?;
+                due += record_attempt(c, a, disable_after_ms, &mut healthy)?;
             }
             Ok(due)
         })

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "lanes",
         include_str!("../migrations/sqlite/0006_lanes.sql"),
     ),
+    (
+        7,
+        "child_indexes",
+        include_str!("../migrations/sqlite/0007_child_indexes.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.
@@ -453,4 +458,80 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
             if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
                 || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deleting a parent row looks up its children by the child column: without an index
+    /// that is a scan of the whole child table for every row deleted (pruning, say).
+    #[test]
+    fn every_foreign_key_column_leads_an_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let strings = |sql: &str, arg: &str| -> Vec<(i64, String)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([arg], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let mut missing = Vec::new();
+        for table in &tables {
+            // (foreign key id, column), in the key's column order.
+            let keys = strings(
+                "SELECT id, \"from\" FROM pragma_foreign_key_list(?1) ORDER BY id, seq",
+                table,
+            );
+            let indexes: Vec<Vec<String>> =
+                strings("SELECT seq, name FROM pragma_index_list(?1)", table)
+                    .into_iter()
+                    .map(|(_, index)| {
+                        strings(
+                            "SELECT seqno, name FROM pragma_index_info(?1) ORDER BY seqno",
+                            &index,
+                        )
+                        .into_iter()
+                        .map(|(_, column)| column)
+                        .collect()
+                    })
+                    .collect();
+            let mut ids: Vec<i64> = keys.iter().map(|k| k.0).collect();
+            ids.dedup();
+            for id in ids {
+                let mut columns: Vec<&str> = keys
+                    .iter()
+                    .filter(|k| k.0 == id)
+                    .map(|k| k.1.as_str())
+                    .collect();
+                columns.sort_unstable();
+                // Some index starts with exactly the key's columns, in any order.
+                let covered = indexes.iter().any(|index| {
+                    let mut lead: Vec<&str> = index
+                        .iter()
+                        .take(columns.len())
+                        .map(String::as_str)
+                        .collect();
+                    lead.sort_unstable();
+                    lead == columns
+                });
+                if !covered {
+                    missing.push(format!("{table}({})", columns.join(", ")));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "foreign keys without an index: {missing:?}"
+        );
+    }
 }
