@@ -108,14 +108,16 @@ impl SqliteStore {
         // Commits write the log without syncing it; the syncer thread syncs it (with
         // `synchronous = full`), as SQLite's FULL would at every commit, but once for many.
         // Checkpoints every 4,000 pages (16 MiB) rather than 1,000: the hot pages (the ends
-        // of the append-only tables and indexes) are copied back a quarter as often.
+        // of the append-only tables and indexes) are copied back a quarter as often. An
+        // 8 MiB page cache keeps the indexes every event touches in memory.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;
-             PRAGMA wal_autocheckpoint = 4000;",
+             PRAGMA wal_autocheckpoint = 4000;
+             PRAGMA cache_size = -8192;",
         )?;
         migrate(&mut conn)?;
         endpoint_cache::watch(&conn);
