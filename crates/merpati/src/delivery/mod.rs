@@ -161,9 +161,7 @@ impl Handoff {
     /// parking what it cannot start: stored parked until then, it costs the lane nothing
     /// (no handoff, no park write) and comes back in its turn.
     pub fn parked_until(&self, endpoint_id: &str, now: i64) -> Option<i64> {
-        self.parking
-            .until(endpoint_id)
-            .map(|at| at.max(now + lane::MIN_PARK_MS))
+        self.parking.next(endpoint_id, now)
     }
 
     /// Room to take during one write.
@@ -221,24 +219,32 @@ impl Drop for Reserved {
     }
 }
 
-/// Lanes parking what they cannot start, and the latest time they parked for: written by
-/// the worker as lanes park and catch up, read by ingest.
+/// Lanes parking what they cannot start: the latest time each parked for, and how far apart
+/// at its pace. Written by the worker as lanes park and catch up; ingest parks each new
+/// delivery one slot after the last, as the lane would, so they come back a few at a time.
 #[derive(Clone, Default)]
-struct Parking(Arc<std::sync::Mutex<HashMap<String, i64>>>);
+struct Parking(Arc<std::sync::Mutex<HashMap<String, (i64, f64)>>>);
 
 impl Parking {
-    fn until(&self, endpoint_id: &str) -> Option<i64> {
-        let parking = self.0.lock().expect("parking lock");
+    fn next(&self, endpoint_id: &str, now: i64) -> Option<i64> {
+        let mut parking = self.0.lock().expect("parking lock");
         if parking.is_empty() {
             return None;
         }
-        parking.get(endpoint_id).copied()
+        let (until, spacing) = parking.get_mut(endpoint_id)?;
+        let at = (*until + *spacing as i64)
+            .max(now + lane::MIN_PARK_MS)
+            .min(now + lane::MAX_PARK_MS);
+        *until = (*until).max(at);
+        Some(at)
     }
 
-    fn set(&self, endpoint_id: &str, at: i64) {
+    fn set(&self, endpoint_id: &str, at: i64, spacing_ms: f64) {
         let mut parking = self.0.lock().expect("parking lock");
-        let until = parking.entry(endpoint_id.to_owned()).or_insert(at);
-        *until = (*until).max(at);
+        let entry = parking
+            .entry(endpoint_id.to_owned())
+            .or_insert((at, spacing_ms));
+        *entry = (entry.0.max(at), spacing_ms);
     }
 
     fn clear(&self, endpoint_id: &str) {
@@ -328,7 +334,7 @@ impl Claims {
         let at = lane.park_at(now);
         self.release(delivery_id);
         self.to_park.push((delivery_id, at));
-        self.parking.set(endpoint_id, at);
+        self.parking.set(endpoint_id, at, lane.park_spacing_ms(now));
     }
 
     /// The delivery leaves the worker's hands.
