@@ -323,15 +323,6 @@ impl Lane {
         at
     }
 
-    /// How far apart parked deliveries come back: one slot at the lane's pace, once known.
-    pub fn park_spacing_ms(&self, now: i64) -> f64 {
-        if self.heard_back {
-            (1000.0 / self.drain_rate(now).max(0.001)).ceil()
-        } else {
-            0.0
-        }
-    }
-
     /// A lane that parked deliveries and has caught up since (nothing queued, room to
     /// start more, breaker closed) asks for this many of them back now: its estimate of
     /// its own pace must not hold back an endpoint that became fast again.

@@ -161,7 +161,9 @@ impl Handoff {
     /// parking what it cannot start: stored parked until then, it costs the lane nothing
     /// (no handoff, no park write) and comes back in its turn.
     pub fn parked_until(&self, endpoint_id: &str, now: i64) -> Option<i64> {
-        self.parking.next(endpoint_id, now)
+        self.parking
+            .until(endpoint_id)
+            .map(|at| at.max(now + lane::MIN_PARK_MS))
     }
 
     /// Room to take during one write.
@@ -219,32 +221,24 @@ impl Drop for Reserved {
     }
 }
 
-/// Lanes parking what they cannot start: the latest time each parked for, and how far apart
-/// at its pace. Written by the worker as lanes park and catch up; ingest parks each new
-/// delivery one slot after the last, as the lane would, so they come back a few at a time.
+/// Lanes parking what they cannot start, and the latest time they parked for: written by
+/// the worker as lanes park and catch up, read by ingest.
 #[derive(Clone, Default)]
-struct Parking(Arc<std::sync::Mutex<HashMap<String, (i64, f64)>>>);
+struct Parking(Arc<std::sync::Mutex<HashMap<String, i64>>>);
 
 impl Parking {
-    fn next(&self, endpoint_id: &str, now: i64) -> Option<i64> {
-        let mut parking = self.0.lock().expect("parking lock");
+    fn until(&self, endpoint_id: &str) -> Option<i64> {
+        let parking = self.0.lock().expect("parking lock");
         if parking.is_empty() {
             return None;
         }
-        let (until, spacing) = parking.get_mut(endpoint_id)?;
-        let at = (*until + *spacing as i64)
-            .max(now + lane::MIN_PARK_MS)
-            .min(now + lane::MAX_PARK_MS);
-        *until = (*until).max(at);
-        Some(at)
+        parking.get(endpoint_id).copied()
     }
 
-    fn set(&self, endpoint_id: &str, at: i64, spacing_ms: f64) {
+    fn set(&self, endpoint_id: &str, at: i64) {
         let mut parking = self.0.lock().expect("parking lock");
-        let entry = parking
-            .entry(endpoint_id.to_owned())
-            .or_insert((at, spacing_ms));
-        *entry = (entry.0.max(at), spacing_ms);
+        let until = parking.entry(endpoint_id.to_owned()).or_insert(at);
+        *until = (*until).max(at);
     }
 
     fn clear(&self, endpoint_id: &str) {
@@ -334,7 +328,7 @@ impl Claims {
         let at = lane.park_at(now);
         self.release(delivery_id);
         self.to_park.push((delivery_id, at));
-        self.parking.set(endpoint_id, at, lane.park_spacing_ms(now));
+        self.parking.set(endpoint_id, at);
     }
 
     /// The delivery leaves the worker's hands.
