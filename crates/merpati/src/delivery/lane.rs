@@ -91,7 +91,7 @@ const MAX_TAKE_BACK: usize = 256;
 /// How far a lane not heard from yet parks what it cannot take.
 const UNKNOWN_PACE_PARK_MS: i64 = 30_000;
 /// Parked deliveries are looked at again after this at the earliest.
-pub const MIN_PARK_MS: i64 = 1000;
+const MIN_PARK_MS: i64 = 1000;
 /// Parked deliveries are looked at again after this at the latest, in case the endpoint
 /// became faster than its lane estimated.
 pub const MAX_PARK_MS: i64 = 10 * 60 * 1000;

@@ -113,7 +113,6 @@ impl DeliveryWaker {
 pub struct Handoff {
     room: Arc<Semaphore>,
     to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
-    parking: Parking,
     /// How long a delivery handed over stays leased to this run of the worker.
     pub lease: Duration,
 }
@@ -121,7 +120,6 @@ pub struct Handoff {
 /// The worker's end of the handoff.
 pub struct Inbox {
     room: Arc<Semaphore>,
-    parking: Parking,
     from_ingest: mpsc::UnboundedReceiver<Vec<DueDelivery>>,
 }
 
@@ -129,19 +127,13 @@ pub struct Inbox {
 pub fn handoff(config: &DeliveryConfig) -> (Handoff, Inbox) {
     let room = Arc::new(Semaphore::new(claim_budget(config)));
     let (to_worker, from_ingest) = mpsc::unbounded_channel();
-    let parking = Parking::default();
     (
         Handoff {
             room: room.clone(),
             to_worker,
-            parking: parking.clone(),
             lease: lease(config),
         },
-        Inbox {
-            room,
-            parking,
-            from_ingest,
-        },
+        Inbox { room, from_ingest },
     )
 }
 
@@ -157,15 +149,6 @@ fn lease(config: &DeliveryConfig) -> Duration {
 }
 
 impl Handoff {
-    /// When a new delivery to the endpoint should first be looked at, if its lane is
-    /// parking what it cannot start: stored parked until then, it costs the lane nothing
-    /// (no handoff, no park write) and comes back in its turn.
-    pub fn parked_until(&self, endpoint_id: &str, now: i64) -> Option<i64> {
-        self.parking
-            .until(endpoint_id)
-            .map(|at| at.max(now + lane::MIN_PARK_MS))
-    }
-
     /// Room to take during one write.
     pub fn reserve(&self) -> Reserved {
         Reserved {
@@ -218,31 +201,6 @@ impl Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.room.add_permits(self.taken);
-    }
-}
-
-/// Lanes parking what they cannot start, and the latest time they parked for: written by
-/// the worker as lanes park and catch up, read by ingest.
-#[derive(Clone, Default)]
-struct Parking(Arc<std::sync::Mutex<HashMap<String, i64>>>);
-
-impl Parking {
-    fn until(&self, endpoint_id: &str) -> Option<i64> {
-        let parking = self.0.lock().expect("parking lock");
-        if parking.is_empty() {
-            return None;
-        }
-        parking.get(endpoint_id).copied()
-    }
-
-    fn set(&self, endpoint_id: &str, at: i64) {
-        let mut parking = self.0.lock().expect("parking lock");
-        let until = parking.entry(endpoint_id.to_owned()).or_insert(at);
-        *until = (*until).max(at);
-    }
-
-    fn clear(&self, endpoint_id: &str) {
-        self.0.lock().expect("parking lock").remove(endpoint_id);
     }
 }
 
@@ -306,11 +264,6 @@ struct Lanes {
     lanes: HashMap<String, Lane>,
     /// Lanes with something queued.
     active: HashSet<String>,
-    claims: Claims,
-}
-
-/// The deliveries the worker holds, and what it hands back.
-struct Claims {
     /// Queued or under way: a claim whose lease ran out while its delivery waits or is
     /// attempted (the clock stepped) must not start a second attempt beside the first.
     claimed: HashSet<i64>,
@@ -318,25 +271,6 @@ struct Claims {
     room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
     to_park: Vec<(i64, i64)>,
-    /// Lanes parking, for ingest to park their new deliveries at once.
-    parking: Parking,
-}
-
-impl Claims {
-    /// Hands a claimed delivery back to the store for when its lane expects to have room.
-    fn park(&mut self, lane: &mut Lane, endpoint_id: &str, delivery_id: i64, now: i64) {
-        let at = lane.park_at(now);
-        self.release(delivery_id);
-        self.to_park.push((delivery_id, at));
-        self.parking.set(endpoint_id, at);
-    }
-
-    /// The delivery leaves the worker's hands.
-    fn release(&mut self, delivery_id: i64) {
-        if self.claimed.remove(&delivery_id) {
-            self.room.add_permits(1);
-        }
-    }
 }
 
 impl Worker {
@@ -382,25 +316,21 @@ impl Worker {
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
-            claims: Claims {
-                claimed: HashSet::new(),
-                room: self.inbox.room.clone(),
-                to_park: Vec::new(),
-                parking: self.inbox.parking.clone(),
-            },
+            claimed: HashSet::new(),
+            room: self.inbox.room.clone(),
+            to_park: Vec::new(),
         };
         loop {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            let room = state.claims.room.available_permits();
+            let room = state.room.available_permits();
             // Claim in batches: claiming one delivery per completion would cost a write
             // transaction per delivery.
-            let worth_claiming = room >= min_claim || state.claims.claimed.is_empty();
+            let worth_claiming = room >= min_claim || state.claimed.is_empty();
             if known_due && room > 0 && worth_claiming {
                 let want = room.min(CLAIM_BATCH);
                 let taken = state
-                    .claims
                     .room
                     .try_acquire_many(want as u32)
                     .expect("room is not closed");
@@ -413,7 +343,7 @@ impl Worker {
                 {
                     Ok(jobs) => {
                         known_due = jobs.len() == want;
-                        state.claims.room.add_permits(want - jobs.len());
+                        state.room.add_permits(want - jobs.len());
                         if !known_due {
                             // Nothing else is due now; what is due later is still known.
                             next_due = next_due.filter(|at| *at > now);
@@ -424,7 +354,7 @@ impl Worker {
                         }
                     }
                     Err(e) => {
-                        state.claims.room.add_permits(want);
+                        state.room.add_permits(want);
                         tracing::error!(error = %e, "could not claim deliveries");
                         // Try again in a second rather than at once.
                         known_due = false;
@@ -456,11 +386,9 @@ impl Worker {
                         lane.nothing_parked(now);
                     }
                 }
-                // Caught up: new deliveries come straight to the lane again.
-                state.claims.parking.clear(&endpoint);
             }
-            if !state.claims.to_park.is_empty() {
-                let parked = std::mem::take(&mut state.claims.to_park);
+            if !state.to_park.is_empty() {
+                let parked = std::mem::take(&mut state.to_park);
                 let n = parked.len();
                 next_due = earliest(next_due, parked.iter().map(|p| p.1).min());
                 match self.store.park(parked).await {
@@ -471,8 +399,8 @@ impl Worker {
             }
             // More is due (the claim was full, or a lane took parked deliveries back) and
             // there is room for it.
-            let room = state.claims.room.available_permits();
-            if known_due && room > 0 && (room >= min_claim || state.claims.claimed.is_empty()) {
+            let room = state.room.available_permits();
+            if known_due && room > 0 && (room >= min_claim || state.claimed.is_empty()) {
                 continue;
             }
             // The store is asked when the next delivery is due only when what the worker
@@ -480,7 +408,7 @@ impl Worker {
             // out, another process's writes), and at most ten times a second while busy:
             // the worker learns of its own retries and parks as it makes them.
             let now = self.clock.now_ms();
-            if stale && (state.claims.claimed.is_empty() || now - due_read_at >= 100) {
+            if stale && (state.claimed.is_empty() || now - due_read_at >= 100) {
                 stale = false;
                 due_read_at = now;
                 match self.store.next_due_at().await {
@@ -492,7 +420,7 @@ impl Worker {
                     }
                 }
             }
-            let store_wake = if worth_claiming || state.claims.claimed.is_empty() {
+            let store_wake = if worth_claiming || state.claimed.is_empty() {
                 next_due
             } else {
                 None
@@ -573,9 +501,9 @@ impl Lanes {
     /// A claimed delivery joins its endpoint's lane, or is parked when the lane cannot
     /// start it soon (its breaker is open, or it is already queued as deep as its pace).
     fn take(&mut self, job: DueDelivery, config: &DeliveryConfig, now: i64) {
-        if !self.claims.claimed.insert(job.delivery_id) {
+        if !self.claimed.insert(job.delivery_id) {
             // Claimed twice (a lease ran out under it): one claim is enough.
-            self.claims.room.add_permits(1);
+            self.room.add_permits(1);
             return;
         }
         let limits = Limits {
@@ -592,8 +520,14 @@ impl Lanes {
             .or_insert_with(|| Lane::new(limits, now));
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now) {
-            self.claims
-                .park(lane, &job.endpoint.id, job.delivery_id, now);
+            park(
+                lane,
+                job.delivery_id,
+                now,
+                &mut self.claimed,
+                &self.room,
+                &mut self.to_park,
+            );
             return;
         }
         self.active.insert(job.endpoint.id.clone());
@@ -608,7 +542,14 @@ impl Lanes {
             let cap = lane.queue_cap(now);
             while lane.queue.len() > cap {
                 let job = lane.queue.pop_back().expect("longer than its cap");
-                self.claims.park(lane, id, job.delivery_id, now);
+                park(
+                    lane,
+                    job.delivery_id,
+                    now,
+                    &mut self.claimed,
+                    &self.room,
+                    &mut self.to_park,
+                );
             }
         }
         // Lanes this emptied leave `active` in `start_ready`, which always follows.
@@ -657,7 +598,9 @@ impl Lanes {
     }
 
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
-        self.claims.release(f.delivery_id);
+        if self.claimed.remove(&f.delivery_id) {
+            self.room.add_permits(1);
+        }
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
@@ -676,9 +619,24 @@ impl Lanes {
         }
         if lane.is_idle(now) {
             self.lanes.remove(&f.endpoint_id);
-            self.claims.parking.clear(&f.endpoint_id);
         }
     }
+}
+
+/// Hands a claimed delivery back to the store for when its lane expects to have room.
+fn park(
+    lane: &mut Lane,
+    delivery_id: i64,
+    now: i64,
+    claimed: &mut HashSet<i64>,
+    room: &Semaphore,
+    to_park: &mut Vec<(i64, i64)>,
+) {
+    let at = lane.park_at(now);
+    if claimed.remove(&delivery_id) {
+        room.add_permits(1);
+    }
+    to_park.push((delivery_id, at));
 }
 
 /// What every attempt shares.

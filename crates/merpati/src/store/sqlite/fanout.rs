@@ -5,7 +5,7 @@ use rusqlite::{params, Connection};
 
 use super::endpoint_cache;
 pub(super) use super::endpoint_cache::subscriptions;
-use crate::delivery::{DueDelivery, Handoff, Reserved};
+use crate::delivery::{DueDelivery, Reserved};
 use crate::endpoints::{Scope, Subscription};
 use crate::store::StoreResult;
 
@@ -63,7 +63,6 @@ pub(super) fn insert_event(
 pub(super) struct Handing<'a> {
     pub reserved: &'a mut Reserved,
     pub lease_until: i64,
-    pub handoff: &'a Handoff,
 }
 
 /// Creates one delivery per matching endpoint; with `handing`, those due now are leased
@@ -80,13 +79,7 @@ pub(super) fn fan_out(
     let mut due = 0;
     for sub in subs.iter().filter(|s| s.matches(event_type, scope)) {
         let order_key = scope.device_id.filter(|_| sub.ordered);
-        let mut place = placement(c, &sub.endpoint_id, order_key, sub.disabled)?;
-        if let (Place::Due, Some((h, _))) = (place, handing.as_ref()) {
-            // Its lane parks what it cannot start: straight to the store, parked.
-            if let Some(at) = h.handoff.parked_until(&sub.endpoint_id, now) {
-                place = Place::Parked(at);
-            }
-        }
+        let place = placement(c, &sub.endpoint_id, order_key, sub.disabled)?;
         let handing = match handing.as_mut() {
             Some((h, event)) if place == Place::Due => h.reserved.take_room().then_some((h, event)),
             _ => None,
@@ -120,8 +113,6 @@ enum Place {
     Due,
     /// Due now and leased to the worker until the given time.
     Leased(i64),
-    /// Parked for its lane until the given time.
-    Parked(i64),
 }
 
 /// Queues one delivery of the event to the endpoint: held while the endpoint is disabled,
@@ -161,17 +152,16 @@ fn insert_delivery(
     place: Place,
     now: i64,
 ) -> StoreResult<i64> {
-    let (status, next, claimed_at, parked) = match place {
-        Place::Held => ("held", None, None, false),
-        Place::Waiting => ("pending", None, None, false),
-        Place::Due => ("pending", Some(now), None, false),
-        Place::Leased(until) => ("pending", Some(until), Some(now), false),
-        Place::Parked(until) => ("pending", Some(until), None, true),
+    let (status, next, claimed_at) = match place {
+        Place::Held => ("held", None, None),
+        Place::Waiting => ("pending", None, None),
+        Place::Due => ("pending", Some(now), None),
+        Place::Leased(until) => ("pending", Some(until), Some(now)),
     };
     c.prepare_cached(
         "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,
-                                 order_key, claimed_at, parked)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                                 order_key, claimed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         event_seq,
@@ -180,8 +170,7 @@ fn insert_delivery(
         next,
         now,
         order_key,
-        claimed_at,
-        parked
+        claimed_at
     ])?;
     Ok(c.last_insert_rowid())
 }

@@ -28,13 +28,11 @@ impl IngestStore for SqliteStore {
         handoff: &Handoff,
     ) -> StoreResult<IngestResult> {
         let mut reserved = handoff.reserve();
-        let handoff = handoff.clone();
         let lease_until = now_ms + handoff.lease.as_millis() as i64;
         let write = move |c: &rusqlite::Connection| {
             let mut handing = Handing {
                 reserved: &mut reserved,
                 lease_until,
-                handoff: &handoff,
             };
             let subs = subscriptions(c, &device.account_id)?;
             let mut accepted = Vec::with_capacity(items.len());
