@@ -395,3 +395,36 @@ async fn more_deliveries_than_the_worker_holds_all_arrive_once() {
     assert_eq!(seen.len(), 1200);
     assert_eq!(got.len(), 1200, "each delivered once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_arrive_while_a_lane_parks_are_all_delivered_once_it_answers() {
+    // A lane that hangs parks what it cannot start. Waves keep coming for a while after the
+    // stall began, so that many are parked, at different times, when the receiver answers.
+    let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
+    let stalled = Receiver::start().await;
+    let healthy = Receiver::start().await;
+    stalled.pause();
+    let m = app.merchant("m1").await;
+    app.endpoint(&m.key, &stalled, json!({"max_concurrency": 2}))
+        .await;
+    app.endpoint(&m.key, &healthy, json!({})).await;
+
+    let began = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < 2000 && began.elapsed() < Duration::from_millis(1500) {
+        send_batch(&app, &m.device_token, sent + 1..=sent + 10).await;
+        sent += 10;
+        // The healthy endpoint keeps up with every wave.
+        healthy.wait_for(sent as usize).await;
+    }
+    assert_eq!(stalled.received().len(), 2, "only its own concurrency");
+
+    stalled.resume();
+    let got = stalled.wait_for(sent as usize).await;
+    let mut seen = rids(&got);
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), sent as usize);
+    assert_eq!(got.len(), sent as usize, "each delivered once");
+    assert_eq!(stalled.most_at_once(), 2);
+}
