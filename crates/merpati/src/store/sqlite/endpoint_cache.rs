@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rusqlite::{params, Connection};
 
 use super::parse_json_column;
-use crate::delivery::Target;
+use crate::delivery::{earliest, Target};
 use crate::endpoints::{BodyFormat, Subscription};
 use crate::store::StoreResult;
 
@@ -140,10 +140,7 @@ fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<(Targ
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
     })? {
         let (secret, expires_at) = row?;
-        changes_at = match (changes_at, expires_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        changes_at = earliest(changes_at, expires_at);
         secrets.push(secret);
     }
     let target = Target {
