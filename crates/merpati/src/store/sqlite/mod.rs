@@ -6,9 +6,10 @@
 //! log durable (one fsync for every group committed meanwhile) and only then answers each
 //! caller, while the writer goes on with the next group: the writer waits for the disk
 //! only when it checkpoints (copies the log back into the database), which it does itself
-//! so that the log can start over rather than grow while commits never stop. Reads go to a small pool of read-only connections, which WAL lets run beside the
-//! writer; they may see a commit a few milliseconds before it is durable, but nothing is
-//! answered, nor handed on, before.
+//! so that the log can start over rather than grow while commits never stop. Reads go to
+//! a small pool of read-only connections, which WAL lets run beside the writer; they may
+//! see a commit a few milliseconds before it is durable, but nothing is answered, nor
+//! handed on, before.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
