@@ -34,7 +34,8 @@ pub struct DueDelivery {
     /// The number of this attempt (1 for the first).
     pub attempt: i64,
     pub event_id: String,
-    pub payload: String,
+    /// The exact body, shared by every delivery of the event handed over together.
+    pub payload: Arc<str>,
     pub endpoint: Arc<Target>,
 }
 

@@ -190,7 +190,7 @@ impl DeliveryStore for SqliteStore {
                     delivery_id: id,
                     attempt: attempts + 1,
                     event_id,
-                    payload,
+                    payload: payload.into(),
                     endpoint: endpoint_cache::target(c, &endpoint_id, now)?,
                 });
             }

@@ -20,7 +20,7 @@ pub(super) struct NewEvent<'a> {
 /// What a delivery handed over carries of its event.
 pub(super) struct EventBody<'a> {
     pub id: &'a str,
-    pub payload: &'a str,
+    pub payload: std::sync::Arc<str>,
 }
 
 /// Inserts the event; `payload` is given the event's system-wide sequence number (the
@@ -96,7 +96,7 @@ pub(super) fn fan_out(
             delivery_id,
             attempt: 1,
             event_id: event.id.to_owned(),
-            payload: event.payload.to_owned(),
+            payload: event.payload.clone(),
             endpoint: target,
         });
     }

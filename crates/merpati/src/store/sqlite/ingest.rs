@@ -90,7 +90,7 @@ impl IngestStore for SqliteStore {
                 ])?;
                 let body = EventBody {
                     id: &event_id,
-                    payload: &payload,
+                    payload: payload.into(),
                 };
                 new_deliveries += fan_out(
                     c,
