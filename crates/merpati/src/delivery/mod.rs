@@ -600,9 +600,7 @@ impl Lanes {
     }
 
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
-        if self.claimed.remove(&f.delivery_id) {
-            self.room.add_permits(1);
-        }
+        unclaim(&mut self.claimed, &self.room, f.delivery_id);
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
@@ -635,10 +633,15 @@ fn park(
     to_park: &mut Vec<(i64, i64)>,
 ) {
     let at = lane.park_at(now);
+    unclaim(claimed, room, delivery_id);
+    to_park.push((delivery_id, at));
+}
+
+/// The delivery leaves the worker's hands, and its room with it.
+fn unclaim(claimed: &mut HashSet<i64>, room: &Semaphore, delivery_id: i64) {
     if claimed.remove(&delivery_id) {
         room.add_permits(1);
     }
-    to_park.push((delivery_id, at));
 }
 
 /// What every attempt shares.
@@ -798,7 +801,7 @@ mod tests {
     #[test]
     fn room_taken_by_a_write_that_does_not_commit_comes_back() {
         let (handoff, inbox) = handoff(&config(4));
-        let budget = 4 + CLAIM_BATCH;
+        let budget = claim_budget(&config(4));
         let mut reserved = handoff.reserve();
         assert!(reserved.take_room());
         reserved.push(due(1));

@@ -3,8 +3,9 @@ use rusqlite::{params, Connection};
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
 use super::endpoint_cache;
+use super::endpoint_cache::subscriptions;
 use super::endpoints::disable;
-use super::fanout::{advance_queue, fan_out, insert_event, subscriptions, NewEvent};
+use super::fanout::{advance_queue, fan_out, insert_event, NewEvent};
 use super::SqliteStore;
 use crate::delivery::retry::NextStep;
 use crate::delivery::{AttemptRecord, DeliveryStore, DueDelivery};

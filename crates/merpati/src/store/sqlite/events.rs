@@ -2,7 +2,8 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use super::devices::owned;
-use super::fanout::{enqueue, fan_out, subscriptions};
+use super::endpoint_cache::subscriptions;
+use super::fanout::{enqueue, fan_out};
 use super::SqliteStore;
 use crate::endpoints::{Scope, Subscription};
 use crate::events::{

@@ -4,7 +4,6 @@
 use rusqlite::{params, Connection};
 
 use super::endpoint_cache;
-pub(super) use super::endpoint_cache::subscriptions;
 use crate::delivery::{DueDelivery, Reserved};
 use crate::endpoints::{Scope, Subscription};
 use crate::store::StoreResult;

@@ -1,7 +1,8 @@
 use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
-use super::fanout::{fan_out, insert_event, subscriptions, EventBody, Handing, NewEvent};
+use super::endpoint_cache::subscriptions;
+use super::fanout::{fan_out, insert_event, EventBody, Handing, NewEvent};
 use super::SqliteStore;
 use crate::delivery::{Handoff, Reserved};
 use crate::devices::DeviceContext;

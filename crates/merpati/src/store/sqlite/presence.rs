@@ -8,7 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::devices::{
     context_row, engine_report_from_db, engine_report_to_db, owned, CONTEXT_QUERY,
 };
-use super::fanout::{fan_out, insert_event, subscriptions, NewEvent};
+use super::endpoint_cache::subscriptions;
+use super::fanout::{fan_out, insert_event, NewEvent};
 use super::ingest::scope;
 use super::SqliteStore;
 use crate::devices::{DeviceContext, Presence};
