@@ -151,11 +151,11 @@ impl SqliteStore {
         let sync = config.synchronous_full;
         let thread_error = |e| StoreError::Corrupt(format!("cannot start a store thread: {e}"));
         let writer = std::thread::Builder::new()
-            .name("merpati-sqlite-writer".into())
+            .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx, to_sync))
             .map_err(thread_error)?;
         let syncer = std::thread::Builder::new()
-            .name("merpati-sqlite-sync".into())
+            .name("sqlite-sync".into())
             .spawn(move || sync_loop(log, sync, committed))
             .map_err(thread_error)?;
         Ok(SqliteStore {
@@ -466,6 +466,57 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log has to start over while commits never pause: one that only grew would fill
+    /// the disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_while_commits_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("merpati.db");
+        let config = DatabaseConfig {
+            synchronous_full: false,
+            read_connections: 1,
+        };
+        let store = Arc::new(SqliteStore::open(&path, &config).await.unwrap());
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (b BLOB NOT NULL)")?))
+            .await
+            .unwrap();
+        // 48 MiB in all, three times the log's checkpoint size, from writers that keep the
+        // queue full so that the writer never finds it empty.
+        const ROWS: usize = 3072;
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..8 {
+            let store = store.clone();
+            writers.spawn(async move {
+                for _ in 0..ROWS / 8 {
+                    let blob = vec![w as u8; 16 * 1024];
+                    store
+                        .write(move |c| {
+                            c.execute("INSERT INTO scratch (b) VALUES (?1)", [blob])?;
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        let rows: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM scratch", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(rows, ROWS as i64);
+        let log = std::fs::metadata(wal_path(&path)).unwrap().len();
+        let written = (ROWS * 16 * 1024) as u64;
+        assert!(
+            log < written / 2,
+            "the log is {log} bytes after {written} bytes were written"
+        );
+        store.close().await;
+    }
 
     /// Deleting a parent row looks up its children by the child column: without an index
     /// that is a scan of the whole child table for every row deleted (pruning, say).
