@@ -55,6 +55,26 @@ async fn a_reused_rid_with_other_content_is_a_conflict_and_writes_nothing() {
         )
         .await;
     assert_eq!(status, 409);
+    // And so does one rid twice in the same batch with different content.
+    let (status, err) = app
+        .post(
+            "/v1/device/messages",
+            &m.device_token,
+            json!({"items": [
+                {"type": "sms", "rid": 3, "phone": "+63", "message": "one"},
+                {"type": "sms", "rid": 4, "phone": "+63", "message": "new"},
+                {"type": "sms", "rid": 3, "phone": "+63", "message": "two"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("items[2]"),
+        "{err}"
+    );
     assert_eq!(app.event_count(&m.key).await, 1);
 }
 

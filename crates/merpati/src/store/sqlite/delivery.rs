@@ -1,4 +1,4 @@
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
@@ -102,6 +102,28 @@ fn record_attempt(
     disable_after_ms: i64,
     healthy: &mut Healthy,
 ) -> StoreResult<usize> {
+    let finished = a.started_at + a.duration_ms;
+    let (status, next_at, completed_at) = match a.next {
+        NextStep::Succeeded => ("succeeded", None, Some(finished)),
+        NextStep::Failed => ("failed", None, Some(finished)),
+        NextStep::RetryAt(at) => ("pending", Some(at), None),
+    };
+    let updated: Option<(String, Option<String>)> = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                    completed_at = ?5, claimed_at = NULL
+             WHERE id = ?1
+             RETURNING endpoint_id, order_key",
+        )?
+        .query_row(
+            params![a.delivery_id, status, a.attempt, next_at, completed_at],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    // Deleted while under way, with its endpoint or by retention: nothing left to record.
+    let Some((endpoint, order_key)) = updated else {
+        return Ok(0);
+    };
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                                error_kind, error, response_body)
@@ -117,23 +139,6 @@ fn record_attempt(
         a.error,
         a.response_body
     ])?;
-    let finished = a.started_at + a.duration_ms;
-    let (status, next_at, completed_at) = match a.next {
-        NextStep::Succeeded => ("succeeded", None, Some(finished)),
-        NextStep::Failed => ("failed", None, Some(finished)),
-        NextStep::RetryAt(at) => ("pending", Some(at), None),
-    };
-    let (endpoint, order_key): (String, Option<String>) = c
-        .prepare_cached(
-            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
-                    completed_at = ?5, claimed_at = NULL
-             WHERE id = ?1
-             RETURNING endpoint_id, order_key",
-        )?
-        .query_row(
-            params![a.delivery_id, status, a.attempt, next_at, completed_at],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
     // A final outcome lets the next delivery of its device queue go.
     let mut due = match &order_key {
         Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
@@ -151,7 +156,7 @@ impl DeliveryStore for SqliteStore {
         limit: usize,
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>> {
-        self.write(move |c| {
+        self.write_checked(move |c| {
             let mut rows = c.prepare_cached(
                 "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id, ep.disabled
                  FROM deliveries d
@@ -215,7 +220,7 @@ impl DeliveryStore for SqliteStore {
         records: std::sync::Arc<Vec<AttemptRecord>>,
         disable_after_ms: i64,
     ) -> StoreResult<usize> {
-        self.write(move |c| {
+        self.write_checked(move |c| {
             let mut due = 0;
             let mut healthy = Healthy::new();
             for a in records.iter() {
@@ -227,7 +232,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn park(&self, parked: Vec<(i64, i64)>) -> StoreResult<()> {
-        self.write(move |c| {
+        self.write_checked(move |c| {
             let mut park = c.prepare_cached(
                 "UPDATE deliveries SET next_attempt_at = ?2, claimed_at = NULL, parked = 1
                  WHERE id = ?1 AND status = 'pending'",
@@ -241,7 +246,7 @@ impl DeliveryStore for SqliteStore {
     }
 
     async fn unpark(&self, endpoint_id: String, now: i64, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| {
+        self.write_checked(move |c| {
             Ok(c.prepare_cached(
                 "UPDATE deliveries SET next_attempt_at = ?2
                  WHERE id IN (SELECT id FROM deliveries

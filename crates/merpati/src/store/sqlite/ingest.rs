@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
@@ -10,6 +12,64 @@ use crate::endpoints::Scope;
 use crate::ids;
 use crate::ingest::{AcceptedItem, IngestResult, IngestStore, PreparedItem};
 use crate::store::{StoreError, StoreResult};
+
+/// What the store already has of an item.
+enum Seen {
+    New,
+    /// Stored by an earlier request: answered with that event.
+    Stored {
+        seq: i64,
+        event_id: String,
+    },
+    /// The same rid and content earlier in this batch: answered as that item.
+    EarlierInBatch(usize),
+}
+
+/// Looks up every item's rid; a rid already used for different content, stored or earlier
+/// in the batch, refuses the whole batch.
+fn already_seen(
+    c: &rusqlite::Connection,
+    device: &DeviceContext,
+    items: &[PreparedItem],
+) -> StoreResult<Vec<Seen>> {
+    let mut lookup = c.prepare_cached(
+        "SELECT i.content_hash, e.seq, e.id FROM inbound_items i
+         JOIN events e ON e.seq = i.event_seq
+         WHERE i.account_id = ?1 AND i.device_id = ?2 AND i.rid = ?3",
+    )?;
+    let mut in_batch: HashMap<&str, usize> = HashMap::new();
+    let mut seen = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let reused = || {
+            StoreError::Conflict(format!(
+                "items[{i}]: rid {} was already used for different content",
+                serde_json::to_string(&item.rid).unwrap_or_default()
+            ))
+        };
+        let stored: Option<(Vec<u8>, i64, String)> = lookup
+            .query_row(
+                params![device.account_id, device.device_id, item.rid_key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((hash, seq, event_id)) = stored {
+            if hash != item.content_hash {
+                return Err(reused());
+            }
+            seen.push(Seen::Stored { seq, event_id });
+            continue;
+        }
+        match in_batch.get(item.rid_key.as_str()) {
+            Some(&first) if items[first].content_hash != item.content_hash => return Err(reused()),
+            Some(&first) => seen.push(Seen::EarlierInBatch(first)),
+            None => {
+                in_batch.insert(&item.rid_key, i);
+                seen.push(Seen::New);
+            }
+        }
+    }
+    Ok(seen)
+}
 
 pub(super) fn scope(d: &DeviceContext) -> Scope<'_> {
     Scope {
@@ -31,38 +91,36 @@ impl IngestStore for SqliteStore {
         let mut reserved = handoff.reserve();
         let lease_until = now_ms + handoff.lease.as_millis() as i64;
         let write = move |c: &rusqlite::Connection| {
+            // Every check first, so that a refused batch has changed nothing.
+            let seen = already_seen(c, &device, &items)?;
             let mut handing = Handing {
                 reserved: &mut reserved,
                 lease_until,
             };
             let subs = subscriptions(c, &device.account_id)?;
-            let mut accepted = Vec::with_capacity(items.len());
+            let mut accepted: Vec<AcceptedItem> = Vec::with_capacity(items.len());
             let mut new_deliveries = 0;
-            for (i, item) in items.into_iter().enumerate() {
-                let seen: Option<(Vec<u8>, i64, String)> = c
-                    .prepare_cached(
-                        "SELECT i.content_hash, e.seq, e.id FROM inbound_items i
-                         JOIN events e ON e.seq = i.event_seq
-                         WHERE i.account_id = ?1 AND i.device_id = ?2 AND i.rid = ?3",
-                    )?
-                    .query_row(
-                        params![device.account_id, device.device_id, item.rid_key],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                if let Some((hash, seq, event_id)) = seen {
-                    if hash != item.content_hash {
-                        return Err(StoreError::Conflict(format!(
-                            "items[{i}]: rid {} was already used for different content",
-                            serde_json::to_string(&item.rid).unwrap_or_default()
-                        )));
+            for (item, seen) in items.into_iter().zip(seen) {
+                match seen {
+                    Seen::Stored { seq, event_id } => {
+                        accepted.push(AcceptedItem {
+                            rid: item.rid,
+                            id: seq,
+                            event_id,
+                        });
+                        continue;
                     }
-                    accepted.push(AcceptedItem {
-                        rid: item.rid,
-                        id: seq,
-                        event_id,
-                    });
-                    continue;
+                    Seen::EarlierInBatch(i) => {
+                        let first = &accepted[i];
+                        let (id, event_id) = (first.id, first.event_id.clone());
+                        accepted.push(AcceptedItem {
+                            rid: item.rid,
+                            id,
+                            event_id,
+                        });
+                        continue;
+                    }
+                    Seen::New => {}
                 }
                 let event_id = ids::new_id("evt");
                 let mut event = item.event;
@@ -115,7 +173,7 @@ impl IngestStore for SqliteStore {
             Ok((result, reserved))
         };
         // Once committed, the leased deliveries go to the worker, even if the caller has gone.
-        self.write_then(write, |(result, reserved): (IngestResult, Reserved)| {
+        self.write_checked_then(write, |(result, reserved): (IngestResult, Reserved)| {
             reserved.send();
             result
         })

@@ -1,8 +1,9 @@
 //! The SQLite backend.
 //!
 //! One writer thread owns the only write connection and commits in groups: it takes every
-//! write waiting in its queue, runs each inside a savepoint of one transaction (so one
-//! failing write never undoes another) and commits once. A syncer thread then makes the
+//! write waiting in its queue, runs each inside one transaction and commits once. One
+//! failing write never undoes another: each runs in a savepoint of its own, except the hot
+//! ones that check everything before they change anything and so need none. A syncer thread then makes the
 //! log durable (one fsync for every group committed meanwhile) and only then answers each
 //! caller, while the writer goes on with the next group: the writer waits for the disk
 //! only when it checkpoints (copies the log back into the database), which it does itself
@@ -185,6 +186,41 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
+        self.submit(f, committed, Guard::Savepoint).await
+    }
+
+    /// As `write`, for a write that can fail only before it changes anything (it reads and
+    /// checks first), so that it needs no savepoint of its own: opening one costs a copy
+    /// of every page the write then touches. Should it fail after changing rows after all
+    /// (the disk, say), the whole group is undone and every write in it fails.
+    pub(crate) async fn write_checked<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(f, |t| t, Guard::ChecksFirst).await
+    }
+
+    /// As `write_then`, for a write that can fail only before it changes anything.
+    pub(crate) async fn write_checked_then<R, T, F>(
+        &self,
+        f: F,
+        committed: fn(R) -> T,
+    ) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        self.submit(f, committed, Guard::ChecksFirst).await
+    }
+
+    async fn submit<R, T, F>(&self, f: F, committed: fn(R) -> T, guard: Guard) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
         let sender = self
             .writer
             .lock()
@@ -194,6 +230,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Job {
             f: Some(f),
+            guard,
             result: None,
             committed,
             reply,
@@ -252,7 +289,17 @@ impl Store for SqliteStore {
     }
 }
 
+/// How a write that fails is undone without undoing the others in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// Its own savepoint, rolled back on failure.
+    Savepoint,
+    /// None needed: it fails only before changing anything.
+    ChecksFirst,
+}
+
 trait WriteJob: Send {
+    fn guard(&self) -> Guard;
     /// Runs inside the open transaction; true when the work should be kept.
     fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller once the commit's fate is known.
@@ -261,6 +308,7 @@ trait WriteJob: Send {
 
 struct Job<F, R, T> {
     f: Option<F>,
+    guard: Guard,
     result: Option<StoreResult<R>>,
     committed: fn(R) -> T,
     reply: oneshot::Sender<StoreResult<T>>,
@@ -272,6 +320,10 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
 {
+    fn guard(&self) -> Guard {
+        self.guard
+    }
+
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else {
             return false;
@@ -363,6 +415,18 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
     };
     exec("BEGIN IMMEDIATE")?;
     for job in group.iter_mut() {
+        if job.guard() == Guard::ChecksFirst {
+            let before = conn.total_changes();
+            let failed = !job.run(conn);
+            // SQLite ends the transaction itself on some errors (a full disk, say).
+            if failed && (conn.total_changes() != before || conn.is_autocommit()) {
+                // It changed rows and then failed: only the whole transaction undoes that.
+                endpoint_cache::forget();
+                let _ = exec("ROLLBACK");
+                return Err("a write failed after changing rows; its group is undone".into());
+            }
+            continue;
+        }
         let step = exec("SAVEPOINT job").and_then(|()| {
             if job.run(conn) {
                 exec("RELEASE job")
@@ -466,6 +530,127 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn scratch_store(dir: &Path) -> SqliteStore {
+        let config = DatabaseConfig {
+            synchronous_full: false,
+            read_connections: 1,
+        };
+        let store = SqliteStore::open(&dir.join("merpati.db"), &config)
+            .await
+            .unwrap();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (n INTEGER NOT NULL)")?))
+            .await
+            .unwrap();
+        store
+    }
+
+    async fn scratch_rows(store: &SqliteStore) -> Vec<i64> {
+        store
+            .read(|c| {
+                let mut s = c.prepare("SELECT n FROM scratch ORDER BY n")?;
+                let rows = s.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap()
+    }
+
+    fn insert(c: &Connection, n: i64) -> StoreResult<()> {
+        c.execute("INSERT INTO scratch (n) VALUES (?1)", [n])?;
+        Ok(())
+    }
+
+    /// Holds the writer until `queued` writes wait behind it, then lets `writes` finish:
+    /// they make one group.
+    async fn in_one_group<T>(
+        store: &SqliteStore,
+        queued: usize,
+        writes: impl std::future::Future<Output = T>,
+    ) -> T {
+        let (running, is_running) = oneshot::channel();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let occupied = store.write(move |_| {
+            let _ = running.send(());
+            let _ = hold.recv();
+            Ok(())
+        });
+        let rest = async {
+            is_running.await.unwrap();
+            let release = async {
+                loop {
+                    let waiting = store
+                        .writer
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .map_or(0, |s| s.max_capacity() - s.capacity());
+                    if waiting >= queued {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                release.send(()).unwrap();
+            };
+            tokio::join!(writes, release).0
+        };
+        let (occupied, out) = tokio::join!(occupied, rest);
+        occupied.unwrap();
+        out
+    }
+
+    /// A checked write that fails before changing anything costs the others of its group
+    /// nothing, and neither does a savepoint write that fails after changing rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_fails_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = scratch_store(dir.path()).await;
+        let (a, b, c, d) = in_one_group(&store, 4, async {
+            tokio::join!(
+                store.write_checked(|c| insert(c, 1)),
+                store.write_checked(|_| Err::<(), _>(StoreError::Conflict("refused".into()))),
+                store.write(|c| {
+                    insert(c, 2)?;
+                    Err::<(), _>(StoreError::Conflict("refused after writing".into()))
+                }),
+                store.write_checked(|c| insert(c, 3)),
+            )
+        })
+        .await;
+        assert!(a.is_ok() && d.is_ok(), "{a:?} {d:?}");
+        assert!(matches!(b, Err(StoreError::Conflict(_))), "{b:?}");
+        assert!(matches!(c, Err(StoreError::Conflict(_))), "{c:?}");
+        assert_eq!(scratch_rows(&store).await, [1, 3]);
+        store.close().await;
+    }
+
+    /// A checked write that fails after changing rows breaks its promise: nothing but the
+    /// whole transaction undoes it, so every write of its group fails and none is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_write_that_fails_after_changing_rows_undoes_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = scratch_store(dir.path()).await;
+        let (a, b, c) = in_one_group(&store, 3, async {
+            tokio::join!(
+                store.write_checked(|c| insert(c, 1)),
+                store.write_checked(|c| {
+                    insert(c, 2)?;
+                    Err::<(), _>(StoreError::Conflict("refused after writing".into()))
+                }),
+                store.write(|c| insert(c, 3)),
+            )
+        })
+        .await;
+        for result in [a, b, c] {
+            assert!(matches!(result, Err(StoreError::Corrupt(_))), "{result:?}");
+        }
+        assert!(scratch_rows(&store).await.is_empty());
+        // The writer goes on.
+        store.write_checked(|c| insert(c, 4)).await.unwrap();
+        assert_eq!(scratch_rows(&store).await, [4]);
+        store.close().await;
+    }
 
     /// The log has to start over while commits never pause: one that only grew would fill
     /// the disk.
