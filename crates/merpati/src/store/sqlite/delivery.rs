@@ -108,22 +108,28 @@ fn record_attempt(
         NextStep::Failed => ("failed", None, Some(finished)),
         NextStep::RetryAt(at) => ("pending", Some(at), None),
     };
-    let updated: Option<(String, Option<String>)> = c
-        .prepare_cached(
-            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
-                    completed_at = ?5, claimed_at = NULL
-             WHERE id = ?1
-             RETURNING endpoint_id, order_key",
-        )?
-        .query_row(
-            params![a.delivery_id, status, a.attempt, next_at, completed_at],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+    // A lookup and a plain UPDATE rather than UPDATE … RETURNING, which gathers its rows in
+    // a temporary table first: that alone cost more than the rest of the record.
+    let delivery: Option<(String, Option<String>)> = c
+        .prepare_cached("SELECT endpoint_id, order_key FROM deliveries WHERE id = ?1")?
+        .query_row([a.delivery_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     // Deleted while under way, with its endpoint or by retention: nothing left to record.
-    let Some((endpoint, order_key)) = updated else {
+    let Some((endpoint, order_key)) = delivery else {
         return Ok(0);
     };
+    c.prepare_cached(
+        "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                completed_at = ?5, claimed_at = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        a.delivery_id,
+        status,
+        a.attempt,
+        next_at,
+        completed_at
+    ])?;
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                                error_kind, error, response_body)
