@@ -11,7 +11,7 @@ bench() {
     echo
 }
 bench                                                         # 1 item a request, full speed
-bench --items-per-request 100 --concurrency 16                # 100 items a request
+bench --items-per-request 100 --concurrency 16 --idle 30s    # 100 items a request, then idle
 bench --rate 2000                                             # steady rate: latency
 bench --rate 150 --endpoints 100 --concurrency 16             # fan-out to 100 endpoints: 15,000/s offered
 bench --rate 200 --endpoints 100 --concurrency 16             # … 20,000/s offered: the most it delivers

@@ -406,6 +406,10 @@ pub struct DeliveryArgs {
     /// the isolation check. Delivered/s and latency stay those of the other endpoints.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub slow_endpoint: Option<Duration>,
+    /// Once everything is delivered, also measure the server idle for this long (e.g.
+    /// `30s`): its CPU, and its resident memory at the end, with nothing queued.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle: Option<Duration>,
     #[arg(long)]
     pub json: bool,
 }
@@ -659,6 +663,18 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let delivery_seconds = last.duration_since(started).as_secs_f64();
     let cpu = server.cpu_seconds() - cpu0;
     let rss_after = server.rss_mib();
+    let idle = match args.idle {
+        Some(idle) => {
+            let cpu0 = server.cpu_seconds();
+            tokio::time::sleep(idle).await;
+            Some((
+                idle,
+                (server.cpu_seconds() - cpu0) / idle.as_secs_f64() * 100.0,
+                server.rss_mib(),
+            ))
+        }
+        None => None,
+    };
     receiver_task.abort();
     let slow_requests = slow_count.load(std::sync::atomic::Ordering::Relaxed);
     if let Some(task) = slow_task {
@@ -694,6 +710,11 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
         "server_rss_mib": {"before": rss_before, "after": rss_after},
+        "idle": idle.map(|(idle, cpu, rss)| json!({
+            "seconds": idle.as_secs_f64(),
+            "cpu_percent_of_one_core": cpu,
+            "rss_mib": rss,
+        })),
         "loopback_baseline_requests_per_second": base,
         "accepted_requests_vs_baseline": accepted_per_s / args.items_per_request as f64 / base,
     });
@@ -731,6 +752,12 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             "  server          {:.0}% of one core, {rss_before:.1} → {rss_after:.1} MiB resident",
             cpu / delivery_seconds.max(0.001) * 100.0
         );
+        if let Some((idle, cpu, rss)) = idle {
+            println!(
+                "  then idle {:.0} s  {cpu:.2}% of one core, {rss:.1} MiB resident   (targets < 1%, < 50 MiB)",
+                idle.as_secs_f64()
+            );
+        }
         println!(
             "  loopback HTTP baseline  {base:.0} requests/s; merpati's accepted requests are {:.2} of it",
             accepted_per_s / args.items_per_request as f64 / base
