@@ -104,6 +104,9 @@ pub struct DeliveryConfig {
     /// `breaker_max_cooldown`.
     pub breaker_cooldown: Duration,
     pub breaker_max_cooldown: Duration,
+    /// With nothing queued or under way for this long, the worker closes its kept-alive
+    /// connections and the process gives its spare memory back.
+    pub idle_release_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +145,7 @@ const KEYS: &[&str] = &[
     "delivery.breaker_failures",
     "delivery.breaker_cooldown",
     "delivery.breaker_max_cooldown",
+    "delivery.idle_release_after",
     "presence.heartbeat_timeout",
     "presence.grace",
     "presence.min_heartbeat_interval",
@@ -186,6 +190,7 @@ impl Default for Config {
                 breaker_failures: 5,
                 breaker_cooldown: Duration::from_secs(5),
                 breaker_max_cooldown: Duration::from_secs(300),
+                idle_release_after: Duration::from_secs(10),
             },
             retention: RetentionConfig {
                 max_age: Duration::from_secs(30 * 24 * 3600),
@@ -307,6 +312,9 @@ impl Config {
                 "delivery.breaker_max_cooldown" => {
                     c.delivery.breaker_max_cooldown =
                         parse_positive_duration(raw).map_err(invalid)?
+                }
+                "delivery.idle_release_after" => {
+                    c.delivery.idle_release_after = parse_duration(raw).map_err(invalid)?
                 }
                 "delivery.secret_rotation_grace" => {
                     c.delivery.secret_rotation_grace = parse_duration(raw).map_err(invalid)?
@@ -567,6 +575,7 @@ mod tests {
         for (k, v) in [
             ("delivery.timeout", "0s"),
             ("delivery.timeout", "soon"),
+            ("delivery.idle_release_after", "when quiet"),
             ("delivery.allowed_networks", "10.0.0.0/99"),
             ("delivery.resolve", "example.com"),
             ("delivery.resolve", "example.com=nowhere"),

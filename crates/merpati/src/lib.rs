@@ -25,6 +25,7 @@ pub mod events;
 pub mod ids;
 pub mod ingest;
 pub mod jobs;
+pub mod memory;
 pub mod presence;
 pub mod retention;
 pub mod simulate;

@@ -288,8 +288,8 @@ impl Worker {
             self.config.disable_after.as_millis() as i64,
             recorded,
         ));
-        let sender = Arc::new(Sender {
-            client: send::client(self.config.timeout, resolver),
+        let mut sender = Arc::new(Sender {
+            client: send::client(self.config.timeout, resolver.clone()),
             guard,
             records,
             clock: self.clock.clone(),
@@ -315,6 +315,10 @@ impl Worker {
         let mut next_due: Option<i64> = None;
         let mut stale = true;
         let mut due_read_at = i64::MIN / 2;
+        // Whether anything was sent since the worker last let its connections go, and since
+        // when nothing is queued or under way.
+        let mut sent_since_release = false;
+        let mut idle_since: Option<tokio::time::Instant> = None;
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
@@ -372,6 +376,7 @@ impl Worker {
                 let task = in_flight.spawn(deliver(sender.clone(), job, now));
                 running.insert(task.id(), key);
             });
+            sent_since_release |= !in_flight.is_empty();
             for (endpoint, limit) in state.take_back(now) {
                 let taken = match self.store.unpark(endpoint.clone(), now, limit).await {
                     Ok(n) => n,
@@ -432,6 +437,14 @@ impl Worker {
                 let wait = (at - self.clock.now_ms()).max(0) as u64;
                 tokio::time::sleep(Duration::from_millis(wait))
             });
+            if !in_flight.is_empty() || !state.claimed.is_empty() {
+                idle_since = None;
+            } else if idle_since.is_none() {
+                idle_since = Some(tokio::time::Instant::now());
+            }
+            let release_at = idle_since
+                .filter(|_| sent_since_release)
+                .map(|since| since + self.config.idle_release_after);
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 _ = self.waker.0.notified() => known_due = true,
@@ -479,6 +492,15 @@ impl Worker {
                 _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
                     known_due = true;
                     stale = true;
+                }
+                _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if release_at.is_some() =>
+                {
+                    // A burst is over: its connections (kept alive, each with its buffers)
+                    // close with the old client, and the memory it took goes back.
+                    sent_since_release = false;
+                    sender = Arc::new(sender.with_new_client(resolver.clone()));
+                    release_memory(&self.store).await;
                 }
             }
         }
@@ -651,6 +673,32 @@ struct Sender {
     records: mpsc::Sender<AttemptRecord>,
     clock: SharedClock,
     config: DeliveryConfig,
+}
+
+impl Sender {
+    /// The same sender with a client of its own; the old client's connections close as the
+    /// last attempt holding it ends.
+    fn with_new_client(&self, resolver: guard::GuardedResolver) -> Sender {
+        Sender {
+            client: send::client(self.config.timeout, resolver),
+            guard: self.guard.clone(),
+            records: self.records.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Shrinks the store's caches and gives the process's free memory back to the system.
+async fn release_memory(store: &SharedStore) {
+    if let Err(e) = store.shrink_caches().await {
+        tracing::warn!(error = %e, "could not shrink the store's caches");
+    }
+    // A walk of every heap: milliseconds, kept off the async threads.
+    if let Err(e) = tokio::task::spawn_blocking(crate::memory::give_back).await {
+        tracing::warn!(error = %e, "could not give memory back");
+    }
+    tracing::debug!("idle: connections closed, memory given back");
 }
 
 /// Writes attempt records as they come, many to a transaction: under load the deliveries

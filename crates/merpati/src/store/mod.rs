@@ -54,6 +54,10 @@ pub trait Store:
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// Gives back the memory the backend caches (pages it can read again), once a burst is
+    /// over.
+    async fn shrink_caches(&self) -> StoreResult<()>;
+
     /// Finishes every write under way and closes the database.
     async fn close(&self);
 }

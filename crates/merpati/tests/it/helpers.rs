@@ -423,6 +423,84 @@ struct ReceiverState {
     open: Option<tokio::sync::watch::Sender<bool>>,
     under_way: std::sync::atomic::AtomicUsize,
     most_at_once: std::sync::atomic::AtomicUsize,
+    /// Connections accepted, and closed.
+    opened: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+/// The receiver's listener: counts the connections it accepts and sees closed.
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    state: Arc<ReceiverState>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = CountedConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Ok((io, addr)) = self.inner.accept().await {
+                self.state
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let state = self.state.clone();
+                return (CountedConnection { io, state }, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+struct CountedConnection {
+    io: tokio::net::TcpStream,
+    state: Arc<ReceiverState>,
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        self.state
+            .closed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.state.arrived.notify_waiters();
+    }
+}
+
+impl tokio::io::AsyncRead for CountedConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountedConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 struct UnderWay(Arc<ReceiverState>);
@@ -487,8 +565,11 @@ impl Receiver {
                 resp.body(axum::body::Body::from(answer.body)).unwrap()
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = CountingListener {
+            inner: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            state: state.clone(),
+        };
+        let addr = axum::serve::Listener::local_addr(&listener).unwrap();
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -523,6 +604,26 @@ impl Receiver {
         self.state
             .most_at_once
             .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections_opened(&self) -> usize {
+        self.state.opened.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` connections have closed.
+    pub async fn wait_closed(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let changed = self.state.arrived.notified();
+            let closed = self.state.closed.load(std::sync::atomic::Ordering::SeqCst);
+            if closed >= n {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "only {closed} of {n} connections closed");
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), changed).await;
+        }
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -3,6 +3,7 @@
 mod api;
 mod bad_input;
 mod compat;
+mod connections;
 mod dedup;
 mod filters;
 mod guard;

@@ -275,6 +275,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn shrink_caches(&self) -> StoreResult<()> {
+        // Clean pages only: a page a write in the same group has changed stays.
+        self.write_checked(|c| Ok(c.execute_batch("PRAGMA shrink_memory")?))
+            .await?;
+        // The readers not busy now; one that is will have little cached (any commit
+        // empties a reader's cache), and is shrunk the next time.
+        for reader in self.readers.idle.lock().expect("reader lock").iter() {
+            reader.execute_batch("PRAGMA shrink_memory")?;
+        }
+        Ok(())
+    }
+
     async fn close(&self) {
         // Dropping the last sender lets the writer finish its queue and exit, and the
         // syncer after it.
