@@ -334,13 +334,12 @@ impl Worker {
             // Claim in batches: claiming one delivery per completion would cost a write
             // transaction per delivery.
             let worth_claiming = room >= min_claim || state.claimed.is_empty();
-            if known_due && room > 0 && worth_claiming {
-                let want = room.min(CLAIM_BATCH);
-                let taken = state
-                    .room
-                    .try_acquire_many(want as u32)
-                    .expect("room is not closed");
-                taken.forget();
+            let want = if known_due && room > 0 && worth_claiming {
+                take_room(&state.room, room.min(CLAIM_BATCH))
+            } else {
+                0
+            };
+            if want > 0 {
                 let now = self.clock.now_ms();
                 match self
                     .store
@@ -689,6 +688,22 @@ impl Sender {
     }
 }
 
+/// Takes up to `want` of the room free now, and says how much. Ingest takes room at the same
+/// time: whatever it took since the room was last looked at, it hands over itself.
+fn take_room(room: &Semaphore, want: usize) -> usize {
+    loop {
+        let free = room.available_permits().min(want);
+        if free == 0 {
+            return 0;
+        }
+        // Fails only when someone took room in between; it is looked at again.
+        if let Ok(taken) = room.try_acquire_many(free as u32) {
+            taken.forget();
+            return free;
+        }
+    }
+}
+
 /// Shrinks the store's caches and gives the process's free memory back to the system.
 async fn release_memory(store: &SharedStore) {
     if let Err(e) = store.shrink_caches().await {
@@ -858,6 +873,52 @@ mod tests {
         assert_eq!(inbox.room.available_permits(), budget - 2);
         drop(reserved);
         assert_eq!(inbox.room.available_permits(), budget);
+    }
+
+    #[test]
+    fn the_worker_takes_what_room_is_left_while_ingest_takes_room_too() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let room = Arc::new(Semaphore::new(0));
+        let (by_ingest, by_worker, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let ingest = {
+            let (room, taken, done) = (room.clone(), by_ingest.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(SeqCst) {
+                    if let Ok(p) = room.try_acquire() {
+                        p.forget();
+                        taken.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        };
+        let worker = {
+            let (room, taken, done) = (room.clone(), by_worker.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(SeqCst) {
+                    taken.fetch_add(take_room(&room, 64), SeqCst);
+                }
+            })
+        };
+        // Room comes back a little at a time, as attempts are recorded.
+        let given = 1_000_000;
+        for _ in 0..given / 4 {
+            room.add_permits(4);
+        }
+        done.store(true, SeqCst);
+        ingest.join().unwrap();
+        worker.join().expect("the worker never fails to take room");
+        let left = room.available_permits();
+        assert_eq!(
+            by_ingest.load(SeqCst) + by_worker.load(SeqCst) + left,
+            given
+        );
+
+        assert_eq!(take_room(&room, left + 10), left, "no more than is free");
+        assert_eq!(take_room(&room, 10), 0);
     }
 
     #[test]
