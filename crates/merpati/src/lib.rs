@@ -34,10 +34,14 @@ pub mod store;
 use clock::{SharedClock, SystemClock};
 use config::{Config, Secret};
 
-/// Serves until SIGINT or SIGTERM, then stops gracefully.
+/// Serves until SIGINT or SIGTERM, then stops gracefully. Fails if an essential task
+/// failed and stopped the server.
 pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
     let server = start(config, listener, Arc::new(SystemClock)).await?;
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = server.shutdown.cancelled() => {}
+    }
     tracing::info!("shutting down");
     server.stop().await
 }
@@ -46,6 +50,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
 pub struct Server {
     pub addr: std::net::SocketAddr,
     shutdown: CancellationToken,
+    failed: Failed,
     tasks: TaskTracker,
     store: store::SharedStore,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -66,8 +71,43 @@ impl Server {
         self.tasks.wait().await;
         self.store.close().await;
         served.context("HTTP server task")?.context("HTTP server")?;
-        Ok(())
+        match self.failed.0.lock().expect("failed lock").take() {
+            Some(task) => anyhow::bail!("the {task} failed, and the server stopped"),
+            None => Ok(()),
+        }
     }
+}
+
+/// The essential task that failed, if one did.
+#[derive(Clone, Default)]
+struct Failed(Arc<std::sync::Mutex<Option<&'static str>>>);
+
+/// Runs a task the server cannot work without. Should it panic, the server stops (and
+/// [`run`] fails, for a supervisor to start it again) rather than go on accepting events it
+/// no longer delivers; everything accepted is in the database for the next start.
+fn spawn_essential(
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    failed: &Failed,
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    use futures_util::FutureExt;
+    let (shutdown, failed) = (shutdown.clone(), failed.clone());
+    tasks.spawn(async move {
+        if std::panic::AssertUnwindSafe(task)
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                task = name,
+                "an essential task panicked; stopping the server"
+            );
+            failed.0.lock().expect("failed lock").get_or_insert(name);
+            shutdown.cancel();
+        }
+    });
 }
 
 /// Opens the store, starts the worker and the HTTP server, and returns at once.
@@ -80,11 +120,16 @@ pub async fn start(
     let store = store::open(&config).await?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let failed = Failed::default();
     let waker = delivery::DeliveryWaker::default();
     let pauses = delivery::Pauses::default();
     let (handoff, inbox) = delivery::handoff(&config.delivery);
 
-    tasks.spawn(
+    spawn_essential(
+        &tasks,
+        &shutdown,
+        &failed,
+        "delivery worker",
         delivery::Worker {
             store: store.clone(),
             config: config.delivery.clone(),
@@ -107,8 +152,12 @@ pub async fn start(
         shutdown.clone(),
     );
     hub.restore().await?;
-    tasks.spawn(hub.run());
-    tasks.spawn(
+    spawn_essential(&tasks, &shutdown, &failed, "presence hub", hub.run());
+    spawn_essential(
+        &tasks,
+        &shutdown,
+        &failed,
+        "retention pruner",
         retention::Pruner {
             store: store.clone(),
             clock: clock.clone(),
@@ -124,7 +173,7 @@ pub async fn start(
         waker.clone(),
         shutdown.clone(),
     );
-    tasks.spawn(job_runner.run());
+    spawn_essential(&tasks, &shutdown, &failed, "job runner", job_runner.run());
 
     let state = api::AppState {
         store: store.clone(),
@@ -153,6 +202,7 @@ pub async fn start(
     Ok(Server {
         addr,
         shutdown,
+        failed,
         tasks,
         store,
         http,
@@ -227,4 +277,40 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         .build()
         .expect("a Tokio runtime starts")
         .block_on(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_essential_task_that_panics_stops_the_server_and_is_named() {
+        let (tasks, shutdown, failed) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            Failed::default(),
+        );
+        spawn_essential(&tasks, &shutdown, &failed, "job runner", async {});
+        spawn_essential(&tasks, &shutdown, &failed, "delivery worker", async {
+            panic!("an invariant broke")
+        });
+        tasks.close();
+        tasks.wait().await;
+        assert!(shutdown.is_cancelled());
+        assert_eq!(*failed.0.lock().unwrap(), Some("delivery worker"));
+    }
+
+    #[tokio::test]
+    async fn essential_tasks_that_end_do_not_stop_the_server() {
+        let (tasks, shutdown, failed) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            Failed::default(),
+        );
+        spawn_essential(&tasks, &shutdown, &failed, "job runner", async {});
+        tasks.close();
+        tasks.wait().await;
+        assert!(!shutdown.is_cancelled());
+        assert!(failed.0.lock().unwrap().is_none());
+    }
 }
