@@ -131,6 +131,17 @@ impl ServerProcess {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
         let _ = self.child.kill().await;
         let _ = self.log_drain.await;
+        // The data dir goes; what went wrong in the run is shown first.
+        if let Ok(log) = std::fs::read_to_string(self.dir.join("server-warnings.log")) {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "the server logged {} warning or error line(s):",
+                lines.len()
+            );
+            for line in lines.iter().take(40) {
+                eprintln!("  {line}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -739,8 +750,13 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         }
         println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
         println!(
-            "  delivered       {delivered} of {expected}, {:.0}/s",
-            delivered as f64 / delivery_seconds.max(0.001)
+            "  delivered       {delivered} of {expected}, {:.0}/s{}",
+            delivered as f64 / delivery_seconds.max(0.001),
+            if drained {
+                ""
+            } else {
+                "   NOT ALL: the rest did not arrive within 10 minutes"
+            }
         );
         println!(
             "  ingest-to-receipt latency  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
