@@ -192,7 +192,18 @@ async fn read_snippet(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// The attempt's error kind: `timeout`, `connect`, `invalid_response` (what came back was not
+/// HTTP), `response` (the answer broke off), or `request`.
 fn classify(e: &reqwest::Error) -> &'static str {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return "invalid_response";
+        }
+        cause = c.source();
+    }
     if e.is_timeout() {
         "timeout"
     } else if e.is_connect() {

@@ -9,6 +9,7 @@ mod filters;
 mod guard;
 mod health;
 mod helpers;
+mod hostile;
 mod isolation;
 mod lanes;
 mod link;
