@@ -113,6 +113,30 @@ fn is_special_v4(v4: Ipv4Addr) -> bool {
 pub struct GuardedResolver {
     guard: Guard,
     pinned: Arc<HashMap<String, Vec<IpAddr>>>,
+    upstream: Upstream,
+}
+
+/// A scripted name server: the addresses it answers for a name.
+#[cfg(test)]
+type Answer = Arc<dyn Fn(&str) -> Vec<IpAddr> + Send + Sync>;
+
+/// Where names that are not pinned are looked up.
+#[derive(Clone)]
+enum Upstream {
+    System,
+    /// A name server whose answers a test scripts (one that changes its answer, say).
+    #[cfg(test)]
+    Scripted(Answer),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::System => f.write_str("System"),
+            #[cfg(test)]
+            Upstream::Scripted(_) => f.write_str("Scripted"),
+        }
+    }
 }
 
 impl GuardedResolver {
@@ -120,6 +144,20 @@ impl GuardedResolver {
         GuardedResolver {
             guard,
             pinned: Arc::new(pinned),
+            upstream: Upstream::System,
+        }
+    }
+
+    /// Looks names up with `answer` instead of the system's resolver.
+    #[cfg(test)]
+    pub fn scripted(
+        guard: Guard,
+        answer: impl Fn(&str) -> Vec<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        GuardedResolver {
+            guard,
+            pinned: Arc::new(HashMap::new()),
+            upstream: Upstream::Scripted(Arc::new(answer)),
         }
     }
 
@@ -127,12 +165,15 @@ impl GuardedResolver {
         &self,
         host: &str,
     ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-        let found: Vec<IpAddr> = match self.pinned.get(&host.to_ascii_lowercase()) {
-            Some(ips) => ips.clone(),
-            None => tokio::net::lookup_host((host, 0))
+        let found: Vec<IpAddr> = match (self.pinned.get(&host.to_ascii_lowercase()), &self.upstream)
+        {
+            (Some(ips), _) => ips.clone(),
+            (None, Upstream::System) => tokio::net::lookup_host((host, 0))
                 .await?
                 .map(|a| a.ip())
                 .collect(),
+            #[cfg(test)]
+            (None, Upstream::Scripted(answer)) => answer(host),
         };
         let permitted: Vec<SocketAddr> = found
             .iter()

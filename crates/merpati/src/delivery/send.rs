@@ -230,6 +230,66 @@ fn error_chain(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// DNS rebinding: a name that answers a permitted address and then, on the next lookup,
+    /// a private one. Every connection looks the name up again through the guard, so the
+    /// second attempt is refused rather than sent.
+    #[tokio::test]
+    async fn a_name_that_turns_private_on_the_next_lookup_is_refused_then() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        // Closes every connection, so that each attempt connects (and resolves) anew.
+        let app = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, SeqCst);
+            async { ([(axum::http::header::CONNECTION, "close")], "ok") }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = lookups.clone();
+        let guard = Guard::new(vec!["127.0.0.1/32".parse().unwrap()]);
+        let resolver =
+            GuardedResolver::scripted(guard.clone(), move |_| match counted.fetch_add(1, SeqCst) {
+                0 => vec!["127.0.0.1".parse().unwrap()],
+                _ => vec!["169.254.169.254".parse().unwrap()],
+            });
+        let timeout = Duration::from_secs(5);
+        let client = client(timeout, resolver);
+        let job = DueDelivery {
+            delivery_id: 1,
+            attempt: 1,
+            event_id: "evt_1".into(),
+            payload: SMS.into(),
+            endpoint: Arc::new(crate::delivery::Target {
+                id: "ep_1".into(),
+                url: format!("http://rebind.test:{port}/hook"),
+                format: BodyFormat::Json,
+                secret_in_body: false,
+                headers: Default::default(),
+                secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+                max_concurrency: None,
+                rate_limit: None,
+            }),
+        };
+
+        let first = attempt(&client, &guard, &job, timeout, 0).await;
+        assert_eq!(first.status_code, Some(200), "{first:?}");
+        let second = attempt(&client, &guard, &job, timeout, 0).await;
+        assert_eq!(second.error_kind, Some("forbidden_address"), "{second:?}");
+        assert!(matches!(second.result, AttemptResult::Unsendable));
+        assert!(second.error.unwrap().contains("169.254.169.254"));
+        assert_eq!(lookups.load(SeqCst), 2);
+        assert_eq!(
+            requests.load(SeqCst),
+            1,
+            "nothing reached the second address"
+        );
+        server.abort();
+    }
 
     const SMS: &str = r#"{"type":"sms","data":{"id":2,"phone":"+63"}}"#;
 

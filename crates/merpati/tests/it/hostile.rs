@@ -1,7 +1,8 @@
 //! Hostile receivers: an answer of 1 GiB, an answer a byte at a time, bytes that are not
 //! HTTP, a redirect to the cloud metadata address, a receiver that never answers. Each
 //! attempt is bounded, recorded with its error kind, and costs a healthy endpoint beside
-//! them nothing.
+//! them nothing. (A name that turns private on its second lookup is tested where a name
+//! server can be scripted: `delivery::send`'s unit tests.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
