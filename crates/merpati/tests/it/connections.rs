@@ -8,13 +8,7 @@ use crate::helpers::*;
 
 /// Returns the event's id.
 async fn send_sms(app: &TestApp, device_token: &str, rid: i64) -> String {
-    let v = app.ok_post(
-        "/v1/device/messages",
-        device_token,
-        json!({"items": [{"type": "sms", "rid": rid, "phone": "+639760713666", "message": "hi"}]}),
-        202,
-    )
-    .await;
+    let v = app.sms(device_token, rid).await;
     v["items"][0]["event_id"].as_str().unwrap().to_string()
 }
 
