@@ -283,13 +283,17 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_essential_task_that_panics_stops_the_server_and_is_named() {
-        let (tasks, shutdown, failed) = (
+    fn essentials() -> (TaskTracker, CancellationToken, Failed) {
+        (
             TaskTracker::new(),
             CancellationToken::new(),
             Failed::default(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn an_essential_task_that_panics_stops_the_server_and_is_named() {
+        let (tasks, shutdown, failed) = essentials();
         spawn_essential(&tasks, &shutdown, &failed, "job runner", async {});
         spawn_essential(&tasks, &shutdown, &failed, "delivery worker", async {
             panic!("an invariant broke")
@@ -302,11 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn essential_tasks_that_end_do_not_stop_the_server() {
-        let (tasks, shutdown, failed) = (
-            TaskTracker::new(),
-            CancellationToken::new(),
-            Failed::default(),
-        );
+        let (tasks, shutdown, failed) = essentials();
         spawn_essential(&tasks, &shutdown, &failed, "job runner", async {});
         tasks.close();
         tasks.wait().await;

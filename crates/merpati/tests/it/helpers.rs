@@ -613,15 +613,27 @@ impl Receiver {
 
     /// Waits until `n` connections have closed.
     pub async fn wait_closed(&self, n: usize) {
+        self.wait_until(|s| {
+            let closed = s.closed.load(std::sync::atomic::Ordering::SeqCst);
+            (closed >= n)
+                .then_some(())
+                .ok_or(format!("only {closed} of {n} connections closed"))
+        })
+        .await
+    }
+
+    /// Waits until `ready` gives a value (woken by each arrival and closed connection);
+    /// fails with its last complaint after [`PATIENCE`].
+    async fn wait_until<T>(&self, ready: impl Fn(&ReceiverState) -> Result<T, String>) -> T {
         let deadline = Instant::now() + PATIENCE;
         loop {
             let changed = self.state.arrived.notified();
-            let closed = self.state.closed.load(std::sync::atomic::Ordering::SeqCst);
-            if closed >= n {
-                return;
-            }
+            let why = match ready(&self.state) {
+                Ok(value) => return value,
+                Err(why) => why,
+            };
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "only {closed} of {n} connections closed");
+            assert!(!left.is_zero(), "{why}");
             let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), changed).await;
         }
     }
@@ -632,21 +644,15 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived; returns them all.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let arrived = self.state.arrived.notified();
-            let got = self.received();
+        self.wait_until(|s| {
+            let got = s.received.lock().unwrap().clone();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!("only {} of {n} requests arrived", got.len()))
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "only {} of {n} requests arrived",
-                got.len()
-            );
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), arrived).await;
-        }
+        })
+        .await
     }
 }
 
