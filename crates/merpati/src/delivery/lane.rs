@@ -57,9 +57,10 @@ pub enum Breaker {
         until: i64,
         cooldown_ms: i64,
     },
-    /// One probe may go; its outcome closes or reopens the breaker.
+    /// One probe may go; its outcome, and only its outcome, closes or reopens the breaker.
     HalfOpen {
-        probing: bool,
+        /// When the probe under way started.
+        probe: Option<i64>,
         cooldown_ms: i64,
     },
 }
@@ -150,11 +151,11 @@ impl Lane {
                     return Gate::At(until);
                 }
                 self.breaker = Breaker::HalfOpen {
-                    probing: false,
+                    probe: None,
                     cooldown_ms,
                 };
             }
-            Breaker::HalfOpen { probing: true, .. } => return Gate::Busy,
+            Breaker::HalfOpen { probe: Some(_), .. } => return Gate::Busy,
             _ => {}
         }
         if self.in_flight >= self.limits.concurrency {
@@ -183,7 +184,7 @@ impl Lane {
         }
         if let Breaker::HalfOpen { cooldown_ms, .. } = self.breaker {
             self.breaker = Breaker::HalfOpen {
-                probing: true,
+                probe: Some(now),
                 cooldown_ms,
             };
         }
@@ -210,14 +211,22 @@ impl Lane {
         self.heard_back = true;
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * took;
         self.breaker = match (self.breaker, health) {
-            (_, Health::Unknown) => match self.breaker {
-                // A probe that was never sent proves nothing: let another go.
-                Breaker::HalfOpen { cooldown_ms, .. } => Breaker::HalfOpen {
-                    probing: false,
-                    cooldown_ms,
-                },
-                other => other,
+            // Once open, only the probe counts. What attempts begun before say is old news:
+            // a receiver going down for a restart still answers the requests it has, and
+            // those answers must not let everything queued go out to fail (and spend an
+            // attempt each) before the probe has even been sent.
+            (open @ Breaker::Open { .. }, _) => open,
+            (half @ Breaker::HalfOpen { probe, .. }, _)
+                if probe.is_none_or(|probe_started| started_at < probe_started) =>
+            {
+                half
+            }
+            // A probe that was never sent proves nothing: let another go.
+            (Breaker::HalfOpen { cooldown_ms, .. }, Health::Unknown) => Breaker::HalfOpen {
+                probe: None,
+                cooldown_ms,
             },
+            (closed @ Breaker::Closed { .. }, Health::Unknown) => closed,
             (_, Health::Up) => Breaker::Closed { failures: 0 },
             (Breaker::Closed { failures }, Health::Down) => {
                 let failures = failures + 1;
@@ -230,8 +239,6 @@ impl Lane {
                     Breaker::Closed { failures }
                 }
             }
-            // An attempt that began before the breaker opened.
-            (open @ Breaker::Open { .. }, Health::Down) => open,
             (Breaker::HalfOpen { cooldown_ms, .. }, Health::Down) => {
                 let cooldown_ms = (cooldown_ms * 2).min(policy.max_cooldown_ms.max(1));
                 Breaker::Open {
@@ -479,6 +486,49 @@ mod tests {
         l.finish(11012, 11013, 1, Health::Up, &POLICY);
         assert_eq!(l.breaker(), Breaker::Closed { failures: 0 });
         assert!(l.is_idle(11013));
+    }
+
+    #[test]
+    fn only_the_probe_closes_or_reopens_the_breaker() {
+        let mut l = lane(10, None);
+        // Five attempts under way; then three fail fast and open the breaker.
+        for t in 0..5 {
+            l.start(t);
+        }
+        for t in 5..8 {
+            l.start(t);
+            l.finish(t, t + 1, 1, Health::Down, &POLICY);
+        }
+        let open = Breaker::Open {
+            until: 1008,
+            cooldown_ms: 1000,
+        };
+        assert_eq!(l.breaker(), open);
+        // The receiver, going down, still answers what it had: that changes nothing.
+        l.finish(0, 100, 100, Health::Up, &POLICY);
+        l.finish(1, 100, 99, Health::Down, &POLICY);
+        assert_eq!(l.breaker(), open);
+        assert_eq!(l.gate(500), Gate::At(1008));
+        // The probe goes; answers to older attempts, good or bad, still do not count.
+        assert_eq!(l.gate(1008), Gate::Go);
+        l.start(1008);
+        l.finish(2, 1010, 1008, Health::Up, &POLICY);
+        l.finish(3, 1011, 1008, Health::Down, &POLICY);
+        assert_eq!(
+            l.breaker(),
+            Breaker::HalfOpen {
+                probe: Some(1008),
+                cooldown_ms: 1000
+            }
+        );
+        assert_eq!(l.gate(1011), Gate::Busy);
+        // The probe's own answer does.
+        l.finish(1008, 1012, 4, Health::Up, &POLICY);
+        assert_eq!(l.breaker(), Breaker::Closed { failures: 0 });
+        // The last old attempt ends after: closed, a failure counts as one.
+        l.finish(4, 1013, 1009, Health::Down, &POLICY);
+        assert_eq!(l.breaker(), Breaker::Closed { failures: 1 });
+        assert_eq!(l.in_flight, 0);
     }
 
     #[test]

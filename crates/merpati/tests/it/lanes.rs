@@ -157,6 +157,75 @@ async fn the_breaker_pauses_a_failing_endpoint_without_burning_queued_retries() 
     assert_eq!(shown["paused_until"], Value::Null, "closed again");
 }
 
+/// Each event's first delivery: its status and attempt count.
+async fn first_deliveries(app: &TestApp, key: &str) -> Vec<(String, i64)> {
+    let (_, page) = app.get("/v1/events?limit=100", key).await;
+    let mut found = Vec::new();
+    for e in page["data"].as_array().unwrap() {
+        let (_, e) = app
+            .get(&format!("/v1/events/{}", e["id"].as_str().unwrap()), key)
+            .await;
+        let d = &e["deliveries"][0];
+        found.push((
+            d["status"].as_str().unwrap().to_string(),
+            d["attempt_count"].as_i64().unwrap(),
+        ));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_requests_sent_before_the_breaker_opened_do_not_close_it() {
+    let app = TestApp::spawn_with(&[
+        ("delivery.breaker_failures", "3"),
+        ("delivery.breaker_cooldown", "60s"),
+    ])
+    .await;
+    // A receiver going down for a restart: it still answers the requests it has, slowly,
+    // and refuses every new one.
+    let receiver = Receiver::start().await;
+    let slow = Duration::from_secs(1);
+    receiver.script(std::iter::repeat_n(Answer::status(200).delay(slow), 4));
+    receiver.always(Answer::status(503));
+    let m = app.merchant("m1").await;
+    let ep = app
+        .endpoint(&m.key, &receiver, json!({"max_concurrency": 8}))
+        .await;
+    send_batch(&app, &m.device_token, 1..=40).await;
+
+    // The quick refusals open the breaker while the four slow requests are under way;
+    // then those four succeed.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let settled = loop {
+        let found = first_deliveries(&app, &m.key).await;
+        if found.iter().filter(|(s, _)| s == "succeeded").count() == 4 {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "{found:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Time for anything those successes would have let out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let got = receiver.received();
+    let first = got.iter().map(|r| r.at).min().unwrap();
+    let late: Vec<_> = got.iter().filter(|r| r.at >= first + slow).collect();
+    assert!(
+        late.is_empty(),
+        "{} requests went out after the old ones were answered, of {}",
+        late.len(),
+        got.len()
+    );
+    // Only what started before the breaker opened was sent: 4 slow, and the refusals
+    // that opened it (at most 8 under way at once, 3 in a row to open it).
+    assert!((7..=10).contains(&got.len()), "{} requests", got.len());
+    let (_, shown) = app.get(&format!("/v1/endpoints/{ep}"), &m.key).await;
+    assert!(shown["paused_until"].is_string(), "still paused: {shown}");
+    // The deliveries queued behind kept every attempt.
+    let untouched = settled.iter().filter(|(_, n)| *n == 0).count();
+    assert_eq!(untouched, 40 - got.len(), "{settled:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordered_endpoints_deliver_each_devices_events_in_order_blocking_only_that_device() {
     let app = TestApp::spawn_with(&[("delivery.timeout", "60s")]).await;
