@@ -599,6 +599,119 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
     Ok(done as f64 / args.items_per_request as f64 / duration.as_secs_f64())
 }
 
+/// What a relay with no storage delivers under the run's load.
+struct RelayFigures {
+    deliveries_per_second: f64,
+    p99_ms: f64,
+}
+
+/// The same client loop, items and receivers through a relay that keeps nothing: each item
+/// forwarded at once as one unsigned POST to every endpoint's URL, the request answered
+/// 202 once all of them answered. It runs on a runtime and threads of its own, as the server
+/// has, under the run's load (its rate, or full speed). Nothing durable, nothing queued,
+/// nothing signed: the most that load's HTTP traffic reaches on this machine, and the least
+/// latency, so the ceiling any server with storage sits under.
+async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<RelayFigures> {
+    let epoch = Instant::now();
+    let log = Arc::new(ReceiptLog::default());
+    let (receiver, receiver_task) = start_timing_receiver(log.clone(), epoch).await?;
+    let targets: Arc<Vec<String>> = Arc::new(
+        (0..args.endpoints)
+            .map(|i| format!("http://{receiver}/hook/{i}"))
+            .collect(),
+    );
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay = std::thread::Builder::new()
+        .name("bench-relay".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(4096)
+                    .build()?;
+                let app = axum::Router::new().fallback(move |body: Bytes| {
+                    let (client, targets) = (client.clone(), targets.clone());
+                    async move { relay_request(&client, &targets, &body).await }
+                });
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let _ = addr_tx.send(listener.local_addr()?);
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stop_rx => {}
+                }
+                anyhow::Ok(())
+            })
+        })?;
+    let addr = addr_rx.await.context("the relay did not start")?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let started = Instant::now();
+    let (accepted, _) = load(
+        client,
+        format!("http://{addr}/v1/device/messages"),
+        vec!["x".into()],
+        args.items_per_request,
+        args.concurrency,
+        args.rate,
+        started + duration,
+        epoch,
+    )
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    let _ = tokio::task::spawn_blocking(move || relay.join()).await;
+    receiver_task.abort();
+    let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
+    lat.sort_unstable();
+    let p99 = lat
+        .get(((lat.len().max(1) - 1) as f64 * 0.99).round() as usize)
+        .copied()
+        .unwrap_or(0);
+    Ok(RelayFigures {
+        deliveries_per_second: (accepted * args.endpoints as u64) as f64 / seconds,
+        p99_ms: p99 as f64 / 1000.0,
+    })
+}
+
+/// One request through the relay: every item to every target, then the answer.
+async fn relay_request(
+    client: &reqwest::Client,
+    targets: &[String],
+    body: &[u8],
+) -> axum::http::StatusCode {
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return axum::http::StatusCode::BAD_REQUEST;
+    };
+    let items = match body.get("items").and_then(Value::as_array) {
+        Some(items) => items.clone(),
+        None => vec![body],
+    };
+    let posts = items.iter().flat_map(|item| {
+        let payload = json!({"type": "sms", "data": {"message": item["message"]}}).to_string();
+        targets.iter().map(move |target| {
+            client
+                .post(target)
+                .header("content-type", "application/json")
+                .body(payload.clone())
+                .send()
+        })
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    if answers
+        .iter()
+        .all(|a| a.as_ref().is_ok_and(|r| r.status().is_success()))
+    {
+        axum::http::StatusCode::ACCEPTED
+    } else {
+        axum::http::StatusCode::BAD_GATEWAY
+    }
+}
+
 /// Ingest to receipt: events accepted and delivered per second, latency, memory and CPU.
 pub async fn delivery(args: DeliveryArgs) -> anyhow::Result<()> {
     let server = ServerProcess::start(&[(
@@ -701,7 +814,9 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             .unwrap_or(0)
     };
     let base = baseline(args, Duration::from_secs(5)).await?;
+    let relay = relay_baseline(args, Duration::from_secs(5)).await?;
     let accepted_per_s = accepted as f64 / ingest_seconds;
+    let delivered_per_s = delivered as f64 / delivery_seconds.max(0.001);
 
     let result = json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -717,7 +832,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "accepted_per_second": accepted_per_s,
         "delivered": delivered,
         "all_delivered": drained,
-        "delivered_per_second": delivered as f64 / delivery_seconds.max(0.001),
+        "delivered_per_second": delivered_per_s,
         "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
         "server_rss_mib": {"before": rss_before, "after": rss_after},
@@ -728,6 +843,11 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         })),
         "loopback_baseline_requests_per_second": base,
         "accepted_requests_vs_baseline": accepted_per_s / args.items_per_request as f64 / base,
+        "relay_baseline": {
+            "deliveries_per_second": relay.deliveries_per_second,
+            "latency_p99_ms": relay.p99_ms,
+        },
+        "delivered_vs_relay": delivered_per_s / relay.deliveries_per_second,
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -750,8 +870,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         }
         println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
         println!(
-            "  delivered       {delivered} of {expected}, {:.0}/s{}",
-            delivered as f64 / delivery_seconds.max(0.001),
+            "  delivered       {delivered} of {expected}, {delivered_per_s:.0}/s{}",
             if drained {
                 ""
             } else {
@@ -777,6 +896,12 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         println!(
             "  loopback HTTP baseline  {base:.0} requests/s; merpati's accepted requests are {:.2} of it",
             accepted_per_s / args.items_per_request as f64 / base
+        );
+        println!(
+            "  relay baseline  {:.0} deliveries/s, p99 {:.2} ms, the same load with no storage; merpati delivered {:.2} of it",
+            relay.deliveries_per_second,
+            relay.p99_ms,
+            delivered_per_s / relay.deliveries_per_second
         );
     }
     Ok(())
