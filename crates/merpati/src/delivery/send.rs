@@ -92,16 +92,23 @@ pub async fn attempt(
         retry_after: None,
     };
     let target = &job.endpoint;
-    // An address in the URL never meets the resolver: vet it here.
+    // An address in the URL never meets the resolver: vet it here. The parsed URL is the
+    // one sent to, so it is parsed once.
     let vetted = url::Url::parse(&target.url)
         .map_err(|e| e.to_string())
-        .and_then(|u| guard.check_url_host(&u).map_err(|e| e.to_string()));
-    if let Err(why) = vetted {
-        report.result = AttemptResult::Unsendable;
-        report.error_kind = Some("forbidden_address");
-        report.error = Some(why);
-        return report;
-    }
+        .and_then(|u| match guard.check_url_host(&u) {
+            Ok(()) => Ok(u),
+            Err(e) => Err(e.to_string()),
+        });
+    let url = match vetted {
+        Ok(url) => url,
+        Err(why) => {
+            report.result = AttemptResult::Unsendable;
+            report.error_kind = Some("forbidden_address");
+            report.error = Some(why);
+            return report;
+        }
+    };
     let webhook = match Webhook::with_secrets(target.secrets.iter().map(String::as_str)) {
         Ok(w) => w,
         Err(e) => {
@@ -122,7 +129,7 @@ pub async fn attempt(
     let timestamp = started_at_ms.div_euclid(1000);
     let signature = webhook.sign(&job.event_id, timestamp, &body);
     let mut request = client
-        .post(&target.url)
+        .post(url)
         .header(CONTENT_TYPE, content_type)
         .header(HEADER_ID, &job.event_id)
         .header(HEADER_TIMESTAMP, timestamp.to_string())
