@@ -215,9 +215,10 @@ pub struct PresenceArgs {
     pub json: bool,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at fraction `p` of a sorted list (the default of an empty one).
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0.0;
+        return T::default();
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -668,10 +669,7 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     receiver_task.abort();
     let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
     lat.sort_unstable();
-    let p99 = lat
-        .get(((lat.len().max(1) - 1) as f64 * 0.99).round() as usize)
-        .copied()
-        .unwrap_or(0);
+    let p99 = percentile(&lat, 0.99);
     Ok(RelayFigures {
         deliveries_per_second: (accepted * args.endpoints as u64) as f64 / seconds,
         p99_ms: p99 as f64 / 1000.0,
@@ -808,11 +806,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
     lat.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    let pick = |p: f64| {
-        lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(0)
-    };
+    let pick = |p: f64| percentile(&lat, p);
     let base = baseline(args, Duration::from_secs(5)).await?;
     let relay = relay_baseline(args, Duration::from_secs(5)).await?;
     let accepted_per_s = accepted as f64 / ingest_seconds;
