@@ -119,39 +119,11 @@ async fn the_breaker_pauses_a_failing_endpoint_without_burning_queued_retries() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     receiver.always(Answer::status(200));
 
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let events = loop {
-        let (_, page) = app.get("/v1/events?limit=100", &m.key).await;
-        let ids: Vec<String> = page["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["id"].as_str().unwrap().to_string())
-            .collect();
-        let mut settled = Vec::new();
-        for id in &ids {
-            let (_, e) = app.get(&format!("/v1/events/{id}"), &m.key).await;
-            if e["deliveries"][0]["status"] == "succeeded" {
-                settled.push(e);
-            }
-        }
-        if settled.len() == 20 {
-            break settled;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 20 delivered",
-            settled.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let settled = settle(&app, &m.key, 20).await;
     // Three failures opened it, then one probe per pause (300 ms, 600 ms, 1.2 s, …).
     let failed = receiver.received().len() - 20;
     assert!((3..=7).contains(&failed), "{failed} failed requests");
-    let attempts: i64 = events
-        .iter()
-        .map(|e| e["deliveries"][0]["attempt_count"].as_i64().unwrap())
-        .sum();
+    let attempts: i64 = settled.iter().map(|(_, n)| n).sum();
     assert_eq!(attempts, 20 + failed as i64);
     let (_, shown) = app.get(&format!("/v1/endpoints/{ep}"), &m.key).await;
     assert_eq!(shown["paused_until"], Value::Null, "closed again");
@@ -172,6 +144,22 @@ async fn first_deliveries(app: &TestApp, key: &str) -> Vec<(String, i64)> {
         ));
     }
     found
+}
+
+/// Waits until `succeeded` of the events' first deliveries succeeded; returns them all.
+async fn settle(app: &TestApp, key: &str, succeeded: usize) -> Vec<(String, i64)> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let found = first_deliveries(app, key).await;
+        if found.iter().filter(|(s, _)| s == "succeeded").count() == succeeded {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not {succeeded} delivered: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,15 +183,7 @@ async fn answers_to_requests_sent_before_the_breaker_opened_do_not_close_it() {
 
     // The quick refusals open the breaker while the four slow requests are under way;
     // then those four succeed.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let settled = loop {
-        let found = first_deliveries(&app, &m.key).await;
-        if found.iter().filter(|(s, _)| s == "succeeded").count() == 4 {
-            break found;
-        }
-        assert!(std::time::Instant::now() < deadline, "{found:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let settled = settle(&app, &m.key, 4).await;
     // Time for anything those successes would have let out.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
