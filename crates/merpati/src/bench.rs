@@ -491,6 +491,13 @@ async fn start_timing_receiver(
     serve_on_loopback(app).await
 }
 
+/// The simulated devices' client: kept-alive connections, as many as the load keeps under way.
+fn load_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?)
+}
+
 /// Posts items as fast as allowed until `until`; returns how many were accepted.
 #[allow(clippy::too_many_arguments)]
 async fn load(
@@ -580,9 +587,7 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    let client = load_client()?;
     let epoch = Instant::now();
     let (done, _) = load(
         client,
@@ -648,9 +653,7 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
             })
         })?;
     let addr = addr_rx.await.context("the relay did not start")?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    let client = load_client()?;
     let started = Instant::now();
     let (accepted, _) = load(
         client,
@@ -751,9 +754,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         None => None,
     };
     let tokens: Vec<String> = fleet.devices.iter().map(|d| d.token.clone()).collect();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    let client = load_client()?;
     let rss_before = server.rss_mib();
     let cpu0 = server.cpu_seconds();
     let started = Instant::now();
