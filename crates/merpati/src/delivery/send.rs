@@ -96,9 +96,11 @@ pub async fn attempt(
     // one sent to, so it is parsed once.
     let vetted = url::Url::parse(&target.url)
         .map_err(|e| e.to_string())
-        .and_then(|u| match guard.check_url_host(&u) {
-            Ok(()) => Ok(u),
-            Err(e) => Err(e.to_string()),
+        .and_then(|u| {
+            guard
+                .check_url_host(&u)
+                .map(|()| u)
+                .map_err(|e| e.to_string())
         });
     let url = match vetted {
         Ok(url) => url,
