@@ -108,17 +108,9 @@ impl ServerProcess {
 
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let ticks = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .ok()
-            .and_then(|s| {
-                // Fields after the command name, which may hold spaces: utime, stime are
-                // the 14th and 15th fields of the whole line.
-                let rest = s.rsplit_once(')')?.1;
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-            })
-            .unwrap_or(0.0);
-        ticks / clock_ticks_per_second()
+        cpu_seconds_in(&format!("/proc/{}/stat", self.pid()))
+            .map(|(_, seconds)| seconds)
+            .unwrap_or(0.0)
     }
 
     pub async fn stop(mut self) {
@@ -146,14 +138,57 @@ impl ServerProcess {
     }
 }
 
+/// The command name and CPU time used (user + system, in seconds) that a /proc `stat` file
+/// shows, for a process or one of its threads.
+fn cpu_seconds_in(stat_path: &str) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let (name, ticks) = name_and_cpu_ticks(&stat)?;
+    Some((name.to_string(), ticks / clock_ticks_per_second()))
+}
+
+/// The command name and the clock ticks of CPU (user + system) of a /proc `stat` line.
+fn name_and_cpu_ticks(stat: &str) -> Option<(&str, f64)> {
+    // The command name is in parentheses and may hold spaces and parentheses itself;
+    // utime and stime are the 14th and 15th fields of the whole line.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks))
+}
+
+/// CPU time used so far by this process, in seconds.
+fn own_cpu_seconds() -> f64 {
+    cpu_seconds_in("/proc/self/stat").map_or(0.0, |(_, seconds)| seconds)
+}
+
+/// CPU time used so far by this process's live threads named `name`, in seconds.
+fn own_threads_cpu_seconds(name: &str) -> f64 {
+    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    threads
+        .flatten()
+        .filter_map(|thread| cpu_seconds_in(&thread.path().join("stat").to_string_lossy()))
+        .filter(|(comm, _)| comm == name)
+        .map(|(_, seconds)| seconds)
+        .sum()
+}
+
+/// The relay baseline's threads, told apart from the client's and the receivers'.
+const RELAY_THREADS: &str = "bench-relay";
+
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// A loopback receiver that notes when each device event arrived.
@@ -609,6 +644,33 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
 struct RelayFigures {
     deliveries_per_second: f64,
     p99_ms: f64,
+    /// CPU spent a delivery, in microseconds.
+    cpu: CpuPerDelivery,
+}
+
+/// Where a run's CPU went, in microseconds a delivery: the server (merpati, or the relay)
+/// and this process's client and receivers.
+#[derive(Clone, Copy)]
+struct CpuPerDelivery {
+    server_us: f64,
+    client_and_receivers_us: f64,
+}
+
+impl CpuPerDelivery {
+    fn new(server_seconds: f64, client_seconds: f64, deliveries: u64) -> CpuPerDelivery {
+        let per = |seconds: f64| seconds * 1e6 / deliveries.max(1) as f64;
+        CpuPerDelivery {
+            server_us: per(server_seconds),
+            client_and_receivers_us: per(client_seconds),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "server": self.server_us,
+            "client_and_receivers": self.client_and_receivers_us,
+        })
+    }
 }
 
 /// The same client loop, items and receivers through a relay that keeps nothing: each item
@@ -629,10 +691,11 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay = std::thread::Builder::new()
-        .name("bench-relay".into())
+        .name(RELAY_THREADS.into())
         .spawn(move || -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name(RELAY_THREADS)
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
@@ -654,6 +717,7 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
         })?;
     let addr = addr_rx.await.context("the relay did not start")?;
     let client = load_client()?;
+    let (process_cpu0, relay_cpu0) = (own_cpu_seconds(), own_threads_cpu_seconds(RELAY_THREADS));
     let started = Instant::now();
     let (accepted, _) = load(
         client,
@@ -667,6 +731,10 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     )
     .await;
     let seconds = started.elapsed().as_secs_f64();
+    // Read before the relay's threads end and take their figures with them.
+    let relay_cpu = own_threads_cpu_seconds(RELAY_THREADS) - relay_cpu0;
+    let process_cpu = own_cpu_seconds() - process_cpu0;
+    let deliveries = accepted * args.endpoints as u64;
     let _ = stop_tx.send(());
     let _ = tokio::task::spawn_blocking(move || relay.join()).await;
     receiver_task.abort();
@@ -674,8 +742,9 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     lat.sort_unstable();
     let p99 = percentile(&lat, 0.99);
     Ok(RelayFigures {
-        deliveries_per_second: (accepted * args.endpoints as u64) as f64 / seconds,
+        deliveries_per_second: deliveries as f64 / seconds,
         p99_ms: p99 as f64 / 1000.0,
+        cpu: CpuPerDelivery::new(relay_cpu, process_cpu - relay_cpu, deliveries),
     })
 }
 
@@ -756,7 +825,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let tokens: Vec<String> = fleet.devices.iter().map(|d| d.token.clone()).collect();
     let client = load_client()?;
     let rss_before = server.rss_mib();
-    let cpu0 = server.cpu_seconds();
+    let (cpu0, client_cpu0) = (server.cpu_seconds(), own_cpu_seconds());
     let started = Instant::now();
     let (accepted, failed) = load(
         client,
@@ -785,6 +854,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         .unwrap_or_else(Instant::now);
     let delivery_seconds = last.duration_since(started).as_secs_f64();
     let cpu = server.cpu_seconds() - cpu0;
+    let cpu_per_delivery = CpuPerDelivery::new(cpu, own_cpu_seconds() - client_cpu0, delivered);
     let rss_after = server.rss_mib();
     let idle = match args.idle {
         Some(idle) => {
@@ -830,6 +900,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "delivered_per_second": delivered_per_s,
         "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
         "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
+        "cpu_us_per_delivery": cpu_per_delivery.json(),
         "server_rss_mib": {"before": rss_before, "after": rss_after},
         "idle": idle.map(|(idle, cpu, rss)| json!({
             "seconds": idle.as_secs_f64(),
@@ -841,6 +912,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "relay_baseline": {
             "deliveries_per_second": relay.deliveries_per_second,
             "latency_p99_ms": relay.p99_ms,
+            "cpu_us_per_delivery": relay.cpu.json(),
         },
         "delivered_vs_relay": delivered_per_s / relay.deliveries_per_second,
     });
@@ -898,6 +970,58 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             relay.p99_ms,
             delivered_per_s / relay.deliveries_per_second
         );
+        let cores_busy = |cpu: CpuPerDelivery, rate: f64| {
+            (cpu.server_us + cpu.client_and_receivers_us) * rate / 1e6
+        };
+        println!(
+            "  CPU a delivery  merpati {:.0} µs + client and receivers {:.0} µs ({:.2} of {} cores busy); relay {:.0} µs + {:.0} µs ({:.2} busy)",
+            cpu_per_delivery.server_us,
+            cpu_per_delivery.client_and_receivers_us,
+            cores_busy(cpu_per_delivery, delivered_per_s),
+            result["cores"],
+            relay.cpu.server_us,
+            relay.cpu.client_and_receivers_us,
+            cores_busy(relay.cpu, relay.deliveries_per_second),
+        );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_give_the_thread_name_and_its_cpu() {
+        let line =
+            "4242 (bench relay) S 1 4242 4242 0 -1 4194368 597 0 0 0 150 25 0 0 20 0 3 0 99 0 0";
+        assert_eq!(name_and_cpu_ticks(line), Some(("bench relay", 175.0)));
+        let odd = "7 (a) b)) R 1 7 7 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 5 0 0";
+        assert_eq!(name_and_cpu_ticks(odd), Some(("a) b)", 7.0)));
+        assert_eq!(name_and_cpu_ticks("7 (short) R 1"), None);
+    }
+
+    #[test]
+    fn a_named_thread_s_cpu_is_told_apart() {
+        let (busy_tx, busy_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let probe = std::thread::Builder::new()
+            .name("cpu-probe".into())
+            .spawn(move || {
+                // Spins until the kernel has counted 30 ms of its CPU.
+                while cpu_seconds_in("/proc/thread-self/stat").map_or(0.0, |(_, s)| s) < 0.03 {
+                    std::hint::black_box(0u64.wrapping_add(1));
+                }
+                busy_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+            })
+            .unwrap();
+        busy_rx.recv().unwrap();
+        let probe_cpu = own_threads_cpu_seconds("cpu-probe");
+        assert!(probe_cpu >= 0.03, "{probe_cpu}");
+        assert!(own_cpu_seconds() >= probe_cpu);
+        assert_eq!(own_threads_cpu_seconds("no-such-thread"), 0.0);
+        release_tx.send(()).unwrap();
+        probe.join().unwrap();
+    }
 }
