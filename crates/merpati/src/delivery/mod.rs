@@ -7,6 +7,8 @@
 //! while a request is under way: claim, send, record are three separate steps.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,6 +232,13 @@ impl Pauses {
 
 const CLAIM_BATCH: usize = 256;
 
+/// What a claim took from the store, and what it asked for at what time.
+struct Claimed {
+    now: i64,
+    want: usize,
+    claimed: StoreResult<Vec<DueDelivery>>,
+}
+
 pub struct Worker {
     pub store: SharedStore,
     pub config: DeliveryConfig,
@@ -319,6 +328,7 @@ impl Worker {
         // when nothing is queued or under way.
         let mut sent_since_release = false;
         let mut idle_since: Option<tokio::time::Instant> = None;
+        let mut claiming: Option<Pin<Box<dyn Future<Output = Claimed> + Send>>> = None;
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
@@ -334,38 +344,22 @@ impl Worker {
             // Claim in batches: claiming one delivery per completion would cost a write
             // transaction per delivery.
             let worth_claiming = room >= min_claim || state.claimed.is_empty();
-            let want = if known_due && room > 0 && worth_claiming {
+            let want = if claiming.is_none() && known_due && room > 0 && worth_claiming {
                 take_room(&state.room, room.min(CLAIM_BATCH))
             } else {
                 0
             };
             if want > 0 {
+                // The claim commits while the worker goes on: under load a write waits its
+                // turn behind others for many milliseconds, and the attempts that end
+                // meanwhile start what the lanes already hold.
+                let store = self.store.clone();
                 let now = self.clock.now_ms();
-                match self
-                    .store
-                    .claim_due(now, want, now + lease.as_millis() as i64)
-                    .await
-                {
-                    Ok(jobs) => {
-                        known_due = jobs.len() == want;
-                        state.room.add_permits(want - jobs.len());
-                        if !known_due {
-                            // Nothing else is due now; what is due later is still known.
-                            next_due = next_due.filter(|at| *at > now);
-                            stale = true;
-                        }
-                        for job in jobs {
-                            state.take(job, &self.config, now);
-                        }
-                    }
-                    Err(e) => {
-                        state.room.add_permits(want);
-                        tracing::error!(error = %e, "could not claim deliveries");
-                        // Try again in a second rather than at once.
-                        known_due = false;
-                        next_due = Some(now + 1000);
-                    }
-                }
+                let lease_until = now + lease.as_millis() as i64;
+                claiming = Some(Box::pin(async move {
+                    let claimed = store.claim_due(now, want, lease_until).await;
+                    Claimed { now, want, claimed }
+                }));
             }
             let now = self.clock.now_ms();
             state.trim(now);
@@ -406,7 +400,11 @@ impl Worker {
             // More is due (the claim was full, or a lane took parked deliveries back) and
             // there is room for it.
             let room = state.room.available_permits();
-            if known_due && room > 0 && (room >= min_claim || state.claimed.is_empty()) {
+            if claiming.is_none()
+                && known_due
+                && room > 0
+                && (room >= min_claim || state.claimed.is_empty())
+            {
                 continue;
             }
             // The store is asked when the next delivery is due only when what the worker
@@ -446,6 +444,32 @@ impl Worker {
                 .map(|since| since + self.config.idle_release_after);
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
+                Claimed { now, want, claimed } = async { claiming.as_mut().expect("guarded").await },
+                    if claiming.is_some() =>
+                {
+                    claiming = None;
+                    match claimed {
+                        Ok(jobs) => {
+                            known_due = jobs.len() == want;
+                            state.room.add_permits(want - jobs.len());
+                            if !known_due {
+                                // Nothing else is due now; what is due later is still known.
+                                next_due = next_due.filter(|at| *at > now);
+                                stale = true;
+                            }
+                            for job in jobs {
+                                state.take(job, &self.config, now);
+                            }
+                        }
+                        Err(e) => {
+                            state.room.add_permits(want);
+                            tracing::error!(error = %e, "could not claim deliveries");
+                            // Try again in a second rather than at once.
+                            known_due = false;
+                            next_due = Some(now + 1000);
+                        }
+                    }
+                }
                 _ = self.waker.0.notified() => known_due = true,
                 Some(handed) = self.inbox.from_ingest.recv() => {
                     let now = self.clock.now_ms();
