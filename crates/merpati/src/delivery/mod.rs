@@ -356,6 +356,9 @@ impl Worker {
                 let store = self.store.clone();
                 let now = self.clock.now_ms();
                 let lease_until = now + lease.as_millis() as i64;
+                // The claim answers what was known due when it started; a wake, a timer or
+                // a lane's take-back while it commits sets this again and is not lost.
+                known_due = false;
                 claiming = Some(Box::pin(async move {
                     let claimed = store.claim_due(now, want, lease_until).await;
                     Claimed { now, want, claimed }
@@ -450,7 +453,7 @@ impl Worker {
                     claiming = None;
                     match claimed {
                         Ok(jobs) => {
-                            known_due = jobs.len() == want;
+                            known_due |= jobs.len() == want;
                             state.room.add_permits(want - jobs.len());
                             if !known_due {
                                 // Nothing else is due now; what is due later is still known.
@@ -465,7 +468,6 @@ impl Worker {
                             state.room.add_permits(want);
                             tracing::error!(error = %e, "could not claim deliveries");
                             // Try again in a second rather than at once.
-                            known_due = false;
                             next_due = Some(now + 1000);
                         }
                     }
