@@ -32,6 +32,7 @@ mod fanout;
 mod ingest;
 mod jobs;
 mod presence;
+mod wal_writes;
 
 /// Versioned migrations, applied in order, each in its own transaction.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -106,7 +107,10 @@ impl SqliteStore {
                 StoreError::Corrupt(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut conn = Connection::open(path)?;
+        // The writer's connection writes the log through a VFS that gathers each commit's
+        // frames into one write (see `wal_writes`); the readers use the default VFS.
+        let vfs = wal_writes::register().map_err(StoreError::Corrupt)?;
+        let mut conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?;
         // Commits write the log without syncing it; the syncer thread syncs it (with
         // `synchronous = full`), as SQLite's FULL would at every commit, but once for many.
         // Checkpoints every 4,000 pages (16 MiB) rather than 1,000: the hot pages (the ends
