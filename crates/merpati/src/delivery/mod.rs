@@ -52,6 +52,8 @@ pub struct Target {
     pub secrets: Vec<String>,
     pub max_concurrency: Option<u32>,
     pub rate_limit: Option<u32>,
+    /// The URL parsed and the signing keys decoded, once for every attempt to this target.
+    pub prepared: send::Prepared,
 }
 
 #[derive(Debug, Clone)]
@@ -886,6 +888,7 @@ mod tests {
                 secrets: Vec::new(),
                 max_concurrency: None,
                 rate_limit: None,
+                prepared: Default::default(),
             }),
         }
     }

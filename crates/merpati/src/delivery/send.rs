@@ -60,6 +60,33 @@ pub fn render_body(
     }
 }
 
+/// What every attempt to a target needs and would otherwise work out again: its URL parsed
+/// and its secrets decoded into signing keys. Worked out at the first attempt and kept with
+/// the target (a changed endpoint is a new target).
+#[derive(Debug, Clone, Default)]
+pub struct Prepared(std::sync::OnceLock<Result<Ready, (&'static str, String)>>);
+
+#[derive(Debug, Clone)]
+pub struct Ready {
+    url: url::Url,
+    webhook: Webhook,
+}
+
+impl Prepared {
+    fn get(&self, target: &super::Target) -> Result<&Ready, (&'static str, String)> {
+        self.0
+            .get_or_init(|| {
+                let url = url::Url::parse(&target.url)
+                    .map_err(|e| ("forbidden_address", e.to_string()))?;
+                let webhook = Webhook::with_secrets(target.secrets.iter().map(String::as_str))
+                    .map_err(|e| ("invalid_secret", e.to_string()))?;
+                Ok(Ready { url, webhook })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 /// What an attempt did, ready to be recorded.
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
@@ -92,31 +119,20 @@ pub async fn attempt(
         retry_after: None,
     };
     let target = &job.endpoint;
-    // An address in the URL never meets the resolver: vet it here. The parsed URL is the
-    // one sent to, so it is parsed once.
-    let vetted = url::Url::parse(&target.url)
-        .map_err(|e| e.to_string())
-        .and_then(|u| {
-            guard
-                .check_url_host(&u)
-                .map(|()| u)
-                .map_err(|e| e.to_string())
-        });
-    let url = match vetted {
-        Ok(url) => url,
-        Err(why) => {
+    // An address in the URL never meets the resolver: vet it here, on every attempt (the
+    // guard is the worker's). The parsed URL is the one sent to.
+    let prepared = target.prepared.get(target).and_then(|p| {
+        guard
+            .check_url_host(&p.url)
+            .map(|()| p)
+            .map_err(|e| ("forbidden_address", e.to_string()))
+    });
+    let (url, webhook) = match prepared {
+        Ok(p) => (p.url.clone(), &p.webhook),
+        Err((kind, why)) => {
             report.result = AttemptResult::Unsendable;
-            report.error_kind = Some("forbidden_address");
+            report.error_kind = Some(kind);
             report.error = Some(why);
-            return report;
-        }
-    };
-    let webhook = match Webhook::with_secrets(target.secrets.iter().map(String::as_str)) {
-        Ok(w) => w,
-        Err(e) => {
-            report.result = AttemptResult::Unsendable;
-            report.error_kind = Some("invalid_secret");
-            report.error = Some(e.to_string());
             return report;
         }
     };
@@ -282,6 +298,7 @@ mod tests {
                 secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
                 max_concurrency: None,
                 rate_limit: None,
+                prepared: Default::default(),
             }),
         };
 

@@ -152,6 +152,7 @@ fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<(Targ
         secrets,
         max_concurrency,
         rate_limit,
+        prepared: Default::default(),
     };
     Ok((target, changes_at))
 }
