@@ -695,7 +695,7 @@ fn unclaim(claimed: &mut HashSet<i64>, room: &Semaphore, delivery_id: i64) {
 
 /// What every attempt shares.
 struct Sender {
-    client: reqwest::Client,
+    client: send::Client,
     guard: guard::Guard,
     records: mpsc::Sender<AttemptRecord>,
     clock: SharedClock,

@@ -3,9 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use merpati_webhooks::signing::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use merpati_webhooks::Webhook;
-use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
 use super::guard::{is_forbidden, Guard, GuardedResolver};
 use super::retry::{parse_retry_after, AttemptResult};
@@ -15,20 +19,34 @@ use crate::endpoints::BodyFormat;
 /// How much of an answer is kept with the attempt.
 pub const RESPONSE_SNIPPET_BYTES: usize = 4096;
 
-/// The delivery client: resolves names only through the guard, never follows redirects,
-/// ignores proxy settings of the environment (a proxy would connect where the guard did not
-/// look).
-pub fn client(timeout: Duration, resolver: GuardedResolver) -> reqwest::Client {
-    reqwest::Client::builder()
-        .dns_resolver(std::sync::Arc::new(resolver))
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
+const USER_AGENT_VALUE: &str = concat!("merpati/", env!("CARGO_PKG_VERSION"));
+
+/// The delivery client (hyper's pooled client, HTTP/1.1 and HTTP/2 over TLS or not).
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>,
+    Full<Bytes>,
+>;
+
+/// The delivery client: resolves names only through the guard, never follows redirects and
+/// knows no proxy (a proxy would connect where the guard did not look). hyper's own client
+/// rather than a higher-level one: those turn every answer's URI back into a parsed URL for
+/// their redirect handling, a tenth of the CPU of an attempt.
+pub fn client(timeout: Duration, resolver: GuardedResolver) -> Client {
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+    let tls = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .user_agent(concat!("merpati/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client configuration is valid")
+        .timer(TokioTimer::new())
+        .build(tls)
 }
 
 /// The bytes to send and their content type: the stored JSON payload as it is, or with the
@@ -69,6 +87,7 @@ pub struct Prepared(std::sync::OnceLock<Result<Ready, (&'static str, String)>>);
 #[derive(Debug, Clone)]
 pub struct Ready {
     url: url::Url,
+    uri: http::Uri,
     webhook: Webhook,
 }
 
@@ -78,9 +97,13 @@ impl Prepared {
             .get_or_init(|| {
                 let url = url::Url::parse(&target.url)
                     .map_err(|e| ("forbidden_address", e.to_string()))?;
+                let uri = url
+                    .as_str()
+                    .parse()
+                    .map_err(|e: http::uri::InvalidUri| ("request", e.to_string()))?;
                 let webhook = Webhook::with_secrets(target.secrets.iter().map(String::as_str))
                     .map_err(|e| ("invalid_secret", e.to_string()))?;
-                Ok(Ready { url, webhook })
+                Ok(Ready { url, uri, webhook })
             })
             .as_ref()
             .map_err(Clone::clone)
@@ -101,7 +124,7 @@ pub struct AttemptReport {
 }
 
 pub async fn attempt(
-    client: &reqwest::Client,
+    client: &Client,
     guard: &Guard,
     job: &DueDelivery,
     timeout: Duration,
@@ -127,8 +150,8 @@ pub async fn attempt(
             .map(|()| p)
             .map_err(|e| ("forbidden_address", e.to_string()))
     });
-    let (url, webhook) = match prepared {
-        Ok(p) => (p.url.clone(), &p.webhook),
+    let (uri, webhook) = match prepared {
+        Ok(p) => (p.uri.clone(), &p.webhook),
         Err((kind, why)) => {
             report.result = AttemptResult::Unsendable;
             report.error_kind = Some(kind);
@@ -146,26 +169,25 @@ pub async fn attempt(
     );
     let timestamp = started_at_ms.div_euclid(1000);
     let signature = webhook.sign(&job.event_id, timestamp, &body);
-    let mut request = client
-        .post(url)
-        .header(CONTENT_TYPE, content_type)
-        .header(HEADER_ID, &job.event_id)
-        .header(HEADER_TIMESTAMP, timestamp.to_string())
-        .header(HEADER_SIGNATURE, signature)
-        .body(body);
-    for (name, value) in &target.headers {
-        request = request.header(name, value);
-    }
+    let request = match build_request(uri, content_type, job, timestamp, signature, target, body) {
+        Ok(request) => request,
+        Err(e) => {
+            report.result = AttemptResult::Unsendable;
+            report.error_kind = Some("request");
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
     let exchange = async {
-        let response = request.send().await?;
+        let response = client.request(request).await?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let snippet = read_snippet(response).await;
-        Ok::<_, reqwest::Error>((status, retry_after, snippet))
+        let snippet = read_snippet(response.into_body()).await;
+        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, snippet))
     };
     // The client's own timeout covers the request; this one also bounds reading the answer.
     match tokio::time::timeout(timeout, exchange).await {
@@ -204,12 +226,38 @@ pub async fn attempt(
     report
 }
 
+/// The signed POST, with the endpoint's own headers after ours.
+fn build_request(
+    uri: http::Uri,
+    content_type: &'static str,
+    job: &DueDelivery,
+    timestamp: i64,
+    signature: String,
+    target: &super::Target,
+    body: Vec<u8>,
+) -> Result<http::Request<Full<Bytes>>, http::Error> {
+    let mut request = http::Request::post(uri)
+        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+        .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+        .header(HeaderName::from_static(HEADER_ID), job.event_id.as_str())
+        .header(HeaderName::from_static(HEADER_TIMESTAMP), timestamp)
+        .header(HeaderName::from_static(HEADER_SIGNATURE), signature);
+    for (name, value) in &target.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    request.body(Full::new(Bytes::from(body)))
+}
+
 /// Up to [`RESPONSE_SNIPPET_BYTES`] of the body; the rest is never read.
-async fn read_snippet(mut response: reqwest::Response) -> String {
+async fn read_snippet(mut body: hyper::body::Incoming) -> String {
     let mut buf = Vec::new();
     while buf.len() < RESPONSE_SNIPPET_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    buf.extend_from_slice(data);
+                }
+            }
             _ => break,
         }
     }
@@ -219,7 +267,7 @@ async fn read_snippet(mut response: reqwest::Response) -> String {
 
 /// The attempt's error kind: `timeout`, `connect`, `invalid_response` (what came back was not
 /// HTTP), `response` (the answer broke off), or `request`.
-fn classify(e: &reqwest::Error) -> &'static str {
+fn classify(e: &hyper_util::client::legacy::Error) -> &'static str {
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         if c.downcast_ref::<hyper::Error>()
@@ -227,21 +275,22 @@ fn classify(e: &reqwest::Error) -> &'static str {
         {
             return "invalid_response";
         }
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return "timeout";
+        }
         cause = c.source();
     }
-    if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
+    if e.is_connect() {
         "connect"
-    } else if e.is_body() || e.is_decode() {
-        "response"
     } else {
         "request"
     }
 }
 
 /// The error with its causes, which say what actually went wrong (refused, reset, …).
-fn error_chain(e: &reqwest::Error) -> String {
+fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
