@@ -526,17 +526,53 @@ async fn start_timing_receiver(
     serve_on_loopback(app).await
 }
 
+/// The benchmark's HTTP client (the devices', and the relay's): hyper's pooled client, as
+/// merpati's deliveries use, so that the client's own cost is the least it can be.
+type LoadClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<Bytes>,
+>;
+
 /// The simulated devices' client: kept-alive connections, as many as the load keeps under way.
-fn load_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?)
+fn load_client() -> anyhow::Result<LoadClient> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(4096)
+            .build(http),
+    )
+}
+
+/// POSTs `body` as JSON (with a bearer token, if any); true when the answer is a success.
+async fn post_json(
+    client: &LoadClient,
+    uri: &http::Uri,
+    token: Option<&str>,
+    body: impl Into<Bytes>,
+) -> bool {
+    let mut request = http::Request::post(uri.clone()).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let Ok(request) = request.body(http_body_util::Full::new(body.into())) else {
+        return false;
+    };
+    match client.request(request).await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            // Read the answer to its end, so that the connection goes back to the pool.
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+            ok
+        }
+        Err(_) => false,
+    }
 }
 
 /// Posts items as fast as allowed until `until`; returns how many were accepted.
 #[allow(clippy::too_many_arguments)]
 async fn load(
-    client: reqwest::Client,
+    client: LoadClient,
     url: String,
     tokens: Vec<String>,
     items_per_request: usize,
@@ -548,13 +584,16 @@ async fn load(
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return (0, 0);
+    };
     // A fixed rate is shared out among the workers as a per-worker interval.
     let per_worker =
         rate.map(|r| Duration::from_secs_f64(concurrency as f64 * items_per_request as f64 / r));
     for w in 0..concurrency {
-        let (client, url, accepted, failed) = (
+        let (client, uri, accepted, failed) = (
             client.clone(),
-            url.clone(),
+            uri.clone(),
             accepted.clone(),
             failed.clone(),
         );
@@ -585,15 +624,7 @@ async fn load(
                 } else {
                     json!({ "items": items })
                 };
-                let ok = client
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
+                let ok = post_json(&client, &uri, Some(&token), body.to_string()).await;
                 if ok {
                     accepted.fetch_add(
                         items_per_request as u64,
@@ -683,10 +714,10 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     let epoch = Instant::now();
     let log = Arc::new(ReceiptLog::default());
     let (receiver, receiver_task) = start_timing_receiver(log.clone(), epoch).await?;
-    let targets: Arc<Vec<String>> = Arc::new(
+    let targets: Arc<Vec<http::Uri>> = Arc::new(
         (0..args.endpoints)
-            .map(|i| format!("http://{receiver}/hook/{i}"))
-            .collect(),
+            .map(|i| format!("http://{receiver}/hook/{i}").parse())
+            .collect::<Result<_, _>>()?,
     );
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -699,9 +730,7 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let client = reqwest::Client::builder()
-                    .pool_max_idle_per_host(4096)
-                    .build()?;
+                let client = load_client()?;
                 let app = axum::Router::new().fallback(move |body: Bytes| {
                     let (client, targets) = (client.clone(), targets.clone());
                     async move { relay_request(&client, &targets, &body).await }
@@ -750,8 +779,8 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
 
 /// One request through the relay: every item to every target, then the answer.
 async fn relay_request(
-    client: &reqwest::Client,
-    targets: &[String],
+    client: &LoadClient,
+    targets: &[http::Uri],
     body: &[u8],
 ) -> axum::http::StatusCode {
     let Ok(body) = serde_json::from_slice::<Value>(body) else {
@@ -762,20 +791,14 @@ async fn relay_request(
         None => vec![body],
     };
     let posts = items.iter().flat_map(|item| {
-        let payload = json!({"type": "sms", "data": {"message": item["message"]}}).to_string();
-        targets.iter().map(move |target| {
-            client
-                .post(target)
-                .header("content-type", "application/json")
-                .body(payload.clone())
-                .send()
-        })
+        let payload =
+            Bytes::from(json!({"type": "sms", "data": {"message": item["message"]}}).to_string());
+        targets
+            .iter()
+            .map(move |target| post_json(client, target, None, payload.clone()))
     });
     let answers = futures_util::future::join_all(posts).await;
-    if answers
-        .iter()
-        .all(|a| a.as_ref().is_ok_and(|r| r.status().is_success()))
-    {
+    if answers.iter().all(|ok| *ok) {
         axum::http::StatusCode::ACCEPTED
     } else {
         axum::http::StatusCode::BAD_GATEWAY
