@@ -14,7 +14,7 @@ bench                                                         # 1 item a request
 bench --items-per-request 100 --concurrency 16 --idle 30s    # 100 items a request, then idle
 bench --rate 2000                                             # steady rate: latency
 bench --rate 150 --endpoints 100 --concurrency 16             # fan-out to 100 endpoints: 15,000/s offered
-bench --rate 200 --endpoints 100 --concurrency 16             # … 20,000/s offered: the most it delivers
+bench --rate 250 --endpoints 100 --concurrency 16             # … 25,000/s offered: the most it delivers
 bench --slow-endpoint 10s                                     # isolation, full speed
 bench --rate 4000                                             # isolation at a steady rate: alone
 bench --rate 4000 --slow-endpoint 10s                         # … and beside a 10 s endpoint
