@@ -116,7 +116,7 @@ impl FromRequestParts<AppState> for Account {
 }
 
 /// A device token: the device API, as that one device.
-pub struct Device(pub DeviceContext);
+pub struct Device(pub std::sync::Arc<DeviceContext>);
 
 impl FromRequestParts<AppState> for Device {
     type Rejection = ApiError;
@@ -128,6 +128,7 @@ impl FromRequestParts<AppState> for Device {
         }
         match state.store.device_for_token(hash.clone()).await? {
             Some(ctx) => {
+                let ctx = std::sync::Arc::new(ctx);
                 state.device_tokens.put(hash, ctx.clone());
                 Ok(Device(ctx))
             }

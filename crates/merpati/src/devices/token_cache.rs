@@ -15,20 +15,20 @@ const TTL: Duration = Duration::from_secs(2);
 const SWEEP_AT: usize = 50_000;
 
 /// Token digest → the device and when it was read.
-type Entries = HashMap<Vec<u8>, (DeviceContext, Instant)>;
+type Entries = HashMap<Vec<u8>, (Arc<DeviceContext>, Instant)>;
 
 #[derive(Clone, Default)]
 pub struct TokenCache(Arc<Mutex<Entries>>);
 
 impl TokenCache {
-    pub fn get(&self, hash: &[u8]) -> Option<DeviceContext> {
+    pub fn get(&self, hash: &[u8]) -> Option<Arc<DeviceContext>> {
         let map = self.0.lock().expect("token cache lock");
         map.get(hash)
             .filter(|(_, at)| at.elapsed() < TTL)
             .map(|(ctx, _)| ctx.clone())
     }
 
-    pub fn put(&self, hash: Vec<u8>, ctx: DeviceContext) {
+    pub fn put(&self, hash: Vec<u8>, ctx: Arc<DeviceContext>) {
         let mut map = self.0.lock().expect("token cache lock");
         if map.len() >= SWEEP_AT {
             map.retain(|_, (_, at)| at.elapsed() < TTL);

@@ -98,7 +98,7 @@ pub trait IngestStore: Send + Sync {
     /// rid was used before for different content; then nothing is written.
     async fn ingest(
         &self,
-        device: DeviceContext,
+        device: std::sync::Arc<DeviceContext>,
         items: Vec<PreparedItem>,
         now_ms: i64,
         handoff: &Handoff,

@@ -132,6 +132,8 @@ async fn close(socket: &mut WebSocket, c: LinkClose) {
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
+    // Shared with every ingest of the link rather than copied into each.
+    let device = std::sync::Arc::new(device);
     let timeouts = state.presence_policy.for_device(&device);
     let (link, mut replaced, _) = match state.presence.link_opened(&device, timeouts).await {
         Ok(opened) => opened,
@@ -272,7 +274,7 @@ struct HeartbeatFrame {
 
 async fn handle_text(
     state: &AppState,
-    device: &DeviceContext,
+    device: &std::sync::Arc<DeviceContext>,
     limiter: &mut HeartbeatLimiter,
     text: &str,
 ) -> Option<Value> {

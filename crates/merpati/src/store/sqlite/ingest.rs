@@ -83,7 +83,7 @@ pub(super) fn scope(d: &DeviceContext) -> Scope<'_> {
 impl IngestStore for SqliteStore {
     async fn ingest(
         &self,
-        device: DeviceContext,
+        device: std::sync::Arc<DeviceContext>,
         items: Vec<PreparedItem>,
         now_ms: i64,
         handoff: &Handoff,
