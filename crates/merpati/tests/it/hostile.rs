@@ -147,6 +147,11 @@ async fn hostile_receivers_are_bounded_recorded_and_harmless_to_a_healthy_one() 
             .await;
     })
     .await;
+    // Half a status line, then the connection closes.
+    let broken = RawReceiver::start(|mut s| async move {
+        let _ = s.write_all(b"HTTP/1.1 200").await;
+    })
+    .await;
     // Reads the request and never answers.
     let silent = RawReceiver::start(|s| async move {
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -160,6 +165,7 @@ async fn hostile_receivers_are_bounded_recorded_and_harmless_to_a_healthy_one() 
     let garbage_ep = raw_endpoint(&app, &m.key, &garbage.url).await;
     let metadata_ep = raw_endpoint(&app, &m.key, &metadata.url).await;
     let silent_ep = raw_endpoint(&app, &m.key, &silent.url).await;
+    let broken_ep = raw_endpoint(&app, &m.key, &broken.url).await;
     app.endpoint(&m.key, &healthy, json!({})).await;
 
     let started = Instant::now();
@@ -207,6 +213,11 @@ async fn hostile_receivers_are_bounded_recorded_and_harmless_to_a_healthy_one() 
     let a = first_attempt(&app, &m.key, event, &metadata_ep).await;
     assert_eq!(a["status_code"], 302, "{a}");
     assert_eq!(a["error_kind"], "redirect", "{a}");
+
+    // An answer that breaks off: an error of its own, no status.
+    let a = first_attempt(&app, &m.key, event, &broken_ep).await;
+    assert_eq!(a["error_kind"], "response", "{a}");
+    assert!(a["status_code"].is_null(), "{a}");
 
     // Silence: the timeout.
     let a = first_attempt(&app, &m.key, event, &silent_ep).await;
