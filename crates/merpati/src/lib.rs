@@ -37,9 +37,12 @@ use config::{Config, Secret};
 /// Serves until SIGINT or SIGTERM, then stops gracefully. Fails if an essential task
 /// failed and stopped the server.
 pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
+    // Listening before anything starts: a signal that comes while the server starts (its
+    // worker may already deliver) stops it gracefully rather than killing the process.
+    let signalled = shutdown_signal()?;
     let server = start(config, listener, Arc::new(SystemClock)).await?;
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         _ = server.shutdown.cancelled() => {}
     }
     tracing::info!("shutting down");
@@ -249,25 +252,25 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future
+/// is first polled.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
+        })
     }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Runs a future to completion on a new multi-threaded runtime.

@@ -223,3 +223,12 @@ async fn sigterm_stops_the_binary_cleanly_and_it_starts_again_on_the_same_data()
     );
     stop_gracefully(&mut child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_the_moment_it_listens_stops_it_cleanly() {
+    // The signal handlers are in place before the server starts: a supervisor that stops it
+    // at once still gets a graceful stop, not a kill.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _url) = spawn_binary(dir.path()).await;
+    stop_gracefully(&mut child).await;
+}
