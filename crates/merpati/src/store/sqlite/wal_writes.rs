@@ -183,7 +183,6 @@ macro_rules! real {
 /// Hands what is gathered to the kernel.
 unsafe fn flush(log: *mut LogFile) -> c_int {
     let gathered = &mut (*log).gathered;
-    gathered.commit_page_next = false;
     if gathered.bytes.is_empty() {
         return ffi::SQLITE_OK;
     }
@@ -224,6 +223,9 @@ unsafe extern "C" fn log_write(
     let Ok(len) = usize::try_from(amount) else {
         return ffi::SQLITE_IOERR_WRITE;
     };
+    // Taken before anything is written: this write completes a commit even if it does not
+    // follow on from what is gathered.
+    let completes_commit = (*log).gathered.commit_page_next;
     if !(*log).gathered.bytes.is_empty() && (*log).gathered.end() != offset {
         let rc = flush(log);
         if rc != ffi::SQLITE_OK {
@@ -236,7 +238,6 @@ unsafe extern "C" fn log_write(
         gathered.start = offset;
     }
     gathered.bytes.extend_from_slice(bytes);
-    let completes_commit = gathered.commit_page_next;
     gathered.commit_page_next = len == FRAME_HEADER && bytes[4..8] != [0; 4];
     if completes_commit || gathered.bytes.len() >= MAX_GATHERED {
         return flush(log);
