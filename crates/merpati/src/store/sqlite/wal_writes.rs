@@ -180,6 +180,18 @@ macro_rules! real {
     }};
 }
 
+/// The default VFS's method `$m` of the real file, once what is gathered is written: a
+/// read, sync, truncation, size or file control sees the file as SQLite wrote it.
+macro_rules! after_flush {
+    ($file:expr, $m:ident $(, $arg:expr)*) => {{
+        let log = $file.cast::<LogFile>();
+        match flush(log) {
+            ffi::SQLITE_OK => real!(log, $m $(, $arg)*),
+            rc => rc,
+        }
+    }};
+}
+
 /// Hands what is gathered to the kernel.
 unsafe fn flush(log: *mut LogFile) -> c_int {
     let gathered = &mut (*log).gathered;
@@ -264,35 +276,19 @@ unsafe extern "C" fn log_read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    let log = file.cast::<LogFile>();
-    match flush(log) {
-        ffi::SQLITE_OK => real!(log, xRead, data, amount, offset),
-        rc => rc,
-    }
+    after_flush!(file, xRead, data, amount, offset)
 }
 
 unsafe extern "C" fn log_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
-    let log = file.cast::<LogFile>();
-    match flush(log) {
-        ffi::SQLITE_OK => real!(log, xTruncate, size),
-        rc => rc,
-    }
+    after_flush!(file, xTruncate, size)
 }
 
 unsafe extern "C" fn log_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
-    let log = file.cast::<LogFile>();
-    match flush(log) {
-        ffi::SQLITE_OK => real!(log, xSync, flags),
-        rc => rc,
-    }
+    after_flush!(file, xSync, flags)
 }
 
 unsafe extern "C" fn log_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    let log = file.cast::<LogFile>();
-    match flush(log) {
-        ffi::SQLITE_OK => real!(log, xFileSize, size),
-        rc => rc,
-    }
+    after_flush!(file, xFileSize, size)
 }
 
 unsafe extern "C" fn log_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
@@ -315,11 +311,7 @@ unsafe extern "C" fn log_file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    let log = file.cast::<LogFile>();
-    match flush(log) {
-        ffi::SQLITE_OK => real!(log, xFileControl, op, arg),
-        rc => rc,
-    }
+    after_flush!(file, xFileControl, op, arg)
 }
 
 unsafe extern "C" fn log_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
