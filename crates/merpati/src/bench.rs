@@ -569,7 +569,15 @@ async fn post_json(
     }
 }
 
-/// Posts items as fast as allowed until `until`; returns how many were accepted.
+/// What the devices' client saw.
+struct LoadOutcome {
+    accepted: u64,
+    failed_requests: u64,
+    /// From sending each accepted request to its answer (the event durable), sorted.
+    answer_latencies_us: Vec<u64>,
+}
+
+/// Posts items as fast as allowed until `until`.
 #[allow(clippy::too_many_arguments)]
 async fn load(
     client: LoadClient,
@@ -580,12 +588,16 @@ async fn load(
     rate: Option<f64>,
     until: Instant,
     epoch: Instant,
-) -> (u64, u64) {
+) -> LoadOutcome {
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
     let Ok(uri) = url.parse::<http::Uri>() else {
-        return (0, 0);
+        return LoadOutcome {
+            accepted: 0,
+            failed_requests: 0,
+            answer_latencies_us: Vec::new(),
+        };
     };
     // A fixed rate is shared out among the workers as a per-worker interval.
     let per_worker =
@@ -600,6 +612,7 @@ async fn load(
         let token = tokens[w % tokens.len()].clone();
         workers.spawn(async move {
             let mut rid: u64 = (w as u64) << 40;
+            let mut answers_us = Vec::new();
             let mut tick = per_worker.map(|p| {
                 let mut i = tokio::time::interval_at(
                     tokio::time::Instant::now() + p.mul_f64(w as f64 / concurrency as f64),
@@ -624,8 +637,10 @@ async fn load(
                 } else {
                     json!({ "items": items })
                 };
+                let sent = Instant::now();
                 let ok = post_json(&client, &uri, Some(&token), body.to_string()).await;
                 if ok {
+                    answers_us.push(sent.elapsed().as_micros() as u64);
                     accepted.fetch_add(
                         items_per_request as u64,
                         std::sync::atomic::Ordering::Relaxed,
@@ -634,13 +649,19 @@ async fn load(
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
+            answers_us
         });
     }
-    while workers.join_next().await.is_some() {}
-    (
-        accepted.load(std::sync::atomic::Ordering::Relaxed),
-        failed.load(std::sync::atomic::Ordering::Relaxed),
-    )
+    let mut answer_latencies_us = Vec::new();
+    while let Some(answers) = workers.join_next().await {
+        answer_latencies_us.extend(answers.unwrap_or_default());
+    }
+    answer_latencies_us.sort_unstable();
+    LoadOutcome {
+        accepted: accepted.load(std::sync::atomic::Ordering::Relaxed),
+        failed_requests: failed.load(std::sync::atomic::Ordering::Relaxed),
+        answer_latencies_us,
+    }
 }
 
 /// The same client loop against a server that only answers 202: what this machine's
@@ -655,7 +676,7 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
     });
     let client = load_client()?;
     let epoch = Instant::now();
-    let (done, _) = load(
+    let done = load(
         client,
         url,
         vec!["x".into()],
@@ -665,7 +686,8 @@ async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64
         Instant::now() + duration,
         epoch,
     )
-    .await;
+    .await
+    .accepted;
     server.abort();
     // `load` counts items; the baseline is in requests.
     Ok(done as f64 / args.items_per_request as f64 / duration.as_secs_f64())
@@ -748,7 +770,7 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
     let client = load_client()?;
     let (process_cpu0, relay_cpu0) = (own_cpu_seconds(), own_threads_cpu_seconds(RELAY_THREADS));
     let started = Instant::now();
-    let (accepted, _) = load(
+    let accepted = load(
         client,
         format!("http://{addr}/v1/device/messages"),
         vec!["x".into()],
@@ -758,7 +780,8 @@ async fn relay_baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Resu
         started + duration,
         epoch,
     )
-    .await;
+    .await
+    .accepted;
     let seconds = started.elapsed().as_secs_f64();
     // Read before the relay's threads end and take their figures with them.
     let relay_cpu = own_threads_cpu_seconds(RELAY_THREADS) - relay_cpu0;
@@ -850,7 +873,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let rss_before = server.rss_mib();
     let (cpu0, client_cpu0) = (server.cpu_seconds(), own_cpu_seconds());
     let started = Instant::now();
-    let (accepted, failed) = load(
+    let outcome = load(
         client,
         format!("{}/v1/device/messages", server.url),
         tokens,
@@ -861,6 +884,8 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         epoch,
     )
     .await;
+    let (accepted, failed) = (outcome.accepted, outcome.failed_requests);
+    let answers = &outcome.answer_latencies_us;
     let ingest_seconds = started.elapsed().as_secs_f64();
     let expected = accepted * args.endpoints as u64;
     let drain_limit = Duration::from_secs(600);
@@ -922,6 +947,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "all_delivered": drained,
         "delivered_per_second": delivered_per_s,
         "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
+        "answer_latency_ms": {"p50": ms(percentile(answers, 0.5)), "p99": ms(percentile(answers, 0.99)), "max": ms(answers.last().copied().unwrap_or(0))},
         "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
         "cpu_us_per_delivery": cpu_per_delivery.json(),
         "server_rss_mib": {"before": rss_before, "after": rss_after},
@@ -972,6 +998,12 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             ms(pick(0.5)),
             ms(pick(0.99)),
             ms(lat.last().copied().unwrap_or(0))
+        );
+        println!(
+            "  answer latency  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms   (request sent to its 202: the events durable)",
+            ms(percentile(answers, 0.5)),
+            ms(percentile(answers, 0.99)),
+            ms(answers.last().copied().unwrap_or(0))
         );
         println!(
             "  server          {:.0}% of one core, {rss_before:.1} → {rss_after:.1} MiB resident",
