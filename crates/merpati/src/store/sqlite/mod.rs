@@ -7,7 +7,8 @@
 //! log durable (one fsync for every group committed meanwhile) and only then answers each
 //! caller, while the writer goes on with the next group: the writer waits for the disk
 //! only when it checkpoints (copies the log back into the database), which it does itself
-//! so that the log can start over rather than grow while commits never stop. Reads go to
+//! so that the log can start over rather than grow while commits never stop; a checkpointer
+//! thread copies most of the log back beside it first (see `checkpoint`). Reads go to
 //! a small pool of read-only connections, which WAL lets run beside the writer; they may
 //! see a commit a few milliseconds before it is durable, but nothing is answered, nor
 //! handed on, before.
@@ -23,6 +24,7 @@ use super::{Store, StoreError, StoreResult};
 use crate::config::DatabaseConfig;
 
 mod accounts;
+mod checkpoint;
 mod delivery;
 mod devices;
 mod endpoint_cache;
@@ -82,7 +84,7 @@ const SYNC_QUEUE: usize = 64;
 
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
-    /// The writer, then the syncer, which ends after it.
+    /// The writer, then the syncer and the checkpointer, which end after it.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
 }
@@ -113,20 +115,30 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?;
         // Commits write the log without syncing it; the syncer thread syncs it (with
         // `synchronous = full`), as SQLite's FULL would at every commit, but once for many.
-        // Checkpoints every 4,000 pages (16 MiB) rather than 1,000: the hot pages (the ends
-        // of the append-only tables and indexes) are copied back a quarter as often. An
-        // 8 MiB page cache keeps the indexes every event touches in memory.
+        // An 8 MiB page cache keeps the indexes every event touches in memory.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;
-             PRAGMA wal_autocheckpoint = 4000;
              PRAGMA cache_size = -8192;",
         )?;
         migrate(&mut conn)?;
         endpoint_cache::watch(&conn);
+        // From here on the writer checkpoints at `checkpoint::WRITER_CHECKPOINT` frames,
+        // after a background thread copied most of the log back (see `checkpoint`).
+        conn.wal_hook(Some(checkpoint::after_commit));
+        let checkpointer = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        checkpointer.execute_batch("PRAGMA synchronous = NORMAL;")?;
+        let database = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| StoreError::Corrupt(format!("cannot open the database file: {e}")))?;
         // Open while the store is: SQLite removes the log only when its last connection
         // closes, so this stays the file the commits write to.
         let log = std::fs::OpenOptions::new()
@@ -153,19 +165,26 @@ impl SqliteStore {
 
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (to_sync, committed) = std::sync::mpsc::sync_channel(SYNC_QUEUE);
+        let (background, checkpoint_asked) = checkpoint::channel();
         let sync = config.synchronous_full;
         let thread_error = |e| StoreError::Corrupt(format!("cannot start a store thread: {e}"));
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, to_sync))
+            .spawn(move || writer_loop(conn, rx, to_sync, background))
             .map_err(thread_error)?;
         let syncer = std::thread::Builder::new()
             .name("sqlite-sync".into())
             .spawn(move || sync_loop(log, sync, committed))
             .map_err(thread_error)?;
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                checkpoint::run(checkpointer, database, checkpoint_asked);
+            })
+            .map_err(thread_error)?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
-            threads: Mutex::new(vec![writer, syncer]),
+            threads: Mutex::new(vec![writer, syncer, checkpointer]),
             readers: Arc::new(ReadPool {
                 available: Semaphore::new(readers.len()),
                 idle: Mutex::new(readers),
@@ -369,7 +388,9 @@ fn writer_loop(
     conn: Connection,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     to_sync: std::sync::mpsc::SyncSender<Group>,
+    background: checkpoint::Background,
 ) {
+    checkpoint::install(background);
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -378,7 +399,10 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match run_group(&conn, &mut group) {
+        let started = std::time::Instant::now();
+        let committed = run_group(&conn, &mut group);
+        checkpoint::writer_was_busy(started.elapsed());
+        match committed {
             Ok(()) => {
                 if let Err(unsent) = to_sync.send(group) {
                     for job in unsent.0 {
@@ -394,6 +418,7 @@ fn writer_loop(
             }
         }
     }
+    checkpoint::uninstall();
 }
 
 /// Makes committed groups durable, as many at a time as have committed, then answers them.
@@ -710,6 +735,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, ROWS as i64);
+        let check: String = store
+            .read(|c| Ok(c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(check, "ok");
         let log = std::fs::metadata(wal_path(&path)).unwrap().len();
         let written = (ROWS * 16 * 1024) as u64;
         assert!(
