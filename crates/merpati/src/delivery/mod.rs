@@ -6,7 +6,7 @@
 //! a crash mid-attempt leaves it due again rather than lost. No database connection is held
 //! while a request is under way: claim, send, record are three separate steps.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -265,6 +265,32 @@ struct Finished {
 }
 
 /// The earlier of two optional times.
+/// When the retries the worker scheduled itself are due, the earliest `MAX` of them: a
+/// retry further off is written by the time it is due, and the store's next due time
+/// (read whenever a claim finds less than it asked for) brings it back.
+#[derive(Default)]
+struct Retries(BTreeSet<i64>);
+
+impl Retries {
+    const MAX: usize = 1024;
+
+    fn add(&mut self, at: i64) {
+        self.0.insert(at);
+        if self.0.len() > Self::MAX {
+            self.0.pop_last();
+        }
+    }
+
+    fn first(&self) -> Option<i64> {
+        self.0.first().copied()
+    }
+
+    /// Forgets the retries due at `now` or before: a claim at `now` took them.
+    fn forget_until(&mut self, now: i64) {
+        self.0 = self.0.split_off(&(now + 1));
+    }
+}
+
 pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -324,6 +350,10 @@ impl Worker {
         // the next one is due as far as the worker knows.
         let mut known_due = true;
         let mut next_due: Option<i64> = None;
+        // The retries this worker scheduled, apart from `next_due`: the recorder may not have
+        // written one yet when a claim finds nothing due, and a later one folded into
+        // `next_due` would be dropped with the earlier time it hid behind.
+        let mut retries = Retries::default();
         let mut stale = true;
         let mut due_read_at = i64::MIN / 2;
         // Whether anything was sent since the worker last let its connections go, and since
@@ -421,7 +451,7 @@ impl Worker {
                 stale = false;
                 due_read_at = now;
                 match self.store.next_due_at().await {
-                    // Retries the recorder has not written yet are only in `next_due`.
+                    // Retries the recorder has not written yet are in `retries`.
                     Ok(at) => next_due = earliest(at, next_due),
                     Err(e) => {
                         tracing::error!(error = %e, "could not read the next due time");
@@ -430,7 +460,7 @@ impl Worker {
                 }
             }
             let store_wake = if worth_claiming || state.claimed.is_empty() {
-                next_due
+                earliest(next_due, retries.first())
             } else {
                 None
             };
@@ -459,7 +489,10 @@ impl Worker {
                             state.room.add_permits(want - jobs.len());
                             if !known_due {
                                 // Nothing else is due now; what is due later is still known.
+                                // A retry due by now whose record was not written yet is
+                                // not lost: the recorder wakes the worker once it is.
                                 next_due = next_due.filter(|at| *at > now);
+                                retries.forget_until(now);
                                 stale = true;
                             }
                             for job in jobs {
@@ -512,7 +545,9 @@ impl Worker {
                                 }
                             }
                         };
-                        next_due = earliest(next_due, finished.retry_at);
+                        if let Some(at) = finished.retry_at {
+                            retries.add(at);
+                        }
                         state.finish(finished, self.clock.now_ms(), &policy, &self.pauses);
                     }
                 }
@@ -865,6 +900,27 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_remembered_apart_until_a_claim_takes_them() {
+        let mut retries = Retries::default();
+        assert_eq!(retries.first(), None);
+        retries.add(655);
+        retries.add(529);
+        assert_eq!(retries.first(), Some(529));
+        // A claim at 535 took what was due; the retry at 655 is still to come.
+        retries.forget_until(535);
+        assert_eq!(retries.first(), Some(655));
+        retries.forget_until(655);
+        assert_eq!(retries.first(), None);
+        // Only the earliest are kept.
+        for at in (0..2 * Retries::MAX as i64).rev() {
+            retries.add(at);
+        }
+        assert_eq!(retries.0.len(), Retries::MAX);
+        assert_eq!(retries.first(), Some(0));
+        assert_eq!(retries.0.last(), Some(&(Retries::MAX as i64 - 1)));
+    }
 
     fn config(max_in_flight: usize) -> DeliveryConfig {
         DeliveryConfig {
