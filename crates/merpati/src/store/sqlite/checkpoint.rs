@@ -139,6 +139,24 @@ pub(super) fn run(conn: Connection, database: std::fs::File, woken: Receiver<()>
 mod tests {
     use super::*;
 
+    /// A database in WAL mode with a table `t (n, filler)`, and a connection to it.
+    fn table_in_wal_mode(dir: &std::path::Path, pragmas: &str) -> (std::path::PathBuf, Connection) {
+        let path = dir.join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; {pragmas} CREATE TABLE t (n INTEGER, filler BLOB);"
+        ))
+        .unwrap();
+        (path, conn)
+    }
+
+    fn assert_whole(conn: &Connection) {
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+    }
+
     #[test]
     fn a_pass_is_asked_for_each_step_the_log_grows() {
         let (mut background, woken) = channel();
@@ -179,14 +197,7 @@ mod tests {
     #[test]
     fn passes_beside_a_committing_writer_leave_the_log_short_and_the_database_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let writer = Connection::open(&path).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
-                 CREATE TABLE t (n INTEGER, filler BLOB);",
-            )
-            .unwrap();
+        let (path, writer) = table_in_wal_mode(dir.path(), "PRAGMA synchronous = NORMAL;");
         writer.wal_hook(Some(after_commit));
         let (background, woken) = channel();
         let checkpointer = Connection::open(&path).unwrap();
@@ -219,23 +230,13 @@ mod tests {
             })
             .unwrap();
         assert_eq!((count, sum), (ROWS, ROWS * (ROWS - 1) / 2));
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_whole(&reader);
     }
 
     #[test]
     fn a_pass_copies_the_log_into_the_database_beside_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let writer = Connection::open(&path).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
-                 CREATE TABLE t (n INTEGER, filler BLOB);",
-            )
-            .unwrap();
+        let (path, writer) = table_in_wal_mode(dir.path(), "PRAGMA wal_autocheckpoint = 0;");
         for n in 0..500 {
             writer
                 .execute("INSERT INTO t VALUES (?1, zeroblob(3000))", [n])
@@ -267,9 +268,6 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 501);
-        let check: String = reader
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        assert_whole(&reader);
     }
 }
