@@ -265,29 +265,34 @@ struct Finished {
 }
 
 /// The earlier of two optional times.
-/// When the retries the worker scheduled itself are due, the earliest `MAX` of them: a
-/// retry further off is written by the time it is due, and the store's next due time
-/// (read whenever a claim finds less than it asked for) brings it back.
+/// When the retries the worker scheduled itself are due: the earliest `MAX` of them, and
+/// the earliest of those let go to stay that small. The worker wakes then and claims, and
+/// the store's next due time (read whenever a claim finds less than it asked for) has the
+/// rest, whose records were written long before.
 #[derive(Default)]
-struct Retries(BTreeSet<i64>);
+struct Retries {
+    soon: BTreeSet<i64>,
+    let_go: Option<i64>,
+}
 
 impl Retries {
     const MAX: usize = 1024;
 
     fn add(&mut self, at: i64) {
-        self.0.insert(at);
-        if self.0.len() > Self::MAX {
-            self.0.pop_last();
+        self.soon.insert(at);
+        if self.soon.len() > Self::MAX {
+            self.let_go = earliest(self.let_go, self.soon.pop_last());
         }
     }
 
     fn first(&self) -> Option<i64> {
-        self.0.first().copied()
+        earliest(self.soon.first().copied(), self.let_go)
     }
 
     /// Forgets the retries due at `now` or before: a claim at `now` took them.
     fn forget_until(&mut self, now: i64) {
-        self.0 = self.0.split_off(&(now + 1));
+        self.soon = self.soon.split_off(&(now + 1));
+        self.let_go = self.let_go.filter(|at| *at > now);
     }
 }
 
@@ -913,13 +918,17 @@ mod tests {
         assert_eq!(retries.first(), Some(655));
         retries.forget_until(655);
         assert_eq!(retries.first(), None);
-        // Only the earliest are kept.
-        for at in (0..2 * Retries::MAX as i64).rev() {
+        // The earliest are kept, and of the rest the earliest time.
+        let max = Retries::MAX as i64;
+        for at in 0..2 * max {
             retries.add(at);
         }
-        assert_eq!(retries.0.len(), Retries::MAX);
+        assert_eq!(retries.soon.len(), Retries::MAX);
         assert_eq!(retries.first(), Some(0));
-        assert_eq!(retries.0.last(), Some(&(Retries::MAX as i64 - 1)));
+        retries.forget_until(max - 1);
+        assert_eq!(retries.first(), Some(max), "the earliest let go");
+        retries.forget_until(max);
+        assert_eq!(retries.first(), None);
     }
 
     fn config(max_in_flight: usize) -> DeliveryConfig {
