@@ -264,7 +264,6 @@ struct Finished {
     retry_at: Option<i64>,
 }
 
-/// The earlier of two optional times.
 /// When the retries the worker scheduled itself are due: the earliest `MAX` of them, and
 /// the earliest of those let go to stay that small. The worker wakes then and claims, and
 /// the store's next due time (read whenever a claim finds less than it asked for) has the
@@ -296,6 +295,7 @@ impl Retries {
     }
 }
 
+/// The earlier of two optional times.
 pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
