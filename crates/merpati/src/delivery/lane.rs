@@ -111,6 +111,9 @@ pub struct Lane {
     started: VecDeque<i64>,
     /// The latest slot handed to a parked delivery.
     parked_until: i64,
+    /// The end of the breaker's pause for which one delivery was parked, to come back
+    /// then as its probe.
+    probe_parked_for: Option<i64>,
     /// Whether any attempt has ended: until one has, the lane's pace is unknown.
     heard_back: bool,
 }
@@ -127,6 +130,7 @@ impl Lane {
             avg_ms: FIRST_GUESS_MS,
             started: VecDeque::new(),
             parked_until: now,
+            probe_parked_for: None,
             heard_back: false,
         }
     }
@@ -315,7 +319,18 @@ impl Lane {
         // if it catches up.
         let soonest = now + MIN_PARK_MS;
         let at = match self.breaker {
-            Breaker::Open { until, .. } if now < until => until,
+            // One comes back when the pause ends, to be the probe. The rest wait until the
+            // probe has closed the breaker and the lane takes them back: coming back with
+            // it, they would be claimed only to be parked again, all of them, at every
+            // pause, while everyone else's deliveries wait behind them.
+            Breaker::Open { until, .. } if now < until => {
+                if self.probe_parked_for == Some(until) {
+                    now + MAX_PARK_MS
+                } else {
+                    self.probe_parked_for = Some(until);
+                    until
+                }
+            }
             // Its pace is unknown: far enough not to come back again and again while it
             // hangs; if it answers, it takes them back as soon as it has room.
             _ if !self.heard_back => now + UNKNOWN_PACE_PARK_MS,
@@ -344,9 +359,18 @@ impl Lane {
         Some(self.queue_cap(now).min(MAX_TAKE_BACK))
     }
 
-    /// The store holds nothing more that this lane parked.
-    pub fn nothing_parked(&mut self, now: i64) {
-        self.parked_until = self.parked_until.min(now);
+    /// The latest slot handed to a parked delivery.
+    pub fn parked_until(&self) -> i64 {
+        self.parked_until
+    }
+
+    /// The store held nothing more that this lane parked when asked at `now`, by which
+    /// time the latest it had parked was due at `parked_until`. Had it parked more since,
+    /// those are still in the store.
+    pub fn nothing_parked(&mut self, parked_until: i64, now: i64) {
+        if self.parked_until == parked_until {
+            self.parked_until = self.parked_until.min(now);
+        }
     }
 
     /// Nothing queued, under way or parked, and nothing to remember.
@@ -489,6 +513,40 @@ mod tests {
     }
 
     #[test]
+    fn behind_an_open_breaker_one_delivery_comes_back_as_the_probe_and_the_rest_wait() {
+        let mut l = lane(10, None);
+        for t in 0..3 {
+            l.start(t);
+            l.finish(t, t, 0, Health::Down, &POLICY);
+        }
+        let until = 1002;
+        assert!(matches!(l.breaker(), Breaker::Open { until: u, .. } if u == until));
+        assert_eq!(l.park_at(500), until, "the probe");
+        let rest: Vec<i64> = (0..3).map(|i| l.park_at(600 + i)).collect();
+        assert_eq!(
+            rest,
+            [600 + MAX_PARK_MS, 601 + MAX_PARK_MS, 602 + MAX_PARK_MS]
+        );
+        // Caught up meanwhile? Not with the breaker open.
+        assert_eq!(l.take_back(700), None);
+        // The probe fails: the next pause gets a probe of its own.
+        assert_eq!(l.gate(until), Gate::Go);
+        l.start(until);
+        l.finish(until, until + 5, 5, Health::Down, &POLICY);
+        let Breaker::Open { until: next, .. } = l.breaker() else {
+            panic!("open again");
+        };
+        assert_eq!(l.park_at(until + 10), next);
+        assert_eq!(l.park_at(until + 11), until + 11 + MAX_PARK_MS);
+        // A probe that works closes it, and the lane takes the rest back.
+        assert_eq!(l.gate(next), Gate::Go);
+        l.start(next);
+        l.finish(next, next + 1, 1, Health::Up, &POLICY);
+        assert!(l.take_back(next + 1).is_some_and(|n| n > 0));
+        assert!(!l.is_idle(next + 1), "it still has deliveries parked");
+    }
+
+    #[test]
     fn only_the_probe_closes_or_reopens_the_breaker() {
         let mut l = lane(10, None);
         // Five attempts under way; then three fail fast and open the breaker.
@@ -620,8 +678,24 @@ mod tests {
         assert!((1..=MAX_TAKE_BACK).contains(&n));
         // It asks again, until the store has no more.
         assert!(l.take_back(5_010).is_some());
-        l.nothing_parked(5_010);
+        l.nothing_parked(l.parked_until(), 5_010);
         assert_eq!(l.take_back(5_010), None);
+    }
+
+    #[test]
+    fn what_a_lane_parks_while_it_asks_is_not_forgotten() {
+        let mut l = lane(2, None);
+        l.start(0);
+        l.finish(0, 10, 10, Health::Up, &POLICY);
+        l.park_at(100);
+        let asked_with = l.parked_until();
+        assert!(l.take_back(100).is_some());
+        // While the store answers, the lane parks one more; the answer "nothing left"
+        // was about what it had parked before.
+        l.park_at(120);
+        assert!(l.parked_until() > asked_with);
+        l.nothing_parked(asked_with, 100);
+        assert!(l.take_back(130).is_some(), "the later one is still parked");
     }
 
     #[test]

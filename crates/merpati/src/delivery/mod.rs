@@ -366,6 +366,7 @@ impl Worker {
         let mut sent_since_release = false;
         let mut idle_since: Option<tokio::time::Instant> = None;
         let mut claiming: Option<Pin<Box<dyn Future<Output = Claimed> + Send>>> = None;
+        let mut lane_writes: Option<Pin<Box<dyn Future<Output = TakenBack> + Send>>> = None;
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
@@ -410,31 +411,25 @@ impl Worker {
                 running.insert(task.id(), key);
             });
             sent_since_release |= !in_flight.is_empty();
-            for (endpoint, limit) in state.take_back(now) {
-                let taken = match self.store.unpark(endpoint.clone(), now, limit).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::error!(error = %e, "could not take parked deliveries back");
-                        0
-                    }
+            // Parking and taking back are writes too, and wait their turn behind ingest's
+            // like a claim: they commit while the worker goes on, one set at a time. A lane
+            // asks for parked deliveries back only once the claim that would bring the last
+            // ones it asked for has returned.
+            if lane_writes.is_none() {
+                let take_back = if claiming.is_none() {
+                    state.take_back(now)
+                } else {
+                    Vec::new()
                 };
-                if taken > 0 {
-                    known_due = true;
-                }
-                if taken < limit {
-                    if let Some(lane) = state.lanes.get_mut(&endpoint) {
-                        lane.nothing_parked(now);
-                    }
-                }
-            }
-            if !state.to_park.is_empty() {
                 let parked = std::mem::take(&mut state.to_park);
-                let n = parked.len();
-                next_due = earliest(next_due, parked.iter().map(|p| p.1).min());
-                match self.store.park(parked).await {
-                    Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
-                    // Their leases run out and they are claimed again: delayed, not lost.
-                    Err(e) => tracing::error!(error = %e, "could not park deliveries"),
+                if !take_back.is_empty() || !parked.is_empty() {
+                    next_due = earliest(next_due, parked.iter().map(|p| p.1).min());
+                    lane_writes = Some(Box::pin(write_for_lanes(
+                        self.store.clone(),
+                        now,
+                        take_back,
+                        parked,
+                    )));
                 }
             }
             // More is due (the claim was full, or a lane took parked deliveries back) and
@@ -509,6 +504,21 @@ impl Worker {
                             tracing::error!(error = %e, "could not claim deliveries");
                             // Try again in a second rather than at once.
                             next_due = Some(now + 1000);
+                        }
+                    }
+                }
+                TakenBack { now, lanes } = async { lane_writes.as_mut().expect("guarded").await },
+                    if lane_writes.is_some() =>
+                {
+                    lane_writes = None;
+                    for (asked, taken) in lanes {
+                        if taken > 0 {
+                            known_due = true;
+                        }
+                        if taken < asked.limit {
+                            if let Some(lane) = state.lanes.get_mut(&asked.endpoint_id) {
+                                lane.nothing_parked(asked.parked_until, now);
+                            }
                         }
                     }
                 }
@@ -681,10 +691,16 @@ impl Lanes {
     }
 
     /// Lanes that caught up, and how many parked deliveries each wants back.
-    fn take_back(&mut self, now: i64) -> Vec<(String, usize)> {
+    fn take_back(&mut self, now: i64) -> Vec<TakeBack> {
         self.lanes
             .iter_mut()
-            .filter_map(|(id, lane)| lane.take_back(now).map(|n| (id.clone(), n)))
+            .filter_map(|(id, lane)| {
+                lane.take_back(now).map(|limit| TakeBack {
+                    endpoint_id: id.clone(),
+                    limit,
+                    parked_until: lane.parked_until(),
+                })
+            })
             .collect()
     }
 
@@ -710,6 +726,52 @@ impl Lanes {
             self.lanes.remove(&f.endpoint_id);
         }
     }
+}
+
+/// A lane's request for `limit` of its parked deliveries back, made when the latest it had
+/// parked was due at `parked_until`.
+struct TakeBack {
+    endpoint_id: String,
+    limit: usize,
+    parked_until: i64,
+}
+
+/// What the store gave back to the lanes that asked, asked at `now`.
+struct TakenBack {
+    now: i64,
+    lanes: Vec<(TakeBack, usize)>,
+}
+
+/// One set of the lanes' writes: their parked deliveries taken back, then what they park.
+async fn write_for_lanes(
+    store: SharedStore,
+    now: i64,
+    take_back: Vec<TakeBack>,
+    parked: Vec<(i64, i64)>,
+) -> TakenBack {
+    let mut lanes = Vec::with_capacity(take_back.len());
+    for asked in take_back {
+        let taken = match store
+            .unpark(asked.endpoint_id.clone(), now, asked.limit)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "could not take parked deliveries back");
+                0
+            }
+        };
+        lanes.push((asked, taken));
+    }
+    if !parked.is_empty() {
+        let n = parked.len();
+        match store.park(parked).await {
+            Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
+            // Their leases run out and they are claimed again: delayed, not lost.
+            Err(e) => tracing::error!(error = %e, "could not park deliveries"),
+        }
+    }
+    TakenBack { now, lanes }
 }
 
 /// Hands a claimed delivery back to the store for when its lane expects to have room.
