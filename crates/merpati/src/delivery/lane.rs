@@ -348,7 +348,17 @@ impl Lane {
     /// A lane that parked deliveries and has caught up since (nothing queued, room to
     /// start more, breaker closed) asks for this many of them back now: its estimate of
     /// its own pace must not hold back an endpoint that became fast again.
+    /// A lane paused by its breaker with none parked to come back as its probe (the last
+    /// probe's delivery failed for good, say) asks for one of its parked deliveries back
+    /// when the pause ends.
     pub fn take_back(&mut self, now: i64) -> Option<usize> {
+        if let Some(at) = self.probe_wanted_at() {
+            if now < at {
+                return None;
+            }
+            self.probe_parked_for = Some(at);
+            return Some(1);
+        }
         let caught_up = self.parked_until > now
             && self.queue.is_empty()
             && self.in_flight < self.limits.concurrency
@@ -357,6 +367,21 @@ impl Lane {
             return None;
         }
         Some(self.queue_cap(now).min(MAX_TAKE_BACK))
+    }
+
+    /// When the breaker's pause ends, if the lane then needs one of its parked deliveries
+    /// back to probe with: it has some, and none was parked to come back then.
+    pub fn probe_wanted_at(&self) -> Option<i64> {
+        match self.breaker {
+            Breaker::Open { until, .. }
+                if self.probe_parked_for != Some(until)
+                    && self.parked_until > until
+                    && self.queue.is_empty() =>
+            {
+                Some(until)
+            }
+            _ => None,
+        }
     }
 
     /// The latest slot handed to a parked delivery.
@@ -538,12 +563,38 @@ mod tests {
         };
         assert_eq!(l.park_at(until + 10), next);
         assert_eq!(l.park_at(until + 11), until + 11 + MAX_PARK_MS);
+        assert_eq!(l.probe_wanted_at(), None, "one is parked to be the probe");
         // A probe that works closes it, and the lane takes the rest back.
         assert_eq!(l.gate(next), Gate::Go);
         l.start(next);
         l.finish(next, next + 1, 1, Health::Up, &POLICY);
         assert!(l.take_back(next + 1).is_some_and(|n| n > 0));
         assert!(!l.is_idle(next + 1), "it still has deliveries parked");
+    }
+
+    #[test]
+    fn a_pause_with_no_probe_parked_asks_for_one_back_when_it_ends() {
+        let mut l = lane(10, None);
+        for t in 0..3 {
+            l.start(t);
+            l.finish(t, t, 0, Health::Down, &POLICY);
+        }
+        let until = 1002;
+        l.park_at(500);
+        l.park_at(501);
+        // The probe fails, and its delivery has no attempt left: the next pause has no
+        // probe parked for it, only the one parked until the breaker closes.
+        l.gate(until);
+        l.start(until);
+        l.finish(until, until + 5, 5, Health::Down, &POLICY);
+        let Breaker::Open { until: next, .. } = l.breaker() else {
+            panic!("open again");
+        };
+        assert_eq!(l.probe_wanted_at(), Some(next));
+        assert_eq!(l.take_back(next - 1), None, "not before the pause ends");
+        assert_eq!(l.take_back(next), Some(1));
+        assert_eq!(l.take_back(next), None, "asked once a pause");
+        assert_eq!(l.probe_wanted_at(), None);
     }
 
     #[test]

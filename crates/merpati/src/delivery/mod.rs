@@ -238,6 +238,8 @@ const CLAIM_BATCH: usize = 256;
 struct Claimed {
     now: i64,
     want: usize,
+    /// Started after the lanes' last take-back made their deliveries due.
+    after_take_back: bool,
     claimed: StoreResult<Vec<DueDelivery>>,
 }
 
@@ -367,6 +369,8 @@ impl Worker {
         let mut idle_since: Option<tokio::time::Instant> = None;
         let mut claiming: Option<Pin<Box<dyn Future<Output = Claimed> + Send>>> = None;
         let mut lane_writes: Option<Pin<Box<dyn Future<Output = TakenBack> + Send>>> = None;
+        // Deliveries taken back are due, and no claim started since has returned.
+        let mut taken_back_unclaimed = false;
         let mut state = Lanes {
             lanes: HashMap::new(),
             active: HashSet::new(),
@@ -394,12 +398,18 @@ impl Worker {
                 let store = self.store.clone();
                 let now = self.clock.now_ms();
                 let lease_until = now + lease.as_millis() as i64;
+                let after_take_back = taken_back_unclaimed;
                 // The claim answers what was known due when it started; a wake, a timer or
                 // a lane's take-back while it commits sets this again and is not lost.
                 known_due = false;
                 claiming = Some(Box::pin(async move {
                     let claimed = store.claim_due(now, want, lease_until).await;
-                    Claimed { now, want, claimed }
+                    Claimed {
+                        now,
+                        want,
+                        after_take_back,
+                        claimed,
+                    }
                 }));
             }
             let now = self.clock.now_ms();
@@ -412,14 +422,14 @@ impl Worker {
             });
             sent_since_release |= !in_flight.is_empty();
             // Parking and taking back are writes too, and wait their turn behind ingest's
-            // like a claim: they commit while the worker goes on, one set at a time. A lane
-            // asks for parked deliveries back only once the claim that would bring the last
-            // ones it asked for has returned.
+            // like a claim: they commit while the worker goes on, one set at a time. Lanes
+            // ask for parked deliveries back only once a claim has looked for the last ones
+            // they were given back: until then they look caught up, and would ask again.
             if lane_writes.is_none() {
-                let take_back = if claiming.is_none() {
-                    state.take_back(now)
-                } else {
+                let take_back = if taken_back_unclaimed {
                     Vec::new()
+                } else {
+                    state.take_back(now)
                 };
                 let parked = std::mem::take(&mut state.to_park);
                 if !take_back.is_empty() || !parked.is_empty() {
@@ -464,7 +474,10 @@ impl Worker {
             } else {
                 None
             };
-            let wake_at = earliest(store_wake, lane_wake);
+            let wake_at = earliest(
+                earliest(store_wake, lane_wake),
+                state.probe_wake(self.clock.now_ms()),
+            );
             let sleep = wake_at.map(|at| {
                 let wait = (at - self.clock.now_ms()).max(0) as u64;
                 tokio::time::sleep(Duration::from_millis(wait))
@@ -479,10 +492,11 @@ impl Worker {
                 .map(|since| since + self.config.idle_release_after);
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                Claimed { now, want, claimed } = async { claiming.as_mut().expect("guarded").await },
+                Claimed { now, want, after_take_back, claimed } = async { claiming.as_mut().expect("guarded").await },
                     if claiming.is_some() =>
                 {
                     claiming = None;
+                    taken_back_unclaimed &= !after_take_back;
                     match claimed {
                         Ok(jobs) => {
                             known_due |= jobs.len() == want;
@@ -495,7 +509,7 @@ impl Worker {
                                 retries.forget_until(now);
                                 stale = true;
                             }
-                            for job in jobs {
+                                for job in jobs {
                                 state.take(job, &self.config, now);
                             }
                         }
@@ -514,6 +528,7 @@ impl Worker {
                     for (asked, taken) in lanes {
                         if taken > 0 {
                             known_due = true;
+                            taken_back_unclaimed = true;
                         }
                         if taken < asked.limit {
                             if let Some(lane) = state.lanes.get_mut(&asked.endpoint_id) {
@@ -688,6 +703,16 @@ impl Lanes {
         let lanes = &self.lanes;
         self.active.retain(|id| !lanes[id].queue.is_empty());
         wake
+    }
+
+    /// The earliest time after `now` a lane paused by its breaker wants a parked delivery
+    /// back to probe with.
+    fn probe_wake(&self, now: i64) -> Option<i64> {
+        self.lanes
+            .values()
+            .filter_map(Lane::probe_wanted_at)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Lanes that caught up, and how many parked deliveries each wants back.

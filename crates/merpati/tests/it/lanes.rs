@@ -129,6 +129,64 @@ async fn the_breaker_pauses_a_failing_endpoint_without_burning_queued_retries() 
     assert_eq!(shown["paused_until"], Value::Null, "closed again");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_whose_probe_failed_for_good_still_probes_and_then_delivers_what_waits() {
+    // One attempt a delivery: each failed probe fails its delivery for good, so no retry
+    // comes back to probe the next pause; what waits behind the breaker is parked until
+    // it closes (minutes), and the lane must ask for one back to probe with.
+    let app = TestApp::spawn_with(&[
+        ("delivery.retry_schedule", ","),
+        ("delivery.breaker_failures", "3"),
+        ("delivery.breaker_cooldown", "1s"),
+        ("delivery.breaker_max_cooldown", "2s"),
+    ])
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(503));
+    let m = app.merchant("m1").await;
+    let ep = app
+        .endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
+        .await;
+    // Three failures open the breaker; what comes while it is open is all parked behind
+    // it: one delivery to be the probe when the pause ends, the rest until it closes.
+    send_batch(&app, &m.device_token, 1..=3).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, shown) = app.get(&format!("/v1/endpoints/{ep}"), &m.key).await;
+        if shown["paused_until"].is_string() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    send_batch(&app, &m.device_token, 4..=20).await;
+    // The probe parked for the first pause fails for good; the fifth request is the probe
+    // of the second pause, taken back by the lane (and it may get the 200).
+    receiver.wait_for(5).await;
+    receiver.always(Answer::status(200));
+
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let found = loop {
+        let found = first_deliveries(&app, &m.key).await;
+        if found.iter().all(|(s, _)| s == "succeeded" || s == "failed") {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still waiting behind the breaker: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failed = found.iter().filter(|(s, _)| s == "failed").count();
+    assert!((4..=5).contains(&failed), "{failed} failed: {found:?}");
+    assert!(
+        found.iter().all(|(_, attempts)| *attempts == 1),
+        "{found:?}"
+    );
+    // Every request the receiver got was an attempt; none was sent twice.
+    assert_eq!(receiver.received().len(), 20);
+}
+
 /// Each event's first delivery: its status and attempt count.
 async fn first_deliveries(app: &TestApp, key: &str) -> Vec<(String, i64)> {
     let (_, page) = app.get("/v1/events?limit=100", key).await;
