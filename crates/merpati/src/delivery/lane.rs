@@ -537,13 +537,19 @@ mod tests {
         assert!(l.is_idle(11013));
     }
 
-    #[test]
-    fn behind_an_open_breaker_one_delivery_comes_back_as_the_probe_and_the_rest_wait() {
-        let mut l = lane(10, None);
+    /// A lane whose breaker three failures opened at 2, until 1002.
+    fn opened_at_2(concurrency: usize) -> Lane {
+        let mut l = lane(concurrency, None);
         for t in 0..3 {
             l.start(t);
             l.finish(t, t, 0, Health::Down, &POLICY);
         }
+        l
+    }
+
+    #[test]
+    fn behind_an_open_breaker_one_delivery_comes_back_as_the_probe_and_the_rest_wait() {
+        let mut l = opened_at_2(10);
         let until = 1002;
         assert!(matches!(l.breaker(), Breaker::Open { until: u, .. } if u == until));
         assert_eq!(l.park_at(500), until, "the probe");
@@ -574,11 +580,7 @@ mod tests {
 
     #[test]
     fn a_pause_with_no_probe_parked_asks_for_one_back_when_it_ends() {
-        let mut l = lane(10, None);
-        for t in 0..3 {
-            l.start(t);
-            l.finish(t, t, 0, Health::Down, &POLICY);
-        }
+        let mut l = opened_at_2(10);
         let until = 1002;
         l.park_at(500);
         l.park_at(501);
@@ -647,11 +649,7 @@ mod tests {
         assert_eq!(Health::of(&AttemptResult::Status(429)), Health::Down);
         assert_eq!(Health::of(&AttemptResult::NoAnswer), Health::Down);
         assert_eq!(Health::of(&AttemptResult::Unsendable), Health::Unknown);
-        let mut l = lane(1, None);
-        for t in 0..3 {
-            l.start(t);
-            l.finish(t, t, 0, Health::Down, &POLICY);
-        }
+        let mut l = opened_at_2(1);
         l.gate(2000);
         l.start(2000);
         l.finish(2000, 2000, 0, Health::Unknown, &POLICY);

@@ -92,12 +92,7 @@ async fn the_breaker_pauses_a_failing_endpoint_without_burning_queued_retries() 
         ("delivery.breaker_cooldown", "300ms"),
     ])
     .await;
-    let receiver = Receiver::start().await;
-    receiver.always(Answer::status(503));
-    let m = app.merchant("m1").await;
-    let ep = app
-        .endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
-        .await;
+    let (receiver, m, ep) = failing_one_at_a_time(&app).await;
     let (_, shown) = app.get(&format!("/v1/endpoints/{ep}"), &m.key).await;
     assert_eq!(shown["paused_until"], Value::Null);
     send_batch(&app, &m.device_token, 1..=20).await;
@@ -141,12 +136,7 @@ async fn a_pause_whose_probe_failed_for_good_still_probes_and_then_delivers_what
         ("delivery.breaker_max_cooldown", "2s"),
     ])
     .await;
-    let receiver = Receiver::start().await;
-    receiver.always(Answer::status(503));
-    let m = app.merchant("m1").await;
-    let ep = app
-        .endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
-        .await;
+    let (receiver, m, ep) = failing_one_at_a_time(&app).await;
     // Three failures open the breaker; what comes while it is open is all parked behind
     // it: one delivery to be the probe when the pause ends, the rest until it closes.
     send_batch(&app, &m.device_token, 1..=3).await;
@@ -165,18 +155,10 @@ async fn a_pause_whose_probe_failed_for_good_still_probes_and_then_delivers_what
     receiver.wait_for(5).await;
     receiver.always(Answer::status(200));
 
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let found = loop {
-        let found = first_deliveries(&app, &m.key).await;
-        if found.iter().all(|(s, _)| s == "succeeded" || s == "failed") {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still waiting behind the breaker: {found:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let found = deliveries_once(&app, &m.key, "all final", |found| {
+        found.iter().all(|(s, _)| s == "succeeded" || s == "failed")
+    })
+    .await;
     let failed = found.iter().filter(|(s, _)| s == "failed").count();
     assert!((4..=5).contains(&failed), "{failed} failed: {found:?}");
     assert!(
@@ -206,18 +188,43 @@ async fn first_deliveries(app: &TestApp, key: &str) -> Vec<(String, i64)> {
 
 /// Waits until `succeeded` of the events' first deliveries succeeded; returns them all.
 async fn settle(app: &TestApp, key: &str, succeeded: usize) -> Vec<(String, i64)> {
+    deliveries_once(app, key, &format!("{succeeded} delivered"), |found| {
+        found.iter().filter(|(s, _)| s == "succeeded").count() == succeeded
+    })
+    .await
+}
+
+/// Waits until the events' first deliveries are `what` (`done` says); returns them.
+async fn deliveries_once(
+    app: &TestApp,
+    key: &str,
+    what: &str,
+    done: impl Fn(&[(String, i64)]) -> bool,
+) -> Vec<(String, i64)> {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let found = first_deliveries(app, key).await;
-        if found.iter().filter(|(s, _)| s == "succeeded").count() == succeeded {
+        if done(&found) {
             return found;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "not {succeeded} delivered: {found:?}"
+            "not {what}: {found:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A receiver answering 503, and an endpoint of a new merchant on it that takes one
+/// request at a time.
+async fn failing_one_at_a_time(app: &TestApp) -> (Receiver, Merchant, String) {
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(503));
+    let m = app.merchant("m1").await;
+    let ep = app
+        .endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
+        .await;
+    (receiver, m, ep)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
