@@ -348,6 +348,7 @@ impl Lane {
     /// A lane that parked deliveries and has caught up since (nothing queued, room to
     /// start more, breaker closed) asks for this many of them back now: its estimate of
     /// its own pace must not hold back an endpoint that became fast again.
+    ///
     /// A lane paused by its breaker with none parked to come back as its probe (the last
     /// probe's delivery failed for good, say) asks for one of its parked deliveries back
     /// when the pause ends.
