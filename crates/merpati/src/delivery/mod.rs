@@ -509,7 +509,7 @@ impl Worker {
                                 retries.forget_until(now);
                                 stale = true;
                             }
-                                for job in jobs {
+                            for job in jobs {
                                 state.take(job, &self.config, now);
                             }
                         }
