@@ -152,13 +152,6 @@ mod tests {
         (path, conn)
     }
 
-    fn assert_whole(conn: &Connection) {
-        let check: String = conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
-    }
-
     #[test]
     fn a_pass_is_asked_for_each_step_the_log_grows() {
         let (mut background, woken) = channel();
@@ -233,7 +226,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!((count, sum), (ROWS, ROWS * (ROWS - 1) / 2));
-        assert_whole(&reader);
+        super::super::assert_whole(&reader);
     }
 
     #[test]
@@ -271,6 +264,6 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 501);
-        assert_whole(&reader);
+        super::super::assert_whole(&reader);
     }
 }

@@ -421,6 +421,16 @@ fn writer_loop(
     checkpoint::uninstall();
 }
 
+/// SQLite's own check that the database is whole, for the tests of the log's writes and of
+/// checkpoints, which work on connections of their own.
+#[cfg(test)]
+fn assert_whole(conn: &Connection) {
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
 /// Makes committed groups durable, as many at a time as have committed, then answers them.
 fn sync_loop(log: std::fs::File, sync: bool, committed: std::sync::mpsc::Receiver<Group>) {
     while let Ok(first) = committed.recv() {

@@ -475,10 +475,7 @@ mod tests {
                     .unwrap();
             }
             w.execute("DELETE FROM t WHERE id % 3 = 0", []).unwrap();
-            let check: String = w
-                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(check, "ok");
+            super::super::assert_whole(&w);
             assert_eq!(
                 rows_and_bytes(&reader(&path)),
                 (2666, 2000 * 2000 + 666 * 500)
@@ -487,10 +484,7 @@ mod tests {
         // Closed and opened again, from the log and the database as they are on disk.
         let r = reader(&path);
         assert_eq!(rows_and_bytes(&r), (2666, 2000 * 2000 + 666 * 500));
-        let check: String = r
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok");
+        super::super::assert_whole(&r);
     }
 
     #[test]
