@@ -94,6 +94,13 @@ fn endpoint_health(
     )
 }
 
+/// Brings forward (to ?2) up to ?3 of the deliveries an endpoint's lane parked, earliest first.
+pub(super) const UNPARK: &str = "UPDATE deliveries SET next_attempt_at = ?2
+     WHERE id IN (SELECT id FROM deliveries
+                  WHERE endpoint_id = ?1 AND status = 'pending' AND parked = 1
+                    AND next_attempt_at > ?2
+                  ORDER BY next_attempt_at LIMIT ?3)";
+
 /// Records one attempt, the delivery's next step and the endpoint's health. Returns how
 /// many deliveries that made due.
 fn record_attempt(
@@ -253,14 +260,8 @@ impl DeliveryStore for SqliteStore {
 
     async fn unpark(&self, endpoint_id: String, now: i64, limit: usize) -> StoreResult<usize> {
         self.write_checked(move |c| {
-            Ok(c.prepare_cached(
-                "UPDATE deliveries SET next_attempt_at = ?2
-                 WHERE id IN (SELECT id FROM deliveries
-                              WHERE endpoint_id = ?1 AND status = 'pending' AND parked = 1
-                                AND next_attempt_at > ?2
-                              ORDER BY next_attempt_at LIMIT ?3)",
-            )?
-            .execute(params![endpoint_id, now, limit as i64])?)
+            Ok(c.prepare_cached(UNPARK)?
+                .execute(params![endpoint_id, now, limit as i64])?)
         })
         .await
     }

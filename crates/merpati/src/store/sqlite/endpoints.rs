@@ -83,6 +83,21 @@ fn endpoint_params(account: &str, e: &Endpoint) -> Vec<SqlValue> {
     ]
 }
 
+/// Holds an endpoint's pending deliveries. Through the index of every pending delivery:
+/// the endpoint's own index would walk its whole history, delivered and all.
+pub(super) const HOLD_PENDING: &str = "UPDATE deliveries INDEXED BY deliveries_due
+     SET status = 'held', next_attempt_at = NULL
+     WHERE status = 'pending' AND endpoint_id = ?1";
+
+/// The endpoint's pending deliveries in device queues leave their queues and go now (?2).
+pub(super) const UNQUEUE_PENDING: &str = "UPDATE deliveries
+     SET order_key = NULL, next_attempt_at = COALESCE(next_attempt_at, ?2)
+     WHERE endpoint_id = ?1 AND status = 'pending' AND order_key IS NOT NULL";
+
+/// The endpoint's held deliveries in device queues leave their queues.
+pub(super) const UNQUEUE_HELD: &str = "UPDATE deliveries SET order_key = NULL
+     WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NOT NULL";
+
 /// Marks the endpoint disabled and holds its pending deliveries. Returns false when it
 /// already was.
 pub(super) fn disable(c: &Connection, id: &str, reason: &str, now: i64) -> StoreResult<bool> {
@@ -91,11 +106,7 @@ pub(super) fn disable(c: &Connection, id: &str, reason: &str, now: i64) -> Store
          WHERE id = ?1 AND disabled = 0",
         params![id, now, reason],
     )?;
-    c.execute(
-        "UPDATE deliveries SET status = 'held', next_attempt_at = NULL
-         WHERE endpoint_id = ?1 AND status = 'pending'",
-        [id],
-    )?;
+    c.execute(HOLD_PENDING, [id])?;
     Ok(changed > 0)
 }
 
@@ -170,15 +181,9 @@ impl EndpointStore for SqliteStore {
             }
             if e.ordering.is_none() {
                 // Ordering switched off: the deliveries waiting in device queues go now.
-                c.prepare_cached(
-                    "UPDATE deliveries
-                     SET order_key = NULL,
-                         next_attempt_at = CASE WHEN status = 'pending'
-                                           THEN COALESCE(next_attempt_at, ?2) END
-                     WHERE endpoint_id = ?1 AND status IN ('pending', 'held')
-                       AND order_key IS NOT NULL",
-                )?
-                .execute(params![e.id, e.updated_at])?;
+                c.prepare_cached(UNQUEUE_PENDING)?
+                    .execute(params![e.id, e.updated_at])?;
+                c.prepare_cached(UNQUEUE_HELD)?.execute([&e.id])?;
             }
             Ok(e)
         })

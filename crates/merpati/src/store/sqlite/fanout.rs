@@ -175,51 +175,56 @@ fn insert_delivery(
 }
 
 /// Whether a device queue has a delivery that has not reached its outcome.
+pub(super) const QUEUE_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM deliveries
+                    WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending')";
+
 fn queue_busy(c: &Connection, endpoint_id: &str, key: &str) -> StoreResult<bool> {
-    Ok(c.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM deliveries
-                        WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending')",
-    )?
-    .query_row(params![endpoint_id, key], |r| r.get(0))?)
+    Ok(c.prepare_cached(QUEUE_BUSY)?
+        .query_row(params![endpoint_id, key], |r| r.get(0))?)
 }
 
 /// Makes the first waiting delivery of a device queue due, unless one of the queue is
-/// already due or under way. Returns how many became due (0 or 1).
+/// already due or under way.
+pub(super) const ADVANCE_QUEUE: &str = "UPDATE deliveries SET next_attempt_at = ?3
+     WHERE id = (SELECT id FROM deliveries
+                 WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending'
+                 ORDER BY event_seq, id LIMIT 1)
+       AND next_attempt_at IS NULL";
+
+/// Returns how many became due (0 or 1).
 pub(super) fn advance_queue(
     c: &Connection,
     endpoint_id: &str,
     key: &str,
     now: i64,
 ) -> StoreResult<usize> {
-    Ok(c.prepare_cached(
-        "UPDATE deliveries SET next_attempt_at = ?3
-         WHERE id = (SELECT id FROM deliveries
-                     WHERE endpoint_id = ?1 AND order_key = ?2 AND status = 'pending'
-                     ORDER BY event_seq, id LIMIT 1)
-           AND next_attempt_at IS NULL",
-    )?
-    .execute(params![endpoint_id, key, now])?)
+    Ok(c.prepare_cached(ADVANCE_QUEUE)?
+        .execute(params![endpoint_id, key, now])?)
 }
+
+/// An endpoint's held deliveries outside device queues become due at ?2.
+pub(super) const RELEASE_UNQUEUED: &str =
+    "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2
+     WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NULL";
+
+/// An endpoint's held deliveries in device queues become pending, waiting for their turn.
+pub(super) const RELEASE_QUEUED: &str =
+    "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL
+     WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NOT NULL";
+
+/// An endpoint's device queues with pending deliveries.
+pub(super) const PENDING_QUEUES: &str = "SELECT DISTINCT order_key FROM deliveries
+     WHERE endpoint_id = ?1 AND status = 'pending' AND order_key IS NOT NULL";
 
 /// Releases an endpoint's held deliveries: unordered ones are due now, and each device
 /// queue starts again from its earliest event. Returns how many are due.
 pub(super) fn release_held(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<usize> {
     let mut due = c
-        .prepare_cached(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2
-             WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NULL",
-        )?
+        .prepare_cached(RELEASE_UNQUEUED)?
         .execute(params![endpoint_id, now])?;
-    c.prepare_cached(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL
-         WHERE endpoint_id = ?1 AND status = 'held' AND order_key IS NOT NULL",
-    )?
-    .execute([endpoint_id])?;
+    c.prepare_cached(RELEASE_QUEUED)?.execute([endpoint_id])?;
     let keys: Vec<String> = c
-        .prepare_cached(
-            "SELECT DISTINCT order_key FROM deliveries
-             WHERE endpoint_id = ?1 AND status = 'pending' AND order_key IS NOT NULL",
-        )?
+        .prepare_cached(PENDING_QUEUES)?
         .query_map([endpoint_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     for key in keys {

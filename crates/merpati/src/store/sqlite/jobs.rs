@@ -23,10 +23,11 @@ fn job_row(r: &Row<'_>) -> rusqlite::Result<Job> {
 }
 
 /// Failed deliveries to ?1 since ?2, with id above ?3, not followed by another delivery of
-/// the same event to the same endpoint.
-const CANDIDATES: &str = "FROM deliveries d
+/// the same event to the same endpoint. The later ones are looked for among the event's
+/// deliveries: the endpoint's would be everything it was sent since.
+pub(super) const CANDIDATES: &str = "FROM deliveries d
      WHERE d.endpoint_id = ?1 AND d.status = 'failed' AND d.created_at >= ?2 AND d.id > ?3
-       AND NOT EXISTS (SELECT 1 FROM deliveries later
+       AND NOT EXISTS (SELECT 1 FROM deliveries later INDEXED BY deliveries_event
                        WHERE later.event_seq = d.event_seq AND later.endpoint_id = d.endpoint_id
                          AND later.id > d.id)";
 
