@@ -75,6 +75,7 @@ fn endpoint_health(
         event_type: "endpoint.disabled",
         scope: Scope::default(),
         created_at: now,
+        inbound: None,
     };
     let body = String::from_utf8(event.to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(c, &new, |_| body)?;

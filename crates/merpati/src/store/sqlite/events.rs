@@ -1,5 +1,5 @@
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, params_from_iter, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
 use super::devices::owned;
 use super::endpoint_cache::subscriptions;
@@ -23,6 +23,54 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<EventSummary> {
         created_at: r.get(5)?,
         seq: r.get(6)?,
     })
+}
+
+/// The number below which every event was created before `before`, or None when there are
+/// no events. Events are numbered as they are stored, so their times rise with their
+/// numbers, and a bisection over the numbers finds it in a few dozen lookups with no index
+/// on the time (which every event would write). Should the clock have stepped back, an event
+/// out of step is pruned later than its age says, never earlier: pruning checks each time.
+fn first_young_seq(c: &Connection, before: i64) -> StoreResult<Option<i64>> {
+    let mut at_or_after = c.prepare_cached(
+        "SELECT seq, created_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+    )?;
+    let mut next = |seq: i64| -> StoreResult<Option<(i64, i64)>> {
+        Ok(at_or_after
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    };
+    let Some((mut low, _)) = next(i64::MIN)? else {
+        return Ok(None);
+    };
+    let last: i64 = c.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+    // The first event at or after `high` is young, or there is none; every one below `low`
+    // is old.
+    let mut high = last + 1;
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match next(middle)? {
+            Some((seq, created_at)) if created_at < before => low = seq + 1,
+            _ => high = middle,
+        }
+    }
+    Ok(Some(low))
+}
+
+/// Deletes up to `limit` events created before `before`, oldest first, but for those with a
+/// delivery still to make.
+fn prune(c: &Connection, before: i64, limit: usize) -> StoreResult<usize> {
+    let Some(young) = first_young_seq(c, before)? else {
+        return Ok(0);
+    };
+    Ok(c.prepare_cached(
+        "DELETE FROM events WHERE seq IN (
+             SELECT e.seq FROM events e
+             WHERE e.seq < ?3 AND e.created_at < ?1
+               AND NOT EXISTS (SELECT 1 FROM deliveries d
+                               WHERE d.event_seq = e.seq AND d.status IN ('pending', 'held'))
+             ORDER BY e.seq LIMIT ?2)",
+    )?
+    .execute(params![before, limit as i64, young])?)
 }
 
 #[async_trait::async_trait]
@@ -122,19 +170,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| {
-            Ok(c.prepare_cached(
-                "DELETE FROM events WHERE seq IN (
-                     SELECT e.seq FROM events e
-                     WHERE e.created_at < ?1
-                       AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                       WHERE d.event_seq = e.seq
-                                         AND d.status IN ('pending', 'held'))
-                     ORDER BY e.seq LIMIT ?2)",
-            )?
-            .execute(params![before, limit as i64])?)
-        })
-        .await
+        self.write(move |c| prune(c, before, limit)).await
     }
 
     async fn resend_delivery(
@@ -214,5 +250,57 @@ impl EventStore for SqliteStore {
             fan_out(c, &subs, e.seq, &e.event_type, scope, now, None)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events_at(times: &[(i64, i64)]) -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut c).unwrap();
+        c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
+            .unwrap();
+        for (seq, created_at) in times {
+            c.execute(
+                "INSERT INTO events (seq, id, account_id, type, payload, created_at)
+                 VALUES (?1, 'evt_' || ?1, 'a', 't', '{}', ?2)",
+                [seq, created_at],
+            )
+            .unwrap();
+        }
+        c
+    }
+
+    #[test]
+    fn the_first_young_event_is_found_across_gaps_in_the_numbers() {
+        let c = events_at(&[(3, 100), (4, 100), (7, 200), (10, 300), (11, 300)]);
+        let found = |before| first_young_seq(&c, before).unwrap();
+        assert_eq!(found(50), Some(3), "nothing is old");
+        assert_eq!(found(101), Some(5), "3 and 4 are old");
+        assert_eq!(found(200), Some(5));
+        assert_eq!(found(201), Some(8));
+        assert_eq!(found(300), Some(8));
+        assert_eq!(found(301), Some(12), "everything is old");
+        assert_eq!(first_young_seq(&events_at(&[]), 100).unwrap(), None);
+    }
+
+    /// With the clock stepped back, the bound may pass a young event; pruning checks each
+    /// event's time, so that one is kept.
+    #[test]
+    fn a_clock_stepped_back_never_prunes_a_young_event() {
+        let c = events_at(&[(1, 100), (2, 500), (3, 100), (4, 600), (5, 100)]);
+        let young = first_young_seq(&c, 200).unwrap().unwrap();
+        assert!(young > 2, "the bisection passed event 2: {young}");
+        assert_eq!(prune(&c, 200, 100).unwrap(), 3);
+        let left: Vec<i64> = c
+            .prepare("SELECT seq FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, [2, 4], "the old events go, the young ones stay");
     }
 }

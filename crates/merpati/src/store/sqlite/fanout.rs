@@ -14,6 +14,8 @@ pub(super) struct NewEvent<'a> {
     pub event_type: &'a str,
     pub scope: Scope<'a>,
     pub created_at: i64,
+    /// For an item a device sent: its rid (as a dedup key) and the digest of its content.
+    pub inbound: Option<(&'a str, &'a [u8])>,
 }
 
 /// What a delivery handed over carries of its event.
@@ -40,8 +42,8 @@ pub(super) fn insert_event(
     let payload = payload(seq);
     c.prepare_cached(
         "INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
-                             payload, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             payload, created_at, rid, content_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         seq,
@@ -52,7 +54,9 @@ pub(super) fn insert_event(
         e.scope.channel_id,
         e.scope.business_id,
         payload,
-        e.created_at
+        e.created_at,
+        e.inbound.map(|i| i.0),
+        e.inbound.map(|i| i.1),
     ])?;
     Ok((seq, payload))
 }

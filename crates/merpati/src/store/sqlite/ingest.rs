@@ -25,6 +25,10 @@ enum Seen {
     EarlierInBatch(usize),
 }
 
+/// The event a device's item with this rid became.
+pub(super) const SENT_BEFORE: &str = "SELECT content_hash, seq, id FROM events
+     WHERE account_id = ?1 AND device_id = ?2 AND rid = ?3";
+
 /// Looks up every item's rid; a rid already used for different content, stored or earlier
 /// in the batch, refuses the whole batch.
 fn already_seen(
@@ -32,11 +36,7 @@ fn already_seen(
     device: &DeviceContext,
     items: &[PreparedItem],
 ) -> StoreResult<Vec<Seen>> {
-    let mut lookup = c.prepare_cached(
-        "SELECT i.content_hash, e.seq, e.id FROM inbound_items i
-         JOIN events e ON e.seq = i.event_seq
-         WHERE i.account_id = ?1 AND i.device_id = ?2 AND i.rid = ?3",
-    )?;
+    let mut lookup = c.prepare_cached(SENT_BEFORE)?;
     let mut in_batch: HashMap<&str, usize> = HashMap::new();
     let mut seen = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
@@ -131,22 +131,12 @@ impl IngestStore for SqliteStore {
                     event_type,
                     scope: scope(&device),
                     created_at: now_ms,
+                    inbound: Some((&item.rid_key, &item.content_hash)),
                 };
                 let (seq, payload) = insert_event(c, &new, |seq| {
                     event.set_system_id(seq);
                     String::from_utf8(Event::Inbound(event).to_json()).expect("JSON is UTF-8")
                 })?;
-                c.prepare_cached(
-                    "INSERT INTO inbound_items (account_id, device_id, rid, content_hash, event_seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![
-                    device.account_id,
-                    device.device_id,
-                    item.rid_key,
-                    item.content_hash,
-                    seq
-                ])?;
                 let body = EventBody {
                     id: &event_id,
                     payload: payload.into(),

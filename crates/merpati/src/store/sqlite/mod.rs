@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint_status_indexes",
         include_str!("../migrations/sqlite/0008_endpoint_status_indexes.sql"),
     ),
+    (
+        9,
+        "inbound_on_events",
+        include_str!("../migrations/sqlite/0009_inbound_on_events.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.
@@ -505,6 +510,11 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    migrate_to(conn, i64::MAX)
+}
+
+/// Applies the migrations up to `target` (a test starts from an older schema this way).
+fn migrate_to(conn: &mut Connection, target: i64) -> StoreResult<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,
@@ -526,7 +536,8 @@ fn migrate(conn: &mut Connection) -> StoreResult<()> {
             ),
         });
     }
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+    let to_apply = MIGRATIONS.iter().filter(|m| m.0 > current && m.0 <= target);
+    for (version, name, sql) in to_apply {
         let fail = |e: rusqlite::Error| StoreError::Migration {
             version: *version,
             message: e.to_string(),
@@ -764,11 +775,45 @@ mod tests {
         store.close().await;
     }
 
-    /// The queries that find an endpoint's deliveries by status go through the index meant
-    /// for them: most indexes on deliveries are partial, and SQLite uses a partial index
-    /// only when the query repeats its condition. A miss would walk the endpoint's history.
+    /// A device's items sent before the dedup keys moved onto events are still known.
     #[test]
-    fn deliveries_by_endpoint_and_status_use_their_indexes() {
+    fn inbound_items_move_onto_their_events() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+        migrate_to(&mut conn, 8).unwrap();
+        conn.execute_batch(
+            "INSERT INTO accounts VALUES ('a', 'a', 0, 0);
+             INSERT INTO events (seq, id, account_id, type, device_id, payload, created_at)
+             VALUES (1, 'evt_1', 'a', 'sms.received', 'd', '{}', 10),
+                    (2, 'evt_2', 'a', 'device.connected', 'd', '{}', 20),
+                    (3, 'evt_3', 'a', 'sms.received', 'd', '{}', 30);
+             INSERT INTO inbound_items VALUES ('a', 'd', 'i:1', x'01', 1), ('a', 'd', 's:x', x'03', 3);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        use rusqlite::OptionalExtension;
+        let sent = |rid: &str| -> Option<(Vec<u8>, i64, String)> {
+            conn.query_row(ingest::SENT_BEFORE, ["a", "d", rid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .unwrap()
+        };
+        assert_eq!(sent("i:1"), Some((vec![1], 1, "evt_1".into())));
+        assert_eq!(sent("s:x"), Some((vec![3], 3, "evt_3".into())));
+        assert_eq!(sent("i:2"), None);
+        let events: i64 = conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(events, 3, "the migration deleted no event");
+        assert_whole(&conn);
+    }
+
+    /// The queries meant for a partial index use it (an endpoint's deliveries by status, a
+    /// device's item by rid): SQLite uses a partial index only when the query implies its
+    /// condition, and a miss would walk an endpoint's or an account's whole history.
+    #[test]
+    fn lookups_meant_for_partial_indexes_use_them() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         let candidates = format!("SELECT d.id {}", jobs::CANDIDATES);
@@ -783,6 +828,7 @@ mod tests {
             (fanout::PENDING_QUEUES, &["deliveries_queue"]),
             (delivery::UNPARK, &["deliveries_parked"]),
             (&candidates, &["deliveries_failed", "deliveries_event"]),
+            (ingest::SENT_BEFORE, &["events_rid"]),
         ];
         for (sql, indexes) in queries {
             // Planned with the parameters unbound: the plan does not depend on their values.

@@ -92,6 +92,7 @@ fn announce(
         event_type: kind,
         scope: scope(d),
         created_at: now,
+        inbound: None,
     };
     let body = String::from_utf8(Event::Device(payload).to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(c, &new, |_| body)?;
