@@ -52,6 +52,8 @@ pub struct Target {
     pub secrets: Vec<String>,
     pub max_concurrency: Option<u32>,
     pub rate_limit: Option<u32>,
+    /// Whether it takes each device's events in order (`ordering: "device"`).
+    pub ordered: bool,
     /// The URL parsed and the signing keys decoded, once for every attempt to this target.
     pub prepared: send::Prepared,
 }
@@ -59,6 +61,10 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: i64,
+    pub endpoint_id: String,
+    /// The endpoint took each device's events in order when the attempt was handed out:
+    /// only then can the delivery be in a device queue that its outcome moves on.
+    pub ordered: bool,
     pub attempt: i64,
     pub started_at: i64,
     pub duration_ms: i64,
@@ -964,6 +970,8 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
     );
     let record = AttemptRecord {
         delivery_id: job.delivery_id,
+        endpoint_id: job.endpoint.id.clone(),
+        ordered: job.endpoint.ordered,
         attempt: job.attempt,
         started_at: report.started_at,
         duration_ms: report.duration_ms,
@@ -1039,6 +1047,7 @@ mod tests {
                 headers: BTreeMap::new(),
                 secrets: Vec::new(),
                 max_concurrency: None,
+                ordered: false,
                 rate_limit: None,
                 prepared: Default::default(),
             }),

@@ -350,6 +350,7 @@ mod tests {
                 headers: Default::default(),
                 secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
                 max_concurrency: None,
+                ordered: false,
                 rate_limit: None,
                 prepared: Default::default(),
             }),

@@ -1,4 +1,4 @@
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 
@@ -116,28 +116,23 @@ fn record_attempt(
         NextStep::Failed => ("failed", None, Some(finished)),
         NextStep::RetryAt(at) => ("pending", Some(at), None),
     };
-    // A lookup and a plain UPDATE rather than UPDATE … RETURNING, which gathers its rows in
-    // a temporary table first: that alone cost more than the rest of the record.
-    let delivery: Option<(String, Option<String>)> = c
-        .prepare_cached("SELECT endpoint_id, order_key FROM deliveries WHERE id = ?1")?
-        .query_row([a.delivery_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    // Deleted while under way, with its endpoint or by retention: nothing left to record.
-    let Some((endpoint, order_key)) = delivery else {
-        return Ok(0);
-    };
-    c.prepare_cached(
-        "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+    let updated = c
+        .prepare_cached(
+            "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
                 completed_at = ?5, claimed_at = NULL
          WHERE id = ?1",
-    )?
-    .execute(params![
-        a.delivery_id,
-        status,
-        a.attempt,
-        next_at,
-        completed_at
-    ])?;
+        )?
+        .execute(params![
+            a.delivery_id,
+            status,
+            a.attempt,
+            next_at,
+            completed_at
+        ])?;
+    // Deleted while under way, with its endpoint or by retention: nothing left to record.
+    if updated == 0 {
+        return Ok(0);
+    }
     c.prepare_cached(
         "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
                                error_kind, error, response_body)
@@ -153,12 +148,21 @@ fn record_attempt(
         a.error,
         a.response_body
     ])?;
-    // A final outcome lets the next delivery of its device queue go.
-    let mut due = match &order_key {
-        Some(key) if completed_at.is_some() => advance_queue(c, &endpoint, key, finished)?,
-        _ => 0,
-    };
-    due += endpoint_health(c, a, &endpoint, finished, disable_after_ms, healthy)?;
+    // A final outcome lets the next delivery of its device queue go. Only a delivery to an
+    // ordered endpoint can be in one (switching ordering off takes every delivery out of
+    // its queue), so the others need not look. A plain lookup rather than UPDATE …
+    // RETURNING, which gathers its rows in a temporary table first.
+    let endpoint = a.endpoint_id.as_str();
+    let mut due = 0;
+    if a.ordered && completed_at.is_some() {
+        let order_key: Option<String> = c
+            .prepare_cached("SELECT order_key FROM deliveries WHERE id = ?1")?
+            .query_row([a.delivery_id], |r| r.get(0))?;
+        if let Some(key) = order_key {
+            due += advance_queue(c, endpoint, &key, finished)?;
+        }
+    }
+    due += endpoint_health(c, a, endpoint, finished, disable_after_ms, healthy)?;
     Ok(due)
 }
 

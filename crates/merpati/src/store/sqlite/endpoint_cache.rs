@@ -114,9 +114,9 @@ fn load_subscriptions(c: &Connection, account: &str) -> StoreResult<Vec<Subscrip
 
 /// The target, and the earliest time one of its live secrets expires.
 fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<(Target, Option<i64>)> {
-    let (url, format, secret_in_body, headers, max_concurrency, rate_limit) = c
+    let (url, format, secret_in_body, headers, max_concurrency, rate_limit, ordering) = c
         .prepare_cached(
-            "SELECT url, format, secret_in_body, headers, max_concurrency, rate_limit
+            "SELECT url, format, secret_in_body, headers, max_concurrency, rate_limit, ordering
              FROM endpoints WHERE id = ?1",
         )?
         .query_row([endpoint_id], |r| {
@@ -127,6 +127,7 @@ fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<(Targ
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<u32>>(4)?,
                 r.get::<_, Option<u32>>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })?;
     let mut live = c.prepare_cached(
@@ -152,6 +153,7 @@ fn load_target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult<(Targ
         secrets,
         max_concurrency,
         rate_limit,
+        ordered: ordering.as_deref() == Some("device"),
         prepared: Default::default(),
     };
     Ok((target, changes_at))
