@@ -1,6 +1,8 @@
 //! Storing an event and fanning it out to the endpoints that subscribe to it, inside the
 //! caller's transaction: the event and its deliveries are committed together or not at all.
 
+use std::cell::Cell;
+
 use rusqlite::{params, Connection};
 
 use super::endpoint_cache;
@@ -24,6 +26,17 @@ pub(super) struct EventBody<'a> {
     pub payload: std::sync::Arc<str>,
 }
 
+thread_local! {
+    /// The number the writer gives its next event, once it has read it: only the writer
+    /// stores events, so after that it need not read it again. Forgotten with every
+    /// rollback (`forget_next_seq`), after which it is read again.
+    static NEXT_SEQ: Cell<Option<i64>> = const { Cell::new(None) };
+}
+
+pub(super) fn forget_next_seq() {
+    NEXT_SEQ.set(None);
+}
+
 /// Inserts the event; `payload` is given the event's system-wide sequence number (the
 /// `data.id` of inbound payloads) and returns the exact body to deliver. Returns the
 /// sequence number and that body.
@@ -34,11 +47,14 @@ pub(super) fn insert_event(
 ) -> StoreResult<(i64, String)> {
     // The one writer picks the next number itself, so the row is written once, payload
     // and all; AUTOINCREMENT keeps the largest number ever used in sqlite_sequence.
-    let seq: i64 = c
-        .prepare_cached(
-            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) + 1",
-        )?
-        .query_row([], |r| r.get(0))?;
+    let seq: i64 = match NEXT_SEQ.get() {
+        Some(seq) => seq,
+        None => c
+            .prepare_cached(
+                "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0) + 1",
+            )?
+            .query_row([], |r| r.get(0))?,
+    };
     let payload = payload(seq);
     c.prepare_cached(
         "INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
@@ -58,6 +74,7 @@ pub(super) fn insert_event(
         e.inbound.map(|i| i.0),
         e.inbound.map(|i| i.1),
     ])?;
+    NEXT_SEQ.set(Some(seq + 1));
     Ok((seq, payload))
 }
 
@@ -235,4 +252,39 @@ pub(super) fn release_held(c: &Connection, endpoint_id: &str, now: i64) -> Store
         due += advance_queue(c, endpoint_id, &key, now)?;
     }
     Ok(due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insert(c: &Connection, id: &str) -> i64 {
+        let new = NewEvent {
+            id,
+            account_id: "a",
+            event_type: "t",
+            scope: Scope::default(),
+            created_at: 0,
+            inbound: None,
+        };
+        insert_event(c, &new, |_| "{}".into()).unwrap().0
+    }
+
+    /// The writer keeps the next number between writes; after a rollback it reads it again,
+    /// so an undone event's number is given again and none is skipped.
+    #[test]
+    fn event_numbers_go_on_from_what_is_stored_after_a_rollback() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::migrate(&mut c).unwrap();
+        c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
+            .unwrap();
+        assert_eq!(insert(&c, "evt_1"), 1);
+        assert_eq!(insert(&c, "evt_2"), 2);
+        c.execute_batch("BEGIN").unwrap();
+        assert_eq!(insert(&c, "evt_3"), 3);
+        c.execute_batch("ROLLBACK").unwrap();
+        forget_next_seq();
+        assert_eq!(insert(&c, "evt_3b"), 3);
+        assert_eq!(insert(&c, "evt_4"), 4);
+    }
 }

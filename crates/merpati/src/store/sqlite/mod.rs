@@ -482,7 +482,7 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
             // SQLite ends the transaction itself on some errors (a full disk, say).
             if failed && (conn.total_changes() != before || conn.is_autocommit()) {
                 // It changed rows and then failed: only the whole transaction undoes that.
-                endpoint_cache::forget();
+                forget_cached();
                 let _ = exec("ROLLBACK");
                 return Err("a write failed after changing rows; its group is undone".into());
             }
@@ -492,21 +492,27 @@ fn run_group(conn: &Connection, group: &mut [Box<dyn WriteJob>]) -> Result<(), S
             if job.run(conn) {
                 exec("RELEASE job")
             } else {
-                // What the job read into the endpoint cache may be undone with it.
-                endpoint_cache::forget();
+                // What the job read into the writer's caches may be undone with it.
+                forget_cached();
                 exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job"))
             }
         });
         if let Err(message) = step {
-            endpoint_cache::forget();
+            forget_cached();
             let _ = exec("ROLLBACK");
             return Err(message);
         }
     }
     exec("COMMIT").inspect_err(|_| {
-        endpoint_cache::forget();
+        forget_cached();
         let _ = exec("ROLLBACK");
     })
+}
+
+/// Empties what the writer keeps of the database between writes, when a write is undone.
+fn forget_cached() {
+    endpoint_cache::forget();
+    fanout::forget_next_seq();
 }
 
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
