@@ -2,6 +2,8 @@
 -- table and its two indexes, which every inbound item wrote. Not a unique index: ingest
 -- looks every rid up before it stores anything (and refuses a reused one), on the one
 -- writer, so a second check inside the insert would only cost a second search.
+-- The upgrade rewrites the row of every event a device sent, in one transaction: on a large
+-- database it takes a while and the log grows by about the size of those events.
 ALTER TABLE events ADD COLUMN rid TEXT;
 ALTER TABLE events ADD COLUMN content_hash BLOB;
 UPDATE events
