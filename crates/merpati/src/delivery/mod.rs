@@ -61,10 +61,9 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub delivery_id: i64,
-    pub endpoint_id: String,
-    /// The endpoint took each device's events in order when the attempt was handed out:
-    /// only then can the delivery be in a device queue that its outcome moves on.
-    pub ordered: bool,
+    /// The endpoint as the attempt was handed out: only if it was ordered then can the
+    /// delivery be in a device queue that its outcome moves on.
+    pub endpoint: Arc<Target>,
     pub attempt: i64,
     pub started_at: i64,
     pub duration_ms: i64,
@@ -970,8 +969,7 @@ async fn deliver(sender: Arc<Sender>, job: DueDelivery, lane_started_at: i64) ->
     );
     let record = AttemptRecord {
         delivery_id: job.delivery_id,
-        endpoint_id: job.endpoint.id.clone(),
-        ordered: job.endpoint.ordered,
+        endpoint: job.endpoint.clone(),
         attempt: job.attempt,
         started_at: report.started_at,
         duration_ms: report.duration_ms,

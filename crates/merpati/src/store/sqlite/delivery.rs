@@ -152,9 +152,9 @@ fn record_attempt(
     // ordered endpoint can be in one (switching ordering off takes every delivery out of
     // its queue), so the others need not look. A plain lookup rather than UPDATE …
     // RETURNING, which gathers its rows in a temporary table first.
-    let endpoint = a.endpoint_id.as_str();
+    let endpoint = a.endpoint.id.as_str();
     let mut due = 0;
-    if a.ordered && completed_at.is_some() {
+    if a.endpoint.ordered && completed_at.is_some() {
         let order_key: Option<String> = c
             .prepare_cached("SELECT order_key FROM deliveries WHERE id = ?1")?
             .query_row([a.delivery_id], |r| r.get(0))?;
