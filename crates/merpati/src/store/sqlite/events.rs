@@ -258,10 +258,7 @@ mod tests {
     use super::*;
 
     fn events_at(times: &[(i64, i64)]) -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut c).unwrap();
-        c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
-            .unwrap();
+        let c = super::super::schema_with_account();
         for (seq, created_at) in times {
             c.execute(
                 "INSERT INTO events (seq, id, account_id, type, payload, created_at)

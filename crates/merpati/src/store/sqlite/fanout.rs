@@ -274,10 +274,7 @@ mod tests {
     /// so an undone event's number is given again and none is skipped.
     #[test]
     fn event_numbers_go_on_from_what_is_stored_after_a_rollback() {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::migrate(&mut c).unwrap();
-        c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
-            .unwrap();
+        let c = super::super::schema_with_account();
         assert_eq!(insert(&c, "evt_1"), 1);
         assert_eq!(insert(&c, "evt_2"), 2);
         c.execute_batch("BEGIN").unwrap();

@@ -431,6 +431,17 @@ fn writer_loop(
     checkpoint::uninstall();
 }
 
+/// A database in memory with the whole schema and one account, `a`, for the tests of the
+/// statements that store events.
+#[cfg(test)]
+fn schema_with_account() -> Connection {
+    let mut c = Connection::open_in_memory().unwrap();
+    migrate(&mut c).unwrap();
+    c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
+        .unwrap();
+    c
+}
+
 /// SQLite's own check that the database is whole, for the tests of the log's writes and of
 /// checkpoints, which work on connections of their own.
 #[cfg(test)]
