@@ -498,6 +498,23 @@ struct ReceiptLog {
     last: Mutex<Option<Instant>>,
 }
 
+/// The moment an item was sent, from its message (`"bench <µs>"`). Only that field is read,
+/// and borrowed: a receiver on the same cores as the server should cost what a receiver has to.
+fn sent_at_us(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Payload<'a> {
+        #[serde(borrow)]
+        data: Data<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+    }
+    let payload: Payload = serde_json::from_slice(body).ok()?;
+    payload.data.message.strip_prefix("bench ")?.parse().ok()
+}
+
 async fn start_timing_receiver(
     log: Arc<ReceiptLog>,
     epoch: Instant,
@@ -506,12 +523,7 @@ async fn start_timing_receiver(
         let log = log.clone();
         async move {
             let now = epoch.elapsed().as_micros() as u64;
-            let sent = serde_json::from_slice::<Value>(&body).ok().and_then(|v| {
-                v["data"]["message"]
-                    .as_str()
-                    .and_then(|m| m.strip_prefix("bench "))
-                    .and_then(|t| t.parse::<u64>().ok())
-            });
+            let sent = sent_at_us(&body);
             if let Some(sent) = sent {
                 log.latencies_us
                     .lock()
@@ -1045,6 +1057,20 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_receiver_reads_the_moment_an_item_was_sent() {
+        let payload = br#"{"type":"sms","data":{"id":1,"rid":"7","phone":"+63","message":"bench 1234","sim":1},"secret":"s"}"#;
+        assert_eq!(sent_at_us(payload), Some(1234));
+        // An escaped message is decoded, not borrowed.
+        assert_eq!(
+            sent_at_us(br#"{"data":{"message":"bench\u00201"}}"#),
+            Some(1)
+        );
+        assert_eq!(sent_at_us(br#"{"data":{"message":"hello"}}"#), None);
+        assert_eq!(sent_at_us(br#"{"data":{}}"#), None);
+        assert_eq!(sent_at_us(b"not json"), None);
+    }
 
     #[test]
     fn stat_lines_give_the_thread_name_and_its_cpu() {
