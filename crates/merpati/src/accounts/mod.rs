@@ -41,8 +41,8 @@ pub trait AccountStore: Send + Sync {
     async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>>;
     async fn get_account(&self, id: String) -> StoreResult<Account>;
     async fn rename_account(&self, id: String, name: String, now: i64) -> StoreResult<Account>;
-    /// Deletes the account and everything it owns.
-    async fn delete_account(&self, id: String) -> StoreResult<()>;
+    /// Deletes the account and everything it owns. Returns the ids of the endpoints it had.
+    async fn delete_account(&self, id: String) -> StoreResult<Vec<String>>;
     async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey>;
     async fn list_api_keys(&self, account_id: String) -> StoreResult<Vec<ApiKey>>;
     async fn revoke_api_key(&self, account_id: String, key_id: String, now: i64)
@@ -126,8 +126,11 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_account(id.clone()).await?;
+    let endpoints = state.store.delete_account(id.clone()).await?;
     state.device_tokens.forget_account(&id);
+    for endpoint in endpoints {
+        state.handoff.endpoint_deleted(endpoint);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -123,6 +123,8 @@ impl DeliveryWaker {
 pub struct Handoff {
     room: Arc<Semaphore>,
     to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
+    /// Endpoints deleted, whose lanes the worker forgets.
+    deleted: mpsc::UnboundedSender<String>,
     /// How long a delivery handed over stays leased to this run of the worker.
     pub lease: Duration,
 }
@@ -131,19 +133,26 @@ pub struct Handoff {
 pub struct Inbox {
     room: Arc<Semaphore>,
     from_ingest: mpsc::UnboundedReceiver<Vec<DueDelivery>>,
+    deleted: mpsc::UnboundedReceiver<String>,
 }
 
 /// A handoff for a worker holding at most `budget` claimed deliveries.
 pub fn handoff(config: &DeliveryConfig) -> (Handoff, Inbox) {
     let room = Arc::new(Semaphore::new(claim_budget(config)));
     let (to_worker, from_ingest) = mpsc::unbounded_channel();
+    let (deleted_tx, deleted) = mpsc::unbounded_channel();
     (
         Handoff {
             room: room.clone(),
             to_worker,
+            deleted: deleted_tx,
             lease: lease(config),
         },
-        Inbox { room, from_ingest },
+        Inbox {
+            room,
+            from_ingest,
+            deleted,
+        },
     )
 }
 
@@ -167,6 +176,14 @@ impl Handoff {
             to_worker: self.to_worker.clone(),
             deliveries: Vec::new(),
         }
+    }
+
+    /// Tells the worker an endpoint is gone (its deliveries with it), so that it forgets
+    /// the endpoint's lane: one whose breaker is open would otherwise wait for an outcome
+    /// that never comes, and stay in memory.
+    pub fn endpoint_deleted(&self, endpoint_id: String) {
+        // A worker gone (shut down) has no lanes to forget.
+        let _ = self.deleted.send(endpoint_id);
     }
 }
 
@@ -543,6 +560,9 @@ impl Worker {
                     }
                 }
                 _ = self.waker.0.notified() => known_due = true,
+                Some(endpoint_id) = self.inbox.deleted.recv() => {
+                    state.forget(&endpoint_id, &self.pauses);
+                }
                 Some(handed) = self.inbox.from_ingest.recv() => {
                     let now = self.clock.now_ms();
                     let mut handed = Some(handed);
@@ -732,6 +752,19 @@ impl Lanes {
                 })
             })
             .collect()
+    }
+
+    /// A deleted endpoint's lane goes, with what it queued (those deliveries went with the
+    /// endpoint); attempts under way end as ever, and find no lane to report to.
+    fn forget(&mut self, endpoint_id: &str, pauses: &Pauses) {
+        pauses.set(endpoint_id, None);
+        self.active.remove(endpoint_id);
+        let Some(lane) = self.lanes.remove(endpoint_id) else {
+            return;
+        };
+        for job in lane.queue {
+            unclaim(&mut self.claimed, &self.room, job.delivery_id);
+        }
     }
 
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
@@ -1110,6 +1143,69 @@ mod tests {
 
         assert_eq!(take_room(&room, left + 10), left, "no more than is free");
         assert_eq!(take_room(&room, 10), 0);
+    }
+
+    #[test]
+    fn a_deleted_endpoint_s_lane_is_forgotten_and_its_room_comes_back() {
+        let (handoff, mut inbox) = handoff(&config(4));
+        let pauses = Pauses::default();
+        let policy = BreakerPolicy {
+            failures: 1,
+            cooldown_ms: 60_000,
+            max_cooldown_ms: 60_000,
+        };
+        let mut lanes = Lanes {
+            lanes: HashMap::new(),
+            active: HashSet::new(),
+            claimed: HashSet::new(),
+            room: inbox.room.clone(),
+            to_park: Vec::new(),
+        };
+        let budget = inbox.room.available_permits();
+        let failed = |delivery_id, endpoint_id: &str| Finished {
+            delivery_id,
+            endpoint_id: endpoint_id.into(),
+            started_at: 0,
+            health: Health::Down,
+            took_ms: 5,
+            retry_at: None,
+        };
+        // "ep" fails: its breaker opens, and what comes for it meanwhile is parked.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(1), &config(4), 0);
+        let mut started = Vec::new();
+        lanes.start_ready(0, 0, 4, |job| started.push(job.delivery_id));
+        assert_eq!(started, [1]);
+        lanes.finish(failed(1, "ep"), 10, &policy, &pauses);
+        assert!(pauses.until("ep").is_some());
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(2), &config(4), 20);
+        assert_eq!(lanes.to_park.len(), 1);
+        // "other" has deliveries queued behind one under way.
+        assert_eq!(take_room(&lanes.room, 3), 3);
+        for id in 3..=5 {
+            let mut job = due(id);
+            Arc::make_mut(&mut job.endpoint).id = "other".into();
+            lanes.take(job, &config(4), 20);
+        }
+        lanes.start_ready(20, 0, 1, |_| {});
+        assert_eq!(lanes.lanes["other"].queue.len(), 2);
+
+        // Deleted, both are forgotten: the open breaker waits for no outcome, and what
+        // was queued gives its room back.
+        for endpoint in ["ep", "other"] {
+            handoff.endpoint_deleted(endpoint.into());
+            let deleted = inbox.deleted.try_recv().expect("told");
+            lanes.forget(&deleted, &pauses);
+        }
+        assert!(lanes.lanes.is_empty() && lanes.active.is_empty());
+        assert_eq!(pauses.until("ep"), None);
+        assert_eq!(lanes.room.available_permits(), budget - 1);
+        // The attempt under way ends as ever, with no lane to report to.
+        lanes.finish(failed(3, "other"), 30, &policy, &pauses);
+        assert!(lanes.lanes.is_empty() && lanes.claimed.is_empty());
+        assert_eq!(lanes.room.available_permits(), budget);
+        assert_eq!(pauses.until("other"), None);
     }
 
     #[test]

@@ -503,7 +503,8 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_endpoint(account, id).await?;
+    state.store.delete_endpoint(account, id.clone()).await?;
+    state.handoff.endpoint_deleted(id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -95,23 +95,20 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn delete_account(&self, id: String) -> StoreResult<()> {
+    async fn delete_account(&self, id: String) -> StoreResult<Vec<String>> {
         self.write(move |c| {
+            let endpoints = c
+                .prepare("DELETE FROM endpoints WHERE account_id = ?1 RETURNING id")?
+                .query_map([&id], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
             // Children first: channels and devices reference their parents without cascade
             // (deleting a business with channels is refused elsewhere), so clear them in order.
-            for table in [
-                "endpoints",
-                "events",
-                "devices",
-                "channels",
-                "businesses",
-                "api_keys",
-            ] {
+            for table in ["events", "devices", "channels", "businesses", "api_keys"] {
                 c.execute(&format!("DELETE FROM {table} WHERE account_id = ?1"), [&id])?;
             }
             match c.execute("DELETE FROM accounts WHERE id = ?1", [&id])? {
                 0 => Err(StoreError::NotFound("account")),
-                _ => Ok(()),
+                _ => Ok(endpoints),
             }
         })
         .await
