@@ -6,12 +6,13 @@
 //! a crash mid-attempt leaves it due again rather than lost. No database connection is held
 //! while a request is under way: claim, send, record are three separate steps.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -329,12 +330,13 @@ pub(crate) fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 /// The worker's state between steps: the lanes, and every delivery it holds a claim on.
 struct Lanes {
-    lanes: HashMap<String, Lane>,
+    // The worker's maps are keyed by its own ids, hashed for every delivery: a fast hash.
+    lanes: FastMap<String, Lane>,
     /// Lanes with something queued.
-    active: HashSet<String>,
+    active: FastSet<String>,
     /// Queued or under way: a claim whose lease ran out while its delivery waits or is
     /// attempted (the clock stepped) must not start a second attempt beside the first.
-    claimed: HashSet<i64>,
+    claimed: FastSet<i64>,
     /// One permit for every claim the worker could still hold; shared with ingest.
     room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
@@ -374,7 +376,7 @@ impl Worker {
         }
         let min_claim = (self.config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
         let mut in_flight: JoinSet<Finished> = JoinSet::new();
-        let mut running: HashMap<tokio::task::Id, (i64, String, i64)> = HashMap::new();
+        let mut running: FastMap<tokio::task::Id, (i64, String, i64)> = FastMap::default();
         // Whether deliveries may be due now (woken, or the last claim was full), and when
         // the next one is due as far as the worker knows.
         let mut known_due = true;
@@ -394,9 +396,9 @@ impl Worker {
         // Deliveries taken back are due, and no claim started since has returned.
         let mut taken_back_unclaimed = false;
         let mut state = Lanes {
-            lanes: HashMap::new(),
-            active: HashSet::new(),
-            claimed: HashSet::new(),
+            lanes: FastMap::default(),
+            active: FastSet::default(),
+            claimed: FastSet::default(),
             room: self.inbox.room.clone(),
             to_park: Vec::new(),
         };
@@ -842,7 +844,7 @@ fn park(
     lane: &mut Lane,
     delivery_id: i64,
     now: i64,
-    claimed: &mut HashSet<i64>,
+    claimed: &mut FastSet<i64>,
     room: &Semaphore,
     to_park: &mut Vec<(i64, i64)>,
 ) {
@@ -852,7 +854,7 @@ fn park(
 }
 
 /// The delivery leaves the worker's hands, and its room with it.
-fn unclaim(claimed: &mut HashSet<i64>, room: &Semaphore, delivery_id: i64) {
+fn unclaim(claimed: &mut FastSet<i64>, room: &Semaphore, delivery_id: i64) {
     if claimed.remove(&delivery_id) {
         room.add_permits(1);
     }
@@ -1155,9 +1157,9 @@ mod tests {
             max_cooldown_ms: 60_000,
         };
         let mut lanes = Lanes {
-            lanes: HashMap::new(),
-            active: HashSet::new(),
-            claimed: HashSet::new(),
+            lanes: FastMap::default(),
+            active: FastSet::default(),
+            claimed: FastSet::default(),
             room: inbox.room.clone(),
             to_park: Vec::new(),
         };
