@@ -11,7 +11,7 @@ bench() {
     echo
 }
 bench                                                         # 1 item a request, full speed, 64 devices
-bench --concurrency 128                                       # … 128 devices under way
+bench --devices 128 --concurrency 128                         # … 128 devices, a request under way each
 bench --items-per-request 100 --concurrency 16 --idle 30s    # 100 items a request, then idle
 bench --items-per-request 100 --concurrency 16 --rate 20000  # … at a steady 20,000/s
 bench --rate 2000                                             # steady rate: latency
