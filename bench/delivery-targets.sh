@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every delivery target of BENCHMARKS.md, one 60 s run each (about 18 minutes in all).
+# Every delivery target of BENCHMARKS.md, one 60 s run each (about 15 minutes in all).
 # Usage: bench/delivery-targets.sh [duration]   (e.g. 20s for a quicker look)
 set -euo pipefail
 cd "$(dirname "$0")/.."
