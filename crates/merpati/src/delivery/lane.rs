@@ -135,6 +135,20 @@ impl Lane {
         }
     }
 
+    /// A lane for an endpoint whose pace an earlier lane learnt (its usual latency, in ms).
+    pub fn remembering(mut self, avg_ms: Option<f64>) -> Lane {
+        if let Some(avg_ms) = avg_ms {
+            self.avg_ms = avg_ms;
+            self.heard_back = true;
+        }
+        self
+    }
+
+    /// The endpoint's usual latency, once an attempt has ended.
+    pub fn pace(&self) -> Option<f64> {
+        self.heard_back.then_some(self.avg_ms)
+    }
+
     pub fn breaker(&self) -> Breaker {
         self.breaker
     }
@@ -274,15 +288,17 @@ impl Lane {
 
     /// How many deliveries may wait in the queue: as many as it can start at once, and
     /// what it can start within the horizon after those; before any attempt has ended, a
-    /// quarter of its concurrency, so that an endpoint that turns out to hang has not
-    /// taken the claims others need. An open breaker starts nothing, so it queues nothing.
-    /// A lane that is not slow queues whatever it is given: parking is for lanes whose
-    /// own pace holds them back, never for a busy healthy one.
+    /// quarter of its concurrency, from the first delivery on, so that an endpoint that
+    /// turns out to hang has not taken the room others need while it was found out (a
+    /// fast one takes back what it parked as soon as it answers). An open breaker starts
+    /// nothing, so it queues nothing. A lane known not to be slow queues whatever it is
+    /// given: parking is for lanes whose own pace holds them back, never for a busy
+    /// healthy one.
     pub fn queue_cap(&self, now: i64) -> usize {
         if matches!(self.breaker, Breaker::Open { until, .. } if now < until) {
             return 0;
         }
-        if !self.is_slow(now) {
+        if self.heard_back && !self.is_slow(now) {
             return usize::MAX;
         }
         let mut free = self.limits.concurrency.saturating_sub(self.in_flight);
@@ -331,9 +347,11 @@ impl Lane {
                     until
                 }
             }
-            // Its pace is unknown: far enough not to come back again and again while it
-            // hangs; if it answers, it takes them back as soon as it has room.
-            _ if !self.heard_back => now + UNKNOWN_PACE_PARK_MS,
+            // Its pace is unknown. Hanging: far enough not to come back again and again; if
+            // it answers, it takes them back as soon as it has room. Merely not heard from
+            // yet (a burst before its first answer): back soon, whatever it turns out to be.
+            _ if !self.heard_back && self.is_slow(now) => now + UNKNOWN_PACE_PARK_MS,
+            _ if !self.heard_back => soonest,
             _ => {
                 let per_item = 1000.0 / self.drain_rate(now).max(0.001);
                 let queued_until = now + (self.queue.len() as f64 * per_item) as i64;
@@ -682,21 +700,65 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_that_hangs_before_it_ever_answered_queues_a_quarter_of_its_concurrency() {
+    fn a_lane_not_heard_from_yet_queues_a_quarter_of_its_concurrency() {
         let mut l = lane(8, None);
-        assert_eq!(l.queue_cap(0), usize::MAX, "not known to be slow");
+        // What it can start, and a quarter of that: its pace is not known yet.
+        assert_eq!(l.queue_cap(0), 10);
         for _ in 0..8 {
             l.start(0);
         }
+        assert_eq!(
+            l.queue_cap(0),
+            2,
+            "a hanging endpoint holds no more room than this"
+        );
         assert!(!l.is_slow(UNKNOWN_SLOW_MS - 1));
         assert!(l.is_slow(UNKNOWN_SLOW_MS));
         assert_eq!(l.queue_cap(1000), 2);
+        assert!(
+            l.park_at(1000) >= 1000 + UNKNOWN_PACE_PARK_MS,
+            "hanging: parked far"
+        );
         // Answers, fast: no longer slow.
         for _ in 0..20 {
             l.start(1000);
             l.finish(1000, 1001, 2, Health::Up, &POLICY);
         }
         assert_eq!(l.queue_cap(1001), usize::MAX);
+    }
+
+    #[test]
+    fn a_burst_before_the_first_answer_is_parked_briefly_and_taken_back_on_an_answer() {
+        let mut l = lane(256, None);
+        for _ in 0..256 {
+            l.start(0);
+        }
+        assert_eq!(l.queue_cap(10), 64);
+        // Not hanging yet: what it cannot queue comes back soon.
+        let at = l.park_at(10);
+        assert_eq!(at, 10 + MIN_PARK_MS);
+        for t in 0..256 {
+            l.finish(0, 20 + t / 64, 5, Health::Up, &POLICY);
+        }
+        assert_eq!(l.queue_cap(30), usize::MAX, "heard from, fast");
+        assert!(
+            l.take_back(30).is_some(),
+            "caught up: it asks for them at once"
+        );
+    }
+
+    #[test]
+    fn a_lane_remembering_its_endpoint_s_pace_is_known_from_the_start() {
+        let mut first = lane(256, None);
+        assert_eq!(first.pace(), None);
+        first.start(0);
+        first.finish(0, 5, 5, Health::Up, &POLICY);
+        let pace = first.pace().expect("heard back");
+        let again = Lane::new(first.limits, 10_000).remembering(Some(pace));
+        assert_eq!(again.queue_cap(10_000), usize::MAX);
+        assert_eq!(again.pace(), Some(pace));
+        let fresh = Lane::new(first.limits, 10_000).remembering(None);
+        assert_eq!(fresh.queue_cap(10_000), 256 + 64);
     }
 
     #[test]

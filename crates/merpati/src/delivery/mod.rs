@@ -341,7 +341,17 @@ struct Lanes {
     room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
     to_park: Vec<(i64, i64)>,
+    /// The pace (usual latency, ms) of endpoints whose lanes went idle, and when: a lane
+    /// made again soon after starts from it rather than from not knowing.
+    paces: FastMap<String, (f64, i64)>,
+    /// `paces` is pruned of what is too old when it grows to this.
+    prune_paces_at: usize,
 }
+
+/// How long a lane's pace is remembered once it has gone idle.
+const PACE_MEMORY_MS: i64 = 60_000;
+/// Remembered paces are not pruned before there are this many.
+const MIN_PACES_PRUNE: usize = 1024;
 
 impl Worker {
     /// Runs until shutdown, then waits for the attempts under way (bounded by the timeout).
@@ -401,6 +411,8 @@ impl Worker {
             claimed: FastSet::default(),
             room: self.inbox.room.clone(),
             to_park: Vec::new(),
+            paces: FastMap::default(),
+            prune_paces_at: MIN_PACES_PRUNE,
         };
         loop {
             if self.shutdown.is_cancelled() {
@@ -657,10 +669,16 @@ impl Lanes {
                 .max(1),
             rate: job.endpoint.rate_limit,
         };
+        let paces = &mut self.paces;
         let lane = self
             .lanes
             .entry(job.endpoint.id.clone())
-            .or_insert_with(|| Lane::new(limits, now));
+            .or_insert_with(|| {
+                let pace = paces
+                    .remove(&job.endpoint.id)
+                    .filter(|(_, at)| now - at < PACE_MEMORY_MS);
+                Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms))
+            });
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now) {
             park(
@@ -761,6 +779,7 @@ impl Lanes {
     fn forget(&mut self, endpoint_id: &str, pauses: &Pauses) {
         pauses.set(endpoint_id, None);
         self.active.remove(endpoint_id);
+        self.paces.remove(endpoint_id);
         let Some(lane) = self.lanes.remove(endpoint_id) else {
             return;
         };
@@ -788,7 +807,20 @@ impl Lanes {
             _ => {}
         }
         if lane.is_idle(now) {
+            if let Some(avg_ms) = lane.pace() {
+                self.remember_pace(f.endpoint_id.clone(), avg_ms, now);
+            }
             self.lanes.remove(&f.endpoint_id);
+        }
+    }
+
+    /// Kept for [`PACE_MEMORY_MS`]; pruned whenever the memory has doubled since the last
+    /// prune, so that pruning costs little a lane however many endpoints there are.
+    fn remember_pace(&mut self, endpoint_id: String, avg_ms: f64, now: i64) {
+        self.paces.insert(endpoint_id, (avg_ms, now));
+        if self.paces.len() >= self.prune_paces_at {
+            self.paces.retain(|_, (_, at)| now - *at < PACE_MEMORY_MS);
+            self.prune_paces_at = (self.paces.len() * 2).max(MIN_PACES_PRUNE);
         }
     }
 }
@@ -1147,6 +1179,84 @@ mod tests {
         assert_eq!(take_room(&room, 10), 0);
     }
 
+    fn lanes(inbox: &Inbox) -> Lanes {
+        Lanes {
+            lanes: FastMap::default(),
+            active: FastSet::default(),
+            claimed: FastSet::default(),
+            room: inbox.room.clone(),
+            to_park: Vec::new(),
+            paces: FastMap::default(),
+            prune_paces_at: MIN_PACES_PRUNE,
+        }
+    }
+
+    const POLICY: BreakerPolicy = BreakerPolicy {
+        failures: 5,
+        cooldown_ms: 1000,
+        max_cooldown_ms: 1000,
+    };
+
+    /// An attempt started at `started_at` that took 5 ms.
+    fn finished(delivery_id: i64, endpoint_id: &str, started_at: i64, health: Health) -> Finished {
+        Finished {
+            delivery_id,
+            endpoint_id: endpoint_id.into(),
+            started_at,
+            health,
+            took_ms: 5,
+            retry_at: None,
+        }
+    }
+
+    /// Takes `id` into its lane and runs it to an answer after 5 ms.
+    fn answered(lanes: &mut Lanes, id: i64, at: i64) {
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(id), &config(4), at);
+        lanes.start_ready(at, 0, 4, |_| {});
+        let done = finished(id, "ep", at, Health::Up);
+        lanes.finish(done, at + 5, &POLICY, &Pauses::default());
+    }
+
+    #[test]
+    fn a_lane_made_again_soon_after_it_went_idle_knows_its_endpoint_s_pace() {
+        let (handoff, inbox) = handoff(&config(4));
+        let mut lanes = lanes(&inbox);
+        answered(&mut lanes, 1, 0);
+        assert!(lanes.lanes.is_empty(), "idle, so gone");
+        // Back within the minute: known to be fast, so nothing it is handed is parked.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(2), &config(4), 30_000);
+        assert_eq!(lanes.lanes["ep"].queue_cap(30_000), usize::MAX);
+        lanes.start_ready(30_000, 0, 4, |_| {});
+        let done = finished(2, "ep", 30_000, Health::Up);
+        lanes.finish(done, 30_005, &POLICY, &Pauses::default());
+        // A minute after it was last idle, its pace is not known any more.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(3), &config(4), 30_005 + PACE_MEMORY_MS);
+        let cap = lanes.lanes["ep"].queue_cap(30_005 + PACE_MEMORY_MS);
+        assert!(cap < usize::MAX, "{cap}");
+        // Deleting the endpoint forgets its pace too.
+        lanes.lanes.clear();
+        lanes.remember_pace("ep".into(), 5.0, 0);
+        handoff.endpoint_deleted("ep".into());
+        lanes.forget("ep", &Pauses::default());
+        assert!(lanes.paces.is_empty());
+    }
+
+    #[test]
+    fn remembered_paces_are_pruned_as_they_grow() {
+        let (_handoff, inbox) = handoff(&config(4));
+        let mut lanes = lanes(&inbox);
+        for i in 0..MIN_PACES_PRUNE - 1 {
+            lanes.remember_pace(format!("old{i}"), 5.0, 0);
+        }
+        assert_eq!(lanes.paces.len(), MIN_PACES_PRUNE - 1);
+        lanes.remember_pace("new".into(), 5.0, PACE_MEMORY_MS);
+        assert_eq!(lanes.paces.len(), 1, "only the one still young is kept");
+        assert_eq!(lanes.prune_paces_at, MIN_PACES_PRUNE);
+    }
+
     #[test]
     fn a_deleted_endpoint_s_lane_is_forgotten_and_its_room_comes_back() {
         let (handoff, mut inbox) = handoff(&config(4));
@@ -1156,22 +1266,10 @@ mod tests {
             cooldown_ms: 60_000,
             max_cooldown_ms: 60_000,
         };
-        let mut lanes = Lanes {
-            lanes: FastMap::default(),
-            active: FastSet::default(),
-            claimed: FastSet::default(),
-            room: inbox.room.clone(),
-            to_park: Vec::new(),
-        };
+        let mut lanes = lanes(&inbox);
         let budget = inbox.room.available_permits();
-        let failed = |delivery_id, endpoint_id: &str| Finished {
-            delivery_id,
-            endpoint_id: endpoint_id.into(),
-            started_at: 0,
-            health: Health::Down,
-            took_ms: 5,
-            retry_at: None,
-        };
+        let failed =
+            |delivery_id, endpoint_id: &str| finished(delivery_id, endpoint_id, 0, Health::Down);
         // "ep" fails: its breaker opens, and what comes for it meanwhile is parked.
         assert_eq!(take_room(&lanes.room, 1), 1);
         lanes.take(due(1), &config(4), 0);
