@@ -698,6 +698,19 @@ impl Link {
         self.send(Frame::Text(v.to_string().into())).await;
     }
 
+    /// Sends a frame the server may stop reading part way: it refuses a frame by its
+    /// header, closes the link and drops the rest, so the end of the frame can meet a reset
+    /// (its close frame, sent before, is still there to read).
+    pub async fn send_json_refused(&mut self, v: Value) {
+        use futures_util::SinkExt;
+        match self.ws.send(Frame::Text(v.to_string().into())).await {
+            Ok(()) => {}
+            Err(tokio_tungstenite::tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("frame not sent: {e}"),
+        }
+    }
+
     /// The next frame that is not a ping or pong.
     pub async fn next(&mut self) -> Option<Frame> {
         use futures_util::StreamExt;
