@@ -1220,7 +1220,7 @@ mod tests {
 
     #[test]
     fn a_lane_made_again_soon_after_it_went_idle_knows_its_endpoint_s_pace() {
-        let (handoff, inbox) = handoff(&config(4));
+        let (_handoff, inbox) = handoff(&config(4));
         let mut lanes = lanes(&inbox);
         answered(&mut lanes, 1, 0);
         assert!(lanes.lanes.is_empty(), "idle, so gone");
@@ -1239,7 +1239,6 @@ mod tests {
         // Deleting the endpoint forgets its pace too.
         lanes.lanes.clear();
         lanes.remember_pace("ep".into(), 5.0, 0);
-        handoff.endpoint_deleted("ep".into());
         lanes.forget("ep", &Pauses::default());
         assert!(lanes.paces.is_empty());
     }
