@@ -453,6 +453,10 @@ pub struct DeliveryArgs {
     /// the isolation check. Delivered/s and latency stay those of the other endpoints.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub slow_endpoint: Option<Duration>,
+    /// With `--slow-endpoint`: it answers at once for this long into the run (e.g. `10s`),
+    /// and only then slowly: an endpoint known to be fast that starts hanging.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "slow_endpoint")]
+    pub slow_after: Option<Duration>,
     /// Once everything is delivered, also measure the server idle for this long (e.g.
     /// `30s`): its CPU, and its resident memory at the end, with nothing queued.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -473,16 +477,20 @@ async fn serve_on_loopback(
     Ok((addr, task))
 }
 
-/// A receiver that takes `delay` to answer each request; counts the requests it got.
+/// A receiver that takes `delay` to answer each request, or answers at once until
+/// `fast_until` once that is set; counts the requests it got.
 async fn start_slow_receiver(
     delay: Duration,
+    fast_until: Arc<std::sync::OnceLock<Instant>>,
     count: Arc<std::sync::atomic::AtomicU64>,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = axum::Router::new().fallback(move |_body: Bytes| {
-        let count = count.clone();
+        let (count, fast_until) = (count.clone(), fast_until.clone());
         async move {
             count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            if fast_until.get().is_none_or(|t| Instant::now() >= *t) {
+                tokio::time::sleep(delay).await;
+            }
             axum::http::StatusCode::NO_CONTENT
         }
     });
@@ -867,9 +875,11 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         .await?;
     }
     let slow_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let slow_fast_until = Arc::new(std::sync::OnceLock::new());
     let slow_task = match args.slow_endpoint {
         Some(delay) => {
-            let (addr, task) = start_slow_receiver(delay, slow_count.clone()).await?;
+            let (addr, task) =
+                start_slow_receiver(delay, slow_fast_until.clone(), slow_count.clone()).await?;
             api.post(
                 "/v1/endpoints",
                 &fleet.key,
@@ -885,6 +895,9 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let rss_before = server.rss_mib();
     let (cpu0, client_cpu0) = (server.cpu_seconds(), own_cpu_seconds());
     let started = Instant::now();
+    if let Some(after) = args.slow_after {
+        let _ = slow_fast_until.set(started + after);
+    }
     let outcome = load(
         client,
         format!("{}/v1/device/messages", server.url),
@@ -951,6 +964,7 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "rate": args.rate,
         "endpoints": args.endpoints,
         "slow_endpoint_seconds": args.slow_endpoint.map(|d| d.as_secs_f64()),
+        "slow_after_seconds": args.slow_after.map(|d| d.as_secs_f64()),
         "slow_endpoint_requests": args.slow_endpoint.map(|_| slow_requests),
         "accepted": accepted,
         "refused_requests": failed,
@@ -992,8 +1006,12 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             args.endpoints
         );
         if let Some(delay) = args.slow_endpoint {
+            let after = args
+                .slow_after
+                .map(|a| format!("at once for the first {a:?}, then "))
+                .unwrap_or_default();
             println!(
-                "  slow endpoint   answers in {delay:?}; got {slow_requests} requests meanwhile"
+                "  slow endpoint   answers {after}in {delay:?}; got {slow_requests} requests meanwhile"
             );
         }
         println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
