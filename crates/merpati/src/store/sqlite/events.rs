@@ -291,13 +291,7 @@ mod tests {
         let young = first_young_seq(&c, 200).unwrap().unwrap();
         assert!(young > 2, "the bisection passed event 2: {young}");
         assert_eq!(prune(&c, 200, 100).unwrap(), 3);
-        let left: Vec<i64> = c
-            .prepare("SELECT seq FROM events ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let left: Vec<i64> = super::super::column(&c, "SELECT seq FROM events ORDER BY seq");
         assert_eq!(left, [2, 4], "the old events go, the young ones stay");
     }
 }

@@ -442,6 +442,17 @@ fn schema_with_account() -> Connection {
     c
 }
 
+/// The first column of every row `sql` returns, for tests that look at what is stored.
+#[cfg(test)]
+fn column<T: rusqlite::types::FromSql>(c: &Connection, sql: &str) -> Vec<T> {
+    c.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// SQLite's own check that the database is whole, for the tests of the log's writes and of
 /// checkpoints, which work on connections of their own.
 #[cfg(test)]
@@ -871,13 +882,8 @@ mod tests {
     fn every_foreign_key_column_leads_an_index() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
-        let tables: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let tables: Vec<String> =
+            column(&conn, "SELECT name FROM sqlite_master WHERE type = 'table'");
         let strings = |sql: &str, arg: &str| -> Vec<(i64, String)> {
             conn.prepare(sql)
                 .unwrap()
