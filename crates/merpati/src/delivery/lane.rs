@@ -85,6 +85,13 @@ const UNKNOWN_SLOW_MS: i64 = 300;
 /// An attempt under way this long (or four times the usual, if more) means the receiver
 /// has slowed down.
 const HANGING_MS: f64 = 3_000.0;
+/// A lane known to be fast is suspected of hanging once an attempt has been under way this
+/// long (or eight times its usual latency, if more) and it has not answered for as long,
+/// while other lanes did: until it answers or is found out (see [`HANGING_MS`]) it queues
+/// no more than a lane not heard from yet, so as not to take the worker's room meanwhile.
+/// Other lanes' answers are the proof that the silence is the receiver's and not a pause of
+/// merpati's own (cores busy with a backlog), which would make every lane look silent.
+const SUSPECT_MS: f64 = 200.0;
 /// The latency assumed of an endpoint not heard from yet.
 const FIRST_GUESS_MS: f64 = 200.0;
 /// The most parked deliveries a lane takes back at once.
@@ -116,6 +123,8 @@ pub struct Lane {
     probe_parked_for: Option<i64>,
     /// Whether any attempt has ended: until one has, the lane's pace is unknown.
     heard_back: bool,
+    /// When an attempt last ended (or the lane was made).
+    last_answer_at: i64,
 }
 
 impl Lane {
@@ -132,6 +141,7 @@ impl Lane {
             parked_until: now,
             probe_parked_for: None,
             heard_back: false,
+            last_answer_at: now,
         }
     }
 
@@ -227,6 +237,7 @@ impl Lane {
         }
         let took = took_ms.max(0) as f64;
         self.heard_back = true;
+        self.last_answer_at = self.last_answer_at.max(now);
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * took;
         self.breaker = match (self.breaker, health) {
             // Once open, only the probe counts. What attempts begun before say is old news:
@@ -301,16 +312,49 @@ impl Lane {
         if self.heard_back && !self.is_slow(now) {
             return usize::MAX;
         }
-        let mut free = self.limits.concurrency.saturating_sub(self.in_flight);
-        if self.limits.rate.is_some() {
-            free = free.min(self.tokens.max(0.0) as usize);
-        }
         let ahead = if self.heard_back {
             (self.drain_rate(now) * QUEUE_HORIZON_MS / 1000.0).max(1.0) as usize
         } else {
             (self.limits.concurrency / 4).max(1)
         };
-        free + ahead
+        self.free() + ahead
+    }
+
+    /// [`Lane::queue_cap`] in a worker whose lanes last heard an answer at
+    /// `answered_anywhere_at`: a lane suspected of hanging queues as one of unknown pace.
+    pub fn queue_cap_among(&self, now: i64, answered_anywhere_at: i64) -> usize {
+        let cap = self.queue_cap(now);
+        if cap == usize::MAX && self.suspected_of_hanging(now, answered_anywhere_at) {
+            self.free() + (self.limits.concurrency / 4).max(1)
+        } else {
+            cap
+        }
+    }
+
+    /// How many it could start at once: its concurrency left, and its rate limit's tokens.
+    fn free(&self) -> usize {
+        let free = self.limits.concurrency.saturating_sub(self.in_flight);
+        if self.limits.rate.is_some() {
+            free.min(self.tokens.max(0.0) as usize)
+        } else {
+            free
+        }
+    }
+
+    /// An attempt has been under way far longer than this endpoint usually takes, though not
+    /// yet long enough to count as its latency; it has not answered for as long; and other
+    /// lanes answered in the second half of that time (see [`SUSPECT_MS`]).
+    fn suspected_of_hanging(&self, now: i64, answered_anywhere_at: i64) -> bool {
+        let long = SUSPECT_MS.max(8.0 * self.avg_ms);
+        let silent_for = (now - self.last_answer_at) as f64;
+        let others_answered = now.saturating_sub(answered_anywhere_at) as f64 <= long / 2.0
+            && answered_anywhere_at > self.last_answer_at;
+        silent_for >= long
+            && others_answered
+            && self
+                .started
+                .front()
+                .is_some_and(|t| (now - t) as f64 >= long)
     }
 
     /// Held back by its own pace: paused by its breaker, hanging before it ever answered,
@@ -759,6 +803,55 @@ mod tests {
         assert_eq!(again.pace(), Some(pace));
         let fresh = Lane::new(first.limits, 10_000).remembering(None);
         assert_eq!(fresh.queue_cap(10_000), 256 + 64);
+    }
+
+    #[test]
+    fn a_fast_lane_gone_silent_while_others_answer_queues_little_until_it_answers() {
+        let mut l = lane(256, None);
+        for t in 0..50 {
+            l.start(t);
+            l.finish(t, t + 2, 2, Health::Up, &POLICY);
+        }
+        for _ in 0..200 {
+            l.start(100);
+        }
+        // Others answer all along.
+        assert_eq!(l.queue_cap_among(250, 250), usize::MAX, "150 ms: not yet");
+        assert_eq!(
+            l.queue_cap_among(300, 290),
+            56 + 64,
+            "200 ms silent, a hundred times its usual: what it can start and a quarter"
+        );
+        assert!(!l.is_slow(300), "suspected, not found out");
+        assert!(l.park_at(300) <= 300 + MIN_PARK_MS + 1, "parked briefly");
+        // Nobody answered for as long either: a pause of the worker's own, not the receiver.
+        assert_eq!(l.queue_cap_among(300, 150), usize::MAX);
+        assert_eq!(
+            l.queue_cap_among(300, 49),
+            usize::MAX,
+            "its own answers don't count"
+        );
+        // It answers: nothing to suspect any more.
+        for _ in 0..200 {
+            l.finish(100, 310, 210, Health::Up, &POLICY);
+        }
+        assert_eq!(l.queue_cap_among(310, 310), usize::MAX);
+    }
+
+    #[test]
+    fn a_busy_lane_that_keeps_answering_is_never_suspected() {
+        let mut l = lane(256, None);
+        // One attempt hangs while the rest keep answering.
+        l.start(0);
+        for t in 1..1000 {
+            l.start(t);
+            l.finish(t, t + 2, 2, Health::Up, &POLICY);
+            assert_eq!(l.queue_cap_among(t + 2, t + 2), usize::MAX, "at {t}");
+        }
+        // Before it ever answered, a lane is capped as one of unknown pace, suspect or not.
+        let mut fresh = lane(256, None);
+        fresh.start(0);
+        assert_eq!(fresh.queue_cap_among(250, 250), fresh.queue_cap(250));
     }
 
     #[test]

@@ -346,6 +346,8 @@ struct Lanes {
     paces: FastMap<String, (f64, i64)>,
     /// `paces` is pruned of what is too old when it grows to this.
     prune_paces_at: usize,
+    /// When any lane last heard an answer (see [`Lane::queue_cap_among`]).
+    answered_at: i64,
 }
 
 /// How long a lane's pace is remembered once it has gone idle.
@@ -413,6 +415,7 @@ impl Worker {
             to_park: Vec::new(),
             paces: FastMap::default(),
             prune_paces_at: MIN_PACES_PRUNE,
+            answered_at: i64::MIN,
         };
         loop {
             if self.shutdown.is_cancelled() {
@@ -680,7 +683,7 @@ impl Lanes {
                 Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms))
             });
         lane.set_limits(limits);
-        if lane.queue.len() >= lane.queue_cap(now) {
+        if lane.queue.len() >= lane.queue_cap_among(now, self.answered_at) {
             park(
                 lane,
                 job.delivery_id,
@@ -700,7 +703,7 @@ impl Lanes {
     fn trim(&mut self, now: i64) {
         for id in &self.active {
             let lane = self.lanes.get_mut(id).expect("active lanes exist");
-            let cap = lane.queue_cap(now);
+            let cap = lane.queue_cap_among(now, self.answered_at);
             while lane.queue.len() > cap {
                 let job = lane.queue.pop_back().expect("longer than its cap");
                 park(
@@ -790,6 +793,9 @@ impl Lanes {
 
     fn finish(&mut self, f: Finished, now: i64, policy: &BreakerPolicy, pauses: &Pauses) {
         unclaim(&mut self.claimed, &self.room, f.delivery_id);
+        if f.health != Health::Unknown {
+            self.answered_at = self.answered_at.max(now);
+        }
         let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
             return;
         };
@@ -1188,6 +1194,7 @@ mod tests {
             to_park: Vec::new(),
             paces: FastMap::default(),
             prune_paces_at: MIN_PACES_PRUNE,
+            answered_at: i64::MIN,
         }
     }
 
