@@ -304,8 +304,20 @@ impl Lane {
     /// fast one takes back what it parked as soon as it answers). An open breaker starts
     /// nothing, so it queues nothing. A lane known not to be slow queues whatever it is
     /// given: parking is for lanes whose own pace holds them back, never for a busy
-    /// healthy one.
-    pub fn queue_cap(&self, now: i64) -> usize {
+    /// healthy one. A lane suspected of hanging (see [`SUSPECT_MS`]; `answered_anywhere_at`
+    /// is when any of the worker's lanes last heard an answer) queues as one not heard from
+    /// yet.
+    pub fn queue_cap(&self, now: i64, answered_anywhere_at: i64) -> usize {
+        let cap = self.cap_by_pace(now);
+        if cap == usize::MAX && self.suspected_of_hanging(now, answered_anywhere_at) {
+            self.free() + (self.limits.concurrency / 4).max(1)
+        } else {
+            cap
+        }
+    }
+
+    /// [`Lane::queue_cap`] by what the lane knows of its own pace alone.
+    fn cap_by_pace(&self, now: i64) -> usize {
         if matches!(self.breaker, Breaker::Open { until, .. } if now < until) {
             return 0;
         }
@@ -318,17 +330,6 @@ impl Lane {
             (self.limits.concurrency / 4).max(1)
         };
         self.free() + ahead
-    }
-
-    /// [`Lane::queue_cap`] in a worker whose lanes last heard an answer at
-    /// `answered_anywhere_at`: a lane suspected of hanging queues as one of unknown pace.
-    pub fn queue_cap_among(&self, now: i64, answered_anywhere_at: i64) -> usize {
-        let cap = self.queue_cap(now);
-        if cap == usize::MAX && self.suspected_of_hanging(now, answered_anywhere_at) {
-            self.free() + (self.limits.concurrency / 4).max(1)
-        } else {
-            cap
-        }
     }
 
     /// How many it could start at once: its concurrency left, and its rate limit's tokens.
@@ -414,7 +415,7 @@ impl Lane {
     /// A lane paused by its breaker with none parked to come back as its probe (the last
     /// probe's delivery failed for good, say) asks for one of its parked deliveries back
     /// when the pause ends.
-    pub fn take_back(&mut self, now: i64) -> Option<usize> {
+    pub fn take_back(&mut self, now: i64, answered_anywhere_at: i64) -> Option<usize> {
         if let Some(at) = self.probe_wanted_at() {
             if now < at {
                 return None;
@@ -429,7 +430,7 @@ impl Lane {
         if !caught_up {
             return None;
         }
-        Some(self.queue_cap(now).min(MAX_TAKE_BACK))
+        Some(self.queue_cap(now, answered_anywhere_at).min(MAX_TAKE_BACK))
     }
 
     /// When the breaker's pause ends, if the lane then needs one of its parked deliveries
@@ -478,6 +479,9 @@ fn burst(rate: Option<u32>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No other lane has answered: nothing is suspected of hanging.
+    const NO_NEWS: i64 = i64::MIN;
 
     const POLICY: BreakerPolicy = BreakerPolicy {
         failures: 3,
@@ -563,7 +567,7 @@ mod tests {
             }
         );
         assert_eq!(l.gate(500), Gate::At(1005));
-        assert_eq!(l.queue_cap(500), 0);
+        assert_eq!(l.queue_cap(500, NO_NEWS), 0);
         assert_eq!(l.park_at(500), 1005);
         // One probe at a time.
         assert_eq!(l.gate(1005), Gate::Go);
@@ -622,7 +626,7 @@ mod tests {
             [600 + MAX_PARK_MS, 601 + MAX_PARK_MS, 602 + MAX_PARK_MS]
         );
         // Caught up meanwhile? Not with the breaker open.
-        assert_eq!(l.take_back(700), None);
+        assert_eq!(l.take_back(700, NO_NEWS), None);
         // The probe fails: the next pause gets a probe of its own.
         assert_eq!(l.gate(until), Gate::Go);
         l.start(until);
@@ -637,7 +641,7 @@ mod tests {
         assert_eq!(l.gate(next), Gate::Go);
         l.start(next);
         l.finish(next, next + 1, 1, Health::Up, &POLICY);
-        assert!(l.take_back(next + 1).is_some_and(|n| n > 0));
+        assert!(l.take_back(next + 1, NO_NEWS).is_some_and(|n| n > 0));
         assert!(!l.is_idle(next + 1), "it still has deliveries parked");
     }
 
@@ -656,9 +660,13 @@ mod tests {
             panic!("open again");
         };
         assert_eq!(l.probe_wanted_at(), Some(next));
-        assert_eq!(l.take_back(next - 1), None, "not before the pause ends");
-        assert_eq!(l.take_back(next), Some(1));
-        assert_eq!(l.take_back(next), None, "asked once a pause");
+        assert_eq!(
+            l.take_back(next - 1, NO_NEWS),
+            None,
+            "not before the pause ends"
+        );
+        assert_eq!(l.take_back(next, NO_NEWS), Some(1));
+        assert_eq!(l.take_back(next, NO_NEWS), None, "asked once a pause");
         assert_eq!(l.probe_wanted_at(), None);
     }
 
@@ -727,12 +735,16 @@ mod tests {
             l.start(t);
             l.finish(t, t + 2, 2, Health::Up, &POLICY);
         }
-        assert!(l.queue_cap(20) > 1000, "{}", l.queue_cap(20));
+        assert!(
+            l.queue_cap(20, NO_NEWS) > 1000,
+            "{}",
+            l.queue_cap(20, NO_NEWS)
+        );
         // Attempts hanging for 10 s: the oldest one tells before any ends.
         for _ in 0..4 {
             l.start(100);
         }
-        assert_eq!(l.queue_cap(10_100), 1);
+        assert_eq!(l.queue_cap(10_100, NO_NEWS), 1);
         let first = l.park_at(10_100);
         let second = l.park_at(10_100);
         assert_eq!(second - first, 2500, "4 at a time, 10 s each");
@@ -747,18 +759,18 @@ mod tests {
     fn a_lane_not_heard_from_yet_queues_a_quarter_of_its_concurrency() {
         let mut l = lane(8, None);
         // What it can start, and a quarter of that: its pace is not known yet.
-        assert_eq!(l.queue_cap(0), 10);
+        assert_eq!(l.queue_cap(0, NO_NEWS), 10);
         for _ in 0..8 {
             l.start(0);
         }
         assert_eq!(
-            l.queue_cap(0),
+            l.queue_cap(0, NO_NEWS),
             2,
             "a hanging endpoint holds no more room than this"
         );
         assert!(!l.is_slow(UNKNOWN_SLOW_MS - 1));
         assert!(l.is_slow(UNKNOWN_SLOW_MS));
-        assert_eq!(l.queue_cap(1000), 2);
+        assert_eq!(l.queue_cap(1000, NO_NEWS), 2);
         assert!(
             l.park_at(1000) >= 1000 + UNKNOWN_PACE_PARK_MS,
             "hanging: parked far"
@@ -768,7 +780,7 @@ mod tests {
             l.start(1000);
             l.finish(1000, 1001, 2, Health::Up, &POLICY);
         }
-        assert_eq!(l.queue_cap(1001), usize::MAX);
+        assert_eq!(l.queue_cap(1001, NO_NEWS), usize::MAX);
     }
 
     #[test]
@@ -777,16 +789,16 @@ mod tests {
         for _ in 0..256 {
             l.start(0);
         }
-        assert_eq!(l.queue_cap(10), 64);
+        assert_eq!(l.queue_cap(10, NO_NEWS), 64);
         // Not hanging yet: what it cannot queue comes back soon.
         let at = l.park_at(10);
         assert_eq!(at, 10 + MIN_PARK_MS);
         for t in 0..256 {
             l.finish(0, 20 + t / 64, 5, Health::Up, &POLICY);
         }
-        assert_eq!(l.queue_cap(30), usize::MAX, "heard from, fast");
+        assert_eq!(l.queue_cap(30, NO_NEWS), usize::MAX, "heard from, fast");
         assert!(
-            l.take_back(30).is_some(),
+            l.take_back(30, NO_NEWS).is_some(),
             "caught up: it asks for them at once"
         );
     }
@@ -799,10 +811,10 @@ mod tests {
         first.finish(0, 5, 5, Health::Up, &POLICY);
         let pace = first.pace().expect("heard back");
         let again = Lane::new(first.limits, 10_000).remembering(Some(pace));
-        assert_eq!(again.queue_cap(10_000), usize::MAX);
+        assert_eq!(again.queue_cap(10_000, NO_NEWS), usize::MAX);
         assert_eq!(again.pace(), Some(pace));
         let fresh = Lane::new(first.limits, 10_000).remembering(None);
-        assert_eq!(fresh.queue_cap(10_000), 256 + 64);
+        assert_eq!(fresh.queue_cap(10_000, NO_NEWS), 256 + 64);
     }
 
     #[test]
@@ -816,18 +828,18 @@ mod tests {
             l.start(100);
         }
         // Others answer all along.
-        assert_eq!(l.queue_cap_among(250, 250), usize::MAX, "150 ms: not yet");
+        assert_eq!(l.queue_cap(250, 250), usize::MAX, "150 ms: not yet");
         assert_eq!(
-            l.queue_cap_among(300, 290),
+            l.queue_cap(300, 290),
             56 + 64,
             "200 ms silent, a hundred times its usual: what it can start and a quarter"
         );
         assert!(!l.is_slow(300), "suspected, not found out");
         assert!(l.park_at(300) <= 300 + MIN_PARK_MS + 1, "parked briefly");
         // Nobody answered for as long either: a pause of the worker's own, not the receiver.
-        assert_eq!(l.queue_cap_among(300, 150), usize::MAX);
+        assert_eq!(l.queue_cap(300, 150), usize::MAX);
         assert_eq!(
-            l.queue_cap_among(300, 49),
+            l.queue_cap(300, 49),
             usize::MAX,
             "its own answers don't count"
         );
@@ -835,7 +847,7 @@ mod tests {
         for _ in 0..200 {
             l.finish(100, 310, 210, Health::Up, &POLICY);
         }
-        assert_eq!(l.queue_cap_among(310, 310), usize::MAX);
+        assert_eq!(l.queue_cap(310, 310), usize::MAX);
     }
 
     #[test]
@@ -846,12 +858,12 @@ mod tests {
         for t in 1..1000 {
             l.start(t);
             l.finish(t, t + 2, 2, Health::Up, &POLICY);
-            assert_eq!(l.queue_cap_among(t + 2, t + 2), usize::MAX, "at {t}");
+            assert_eq!(l.queue_cap(t + 2, t + 2), usize::MAX, "at {t}");
         }
         // Before it ever answered, a lane is capped as one of unknown pace, suspect or not.
         let mut fresh = lane(256, None);
         fresh.start(0);
-        assert_eq!(fresh.queue_cap_among(250, 250), fresh.queue_cap(250));
+        assert_eq!(fresh.queue_cap(250, 250), fresh.queue_cap(250, NO_NEWS));
     }
 
     #[test]
@@ -865,7 +877,7 @@ mod tests {
         }
         // 256 at a time at 40 ms is 6,400 a second.
         assert!(!l.is_slow(1000));
-        assert_eq!(l.queue_cap(1000), usize::MAX);
+        assert_eq!(l.queue_cap(1000, NO_NEWS), usize::MAX);
     }
 
     #[test]
@@ -874,17 +886,17 @@ mod tests {
         for _ in 0..2 {
             l.start(0);
         }
-        assert_eq!(l.take_back(10), None, "nothing parked");
+        assert_eq!(l.take_back(10, NO_NEWS), None, "nothing parked");
         let at = l.park_at(5_000);
         assert!(at > 5_000);
-        assert_eq!(l.take_back(5_000), None, "still busy");
+        assert_eq!(l.take_back(5_000, NO_NEWS), None, "still busy");
         l.finish(0, 5_010, 5_010, Health::Up, &POLICY);
-        let n = l.take_back(5_010).expect("room and parked work");
+        let n = l.take_back(5_010, NO_NEWS).expect("room and parked work");
         assert!((1..=MAX_TAKE_BACK).contains(&n));
         // It asks again, until the store has no more.
-        assert!(l.take_back(5_010).is_some());
+        assert!(l.take_back(5_010, NO_NEWS).is_some());
         l.nothing_parked(l.parked_until(), 5_010);
-        assert_eq!(l.take_back(5_010), None);
+        assert_eq!(l.take_back(5_010, NO_NEWS), None);
     }
 
     #[test]
@@ -894,13 +906,16 @@ mod tests {
         l.finish(0, 10, 10, Health::Up, &POLICY);
         l.park_at(100);
         let asked_with = l.parked_until();
-        assert!(l.take_back(100).is_some());
+        assert!(l.take_back(100, NO_NEWS).is_some());
         // While the store answers, the lane parks one more; the answer "nothing left"
         // was about what it had parked before.
         l.park_at(120);
         assert!(l.parked_until() > asked_with);
         l.nothing_parked(asked_with, 100);
-        assert!(l.take_back(130).is_some(), "the later one is still parked");
+        assert!(
+            l.take_back(130, NO_NEWS).is_some(),
+            "the later one is still parked"
+        );
     }
 
     #[test]
@@ -911,6 +926,6 @@ mod tests {
             l.finish(t, t + 1, 1, Health::Up, &POLICY);
         }
         assert_eq!(l.drain_rate(30), 5.0);
-        assert_eq!(l.queue_cap(30), 10);
+        assert_eq!(l.queue_cap(30, NO_NEWS), 10);
     }
 }

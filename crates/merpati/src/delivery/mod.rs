@@ -346,7 +346,7 @@ struct Lanes {
     paces: FastMap<String, (f64, i64)>,
     /// `paces` is pruned of what is too old when it grows to this.
     prune_paces_at: usize,
-    /// When any lane last heard an answer (see [`Lane::queue_cap_among`]).
+    /// When any lane last heard an answer (see [`Lane::queue_cap`]).
     answered_at: i64,
 }
 
@@ -683,7 +683,7 @@ impl Lanes {
                 Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms))
             });
         lane.set_limits(limits);
-        if lane.queue.len() >= lane.queue_cap_among(now, self.answered_at) {
+        if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
             park(
                 lane,
                 job.delivery_id,
@@ -703,7 +703,7 @@ impl Lanes {
     fn trim(&mut self, now: i64) {
         for id in &self.active {
             let lane = self.lanes.get_mut(id).expect("active lanes exist");
-            let cap = lane.queue_cap_among(now, self.answered_at);
+            let cap = lane.queue_cap(now, self.answered_at);
             while lane.queue.len() > cap {
                 let job = lane.queue.pop_back().expect("longer than its cap");
                 park(
@@ -765,10 +765,11 @@ impl Lanes {
 
     /// Lanes that caught up, and how many parked deliveries each wants back.
     fn take_back(&mut self, now: i64) -> Vec<TakeBack> {
+        let answered_at = self.answered_at;
         self.lanes
             .iter_mut()
             .filter_map(|(id, lane)| {
-                lane.take_back(now).map(|limit| TakeBack {
+                lane.take_back(now, answered_at).map(|limit| TakeBack {
                     endpoint_id: id.clone(),
                     limit,
                     parked_until: lane.parked_until(),
@@ -1234,14 +1235,14 @@ mod tests {
         // Back within the minute: known to be fast, so nothing it is handed is parked.
         assert_eq!(take_room(&lanes.room, 1), 1);
         lanes.take(due(2), &config(4), 30_000);
-        assert_eq!(lanes.lanes["ep"].queue_cap(30_000), usize::MAX);
+        assert_eq!(lanes.lanes["ep"].queue_cap(30_000, i64::MIN), usize::MAX);
         lanes.start_ready(30_000, 0, 4, |_| {});
         let done = finished(2, "ep", 30_000, Health::Up);
         lanes.finish(done, 30_005, &POLICY, &Pauses::default());
         // A minute after it was last idle, its pace is not known any more.
         assert_eq!(take_room(&lanes.room, 1), 1);
         lanes.take(due(3), &config(4), 30_005 + PACE_MEMORY_MS);
-        let cap = lanes.lanes["ep"].queue_cap(30_005 + PACE_MEMORY_MS);
+        let cap = lanes.lanes["ep"].queue_cap(30_005 + PACE_MEMORY_MS, i64::MIN);
         assert!(cap < usize::MAX, "{cap}");
         // Deleting the endpoint forgets its pace too.
         lanes.lanes.clear();
