@@ -260,7 +260,10 @@ async fn device_status_reports_alternate_and_carry_reasons() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start().await;
     let m = app.merchant_on("m1", "wa").await;
-    app.endpoint(&m.key, &receiver, json!({})).await;
+    // Reports a moment apart may be delivered in any order unless the endpoint asks for
+    // the device's order.
+    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
+        .await;
     let report = |status: &'static str| {
         let app = &app;
         let token = m.device_token.clone();
