@@ -1,6 +1,7 @@
 //! `merpati bench …`: measurements against a real `merpati serve` child process, so that
 //! its memory and CPU are its own (read from /proc), with simulated devices and a loopback
-//! receiver in this process.
+//! receiver in this process. `bench delivery --url` measures a merpati already running on
+//! this machine instead.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -94,23 +95,22 @@ impl ServerProcess {
 
     /// Resident memory, in MiB.
     pub fn rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(0.0)
+        rss_mib_of(self.pid()).unwrap_or(0.0)
     }
 
     /// CPU time used so far (user + system), in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        cpu_seconds_in(&format!("/proc/{}/stat", self.pid()))
-            .map(|(_, seconds)| seconds)
-            .unwrap_or(0.0)
+        cpu_seconds_of(self.pid()).unwrap_or(0.0)
+    }
+
+    /// This server, as the target of a run.
+    fn target(&self) -> Target {
+        Target {
+            url: self.url.clone(),
+            admin: self.admin.clone(),
+            pid: Some(self.pid()),
+            shared: false,
+        }
     }
 
     pub async fn stop(mut self) {
@@ -135,6 +135,43 @@ impl ServerProcess {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A process's resident memory, in MiB.
+fn rss_mib_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<f64>()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// A process's CPU time used so far (user + system), in seconds.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds_in(&format!("/proc/{pid}/stat")).map(|(_, seconds)| seconds)
+}
+
+/// The merpati a delivery run measures: its API, and its process when the run can read it.
+struct Target {
+    url: String,
+    admin: String,
+    pid: Option<u32>,
+    /// A merpati the run did not start: what the run provisions there stays after it.
+    shared: bool,
+}
+
+impl Target {
+    fn rss_mib(&self) -> Option<f64> {
+        self.pid.and_then(rss_mib_of)
+    }
+
+    fn cpu_seconds(&self) -> Option<f64> {
+        self.pid.and_then(cpu_seconds_of)
     }
 }
 
@@ -461,6 +498,21 @@ pub struct DeliveryArgs {
     /// `30s`): its CPU, and its resident memory at the end, with nothing queued.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle: Option<Duration>,
+    /// Measure a merpati already running on this machine, at this URL, instead of starting
+    /// one. It must let deliveries go to loopback (`delivery.allowed_networks`), where the
+    /// receivers listen. The run provisions an account of its own there, which stays.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// With `--url`: the running merpati's admin token, to provision the run's account.
+    #[arg(long, env = "MERPATI_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// With `--url`: the running merpati's process id, to read its CPU and memory (without
+    /// it they are not reported).
+    #[arg(long, requires = "url")]
+    pub server_pid: Option<u32>,
+    /// How long each of the loopback HTTP and relay baselines runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub baseline_duration: Duration,
     #[arg(long)]
     pub json: bool,
 }
@@ -850,57 +902,140 @@ async fn relay_request(
 
 /// Ingest to receipt: events accepted and delivered per second, latency, memory and CPU.
 pub async fn delivery(args: DeliveryArgs) -> anyhow::Result<()> {
-    let server = ServerProcess::start(&[(
-        "MERPATI_DELIVERY_ALLOWED_NETWORKS",
-        "127.0.0.0/8".to_string(),
-    )])
-    .await?;
-    let result = delivery_run(&server, &args).await;
-    server.stop().await;
-    result
+    let Some(url) = &args.url else {
+        let server = ServerProcess::start(&[(
+            "MERPATI_DELIVERY_ALLOWED_NETWORKS",
+            "127.0.0.0/8".to_string(),
+        )])
+        .await?;
+        let result = measure_delivery(&server.target(), &args).await;
+        if let Ok(result) = &result {
+            report_delivery(result, &args)?;
+        }
+        // After the figures: what the server logged that went wrong.
+        server.stop().await;
+        return result.map(drop);
+    };
+    let result = measure_running(&args).await?;
+    report_delivery(&result, &args)?;
+    let account = result["account"].as_str().unwrap_or_default();
+    eprintln!(
+        "the run's account {account} stays on {url}; DELETE /v1/accounts/{account} removes it and its events"
+    );
+    Ok(())
 }
 
-async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Result<()> {
+/// What `bench delivery --url` measures of the merpati running there: the figures of
+/// `--json`.
+pub async fn measure_running(args: &DeliveryArgs) -> anyhow::Result<Value> {
+    let url = args
+        .url
+        .as_deref()
+        .context("--url: the merpati to measure")?;
+    let target = running_target(url, args)?;
+    measure_delivery(&target, args).await
+}
+
+/// A merpati already running at `url`, checked before anything is provisioned there.
+fn running_target(url: &str, args: &DeliveryArgs) -> anyhow::Result<Target> {
+    let parsed = url
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|u| u.scheme_str().is_some_and(|s| s == "http" || s == "https"))
+        .filter(|u| u.host().is_some());
+    if parsed.is_none() {
+        bail!("--url must be an http(s) URL of a running merpati, such as http://127.0.0.1:8080");
+    }
+    let Some(admin) = args.admin_token.clone().filter(|t| !t.is_empty()) else {
+        bail!(
+            "--url needs the running merpati's admin token: --admin-token or MERPATI_ADMIN_TOKEN"
+        );
+    };
+    if args.idle.is_some() && args.server_pid.is_none() {
+        bail!("--idle reads the server's CPU and memory: with --url, give its --server-pid");
+    }
+    if let Some(pid) = args.server_pid {
+        if cpu_seconds_of(pid).is_none() {
+            bail!("--server-pid {pid}: no such process on this machine");
+        }
+    }
+    Ok(Target {
+        url: url.trim_end_matches('/').to_string(),
+        admin,
+        pid: args.server_pid,
+        shared: true,
+    })
+}
+
+/// How long the run waits for its first event to reach every endpoint.
+const FIRST_DELIVERY_LIMIT: Duration = Duration::from_secs(30);
+
+/// Provisions an account with `args.devices` devices and the endpoints on `target`, drives
+/// the load, waits for every delivery, runs the baselines; returns the figures (the JSON of
+/// `--json`).
+async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Result<Value> {
     let epoch = Instant::now();
     let log = Arc::new(ReceiptLog::default());
     let (receiver, receiver_task) = start_timing_receiver(log.clone(), epoch).await?;
-    let api = Api::new(&server.url);
-    let fleet = simulate::provision(&api, &server.admin, args.devices, "sms", None).await?;
-    for i in 0..args.endpoints {
-        api.post(
-            "/v1/endpoints",
-            &fleet.key,
-            json!({"url": format!("http://{receiver}/hook/{i}"), "events": ["sms"]}),
-        )
-        .await?;
-    }
+    let api = Api::new(&target.url);
+    let fleet = simulate::provision(&api, &target.admin, args.devices, "sms", None).await?;
     let slow_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let slow_fast_until = Arc::new(std::sync::OnceLock::new());
-    let slow_task = match args.slow_endpoint {
-        Some(delay) => {
-            let (addr, task) =
-                start_slow_receiver(delay, slow_fast_until.clone(), slow_count.clone()).await?;
+    let setup = async {
+        for i in 0..args.endpoints {
             api.post(
                 "/v1/endpoints",
                 &fleet.key,
-                json!({"url": format!("http://{addr}/slow"), "events": ["sms"]}),
+                json!({"url": format!("http://{receiver}/hook/{i}"), "events": ["sms"]}),
             )
-            .await?;
-            Some(task)
+            .await
+            .context(LOOPBACK_REFUSED)?;
         }
-        None => None,
+        let slow_task = match args.slow_endpoint {
+            Some(delay) => {
+                let (addr, task) =
+                    start_slow_receiver(delay, slow_fast_until.clone(), slow_count.clone()).await?;
+                api.post(
+                    "/v1/endpoints",
+                    &fleet.key,
+                    json!({"url": format!("http://{addr}/slow"), "events": ["sms"]}),
+                )
+                .await
+                .context(LOOPBACK_REFUSED)?;
+                Some(task)
+            }
+            None => None,
+        };
+        first_delivery(&api, &fleet, &log, args.endpoints as u64).await?;
+        anyhow::Ok(slow_task)
+    };
+    let slow_task = match setup.await {
+        Ok(task) => task,
+        Err(e) => {
+            receiver_task.abort();
+            // A run that never started leaves nothing behind on a running merpati.
+            if target.shared {
+                let account = format!("/v1/accounts/{}", fleet.account);
+                if let Err(also) = api.delete(&account, &target.admin).await {
+                    eprintln!("could not delete the run's account: {also:#}");
+                }
+            }
+            return Err(e);
+        }
     };
     let tokens: Vec<String> = fleet.devices.iter().map(|d| d.token.clone()).collect();
     let client = load_client()?;
-    let rss_before = server.rss_mib();
-    let (cpu0, client_cpu0) = (server.cpu_seconds(), own_cpu_seconds());
+    let rss_before = target.rss_mib();
+    let (cpu0, client_cpu0) = (target.cpu_seconds(), own_cpu_seconds());
     let started = Instant::now();
     if let Some(after) = args.slow_after {
         let _ = slow_fast_until.set(started + after);
     }
+    // The first delivery was the slow receiver's first request too.
+    slow_count.store(0, std::sync::atomic::Ordering::Relaxed);
     let outcome = load(
         client,
-        format!("{}/v1/device/messages", server.url),
+        format!("{}/v1/device/messages", target.url),
         tokens,
         args.items_per_request,
         args.concurrency,
@@ -925,19 +1060,20 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         .lock()
         .expect("log lock")
         .unwrap_or_else(Instant::now);
-    let delivery_seconds = last.duration_since(started).as_secs_f64();
-    let cpu = server.cpu_seconds() - cpu0;
-    let cpu_per_delivery = CpuPerDelivery::new(cpu, own_cpu_seconds() - client_cpu0, delivered);
-    let rss_after = server.rss_mib();
+    let delivery_seconds = last.duration_since(started).as_secs_f64().max(0.001);
+    let client_cpu = own_cpu_seconds() - client_cpu0;
+    let cpu = target.cpu_seconds().zip(cpu0).map(|(now, then)| now - then);
+    let rss_after = target.rss_mib();
     let idle = match args.idle {
         Some(idle) => {
-            let cpu0 = server.cpu_seconds();
+            let cpu0 = target.cpu_seconds();
             tokio::time::sleep(idle).await;
-            Some((
-                idle,
-                (server.cpu_seconds() - cpu0) / idle.as_secs_f64() * 100.0,
-                server.rss_mib(),
-            ))
+            let cpu = target.cpu_seconds().zip(cpu0).map(|(now, then)| now - then);
+            Some(json!({
+                "seconds": idle.as_secs_f64(),
+                "cpu_percent_of_one_core": cpu.map(|c| c / idle.as_secs_f64() * 100.0),
+                "rss_mib": target.rss_mib(),
+            }))
         }
         None => None,
     };
@@ -950,14 +1086,24 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
     let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
     lat.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
-    let pick = |p: f64| percentile(&lat, p);
-    let base = baseline(args, Duration::from_secs(5)).await?;
-    let relay = relay_baseline(args, Duration::from_secs(5)).await?;
+    let latency_ms = |sorted: &[u64]| {
+        json!({
+            "p50": ms(percentile(sorted, 0.5)),
+            "p99": ms(percentile(sorted, 0.99)),
+            "max": ms(sorted.last().copied().unwrap_or(0)),
+        })
+    };
+    let base = baseline(args, args.baseline_duration).await?;
+    let relay = relay_baseline(args, args.baseline_duration).await?;
     let accepted_per_s = accepted as f64 / ingest_seconds;
-    let delivered_per_s = delivered as f64 / delivery_seconds.max(0.001);
+    let delivered_per_s = delivered as f64 / delivery_seconds;
+    // Without the server's process its CPU is not known, nor how a delivery's CPU divides.
+    let cpu_per_delivery = cpu.map(|cpu| CpuPerDelivery::new(cpu, client_cpu, delivered));
 
-    let result = json!({
+    Ok(json!({
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "server": if target.shared { target.url.as_str() } else { "started for the run" },
+        "account": fleet.account,
         "duration_seconds": ingest_seconds,
         "concurrency": args.concurrency,
         "items_per_request": args.items_per_request,
@@ -969,19 +1115,16 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
         "accepted": accepted,
         "refused_requests": failed,
         "accepted_per_second": accepted_per_s,
+        "expected": expected,
         "delivered": delivered,
         "all_delivered": drained,
         "delivered_per_second": delivered_per_s,
-        "latency_ms": {"p50": ms(pick(0.5)), "p99": ms(pick(0.99)), "max": ms(lat.last().copied().unwrap_or(0))},
-        "answer_latency_ms": {"p50": ms(percentile(answers, 0.5)), "p99": ms(percentile(answers, 0.99)), "max": ms(answers.last().copied().unwrap_or(0))},
-        "server_cpu_percent_of_one_core": cpu / delivery_seconds.max(0.001) * 100.0,
-        "cpu_us_per_delivery": cpu_per_delivery.json(),
+        "latency_ms": latency_ms(&lat),
+        "answer_latency_ms": latency_ms(answers),
+        "server_cpu_percent_of_one_core": cpu.map(|cpu| cpu / delivery_seconds * 100.0),
+        "cpu_us_per_delivery": cpu_per_delivery.map(|c| c.json()),
         "server_rss_mib": {"before": rss_before, "after": rss_after},
-        "idle": idle.map(|(idle, cpu, rss)| json!({
-            "seconds": idle.as_secs_f64(),
-            "cpu_percent_of_one_core": cpu,
-            "rss_mib": rss,
-        })),
+        "idle": idle,
         "loopback_baseline_requests_per_second": base,
         "accepted_requests_vs_baseline": accepted_per_s / args.items_per_request as f64 / base,
         "relay_baseline": {
@@ -990,83 +1133,156 @@ async fn delivery_run(server: &ServerProcess, args: &DeliveryArgs) -> anyhow::Re
             "cpu_us_per_delivery": relay.cpu.json(),
         },
         "delivered_vs_relay": delivered_per_s / relay.deliveries_per_second,
-    });
+    }))
+}
+
+const LOOPBACK_REFUSED: &str = "creating the run's endpoints on loopback, where its receivers \
+    listen (a running merpati must allow them: delivery.allowed_networks = 127.0.0.0/8)";
+
+/// Sends one event before the run and waits for it at every endpoint: the run starts with
+/// deliveries known to arrive, or stops at once with what the attempts said.
+async fn first_delivery(
+    api: &Api,
+    fleet: &simulate::Fleet,
+    log: &ReceiptLog,
+    endpoints: u64,
+) -> anyhow::Result<()> {
+    let device = fleet.devices.first().context("the run has no devices")?;
+    let answer = api
+        .post(
+            "/v1/device/messages",
+            &device.token,
+            // A rid the load never uses, and a message the receiver takes no latency from.
+            json!({"type": "sms", "rid": 1u64 << 62, "phone": "+639760713666", "message": "first"}),
+        )
+        .await?;
+    let arrived = wait_until("the first delivery", FIRST_DELIVERY_LIMIT, || {
+        log.count.load(std::sync::atomic::Ordering::Relaxed) >= endpoints
+    })
+    .await;
+    if arrived.is_err() {
+        let event_id = answer["items"][0]["event_id"].as_str().unwrap_or_default();
+        let event = api
+            .get(&format!("/v1/events/{event_id}"), &fleet.key)
+            .await
+            .unwrap_or(Value::Null);
+        bail!(
+            "the run's first event did not reach its receivers within {FIRST_DELIVERY_LIMIT:?}; \
+             its deliveries: {}",
+            event["deliveries"]
+        );
+    }
+    log.count.store(0, std::sync::atomic::Ordering::Relaxed);
+    *log.last.lock().expect("log lock") = None;
+    Ok(())
+}
+
+/// The figures of a run, as a table or as JSON (`--json`).
+fn report_delivery(result: &Value, args: &DeliveryArgs) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        println!("merpati bench delivery ({} cores)", result["cores"]);
+        println!("{}", serde_json::to_string_pretty(result)?);
+        return Ok(());
+    }
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let latency = |v: &Value| {
+        format!(
+            "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            f(&v["p50"]),
+            f(&v["p99"]),
+            f(&v["max"])
+        )
+    };
+    let (delivered_per_s, cores) = (f(&result["delivered_per_second"]), &result["cores"]);
+    println!("merpati bench delivery ({cores} cores)");
+    if let Some(url) = &args.url {
+        println!("  server          running at {url}");
+    }
+    println!(
+        "  load            {:.0} s, {} concurrent, {} item(s) a request, {}, {} endpoint(s)",
+        f(&result["duration_seconds"]),
+        args.concurrency,
+        args.items_per_request,
+        args.rate
+            .map(|r| format!("{r:.0} events/s"))
+            .unwrap_or("full speed".into()),
+        args.endpoints
+    );
+    if let Some(delay) = args.slow_endpoint {
+        let after = args
+            .slow_after
+            .map(|a| format!("at once for the first {a:?}, then "))
+            .unwrap_or_default();
         println!(
-            "  load            {:.0} s, {} concurrent, {} item(s) a request, {}, {} endpoint(s)",
-            ingest_seconds,
-            args.concurrency,
-            args.items_per_request,
-            args.rate
-                .map(|r| format!("{r:.0} events/s"))
-                .unwrap_or("full speed".into()),
-            args.endpoints
+            "  slow endpoint   answers {after}in {delay:?}; got {} requests meanwhile",
+            result["slow_endpoint_requests"]
         );
-        if let Some(delay) = args.slow_endpoint {
-            let after = args
-                .slow_after
-                .map(|a| format!("at once for the first {a:?}, then "))
-                .unwrap_or_default();
-            println!(
-                "  slow endpoint   answers {after}in {delay:?}; got {slow_requests} requests meanwhile"
-            );
+    }
+    println!(
+        "  accepted        {} events, {:.0}/s ({} requests refused)",
+        result["accepted"],
+        f(&result["accepted_per_second"]),
+        result["refused_requests"]
+    );
+    println!(
+        "  delivered       {} of {}, {delivered_per_s:.0}/s{}",
+        result["delivered"],
+        result["expected"],
+        if result["all_delivered"] == true {
+            ""
+        } else {
+            "   NOT ALL: the rest did not arrive within 10 minutes"
         }
-        println!("  accepted        {accepted} events, {accepted_per_s:.0}/s ({failed} requests refused)");
+    );
+    println!(
+        "  ingest-to-receipt latency  {}",
+        latency(&result["latency_ms"])
+    );
+    println!(
+        "  answer latency  {}   (request sent to its 202: the events durable)",
+        latency(&result["answer_latency_ms"])
+    );
+    let rss = &result["server_rss_mib"];
+    match result["server_cpu_percent_of_one_core"].as_f64() {
+        Some(cpu) => println!(
+            "  server          {cpu:.0}% of one core, {:.1} → {:.1} MiB resident",
+            f(&rss["before"]),
+            f(&rss["after"])
+        ),
+        None => println!("  server          CPU and memory not read (--server-pid)"),
+    }
+    if let Some(idle) = result["idle"].as_object() {
         println!(
-            "  delivered       {delivered} of {expected}, {delivered_per_s:.0}/s{}",
-            if drained {
-                ""
-            } else {
-                "   NOT ALL: the rest did not arrive within 10 minutes"
-            }
+            "  then idle {:.0} s  {:.2}% of one core, {:.1} MiB resident   (targets < 1%, < 50 MiB)",
+            f(&idle["seconds"]),
+            f(&idle["cpu_percent_of_one_core"]),
+            f(&idle["rss_mib"])
         );
+    }
+    println!(
+        "  loopback HTTP baseline  {:.0} requests/s; merpati's accepted requests are {:.2} of it",
+        f(&result["loopback_baseline_requests_per_second"]),
+        f(&result["accepted_requests_vs_baseline"])
+    );
+    let relay = &result["relay_baseline"];
+    let relay_per_s = f(&relay["deliveries_per_second"]);
+    println!(
+        "  relay baseline  {relay_per_s:.0} deliveries/s, p99 {:.2} ms, the same load with no storage; merpati delivered {:.2} of it",
+        f(&relay["latency_p99_ms"]),
+        f(&result["delivered_vs_relay"])
+    );
+    let cores_busy =
+        |cpu: &Value, rate: f64| (f(&cpu["server"]) + f(&cpu["client_and_receivers"])) * rate / 1e6;
+    let relay_cpu = &relay["cpu_us_per_delivery"];
+    let cpu = &result["cpu_us_per_delivery"];
+    if cpu.is_object() {
         println!(
-            "  ingest-to-receipt latency  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            ms(pick(0.5)),
-            ms(pick(0.99)),
-            ms(lat.last().copied().unwrap_or(0))
-        );
-        println!(
-            "  answer latency  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms   (request sent to its 202: the events durable)",
-            ms(percentile(answers, 0.5)),
-            ms(percentile(answers, 0.99)),
-            ms(answers.last().copied().unwrap_or(0))
-        );
-        println!(
-            "  server          {:.0}% of one core, {rss_before:.1} → {rss_after:.1} MiB resident",
-            cpu / delivery_seconds.max(0.001) * 100.0
-        );
-        if let Some((idle, cpu, rss)) = idle {
-            println!(
-                "  then idle {:.0} s  {cpu:.2}% of one core, {rss:.1} MiB resident   (targets < 1%, < 50 MiB)",
-                idle.as_secs_f64()
-            );
-        }
-        println!(
-            "  loopback HTTP baseline  {base:.0} requests/s; merpati's accepted requests are {:.2} of it",
-            accepted_per_s / args.items_per_request as f64 / base
-        );
-        println!(
-            "  relay baseline  {:.0} deliveries/s, p99 {:.2} ms, the same load with no storage; merpati delivered {:.2} of it",
-            relay.deliveries_per_second,
-            relay.p99_ms,
-            delivered_per_s / relay.deliveries_per_second
-        );
-        let cores_busy = |cpu: CpuPerDelivery, rate: f64| {
-            (cpu.server_us + cpu.client_and_receivers_us) * rate / 1e6
-        };
-        println!(
-            "  CPU a delivery  merpati {:.0} µs + client and receivers {:.0} µs ({:.2} of {} cores busy); relay {:.0} µs + {:.0} µs ({:.2} busy)",
-            cpu_per_delivery.server_us,
-            cpu_per_delivery.client_and_receivers_us,
-            cores_busy(cpu_per_delivery, delivered_per_s),
-            result["cores"],
-            relay.cpu.server_us,
-            relay.cpu.client_and_receivers_us,
-            cores_busy(relay.cpu, relay.deliveries_per_second),
+            "  CPU a delivery  merpati {:.0} µs + client and receivers {:.0} µs ({:.2} of {cores} cores busy); relay {:.0} µs + {:.0} µs ({:.2} busy)",
+            f(&cpu["server"]),
+            f(&cpu["client_and_receivers"]),
+            cores_busy(cpu, delivered_per_s),
+            f(&relay_cpu["server"]),
+            f(&relay_cpu["client_and_receivers"]),
+            cores_busy(relay_cpu, relay_per_s),
         );
     }
     Ok(())

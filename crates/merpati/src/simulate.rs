@@ -37,20 +37,43 @@ impl Api {
         }
     }
 
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let request = self.client.get(format!("{}{path}", self.base));
+        Self::send(request.bearer_auth(token), "GET", path).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        let request = self.client.delete(format!("{}{path}", self.base));
+        Self::send(request.bearer_auth(token), "DELETE", path).await
+    }
+
     pub async fn post(&self, path: &str, token: &str, body: Value) -> anyhow::Result<Value> {
-        let resp = self
+        let request = self
             .client
             .post(format!("{}{path}", self.base))
             .bearer_auth(token)
             .header("content-type", "application/json")
-            .body(body.to_string())
+            .body(body.to_string());
+        Self::send(request, "POST", path).await
+    }
+
+    /// The answer's JSON (null if it has none), or an error with its status and body.
+    async fn send(
+        request: reqwest::RequestBuilder,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<Value> {
+        let resp = request
             .send()
             .await
-            .with_context(|| format!("POST {path}"))?;
+            .with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            bail!("POST {path}: {status}: {}", String::from_utf8_lossy(&bytes));
+            bail!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
         }
         Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }

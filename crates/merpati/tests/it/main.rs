@@ -2,6 +2,7 @@
 
 mod api;
 mod bad_input;
+mod bench;
 mod compat;
 mod connections;
 mod dedup;
