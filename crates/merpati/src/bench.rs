@@ -919,8 +919,12 @@ pub async fn delivery(args: DeliveryArgs) -> anyhow::Result<()> {
     let result = measure_running(&args).await?;
     report_delivery(&result, &args)?;
     let account = result["account"].as_str().unwrap_or_default();
+    // The load's events and the first one.
+    let events = result["accepted"].as_u64().unwrap_or(0) + 1;
     eprintln!(
-        "the run's account {account} stays on {url}; DELETE /v1/accounts/{account} removes it and its events"
+        "the run's account {account} stays on {url} with its {events} events; \
+         DELETE /v1/accounts/{account} removes them in one transaction, which holds up the \
+         server's other writes while it runs"
     );
     Ok(())
 }
