@@ -145,6 +145,7 @@ pub async fn start(
         .run(),
     );
 
+    let purge = Arc::new(tokio::sync::Notify::new());
     let policy = presence::Policy::new(config.presence.clone());
     let (presence, mut hub) = presence::hub::hub(
         store.clone(),
@@ -165,6 +166,7 @@ pub async fn start(
             store: store.clone(),
             clock: clock.clone(),
             config: config.retention.clone(),
+            wake: purge.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -192,6 +194,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         jobs,
         device_tokens: Default::default(),
+        purge,
     };
     let addr = listener.local_addr()?;
     let app = api::router(state);

@@ -1,32 +1,46 @@
-//! Retention: events older than `retention.max_age` are deleted in the background, a small
-//! chunk per transaction so that ingest never waits long behind it. Their deliveries,
-//! attempts and dedup records go with them. An event whose deliveries are not all final
-//! (pending, or held for a disabled endpoint) is kept: at-least-once outranks retention.
+//! Background deletion, a small chunk per transaction so that ingest never waits long
+//! behind it:
+//! - retention: events older than `retention.max_age`, with their deliveries, attempts and
+//!   dedup records. An event whose deliveries are not all final (pending, or held for a
+//!   disabled endpoint) is kept: at-least-once outranks retention.
+//! - deleted endpoints: their deliveries and attempts, then the endpoints themselves. The
+//!   deletion marks an endpoint and wakes the pruner; one that a restart interrupted is
+//!   taken up again at the next start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::SharedClock;
 use crate::config::RetentionConfig;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreResult};
 
 /// Events deleted per transaction.
 const CHUNK: usize = 500;
+/// A deleted endpoint's deliveries deleted per transaction.
+const ENDPOINT_CHUNK: usize = 1000;
+/// The pause between chunks, for other writes to go in between.
+const BREATHER: Duration = Duration::from_millis(10);
 
 pub struct Pruner {
     pub store: SharedStore,
     pub clock: SharedClock,
     pub config: RetentionConfig,
+    /// Notified when there is something to delete now (an endpoint was deleted).
+    pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
 }
 
 impl Pruner {
     pub async fn run(self) {
         loop {
+            self.purge_deleted_endpoints().await;
             self.prune().await;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.config.interval) => {}
             }
         }
@@ -35,25 +49,46 @@ impl Pruner {
     /// One pass: chunks until nothing old is left (or shutdown).
     pub async fn prune(&self) -> usize {
         let before = self.clock.now_ms() - self.config.max_age.as_millis() as i64;
+        let total = self
+            .in_chunks(CHUNK, |n| self.store.prune_events(before, n))
+            .await;
+        if total > 0 {
+            tracing::info!(events = total, "pruned old events");
+        }
+        total
+    }
+
+    /// Every deleted endpoint's rows, chunk by chunk (or until shutdown).
+    pub async fn purge_deleted_endpoints(&self) -> usize {
+        let total = self
+            .in_chunks(ENDPOINT_CHUNK, |n| self.store.purge_deleted_endpoint(n))
+            .await;
+        if total > 0 {
+            tracing::info!(rows = total, "purged deleted endpoints");
+        }
+        total
+    }
+
+    /// Runs `chunk` until it deletes nothing more, with a breather between chunks; returns
+    /// how many rows went.
+    async fn in_chunks<F, Fut>(&self, size: usize, chunk: F) -> usize
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<usize>>,
+    {
         let mut total = 0;
         while !self.shutdown.is_cancelled() {
-            match self.store.prune_events(before, CHUNK).await {
+            match chunk(size).await {
+                Ok(0) => break,
                 Ok(n) => {
                     total += n;
-                    if n < CHUNK {
-                        break;
-                    }
-                    // Let other writes in between chunks.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(BREATHER).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "retention pass failed");
+                    tracing::error!(error = %e, "background deletion failed");
                     break;
                 }
             }
-        }
-        if total > 0 {
-            tracing::info!(events = total, "pruned old events");
         }
         total
     }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub jobs: crate::jobs::JobQueue,
     /// Recently resolved device tokens.
     pub device_tokens: crate::devices::token_cache::TokenCache,
+    /// Wakes the pruner: an endpoint was deleted, its rows are to go.
+    pub purge: Arc<tokio::sync::Notify>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -140,8 +140,12 @@ pub trait EndpointStore: Send + Sync {
         enabled: bool,
         now: i64,
     ) -> StoreResult<usize>;
-    /// Also drops its deliveries that have not reached a final outcome.
-    async fn delete_endpoint(&self, account: String, id: String) -> StoreResult<()>;
+    /// Gone at once from every view and from fan-out; its deliveries, whatever their
+    /// outcome, and their attempts go later, through `purge_deleted_endpoint`.
+    async fn delete_endpoint(&self, account: String, id: String, now: i64) -> StoreResult<()>;
+    /// Removes up to `limit` rows of a deleted endpoint (its deliveries, then itself);
+    /// returns how many, 0 once no deleted endpoint is left.
+    async fn purge_deleted_endpoint(&self, limit: usize) -> StoreResult<usize>;
     /// `new_secret` signs from now on; the current ones keep signing until `old_expires_at`.
     async fn rotate_endpoint_secret(
         &self,
@@ -503,8 +507,13 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_endpoint(account, id.clone()).await?;
+    let now = state.clock.now_ms();
+    state
+        .store
+        .delete_endpoint(account, id.clone(), now)
+        .await?;
     state.handoff.endpoint_deleted(id);
+    state.purge.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,5 +1,6 @@
-//! Retention prunes old events with everything hanging off them, except those still owed to
-//! an endpoint.
+//! Background deletion. Retention prunes old events with everything hanging off them,
+//! except those still owed to an endpoint; a deleted endpoint is gone from every view at once
+//! and its deliveries and attempts are purged after, also across a restart.
 
 use std::time::Duration;
 
@@ -55,4 +56,172 @@ async fn old_events_are_pruned_unless_still_owed() {
     // The dedup record went with it: the same rid is a new item now.
     let again = app.sms(&m.device_token, 1).await;
     assert_ne!(again["items"][0]["event_id"], delivered.as_str());
+}
+
+/// Rows of the server's database, read beside it (WAL lets a reader in).
+fn rows(app: &TestApp, sql: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        app.data_dir.join("merpati.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// Waits until `sql` counts nothing.
+async fn until_none(app: &TestApp, sql: &str) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while rows(app, sql) != 0 {
+        assert!(std::time::Instant::now() < deadline, "still there: {sql}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_endpoint_is_gone_at_once_and_its_rows_after() {
+    let app = TestApp::spawn().await;
+    let (gone, kept) = (Receiver::start().await, Receiver::start().await);
+    let m = app.merchant("m1").await;
+    let ep = app.endpoint(&m.key, &gone, json!({})).await;
+    let other = app.endpoint(&m.key, &kept, json!({})).await;
+    let event_id = app.sms(&m.device_token, 1).await["items"][0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let event = app.settled_event(&m.key, &event_id).await;
+    let delivery = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["endpoint_id"] == ep.as_str())
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let job = app
+        .ok_post(
+            &format!("/v1/endpoints/{ep}/recover"),
+            &m.key,
+            json!({"since": "2020-01-01T00:00:00Z"}),
+            202,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let path = format!("/v1/endpoints/{ep}");
+    assert_eq!(app.delete(&path, &m.key).await.0, 204);
+    // Gone from every view and every action at once.
+    assert_eq!(app.delete(&path, &m.key).await.0, 404, "deleted once");
+    assert_eq!(app.get(&path, &m.key).await.0, 404);
+    assert_eq!(
+        app.patch(&path, &m.key, json!({"disabled": false})).await.0,
+        404
+    );
+    let (_, list) = app.get("/v1/endpoints", &m.key).await;
+    let listed: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [other.as_str()]);
+    let actions = [
+        format!("{path}/secret/rotate"),
+        format!("{path}/recover"),
+        format!("/v1/deliveries/{delivery}/resend"),
+    ];
+    for action in actions {
+        let body = json!({"since": "2020-01-01T00:00:00Z"});
+        let body = if action.ends_with("recover") {
+            body
+        } else {
+            json!({})
+        };
+        assert_eq!(app.post(&action, &m.key, body).await.0, 404, "{action}");
+    }
+    let replay = format!("/v1/events/{event_id}/replay");
+    let (status, _) = app.post(&replay, &m.key, json!({"endpoint_id": ep})).await;
+    assert_eq!(status, 404);
+    assert_eq!(app.get(&format!("/v1/jobs/{job}"), &m.key).await.0, 404);
+    let (_, event) = app.get(&format!("/v1/events/{event_id}"), &m.key).await;
+    let endpoints: Vec<&str> = event["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["endpoint_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(endpoints, [other.as_str()]);
+
+    // It gets nothing new; the other endpoint does.
+    app.sms(&m.device_token, 2).await;
+    kept.wait_for(2).await;
+    assert_eq!(gone.received().len(), 1);
+
+    // Its rows go in the background, the other endpoint's stay.
+    until_none(
+        &app,
+        &format!("SELECT COUNT(*) FROM endpoints WHERE id = '{ep}'"),
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &app,
+            &format!("SELECT COUNT(*) FROM deliveries WHERE endpoint_id = '{ep}'")
+        ),
+        0
+    );
+    assert_eq!(
+        rows(
+            &app,
+            &format!("SELECT COUNT(*) FROM jobs WHERE id = '{job}'")
+        ),
+        0
+    );
+    assert_eq!(
+        rows(
+            &app,
+            &format!("SELECT COUNT(*) FROM deliveries WHERE endpoint_id = '{other}'")
+        ),
+        2
+    );
+    assert_eq!(
+        rows(&app, "SELECT COUNT(*) FROM attempts"),
+        2,
+        "the other's attempts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_a_restart_interrupted_is_taken_up_at_the_next_start() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start().await;
+    let m = app.merchant("m1").await;
+    let ep = app.endpoint(&m.key, &receiver, json!({})).await;
+    for rid in 1..=3 {
+        app.sms(&m.device_token, rid).await;
+    }
+    for got in receiver.wait_for(3).await {
+        app.settled_event(&m.key, got.header("webhook-id")).await;
+    }
+    // What a deletion leaves when the server stops before its rows went: the mark alone,
+    // written here behind the server's back so that nothing purges it before the restart.
+    {
+        let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute(
+            "UPDATE endpoints SET deleted_at = 1, disabled = 1 WHERE id = ?1",
+            [&ep],
+        )
+        .unwrap();
+    }
+    let app = app.restart().await;
+    until_none(
+        &app,
+        &format!("SELECT COUNT(*) FROM endpoints WHERE id = '{ep}'"),
+    )
+    .await;
+    assert_eq!(rows(&app, "SELECT COUNT(*) FROM deliveries"), 0);
+    assert_eq!(rows(&app, "SELECT COUNT(*) FROM attempts"), 0);
+    assert_eq!(app.event_count(&m.key).await, 3, "the events stay");
 }

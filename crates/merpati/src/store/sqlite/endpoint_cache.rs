@@ -95,7 +95,7 @@ pub(super) fn target(c: &Connection, endpoint_id: &str, now: i64) -> StoreResult
 fn load_subscriptions(c: &Connection, account: &str) -> StoreResult<Vec<Subscription>> {
     let mut s = c.prepare_cached(
         "SELECT id, events, business_ids, channel_ids, device_ids, disabled, ordering
-         FROM endpoints WHERE account_id = ?1",
+         FROM endpoints WHERE account_id = ?1 AND deleted_at IS NULL",
     )?;
     let rows = s.query_map([account], |r| {
         let events: Option<String> = r.get(1)?;

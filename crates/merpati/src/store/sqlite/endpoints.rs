@@ -110,6 +110,42 @@ pub(super) fn disable(c: &Connection, id: &str, reason: &str, now: i64) -> Store
     Ok(changed > 0)
 }
 
+/// Whether the account has this endpoint (a deleted one it has no longer).
+pub(super) fn endpoint_owned(c: &Connection, account: &str, id: &str) -> StoreResult<bool> {
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM endpoints WHERE account_id = ?1 AND id = ?2 AND deleted_at IS NULL",
+    )?
+    .exists(params![account, id])?)
+}
+
+/// A deleted endpoint still to purge.
+pub(super) const DELETED_ENDPOINT: &str =
+    "SELECT id FROM endpoints WHERE deleted_at IS NOT NULL LIMIT 1";
+
+/// Up to ?2 of an endpoint's deliveries, whichever their status.
+pub(super) const ENDPOINT_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN
+     (SELECT id FROM deliveries WHERE endpoint_id = ?1 LIMIT ?2)";
+
+/// Removes up to `limit` deliveries of a deleted endpoint (their attempts go with them), or
+/// the endpoint itself once it has none left. Returns how many rows it removed: 0 when no
+/// deleted endpoint is left.
+fn purge_deleted_endpoint(c: &Connection, limit: usize) -> StoreResult<usize> {
+    let Some(id) = c
+        .prepare_cached(DELETED_ENDPOINT)?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()?
+    else {
+        return Ok(0);
+    };
+    let deliveries = c
+        .prepare_cached(ENDPOINT_DELIVERIES)?
+        .execute(params![id, limit as i64])?;
+    if deliveries > 0 {
+        return Ok(deliveries);
+    }
+    Ok(c.execute("DELETE FROM endpoints WHERE id = ?1", [id])?)
+}
+
 #[async_trait::async_trait]
 impl EndpointStore for SqliteStore {
     async fn create_endpoint(
@@ -141,7 +177,8 @@ impl EndpointStore for SqliteStore {
     async fn list_endpoints(&self, account: String, page: Page) -> StoreResult<Vec<Endpoint>> {
         self.read(move |c| {
             let mut s = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM endpoints WHERE account_id = ?1 AND id > ?2
+                "SELECT {COLUMNS} FROM endpoints
+                 WHERE account_id = ?1 AND id > ?2 AND deleted_at IS NULL
                  ORDER BY id LIMIT ?3"
             ))?;
             let rows = s.query_map(
@@ -156,7 +193,8 @@ impl EndpointStore for SqliteStore {
     async fn get_endpoint(&self, account: String, id: String) -> StoreResult<Endpoint> {
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM endpoints WHERE account_id = ?1 AND id = ?2"
+                "SELECT {COLUMNS} FROM endpoints
+                 WHERE account_id = ?1 AND id = ?2 AND deleted_at IS NULL"
             ))?
             .query_row(params![account, id], endpoint_row)
             .optional()?
@@ -173,7 +211,7 @@ impl EndpointStore for SqliteStore {
                      channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
                      headers = ?11, ordering = ?12, updated_at = ?15, max_concurrency = ?18,
                      rate_limit = ?19
-                 WHERE account_id = ?1 AND id = ?2",
+                 WHERE account_id = ?1 AND id = ?2 AND deleted_at IS NULL",
                 params_from_iter(endpoint_params(&account, &e)),
             )?;
             if n == 0 {
@@ -198,7 +236,7 @@ impl EndpointStore for SqliteStore {
         now: i64,
     ) -> StoreResult<usize> {
         self.write(move |c| {
-            if !owned(c, "endpoints", &account, &id)? {
+            if !endpoint_owned(c, &account, &id)? {
                 return Err(StoreError::NotFound("endpoint"));
             }
             if enabled {
@@ -217,11 +255,14 @@ impl EndpointStore for SqliteStore {
         .await
     }
 
-    async fn delete_endpoint(&self, account: String, id: String) -> StoreResult<()> {
+    async fn delete_endpoint(&self, account: String, id: String, now: i64) -> StoreResult<()> {
         self.write(move |c| {
+            // Gone from every view and from fan-out at once; disabled, so that a delivery of
+            // it that comes due is held rather than sent. The rows go in the background.
             let n = c.execute(
-                "DELETE FROM endpoints WHERE account_id = ?1 AND id = ?2",
-                params![account, id],
+                "UPDATE endpoints SET deleted_at = ?3, disabled = 1
+                 WHERE account_id = ?1 AND id = ?2 AND deleted_at IS NULL",
+                params![account, id, now],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound("endpoint"));
@@ -229,6 +270,10 @@ impl EndpointStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn purge_deleted_endpoint(&self, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| purge_deleted_endpoint(c, limit)).await
     }
 
     async fn rotate_endpoint_secret(
@@ -240,7 +285,7 @@ impl EndpointStore for SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         self.write(move |c| {
-            if !owned(c, "endpoints", &account, &id)? {
+            if !endpoint_owned(c, &account, &id)? {
                 return Err(StoreError::NotFound("endpoint"));
             }
             c.execute(
@@ -259,5 +304,97 @@ impl EndpointStore for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{assert_whole, column, schema_with_account};
+
+    /// Two endpoints of account `a` with `n` delivered events each, an attempt per delivery.
+    fn two_endpoints_with_deliveries(n: i64) -> Connection {
+        let c = schema_with_account();
+        for ep in ["gone", "kept"] {
+            c.execute(
+                "INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
+                     format, secret_in_body, headers, created_at, updated_at)
+                 VALUES ('a', ?1, 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0)",
+                [ep],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, 's', 0)",
+                [ep],
+            )
+            .unwrap();
+        }
+        for seq in 1..=n {
+            c.execute(
+                "INSERT INTO events (seq, id, account_id, type, payload, created_at)
+                 VALUES (?1, 'evt_' || ?1, 'a', 'sms', '{}', 0)",
+                [seq],
+            )
+            .unwrap();
+            for ep in ["gone", "kept"] {
+                c.execute(
+                    "INSERT INTO deliveries (event_seq, endpoint_id, status, created_at)
+                     VALUES (?1, ?2, 'succeeded', 0)",
+                    params![seq, ep],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms)
+                     VALUES (?1, 1, 0, 1)",
+                    [c.last_insert_rowid()],
+                )
+                .unwrap();
+            }
+        }
+        c
+    }
+
+    fn count(c: &Connection, sql: &str) -> i64 {
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_deleted_endpoint_goes_a_chunk_at_a_time_and_the_others_stay_whole() {
+        let c = two_endpoints_with_deliveries(5);
+        assert_eq!(purge_deleted_endpoint(&c, 2).unwrap(), 0, "nothing deleted");
+        c.execute(
+            "UPDATE endpoints SET deleted_at = 1, disabled = 1 WHERE id = 'gone'",
+            [],
+        )
+        .unwrap();
+        assert!(!endpoint_owned(&c, "a", "gone").unwrap());
+        assert!(endpoint_owned(&c, "a", "kept").unwrap());
+
+        let chunks: Vec<usize> =
+            std::iter::from_fn(|| Some(purge_deleted_endpoint(&c, 2).unwrap()).filter(|n| *n > 0))
+                .collect();
+        assert_eq!(
+            chunks,
+            [2, 2, 1, 1],
+            "its deliveries two at a time, then itself"
+        );
+        let endpoints: Vec<String> = column(&c, "SELECT id FROM endpoints");
+        assert_eq!(endpoints, ["kept"]);
+        assert_eq!(count(&c, "SELECT COUNT(*) FROM deliveries"), 5);
+        assert_eq!(
+            count(
+                &c,
+                "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = 'kept'"
+            ),
+            5
+        );
+        assert_eq!(
+            count(&c, "SELECT COUNT(*) FROM attempts"),
+            5,
+            "theirs went too"
+        );
+        assert_eq!(count(&c, "SELECT COUNT(*) FROM endpoint_secrets"), 1);
+        assert_eq!(count(&c, "SELECT COUNT(*) FROM events"), 5, "events stay");
+        assert_whole(&c);
     }
 }

@@ -1,8 +1,8 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::devices::owned;
 use super::endpoint_cache::subscriptions;
+use super::endpoints::endpoint_owned;
 use super::fanout::{enqueue, fan_out};
 use super::SqliteStore;
 use crate::endpoints::{Scope, Subscription};
@@ -123,7 +123,9 @@ impl EventStore for SqliteStore {
                 .prepare_cached(
                     "SELECT id, endpoint_id, status, attempts, next_attempt_at, created_at,
                             completed_at
-                     FROM deliveries WHERE event_seq = ?1 ORDER BY id",
+                     FROM deliveries WHERE event_seq = ?1
+                       AND endpoint_id NOT IN (SELECT id FROM endpoints WHERE deleted_at IS NOT NULL)
+                     ORDER BY id",
                 )?
                 .query_map([summary.seq], |r| {
                     let status: String = r.get(2)?;
@@ -188,7 +190,7 @@ impl EventStore for SqliteStore {
                      FROM deliveries d
                      JOIN events e ON e.seq = d.event_seq
                      JOIN endpoints ep ON ep.id = d.endpoint_id
-                     WHERE d.id = ?1 AND e.account_id = ?2",
+                     WHERE d.id = ?1 AND e.account_id = ?2 AND ep.deleted_at IS NULL",
                 )?
                 .query_row(params![delivery_id, account], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -229,7 +231,7 @@ impl EventStore for SqliteStore {
             let subs = match endpoint_id {
                 // An endpoint named explicitly gets the event whatever its filters say.
                 Some(endpoint_id) => {
-                    if !owned(c, "endpoints", &account, &endpoint_id)? {
+                    if !endpoint_owned(c, &account, &endpoint_id)? {
                         return Err(StoreError::NotFound("endpoint"));
                     }
                     let named = subs

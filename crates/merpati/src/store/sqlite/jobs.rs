@@ -1,6 +1,6 @@
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::devices::owned;
+use super::endpoints::endpoint_owned;
 use super::fanout::enqueue;
 use super::SqliteStore;
 use crate::jobs::{Job, JobStore};
@@ -41,7 +41,7 @@ impl JobStore for SqliteStore {
         now: i64,
     ) -> StoreResult<Job> {
         self.write(move |c| {
-            if !owned(c, "endpoints", &account, &endpoint_id)? {
+            if !endpoint_owned(c, &account, &endpoint_id)? {
                 return Err(StoreError::NotFound("endpoint"));
             }
             let disabled: bool = c.query_row(
@@ -77,7 +77,8 @@ impl JobStore for SqliteStore {
     async fn get_job(&self, account: String, id: String) -> StoreResult<Job> {
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM jobs WHERE account_id = ?1 AND id = ?2"
+                "SELECT {COLUMNS} FROM jobs WHERE account_id = ?1 AND id = ?2
+                   AND endpoint_id NOT IN (SELECT id FROM endpoints WHERE deleted_at IS NOT NULL)"
             ))?
             .query_row(params![account, id], job_row)
             .optional()?
@@ -118,11 +119,16 @@ impl JobStore for SqliteStore {
             if status != "running" {
                 return Ok((0, true));
             }
-            let (ordered, disabled): (bool, bool) = c.query_row(
-                "SELECT ordering IS 'device', disabled FROM endpoints WHERE id = ?1",
+            let (ordered, disabled, deleted): (bool, bool, bool) = c.query_row(
+                "SELECT ordering IS 'device', disabled, deleted_at IS NOT NULL
+                 FROM endpoints WHERE id = ?1",
                 [&endpoint],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
+            // Its endpoint deleted, the job goes with it once the endpoint is purged.
+            if deleted {
+                return Ok((0, true));
+            }
             let picked: Vec<(i64, i64, Option<String>)> = c
                 .prepare(&format!(
                     "SELECT d.id, d.event_seq,

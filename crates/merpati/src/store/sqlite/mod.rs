@@ -83,6 +83,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "inbound_on_events",
         include_str!("../migrations/sqlite/0009_inbound_on_events.sql"),
     ),
+    (
+        10,
+        "endpoint_deletion",
+        include_str!("../migrations/sqlite/0010_endpoint_deletion.sql"),
+    ),
 ];
 
 /// At most this many writes share one commit.
@@ -857,6 +862,8 @@ mod tests {
             (delivery::UNPARK, &["deliveries_parked"]),
             (&candidates, &["deliveries_failed", "deliveries_event"]),
             (ingest::SENT_BEFORE, &["events_rid"]),
+            (endpoints::DELETED_ENDPOINT, &["endpoints_deleted"]),
+            (endpoints::ENDPOINT_DELIVERIES, &["deliveries_endpoint"]),
         ];
         for (sql, indexes) in queries {
             // Planned with the parameters unbound: the plan does not depend on their values.
