@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Deleting an endpoint with a long history while another account's devices send 2,000
+# events/s: how long the DELETE takes, what the other account's latency does meanwhile, and
+# how long the deleted endpoint's rows take to go.
+# Usage: bench/delete-under-load.sh [fill duration, default 20s] [binary, default target/release/merpati]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fill="${1:-20s}"
+bin="${2:-./target/release/merpati}"
+[ "$bin" = ./target/release/merpati ] && cargo build --release --quiet
+port="${PORT:-18090}"
+url="http://127.0.0.1:$port"
+data="$(mktemp -d)"
+export MERPATI_ADMIN_TOKEN="bench-admin-token-$RANDOM$RANDOM"
+MERPATI_DATA_DIR="$data" MERPATI_DELIVERY_ALLOWED_NETWORKS=127.0.0.0/8 \
+    "$bin" serve --listen "127.0.0.1:$port" >"$data/serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
+for _ in $(seq 50); do curl -sf "$url/healthz" >/dev/null && break; sleep 0.1; done
+
+echo "# one endpoint's history: $fill at full speed, one item a request"
+"$bin" bench delivery --url "$url" --duration "$fill" --baseline-duration 1s >"$data/fill.txt" 2>&1
+grep -E "^  (accepted|delivered) " "$data/fill.txt"
+account=$(grep -o "sim_[0-9]*" "$data/fill.txt" | head -1)
+admin="Authorization: Bearer $MERPATI_ADMIN_TOKEN"
+key=$(curl -sf -XPOST "$url/v1/accounts/$account/api-keys" -H "$admin" | sed 's/.*"key":"\([^"]*\)".*/\1/')
+endpoint=$(curl -sf "$url/v1/endpoints" -H "Authorization: Bearer $key" | grep -o '"id":"ep_[^"]*"' | head -1 | cut -d'"' -f4)
+
+echo "# another account at 2,000 events/s for 20 s; the endpoint deleted 10 s in"
+"$bin" bench delivery --url "$url" --rate 2000 --duration 20s --baseline-duration 1s >"$data/run.txt" 2>&1 &
+run=$!
+sleep 10
+started=$(date +%s%N)
+status=$(curl -s -o /dev/null -w "%{http_code}" -XDELETE "$url/v1/endpoints/$endpoint" -H "Authorization: Bearer $key")
+echo "DELETE /v1/endpoints/$endpoint: $status in $(( ($(date +%s%N) - started) / 1000000 )) ms"
+wait $run
+grep -E "^  (delivered|ingest-to-receipt|answer latency) " "$data/run.txt"
+for _ in $(seq 600); do grep -q "purged deleted endpoints" "$data/serve.log" && break; sleep 0.1; done
+if purged=$(grep "purged deleted endpoints" "$data/serve.log" | tail -1); then
+    at=$(date -d "$(echo "$purged" | awk '{print $1}')" +%s%N)
+    echo "purged $(echo "$purged" | grep -o 'rows=[0-9]*') $(( (at - started) / 1000000 )) ms after the DELETE"
+else
+    echo "the purge did not finish within a minute of the run"
+fi
