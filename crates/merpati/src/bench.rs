@@ -923,8 +923,7 @@ pub async fn delivery(args: DeliveryArgs) -> anyhow::Result<()> {
     let events = result["accepted"].as_u64().unwrap_or(0) + 1;
     eprintln!(
         "the run's account {account} stays on {url} with its {events} events; \
-         DELETE /v1/accounts/{account} removes them in one transaction, which holds up the \
-         server's other writes while it runs"
+         DELETE /v1/accounts/{account} removes them (in the background)"
     );
     Ok(())
 }

@@ -3,9 +3,12 @@
 //! - retention: events older than `retention.max_age`, with their deliveries, attempts and
 //!   dedup records. An event whose deliveries are not all final (pending, or held for a
 //!   disabled endpoint) is kept: at-least-once outranks retention.
-//! - deleted endpoints: their deliveries and attempts, then the endpoints themselves. The
-//!   deletion marks an endpoint and wakes the pruner; one that a restart interrupted is
-//!   taken up again at the next start.
+//! - deleted endpoints: their deliveries and attempts, then the endpoints themselves;
+//! - deleted accounts: their events (with what hangs off them), then the accounts, once
+//!   their endpoints are gone.
+//!
+//! A deletion marks what it deletes and wakes the pruner; a purge that a restart interrupted
+//! is taken up again at the next start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,8 @@ use crate::store::{SharedStore, StoreResult};
 const CHUNK: usize = 500;
 /// A deleted endpoint's deliveries deleted per transaction.
 const ENDPOINT_CHUNK: usize = 1000;
+/// A deleted account's events deleted per transaction (with any deliveries left to them).
+const ACCOUNT_CHUNK: usize = 500;
 /// The pause between chunks, for other writes to go in between.
 const BREATHER: Duration = Duration::from_millis(10);
 
@@ -36,7 +41,7 @@ pub struct Pruner {
 impl Pruner {
     pub async fn run(self) {
         loop {
-            self.purge_deleted_endpoints().await;
+            self.purge_deleted().await;
             self.prune().await;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -58,15 +63,21 @@ impl Pruner {
         total
     }
 
-    /// Every deleted endpoint's rows, chunk by chunk (or until shutdown).
-    pub async fn purge_deleted_endpoints(&self) -> usize {
-        let total = self
+    /// Every deleted endpoint's rows, then every deleted account's, chunk by chunk (or until
+    /// shutdown): the accounts' endpoints are gone by the time their accounts can go.
+    pub async fn purge_deleted(&self) {
+        let endpoints = self
             .in_chunks(ENDPOINT_CHUNK, |n| self.store.purge_deleted_endpoint(n))
             .await;
-        if total > 0 {
-            tracing::info!(rows = total, "purged deleted endpoints");
+        if endpoints > 0 {
+            tracing::info!(rows = endpoints, "purged deleted endpoints");
         }
-        total
+        let accounts = self
+            .in_chunks(ACCOUNT_CHUNK, |n| self.store.purge_deleted_account(n))
+            .await;
+        if accounts > 0 {
+            tracing::info!(rows = accounts, "purged deleted accounts");
+        }
     }
 
     /// Runs `chunk` until it deletes nothing more, with a breather between chunks; returns

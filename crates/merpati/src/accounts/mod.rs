@@ -42,7 +42,13 @@ pub trait AccountStore: Send + Sync {
     async fn get_account(&self, id: String) -> StoreResult<Account>;
     async fn rename_account(&self, id: String, name: String, now: i64) -> StoreResult<Account>;
     /// Deletes the account and everything it owns. Returns the ids of the endpoints it had.
-    async fn delete_account(&self, id: String) -> StoreResult<Vec<String>>;
+    /// Gone at once from every view, with its keys, devices, channels and businesses; its
+    /// endpoints are deleted as endpoints are, and its events go later, through
+    /// `purge_deleted_account`. Returns its endpoints' ids.
+    async fn delete_account(&self, id: String, now: i64) -> StoreResult<Vec<String>>;
+    /// Removes up to `limit` rows of a deleted account (its events, then itself once its
+    /// endpoints are purged); returns how many, 0 when nothing can go now.
+    async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize>;
     async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey>;
     async fn list_api_keys(&self, account_id: String) -> StoreResult<Vec<ApiKey>>;
     async fn revoke_api_key(&self, account_id: String, key_id: String, now: i64)
@@ -126,11 +132,13 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let endpoints = state.store.delete_account(id.clone()).await?;
+    let now = state.clock.now_ms();
+    let endpoints = state.store.delete_account(id.clone(), now).await?;
     state.device_tokens.forget_account(&id);
     for endpoint in endpoints {
         state.handoff.endpoint_deleted(endpoint);
     }
+    state.purge.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

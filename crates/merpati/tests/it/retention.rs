@@ -225,3 +225,102 @@ async fn a_purge_a_restart_interrupted_is_taken_up_at_the_next_start() {
     assert_eq!(rows(&app, "SELECT COUNT(*) FROM attempts"), 0);
     assert_eq!(app.event_count(&m.key).await, 3, "the events stay");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_is_gone_at_once_and_its_events_after() {
+    let app = TestApp::spawn().await;
+    let (theirs, others) = (Receiver::start().await, Receiver::start().await);
+    let m = app.merchant("m1").await;
+    let ep = app.endpoint(&m.key, &theirs, json!({})).await;
+    let other = app.merchant("m2").await;
+    app.endpoint(&other.key, &others, json!({})).await;
+    for rid in 1..=3 {
+        app.sms(&m.device_token, rid).await;
+    }
+    app.sms(&other.device_token, 1).await;
+    for got in theirs.wait_for(3).await {
+        app.settled_event(&m.key, got.header("webhook-id")).await;
+    }
+    others.wait_for(1).await;
+
+    assert_eq!(app.delete("/v1/accounts/m1", ADMIN).await.0, 204);
+    // Gone from every view at once; nothing of it lets anyone in.
+    assert_eq!(
+        app.delete("/v1/accounts/m1", ADMIN).await.0,
+        404,
+        "deleted once"
+    );
+    assert_eq!(app.get("/v1/accounts/m1", ADMIN).await.0, 404);
+    let renamed = app
+        .patch("/v1/accounts/m1", ADMIN, json!({"name": "x"}))
+        .await;
+    assert_eq!(renamed.0, 404);
+    assert_eq!(app.get("/v1/accounts/m1/api-keys", ADMIN).await.0, 404);
+    assert_eq!(
+        app.post("/v1/accounts/m1/api-keys", ADMIN, json!({}))
+            .await
+            .0,
+        404
+    );
+    let (_, list) = app.get("/v1/accounts", ADMIN).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert_eq!(list["data"][0]["id"], "m2");
+    assert_eq!(app.get("/v1/events", &m.key).await.0, 401);
+    let sent = app
+        .post(
+            "/v1/device/messages",
+            &m.device_token,
+            json!({"type": "sms", "rid": 9, "phone": "+639760713666", "message": "late"}),
+        )
+        .await;
+    assert_eq!(sent.0, 401);
+
+    // Its rows go in the background; the other account's stay.
+    until_none(&app, "SELECT COUNT(*) FROM accounts WHERE id = 'm1'").await;
+    for table in ["events", "devices", "endpoints", "api_keys"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE account_id = 'm1'");
+        assert_eq!(rows(&app, &sql), 0, "{table}");
+    }
+    let sql = format!("SELECT COUNT(*) FROM deliveries WHERE endpoint_id = '{ep}'");
+    assert_eq!(rows(&app, &sql), 0);
+    assert_eq!(rows(&app, "SELECT COUNT(*) FROM attempts"), 1, "m2's");
+    assert_eq!(app.event_count(&other.key).await, 1);
+    // The id is free again.
+    let again = app
+        .post("/v1/accounts", ADMIN, json!({"id": "m1", "name": "Again"}))
+        .await;
+    assert_eq!(again.0, 201, "{}", again.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_still_being_purged_keeps_its_id_until_it_is_gone() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant("m1").await;
+    app.sms(&m.device_token, 1).await;
+    // The mark alone, as a restart mid-purge leaves it, written behind the server's back so
+    // that nothing purges it yet.
+    {
+        let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(5)).unwrap();
+        db.execute("UPDATE accounts SET deleted_at = 1 WHERE id = 'm1'", [])
+            .unwrap();
+    }
+    let (status, body) = app
+        .post("/v1/accounts", ADMIN, json!({"id": "m1", "name": "Again"}))
+        .await;
+    assert_eq!(status, 409);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still being deleted"),
+        "{body}"
+    );
+    let app = app.restart().await;
+    until_none(&app, "SELECT COUNT(*) FROM accounts WHERE id = 'm1'").await;
+    assert_eq!(rows(&app, "SELECT COUNT(*) FROM events"), 0);
+    let again = app
+        .post("/v1/accounts", ADMIN, json!({"id": "m1", "name": "Again"}))
+        .await;
+    assert_eq!(again.0, 201, "{}", again.1);
+}

@@ -27,13 +27,47 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
 
 fn account_exists(c: &rusqlite::Connection, id: &str) -> StoreResult<()> {
     let found = c
-        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1 AND deleted_at IS NULL")?
         .exists([id])?;
     if found {
         Ok(())
     } else {
         Err(StoreError::NotFound("account"))
     }
+}
+
+/// A deleted account still to purge.
+pub(super) const DELETED_ACCOUNT: &str =
+    "SELECT id FROM accounts WHERE deleted_at IS NOT NULL LIMIT 1";
+
+/// Up to ?2 of an account's events (their deliveries and attempts go with them).
+pub(super) const ACCOUNT_EVENTS: &str = "DELETE FROM events WHERE seq IN
+     (SELECT seq FROM events WHERE account_id = ?1 LIMIT ?2)";
+
+/// Removes up to `limit` events of a deleted account, or the account itself once it has no
+/// events and its endpoints are purged (see `purge_deleted_endpoint`). Returns how many rows
+/// it removed: 0 when there is nothing it can do now.
+fn purge_deleted_account(c: &rusqlite::Connection, limit: usize) -> StoreResult<usize> {
+    let Some(id) = c
+        .prepare_cached(DELETED_ACCOUNT)?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()?
+    else {
+        return Ok(0);
+    };
+    let events = c
+        .prepare_cached(ACCOUNT_EVENTS)?
+        .execute(params![id, limit as i64])?;
+    if events > 0 {
+        return Ok(events);
+    }
+    let endpoints_left = c
+        .prepare_cached("SELECT 1 FROM endpoints WHERE account_id = ?1")?
+        .exists([&id])?;
+    if endpoints_left {
+        return Ok(0);
+    }
+    Ok(c.execute("DELETE FROM accounts WHERE id = ?1", [id])?)
 }
 
 #[async_trait::async_trait]
@@ -45,10 +79,15 @@ impl AccountStore for SqliteStore {
                 params![a.id, a.name, a.created_at, a.updated_at],
             )
             .map_err(|e| {
-                if is_unique_violation(&e) {
+                if !is_unique_violation(&e) {
+                    e.into()
+                } else if account_exists(c, &a.id).is_ok() {
                     StoreError::Conflict(format!("account {:?} already exists", a.id))
                 } else {
-                    e.into()
+                    StoreError::Conflict(format!(
+                        "account {:?} is still being deleted; try again shortly",
+                        a.id
+                    ))
                 }
             })?;
             Ok(a)
@@ -59,7 +98,8 @@ impl AccountStore for SqliteStore {
     async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>> {
         self.read(move |c| {
             let mut s = c.prepare_cached(&format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2"
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > ?1 AND deleted_at IS NULL
+                 ORDER BY id LIMIT ?2"
             ))?;
             let rows = s.query_map(
                 params![page.after.unwrap_or_default(), page.limit as i64],
@@ -73,7 +113,7 @@ impl AccountStore for SqliteStore {
     async fn get_account(&self, id: String) -> StoreResult<Account> {
         self.read(move |c| {
             c.prepare_cached(&format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1 AND deleted_at IS NULL"
             ))?
             .query_row([id], account_row)
             .optional()?
@@ -85,7 +125,8 @@ impl AccountStore for SqliteStore {
     async fn rename_account(&self, id: String, name: String, now: i64) -> StoreResult<Account> {
         self.write(move |c| {
             c.prepare_cached(&format!(
-                "UPDATE accounts SET name = ?2, updated_at = ?3 WHERE id = ?1
+                "UPDATE accounts SET name = ?2, updated_at = ?3
+                 WHERE id = ?1 AND deleted_at IS NULL
                  RETURNING {ACCOUNT_COLUMNS}"
             ))?
             .query_row(params![id, name, now], account_row)
@@ -95,23 +136,36 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn delete_account(&self, id: String) -> StoreResult<Vec<String>> {
+    async fn delete_account(&self, id: String, now: i64) -> StoreResult<Vec<String>> {
         self.write(move |c| {
+            let marked = c.execute(
+                "UPDATE accounts SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![id, now],
+            )?;
+            if marked == 0 {
+                return Err(StoreError::NotFound("account"));
+            }
+            // Its endpoints go as deleted endpoints do: marked now, purged in the background.
             let endpoints = c
-                .prepare("DELETE FROM endpoints WHERE account_id = ?1 RETURNING id")?
-                .query_map([&id], |r| r.get(0))?
+                .prepare(
+                    "UPDATE endpoints SET deleted_at = ?2, disabled = 1
+                     WHERE account_id = ?1 AND deleted_at IS NULL RETURNING id",
+                )?
+                .query_map(params![id, now], |r| r.get(0))?
                 .collect::<Result<Vec<String>, _>>()?;
-            // Children first: channels and devices reference their parents without cascade
-            // (deleting a business with channels is refused elsewhere), so clear them in order.
-            for table in ["events", "devices", "channels", "businesses", "api_keys"] {
+            // What lets anyone in (keys, device tokens) goes now, with the few rows that hang
+            // off devices. Children first: channels and devices reference their parents
+            // without cascade. The events, the bulk, go in the background.
+            for table in ["devices", "channels", "businesses", "api_keys"] {
                 c.execute(&format!("DELETE FROM {table} WHERE account_id = ?1"), [&id])?;
             }
-            match c.execute("DELETE FROM accounts WHERE id = ?1", [&id])? {
-                0 => Err(StoreError::NotFound("account")),
-                _ => Ok(endpoints),
-            }
+            Ok(endpoints)
         })
         .await
+    }
+
+    async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| purge_deleted_account(c, limit)).await
     }
 
     async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey> {
@@ -169,5 +223,67 @@ impl AccountStore for SqliteStore {
             .optional()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{assert_whole, column, schema_with_account};
+
+    fn count(c: &rusqlite::Connection, sql: &str) -> i64 {
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_deleted_account_goes_a_chunk_at_a_time_once_its_endpoints_are_gone() {
+        let c = schema_with_account();
+        c.execute_batch(
+            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('b', 'b', 0, 0);
+             INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
+                 format, secret_in_body, headers, created_at, updated_at)
+             VALUES ('a', 'ep', 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0);",
+        )
+        .unwrap();
+        for (seq, account) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
+            c.execute(
+                "INSERT INTO events (seq, id, account_id, type, payload, created_at)
+                 VALUES (?1, 'evt_' || ?1, ?2, 'sms', '{}', 0)",
+                params![seq, account],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO deliveries (event_seq, endpoint_id, status, created_at)
+                 VALUES (?1, 'ep', 'succeeded', 0)",
+                [seq],
+            )
+            .unwrap();
+        }
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 0, "nothing deleted");
+        c.execute("UPDATE accounts SET deleted_at = 1 WHERE id = 'a'", [])
+            .unwrap();
+        assert!(account_exists(&c, "a").is_err());
+
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 2);
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 1);
+        assert_eq!(
+            purge_deleted_account(&c, 2).unwrap(),
+            0,
+            "its endpoint is not purged yet"
+        );
+        c.execute("DELETE FROM endpoints WHERE id = 'ep'", [])
+            .unwrap();
+        assert_eq!(
+            purge_deleted_account(&c, 2).unwrap(),
+            1,
+            "the account itself"
+        );
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 0);
+        let accounts: Vec<String> = column(&c, "SELECT id FROM accounts");
+        assert_eq!(accounts, ["b"]);
+        let events: Vec<i64> = column(&c, "SELECT seq FROM events");
+        assert_eq!(events, [2], "another account's events stay");
+        assert_eq!(count(&c, "SELECT COUNT(*) FROM deliveries"), 0);
+        assert_whole(&c);
     }
 }

@@ -85,8 +85,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         10,
-        "endpoint_deletion",
-        include_str!("../migrations/sqlite/0010_endpoint_deletion.sql"),
+        "background_deletion",
+        include_str!("../migrations/sqlite/0010_background_deletion.sql"),
     ),
 ];
 
@@ -442,8 +442,11 @@ fn writer_loop(
 fn schema_with_account() -> Connection {
     let mut c = Connection::open_in_memory().unwrap();
     migrate(&mut c).unwrap();
-    c.execute("INSERT INTO accounts VALUES ('a', 'a', 0, 0)", [])
-        .unwrap();
+    c.execute(
+        "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('a', 'a', 0, 0)",
+        [],
+    )
+    .unwrap();
     c
 }
 
@@ -815,7 +818,7 @@ mod tests {
         conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
         migrate_to(&mut conn, 8).unwrap();
         conn.execute_batch(
-            "INSERT INTO accounts VALUES ('a', 'a', 0, 0);
+            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('a', 'a', 0, 0);
              INSERT INTO events (seq, id, account_id, type, device_id, payload, created_at)
              VALUES (1, 'evt_1', 'a', 'sms.received', 'd', '{}', 10),
                     (2, 'evt_2', 'a', 'device.connected', 'd', '{}', 20),
@@ -864,6 +867,8 @@ mod tests {
             (ingest::SENT_BEFORE, &["events_rid"]),
             (endpoints::DELETED_ENDPOINT, &["endpoints_deleted"]),
             (endpoints::ENDPOINT_DELIVERIES, &["deliveries_endpoint"]),
+            (accounts::DELETED_ACCOUNT, &["accounts_deleted"]),
+            (accounts::ACCOUNT_EVENTS, &["events_account"]),
         ];
         for (sql, indexes) in queries {
             // Planned with the parameters unbound: the plan does not depend on their values.
