@@ -229,22 +229,17 @@ impl AccountStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{assert_whole, column, schema_with_account};
-
-    fn count(c: &rusqlite::Connection, sql: &str) -> i64 {
-        c.query_row(sql, [], |r| r.get(0)).unwrap()
-    }
+    use crate::store::sqlite::{assert_whole, column, count, insert_endpoint, schema_with_account};
 
     #[test]
     fn a_deleted_account_goes_a_chunk_at_a_time_once_its_endpoints_are_gone() {
         let c = schema_with_account();
-        c.execute_batch(
-            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('b', 'b', 0, 0);
-             INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
-                 format, secret_in_body, headers, created_at, updated_at)
-             VALUES ('a', 'ep', 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0);",
+        c.execute(
+            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('b', 'b', 0, 0)",
+            [],
         )
         .unwrap();
+        insert_endpoint(&c, "a", "ep");
         for (seq, account) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
             c.execute(
                 "INSERT INTO events (seq, id, account_id, type, payload, created_at)

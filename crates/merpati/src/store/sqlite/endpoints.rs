@@ -310,24 +310,13 @@ impl EndpointStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{assert_whole, column, schema_with_account};
+    use crate::store::sqlite::{assert_whole, column, count, insert_endpoint, schema_with_account};
 
     /// Two endpoints of account `a` with `n` delivered events each, an attempt per delivery.
     fn two_endpoints_with_deliveries(n: i64) -> Connection {
         let c = schema_with_account();
         for ep in ["gone", "kept"] {
-            c.execute(
-                "INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
-                     format, secret_in_body, headers, created_at, updated_at)
-                 VALUES ('a', ?1, 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0)",
-                [ep],
-            )
-            .unwrap();
-            c.execute(
-                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, 's', 0)",
-                [ep],
-            )
-            .unwrap();
+            insert_endpoint(&c, "a", ep);
         }
         for seq in 1..=n {
             c.execute(
@@ -352,10 +341,6 @@ mod tests {
             }
         }
         c
-    }
-
-    fn count(c: &Connection, sql: &str) -> i64 {
-        c.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
     #[test]

@@ -461,6 +461,29 @@ fn column<T: rusqlite::types::FromSql>(c: &Connection, sql: &str) -> Vec<T> {
         .unwrap()
 }
 
+/// The single number `sql` gives (a count, say).
+#[cfg(test)]
+fn count(c: &Connection, sql: &str) -> i64 {
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// An endpoint `id` of `account` with the least every column needs, and a secret.
+#[cfg(test)]
+fn insert_endpoint(c: &Connection, account: &str, id: &str) {
+    c.execute(
+        "INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
+             format, secret_in_body, headers, created_at, updated_at)
+         VALUES (?1, ?2, 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0)",
+        [account, id],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, 's', 0)",
+        [id],
+    )
+    .unwrap();
+}
+
 /// SQLite's own check that the database is whole, for the tests of the log's writes and of
 /// checkpoints, which work on connections of their own.
 #[cfg(test)]
