@@ -68,6 +68,20 @@ fn rows(app: &TestApp, sql: &str) -> i64 {
     db.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// Writes to the server's database beside it, so that nothing in the server (the pruner,
+/// say) hears of the change.
+fn behind_its_back(app: &TestApp, sql: &str) {
+    let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(db.execute(sql, []).unwrap(), 1, "{sql}");
+}
+
+/// `field` of each object in a JSON list.
+fn each<'a>(list: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    let items = list.as_array().unwrap().iter();
+    items.map(|item| item[field].as_str().unwrap()).collect()
+}
+
 /// Waits until `sql` counts nothing.
 async fn until_none(app: &TestApp, sql: &str) {
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -119,13 +133,7 @@ async fn a_deleted_endpoint_is_gone_at_once_and_its_rows_after() {
         404
     );
     let (_, list) = app.get("/v1/endpoints", &m.key).await;
-    let listed: Vec<&str> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [other.as_str()]);
+    assert_eq!(each(&list["data"], "id"), [other.as_str()]);
     let actions = [
         format!("{path}/secret/rotate"),
         format!("{path}/recover"),
@@ -145,13 +153,7 @@ async fn a_deleted_endpoint_is_gone_at_once_and_its_rows_after() {
     assert_eq!(status, 404);
     assert_eq!(app.get(&format!("/v1/jobs/{job}"), &m.key).await.0, 404);
     let (_, event) = app.get(&format!("/v1/events/{event_id}"), &m.key).await;
-    let endpoints: Vec<&str> = event["deliveries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["endpoint_id"].as_str().unwrap())
-        .collect();
-    assert_eq!(endpoints, [other.as_str()]);
+    assert_eq!(each(&event["deliveries"], "endpoint_id"), [other.as_str()]);
 
     // It gets nothing new; the other endpoint does.
     app.sms(&m.device_token, 2).await;
@@ -204,17 +206,11 @@ async fn a_purge_a_restart_interrupted_is_taken_up_at_the_next_start() {
     for got in receiver.wait_for(3).await {
         app.settled_event(&m.key, got.header("webhook-id")).await;
     }
-    // What a deletion leaves when the server stops before its rows went: the mark alone,
-    // written here behind the server's back so that nothing purges it before the restart.
-    {
-        let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        db.execute(
-            "UPDATE endpoints SET deleted_at = 1, disabled = 1 WHERE id = ?1",
-            [&ep],
-        )
-        .unwrap();
-    }
+    // What a deletion leaves when the server stops before its rows went: the mark alone.
+    behind_its_back(
+        &app,
+        &format!("UPDATE endpoints SET deleted_at = 1, disabled = 1 WHERE id = '{ep}'"),
+    );
     let app = app.restart().await;
     until_none(
         &app,
@@ -297,14 +293,8 @@ async fn an_account_still_being_purged_keeps_its_id_until_it_is_gone() {
     let app = TestApp::spawn().await;
     let m = app.merchant("m1").await;
     app.sms(&m.device_token, 1).await;
-    // The mark alone, as a restart mid-purge leaves it, written behind the server's back so
-    // that nothing purges it yet.
-    {
-        let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
-        db.busy_timeout(Duration::from_secs(5)).unwrap();
-        db.execute("UPDATE accounts SET deleted_at = 1 WHERE id = 'm1'", [])
-            .unwrap();
-    }
+    // The mark alone, as a restart mid-purge leaves it.
+    behind_its_back(&app, "UPDATE accounts SET deleted_at = 1 WHERE id = 'm1'");
     let (status, body) = app
         .post("/v1/accounts", ADMIN, json!({"id": "m1", "name": "Again"}))
         .await;

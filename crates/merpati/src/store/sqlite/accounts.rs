@@ -1,5 +1,6 @@
 use rusqlite::{params, OptionalExtension, Row};
 
+use super::endpoints::purge_step;
 use super::{is_unique_violation, SqliteStore};
 use crate::accounts::{Account, AccountStore, ApiKey};
 use crate::store::{Page, StoreError, StoreResult};
@@ -48,19 +49,11 @@ pub(super) const ACCOUNT_EVENTS: &str = "DELETE FROM events WHERE seq IN
 /// events and its endpoints are purged (see `purge_deleted_endpoint`). Returns how many rows
 /// it removed: 0 when there is nothing it can do now.
 fn purge_deleted_account(c: &rusqlite::Connection, limit: usize) -> StoreResult<usize> {
-    let Some(id) = c
-        .prepare_cached(DELETED_ACCOUNT)?
-        .query_row([], |r| r.get::<_, String>(0))
-        .optional()?
-    else {
-        return Ok(0);
+    let id = match purge_step(c, DELETED_ACCOUNT, ACCOUNT_EVENTS, limit)? {
+        None => return Ok(0),
+        Some((_, events)) if events > 0 => return Ok(events),
+        Some((id, _)) => id,
     };
-    let events = c
-        .prepare_cached(ACCOUNT_EVENTS)?
-        .execute(params![id, limit as i64])?;
-    if events > 0 {
-        return Ok(events);
-    }
     let endpoints_left = c
         .prepare_cached("SELECT 1 FROM endpoints WHERE account_id = ?1")?
         .exists([&id])?;

@@ -126,24 +126,36 @@ pub(super) const DELETED_ENDPOINT: &str =
 pub(super) const ENDPOINT_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN
      (SELECT id FROM deliveries WHERE endpoint_id = ?1 LIMIT ?2)";
 
+/// One step of a background deletion: the first row `find` gives (one marked deleted), and
+/// how many of what it owns `chunk` removed (up to `limit`); None when nothing is marked.
+pub(super) fn purge_step(
+    c: &Connection,
+    find: &str,
+    chunk: &str,
+    limit: usize,
+) -> StoreResult<Option<(String, usize)>> {
+    let Some(id) = c
+        .prepare_cached(find)?
+        .query_row([], |r| r.get::<_, String>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let removed = c
+        .prepare_cached(chunk)?
+        .execute(params![id, limit as i64])?;
+    Ok(Some((id, removed)))
+}
+
 /// Removes up to `limit` deliveries of a deleted endpoint (their attempts go with them), or
 /// the endpoint itself once it has none left. Returns how many rows it removed: 0 when no
 /// deleted endpoint is left.
 fn purge_deleted_endpoint(c: &Connection, limit: usize) -> StoreResult<usize> {
-    let Some(id) = c
-        .prepare_cached(DELETED_ENDPOINT)?
-        .query_row([], |r| r.get::<_, String>(0))
-        .optional()?
-    else {
-        return Ok(0);
-    };
-    let deliveries = c
-        .prepare_cached(ENDPOINT_DELIVERIES)?
-        .execute(params![id, limit as i64])?;
-    if deliveries > 0 {
-        return Ok(deliveries);
+    match purge_step(c, DELETED_ENDPOINT, ENDPOINT_DELIVERIES, limit)? {
+        None => Ok(0),
+        Some((_, deliveries)) if deliveries > 0 => Ok(deliveries),
+        Some((id, _)) => Ok(c.execute("DELETE FROM endpoints WHERE id = ?1", [id])?),
     }
-    Ok(c.execute("DELETE FROM endpoints WHERE id = ?1", [id])?)
 }
 
 #[async_trait::async_trait]
