@@ -537,17 +537,19 @@ impl Receiver {
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
             let state = handler_state.clone();
             async move {
+                // Counted in before it shows as received, so that a test that saw it arrive
+                // also sees it under way.
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = state.under_way.fetch_add(1, SeqCst) + 1;
+                state.most_at_once.fetch_max(now, SeqCst);
+                // Counted out however the request ends, even when the client gives up.
+                let _under_way = UnderWay(state.clone());
                 state.received.lock().unwrap().push(Received {
                     headers,
                     body,
                     at: Instant::now(),
                 });
                 state.arrived.notify_waiters();
-                use std::sync::atomic::Ordering::SeqCst;
-                let now = state.under_way.fetch_add(1, SeqCst) + 1;
-                state.most_at_once.fetch_max(now, SeqCst);
-                // Counted out however the request ends, even when the client gives up.
-                let _under_way = UnderWay(state.clone());
                 let mut open = state.open.as_ref().unwrap().subscribe();
                 let _ = open.wait_for(|open| *open).await;
                 let answer = state
