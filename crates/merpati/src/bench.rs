@@ -941,13 +941,14 @@ pub async fn measure_running(args: &DeliveryArgs) -> anyhow::Result<Value> {
 
 /// A merpati already running at `url`, checked before anything is provisioned there.
 fn running_target(url: &str, args: &DeliveryArgs) -> anyhow::Result<Target> {
+    // The devices' client speaks plain HTTP, as a merpati on this machine does.
     let parsed = url
         .parse::<http::Uri>()
         .ok()
-        .filter(|u| u.scheme_str().is_some_and(|s| s == "http" || s == "https"))
+        .filter(|u| u.scheme_str() == Some("http"))
         .filter(|u| u.host().is_some());
     if parsed.is_none() {
-        bail!("--url must be an http(s) URL of a running merpati, such as http://127.0.0.1:8080");
+        bail!("--url must be the http URL of a running merpati, such as http://127.0.0.1:8080");
     }
     let Some(admin) = args.admin_token.clone().filter(|t| !t.is_empty()) else {
         bail!(

@@ -102,11 +102,15 @@ async fn a_merpati_that_refuses_loopback_endpoints_stops_the_run_and_keeps_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_are_refused_before_anything_is_provisioned() {
     let app = TestApp::spawn().await;
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--url", &app.url, "--admin-token", ""], "admin token"),
         (
             &["--url", "ftp://example.com", "--admin-token", ADMIN],
-            "http(s) URL",
+            "http URL",
+        ),
+        (
+            &["--url", "https://127.0.0.1:8080", "--admin-token", ADMIN],
+            "http URL",
         ),
         (
             &["--url", &app.url, "--admin-token", ADMIN, "--idle", "1s"],
