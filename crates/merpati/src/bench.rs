@@ -985,27 +985,24 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
     let fleet = simulate::provision(&api, &target.admin, args.devices, "sms", None).await?;
     let slow_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let slow_fast_until = Arc::new(std::sync::OnceLock::new());
+    let subscribe = |url: String| {
+        let (api, key) = (&api, &fleet.key);
+        async move {
+            let endpoint = json!({"url": url, "events": ["sms"]});
+            api.post("/v1/endpoints", key, endpoint)
+                .await
+                .context(LOOPBACK_REFUSED)
+        }
+    };
     let setup = async {
         for i in 0..args.endpoints {
-            api.post(
-                "/v1/endpoints",
-                &fleet.key,
-                json!({"url": format!("http://{receiver}/hook/{i}"), "events": ["sms"]}),
-            )
-            .await
-            .context(LOOPBACK_REFUSED)?;
+            subscribe(format!("http://{receiver}/hook/{i}")).await?;
         }
         let slow_task = match args.slow_endpoint {
             Some(delay) => {
                 let (addr, task) =
                     start_slow_receiver(delay, slow_fast_until.clone(), slow_count.clone()).await?;
-                api.post(
-                    "/v1/endpoints",
-                    &fleet.key,
-                    json!({"url": format!("http://{addr}/slow"), "events": ["sms"]}),
-                )
-                .await
-                .context(LOOPBACK_REFUSED)?;
+                subscribe(format!("http://{addr}/slow")).await?;
                 Some(task)
             }
             None => None,

@@ -33,7 +33,7 @@ pub struct Pruner {
     pub store: SharedStore,
     pub clock: SharedClock,
     pub config: RetentionConfig,
-    /// Notified when there is something to delete now (an endpoint was deleted).
+    /// Notified when there is something to delete now (an endpoint or account was deleted).
     pub wake: Arc<Notify>,
     pub shutdown: CancellationToken,
 }

@@ -41,7 +41,6 @@ pub trait AccountStore: Send + Sync {
     async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>>;
     async fn get_account(&self, id: String) -> StoreResult<Account>;
     async fn rename_account(&self, id: String, name: String, now: i64) -> StoreResult<Account>;
-    /// Deletes the account and everything it owns. Returns the ids of the endpoints it had.
     /// Gone at once from every view, with its keys, devices, channels and businesses; its
     /// endpoints are deleted as endpoints are, and its events go later, through
     /// `purge_deleted_account`. Returns its endpoints' ids.
