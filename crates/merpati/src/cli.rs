@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `listen`.
+//! The command line: `serve`, `migrate`, `listen`; `simulate` and `bench` drive a merpati
+//! from outside, with the benchmark crate.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Devices speaking the real device protocol against a running merpati.
-    Simulate(SimulateArgs),
+    Simulate(merpati_bench::simulate::SimulateArgs),
     /// Measurements against a merpati started for the purpose.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,50 +59,14 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// The merpati to talk to.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// To create the simulated account, its devices and an endpoint.
-    #[arg(long, env = "MERPATI_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: String,
-    #[arg(long, default_value_t = 10)]
-    devices: usize,
-    /// `link` (a WebSocket each) or `http` (heartbeats by POST).
-    #[arg(long, default_value = "link")]
-    mode: String,
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    heartbeat: std::time::Duration,
-    /// Inbound SMS per second, per device.
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
-    /// Every this long, `--drop-fraction` of the devices drop...
-    #[arg(long, value_parser = humantime::parse_duration)]
-    drop_every: Option<std::time::Duration>,
-    #[arg(long, default_value_t = 0.1)]
-    drop_fraction: f64,
-    /// ...and come back after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    down_for: std::time::Duration,
-    /// Stop after this long (default: at Ctrl-C).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<std::time::Duration>,
-    #[arg(long, default_value = "sms")]
-    engine: String,
-    /// Also register an endpoint with this URL for everything the fleet causes.
-    #[arg(long)]
-    endpoint: Option<String>,
-}
-
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Ingest to receipt: events accepted and delivered per second, latency, CPU, memory,
     /// and plain loopback HTTP for comparison.
-    Delivery(crate::bench::DeliveryArgs),
+    Delivery(merpati_bench::DeliveryArgs),
     /// Device links: memory and idle CPU with N links, and a mass drop timed to the
     /// receiver.
-    Presence(crate::bench::PresenceArgs),
+    Presence(merpati_bench::PresenceArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -138,19 +103,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate { data_dir } => {
             let config = load(cli.config, data_dir)?;
-            let path = config.sqlite_path()?;
-            let store = crate::store::sqlite::SqliteStore::open(&path, &config.database).await?;
-            let version = crate::store::sqlite::schema_version(&store).await?;
-            crate::store::Store::close(&store).await;
-            println!("database {} is at schema version {version}", path.display());
+            let (what, version) = crate::store::migrate(&config).await?;
+            println!("database {what} is at schema version {version}");
             Ok(())
         }
         Command::Simulate(args) => {
             init_logging(LogFormat::Text);
-            simulate(args).await
+            merpati_bench::simulate::run(args).await
         }
-        Command::Bench(BenchCommand::Delivery(args)) => crate::bench::delivery(args).await,
-        Command::Bench(BenchCommand::Presence(args)) => crate::bench::presence(args).await,
+        Command::Bench(BenchCommand::Delivery(args)) => merpati_bench::delivery(args).await,
+        Command::Bench(BenchCommand::Presence(args)) => merpati_bench::presence(args).await,
         Command::Listen { listen, secret } => {
             init_logging(LogFormat::Text);
             listen_and_print(listen, secret).await
@@ -169,75 +131,6 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    use crate::simulate::{Api, Behaviour, Mode, Running};
-    use std::sync::atomic::Ordering::Relaxed;
-    let mode = match args.mode.as_str() {
-        "link" => Mode::Link,
-        "http" => Mode::Http,
-        other => anyhow::bail!("--mode must be link or http, not {other:?}"),
-    };
-    let api = Api::new(&args.url);
-    let endpoint = args
-        .endpoint
-        .as_deref()
-        .map(|url| (url, serde_json::json!(["*"])));
-    let fleet = crate::simulate::provision(
-        &api,
-        &args.admin_token,
-        args.devices,
-        &args.engine,
-        endpoint,
-    )
-    .await?;
-    eprintln!(
-        "merpati simulate: account {} with {} devices ({:?}); API key {}",
-        fleet.account,
-        fleet.devices.len(),
-        mode,
-        fleet.key
-    );
-    let behaviour = Behaviour {
-        mode,
-        heartbeat: args.heartbeat,
-        rate: args.rate,
-    };
-    let running = Running::start(&api, &fleet, behaviour, 256).await;
-    let stats = running.stats.clone();
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut report = tokio::time::interval(std::time::Duration::from_secs(5));
-    let mut drops = args
-        .drop_every
-        .map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => break,
-            _ = async { drops.as_mut().expect("guarded").tick().await }, if drops.is_some() => {
-                let n = running.drop_random(args.drop_fraction, args.down_for);
-                eprintln!("dropped {n} devices for {:?}", args.down_for);
-            }
-            _ = report.tick() => eprintln!(
-                "up {}  connects {}  items sent {}  acked {}  errors {}",
-                stats.up.load(Relaxed),
-                stats.connects.load(Relaxed),
-                stats.items_sent.load(Relaxed),
-                stats.items_acked.load(Relaxed),
-                stats.errors.load(Relaxed),
-            ),
-        }
-    }
-    running.stop().await;
-    println!(
-        "connects {}  items sent {}  acked {}  errors {}",
-        stats.connects.load(Relaxed),
-        stats.items_sent.load(Relaxed),
-        stats.items_acked.load(Relaxed),
-        stats.errors.load(Relaxed),
-    );
-    Ok(())
 }
 
 async fn listen_and_print(addr: SocketAddr, secret: Option<String>) -> anyhow::Result<()> {

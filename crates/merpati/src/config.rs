@@ -4,12 +4,16 @@
 //! once, so a file and the environment are validated by the same code and an unknown key in
 //! the file is an error rather than a silently ignored typo.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use merpati_domain::presence::{EngineLease, LeaseSettings};
+use merpati_runtime::delivery::DeliveryConfig;
+use merpati_runtime::retention::RetentionConfig;
+use merpati_sqlite::Options as DatabaseConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -65,64 +69,11 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone)]
-pub struct RetentionConfig {
-    /// Events (with their deliveries and attempts) older than this are deleted.
-    pub max_age: Duration,
-    /// How often the pruner looks.
-    pub interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct DatabaseConfig {
-    /// `full` makes every commit durable against power loss; `normal` only against a crash
-    /// of the process.
-    pub synchronous_full: bool,
-    pub read_connections: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    /// Ranges exempt from the private-address guard.
-    pub allowed_networks: Vec<IpNet>,
-    /// Names resolved to these addresses instead of asking DNS (`name=addr,…`, like curl's
-    /// `--resolve`); the guard vets them like any other.
-    pub resolve: HashMap<String, Vec<std::net::IpAddr>>,
-    /// Delays after the first attempt; its length is the number of retries.
-    pub retry_schedule: Vec<Duration>,
-    pub timeout: Duration,
-    /// Outbound requests under way at once, all endpoints together.
-    pub max_in_flight: usize,
-    /// How long a rotated-out endpoint secret keeps signing beside the new one.
-    pub secret_rotation_grace: Duration,
-    /// An endpoint failing without a single success for this long is disabled.
-    pub disable_after: Duration,
-    /// Requests under way at once to one endpoint, unless the endpoint sets its own.
-    pub endpoint_concurrency: usize,
-    /// Unhealthy answers in a row (no answer, 5xx, 408, 429) that pause an endpoint.
-    pub breaker_failures: u32,
-    /// The first pause of a paused endpoint; each failed probe doubles it, up to
-    /// `breaker_max_cooldown`.
-    pub breaker_cooldown: Duration,
-    pub breaker_max_cooldown: Duration,
-    /// With nothing queued or under way for this long, the worker closes its kept-alive
-    /// connections and the process gives its spare memory back.
-    pub idle_release_after: Duration,
-}
-
-#[derive(Debug, Clone)]
 pub struct PresenceConfig {
-    pub heartbeat_timeout: Duration,
-    pub grace: Duration,
+    /// Heartbeat timeout and grace: the defaults, and per engine.
+    pub lease: LeaseSettings,
     /// Heartbeats faster than one per this (after a burst of ten) are refused.
     pub min_heartbeat_interval: Duration,
-    /// Per engine (`wa`, `telegram`, …): settings over the defaults above.
-    pub engines: BTreeMap<String, EnginePresence>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct EnginePresence {
-    pub heartbeat_timeout: Option<Duration>,
-    pub grace: Option<Duration>,
 }
 
 /// Every key a file or the environment may set.
@@ -171,36 +122,12 @@ impl Default for Config {
             admin_token: None,
             database_url: None,
             log_format: LogFormat::Text,
-            database: DatabaseConfig {
-                synchronous_full: true,
-                read_connections: 4,
-            },
-            delivery: DeliveryConfig {
-                allowed_networks: Vec::new(),
-                resolve: HashMap::new(),
-                retry_schedule: [5, 300, 1800, 7200, 18000, 36000, 36000]
-                    .into_iter()
-                    .map(Duration::from_secs)
-                    .collect(),
-                timeout: Duration::from_secs(15),
-                max_in_flight: 512,
-                secret_rotation_grace: Duration::from_secs(24 * 3600),
-                disable_after: Duration::from_secs(5 * 24 * 3600),
-                endpoint_concurrency: 256,
-                breaker_failures: 5,
-                breaker_cooldown: Duration::from_secs(5),
-                breaker_max_cooldown: Duration::from_secs(300),
-                idle_release_after: Duration::from_secs(10),
-            },
-            retention: RetentionConfig {
-                max_age: Duration::from_secs(30 * 24 * 3600),
-                interval: Duration::from_secs(600),
-            },
+            database: DatabaseConfig::default(),
+            delivery: DeliveryConfig::default(),
+            retention: RetentionConfig::default(),
             presence: PresenceConfig {
-                heartbeat_timeout: Duration::from_secs(90),
-                grace: Duration::from_secs(30),
+                lease: LeaseSettings::default(),
                 min_heartbeat_interval: Duration::from_secs(1),
-                engines: BTreeMap::new(),
             },
         }
     }
@@ -320,9 +247,12 @@ impl Config {
                     c.delivery.secret_rotation_grace = parse_duration(raw).map_err(invalid)?
                 }
                 "presence.heartbeat_timeout" => {
-                    c.presence.heartbeat_timeout = parse_positive_duration(raw).map_err(invalid)?
+                    c.presence.lease.heartbeat_timeout =
+                        parse_positive_duration(raw).map_err(invalid)?
                 }
-                "presence.grace" => c.presence.grace = parse_duration(raw).map_err(invalid)?,
+                "presence.grace" => {
+                    c.presence.lease.grace = parse_duration(raw).map_err(invalid)?
+                }
                 "retention.max_age" => {
                     c.retention.max_age = parse_positive_duration(raw).map_err(invalid)?
                 }
@@ -338,7 +268,12 @@ impl Config {
                         return Err(ConfigError::UnknownKey(key.clone()));
                     };
                     let value = parse_positive_duration(raw).map_err(invalid)?;
-                    let e = c.presence.engines.entry(engine.to_owned()).or_default();
+                    let e: &mut EngineLease = c
+                        .presence
+                        .lease
+                        .engines
+                        .entry(engine.to_owned())
+                        .or_default();
                     match setting {
                         "heartbeat_timeout" => e.heartbeat_timeout = Some(value),
                         _ => e.grace = Some(value),
@@ -494,7 +429,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.delivery.timeout, Duration::from_secs(15));
         assert_eq!(c.delivery.retry_schedule.len(), 7);
-        assert_eq!(c.presence.grace, Duration::from_secs(30));
+        assert_eq!(c.presence.lease.grace, Duration::from_secs(30));
     }
 
     #[test]
@@ -552,9 +487,12 @@ mod tests {
             .map(|(a, b)| (a.to_string(), b.to_string())),
         );
         let c = Config::from_settings(&env).unwrap();
-        assert_eq!(c.presence.engines["wa"].grace, Some(Duration::from_secs(5)));
         assert_eq!(
-            c.presence.engines["telegram"].heartbeat_timeout,
+            c.presence.lease.engines["wa"].grace,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            c.presence.lease.engines["telegram"].heartbeat_timeout,
             Some(Duration::from_secs(120))
         );
         let table: toml::Table = "[presence.engines.slack]\ngrace = \"1m\"".parse().unwrap();
@@ -562,7 +500,7 @@ mod tests {
         flatten_toml("", &toml::Value::Table(table), &mut out).unwrap();
         let c = Config::from_settings(&out).unwrap();
         assert_eq!(
-            c.presence.engines["slack"].grace,
+            c.presence.lease.engines["slack"].grace,
             Some(Duration::from_secs(60))
         );
         assert!(

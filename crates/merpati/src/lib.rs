@@ -1,7 +1,10 @@
 //! merpati: a self-hosted event hub for messaging-device gateways.
 //!
-//! [`run`] serves everything on a listener until a shutdown signal; [`start`] does the same
-//! under the caller's control, which is how the tests run a server on port 0.
+//! This crate is the top of the layers: the HTTP kit (`api`), the features' routes, and the
+//! app that wires them to the runtime (`merpati-runtime`) and the storage backend picked at
+//! run time (`store`). [`run`] serves everything on a listener until a shutdown signal;
+//! [`start`] does the same under the caller's control, which is how the tests run a server
+//! on port 0.
 
 use std::future::Future;
 use std::path::Path;
@@ -14,25 +17,25 @@ use tokio_util::task::TaskTracker;
 
 pub mod accounts;
 pub mod api;
-pub mod bench;
+pub mod app;
 pub mod cli;
-pub mod clock;
 pub mod config;
-pub mod delivery;
 pub mod devices;
 pub mod endpoints;
 pub mod events;
-pub mod ids;
 pub mod ingest;
 pub mod jobs;
-pub mod memory;
 pub mod presence;
-pub mod retention;
-pub mod simulate;
 pub mod store;
 
-use clock::{SharedClock, SystemClock};
 use config::{Config, Secret};
+use merpati_domain::clock::{SharedClock, SystemClock};
+use merpati_domain::ids;
+use merpati_domain::SharedStore;
+use merpati_runtime::bus::{Bus, Subscriber};
+use merpati_runtime::delivery::{self, DeliveryWaker, Pauses};
+use merpati_runtime::presence::{self as presence_hub, HubSettings, PresenceHandle};
+use merpati_runtime::{jobs as job_runner, retention};
 
 /// Serves until SIGINT or SIGTERM, then stops gracefully. Fails if an essential task
 /// failed and stopped the server.
@@ -55,15 +58,21 @@ pub struct Server {
     shutdown: CancellationToken,
     failed: Failed,
     tasks: TaskTracker,
-    store: store::SharedStore,
+    store: SharedStore,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
-    presence: presence::PresenceHandle,
+    presence: PresenceHandle,
+    bus: Bus,
 }
 
 impl Server {
     /// The presence hub, e.g. to make it look at its deadlines after a test moved the clock.
-    pub fn presence(&self) -> &presence::PresenceHandle {
+    pub fn presence(&self) -> &PresenceHandle {
         &self.presence
+    }
+
+    /// The changes the server commits from now on, as they are made durable.
+    pub fn subscribe(&self) -> Subscriber {
+        self.bus.subscribe()
     }
 
     /// Stops accepting, lets requests and attempts under way finish, closes the database.
@@ -124,8 +133,9 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let failed = Failed::default();
-    let waker = delivery::DeliveryWaker::default();
-    let pauses = delivery::Pauses::default();
+    let bus = Bus::default();
+    let waker = DeliveryWaker::default();
+    let pauses = Pauses::new(bus.clone());
     let (handoff, inbox) = delivery::handoff(&config.delivery);
 
     spawn_essential(
@@ -140,21 +150,22 @@ pub async fn start(
             waker: waker.clone(),
             inbox,
             pauses: pauses.clone(),
+            bus: bus.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
     );
 
     let purge = Arc::new(tokio::sync::Notify::new());
-    let policy = presence::Policy::new(config.presence.clone());
-    let (presence, mut hub) = presence::hub::hub(
-        store.clone(),
-        clock.clone(),
-        waker.clone(),
-        policy.clone(),
-        config.presence.min_heartbeat_interval,
-        shutdown.clone(),
-    );
+    let (presence, mut hub) = presence_hub::hub(HubSettings {
+        store: store.clone(),
+        clock: clock.clone(),
+        waker: waker.clone(),
+        bus: bus.clone(),
+        lease: config.presence.lease.clone(),
+        min_heartbeat_interval: config.presence.min_heartbeat_interval,
+        shutdown: shutdown.clone(),
+    });
     hub.restore().await?;
     spawn_essential(&tasks, &shutdown, &failed, "presence hub", hub.run());
     spawn_essential(
@@ -172,16 +183,18 @@ pub async fn start(
         .run(),
     );
 
-    let (jobs, job_runner) = jobs::runner(
+    let (jobs, job_runner) = job_runner::runner(
         store.clone(),
         clock.clone(),
         waker.clone(),
+        bus.clone(),
         shutdown.clone(),
     );
     spawn_essential(&tasks, &shutdown, &failed, "job runner", job_runner.run());
 
     let state = api::AppState {
         store: store.clone(),
+        lease: config.presence.lease.clone(),
         config: Arc::new(config),
         clock,
         admin_token_hash: Arc::new(ids::token_hash(admin_token.expose())),
@@ -189,7 +202,7 @@ pub async fn start(
         handoff,
         pauses,
         presence: presence.clone(),
-        presence_policy: policy,
+        bus: bus.clone(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         jobs,
@@ -197,7 +210,7 @@ pub async fn start(
         purge,
     };
     let addr = listener.local_addr()?;
-    let app = api::router(state);
+    let app = app::router(state);
     let stop = shutdown.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -213,6 +226,7 @@ pub async fn start(
         store,
         http,
         presence,
+        bus,
     })
 }
 

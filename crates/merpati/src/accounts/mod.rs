@@ -1,60 +1,20 @@
 //! Accounts (the merchants, "user" in the payloads) and their API keys. Admin token only.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
+use merpati_domain::account::{Account, ApiKey};
+use merpati_domain::ids::{self, AccountId, ApiKeyId};
 use serde::{Deserialize, Serialize};
 
 use crate::api::extract::{Admin, JsonBody, Query};
-use crate::api::{check_name, id_or_new, list_response, ApiResult, AppState, PageQuery};
-use crate::clock::as_rfc3339;
-use crate::ids;
-use crate::store::{Page, StoreResult};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Account {
-    pub id: String,
-    pub name: String,
-    #[serde(with = "as_rfc3339")]
-    pub created_at: i64,
-    #[serde(with = "as_rfc3339")]
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiKey {
-    pub id: String,
-    pub account_id: String,
-    /// The key's first characters, to tell keys apart without showing them.
-    pub hint: String,
-    #[serde(with = "as_rfc3339")]
-    pub created_at: i64,
-    #[serde(with = "as_rfc3339::option")]
-    pub revoked_at: Option<i64>,
-}
-
-#[async_trait::async_trait]
-pub trait AccountStore: Send + Sync {
-    /// Conflict when the id is taken.
-    async fn create_account(&self, account: Account) -> StoreResult<Account>;
-    async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>>;
-    async fn get_account(&self, id: String) -> StoreResult<Account>;
-    async fn rename_account(&self, id: String, name: String, now: i64) -> StoreResult<Account>;
-    /// Gone at once from every view, with its keys, devices, channels and businesses; its
-    /// endpoints are deleted as endpoints are, and its events go later, through
-    /// `purge_deleted_account`. Returns its endpoints' ids.
-    async fn delete_account(&self, id: String, now: i64) -> StoreResult<Vec<String>>;
-    /// Removes up to `limit` rows of a deleted account (its events, then itself once its
-    /// endpoints are purged); returns how many, 0 when nothing can go now.
-    async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize>;
-    async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey>;
-    async fn list_api_keys(&self, account_id: String) -> StoreResult<Vec<ApiKey>>;
-    async fn revoke_api_key(&self, account_id: String, key_id: String, now: i64)
-        -> StoreResult<()>;
-    /// The account of a live (not revoked) key.
-    async fn account_for_api_key(&self, hash: Vec<u8>) -> StoreResult<Option<String>>;
-}
+use crate::api::paging::{list_response, PageQuery};
+use crate::api::revision::{self, IfMatch};
+use crate::api::time::as_rfc3339;
+use crate::api::validate::{check_name, id_or_new};
+use crate::api::{ApiResult, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -65,6 +25,56 @@ pub fn routes() -> Router<AppState> {
             get(list_keys).post(create_key),
         )
         .route("/v1/accounts/{id}/api-keys/{key_id}", delete(revoke_key))
+}
+
+/// An account as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct AccountView {
+    pub id: AccountId,
+    pub name: String,
+    #[serde(with = "as_rfc3339")]
+    pub created_at: i64,
+    #[serde(with = "as_rfc3339")]
+    pub updated_at: i64,
+}
+
+impl From<&Account> for AccountView {
+    fn from(a: &Account) -> Self {
+        AccountView {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+/// An API key as the API shows it (the key itself only once, at creation).
+#[derive(Debug, Serialize)]
+pub struct ApiKeyView {
+    pub id: ApiKeyId,
+    pub account_id: AccountId,
+    /// The key's first characters, to tell keys apart without showing them.
+    pub hint: String,
+    #[serde(with = "as_rfc3339")]
+    pub created_at: i64,
+    #[serde(with = "as_rfc3339::option")]
+    pub revoked_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl From<&ApiKey> for ApiKeyView {
+    fn from(k: &ApiKey) -> Self {
+        ApiKeyView {
+            id: k.id.clone(),
+            account_id: k.account_id.clone(),
+            hint: k.hint.clone(),
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+            key: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -78,17 +88,18 @@ async fn create(
     _: Admin,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewAccount>,
-) -> ApiResult<(StatusCode, Json<Account>)> {
+) -> ApiResult<(StatusCode, Json<AccountView>)> {
     check_name("name", &body.name)?;
     let now = state.clock.now_ms();
     let account = Account {
-        id: id_or_new("id", body.id, "acct")?,
+        id: id_or_new("id", body.id, AccountId::generate, AccountId::parse)?,
         name: body.name,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     let account = state.store.create_account(account).await?;
-    Ok((StatusCode::CREATED, Json(account)))
+    Ok((StatusCode::CREATED, Json((&account).into())))
 }
 
 async fn list(
@@ -97,16 +108,24 @@ async fn list(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let page = q.page()?;
-    let items = state.store.list_accounts(page.clone()).await?;
-    Ok(list_response(items, &page, |a| a.id.clone()))
+    let items: Vec<AccountView> = state
+        .store
+        .list_accounts(page.clone())
+        .await?
+        .iter()
+        .map(AccountView::from)
+        .collect();
+    Ok(list_response(items, &page, |a| a.id.to_string()))
 }
 
 async fn read(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Account>> {
-    Ok(Json(state.store.get_account(id).await?))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let account = state.store.get_account(id.into()).await?;
+    Ok(revision::read(&headers, AccountView::from(&account)))
 }
 
 #[derive(Deserialize)]
@@ -119,11 +138,24 @@ async fn update(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    if_match: IfMatch,
     JsonBody(body): JsonBody<AccountPatch>,
-) -> ApiResult<Json<Account>> {
+) -> ApiResult<Response> {
     check_name("name", &body.name)?;
-    let now = state.clock.now_ms();
-    Ok(Json(state.store.rename_account(id, body.name, now).await?))
+    let id = AccountId::from(id);
+    revision::patch(
+        &if_match,
+        "account",
+        || state.store.get_account(id.clone()),
+        |a: &Account| AccountView::from(a),
+        |a: &mut Account| {
+            a.name = body.name.clone();
+            a.updated_at = state.clock.now_ms();
+            Ok(())
+        },
+        |a, _| async { revision::saved(state.store.update_account(a).await) },
+    )
+    .await
 }
 
 async fn remove(
@@ -131,6 +163,7 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let id = AccountId::from(id);
     let now = state.clock.now_ms();
     let endpoints = state.store.delete_account(id.clone(), now).await?;
     state.device_tokens.forget_account(&id);
@@ -146,11 +179,11 @@ async fn create_key(
     _: Admin,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<ApiKeyView>)> {
     let secret = ids::new_token("mpk");
     let key = ApiKey {
-        id: ids::new_id("key"),
-        account_id,
+        id: ApiKeyId::generate(),
+        account_id: account_id.into(),
         hint: secret[..8].to_string(),
         created_at: state.clock.now_ms(),
         revoked_at: None,
@@ -159,9 +192,9 @@ async fn create_key(
         .store
         .create_api_key(key, ids::token_hash(&secret))
         .await?;
-    let mut body = serde_json::to_value(&key).expect("keys serialize");
-    body["key"] = secret.into();
-    Ok((StatusCode::CREATED, Json(body)))
+    let mut view = ApiKeyView::from(&key);
+    view.key = Some(secret);
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn list_keys(
@@ -169,7 +202,13 @@ async fn list_keys(
     State(state): State<AppState>,
     Path(account_id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let keys = state.store.list_api_keys(account_id).await?;
+    let keys: Vec<ApiKeyView> = state
+        .store
+        .list_api_keys(account_id.into())
+        .await?
+        .iter()
+        .map(ApiKeyView::from)
+        .collect();
     Ok(Json(serde_json::json!({"data": keys, "next_cursor": null})))
 }
 
@@ -179,6 +218,9 @@ async fn revoke_key(
     Path((account_id, key_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let now = state.clock.now_ms();
-    state.store.revoke_api_key(account_id, key_id, now).await?;
+    state
+        .store
+        .revoke_api_key(account_id.into(), key_id.into(), now)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::store::StoreError;
+use merpati_domain::StoreError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -57,6 +57,14 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
+    /// The request's `If-Match` names a version that is not current.
+    pub fn precondition_failed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            message,
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -72,9 +80,15 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(message) => ApiError::conflict(message),
             StoreError::Invalid(message) => ApiError::invalid(message),
-            StoreError::Closed => ApiError::unavailable("shutting down"),
-            other => {
-                tracing::error!(error = %other, "storage error");
+            stale @ StoreError::Stale(_) => {
+                ApiError::conflict(format!("{stale}; read it again and retry"))
+            }
+            StoreError::Unavailable(message) => {
+                tracing::warn!(%message, "storage unavailable");
+                ApiError::unavailable(message)
+            }
+            internal @ StoreError::Internal(_) => {
+                tracing::error!(error = %internal, "storage error");
                 ApiError::internal()
             }
         }

@@ -7,9 +7,10 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::{token_hash, AccountId};
+
 use super::{ApiError, AppState, MAX_BODY_BYTES};
-use crate::devices::DeviceContext;
-use crate::ids::token_hash;
 
 /// A JSON body. Malformed JSON is a 400, well-formed JSON of the wrong shape a 422, a body
 /// over the limit a 413; all in the API's error shape.
@@ -101,7 +102,7 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 /// An account API key: the management API, scoped to that account.
-pub struct Account(pub String);
+pub struct Account(pub AccountId);
 
 impl FromRequestParts<AppState> for Account {
     type Rejection = ApiError;

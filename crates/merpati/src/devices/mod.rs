@@ -2,206 +2,24 @@
 //! each channel, with the device tokens the device API authenticates with.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use merpati_domain::device::{Business, Channel, Device, DeviceFilter, Presence};
+use merpati_domain::ids::{self, BusinessId, ChannelId, DeviceId};
+use merpati_runtime::presence::CLOSE_TOKEN;
+use serde::Deserialize;
 
 use crate::api::extract::{Account, JsonBody, Query};
-use crate::api::{
-    check_id, check_name, double_option, id_or_new, list_response, ApiError, ApiResult, AppState,
-    PageQuery,
-};
-use crate::clock::as_rfc3339;
-use crate::ids;
-use crate::store::{Page, StoreResult};
+use crate::api::paging::{list_response, PageQuery};
+use crate::api::revision::{self, IfMatch};
+use crate::api::validate::{check_id, check_name, check_phone, double_option, id_or_new, parse_id};
+use crate::api::{ApiError, ApiResult, AppState};
 
-pub mod token_cache;
+mod views;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Business {
-    pub id: String,
-    pub name: String,
-    #[serde(with = "as_rfc3339")]
-    pub created_at: i64,
-    #[serde(with = "as_rfc3339")]
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Channel {
-    pub id: String,
-    pub name: String,
-    pub engine: String,
-    pub business_id: String,
-    pub backup_channel_id: Option<String>,
-    /// Lease settings for the devices of this channel (over the engine's and the defaults).
-    #[serde(with = "as_duration::option")]
-    pub heartbeat_timeout: Option<i64>,
-    #[serde(with = "as_duration::option")]
-    pub presence_grace: Option<i64>,
-    #[serde(with = "as_rfc3339")]
-    pub created_at: i64,
-    #[serde(with = "as_rfc3339")]
-    pub updated_at: i64,
-}
-
-/// Millisecond settings shown as durations like `"1m 30s"`.
-mod as_duration {
-    pub mod option {
-        pub fn serialize<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
-            match ms {
-                Some(ms) => s.serialize_str(
-                    &humantime::format_duration(std::time::Duration::from_millis(*ms as u64))
-                        .to_string(),
-                ),
-                None => s.serialize_none(),
-            }
-        }
-    }
-}
-
-/// A lease setting as given in a request: `"90s"`, `"5m"`, … at least 1 s, at most a day.
-fn parse_lease(field: &str, raw: &str) -> ApiResult<i64> {
-    let d = humantime::parse_duration(raw).map_err(|_| {
-        ApiError::invalid(format!("{field} {raw:?} is not a duration like \"90s\""))
-    })?;
-    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400) {
-        return Err(ApiError::invalid(format!("{field} must be from 1s to 24h")));
-    }
-    Ok(d.as_millis() as i64)
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Device {
-    pub id: String,
-    pub name: String,
-    pub channel_id: String,
-    /// The WhatsApp number (`wid` in whatsapp payloads).
-    pub phone: Option<String>,
-    /// `unknown`, `connected` or `disconnected`: the last announced presence.
-    pub status: Presence,
-    #[serde(with = "as_rfc3339::option")]
-    pub status_since: Option<i64>,
-    #[serde(with = "as_rfc3339")]
-    pub created_at: i64,
-    #[serde(with = "as_rfc3339")]
-    pub updated_at: i64,
-}
-
-/// A device's announced presence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Presence {
-    Unknown,
-    Connected,
-    Disconnected,
-}
-
-impl Presence {
-    pub fn as_db(self) -> &'static str {
-        match self {
-            Presence::Unknown => "unknown",
-            Presence::Connected => "up",
-            Presence::Disconnected => "down",
-        }
-    }
-
-    pub fn from_db(s: &str) -> Presence {
-        match s {
-            "up" => Presence::Connected,
-            "down" => Presence::Disconnected,
-            _ => Presence::Unknown,
-        }
-    }
-}
-
-/// `GET /v1/devices?status=&engine=&business_id=&channel_id=`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceFilter {
-    pub status: Option<String>,
-    pub engine: Option<String>,
-    pub business_id: Option<String>,
-    pub channel_id: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeviceListQuery {
-    limit: Option<usize>,
-    cursor: Option<String>,
-    status: Option<String>,
-    engine: Option<String>,
-    business_id: Option<String>,
-    channel_id: Option<String>,
-}
-
-/// Everything known about an authenticated device, as of the request: the names that go
-/// into its payloads.
-#[derive(Debug, Clone)]
-pub struct DeviceContext {
-    pub account_id: String,
-    pub account_name: String,
-    pub business_id: String,
-    pub business_name: String,
-    pub channel_id: String,
-    pub channel_name: String,
-    pub engine: String,
-    pub device_id: String,
-    pub device_name: String,
-    pub phone: Option<String>,
-    /// The presence last announced, and since when: what the presence hub starts from.
-    pub presence: Presence,
-    pub presence_since: Option<i64>,
-    pub engine_state: Option<crate::presence::machine::EngineReport>,
-    /// The channel's own lease settings, if it has any.
-    pub channel_heartbeat_ms: Option<i64>,
-    pub channel_grace_ms: Option<i64>,
-}
-
-#[async_trait::async_trait]
-pub trait DeviceStore: Send + Sync {
-    async fn create_business(&self, account: String, b: Business) -> StoreResult<Business>;
-    async fn list_businesses(&self, account: String, page: Page) -> StoreResult<Vec<Business>>;
-    async fn get_business(&self, account: String, id: String) -> StoreResult<Business>;
-    async fn update_business(&self, account: String, b: Business) -> StoreResult<Business>;
-    /// Conflict while channels belong to it.
-    async fn delete_business(&self, account: String, id: String) -> StoreResult<()>;
-
-    /// Invalid when the business or the backup channel is not the account's.
-    async fn create_channel(&self, account: String, c: Channel) -> StoreResult<Channel>;
-    async fn list_channels(&self, account: String, page: Page) -> StoreResult<Vec<Channel>>;
-    async fn get_channel(&self, account: String, id: String) -> StoreResult<Channel>;
-    async fn update_channel(&self, account: String, c: Channel) -> StoreResult<Channel>;
-    /// Conflict while devices are on it; channels backed up by it lose their backup.
-    async fn delete_channel(&self, account: String, id: String) -> StoreResult<()>;
-
-    async fn create_device(
-        &self,
-        account: String,
-        d: Device,
-        token_hash: Vec<u8>,
-    ) -> StoreResult<Device>;
-    async fn list_devices(
-        &self,
-        account: String,
-        page: Page,
-        filter: DeviceFilter,
-    ) -> StoreResult<Vec<Device>>;
-    async fn get_device(&self, account: String, id: String) -> StoreResult<Device>;
-    async fn update_device(&self, account: String, d: Device) -> StoreResult<Device>;
-    async fn delete_device(&self, account: String, id: String) -> StoreResult<()>;
-    /// Replaces the token; the old one stops working at once.
-    async fn rotate_device_token(
-        &self,
-        account: String,
-        id: String,
-        token_hash: Vec<u8>,
-        now: i64,
-    ) -> StoreResult<()>;
-    async fn device_for_token(&self, token_hash: Vec<u8>) -> StoreResult<Option<DeviceContext>>;
-}
+pub use views::{BusinessView, ChannelView, DeviceView};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -227,6 +45,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/devices/{id}/token", post(rotate_token))
 }
 
+/// A lease setting as given in a request: `"90s"`, `"5m"`, … at least 1 s, at most a day.
+fn parse_lease(field: &str, raw: &str) -> ApiResult<i64> {
+    let d = humantime::parse_duration(raw).map_err(|_| {
+        ApiError::invalid(format!("{field} {raw:?} is not a duration like \"90s\""))
+    })?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(86_400) {
+        return Err(ApiError::invalid(format!("{field} must be from 1s to 24h")));
+    }
+    Ok(d.as_millis() as i64)
+}
+
 // Businesses
 
 #[derive(Deserialize)]
@@ -246,19 +75,18 @@ async fn create_business(
     Account(account): Account,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewBusiness>,
-) -> ApiResult<(StatusCode, Json<Business>)> {
+) -> ApiResult<(StatusCode, Json<BusinessView>)> {
     check_name("name", &body.name)?;
     let now = state.clock.now_ms();
     let b = Business {
-        id: id_or_new("id", body.id, "biz")?,
+        id: id_or_new("id", body.id, BusinessId::generate, BusinessId::parse)?,
         name: body.name,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(state.store.create_business(account, b).await?),
-    ))
+    let b = state.store.create_business(account, b).await?;
+    Ok((StatusCode::CREATED, Json((&b).into())))
 }
 
 async fn list_businesses(
@@ -267,31 +95,52 @@ async fn list_businesses(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let page = q.page()?;
-    let items = state.store.list_businesses(account, page.clone()).await?;
-    Ok(list_response(items, &page, |b| b.id.clone()))
+    let items: Vec<BusinessView> = state
+        .store
+        .list_businesses(account, page.clone())
+        .await?
+        .iter()
+        .map(BusinessView::from)
+        .collect();
+    Ok(list_response(items, &page, |b| b.id.to_string()))
 }
 
 async fn read_business(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Business>> {
-    Ok(Json(state.store.get_business(account, id).await?))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let b = state.store.get_business(account, id.into()).await?;
+    Ok(revision::read(&headers, BusinessView::from(&b)))
 }
 
 async fn update_business(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    if_match: IfMatch,
     JsonBody(patch): JsonBody<BusinessPatch>,
-) -> ApiResult<Json<Business>> {
-    let mut b = state.store.get_business(account.clone(), id).await?;
-    if let Some(name) = patch.name {
-        check_name("name", &name)?;
-        b.name = name;
+) -> ApiResult<Response> {
+    if let Some(name) = &patch.name {
+        check_name("name", name)?;
     }
-    b.updated_at = state.clock.now_ms();
-    Ok(Json(state.store.update_business(account, b).await?))
+    let id = BusinessId::from(id);
+    revision::patch(
+        &if_match,
+        "business",
+        || state.store.get_business(account.clone(), id.clone()),
+        |b: &Business| BusinessView::from(b),
+        |b: &mut Business| {
+            if let Some(name) = &patch.name {
+                b.name = name.clone();
+            }
+            b.updated_at = state.clock.now_ms();
+            Ok(())
+        },
+        |b, _| async { revision::saved(state.store.update_business(account.clone(), b).await) },
+    )
+    .await
 }
 
 async fn delete_business(
@@ -299,7 +148,7 @@ async fn delete_business(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_business(account, id).await?;
+    state.store.delete_business(account, id.into()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -342,9 +191,9 @@ fn check_engine(engine: &str) -> ApiResult<()> {
 fn check_channel(c: &Channel) -> ApiResult<()> {
     check_name("name", &c.name)?;
     check_engine(&c.engine)?;
-    check_id("business_id", &c.business_id)?;
+    check_id("business_id", c.business_id.as_str())?;
     if let Some(backup) = &c.backup_channel_id {
-        check_id("backup_channel_id", backup)?;
+        check_id("backup_channel_id", backup.as_str())?;
         if *backup == c.id {
             return Err(ApiError::invalid("a channel cannot be its own backup"));
         }
@@ -352,34 +201,31 @@ fn check_channel(c: &Channel) -> ApiResult<()> {
     Ok(())
 }
 
+fn lease_setting(field: &str, raw: Option<String>) -> ApiResult<Option<i64>> {
+    raw.map(|d| parse_lease(field, &d)).transpose()
+}
+
 async fn create_channel(
     Account(account): Account,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewChannel>,
-) -> ApiResult<(StatusCode, Json<Channel>)> {
+) -> ApiResult<(StatusCode, Json<ChannelView>)> {
     let now = state.clock.now_ms();
     let c = Channel {
-        id: id_or_new("id", body.id, "ch")?,
+        id: id_or_new("id", body.id, ChannelId::generate, ChannelId::parse)?,
         name: body.name,
         engine: body.engine,
-        business_id: body.business_id,
-        backup_channel_id: body.backup_channel_id,
-        heartbeat_timeout: body
-            .heartbeat_timeout
-            .map(|d| parse_lease("heartbeat_timeout", &d))
-            .transpose()?,
-        presence_grace: body
-            .presence_grace
-            .map(|d| parse_lease("presence_grace", &d))
-            .transpose()?,
+        business_id: body.business_id.into(),
+        backup_channel_id: body.backup_channel_id.map(ChannelId::from),
+        heartbeat_timeout_ms: lease_setting("heartbeat_timeout", body.heartbeat_timeout)?,
+        grace_ms: lease_setting("presence_grace", body.presence_grace)?,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     check_channel(&c)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(state.store.create_channel(account, c).await?),
-    ))
+    let c = state.store.create_channel(account, c).await?;
+    Ok((StatusCode::CREATED, Json((&c).into())))
 }
 
 async fn list_channels(
@@ -388,48 +234,65 @@ async fn list_channels(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let page = q.page()?;
-    let items = state.store.list_channels(account, page.clone()).await?;
-    Ok(list_response(items, &page, |c| c.id.clone()))
+    let items: Vec<ChannelView> = state
+        .store
+        .list_channels(account, page.clone())
+        .await?
+        .iter()
+        .map(ChannelView::from)
+        .collect();
+    Ok(list_response(items, &page, |c| c.id.to_string()))
 }
 
 async fn read_channel(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Channel>> {
-    Ok(Json(state.store.get_channel(account, id).await?))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let c = state.store.get_channel(account, id.into()).await?;
+    Ok(revision::read(&headers, ChannelView::from(&c)))
 }
 
 async fn update_channel(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    if_match: IfMatch,
     JsonBody(patch): JsonBody<ChannelPatch>,
-) -> ApiResult<Json<Channel>> {
-    let mut c = state.store.get_channel(account.clone(), id).await?;
-    if let Some(name) = patch.name {
-        c.name = name;
-    }
-    if let Some(engine) = patch.engine {
-        c.engine = engine;
-    }
-    if let Some(business_id) = patch.business_id {
-        c.business_id = business_id;
-    }
-    if let Some(backup) = patch.backup_channel_id {
-        c.backup_channel_id = backup;
-    }
-    if let Some(t) = patch.heartbeat_timeout {
-        c.heartbeat_timeout = t
-            .map(|d| parse_lease("heartbeat_timeout", &d))
-            .transpose()?;
-    }
-    if let Some(g) = patch.presence_grace {
-        c.presence_grace = g.map(|d| parse_lease("presence_grace", &d)).transpose()?;
-    }
-    check_channel(&c)?;
-    c.updated_at = state.clock.now_ms();
-    Ok(Json(state.store.update_channel(account, c).await?))
+) -> ApiResult<Response> {
+    let id = ChannelId::from(id);
+    revision::patch(
+        &if_match,
+        "channel",
+        || state.store.get_channel(account.clone(), id.clone()),
+        |c: &Channel| ChannelView::from(c),
+        |c: &mut Channel| {
+            if let Some(name) = &patch.name {
+                c.name = name.clone();
+            }
+            if let Some(engine) = &patch.engine {
+                c.engine = engine.clone();
+            }
+            if let Some(business_id) = &patch.business_id {
+                c.business_id = business_id.clone().into();
+            }
+            if let Some(backup) = &patch.backup_channel_id {
+                c.backup_channel_id = backup.clone().map(ChannelId::from);
+            }
+            if let Some(t) = &patch.heartbeat_timeout {
+                c.heartbeat_timeout_ms = lease_setting("heartbeat_timeout", t.clone())?;
+            }
+            if let Some(g) = &patch.presence_grace {
+                c.grace_ms = lease_setting("presence_grace", g.clone())?;
+            }
+            check_channel(c)?;
+            c.updated_at = state.clock.now_ms();
+            Ok(())
+        },
+        |c, _| async { revision::saved(state.store.update_channel(account.clone(), c).await) },
+    )
+    .await
 }
 
 async fn delete_channel(
@@ -437,7 +300,7 @@ async fn delete_channel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_channel(account, id).await?;
+    state.store.delete_channel(account, id.into()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -461,53 +324,42 @@ struct DevicePatch {
     phone: Option<Option<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    status: Option<String>,
+    engine: Option<String>,
+    business_id: Option<String>,
+    channel_id: Option<String>,
+}
+
 fn check_device(d: &Device) -> ApiResult<()> {
     check_name("name", &d.name)?;
-    check_id("channel_id", &d.channel_id)?;
+    check_id("channel_id", d.channel_id.as_str())?;
     if let Some(phone) = &d.phone {
         check_phone("phone", phone)?;
     }
     Ok(())
 }
 
-/// Phone numbers are kept as given; only their size and characters are checked.
-pub fn check_phone(field: &str, phone: &str) -> ApiResult<()> {
-    let ok = !phone.is_empty()
-        && phone.len() <= 64
-        && phone
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.() @_:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(format!(
-            "{field} must be 1 to 64 characters of digits, letters and + - . ( ) @ _ : or space"
-        )))
-    }
-}
-
-/// A device as shown right after it got a token: the only time the token is visible.
-fn with_token(device: &Device, token: &str) -> Json<serde_json::Value> {
-    let mut body = serde_json::to_value(device).expect("devices serialize");
-    body["token"] = token.into();
-    Json(body)
-}
-
 async fn create_device(
     Account(account): Account,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<NewDevice>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<DeviceView>)> {
     let now = state.clock.now_ms();
     let d = Device {
-        id: id_or_new("id", body.id, "dev")?,
+        id: id_or_new("id", body.id, DeviceId::generate, DeviceId::parse)?,
         name: body.name,
-        channel_id: body.channel_id,
+        channel_id: body.channel_id.into(),
         phone: body.phone,
         status: Presence::Unknown,
         status_since: None,
         created_at: now,
         updated_at: now,
+        revision: 0,
     };
     check_device(&d)?;
     let token = ids::new_token("mdt");
@@ -515,7 +367,7 @@ async fn create_device(
         .store
         .create_device(account, d, ids::token_hash(&token))
         .await?;
-    Ok((StatusCode::CREATED, with_token(&d, &token)))
+    Ok((StatusCode::CREATED, Json(DeviceView::with_token(&d, token))))
 }
 
 async fn list_devices(
@@ -528,64 +380,80 @@ async fn list_devices(
         cursor: q.cursor,
     }
     .page()?;
-    if let Some(s) = &q.status {
-        if !["unknown", "connected", "disconnected"].contains(&s.as_str()) {
-            return Err(ApiError::invalid(
-                "status must be unknown, connected or disconnected",
-            ));
-        }
-    }
-    for (field, v) in [
-        ("engine", &q.engine),
-        ("business_id", &q.business_id),
-        ("channel_id", &q.channel_id),
-    ] {
-        if let Some(v) = v {
-            check_id(field, v)?;
-        }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(Presence::parse(s).ok_or_else(|| {
+            ApiError::invalid("status must be unknown, connected or disconnected")
+        })?),
+    };
+    if let Some(engine) = &q.engine {
+        check_id("engine", engine)?;
     }
     let filter = DeviceFilter {
-        status: q.status,
+        status,
         engine: q.engine,
-        business_id: q.business_id,
-        channel_id: q.channel_id,
+        business_id: q
+            .business_id
+            .map(|b| parse_id("business_id", b, BusinessId::parse))
+            .transpose()?,
+        channel_id: q
+            .channel_id
+            .map(|c| parse_id("channel_id", c, ChannelId::parse))
+            .transpose()?,
     };
-    let items = state
+    let items: Vec<DeviceView> = state
         .store
         .list_devices(account, page.clone(), filter)
-        .await?;
-    Ok(list_response(items, &page, |d| d.id.clone()))
+        .await?
+        .iter()
+        .map(DeviceView::from)
+        .collect();
+    Ok(list_response(items, &page, |d| d.id.to_string()))
 }
 
 async fn read_device(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Device>> {
-    Ok(Json(state.store.get_device(account, id).await?))
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let d = state.store.get_device(account, id.into()).await?;
+    Ok(revision::read(&headers, DeviceView::from(&d)))
 }
 
 async fn update_device(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    if_match: IfMatch,
     JsonBody(patch): JsonBody<DevicePatch>,
-) -> ApiResult<Json<Device>> {
-    let mut d = state.store.get_device(account.clone(), id).await?;
-    if let Some(name) = patch.name {
-        d.name = name;
-    }
-    if let Some(channel_id) = patch.channel_id {
-        d.channel_id = channel_id;
-    }
-    if let Some(phone) = patch.phone {
-        d.phone = phone;
-    }
-    check_device(&d)?;
-    d.updated_at = state.clock.now_ms();
-    let d = state.store.update_device(account.clone(), d).await?;
-    state.device_tokens.forget_device(&account, &d.id);
-    Ok(Json(d))
+) -> ApiResult<Response> {
+    let id = DeviceId::from(id);
+    let answer = revision::patch(
+        &if_match,
+        "device",
+        || state.store.get_device(account.clone(), id.clone()),
+        |d: &Device| DeviceView::from(d),
+        |d: &mut Device| {
+            if let Some(name) = &patch.name {
+                d.name = name.clone();
+            }
+            if let Some(channel_id) = &patch.channel_id {
+                d.channel_id = channel_id.clone().into();
+            }
+            if let Some(phone) = &patch.phone {
+                d.phone = phone.clone();
+            }
+            check_device(d)?;
+            d.updated_at = state.clock.now_ms();
+            Ok(())
+        },
+        |d, _| async { revision::saved(state.store.update_device(account.clone(), d).await) },
+    )
+    .await?;
+    // Its names go into its payloads: the next request reads them.
+    state.device_tokens.forget_device(&account, &id);
+    Ok(answer)
 }
 
 async fn delete_device(
@@ -593,15 +461,13 @@ async fn delete_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let id = DeviceId::from(id);
     state
         .store
         .delete_device(account.clone(), id.clone())
         .await?;
     state.device_tokens.forget_device(&account, &id);
-    state
-        .presence
-        .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)
-        .await;
+    state.presence.close_link(&account, &id, CLOSE_TOKEN).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -609,7 +475,8 @@ async fn rotate_token(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<DeviceView>> {
+    let id = DeviceId::from(id);
     let token = ids::new_token("mdt");
     let now = state.clock.now_ms();
     state
@@ -617,10 +484,7 @@ async fn rotate_token(
         .rotate_device_token(account.clone(), id.clone(), ids::token_hash(&token), now)
         .await?;
     state.device_tokens.forget_device(&account, &id);
-    state
-        .presence
-        .close_link(&account, &id, crate::presence::hub::CLOSE_TOKEN)
-        .await;
+    state.presence.close_link(&account, &id, CLOSE_TOKEN).await;
     let d = state.store.get_device(account, id).await?;
-    Ok(with_token(&d, &token))
+    Ok(Json(DeviceView::with_token(&d, token)))
 }

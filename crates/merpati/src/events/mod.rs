@@ -1,48 +1,69 @@
 //! The event log of an account: listing with filters and cursors, one event with every
-//! delivery and attempt, and replay.
+//! delivery and attempt, resending a delivery and replaying an event.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use merpati_domain::event::{Attempt, DeliveryDetail, EventDetail, EventFilter, EventSummary};
+use merpati_domain::ids::{self, BusinessId, ChannelId, DeliveryId, DeviceId, EndpointId, EventId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::extract::{Account, OptionalJsonBody, Query};
-use crate::api::{check_id, page_limit, parse_cursor, ApiError, ApiResult, AppState};
-use crate::clock::as_rfc3339;
-use crate::ids;
-use crate::store::StoreResult;
+use crate::api::paging::{page_limit, parse_cursor};
+use crate::api::time::as_rfc3339;
+use crate::api::validate::{check_id, parse_id};
+use crate::api::{ApiError, ApiResult, AppState};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct EventSummary {
-    pub id: String,
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/events", get(list))
+        .route("/v1/events/{id}", get(read))
+        .route("/v1/events/{id}/replay", post(replay))
+        .route("/v1/deliveries/{id}/resend", post(resend))
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventSummaryView {
+    pub id: EventId,
     #[serde(rename = "type")]
     pub event_type: String,
-    pub device_id: Option<String>,
-    pub channel_id: Option<String>,
-    pub business_id: Option<String>,
+    pub device_id: Option<DeviceId>,
+    pub channel_id: Option<ChannelId>,
+    pub business_id: Option<BusinessId>,
     #[serde(with = "as_rfc3339")]
     pub created_at: i64,
-    #[serde(skip)]
-    pub seq: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct EventDetail {
+impl From<&EventSummary> for EventSummaryView {
+    fn from(e: &EventSummary) -> Self {
+        EventSummaryView {
+            id: e.id.clone(),
+            event_type: e.event_type.clone(),
+            device_id: e.device_id.clone(),
+            channel_id: e.channel_id.clone(),
+            business_id: e.business_id.clone(),
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
     #[serde(flatten)]
-    pub summary: EventSummary,
+    pub summary: EventSummaryView,
     /// The body as delivered (in JSON; form endpoints get the same fields form-encoded).
     pub payload: serde_json::Value,
-    pub deliveries: Vec<DeliveryDetail>,
+    pub deliveries: Vec<DeliveryView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryDetail {
-    pub id: i64,
-    pub endpoint_id: String,
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
     /// `pending`, `held` (endpoint disabled), `succeeded` or `failed`.
-    pub status: String,
+    pub status: &'static str,
     pub attempt_count: i64,
     #[serde(with = "as_rfc3339::option")]
     pub next_attempt_at: Option<i64>,
@@ -53,7 +74,7 @@ pub struct DeliveryDetail {
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct AttemptView {
     pub attempt: i64,
     #[serde(with = "as_rfc3339")]
@@ -68,51 +89,43 @@ pub struct AttemptView {
     pub response_body: Option<String>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub event_type: Option<String>,
-    pub device_id: Option<String>,
+impl From<EventDetail> for EventView {
+    fn from(e: EventDetail) -> Self {
+        EventView {
+            summary: (&e.summary).into(),
+            payload: e.payload,
+            deliveries: e.deliveries.into_iter().map(DeliveryView::from).collect(),
+        }
+    }
 }
 
-#[async_trait::async_trait]
-pub trait EventStore: Send + Sync {
-    /// Newest first, those before `before_seq` when given.
-    async fn list_events(
-        &self,
-        account: String,
-        filter: EventFilter,
-        before_seq: Option<i64>,
-        limit: usize,
-    ) -> StoreResult<Vec<EventSummary>>;
-    async fn get_event(&self, account: String, id: String) -> StoreResult<EventDetail>;
-    /// Deletes up to `limit` events created before `before` whose deliveries are all final,
-    /// with their deliveries, attempts and dedup records. Returns how many.
-    async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize>;
-    /// A new delivery of the same event to the same endpoint; returns its id. Conflict when
-    /// the endpoint is disabled.
-    async fn resend_delivery(
-        &self,
-        account: String,
-        delivery_id: i64,
-        now: i64,
-    ) -> StoreResult<i64>;
-    /// New deliveries of the event: to `endpoint_id`, or to every endpoint it matches now.
-    /// Returns how many are due.
-    async fn replay_event(
-        &self,
-        account: String,
-        id: String,
-        endpoint_id: Option<String>,
-        now: i64,
-    ) -> StoreResult<usize>;
+impl From<DeliveryDetail> for DeliveryView {
+    fn from(d: DeliveryDetail) -> Self {
+        DeliveryView {
+            id: d.id,
+            endpoint_id: d.endpoint_id,
+            status: d.status.as_str(),
+            attempt_count: d.attempt_count,
+            next_attempt_at: d.next_attempt_at,
+            created_at: d.created_at,
+            completed_at: d.completed_at,
+            attempts: d.attempts.into_iter().map(AttemptView::from).collect(),
+        }
+    }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(list))
-        .route("/v1/events/{id}", get(read))
-        .route("/v1/events/{id}/replay", post(replay))
-        .route("/v1/deliveries/{id}/resend", post(resend))
+impl From<Attempt> for AttemptView {
+    fn from(a: Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error_kind: a.error_kind,
+            error: a.error,
+            response_body: a.response_body,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -135,9 +148,10 @@ async fn list(
             return Err(ApiError::invalid(format!("type: unknown event type {t:?}")));
         }
     }
-    if let Some(d) = &q.device_id {
-        check_id("device_id", d)?;
-    }
+    let device_id = q
+        .device_id
+        .map(|d| parse_id("device_id", d, DeviceId::parse))
+        .transpose()?;
     let limit = page_limit(q.limit)?;
     let before = match q.cursor.as_deref() {
         Some(c) => Some(
@@ -149,7 +163,7 @@ async fn list(
     };
     let filter = EventFilter {
         event_type: q.event_type,
-        device_id: q.device_id,
+        device_id,
     };
     let mut items = state
         .store
@@ -161,15 +175,18 @@ async fn list(
     } else {
         None
     };
-    Ok(Json(json!({"data": items, "next_cursor": next_cursor})))
+    let data: Vec<EventSummaryView> = items.iter().map(EventSummaryView::from).collect();
+    Ok(Json(json!({"data": data, "next_cursor": next_cursor})))
 }
 
 async fn read(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<EventDetail>> {
-    Ok(Json(state.store.get_event(account, id).await?))
+) -> ApiResult<Json<EventView>> {
+    Ok(Json(
+        state.store.get_event(account, id.into()).await?.into(),
+    ))
 }
 
 async fn resend(
@@ -177,7 +194,7 @@ async fn resend(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let id: i64 = id.parse().map_err(|_| ApiError::not_found("delivery"))?;
+    let id = DeliveryId(id.parse().map_err(|_| ApiError::not_found("delivery"))?);
     let now = state.clock.now_ms();
     let new_id = state.store.resend_delivery(account, id, now).await?;
     state.delivery.wake();
@@ -199,14 +216,18 @@ async fn replay(
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ReplayBody>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let endpoint_id = body.endpoint_id;
-    if let Some(e) = &endpoint_id {
+    if let Some(e) = &body.endpoint_id {
         check_id("endpoint_id", e)?;
     }
     let now = state.clock.now_ms();
     let due = state
         .store
-        .replay_event(account, id.clone(), endpoint_id, now)
+        .replay_event(
+            account,
+            id.clone().into(),
+            body.endpoint_id.map(EndpointId::from),
+            now,
+        )
         .await?;
     if due > 0 {
         state.delivery.wake();

@@ -5,23 +5,27 @@
 //! committed together (a transactional outbox). A re-sent item (same device, same `rid`,
 //! same content) is answered as the first time and never becomes a second event.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::EventId;
+use merpati_domain::ingest::{
+    canonical_digest, rid_key, AcceptedItem, PreparedItem, MAX_RID_BYTES,
+};
+use merpati_runtime::bus::{Change, StoredEvent};
 use merpati_webhooks::{InboundEvent, Notification, Rid, Sms, Ussd, Whatsapp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::api::extract::{parse_json, read_body, Device};
+use crate::api::validate::check_phone;
 use crate::api::{ApiError, ApiResult, AppState};
-use crate::delivery::Handoff;
-use crate::devices::{check_phone, DeviceContext};
-use crate::store::StoreResult;
 
 pub const MAX_BATCH: usize = 1000;
-pub const MAX_RID_BYTES: usize = 128;
 const MAX_TEXT_BYTES: usize = 64 * 1024;
 const MAX_SHORT_BYTES: usize = 4096;
 /// Unix seconds beyond this are almost surely milliseconds sent by mistake (year 5138).
@@ -66,43 +70,23 @@ enum Item {
     },
 }
 
-/// An item checked and turned into its payload (with `data.id` still to be assigned).
-#[derive(Debug, Clone)]
-pub struct PreparedItem {
-    /// The rid as a dedup key: integers and strings never collide.
-    pub rid_key: String,
-    pub rid: Rid,
-    /// Digest of the item as sent (keys sorted), to tell a re-send from a reused rid.
-    pub content_hash: Vec<u8>,
-    pub event: InboundEvent,
-}
-
+/// An item as the answer shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct AcceptedItem {
+pub struct AcceptedView {
     pub rid: Rid,
     /// The system id, `data.id` in the payload.
     pub id: i64,
-    pub event_id: String,
+    pub event_id: EventId,
 }
 
-#[derive(Debug, Clone)]
-pub struct IngestResult {
-    pub items: Vec<AcceptedItem>,
-    pub new_deliveries: usize,
-}
-
-#[async_trait::async_trait]
-pub trait IngestStore: Send + Sync {
-    /// Stores the items' events and their deliveries in one transaction, and hands the
-    /// deliveries due now to the worker (as room allows) once it commits. Conflict when a
-    /// rid was used before for different content; then nothing is written.
-    async fn ingest(
-        &self,
-        device: std::sync::Arc<DeviceContext>,
-        items: Vec<PreparedItem>,
-        now_ms: i64,
-        handoff: &Handoff,
-    ) -> StoreResult<IngestResult>;
+impl From<&AcceptedItem> for AcceptedView {
+    fn from(a: &AcceptedItem) -> Self {
+        AcceptedView {
+            rid: a.rid.clone(),
+            id: a.id,
+            event_id: a.event_id.clone(),
+        }
+    }
 }
 
 pub fn routes() -> Router<AppState> {
@@ -118,21 +102,54 @@ async fn post_messages(
     let value: Value = parse_json(&body)?;
     let now_ms = state.clock.now_ms();
     let items = prepare_body(value, &device, now_ms.div_euclid(1000))?;
+    let accepted = store(&state, device, items, now_ms).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": accepted.len(), "items": accepted})),
+    ))
+}
+
+/// Stores a device's prepared items (their deliveries handed to the worker once durable),
+/// wakes the worker for the rest, and tells the bus of the new events. The device link
+/// takes the same path.
+pub async fn store(
+    state: &AppState,
+    device: Arc<DeviceContext>,
+    items: Vec<PreparedItem>,
+    now_ms: i64,
+) -> ApiResult<Vec<AcceptedView>> {
+    let types: Vec<&'static str> = items.iter().map(|i| i.event.event_type()).collect();
+    let handoff = state.handoff.reserve(now_ms);
     let result = state
         .store
-        .ingest(device, items, now_ms, &state.handoff)
+        .ingest(device.clone(), items, now_ms, handoff)
         .await?;
     if result.new_deliveries > 0 {
         state.delivery.wake();
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({"accepted": result.items.len(), "items": result.items})),
-    ))
+    state.bus.publish_with(|| {
+        // One answer per item, in the items' order.
+        let events: Vec<StoredEvent> = result
+            .items
+            .iter()
+            .zip(types)
+            .filter(|(item, _)| item.new)
+            .map(|(item, event_type)| StoredEvent {
+                id: item.event_id.clone(),
+                event_type,
+                device: Some(device.device_id.clone()),
+            })
+            .collect();
+        Change::EventsStored {
+            account: device.account_id.clone(),
+            events: events.into(),
+        }
+    });
+    Ok(result.items.iter().map(AcceptedView::from).collect())
 }
 
 /// A body is one item or `{"items": [...]}`; every item must pass, or none is taken.
-pub(crate) fn prepare_body(
+pub fn prepare_body(
     body: Value,
     device: &DeviceContext,
     now_secs: i64,
@@ -182,11 +199,11 @@ fn prepare_item(raw: Value, device: &DeviceContext, now_secs: i64) -> ApiResult<
     let item: Item = serde_json::from_value(raw).map_err(|e| ApiError::invalid(e.to_string()))?;
     let own_device = |given: Option<String>| -> ApiResult<String> {
         match given {
-            Some(id) if id != device.device_id => Err(ApiError::forbidden(format!(
+            Some(id) if device.device_id != *id => Err(ApiError::forbidden(format!(
                 "this token belongs to device {:?}, not {id:?}",
-                device.device_id
+                device.device_id.as_str()
             ))),
-            _ => Ok(device.device_id.clone()),
+            _ => Ok(device.device_id.to_string()),
         }
     };
     let when = |ts: Option<i64>| -> ApiResult<i64> {
@@ -288,15 +305,11 @@ fn prepare_item(raw: Value, device: &DeviceContext, now_secs: i64) -> ApiResult<
             (rid, event)
         }
     };
-    let rid_key = match &rid {
-        Rid::Int(n) => format!("i:{n}"),
-        Rid::Str(s) if s.is_empty() || s.len() > MAX_RID_BYTES => {
-            return Err(ApiError::invalid(format!(
-                "rid must be an integer or a string of 1 to {MAX_RID_BYTES} bytes"
-            )))
-        }
-        Rid::Str(s) => format!("s:{s}"),
-    };
+    let rid_key = rid_key(&rid).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "rid must be an integer or a string of 1 to {MAX_RID_BYTES} bytes"
+        ))
+    })?;
     Ok(PreparedItem {
         rid_key,
         rid,
@@ -312,39 +325,6 @@ fn check_text(field: &str, value: &str, max_bytes: usize) -> ApiResult<()> {
         )));
     }
     Ok(())
-}
-
-/// SHA-256 of the value with object keys sorted, so key order does not count as content.
-fn canonical_digest(value: &Value) -> Vec<u8> {
-    // Keys and scalars are written as serde_json writes them, straight into the buffer.
-    fn write(v: &Value, out: &mut Vec<u8>) {
-        match v {
-            Value::Object(map) => {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                out.push(b'{');
-                for (k, v) in entries {
-                    serde_json::to_writer(&mut *out, k).expect("a string serializes");
-                    out.push(b':');
-                    write(v, out);
-                    out.push(b',');
-                }
-                out.push(b'}');
-            }
-            Value::Array(items) => {
-                out.push(b'[');
-                for item in items {
-                    write(item, out);
-                    out.push(b',');
-                }
-                out.push(b']');
-            }
-            scalar => serde_json::to_writer(&mut *out, scalar).expect("a scalar serializes"),
-        }
-    }
-    let mut buf = Vec::with_capacity(256);
-    write(value, &mut buf);
-    Sha256::digest(&buf).to_vec()
 }
 
 #[cfg(test)]
@@ -364,7 +344,7 @@ mod tests {
             device_id: "dev_1".into(),
             device_name: "Phone".into(),
             phone: Some("+62811".into()),
-            presence: crate::devices::Presence::Unknown,
+            presence: merpati_domain::device::Presence::Unknown,
             presence_since: None,
             engine_state: None,
             channel_heartbeat_ms: None,
@@ -452,31 +432,5 @@ mod tests {
         assert!(err.message.starts_with("items[1]:"), "{}", err.message);
         assert!(prepare_body(json!({"items": []}), &ctx(), 1).is_err());
         assert!(prepare_body(json!([item]), &ctx(), 1).is_err());
-    }
-
-    #[test]
-    fn key_order_is_not_content() {
-        let a = json!({"type":"sms","rid":1,"phone":"+1","message":"m"});
-        let b: Value =
-            serde_json::from_str(r#"{"message":"m","phone":"+1","rid":1,"type":"sms"}"#).unwrap();
-        assert_eq!(canonical_digest(&a), canonical_digest(&b));
-        let c = json!({"type":"sms","rid":1,"phone":"+1","message":"n"});
-        assert_ne!(canonical_digest(&a), canonical_digest(&c));
-    }
-
-    /// Digests are stored with events: one computed differently after an upgrade would make
-    /// a device's re-sent item a conflict.
-    #[test]
-    fn the_digest_of_an_item_never_changes() {
-        let item = json!({"type": "sms", "rid": "r-\u{e9}\"1", "sim": 2, "timestamp": 1.5e3,
-                          "nested": {"z": [1, null, true, {"b": "x", "a": -0.25}], "a": ""}});
-        let hex: String = canonical_digest(&item)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(
-            hex,
-            "3c4834d4d907aee878e299632884c5597236ad5c082b99ebaa7c333458d14b3b"
-        );
     }
 }

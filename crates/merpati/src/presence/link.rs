@@ -23,13 +23,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::hub::LinkClose;
-use super::machine::Reason;
-use super::Telemetry;
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::token_hash;
+use merpati_domain::presence::machine::Reason;
+use merpati_runtime::presence::{LinkClose, Telemetry};
+
 use crate::api::extract::Query;
 use crate::api::{ApiError, AppState, MAX_BODY_BYTES};
-use crate::devices::DeviceContext;
-use crate::ids::token_hash;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,7 +134,7 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
     // Shared with every ingest of the link rather than copied into each.
     let device = std::sync::Arc::new(device);
-    let timeouts = state.presence_policy.for_device(&device);
+    let timeouts = state.lease.for_device(&device);
     let (link, mut replaced, _) = match state.presence.link_opened(&device, timeouts).await {
         Ok(opened) => opened,
         Err(_) => {
@@ -350,23 +350,14 @@ async fn handle_text(
                 Ok(items) => items,
                 Err(e) => return Some(error_frame(reference.as_ref(), &e)),
             };
-            match state
-                .store
-                .ingest(device.clone(), items, now, &state.handoff)
-                .await
-            {
-                Ok(result) => {
-                    if result.new_deliveries > 0 {
-                        state.delivery.wake();
-                    }
-                    Some(json!({
-                        "type": "ack",
-                        "ref": reference,
-                        "accepted": result.items.len(),
-                        "items": result.items,
-                    }))
-                }
-                Err(e) => Some(error_frame(reference.as_ref(), &ApiError::from(e))),
+            match crate::ingest::store(state, device.clone(), items, now).await {
+                Ok(accepted) => Some(json!({
+                    "type": "ack",
+                    "ref": reference,
+                    "accepted": accepted.len(),
+                    "items": accepted,
+                })),
+                Err(e) => Some(error_frame(reference.as_ref(), &e)),
             }
         }
         Some(other) => Some(error_frame(

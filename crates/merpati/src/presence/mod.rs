@@ -1,161 +1,26 @@
-//! Device presence: which device is up, announced as `device.connected` /
-//! `device.disconnected` that never flap, and the history behind it.
-//!
-//! - `machine`: one device's lease as a pure state machine.
-//! - `hub`: the one task that drives every device's machine, keeps their deadlines in a
-//!   single ordered set, and writes what changes in groups.
-//! - `link`: the WebSocket device link.
-//! - `history`: sessions, outages and availability over a window (pure arithmetic).
-//! - this file: the device routes (heartbeat, status, link) and the presence API.
-
-use std::collections::HashMap;
+//! Device presence over HTTP: the device routes (heartbeat, engine status, the WebSocket
+//! link in `link`) and the presence API (live status, sessions, downtime, availability). The
+//! lease itself is the domain's state machine, driven by the runtime's presence hub.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
+use merpati_domain::device::Presence;
+use merpati_domain::ids::{AccountId, DeviceId};
+use merpati_domain::presence::history;
+use merpati_domain::presence::machine::{EngineReport, Input};
+use merpati_domain::presence::{Blip, HistoryScope, Period, PeriodState};
+use merpati_runtime::presence::{LiveStatus, Telemetry};
 use serde::{Deserialize, Serialize};
 
-use crate::api::extract::{Account, Device, OptionalJsonBody, Query};
-use crate::api::{parse_time, ApiError, ApiResult, AppState};
-use crate::clock::as_rfc3339;
-use crate::config::PresenceConfig;
-use crate::devices::DeviceContext;
-use crate::store::StoreResult;
+use crate::api::extract::{Account, Device, JsonBody, OptionalJsonBody, Query};
+use crate::api::time::{as_rfc3339, rfc3339};
+use crate::api::validate::parse_time;
+use crate::api::{ApiError, ApiResult, AppState};
 
-pub mod history;
-pub mod hub;
 pub mod link;
-pub mod machine;
-
-pub use hub::{LiveStatus, PresenceHandle, Telemetry};
-use machine::{Announced, Change, EngineReport, Input, Timeouts};
-
-/// One thing to record for one device.
-#[derive(Debug, Clone)]
-pub struct PresenceWrite {
-    pub account_id: String,
-    pub device_id: String,
-    pub what: WriteKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum WriteKind {
-    Change(Change),
-    Engine(EngineReport),
-}
-
-/// What a group of writes produced: the event id of each announcement, by write index.
-#[derive(Debug, Clone, Default)]
-pub struct Applied {
-    pub event_ids: HashMap<usize, String>,
-    pub new_deliveries: usize,
-}
-
-/// A device's presence as stored, to rebuild the hub after a restart.
-#[derive(Debug, Clone)]
-pub struct StoredPresence {
-    pub account_id: String,
-    pub device_id: String,
-    pub announced: Announced,
-    pub since: Option<i64>,
-    pub engine_state: Option<EngineReport>,
-    pub engine: String,
-    pub channel_heartbeat_ms: Option<i64>,
-    pub channel_grace_ms: Option<i64>,
-}
-
-/// One announced state of one device over time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Period {
-    pub device_id: String,
-    /// `up` or `down`.
-    pub state: String,
-    #[serde(with = "as_rfc3339")]
-    pub started_at: i64,
-    #[serde(with = "as_rfc3339::option")]
-    pub ended_at: Option<i64>,
-    pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Blip {
-    pub device_id: String,
-    #[serde(with = "as_rfc3339")]
-    pub started_at: i64,
-    #[serde(with = "as_rfc3339")]
-    pub ended_at: i64,
-    pub reason: String,
-}
-
-/// Whose history: one device, or every device of a channel or of a business.
-#[derive(Debug, Clone)]
-pub enum HistoryScope {
-    Device(String),
-    Channel(String),
-    Business(String),
-}
-
-#[async_trait::async_trait]
-pub trait PresenceStore: Send + Sync {
-    /// Records the writes in one transaction: history, the device's presence columns, and
-    /// for each announcement its event and deliveries. Writes for devices deleted meanwhile
-    /// are skipped.
-    async fn apply_presence(&self, writes: Vec<PresenceWrite>, now: i64) -> StoreResult<Applied>;
-    /// Every device announced up or with an engine state.
-    async fn presence_to_restore(&self) -> StoreResult<Vec<StoredPresence>>;
-    /// Periods overlapping [from, to), oldest first. NotFound when the scope is not the
-    /// account's.
-    async fn presence_periods(
-        &self,
-        account: String,
-        scope: HistoryScope,
-        from: i64,
-        to: i64,
-    ) -> StoreResult<Vec<Period>>;
-    async fn presence_blips(
-        &self,
-        account: String,
-        scope: HistoryScope,
-        from: i64,
-        to: i64,
-    ) -> StoreResult<Vec<Blip>>;
-}
-
-/// Lease settings: the defaults, per engine, per channel (the most specific wins).
-#[derive(Debug, Clone)]
-pub struct Policy {
-    config: PresenceConfig,
-}
-
-impl Policy {
-    pub fn new(config: PresenceConfig) -> Self {
-        Policy { config }
-    }
-
-    pub fn timeouts(
-        &self,
-        engine: &str,
-        channel_heartbeat_ms: Option<i64>,
-        channel_grace_ms: Option<i64>,
-    ) -> Timeouts {
-        let per_engine = self.config.engines.get(engine);
-        let ms = |d: std::time::Duration| d.as_millis() as i64;
-        Timeouts {
-            heartbeat_ms: channel_heartbeat_ms
-                .or_else(|| per_engine.and_then(|e| e.heartbeat_timeout).map(ms))
-                .unwrap_or(ms(self.config.heartbeat_timeout)),
-            grace_ms: channel_grace_ms
-                .or_else(|| per_engine.and_then(|e| e.grace).map(ms))
-                .unwrap_or(ms(self.config.grace)),
-        }
-    }
-
-    pub fn for_device(&self, d: &DeviceContext) -> Timeouts {
-        self.timeouts(&d.engine, d.channel_heartbeat_ms, d.channel_grace_ms)
-    }
-}
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -165,39 +30,39 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/devices/{id}/presence", get(device_presence))
         .route(
             "/v1/devices/{id}/sessions",
-            history(HistoryScope::Device, Report::Sessions),
+            history(of_device, Report::Sessions),
         )
         .route(
             "/v1/channels/{id}/sessions",
-            history(HistoryScope::Channel, Report::Sessions),
+            history(of_channel, Report::Sessions),
         )
         .route(
             "/v1/businesses/{id}/sessions",
-            history(HistoryScope::Business, Report::Sessions),
+            history(of_business, Report::Sessions),
         )
         .route(
             "/v1/devices/{id}/downtime",
-            history(HistoryScope::Device, Report::Downtime),
+            history(of_device, Report::Downtime),
         )
         .route(
             "/v1/devices/{id}/availability",
-            history(HistoryScope::Device, Report::Availability),
+            history(of_device, Report::Availability),
         )
         .route(
             "/v1/channels/{id}/downtime",
-            history(HistoryScope::Channel, Report::Downtime),
+            history(of_channel, Report::Downtime),
         )
         .route(
             "/v1/channels/{id}/availability",
-            history(HistoryScope::Channel, Report::Availability),
+            history(of_channel, Report::Availability),
         )
         .route(
             "/v1/businesses/{id}/downtime",
-            history(HistoryScope::Business, Report::Downtime),
+            history(of_business, Report::Downtime),
         )
         .route(
             "/v1/businesses/{id}/availability",
-            history(HistoryScope::Business, Report::Availability),
+            history(of_business, Report::Availability),
         )
 }
 
@@ -234,14 +99,14 @@ async fn heartbeat(
         signal: body.signal,
         network: body.network,
     };
-    let timeouts = state.presence_policy.for_device(&device);
+    let timeouts = state.lease.for_device(&device);
     match state
         .presence
         .heartbeat(&device, timeouts, telemetry)
         .await?
     {
         Ok(outcome) => Ok(Json(serde_json::json!({
-            "status": outcome.status,
+            "status": outcome.status.as_str(),
             "event_id": outcome.event_id,
             "heartbeat_timeout_seconds": timeouts.heartbeat_ms / 1000,
         }))
@@ -281,7 +146,7 @@ enum ReportedStatus {
 async fn report_status(
     Device(device): Device,
     State(state): State<AppState>,
-    crate::api::extract::JsonBody(body): crate::api::extract::JsonBody<StatusBody>,
+    JsonBody(body): JsonBody<StatusBody>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     if body.reason.as_ref().is_some_and(|r| r.len() > 1024) {
         return Err(ApiError::invalid("reason must be at most 1024 bytes"));
@@ -291,15 +156,39 @@ async fn report_status(
         ReportedStatus::Disconnected => EngineReport::Disconnected,
         ReportedStatus::LoggedOut => EngineReport::LoggedOut,
     };
-    let timeouts = state.presence_policy.for_device(&device);
+    let timeouts = state.lease.for_device(&device);
     let outcome = state
         .presence
         .input(&device, timeouts, Input::Report(report))
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"status": outcome.status, "event_id": outcome.event_id})),
+        Json(serde_json::json!({"status": outcome.status.as_str(), "event_id": outcome.event_id})),
     ))
+}
+
+/// What a phone said of itself, as the API shows it.
+#[derive(Debug, Serialize)]
+struct TelemetryView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    battery: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    charging: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<String>,
+}
+
+impl From<Telemetry> for TelemetryView {
+    fn from(t: Telemetry) -> Self {
+        TelemetryView {
+            battery: t.battery,
+            charging: t.charging,
+            signal: t.signal,
+            network: t.network,
+        }
+    }
 }
 
 async fn device_presence(
@@ -307,24 +196,71 @@ async fn device_presence(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
+    let id = DeviceId::from(id);
     let device = state.store.get_device(account.clone(), id.clone()).await?;
     let live = state.presence.view(&account, &id).await;
     let status = live
         .as_ref()
         .map(|l| l.status)
         .unwrap_or(match device.status {
-            crate::devices::Presence::Unknown => LiveStatus::Unknown,
-            crate::devices::Presence::Connected => LiveStatus::Connected,
-            crate::devices::Presence::Disconnected => LiveStatus::Disconnected,
+            Presence::Unknown => LiveStatus::Unknown,
+            Presence::Connected => LiveStatus::Connected,
+            Presence::Disconnected => LiveStatus::Disconnected,
         });
     Ok(Json(serde_json::json!({
         "device_id": id,
-        "status": status,
-        "since": device.status_since.map(crate::clock::rfc3339),
+        "status": status.as_str(),
+        "since": device.status_since.map(rfc3339),
         "link_open": live.as_ref().is_some_and(|l| l.link_open),
-        "last_seen_at": live.as_ref().and_then(|l| l.last_seen).map(crate::clock::rfc3339),
-        "telemetry": live.and_then(|l| l.telemetry),
+        "last_seen_at": live.as_ref().and_then(|l| l.last_seen).map(rfc3339),
+        "telemetry": live.and_then(|l| l.telemetry).map(TelemetryView::from),
     })))
+}
+
+/// One announced state of a device over time, as the API shows it.
+#[derive(Debug, Serialize)]
+struct PeriodView {
+    device_id: DeviceId,
+    /// `up` or `down`.
+    state: &'static str,
+    #[serde(with = "as_rfc3339")]
+    started_at: i64,
+    #[serde(with = "as_rfc3339::option")]
+    ended_at: Option<i64>,
+    reason: Option<String>,
+}
+
+impl From<&Period> for PeriodView {
+    fn from(p: &Period) -> Self {
+        PeriodView {
+            device_id: p.device_id.clone(),
+            state: p.state.as_str(),
+            started_at: p.started_at,
+            ended_at: p.ended_at,
+            reason: p.reason.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BlipView {
+    device_id: DeviceId,
+    #[serde(with = "as_rfc3339")]
+    started_at: i64,
+    #[serde(with = "as_rfc3339")]
+    ended_at: i64,
+    reason: String,
+}
+
+impl From<Blip> for BlipView {
+    fn from(b: Blip) -> Self {
+        BlipView {
+            device_id: b.device_id,
+            started_at: b.started_at,
+            ended_at: b.ended_at,
+            reason: b.reason,
+        }
+    }
 }
 
 /// `?from=&to=`: RFC 3339 times or Unix seconds; the last 24 hours when absent.
@@ -354,7 +290,7 @@ impl Window {
 
 async fn periods_of(
     state: &AppState,
-    account: String,
+    account: AccountId,
     scope: HistoryScope,
     window: &Window,
 ) -> ApiResult<(i64, i64, Vec<Period>)> {
@@ -368,19 +304,29 @@ async fn periods_of(
 
 async fn sessions(
     state: AppState,
-    account: String,
+    account: AccountId,
     scope: HistoryScope,
     window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
     let (from, to, periods) = periods_of(&state, account.clone(), scope.clone(), &window).await?;
-    let blips = state.store.presence_blips(account, scope, from, to).await?;
-    let sessions: Vec<&Period> = periods.iter().filter(|p| p.state == "up").collect();
+    let blips: Vec<BlipView> = state
+        .store
+        .presence_blips(account, scope, from, to)
+        .await?
+        .into_iter()
+        .map(BlipView::from)
+        .collect();
+    let sessions: Vec<PeriodView> = periods
+        .iter()
+        .filter(|p| p.state == PeriodState::Up)
+        .map(PeriodView::from)
+        .collect();
     Ok(Json(serde_json::json!({"data": sessions, "blips": blips})))
 }
 
 async fn downtime(
     state: AppState,
-    account: String,
+    account: AccountId,
     scope: HistoryScope,
     window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -388,13 +334,13 @@ async fn downtime(
     let (_, _, periods) = periods_of(&state, account, scope, &window).await?;
     let data: Vec<serde_json::Value> = periods
         .iter()
-        .filter(|p| p.state == "down")
+        .filter(|p| p.state == PeriodState::Down)
         .map(|p| {
             let end = p.ended_at.unwrap_or(now);
             serde_json::json!({
                 "device_id": p.device_id,
-                "start": crate::clock::rfc3339(p.started_at),
-                "end": p.ended_at.map(crate::clock::rfc3339),
+                "start": rfc3339(p.started_at),
+                "end": p.ended_at.map(rfc3339),
                 "duration_seconds": (end - p.started_at) / 1000,
                 "reason": p.reason,
                 "ongoing": p.ended_at.is_none(),
@@ -406,7 +352,7 @@ async fn downtime(
 
 async fn availability(
     state: AppState,
-    account: String,
+    account: AccountId,
     scope: HistoryScope,
     window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -414,14 +360,26 @@ async fn availability(
     let (from, to, periods) = periods_of(&state, account, scope, &window).await?;
     let a = history::availability(&periods, from, to.min(now.max(from)), now);
     Ok(Json(serde_json::json!({
-        "from": crate::clock::rfc3339(from),
-        "to": crate::clock::rfc3339(to),
+        "from": rfc3339(from),
+        "to": rfc3339(to),
         "availability_percent": a.percent(),
         "up_seconds": a.up_ms / 1000,
         "down_seconds": a.down_ms / 1000,
         "observed_seconds": (a.up_ms + a.down_ms) / 1000,
         "outages": a.outages,
     })))
+}
+
+fn of_device(id: String) -> HistoryScope {
+    HistoryScope::Device(id.into())
+}
+
+fn of_channel(id: String) -> HistoryScope {
+    HistoryScope::Channel(id.into())
+}
+
+fn of_business(id: String) -> HistoryScope {
+    HistoryScope::Business(id.into())
 }
 
 #[derive(Clone, Copy)]

@@ -2,7 +2,7 @@
 //! test's own server, in this process).
 
 use clap::Parser;
-use merpati::bench::{measure_running, DeliveryArgs};
+use merpati_bench::{measure_running, DeliveryArgs};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -58,34 +58,40 @@ async fn a_running_merpati_is_measured_end_to_end_and_keeps_the_run_s_account() 
     .await
     .unwrap();
 
-    let accepted = run["accepted"].as_u64().unwrap();
-    assert!(accepted > 0, "{run}");
-    assert_eq!(run["expected"], accepted * 2, "two endpoints");
-    assert_eq!(run["delivered"], run["expected"], "{run}");
-    assert_eq!(run["all_delivered"], true);
-    assert_eq!(run["server"], app.url.as_str());
-    assert!(run["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{run}");
-    assert!(run["server_rss_mib"]["after"].as_f64().unwrap() > 0.0);
-    assert!(run["cpu_us_per_delivery"]["server"].as_f64().unwrap() > 0.0);
-    assert!(
-        run["relay_baseline"]["deliveries_per_second"]
-            .as_f64()
-            .unwrap()
-            > 0.0
+    assert!(run.accepted > 0, "{run:?}");
+    assert_eq!(run.expected, run.accepted * 2, "two endpoints");
+    assert_eq!(run.delivered, run.expected, "{run:?}");
+    assert!(run.all_delivered);
+    assert_eq!(run.server, app.url);
+    assert!(run.latency_ms.p99 > 0.0, "{run:?}");
+    assert!(run.server_rss_mib.after.unwrap() > 0.0);
+    assert!(run.cpu_us_per_delivery.unwrap().server_us > 0.0);
+    assert!(run.relay_baseline.deliveries_per_second > 0.0);
+    // `--json` prints the same figures under their documented names.
+    let json = serde_json::to_value(&run).unwrap();
+    assert_eq!(json["delivered"], run.delivered);
+    assert_eq!(
+        json["cpu_us_per_delivery"]["server"],
+        run.cpu_us_per_delivery.unwrap().server_us
+    );
+    assert_eq!(
+        json["relay_baseline"]["deliveries_per_second"],
+        run.relay_baseline.deliveries_per_second
     );
 
     // The run's account stays, with the events it made: the run's plus its first one.
-    let account = run["account"].as_str().unwrap();
     let kept = accounts(&app).await;
     assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0]["id"], account);
+    assert_eq!(kept[0]["id"], run.account.as_str());
 
     // Without the server's process, its CPU and memory are not reported rather than made up.
     let run = measure_running(&short_run(&app, &[])).await.unwrap();
-    assert_eq!(run["all_delivered"], true, "{run}");
-    assert!(run["server_cpu_percent_of_one_core"].is_null());
-    assert!(run["cpu_us_per_delivery"].is_null());
-    assert!(run["server_rss_mib"]["after"].is_null());
+    assert!(run.all_delivered, "{run:?}");
+    assert!(run.server_cpu_percent_of_one_core.is_none());
+    assert!(run.cpu_us_per_delivery.is_none());
+    assert!(run.server_rss_mib.after.is_none());
+    let json = serde_json::to_value(&run).unwrap();
+    assert!(json["cpu_us_per_delivery"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

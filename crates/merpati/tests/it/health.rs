@@ -210,7 +210,7 @@ async fn failed_deliveries_since_a_time_are_recovered_by_a_job() {
     for rid in 0..5 {
         if rid == 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            since = merpati::clock::rfc3339(app.now_ms());
+            since = merpati::api::time::rfc3339(app.now_ms());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let v = app.sms(&m.device_token, rid).await;

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use merpati::clock::{Clock, ManualClock, SystemClock};
 use merpati::config::Config;
+use merpati_domain::clock::{Clock, ManualClock, SystemClock};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 

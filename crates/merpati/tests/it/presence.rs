@@ -279,8 +279,8 @@ async fn history_and_availability_on_a_scripted_timeline() {
 
     let window = format!(
         "from={}&to={}",
-        merpati::clock::rfc3339(t0),
-        merpati::clock::rfc3339(t0 + 600_000)
+        merpati::api::time::rfc3339(t0),
+        merpati::api::time::rfc3339(t0 + 600_000)
     );
     for scope in ["devices/dev", "channels/ch", "businesses/biz"] {
         let (status, a) = app

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use merpati::simulate::{provision, Api, Behaviour, Mode, Running};
+use merpati_bench::simulate::{provision, Api, Behaviour, Mode, Running};
 use serde_json::json;
 
 use crate::helpers::*;

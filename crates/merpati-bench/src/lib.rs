@@ -1,0 +1,19 @@
+//! merpati's benchmarks and device simulator, apart from the server: they drive a merpati
+//! over its public API and device protocol only, as its users' devices and receivers do.
+//!
+//! - `simulate`: a fleet of simulated devices speaking the real device protocol.
+//! - `delivery`: `merpati bench delivery`, ingest to receipt; `presence`: `merpati bench
+//!   presence`, 10,000 links and a mass drop.
+//! - `baselines`: what the same load costs with no merpati (loopback HTTP, a relay).
+//! - `process`, `receivers`, `load`: the server under test, the receivers, the devices' load.
+
+mod baselines;
+pub mod delivery;
+mod load;
+pub mod presence;
+mod process;
+mod receivers;
+pub mod simulate;
+
+pub use delivery::{delivery, measure_running, DeliveryArgs, DeliveryFigures};
+pub use presence::{presence, PresenceArgs, PresenceFigures};

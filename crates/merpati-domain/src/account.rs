@@ -1,0 +1,47 @@
+//! Accounts (the merchants, "user" in the payloads) and their API keys.
+
+use crate::ids::{AccountId, ApiKeyId, EndpointId};
+use crate::store::{Page, StoreResult};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Counts the changes made to it: an update names the revision it was read at.
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub account_id: AccountId,
+    /// The key's first characters, to tell keys apart without showing them.
+    pub hint: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[async_trait::async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Conflict when the id is taken.
+    async fn create_account(&self, account: Account) -> StoreResult<Account>;
+    async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>>;
+    async fn get_account(&self, id: AccountId) -> StoreResult<Account>;
+    /// Stores the account's new name if it is still at `account.revision`; Stale when it
+    /// changed since. Returns it as stored.
+    async fn update_account(&self, account: Account) -> StoreResult<Account>;
+    /// Gone at once from every view, with its keys, devices, channels and businesses; its
+    /// endpoints are deleted as endpoints are, and its events go later, through
+    /// `purge_deleted_account`. Returns its endpoints' ids.
+    async fn delete_account(&self, id: AccountId, now: i64) -> StoreResult<Vec<EndpointId>>;
+    /// Removes up to `limit` rows of a deleted account (its events, then itself once its
+    /// endpoints are purged); returns how many, 0 when nothing can go now.
+    async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize>;
+    async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey>;
+    async fn list_api_keys(&self, account: AccountId) -> StoreResult<Vec<ApiKey>>;
+    async fn revoke_api_key(&self, account: AccountId, key: ApiKeyId, now: i64) -> StoreResult<()>;
+    /// The account of a live (not revoked) key.
+    async fn account_for_api_key(&self, hash: Vec<u8>) -> StoreResult<Option<AccountId>>;
+}

@@ -1,0 +1,213 @@
+//! Fan-out: which deliveries an event makes, and where each one goes (held, waiting in its
+//! device queue, due, or handed straight to the worker). A backend asks these rules and
+//! writes what they say, in the transaction that stores the event.
+
+use crate::delivery::Reservation;
+use crate::device::Scope;
+use crate::endpoint::Subscription;
+use crate::ids::{DeviceId, EndpointId};
+
+/// One delivery an event makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned<'a> {
+    pub endpoint_id: &'a EndpointId,
+    /// The device queue it joins, on an endpoint that takes each device's events in order.
+    pub order_key: Option<&'a DeviceId>,
+    /// Its endpoint is disabled: the delivery is kept, held.
+    pub disabled: bool,
+}
+
+/// One delivery for every endpoint the event matches.
+pub fn plan<'a>(
+    subscriptions: &'a [Subscription],
+    event_type: &'a str,
+    scope: Scope<'a>,
+) -> impl Iterator<Item = Planned<'a>> + 'a {
+    subscriptions
+        .iter()
+        .filter(move |s| s.matches(event_type, scope))
+        .map(move |s| Planned {
+            endpoint_id: &s.endpoint_id,
+            order_key: order_key(s.ordered, scope.device_id),
+            disabled: s.disabled,
+        })
+}
+
+/// The endpoints an event replayed to `named` (or to all it matches now) goes to: one named
+/// explicitly gets it whatever its filters say.
+pub fn replay_to(subscriptions: &[Subscription], named: Option<&EndpointId>) -> Vec<Subscription> {
+    match named {
+        Some(endpoint) => subscriptions
+            .iter()
+            .filter(|s| s.endpoint_id == *endpoint)
+            .map(Subscription::unfiltered)
+            .collect(),
+        None => subscriptions.to_vec(),
+    }
+}
+
+/// The device queue a delivery joins: its device's, on an ordered endpoint.
+pub fn order_key(ordered: bool, device: Option<&DeviceId>) -> Option<&DeviceId> {
+    device.filter(|_| ordered)
+}
+
+/// Where a new delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Its endpoint is disabled.
+    Held,
+    /// Behind an earlier delivery of its device queue, with no due time.
+    Waiting,
+    Due,
+    /// Due now and leased to the worker until the given time, handed over once committed.
+    Leased(i64),
+}
+
+/// Held while the endpoint is disabled; waiting when an earlier delivery of the same device
+/// queue has not reached its outcome (`queue_busy`, asked only of a queue it would join);
+/// due now otherwise.
+pub fn place<E>(
+    disabled: bool,
+    order_key: Option<&DeviceId>,
+    queue_busy: impl FnOnce(&DeviceId) -> Result<bool, E>,
+) -> Result<Place, E> {
+    Ok(match order_key {
+        _ if disabled => Place::Held,
+        Some(key) if queue_busy(key)? => Place::Waiting,
+        _ => Place::Due,
+    })
+}
+
+/// A delivery due now goes straight to the worker while it has room.
+pub fn hand_over(place: Place, reservation: Option<&mut (dyn Reservation + '_)>) -> Place {
+    match (place, reservation) {
+        (Place::Due, Some(r)) => {
+            if r.take_room() {
+                Place::Leased(r.lease_until())
+            } else {
+                Place::Due
+            }
+        }
+        (place, _) => place,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::DueDelivery;
+    use crate::ids::{BusinessId, ChannelId};
+
+    fn sub(id: &str, ordered: bool, disabled: bool, channels: &[&str]) -> Subscription {
+        Subscription {
+            endpoint_id: id.into(),
+            ordered,
+            disabled,
+            channel_ids: channels.iter().map(|c| ChannelId::from(*c)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_event_goes_to_every_matching_endpoint_and_queues_only_where_ordered() {
+        let subs = [
+            sub("plain", false, false, &[]),
+            sub("ordered", true, false, &[]),
+            sub("elsewhere", false, false, &["ch_2"]),
+            sub("off", true, true, &[]),
+        ];
+        let (b, c, d) = (
+            BusinessId::from("b"),
+            ChannelId::from("ch_1"),
+            DeviceId::from("dev"),
+        );
+        let scope = Scope {
+            business_id: Some(&b),
+            channel_id: Some(&c),
+            device_id: Some(&d),
+        };
+        let planned: Vec<_> = plan(&subs, "sms", scope)
+            .map(|p| {
+                (
+                    p.endpoint_id.as_str(),
+                    p.order_key.map(DeviceId::as_str),
+                    p.disabled,
+                )
+            })
+            .collect();
+        assert_eq!(
+            planned,
+            [
+                ("plain", None, false),
+                ("ordered", Some("dev"), false),
+                ("off", Some("dev"), true)
+            ]
+        );
+        // An event of no device queues nowhere.
+        let account_wide: Vec<_> = plan(&subs[1..2], "sms", Scope::default())
+            .map(|p| p.order_key)
+            .collect();
+        assert_eq!(account_wide, [None]);
+    }
+
+    #[test]
+    fn placement_holds_queues_or_makes_due() {
+        let dev = DeviceId::from("dev");
+        let never = |_: &DeviceId| -> Result<bool, ()> { panic!("not asked") };
+        assert_eq!(place(true, Some(&dev), never), Ok(Place::Held));
+        assert_eq!(place(false, None, never), Ok(Place::Due));
+        assert_eq!(
+            place(false, Some(&dev), |_| Ok::<_, ()>(true)),
+            Ok(Place::Waiting)
+        );
+        assert_eq!(
+            place(false, Some(&dev), |_| Ok::<_, ()>(false)),
+            Ok(Place::Due)
+        );
+        assert_eq!(place(false, Some(&dev), |_| Err("lookup")), Err("lookup"));
+    }
+
+    struct Room(usize, Vec<DueDelivery>);
+
+    impl Reservation for Room {
+        fn take_room(&mut self) -> bool {
+            let free = self.0 > 0;
+            self.0 = self.0.saturating_sub(1);
+            free
+        }
+        fn lease_until(&self) -> i64 {
+            99
+        }
+        fn push(&mut self, delivery: DueDelivery) {
+            self.1.push(delivery);
+        }
+        fn hand_over(self: Box<Self>) {}
+    }
+
+    #[test]
+    fn only_what_is_due_is_handed_over_and_only_while_there_is_room() {
+        let mut room = Room(1, Vec::new());
+        assert_eq!(hand_over(Place::Held, Some(&mut room)), Place::Held);
+        assert_eq!(hand_over(Place::Waiting, Some(&mut room)), Place::Waiting);
+        assert_eq!(hand_over(Place::Due, None), Place::Due);
+        assert_eq!(hand_over(Place::Due, Some(&mut room)), Place::Leased(99));
+        assert_eq!(
+            hand_over(Place::Due, Some(&mut room)),
+            Place::Due,
+            "no room left"
+        );
+    }
+
+    #[test]
+    fn a_replay_to_a_named_endpoint_ignores_its_filters() {
+        let subs = [
+            sub("a", false, false, &["ch_9"]),
+            sub("b", false, false, &[]),
+        ];
+        let named = replay_to(&subs, Some(&EndpointId::from("a")));
+        assert_eq!(named.len(), 1);
+        assert!(named[0].channel_ids.is_empty());
+        assert_eq!(replay_to(&subs, None), subs.to_vec());
+        assert!(replay_to(&subs, Some(&EndpointId::from("zz"))).is_empty());
+    }
+}

@@ -1,0 +1,24 @@
+//! merpati's domain: the types, one storage trait per feature, and the product's rules as
+//! pure functions (which deliveries an event makes, the dedup verdict, a delivery's outcome,
+//! an endpoint's health, presence and its announcements, what retention may cut).
+//!
+//! This crate is the bottom layer: it depends on nothing of merpati's but the wire formats
+//! (`merpati-webhooks`). Storage backends implement its traits and call its rules; the
+//! runtime and the HTTP features are written against them.
+
+pub mod account;
+pub mod clock;
+pub mod delivery;
+pub mod device;
+pub mod endpoint;
+pub mod event;
+pub mod fanout;
+pub mod ids;
+pub mod ingest;
+pub mod job;
+pub mod presence;
+pub mod retention;
+pub mod retry;
+pub mod store;
+
+pub use store::{Page, SharedStore, Store, StoreError, StoreResult};

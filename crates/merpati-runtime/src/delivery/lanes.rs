@@ -1,0 +1,436 @@
+//! The worker's lanes together: each endpoint's lane, every delivery the worker holds a
+//! claim on, and what it remembers of endpoints whose lanes went idle (their pace, their
+//! prepared keys). Pure, as the lanes are: the worker's loop does the I/O.
+
+use std::sync::Arc;
+
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use merpati_domain::clock::earliest;
+use merpati_domain::delivery::DueDelivery;
+use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
+use tokio::sync::Semaphore;
+
+use super::lane::{Breaker, BreakerPolicy, Gate, Health, Lane, Limits};
+use super::prepared::{Prepared, PreparedTargets};
+use super::{DeliveryConfig, Pauses};
+
+/// What a finished attempt tells the worker.
+pub(crate) struct Finished {
+    pub(crate) delivery_id: DeliveryId,
+    pub(crate) account_id: AccountId,
+    pub(crate) endpoint_id: EndpointId,
+    /// When its lane started it.
+    pub(crate) started_at: i64,
+    pub(crate) health: Health,
+    /// How long the receiver took.
+    pub(crate) took_ms: i64,
+    /// When it is due again, if it is to be retried.
+    pub(crate) retry_at: Option<i64>,
+}
+
+/// How long a lane's pace is remembered once it has gone idle.
+const PACE_MEMORY_MS: i64 = 60_000;
+/// Remembered paces are not pruned before there are this many.
+const MIN_PACES_PRUNE: usize = 1024;
+
+/// The worker's state between steps: the lanes, and every delivery it holds a claim on.
+pub(crate) struct Lanes {
+    // The worker's maps are keyed by its own ids, hashed for every delivery: a fast hash.
+    lanes: FastMap<EndpointId, Lane>,
+    /// Lanes with something queued.
+    active: FastSet<EndpointId>,
+    /// Queued or under way: a claim whose lease ran out while its delivery waits or is
+    /// attempted (the clock stepped) must not start a second attempt beside the first.
+    pub(crate) claimed: FastSet<DeliveryId>,
+    /// One permit for every claim the worker could still hold; shared with ingest.
+    pub(crate) room: Arc<Semaphore>,
+    /// Deliveries to hand back to the store with a later due time, in one write.
+    pub(crate) to_park: Vec<(DeliveryId, i64)>,
+    /// The pace (usual latency, ms) of endpoints whose lanes went idle, and when: a lane
+    /// made again soon after starts from it rather than from not knowing.
+    paces: FastMap<EndpointId, (f64, i64)>,
+    /// `paces` is pruned of what is too old when it grows to this.
+    prune_paces_at: usize,
+    /// When any lane last heard an answer (see [`Lane::queue_cap`]).
+    answered_at: i64,
+    /// Each endpoint's URL and signing keys, worked out once.
+    pub(crate) prepared: PreparedTargets,
+}
+
+impl Lanes {
+    pub(crate) fn new(room: Arc<Semaphore>) -> Lanes {
+        Lanes {
+            lanes: FastMap::default(),
+            active: FastSet::default(),
+            claimed: FastSet::default(),
+            room,
+            to_park: Vec::new(),
+            paces: FastMap::default(),
+            prune_paces_at: MIN_PACES_PRUNE,
+            answered_at: i64::MIN,
+            prepared: PreparedTargets::default(),
+        }
+    }
+
+    /// A claimed delivery joins its endpoint's lane, or is parked when the lane cannot
+    /// start it soon (its breaker is open, or it is already queued as deep as its pace).
+    pub(crate) fn take(&mut self, job: DueDelivery, config: &DeliveryConfig, now: i64) {
+        if !self.claimed.insert(job.delivery_id) {
+            // Claimed twice (a lease ran out under it): one claim is enough.
+            self.room.add_permits(1);
+            return;
+        }
+        let limits = Limits {
+            concurrency: job
+                .endpoint
+                .max_concurrency
+                .map_or(config.endpoint_concurrency, |n| n as usize)
+                .max(1),
+            rate: job.endpoint.rate_limit,
+        };
+        let paces = &mut self.paces;
+        let lane = self
+            .lanes
+            .entry(job.endpoint.id.clone())
+            .or_insert_with(|| {
+                let pace = paces
+                    .remove(&job.endpoint.id)
+                    .filter(|(_, at)| now - at < PACE_MEMORY_MS);
+                Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms))
+            });
+        lane.set_limits(limits);
+        if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
+            park(
+                lane,
+                job.delivery_id,
+                now,
+                &mut self.claimed,
+                &self.room,
+                &mut self.to_park,
+            );
+            return;
+        }
+        self.active.insert(job.endpoint.id.clone());
+        lane.queue.push_back(job);
+    }
+
+    /// Lanes that slowed down (or opened their breaker) since they queued give back what
+    /// they cannot start soon, so that they never sit on claims others could use.
+    pub(crate) fn trim(&mut self, now: i64) {
+        for id in &self.active {
+            let lane = self.lanes.get_mut(id).expect("active lanes exist");
+            let cap = lane.queue_cap(now, self.answered_at);
+            while lane.queue.len() > cap {
+                let job = lane.queue.pop_back().expect("longer than its cap");
+                park(
+                    lane,
+                    job.delivery_id,
+                    now,
+                    &mut self.claimed,
+                    &self.room,
+                    &mut self.to_park,
+                );
+            }
+        }
+        // Lanes this emptied leave `active` in `start_ready`, which always follows.
+    }
+
+    /// Starts what the lanes' limits allow, within `max_in_flight` in all (`under_way` are
+    /// already), each with its endpoint's prepared keys. Returns when a lane held back by
+    /// its rate limit or breaker can go next.
+    pub(crate) fn start_ready(
+        &mut self,
+        now: i64,
+        under_way: usize,
+        max_in_flight: usize,
+        mut start: impl FnMut(DueDelivery, Arc<Prepared>),
+    ) -> Option<i64> {
+        let mut wake: Option<i64> = None;
+        let mut total = under_way;
+        for id in &self.active {
+            let lane = self.lanes.get_mut(id).expect("active lanes exist");
+            while !lane.queue.is_empty() && total < max_in_flight {
+                match lane.gate(now) {
+                    Gate::Go => {
+                        let job = lane.queue.pop_front().expect("not empty");
+                        lane.start(now);
+                        total += 1;
+                        let prepared = self.prepared.for_target(&job.endpoint, now);
+                        start(job, prepared);
+                    }
+                    Gate::At(at) => {
+                        wake = earliest(wake, Some(at));
+                        break;
+                    }
+                    Gate::Busy => break,
+                }
+            }
+        }
+        let lanes = &self.lanes;
+        self.active.retain(|id| !lanes[id].queue.is_empty());
+        wake
+    }
+
+    /// A lane's take-back found fewer parked deliveries than it asked for: none are left
+    /// up to the latest it had parked when it asked.
+    pub(crate) fn nothing_parked(&mut self, endpoint: &EndpointId, parked_until: i64, now: i64) {
+        if let Some(lane) = self.lanes.get_mut(endpoint) {
+            lane.nothing_parked(parked_until, now);
+        }
+    }
+
+    /// The earliest time after `now` a lane paused by its breaker wants a parked delivery
+    /// back to probe with.
+    pub(crate) fn probe_wake(&self, now: i64) -> Option<i64> {
+        self.lanes
+            .values()
+            .filter_map(Lane::probe_wanted_at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// Lanes that caught up, and how many parked deliveries each wants back.
+    pub(crate) fn take_back(&mut self, now: i64) -> Vec<TakeBack> {
+        let answered_at = self.answered_at;
+        self.lanes
+            .iter_mut()
+            .filter_map(|(id, lane)| {
+                lane.take_back(now, answered_at).map(|limit| TakeBack {
+                    endpoint_id: id.clone(),
+                    limit,
+                    parked_until: lane.parked_until(),
+                })
+            })
+            .collect()
+    }
+
+    /// A deleted endpoint's lane goes, with what it queued (those deliveries went with the
+    /// endpoint); attempts under way end as ever, and find no lane to report to.
+    pub(crate) fn forget(&mut self, endpoint_id: &EndpointId, pauses: &Pauses) {
+        pauses.forget(endpoint_id);
+        self.active.remove(endpoint_id);
+        self.paces.remove(endpoint_id);
+        self.prepared.forget(endpoint_id);
+        let Some(lane) = self.lanes.remove(endpoint_id) else {
+            return;
+        };
+        for job in lane.queue {
+            unclaim(&mut self.claimed, &self.room, job.delivery_id);
+        }
+    }
+
+    pub(crate) fn finish(
+        &mut self,
+        f: Finished,
+        now: i64,
+        policy: &BreakerPolicy,
+        pauses: &Pauses,
+    ) {
+        unclaim(&mut self.claimed, &self.room, f.delivery_id);
+        if f.health != Health::Unknown {
+            self.answered_at = self.answered_at.max(now);
+        }
+        let Some(lane) = self.lanes.get_mut(&f.endpoint_id) else {
+            return;
+        };
+        let before = lane.breaker();
+        lane.finish(f.started_at, now, f.took_ms, f.health, policy);
+        match lane.breaker() {
+            Breaker::Open { until, .. } if lane.breaker() != before => {
+                tracing::warn!(endpoint = %f.endpoint_id, until, "endpoint paused by its circuit breaker");
+                pauses.set(&f.account_id, &f.endpoint_id, Some(until));
+            }
+            Breaker::Closed { .. } if !matches!(before, Breaker::Closed { .. }) => {
+                tracing::info!(endpoint = %f.endpoint_id, "endpoint answers again; circuit breaker closed");
+                pauses.set(&f.account_id, &f.endpoint_id, None);
+            }
+            _ => {}
+        }
+        if lane.is_idle(now) {
+            if let Some(avg_ms) = lane.pace() {
+                self.remember_pace(f.endpoint_id.clone(), avg_ms, now);
+            }
+            self.lanes.remove(&f.endpoint_id);
+        }
+    }
+
+    /// Kept for [`PACE_MEMORY_MS`]; pruned whenever the memory has doubled since the last
+    /// prune, so that pruning costs little a lane however many endpoints there are.
+    fn remember_pace(&mut self, endpoint_id: EndpointId, avg_ms: f64, now: i64) {
+        self.paces.insert(endpoint_id, (avg_ms, now));
+        if self.paces.len() >= self.prune_paces_at {
+            self.paces.retain(|_, (_, at)| now - *at < PACE_MEMORY_MS);
+            self.prune_paces_at = (self.paces.len() * 2).max(MIN_PACES_PRUNE);
+        }
+    }
+}
+
+/// A lane's request for `limit` of its parked deliveries back, made when the latest it had
+/// parked was due at `parked_until`.
+pub(crate) struct TakeBack {
+    pub(crate) endpoint_id: EndpointId,
+    pub(crate) limit: usize,
+    pub(crate) parked_until: i64,
+}
+
+/// What the store gave back to the lanes that asked, asked at `now`.
+pub(crate) struct TakenBack {
+    pub(crate) now: i64,
+    pub(crate) lanes: Vec<(TakeBack, usize)>,
+}
+
+/// Hands a claimed delivery back to the store for when its lane expects to have room.
+fn park(
+    lane: &mut Lane,
+    delivery_id: DeliveryId,
+    now: i64,
+    claimed: &mut FastSet<DeliveryId>,
+    room: &Semaphore,
+    to_park: &mut Vec<(DeliveryId, i64)>,
+) {
+    let at = lane.park_at(now);
+    unclaim(claimed, room, delivery_id);
+    to_park.push((delivery_id, at));
+}
+
+/// The delivery leaves the worker's hands, and its room with it.
+fn unclaim(claimed: &mut FastSet<DeliveryId>, room: &Semaphore, delivery_id: DeliveryId) {
+    if claimed.remove(&delivery_id) {
+        room.add_permits(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::handoff::tests::{config, due};
+    use crate::delivery::handoff::{handoff, take_room, Inbox};
+
+    fn lanes(inbox: &Inbox) -> Lanes {
+        Lanes::new(inbox.room.clone())
+    }
+
+    fn pauses() -> Pauses {
+        Pauses::new(crate::bus::Bus::default())
+    }
+
+    const POLICY: BreakerPolicy = BreakerPolicy {
+        failures: 5,
+        cooldown_ms: 1000,
+        max_cooldown_ms: 1000,
+    };
+
+    /// An attempt started at `started_at` that took 5 ms.
+    fn finished(delivery_id: i64, endpoint_id: &str, started_at: i64, health: Health) -> Finished {
+        Finished {
+            delivery_id: DeliveryId(delivery_id),
+            account_id: "a".into(),
+            endpoint_id: endpoint_id.into(),
+            started_at,
+            health,
+            took_ms: 5,
+            retry_at: None,
+        }
+    }
+
+    /// Takes `id` into its lane and runs it to an answer after 5 ms.
+    fn answered(lanes: &mut Lanes, id: i64, at: i64) {
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(id), &config(4), at);
+        lanes.start_ready(at, 0, 4, |_, _| {});
+        let done = finished(id, "ep", at, Health::Up);
+        lanes.finish(done, at + 5, &POLICY, &pauses());
+    }
+
+    #[test]
+    fn a_lane_made_again_soon_after_it_went_idle_knows_its_endpoint_s_pace() {
+        let (_handoff, inbox) = handoff(&config(4));
+        let mut lanes = lanes(&inbox);
+        answered(&mut lanes, 1, 0);
+        assert!(lanes.lanes.is_empty(), "idle, so gone");
+        // Back within the minute: known to be fast, so nothing it is handed is parked.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(2), &config(4), 30_000);
+        assert_eq!(
+            lanes.lanes[&EndpointId::from("ep")].queue_cap(30_000, i64::MIN),
+            usize::MAX
+        );
+        lanes.start_ready(30_000, 0, 4, |_, _| {});
+        let done = finished(2, "ep", 30_000, Health::Up);
+        lanes.finish(done, 30_005, &POLICY, &pauses());
+        // A minute after it was last idle, its pace is not known any more.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(3), &config(4), 30_005 + PACE_MEMORY_MS);
+        let cap = lanes.lanes[&EndpointId::from("ep")].queue_cap(30_005 + PACE_MEMORY_MS, i64::MIN);
+        assert!(cap < usize::MAX, "{cap}");
+        // Deleting the endpoint forgets its pace too.
+        lanes.lanes.clear();
+        lanes.remember_pace("ep".into(), 5.0, 0);
+        lanes.forget(&"ep".into(), &pauses());
+        assert!(lanes.paces.is_empty());
+    }
+
+    #[test]
+    fn remembered_paces_are_pruned_as_they_grow() {
+        let (_handoff, inbox) = handoff(&config(4));
+        let mut lanes = lanes(&inbox);
+        for i in 0..MIN_PACES_PRUNE - 1 {
+            lanes.remember_pace(format!("old{i}").into(), 5.0, 0);
+        }
+        assert_eq!(lanes.paces.len(), MIN_PACES_PRUNE - 1);
+        lanes.remember_pace("new".into(), 5.0, PACE_MEMORY_MS);
+        assert_eq!(lanes.paces.len(), 1, "only the one still young is kept");
+        assert_eq!(lanes.prune_paces_at, MIN_PACES_PRUNE);
+    }
+
+    #[test]
+    fn a_deleted_endpoint_s_lane_is_forgotten_and_its_room_comes_back() {
+        let (handoff, mut inbox) = handoff(&config(4));
+        let pauses = pauses();
+        let policy = BreakerPolicy {
+            failures: 1,
+            cooldown_ms: 60_000,
+            max_cooldown_ms: 60_000,
+        };
+        let mut lanes = lanes(&inbox);
+        let budget = inbox.room.available_permits();
+        let failed =
+            |delivery_id, endpoint_id: &str| finished(delivery_id, endpoint_id, 0, Health::Down);
+        // "ep" fails: its breaker opens, and what comes for it meanwhile is parked.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(1), &config(4), 0);
+        let mut started = Vec::new();
+        lanes.start_ready(0, 0, 4, |job, _| started.push(job.delivery_id.0));
+        assert_eq!(started, [1]);
+        lanes.finish(failed(1, "ep"), 10, &policy, &pauses);
+        assert!(pauses.until(&"ep".into()).is_some());
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(2), &config(4), 20);
+        assert_eq!(lanes.to_park.len(), 1);
+        // "other" has deliveries queued behind one under way.
+        assert_eq!(take_room(&lanes.room, 3), 3);
+        for id in 3..=5 {
+            let mut job = due(id);
+            Arc::make_mut(&mut job.endpoint).id = "other".into();
+            lanes.take(job, &config(4), 20);
+        }
+        lanes.start_ready(20, 0, 1, |_, _| {});
+        assert_eq!(lanes.lanes[&EndpointId::from("other")].queue.len(), 2);
+
+        // Deleted, both are forgotten: the open breaker waits for no outcome, and what
+        // was queued gives its room back.
+        for endpoint in ["ep", "other"] {
+            handoff.endpoint_deleted(endpoint.into());
+            let deleted = inbox.deleted.try_recv().expect("told");
+            lanes.forget(&deleted, &pauses);
+        }
+        assert!(lanes.lanes.is_empty() && lanes.active.is_empty());
+        assert_eq!(pauses.until(&"ep".into()), None);
+        assert_eq!(lanes.room.available_permits(), budget - 1);
+        // The attempt under way ends as ever, with no lane to report to.
+        lanes.finish(failed(3, "other"), 30, &policy, &pauses);
+        assert!(lanes.lanes.is_empty() && lanes.claimed.is_empty());
+        assert_eq!(lanes.room.available_permits(), budget);
+        assert_eq!(pauses.until(&"other".into()), None);
+    }
+}

@@ -1,0 +1,709 @@
+//! The worker's loop: claims due deliveries, starts what the lanes allow, parks and takes
+//! back for them, and sleeps until something wakes it ([`Wake`]), which it then handles.
+//! One step returns one wake; handling it changes the worker's state and nothing else
+//! waits.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::HashMap as FastMap;
+use merpati_domain::clock::{earliest, SharedClock};
+use merpati_domain::delivery::{AttemptRecord, DueDelivery};
+use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
+use merpati_domain::retry::{next_step, NextStep};
+use merpati_domain::{SharedStore, StoreResult};
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
+use super::lane::{BreakerPolicy, Health};
+use super::lanes::{Finished, Lanes, TakeBack, TakenBack};
+use super::prepared::Prepared;
+use super::recorder::{Recorder, RECORD_BATCH};
+use super::{guard, send, DeliveryConfig, DeliveryWaker, Pauses};
+use crate::bus::Bus;
+
+/// The delivery worker: what it needs to run. See [`Worker::run`].
+pub struct Worker {
+    pub store: SharedStore,
+    pub config: DeliveryConfig,
+    pub clock: SharedClock,
+    pub waker: DeliveryWaker,
+    pub inbox: Inbox,
+    pub pauses: Pauses,
+    pub bus: Bus,
+    pub shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Runs until shutdown, then waits for the attempts under way (bounded by the timeout)
+    /// and for the recorder to write their records.
+    pub async fn run(self) {
+        let mut run = Run::start(self).await;
+        while let Some(wake) = run.next_wake().await {
+            run.handle(wake).await;
+        }
+        run.finish().await;
+    }
+}
+
+/// What woke the worker.
+enum Wake {
+    /// A claim returned.
+    Claimed(Claimed),
+    /// The lanes' parking and taking back committed.
+    TakenBack(TakenBack),
+    /// New deliveries are due now (ingest stored some, the recorder made some due, …).
+    Woken,
+    Deleted(EndpointId),
+    /// Fresh deliveries from ingest.
+    HandedOver(Vec<DueDelivery>),
+    /// An attempt ended (or its task failed).
+    Finished(Result<(tokio::task::Id, Finished), JoinError>),
+    /// The time it slept until came: something may be due.
+    Due,
+    /// Nothing was queued or under way for `idle_release_after` after a burst.
+    Idle,
+}
+
+/// What a claim took from the store, and what it asked for at what time.
+struct Claimed {
+    now: i64,
+    want: usize,
+    /// Started after the lanes' last take-back made their deliveries due.
+    after_take_back: bool,
+    claimed: StoreResult<Vec<DueDelivery>>,
+}
+
+type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
+
+/// When the retries the worker scheduled itself are due: the earliest `MAX` of them, and
+/// the earliest of those let go to stay that small. The worker wakes then and claims, and
+/// the store's next due time (read whenever a claim finds less than it asked for) has the
+/// rest, whose records were written long before.
+#[derive(Default)]
+struct Retries {
+    soon: BTreeSet<i64>,
+    let_go: Option<i64>,
+}
+
+impl Retries {
+    const MAX: usize = 1024;
+
+    fn add(&mut self, at: i64) {
+        self.soon.insert(at);
+        if self.soon.len() > Self::MAX {
+            self.let_go = earliest(self.let_go, self.soon.pop_last());
+        }
+    }
+
+    fn first(&self) -> Option<i64> {
+        earliest(self.soon.first().copied(), self.let_go)
+    }
+
+    /// Forgets the retries due at `now` or before: a claim at `now` took them.
+    fn forget_until(&mut self, now: i64) {
+        self.soon = self.soon.split_off(&(now + 1));
+        self.let_go = self.let_go.filter(|at| *at > now);
+    }
+}
+
+/// What the worker knows of when deliveries in the store are due.
+struct DueTimes {
+    /// Whether deliveries may be due now (woken, or the last claim was full).
+    known_due: bool,
+    /// When the next one is due as far as the worker knows.
+    next_due: Option<i64>,
+    /// The retries this worker scheduled, apart from `next_due`: the recorder may not have
+    /// written one yet when a claim finds nothing due, and a later one folded into
+    /// `next_due` would be dropped with the earlier time it hid behind.
+    retries: Retries,
+    /// Whether `next_due` may be out of date, and when the store was last asked.
+    stale: bool,
+    read_at: i64,
+}
+
+/// What every attempt shares.
+struct Sender {
+    client: send::Client,
+    guard: guard::Guard,
+    records: mpsc::Sender<AttemptRecord>,
+    clock: SharedClock,
+    config: DeliveryConfig,
+}
+
+impl Sender {
+    /// The same sender with a client of its own; the old client's connections close as the
+    /// last attempt holding it ends.
+    fn with_new_client(&self, resolver: guard::GuardedResolver) -> Sender {
+        Sender {
+            client: send::client(self.config.timeout, resolver),
+            guard: self.guard.clone(),
+            records: self.records.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// An attempt under way, to account for it should its task fail.
+struct Running {
+    delivery_id: DeliveryId,
+    account_id: AccountId,
+    endpoint_id: EndpointId,
+    started_at: i64,
+}
+
+/// The worker while it runs.
+struct Run {
+    worker: Worker,
+    resolver: guard::GuardedResolver,
+    sender: Arc<Sender>,
+    recorder: tokio::task::JoinHandle<()>,
+    policy: BreakerPolicy,
+    /// The least room worth a claim while deliveries are held: claiming one delivery per
+    /// completion would cost a write transaction per delivery.
+    min_claim: usize,
+    lanes: Lanes,
+    in_flight: JoinSet<Finished>,
+    running: FastMap<tokio::task::Id, Running>,
+    due: DueTimes,
+    claiming: Pending<Claimed>,
+    lane_writes: Pending<TakenBack>,
+    /// Deliveries taken back are due, and no claim started since has returned.
+    taken_back_unclaimed: bool,
+    /// Whether anything was sent since the worker last let its connections go, and since
+    /// when nothing is queued or under way.
+    sent_since_release: bool,
+    idle_since: Option<tokio::time::Instant>,
+}
+
+impl Run {
+    async fn start(worker: Worker) -> Run {
+        let config = &worker.config;
+        let guard = guard::Guard::new(config.allowed_networks.clone());
+        let resolver = guard::GuardedResolver::new(guard.clone(), config.resolve.clone());
+        let (records, recorded) = mpsc::channel(RECORD_BATCH * 4);
+        // Owned here and awaited in `finish`: it ends once the worker and its attempts,
+        // the senders of records, are gone.
+        let recorder = tokio::spawn(
+            Recorder {
+                store: worker.store.clone(),
+                waker: worker.waker.clone(),
+                clock: worker.clock.clone(),
+                bus: worker.bus.clone(),
+                disable_after_ms: config.disable_after.as_millis() as i64,
+                records: recorded,
+            }
+            .run(),
+        );
+        let sender = Arc::new(Sender {
+            client: send::client(config.timeout, resolver.clone()),
+            guard,
+            records,
+            clock: worker.clock.clone(),
+            config: config.clone(),
+        });
+        let policy = BreakerPolicy {
+            failures: config.breaker_failures,
+            cooldown_ms: config.breaker_cooldown.as_millis() as i64,
+            max_cooldown_ms: config.breaker_max_cooldown.as_millis() as i64,
+        };
+        let min_claim = (config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
+        match worker.store.release_claims(worker.clock.now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
+            Err(e) => tracing::error!(error = %e, "could not release old claims"),
+        }
+        let lanes = Lanes::new(worker.inbox.room.clone());
+        Run {
+            worker,
+            resolver,
+            sender,
+            recorder,
+            policy,
+            min_claim,
+            lanes,
+            in_flight: JoinSet::new(),
+            running: FastMap::default(),
+            due: DueTimes {
+                known_due: true,
+                next_due: None,
+                retries: Retries::default(),
+                stale: true,
+                read_at: i64::MIN / 2,
+            },
+            claiming: None,
+            lane_writes: None,
+            taken_back_unclaimed: false,
+            sent_since_release: false,
+            idle_since: None,
+        }
+    }
+
+    fn now(&self) -> i64 {
+        self.worker.clock.now_ms()
+    }
+
+    /// Does what can be done now (claims, starts, parks and takes back), then waits for
+    /// what wakes the worker next; `None` at shutdown.
+    async fn next_wake(&mut self) -> Option<Wake> {
+        let (worth_claiming, lane_wake) = loop {
+            if self.worker.shutdown.is_cancelled() {
+                return None;
+            }
+            let worth_claiming = self.claim();
+            let lane_wake = self.start_ready();
+            self.write_for_lanes();
+            // More is due (the claim was full, or a lane took parked deliveries back) and
+            // there is room for it.
+            if !self.more_to_claim() {
+                break (worth_claiming, lane_wake);
+            }
+        };
+        self.read_next_due().await;
+        let store_wake = if worth_claiming || self.lanes.claimed.is_empty() {
+            earliest(self.due.next_due, self.due.retries.first())
+        } else {
+            None
+        };
+        let wake_at = earliest(
+            earliest(store_wake, lane_wake),
+            self.lanes.probe_wake(self.now()),
+        );
+        let sleep = wake_at.map(|at| {
+            let wait = (at - self.now()).max(0) as u64;
+            tokio::time::sleep(Duration::from_millis(wait))
+        });
+        if !self.in_flight.is_empty() || !self.lanes.claimed.is_empty() {
+            self.idle_since = None;
+        } else if self.idle_since.is_none() {
+            self.idle_since = Some(tokio::time::Instant::now());
+        }
+        let release_at = self
+            .idle_since
+            .filter(|_| self.sent_since_release)
+            .map(|since| since + self.worker.config.idle_release_after);
+        let (claiming, lane_writes, in_flight) = (
+            &mut self.claiming,
+            &mut self.lane_writes,
+            &mut self.in_flight,
+        );
+        let (shutdown, waker, inbox) = (
+            &self.worker.shutdown,
+            &self.worker.waker,
+            &mut self.worker.inbox,
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            claimed = async { claiming.as_mut().expect("guarded").await },
+                if claiming.is_some() => Some(Wake::Claimed(claimed)),
+            taken = async { lane_writes.as_mut().expect("guarded").await },
+                if lane_writes.is_some() => Some(Wake::TakenBack(taken)),
+            _ = waker.woken() => Some(Wake::Woken),
+            Some(endpoint) = inbox.deleted.recv() => Some(Wake::Deleted(endpoint)),
+            Some(handed) = inbox.from_ingest.recv() => Some(Wake::HandedOver(handed)),
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                Some(Wake::Finished(done))
+            }
+            _ = async { sleep.expect("guarded").await }, if sleep.is_some() => Some(Wake::Due),
+            _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)),
+                if release_at.is_some() => Some(Wake::Idle),
+        }
+    }
+
+    /// Starts a claim if deliveries may be due and there is room worth claiming; returns
+    /// whether there was.
+    fn claim(&mut self) -> bool {
+        let room = self.lanes.room.available_permits();
+        let worth_claiming = room >= self.min_claim || self.lanes.claimed.is_empty();
+        let want = if self.claiming.is_none() && self.due.known_due && room > 0 && worth_claiming {
+            take_room(&self.lanes.room, room.min(CLAIM_BATCH))
+        } else {
+            0
+        };
+        if want > 0 {
+            // The claim commits while the worker goes on: under load a write waits its
+            // turn behind others for many milliseconds, and the attempts that end
+            // meanwhile start what the lanes already hold.
+            let store = self.worker.store.clone();
+            let now = self.now();
+            let lease_until = now + lease(&self.worker.config).as_millis() as i64;
+            let after_take_back = self.taken_back_unclaimed;
+            // The claim answers what was known due when it started; a wake, a timer or
+            // a lane's take-back while it commits sets this again and is not lost.
+            self.due.known_due = false;
+            self.claiming = Some(Box::pin(async move {
+                let claimed = store.claim_due(now, want, lease_until).await;
+                Claimed {
+                    now,
+                    want,
+                    after_take_back,
+                    claimed,
+                }
+            }));
+        }
+        worth_claiming
+    }
+
+    /// Starts what the lanes allow; returns when a lane held back can go next.
+    fn start_ready(&mut self) -> Option<i64> {
+        let now = self.now();
+        self.lanes.trim(now);
+        let under_way = self.in_flight.len();
+        let (in_flight, running, sender) = (&mut self.in_flight, &mut self.running, &self.sender);
+        let lane_wake = self.lanes.start_ready(
+            now,
+            under_way,
+            self.worker.config.max_in_flight,
+            |job, prepared| {
+                let key = Running {
+                    delivery_id: job.delivery_id,
+                    account_id: job.endpoint.account_id.clone(),
+                    endpoint_id: job.endpoint.id.clone(),
+                    started_at: now,
+                };
+                let task = in_flight.spawn(deliver(sender.clone(), job, prepared, now));
+                running.insert(task.id(), key);
+            },
+        );
+        self.sent_since_release |= !self.in_flight.is_empty();
+        lane_wake
+    }
+
+    /// Parking and taking back are writes too, and wait their turn behind ingest's like a
+    /// claim: they commit while the worker goes on, one set at a time. Lanes ask for parked
+    /// deliveries back only once a claim has looked for the last ones they were given back:
+    /// until then they look caught up, and would ask again.
+    fn write_for_lanes(&mut self) {
+        if self.lane_writes.is_some() {
+            return;
+        }
+        let now = self.now();
+        let take_back = if self.taken_back_unclaimed {
+            Vec::new()
+        } else {
+            self.lanes.take_back(now)
+        };
+        let parked = std::mem::take(&mut self.lanes.to_park);
+        if take_back.is_empty() && parked.is_empty() {
+            return;
+        }
+        self.due.next_due = earliest(self.due.next_due, parked.iter().map(|p| p.1).min());
+        self.lane_writes = Some(Box::pin(write_for_lanes(
+            self.worker.store.clone(),
+            now,
+            take_back,
+            parked,
+        )));
+    }
+
+    fn more_to_claim(&self) -> bool {
+        let room = self.lanes.room.available_permits();
+        self.claiming.is_none()
+            && self.due.known_due
+            && room > 0
+            && (room >= self.min_claim || self.lanes.claimed.is_empty())
+    }
+
+    /// The store is asked when the next delivery is due only when what the worker knows
+    /// may be out of date (deliveries it did not schedule itself: a lease run out, another
+    /// process's writes), and at most ten times a second while busy: the worker learns of
+    /// its own retries and parks as it makes them.
+    async fn read_next_due(&mut self) {
+        let now = self.now();
+        if !self.due.stale || !(self.lanes.claimed.is_empty() || now - self.due.read_at >= 100) {
+            return;
+        }
+        self.due.stale = false;
+        self.due.read_at = now;
+        match self.worker.store.next_due_at().await {
+            // Retries the recorder has not written yet are in `retries`.
+            Ok(at) => self.due.next_due = earliest(at, self.due.next_due),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the next due time");
+                self.due.next_due = Some(now + 1000);
+            }
+        }
+    }
+
+    async fn handle(&mut self, wake: Wake) {
+        match wake {
+            Wake::Claimed(claimed) => self.claimed(claimed),
+            Wake::TakenBack(taken) => self.taken_back(taken),
+            Wake::Woken => self.due.known_due = true,
+            Wake::Deleted(endpoint) => self.lanes.forget(&endpoint, &self.worker.pauses),
+            Wake::HandedOver(handed) => {
+                let now = self.now();
+                let mut handed = Some(handed);
+                while let Some(jobs) = handed
+                    .take()
+                    .or_else(|| self.worker.inbox.from_ingest.try_recv().ok())
+                {
+                    for job in jobs {
+                        self.lanes.take(job, &self.worker.config, now);
+                    }
+                }
+            }
+            Wake::Finished(done) => {
+                // Take every attempt that has ended, then step once for them all.
+                let mut done = Some(done);
+                while let Some(result) = done
+                    .take()
+                    .or_else(|| self.in_flight.try_join_next_with_id())
+                {
+                    self.finished(result);
+                }
+            }
+            Wake::Due => {
+                self.due.known_due = true;
+                self.due.stale = true;
+            }
+            Wake::Idle => {
+                // A burst is over: its connections (kept alive, each with its buffers)
+                // close with the old client, and the memory it took goes back.
+                self.sent_since_release = false;
+                self.sender = Arc::new(self.sender.with_new_client(self.resolver.clone()));
+                self.lanes.prepared.clear();
+                release_memory(&self.worker.store).await;
+            }
+        }
+    }
+
+    fn claimed(&mut self, claimed: Claimed) {
+        let Claimed {
+            now,
+            want,
+            after_take_back,
+            claimed,
+        } = claimed;
+        self.claiming = None;
+        self.taken_back_unclaimed &= !after_take_back;
+        match claimed {
+            Ok(jobs) => {
+                self.due.known_due |= jobs.len() == want;
+                self.lanes.room.add_permits(want - jobs.len());
+                if !self.due.known_due {
+                    // Nothing else is due now; what is due later is still known. A retry
+                    // due by now whose record was not written yet is not lost: the
+                    // recorder wakes the worker once it is.
+                    self.due.next_due = self.due.next_due.filter(|at| *at > now);
+                    self.due.retries.forget_until(now);
+                    self.due.stale = true;
+                }
+                for job in jobs {
+                    self.lanes.take(job, &self.worker.config, now);
+                }
+            }
+            Err(e) => {
+                self.lanes.room.add_permits(want);
+                tracing::error!(error = %e, "could not claim deliveries");
+                // Try again in a second rather than at once.
+                self.due.next_due = Some(now + 1000);
+            }
+        }
+    }
+
+    fn taken_back(&mut self, TakenBack { now, lanes }: TakenBack) {
+        self.lane_writes = None;
+        for (asked, taken) in lanes {
+            if taken > 0 {
+                self.due.known_due = true;
+                self.taken_back_unclaimed = true;
+            }
+            if taken < asked.limit {
+                self.lanes
+                    .nothing_parked(&asked.endpoint_id, asked.parked_until, now);
+            }
+        }
+    }
+
+    fn finished(&mut self, result: Result<(tokio::task::Id, Finished), JoinError>) {
+        let finished = match result {
+            Ok((task, f)) => {
+                self.running.remove(&task);
+                f
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "delivery task failed");
+                // Its delivery is due again when its lease runs out.
+                self.due.stale = true;
+                let Some(r) = self.running.remove(&e.id()) else {
+                    return;
+                };
+                Finished {
+                    delivery_id: r.delivery_id,
+                    account_id: r.account_id,
+                    endpoint_id: r.endpoint_id,
+                    started_at: r.started_at,
+                    health: Health::Unknown,
+                    took_ms: 0,
+                    retry_at: None,
+                }
+            }
+        };
+        if let Some(at) = finished.retry_at {
+            self.due.retries.add(at);
+        }
+        let now = self.now();
+        self.lanes
+            .finish(finished, now, &self.policy, &self.worker.pauses);
+    }
+
+    /// Attempts under way finish (each is bounded by the timeout) and are recorded; one
+    /// that does not is left leased, and is retried after the next start. What waits in
+    /// the lanes keeps its lease and is claimed again after the next start.
+    async fn finish(mut self) {
+        let grace = self.worker.config.timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, async {
+            while self.in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        self.in_flight.shutdown().await;
+        // The last sender goes with the attempts; the recorder writes what is left and ends.
+        drop(self.sender);
+        if let Err(e) = self.recorder.await {
+            tracing::error!(error = %e, "the attempt recorder failed");
+        }
+    }
+}
+
+/// One set of the lanes' writes: their parked deliveries taken back, then what they park.
+async fn write_for_lanes(
+    store: SharedStore,
+    now: i64,
+    take_back: Vec<TakeBack>,
+    parked: Vec<(DeliveryId, i64)>,
+) -> TakenBack {
+    let mut lanes = Vec::with_capacity(take_back.len());
+    for asked in take_back {
+        let taken = match store
+            .unpark(asked.endpoint_id.clone(), now, asked.limit)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "could not take parked deliveries back");
+                0
+            }
+        };
+        lanes.push((asked, taken));
+    }
+    if !parked.is_empty() {
+        let n = parked.len();
+        match store.park(parked).await {
+            Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
+            // Their leases run out and they are claimed again: delayed, not lost.
+            Err(e) => tracing::error!(error = %e, "could not park deliveries"),
+        }
+    }
+    TakenBack { now, lanes }
+}
+
+/// Shrinks the store's caches and gives the process's free memory back to the system.
+async fn release_memory(store: &SharedStore) {
+    if let Err(e) = store.shrink_caches().await {
+        tracing::warn!(error = %e, "could not shrink the store's caches");
+    }
+    // A walk of every heap: milliseconds, kept off the async threads.
+    if let Err(e) = tokio::task::spawn_blocking(crate::memory::give_back).await {
+        tracing::warn!(error = %e, "could not give memory back");
+    }
+    tracing::debug!("idle: connections closed, memory given back");
+}
+
+/// One attempt and its record: the unit of work of the worker.
+async fn deliver(
+    sender: Arc<Sender>,
+    job: DueDelivery,
+    prepared: Arc<Prepared>,
+    lane_started_at: i64,
+) -> Finished {
+    let Sender {
+        client,
+        guard,
+        records,
+        clock,
+        config,
+    } = &*sender;
+    let started = clock.now_ms();
+    let report = send::attempt(client, guard, &job, &prepared, config.timeout, started).await;
+    let next = next_step(
+        job.attempt,
+        &report.result,
+        report.retry_after,
+        &config.retry_schedule,
+        clock.now_ms(),
+        rand::random::<f64>(),
+    );
+    tracing::debug!(
+        delivery = %job.delivery_id,
+        endpoint = %job.endpoint.id,
+        attempt = job.attempt,
+        status = ?report.status_code,
+        error = ?report.error_kind,
+        ?next,
+        "attempt"
+    );
+    let record = AttemptRecord {
+        delivery_id: job.delivery_id,
+        endpoint: job.endpoint.clone(),
+        attempt: job.attempt,
+        started_at: report.started_at,
+        duration_ms: report.duration_ms,
+        status_code: report.status_code,
+        error_kind: report.error_kind.map(str::to_owned),
+        error: report.error,
+        response_body: report.response_body,
+        next,
+    };
+    let health = Health::of(&report.result);
+    // The recorder stops only after the worker, so it takes every record.
+    let _ = records.send(record).await;
+    Finished {
+        delivery_id: job.delivery_id,
+        account_id: job.endpoint.account_id.clone(),
+        endpoint_id: job.endpoint.id.clone(),
+        started_at: lane_started_at,
+        health,
+        took_ms: report.duration_ms,
+        retry_at: match next {
+            NextStep::RetryAt(at) => Some(at),
+            _ => None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_remembered_apart_until_a_claim_takes_them() {
+        let mut retries = Retries::default();
+        assert_eq!(retries.first(), None);
+        retries.add(655);
+        retries.add(529);
+        assert_eq!(retries.first(), Some(529));
+        // A claim at 535 took what was due; the retry at 655 is still to come.
+        retries.forget_until(535);
+        assert_eq!(retries.first(), Some(655));
+        retries.forget_until(655);
+        assert_eq!(retries.first(), None);
+        // The earliest are kept, and of the rest the earliest time.
+        let max = Retries::MAX as i64;
+        for at in 0..2 * max {
+            retries.add(at);
+        }
+        assert_eq!(retries.soon.len(), Retries::MAX);
+        assert_eq!(retries.first(), Some(0));
+        retries.forget_until(max - 1);
+        assert_eq!(retries.first(), Some(max), "the earliest let go");
+        retries.forget_until(max);
+        assert_eq!(retries.first(), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! merpati's runtime: the tasks that keep working while requests come and go, written
+//! against the domain's storage traits and never against a backend.
+//!
+//! - `delivery`: the delivery worker (claims, lanes, attempts, the recorder) and the
+//!   handoff ingest uses to give it fresh deliveries.
+//! - `presence`: the presence hub, which owns every device's lease.
+//! - `retention`: the background pruner; `jobs`: the runner of long jobs.
+//! - `bus`: committed changes as events in the process.
+//! - `memory`: giving spare memory back once a burst is over.
+
+pub mod bus;
+pub mod delivery;
+pub mod jobs;
+pub mod memory;
+pub mod presence;
+pub mod retention;

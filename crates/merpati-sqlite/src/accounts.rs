@@ -1,0 +1,300 @@
+//! Accounts and their API keys; a deleted account goes at once from every view, and its
+//! events in the background.
+
+use merpati_domain::account::{Account, AccountStore, ApiKey};
+use merpati_domain::ids::{AccountId, ApiKeyId, EndpointId};
+use merpati_domain::{Page, StoreError, StoreResult};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::endpoints::purge_step;
+use crate::error::{is_unique_violation, DbError, DbResult};
+use crate::rows::id;
+use crate::SqliteStore;
+
+const ACCOUNT_COLUMNS: &str = "id, name, created_at, updated_at, revision";
+
+fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: id(r, 0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+        revision: r.get(4)?,
+    })
+}
+
+fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: id(r, 0)?,
+        account_id: id(r, 1)?,
+        hint: r.get(2)?,
+        created_at: r.get(3)?,
+        revoked_at: r.get(4)?,
+    })
+}
+
+fn account_exists(c: &Connection, id: &AccountId) -> DbResult<()> {
+    let found = c
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1 AND deleted_at IS NULL")?
+        .exists([id.as_str()])?;
+    if found {
+        Ok(())
+    } else {
+        Err(StoreError::NotFound("account").into())
+    }
+}
+
+fn get_account(c: &Connection, id: &AccountId) -> DbResult<Account> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1 AND deleted_at IS NULL"
+    ))?
+    .query_row([id.as_str()], account_row)
+    .optional()?
+    .ok_or(StoreError::NotFound("account"))?)
+}
+
+/// A deleted account still to purge.
+pub(crate) const DELETED_ACCOUNT: &str =
+    "SELECT id FROM accounts WHERE deleted_at IS NOT NULL LIMIT 1";
+
+/// Up to ?2 of an account's events (their deliveries and attempts go with them).
+pub(crate) const ACCOUNT_EVENTS: &str = "DELETE FROM events WHERE seq IN
+     (SELECT seq FROM events WHERE account_id = ?1 LIMIT ?2)";
+
+/// Removes up to `limit` events of a deleted account, or the account itself once it has no
+/// events and its endpoints are purged (see `purge_deleted_endpoint`). Returns how many rows
+/// it removed: 0 when there is nothing it can do now.
+fn purge_deleted_account(c: &Connection, limit: usize) -> DbResult<usize> {
+    let id = match purge_step(c, DELETED_ACCOUNT, ACCOUNT_EVENTS, limit)? {
+        None => return Ok(0),
+        Some((_, events)) if events > 0 => return Ok(events),
+        Some((id, _)) => id,
+    };
+    let endpoints_left = c
+        .prepare_cached("SELECT 1 FROM endpoints WHERE account_id = ?1")?
+        .exists([&id])?;
+    if endpoints_left {
+        return Ok(0);
+    }
+    Ok(c.execute("DELETE FROM accounts WHERE id = ?1", [id])?)
+}
+
+#[async_trait::async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_account(&self, a: Account) -> StoreResult<Account> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO accounts (id, name, created_at, updated_at, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    a.id.as_str(),
+                    a.name,
+                    a.created_at,
+                    a.updated_at,
+                    a.revision
+                ],
+            )
+            .map_err(|e| {
+                if !is_unique_violation(&e) {
+                    DbError::from(e)
+                } else if account_exists(c, &a.id).is_ok() {
+                    StoreError::Conflict(format!("account {:?} already exists", a.id.as_str()))
+                        .into()
+                } else {
+                    StoreError::Conflict(format!(
+                        "account {:?} is still being deleted; try again shortly",
+                        a.id.as_str()
+                    ))
+                    .into()
+                }
+            })?;
+            Ok(a)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, page: Page) -> StoreResult<Vec<Account>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > ?1 AND deleted_at IS NULL
+                 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = s.query_map(
+                params![page.after.unwrap_or_default(), page.limit as i64],
+                account_row,
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_account(&self, id: AccountId) -> StoreResult<Account> {
+        self.read(move |c| get_account(c, &id)).await
+    }
+
+    async fn update_account(&self, a: Account) -> StoreResult<Account> {
+        self.write(move |c| {
+            account_exists(c, &a.id)?;
+            let n = c.execute(
+                "UPDATE accounts SET name = ?2, updated_at = ?3, revision = revision + 1
+                 WHERE id = ?1 AND deleted_at IS NULL AND revision = ?4",
+                params![a.id.as_str(), a.name, a.updated_at, a.revision],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Stale("account").into());
+            }
+            get_account(c, &a.id)
+        })
+        .await
+    }
+
+    async fn delete_account(&self, id: AccountId, now: i64) -> StoreResult<Vec<EndpointId>> {
+        self.write(move |c| {
+            let marked = c.execute(
+                "UPDATE accounts SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+                params![id.as_str(), now],
+            )?;
+            if marked == 0 {
+                return Err(StoreError::NotFound("account").into());
+            }
+            // Its endpoints go as deleted endpoints do: marked now, purged in the background.
+            let endpoints = c
+                .prepare(
+                    "UPDATE endpoints SET deleted_at = ?2, disabled = 1
+                     WHERE account_id = ?1 AND deleted_at IS NULL RETURNING id",
+                )?
+                .query_map(params![id.as_str(), now], |r| crate::rows::id(r, 0))?
+                .collect::<Result<Vec<EndpointId>, _>>()?;
+            // What lets anyone in (keys, device tokens) goes now, with the few rows that hang
+            // off devices. Children first: channels and devices reference their parents
+            // without cascade. The events, the bulk, go in the background.
+            for table in ["devices", "channels", "businesses", "api_keys"] {
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE account_id = ?1"),
+                    [id.as_str()],
+                )?;
+            }
+            Ok(endpoints)
+        })
+        .await
+    }
+
+    async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| purge_deleted_account(c, limit)).await
+    }
+
+    async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey> {
+        self.write(move |c| {
+            account_exists(c, &key.account_id)?;
+            c.execute(
+                "INSERT INTO api_keys (id, account_id, key_hash, hint, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    key.id.as_str(),
+                    key.account_id.as_str(),
+                    hash,
+                    key.hint,
+                    key.created_at
+                ],
+            )?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self, account: AccountId) -> StoreResult<Vec<ApiKey>> {
+        self.read(move |c| {
+            account_exists(c, &account)?;
+            let mut s = c.prepare_cached(
+                "SELECT id, account_id, hint, created_at, revoked_at FROM api_keys
+                 WHERE account_id = ?1 ORDER BY id",
+            )?;
+            let rows = s.query_map([account.as_str()], key_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, account: AccountId, key: ApiKeyId, now: i64) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?3)
+                 WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), key.as_str(), now],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("api key").into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_for_api_key(&self, hash: Vec<u8>) -> StoreResult<Option<AccountId>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT account_id FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+            )?
+            .query_row([hash], |r| id(r, 0))
+            .optional()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_whole, column, count, insert_endpoint, schema_with_account};
+
+    #[test]
+    fn a_deleted_account_goes_a_chunk_at_a_time_once_its_endpoints_are_gone() {
+        let c = schema_with_account();
+        c.execute(
+            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('b', 'b', 0, 0)",
+            [],
+        )
+        .unwrap();
+        insert_endpoint(&c, "a", "ep");
+        for (seq, account) in [(1, "a"), (2, "b"), (3, "a"), (4, "a")] {
+            c.execute(
+                "INSERT INTO events (seq, id, account_id, type, payload, created_at)
+                 VALUES (?1, 'evt_' || ?1, ?2, 'sms', '{}', 0)",
+                params![seq, account],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO deliveries (event_seq, endpoint_id, status, created_at)
+                 VALUES (?1, 'ep', 'succeeded', 0)",
+                [seq],
+            )
+            .unwrap();
+        }
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 0, "nothing deleted");
+        c.execute("UPDATE accounts SET deleted_at = 1 WHERE id = 'a'", [])
+            .unwrap();
+        assert!(account_exists(&c, &"a".into()).is_err());
+
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 2);
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 1);
+        assert_eq!(
+            purge_deleted_account(&c, 2).unwrap(),
+            0,
+            "its endpoint is not purged yet"
+        );
+        c.execute("DELETE FROM endpoints WHERE id = 'ep'", [])
+            .unwrap();
+        assert_eq!(
+            purge_deleted_account(&c, 2).unwrap(),
+            1,
+            "the account itself"
+        );
+        assert_eq!(purge_deleted_account(&c, 2).unwrap(), 0);
+        let accounts: Vec<String> = column(&c, "SELECT id FROM accounts");
+        assert_eq!(accounts, ["b"]);
+        let events: Vec<i64> = column(&c, "SELECT seq FROM events");
+        assert_eq!(events, [2], "another account's events stay");
+        assert_eq!(count(&c, "SELECT COUNT(*) FROM deliveries"), 0);
+        assert_whole(&c);
+    }
+}

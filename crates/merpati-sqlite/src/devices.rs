@@ -1,0 +1,600 @@
+//! An account's businesses, channels and devices, and the device a token belongs to.
+
+use merpati_domain::device::{
+    Business, Channel, Device, DeviceContext, DeviceFilter, DeviceStore, Presence,
+};
+use merpati_domain::ids::{AccountId, BusinessId, ChannelId, DeviceId};
+use merpati_domain::presence::machine::EngineReport;
+use merpati_domain::{Page, StoreError, StoreResult};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFromIter, Row};
+
+use crate::error::{is_unique_violation, DbError, DbResult};
+use crate::rows::{id, opt_id};
+use crate::SqliteStore;
+
+const BUSINESS_COLUMNS: &str = "id, name, created_at, updated_at, revision";
+const CHANNEL_COLUMNS: &str = "id, name, engine, business_id, backup_channel_id, created_at,
+    updated_at, heartbeat_timeout_ms, grace_ms, revision";
+const DEVICE_COLUMNS: &str =
+    "id, name, channel_id, phone, presence, presence_since, created_at, updated_at, revision";
+
+/// How the `presence` column spells a device's announced presence.
+pub(crate) fn presence_to_db(p: Presence) -> &'static str {
+    match p {
+        Presence::Unknown => "unknown",
+        Presence::Connected => "up",
+        Presence::Disconnected => "down",
+    }
+}
+
+pub(crate) fn presence_from_db(s: &str) -> Presence {
+    match s {
+        "up" => Presence::Connected,
+        "down" => Presence::Disconnected,
+        _ => Presence::Unknown,
+    }
+}
+
+fn business_row(r: &Row<'_>) -> rusqlite::Result<Business> {
+    Ok(Business {
+        id: id(r, 0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        updated_at: r.get(3)?,
+        revision: r.get(4)?,
+    })
+}
+
+fn channel_row(r: &Row<'_>) -> rusqlite::Result<Channel> {
+    Ok(Channel {
+        id: id(r, 0)?,
+        name: r.get(1)?,
+        engine: r.get(2)?,
+        business_id: id(r, 3)?,
+        backup_channel_id: opt_id(r, 4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        heartbeat_timeout_ms: r.get(7)?,
+        grace_ms: r.get(8)?,
+        revision: r.get(9)?,
+    })
+}
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        id: id(r, 0)?,
+        name: r.get(1)?,
+        channel_id: id(r, 2)?,
+        phone: r.get(3)?,
+        status: presence_from_db(&r.get::<_, String>(4)?),
+        status_since: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+        revision: r.get(8)?,
+    })
+}
+
+/// A device with the names of its channel, business and account, as of now; completed by a
+/// WHERE clause.
+pub(crate) const CONTEXT_QUERY: &str =
+    "SELECT d.account_id, a.name, b.id, b.name, ch.id, ch.name, ch.engine,
+            d.id, d.name, d.phone, d.presence, d.presence_since, d.engine_state,
+            ch.heartbeat_timeout_ms, ch.grace_ms
+     FROM devices d
+     JOIN accounts a ON a.id = d.account_id
+     JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+     JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id";
+
+pub(crate) fn context_row(r: &Row<'_>) -> rusqlite::Result<DeviceContext> {
+    Ok(DeviceContext {
+        account_id: id(r, 0)?,
+        account_name: r.get(1)?,
+        business_id: id(r, 2)?,
+        business_name: r.get(3)?,
+        channel_id: id(r, 4)?,
+        channel_name: r.get(5)?,
+        engine: r.get(6)?,
+        device_id: id(r, 7)?,
+        device_name: r.get(8)?,
+        phone: r.get(9)?,
+        presence: presence_from_db(&r.get::<_, String>(10)?),
+        presence_since: r.get(11)?,
+        engine_state: r
+            .get::<_, Option<String>>(12)?
+            .as_deref()
+            .and_then(EngineReport::parse),
+        channel_heartbeat_ms: r.get(13)?,
+        channel_grace_ms: r.get(14)?,
+    })
+}
+
+/// Whether `table` has a row (account, id).
+pub(crate) fn owned(c: &Connection, table: &str, account: &str, id: &str) -> DbResult<bool> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM {table} WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .exists(params![account, id])?)
+}
+
+fn require(c: &Connection, table: &str, field: &str, account: &str, id: &str) -> DbResult<()> {
+    if owned(c, table, account, id)? {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("{field} {id:?} does not exist")).into())
+    }
+}
+
+fn taken(what: &str, id: &str) -> impl FnOnce(rusqlite::Error) -> DbError {
+    let message = format!("{what} {id:?} already exists");
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict(message).into()
+        } else {
+            e.into()
+        }
+    }
+}
+
+/// ?1 … ?11 of both the INSERT and the UPDATE (which leaves ?7, created_at, alone and
+/// checks ?11, the revision the channel was read at).
+fn channel_params(account: &AccountId, ch: &Channel) -> ParamsFromIter<Vec<SqlValue>> {
+    params_from_iter(vec![
+        account.to_string().into(),
+        ch.id.to_string().into(),
+        ch.business_id.to_string().into(),
+        ch.name.clone().into(),
+        ch.engine.clone().into(),
+        ch.backup_channel_id.as_ref().map(|b| b.to_string()).into(),
+        ch.created_at.into(),
+        ch.updated_at.into(),
+        ch.heartbeat_timeout_ms.into(),
+        ch.grace_ms.into(),
+        ch.revision.into(),
+    ])
+}
+
+fn check_channel_refs(c: &Connection, account: &AccountId, ch: &Channel) -> DbResult<()> {
+    let account = account.as_str();
+    require(
+        c,
+        "businesses",
+        "business_id",
+        account,
+        ch.business_id.as_str(),
+    )?;
+    if let Some(backup) = &ch.backup_channel_id {
+        require(c, "channels", "backup_channel_id", account, backup.as_str())?;
+    }
+    Ok(())
+}
+
+fn list<T: Send + 'static>(
+    c: &Connection,
+    table: &str,
+    columns: &str,
+    account: &AccountId,
+    page: &Page,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> DbResult<Vec<T>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = s.query_map(
+        params![
+            account.as_str(),
+            page.after.as_deref().unwrap_or(""),
+            page.limit as i64
+        ],
+        row,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn get<T>(
+    c: &Connection,
+    table: &str,
+    columns: &str,
+    what: &'static str,
+    account: &AccountId,
+    id: &str,
+    row: fn(&Row<'_>) -> rusqlite::Result<T>,
+) -> DbResult<T> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .query_row(params![account.as_str(), id], row)
+    .optional()?
+    .ok_or(StoreError::NotFound(what))?)
+}
+
+fn changed(n: usize, what: &'static str) -> DbResult<()> {
+    if n == 0 {
+        Err(StoreError::NotFound(what).into())
+    } else {
+        Ok(())
+    }
+}
+
+/// After an update made only if the row was still at the revision it was read at: NotFound
+/// when the row is gone, Stale when it changed since.
+fn updated(
+    c: &Connection,
+    n: usize,
+    table: &str,
+    what: &'static str,
+    account: &AccountId,
+    id: &str,
+) -> DbResult<()> {
+    if n > 0 {
+        Ok(())
+    } else if owned(c, table, account.as_str(), id)? {
+        Err(StoreError::Stale(what).into())
+    } else {
+        Err(StoreError::NotFound(what).into())
+    }
+}
+
+#[async_trait::async_trait]
+impl DeviceStore for SqliteStore {
+    async fn create_business(&self, account: AccountId, b: Business) -> StoreResult<Business> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO businesses (account_id, id, name, created_at, updated_at, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    account.as_str(),
+                    b.id.as_str(),
+                    b.name,
+                    b.created_at,
+                    b.updated_at,
+                    b.revision
+                ],
+            )
+            .map_err(taken("business", b.id.as_str()))?;
+            Ok(b)
+        })
+        .await
+    }
+
+    async fn list_businesses(&self, account: AccountId, page: Page) -> StoreResult<Vec<Business>> {
+        self.read(move |c| {
+            list(
+                c,
+                "businesses",
+                BUSINESS_COLUMNS,
+                &account,
+                &page,
+                business_row,
+            )
+        })
+        .await
+    }
+
+    async fn get_business(&self, account: AccountId, id: BusinessId) -> StoreResult<Business> {
+        self.read(move |c| {
+            get(
+                c,
+                "businesses",
+                BUSINESS_COLUMNS,
+                "business",
+                &account,
+                id.as_str(),
+                business_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_business(&self, account: AccountId, b: Business) -> StoreResult<Business> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE businesses SET name = ?3, updated_at = ?4, revision = revision + 1
+                 WHERE account_id = ?1 AND id = ?2 AND revision = ?5",
+                params![
+                    account.as_str(),
+                    b.id.as_str(),
+                    b.name,
+                    b.updated_at,
+                    b.revision
+                ],
+            )?;
+            updated(c, n, "businesses", "business", &account, b.id.as_str())?;
+            get(
+                c,
+                "businesses",
+                BUSINESS_COLUMNS,
+                "business",
+                &account,
+                b.id.as_str(),
+                business_row,
+            )
+        })
+        .await
+    }
+
+    async fn delete_business(&self, account: AccountId, id: BusinessId) -> StoreResult<()> {
+        self.write(move |c| {
+            let in_use = c
+                .prepare_cached(
+                    "SELECT 1 FROM channels WHERE account_id = ?1 AND business_id = ?2",
+                )?
+                .exists(params![account.as_str(), id.as_str()])?;
+            if in_use {
+                return Err(StoreError::Conflict(
+                    "the business still has channels; delete or move them first".into(),
+                )
+                .into());
+            }
+            let n = c.execute(
+                "DELETE FROM businesses WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            changed(n, "business")
+        })
+        .await
+    }
+
+    async fn create_channel(&self, account: AccountId, ch: Channel) -> StoreResult<Channel> {
+        self.write(move |c| {
+            check_channel_refs(c, &account, &ch)?;
+            c.execute(
+                "INSERT INTO channels (account_id, id, business_id, name, engine, backup_channel_id,
+                                       created_at, updated_at, heartbeat_timeout_ms, grace_ms,
+                                       revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                channel_params(&account, &ch),
+            )
+            .map_err(taken("channel", ch.id.as_str()))?;
+            Ok(ch)
+        })
+        .await
+    }
+
+    async fn list_channels(&self, account: AccountId, page: Page) -> StoreResult<Vec<Channel>> {
+        self.read(move |c| list(c, "channels", CHANNEL_COLUMNS, &account, &page, channel_row))
+            .await
+    }
+
+    async fn get_channel(&self, account: AccountId, id: ChannelId) -> StoreResult<Channel> {
+        self.read(move |c| {
+            get(
+                c,
+                "channels",
+                CHANNEL_COLUMNS,
+                "channel",
+                &account,
+                id.as_str(),
+                channel_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_channel(&self, account: AccountId, ch: Channel) -> StoreResult<Channel> {
+        self.write(move |c| {
+            check_channel_refs(c, &account, &ch)?;
+            let n = c.execute(
+                "UPDATE channels SET business_id = ?3, name = ?4, engine = ?5,
+                        backup_channel_id = ?6, updated_at = ?8, heartbeat_timeout_ms = ?9,
+                        grace_ms = ?10, revision = revision + 1
+                 WHERE account_id = ?1 AND id = ?2 AND revision = ?11",
+                channel_params(&account, &ch),
+            )?;
+            updated(c, n, "channels", "channel", &account, ch.id.as_str())?;
+            get(
+                c,
+                "channels",
+                CHANNEL_COLUMNS,
+                "channel",
+                &account,
+                ch.id.as_str(),
+                channel_row,
+            )
+        })
+        .await
+    }
+
+    async fn delete_channel(&self, account: AccountId, id: ChannelId) -> StoreResult<()> {
+        self.write(move |c| {
+            let in_use = c
+                .prepare_cached("SELECT 1 FROM devices WHERE account_id = ?1 AND channel_id = ?2")?
+                .exists(params![account.as_str(), id.as_str()])?;
+            if in_use {
+                return Err(StoreError::Conflict(
+                    "the channel still has devices; delete or move them first".into(),
+                )
+                .into());
+            }
+            c.execute(
+                "UPDATE channels SET backup_channel_id = NULL, revision = revision + 1
+                 WHERE account_id = ?1 AND backup_channel_id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            let n = c.execute(
+                "DELETE FROM channels WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            changed(n, "channel")
+        })
+        .await
+    }
+
+    async fn create_device(
+        &self,
+        account: AccountId,
+        d: Device,
+        token_hash: Vec<u8>,
+    ) -> StoreResult<Device> {
+        self.write(move |c| {
+            require(
+                c,
+                "channels",
+                "channel_id",
+                account.as_str(),
+                d.channel_id.as_str(),
+            )?;
+            c.execute(
+                "INSERT INTO devices (account_id, id, channel_id, name, phone, token_hash,
+                                      created_at, updated_at, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    account.as_str(),
+                    d.id.as_str(),
+                    d.channel_id.as_str(),
+                    d.name,
+                    d.phone,
+                    token_hash,
+                    d.created_at,
+                    d.updated_at,
+                    d.revision
+                ],
+            )
+            .map_err(taken("device", d.id.as_str()))?;
+            Ok(d)
+        })
+        .await
+    }
+
+    async fn list_devices(
+        &self,
+        account: AccountId,
+        page: Page,
+        filter: DeviceFilter,
+    ) -> StoreResult<Vec<Device>> {
+        self.read(move |c| {
+            let mut sql = format!(
+                "SELECT {} FROM devices d
+                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                 WHERE d.account_id = ? AND d.id > ?",
+                DEVICE_COLUMNS
+                    .split(',')
+                    .map(|col| format!("d.{}", col.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut args: Vec<SqlValue> = vec![
+                account.into_string().into(),
+                page.after.unwrap_or_default().into(),
+            ];
+            if let Some(status) = filter.status {
+                sql.push_str(" AND d.presence = ?");
+                args.push(presence_to_db(status).to_owned().into());
+            }
+            for (column, value) in [
+                ("ch.engine", filter.engine),
+                (
+                    "ch.business_id",
+                    filter.business_id.map(BusinessId::into_string),
+                ),
+                (
+                    "d.channel_id",
+                    filter.channel_id.map(ChannelId::into_string),
+                ),
+            ] {
+                if let Some(v) = value {
+                    sql.push_str(&format!(" AND {column} = ?"));
+                    args.push(v.into());
+                }
+            }
+            sql.push_str(" ORDER BY d.id LIMIT ?");
+            args.push((page.limit as i64).into());
+            let mut s = c.prepare_cached(&sql)?;
+            let rows = s.query_map(params_from_iter(args), device_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_device(&self, account: AccountId, id: DeviceId) -> StoreResult<Device> {
+        self.read(move |c| {
+            get(
+                c,
+                "devices",
+                DEVICE_COLUMNS,
+                "device",
+                &account,
+                id.as_str(),
+                device_row,
+            )
+        })
+        .await
+    }
+
+    async fn update_device(&self, account: AccountId, d: Device) -> StoreResult<Device> {
+        self.write(move |c| {
+            require(
+                c,
+                "channels",
+                "channel_id",
+                account.as_str(),
+                d.channel_id.as_str(),
+            )?;
+            let n = c.execute(
+                "UPDATE devices SET channel_id = ?3, name = ?4, phone = ?5, updated_at = ?6,
+                        revision = revision + 1
+                 WHERE account_id = ?1 AND id = ?2 AND revision = ?7",
+                params![
+                    account.as_str(),
+                    d.id.as_str(),
+                    d.channel_id.as_str(),
+                    d.name,
+                    d.phone,
+                    d.updated_at,
+                    d.revision
+                ],
+            )?;
+            updated(c, n, "devices", "device", &account, d.id.as_str())?;
+            get(
+                c,
+                "devices",
+                DEVICE_COLUMNS,
+                "device",
+                &account,
+                d.id.as_str(),
+                device_row,
+            )
+        })
+        .await
+    }
+
+    async fn delete_device(&self, account: AccountId, id: DeviceId) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM devices WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            changed(n, "device")
+        })
+        .await
+    }
+
+    async fn rotate_device_token(
+        &self,
+        account: AccountId,
+        id: DeviceId,
+        token_hash: Vec<u8>,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE devices SET token_hash = ?3, updated_at = ?4
+                 WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str(), token_hash, now],
+            )?;
+            changed(n, "device")
+        })
+        .await
+    }
+
+    async fn device_for_token(&self, token_hash: Vec<u8>) -> StoreResult<Option<DeviceContext>> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached(&format!("{CONTEXT_QUERY} WHERE d.token_hash = ?1"))?
+                    .query_row([token_hash], context_row)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+}
