@@ -10,14 +10,13 @@ use axum::body::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::delivery::DeliveryArgs;
-use crate::load::{load, load_client, percentile, post_json, LoadClient};
+use crate::load::{load, load_client, percentile, post_json, LoadClient, Shape};
 use crate::process::{own_cpu_seconds, own_threads_cpu_seconds, RELAY_THREADS};
 use crate::receivers::{start_timing_receiver, ReceiptLog};
 
 /// The same client loop against a server that only answers 202: what this machine's
 /// loopback HTTP costs, to set merpati's figure against.
-pub(crate) async fn baseline(args: &DeliveryArgs, duration: Duration) -> anyhow::Result<f64> {
+pub(crate) async fn baseline(args: &Shape, duration: Duration) -> anyhow::Result<f64> {
     let app =
         axum::Router::new().fallback(|_body: Bytes| async { axum::http::StatusCode::ACCEPTED });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -85,7 +84,7 @@ impl CpuPerDelivery {
 /// nothing signed: the most that load's HTTP traffic reaches on this machine, and the least
 /// latency, so the ceiling any server with storage sits under.
 pub(crate) async fn relay_baseline(
-    args: &DeliveryArgs,
+    args: &Shape,
     duration: Duration,
 ) -> anyhow::Result<RelayFigures> {
     let epoch = Instant::now();

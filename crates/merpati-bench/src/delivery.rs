@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::baselines::{baseline, relay_baseline, CpuPerDelivery, RelayFigures};
-use crate::load::{load, load_client, percentile, wait_until};
+use crate::load::{load, load_client, percentile, wait_until, Shape};
 use crate::process::{cpu_seconds_of, own_cpu_seconds, ServerProcess, Target};
 use crate::receivers::{start_slow_receiver, start_timing_receiver, ReceiptLog};
 use crate::simulate::{self, Api};
@@ -328,8 +328,14 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
 
     let mut lat = std::mem::take(&mut *log.latencies_us.lock().expect("log lock"));
     lat.sort_unstable();
-    let base = baseline(args, args.baseline_duration).await?;
-    let relay = relay_baseline(args, args.baseline_duration).await?;
+    let shape = Shape {
+        items_per_request: args.items_per_request,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        endpoints: args.endpoints,
+    };
+    let base = baseline(&shape, args.baseline_duration).await?;
+    let relay = relay_baseline(&shape, args.baseline_duration).await?;
     let accepted_per_second = accepted as f64 / ingest_seconds;
     let delivered_per_second = delivered as f64 / delivery_seconds;
     let server = if target.shared {

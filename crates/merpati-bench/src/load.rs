@@ -8,6 +8,16 @@ use anyhow::bail;
 use axum::body::Bytes;
 use serde_json::{json, Value};
 
+/// The shape of a run's load, which its baselines repeat.
+pub(crate) struct Shape {
+    pub(crate) items_per_request: usize,
+    /// Requests under way at once.
+    pub(crate) concurrency: usize,
+    /// Events per second in all; full speed when absent.
+    pub(crate) rate: Option<f64>,
+    pub(crate) endpoints: usize,
+}
+
 /// The benchmark's HTTP client (the devices', and the relay's): hyper's pooled client, as
 /// merpati's deliveries use, so that the client's own cost is the least it can be.
 pub(crate) type LoadClient = hyper_util::client::legacy::Client<

@@ -1,7 +1,7 @@
 //! Accounts (the merchants, "user" in the payloads) and their API keys.
 
 use crate::ids::{AccountId, ApiKeyId, EndpointId};
-use crate::store::{Page, StoreResult};
+use crate::storage::{Page, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

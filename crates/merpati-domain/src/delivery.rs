@@ -9,7 +9,7 @@ use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 use crate::endpoint::{DisableReason, Subscription, Target};
 use crate::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use crate::retry::NextStep;
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 /// A delivery ready for its next attempt, with everything the attempt needs.
 #[derive(Debug, Clone)]

@@ -2,8 +2,7 @@
 //! each channel; and what is known of a device when it speaks (`DeviceContext`).
 
 use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId};
-use crate::presence::machine::EngineReport;
-use crate::store::{Page, StoreResult};
+use crate::storage::{Page, StoreResult};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Business {
@@ -70,6 +69,34 @@ impl Presence {
 
     pub fn parse(s: &str) -> Option<Presence> {
         Presence::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// What an engine last said of its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineReport {
+    Connected,
+    Disconnected,
+    LoggedOut,
+}
+
+impl EngineReport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineReport::Connected => "connected",
+            EngineReport::Disconnected => "disconnected",
+            EngineReport::LoggedOut => "logged_out",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EngineReport> {
+        [
+            EngineReport::Connected,
+            EngineReport::Disconnected,
+            EngineReport::LoggedOut,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 

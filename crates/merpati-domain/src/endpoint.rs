@@ -7,7 +7,7 @@ use merpati_webhooks::events::type_matches;
 
 use crate::device::Scope;
 use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId, EndpointId};
-use crate::store::{Page, StoreResult};
+use crate::storage::{Page, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {

@@ -2,7 +2,7 @@
 
 use crate::delivery::DeliveryStatus;
 use crate::ids::{AccountId, BusinessId, ChannelId, DeliveryId, DeviceId, EndpointId, EventId};
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventSummary {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::delivery::Reservation;
 use crate::device::DeviceContext;
 use crate::ids::EventId;
-use crate::store::{StoreError, StoreResult};
+use crate::storage::{StoreError, StoreResult};
 
 pub const MAX_RID_BYTES: usize = 128;
 

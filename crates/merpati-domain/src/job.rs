@@ -2,7 +2,7 @@
 //! time, a chunk per transaction.
 
 use crate::ids::{AccountId, EndpointId, JobId};
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {

@@ -19,6 +19,8 @@ pub mod job;
 pub mod presence;
 pub mod retention;
 pub mod retry;
+pub mod storage;
 pub mod store;
 
-pub use store::{Page, SharedStore, Store, StoreError, StoreResult};
+pub use storage::{Page, StoreError, StoreResult};
+pub use store::{SharedStore, Store};

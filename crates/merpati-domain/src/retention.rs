@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 /// Events created before this may go.
 pub fn cutoff(now: i64, max_age: Duration) -> i64 {

@@ -1,4 +1,4 @@
-//! Storage behind one interface.
+//! Storage behind one interface: every feature's trait together.
 //!
 //! Each feature declares the storage calls it needs as a trait of its own
 //! ([`crate::account::AccountStore`], …); [`Store`] is all of them together, and a backend
@@ -16,30 +16,7 @@ use crate::event::EventStore;
 use crate::ingest::IngestStore;
 use crate::job::JobStore;
 use crate::presence::PresenceStore;
-
-/// What went wrong, in the terms of the caller, whatever the backend.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    /// The request contradicts what is stored (an id taken, a resource still in use).
-    #[error("{0}")]
-    Conflict(String),
-    /// The row changed since it was read: a conditional update did not apply.
-    #[error("the {0} was changed since it was read")]
-    Stale(&'static str),
-    /// The request names something that is not there or not allowed (a 422 to the API).
-    #[error("{0}")]
-    Invalid(String),
-    /// The store cannot take the request now (closed, busy, out of space); it may later.
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    /// A fault of the store itself (unreadable data, a failed commit, a task that died).
-    #[error("internal storage error: {0}")]
-    Internal(String),
-}
-
-pub type StoreResult<T> = Result<T, StoreError>;
+use crate::storage::StoreResult;
 
 /// Every feature's storage calls, and what the server needs of the backend itself.
 #[async_trait::async_trait]
@@ -65,10 +42,3 @@ pub trait Store:
 }
 
 pub type SharedStore = Arc<dyn Store>;
-
-/// One page of a list: the items after `after` (exclusive), at most `limit`.
-#[derive(Debug, Clone, Default)]
-pub struct Page {
-    pub after: Option<String>,
-    pub limit: usize,
-}

@@ -14,7 +14,6 @@ use merpati_domain::retry::NextStep;
 use merpati_domain::StoreResult;
 use rusqlite::params;
 
-use crate::endpoint_cache::{subscriptions, target};
 use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, NewEvent};
@@ -75,7 +74,7 @@ fn endpoint_health(
     };
     let body = String::from_utf8(notice.to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(tx, &new, |_| body)?;
-    let told = notice_recipients(&subscriptions(tx, &account)?, endpoint);
+    let told = notice_recipients(&tx.subscriptions(&account)?, endpoint);
     let due = fan_out(
         tx,
         &told,
@@ -209,7 +208,7 @@ impl DeliveryStore for SqliteStore {
                     attempt: attempts + 1,
                     event_id,
                     payload: payload.into(),
-                    endpoint: target(tx, &endpoint, now)?,
+                    endpoint: tx.target(&endpoint, now)?,
                 });
             }
             Ok(due)

@@ -17,7 +17,6 @@ use rusqlite::{params, Connection};
 
 use crate::error::DbResult;
 use crate::rows::{id, json_column};
-use crate::writer::Tx;
 
 pub(crate) struct EndpointCache {
     /// Set by the update hook when a statement changed endpoints.
@@ -61,42 +60,43 @@ impl EndpointCache {
     }
 }
 
-/// An account's endpoints, as fan-out matches events against them.
-pub(crate) fn subscriptions(
-    tx: &mut Tx<'_>,
-    account: &AccountId,
-) -> DbResult<Arc<Vec<Subscription>>> {
-    if let Some(subs) = tx.state.endpoints.fresh().subscriptions.get(account) {
-        return Ok(subs.clone());
+impl EndpointCache {
+    /// An account's endpoints, as fan-out matches events against them.
+    pub(crate) fn subscriptions(
+        &mut self,
+        c: &Connection,
+        account: &AccountId,
+    ) -> DbResult<Arc<Vec<Subscription>>> {
+        if let Some(subs) = self.fresh().subscriptions.get(account) {
+            return Ok(subs.clone());
+        }
+        let subs = Arc::new(load_subscriptions(c, account)?);
+        self.subscriptions.insert(account.clone(), subs.clone());
+        Ok(subs)
     }
-    let subs = Arc::new(load_subscriptions(tx.conn(), account)?);
-    tx.state
-        .endpoints
-        .subscriptions
-        .insert(account.clone(), subs.clone());
-    Ok(subs)
-}
 
-/// Where deliveries to the endpoint go, with the secrets live at `now`.
-pub(crate) fn target(tx: &mut Tx<'_>, endpoint: &EndpointId, now: i64) -> DbResult<Arc<Target>> {
-    let hit = tx
-        .state
-        .endpoints
-        .fresh()
-        .targets
-        .get(endpoint)
-        .filter(|(_, changes_at)| changes_at.is_none_or(|at| now < at))
-        .map(|(t, _)| t.clone());
-    if let Some(target) = hit {
-        return Ok(target);
+    /// Where deliveries to the endpoint go, with the secrets live at `now`.
+    pub(crate) fn target(
+        &mut self,
+        c: &Connection,
+        endpoint: &EndpointId,
+        now: i64,
+    ) -> DbResult<Arc<Target>> {
+        let hit = self
+            .fresh()
+            .targets
+            .get(endpoint)
+            .filter(|(_, changes_at)| changes_at.is_none_or(|at| now < at))
+            .map(|(t, _)| t.clone());
+        if let Some(target) = hit {
+            return Ok(target);
+        }
+        let (target, changes_at) = load_target(c, endpoint, now)?;
+        let target = Arc::new(target);
+        self.targets
+            .insert(endpoint.clone(), (target.clone(), changes_at));
+        Ok(target)
     }
-    let (target, changes_at) = load_target(tx.conn(), endpoint, now)?;
-    let target = Arc::new(target);
-    tx.state
-        .endpoints
-        .targets
-        .insert(endpoint.clone(), (target.clone(), changes_at));
-    Ok(target)
 }
 
 fn load_subscriptions(c: &Connection, account: &AccountId) -> DbResult<Vec<Subscription>> {

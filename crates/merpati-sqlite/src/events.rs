@@ -13,7 +13,6 @@ use merpati_domain::{StoreError, StoreResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use crate::endpoint_cache::subscriptions;
 use crate::endpoints::endpoint_owned;
 use crate::error::DbResult;
 use crate::fanout::{enqueue, fan_out};
@@ -249,7 +248,7 @@ impl EventStore for SqliteStore {
                 channel_id: e.channel_id.as_ref(),
                 device_id: e.device_id.as_ref(),
             };
-            let subs = replay_to(&subscriptions(tx, &account)?, endpoint.as_ref());
+            let subs = replay_to(&tx.subscriptions(&account)?, endpoint.as_ref());
             fan_out(tx, &subs, e.seq, &e.event_type, scope, now, None)
         })
         .await

@@ -10,7 +10,6 @@ use merpati_domain::fanout::{hand_over, place, plan, Place};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
 use rusqlite::{params, Connection};
 
-use crate::endpoint_cache;
 use crate::error::DbResult;
 use crate::writer::Tx;
 
@@ -106,7 +105,7 @@ pub(crate) fn fan_out(
         )?;
         match (placed, handing.as_mut()) {
             (Place::Leased(_), Some(h)) => {
-                let target = endpoint_cache::target(tx, planned.endpoint_id, now)?;
+                let target = tx.target(planned.endpoint_id, now)?;
                 h.reservation.push(DueDelivery {
                     delivery_id: delivery,
                     attempt: 1,

@@ -14,7 +14,6 @@ use merpati_domain::StoreResult;
 use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
-use crate::endpoint_cache::subscriptions;
 use crate::fanout::{fan_out, insert_event, EventBody, Handing, NewEvent};
 use crate::rows::id;
 use crate::SqliteStore;
@@ -55,7 +54,7 @@ impl IngestStore for SqliteStore {
                     Ok(found)
                 })?
             };
-            let subs = subscriptions(tx, &device.account_id)?;
+            let subs = tx.subscriptions(&device.account_id)?;
             let mut accepted: Vec<AcceptedItem> = Vec::with_capacity(items.len());
             let mut new_deliveries = 0;
             for (item, seen) in items.into_iter().zip(seen) {

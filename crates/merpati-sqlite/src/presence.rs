@@ -18,7 +18,6 @@ use merpati_webhooks::Event;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::devices::{context_row, owned, presence_from_db, presence_to_db, CONTEXT_QUERY};
-use crate::endpoint_cache::subscriptions;
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::{id, word};
@@ -73,7 +72,7 @@ fn announce(
     };
     let body = String::from_utf8(Event::Device(a.event).to_json()).expect("JSON is UTF-8");
     let (seq, _) = insert_event(tx, &new, |_| body)?;
-    let subs = subscriptions(tx, &d.account_id)?;
+    let subs = tx.subscriptions(&d.account_id)?;
     let due = fan_out(tx, &subs, seq, kind, d.scope(), now, None)?;
     Ok((event_id, due))
 }

@@ -11,6 +11,10 @@
 
 use std::panic::AssertUnwindSafe;
 
+use std::sync::Arc;
+
+use merpati_domain::endpoint::{Subscription, Target};
+use merpati_domain::ids::{AccountId, EndpointId};
 use merpati_domain::StoreError;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -62,6 +66,20 @@ impl<'a> Tx<'a> {
 
     pub(crate) fn conn(&self) -> &'a Connection {
         self.conn
+    }
+
+    /// An account's endpoints, as fan-out matches events against them (the writer's copy).
+    pub(crate) fn subscriptions(
+        &mut self,
+        account: &AccountId,
+    ) -> DbResult<Arc<Vec<Subscription>>> {
+        self.state.endpoints.subscriptions(self.conn, account)
+    }
+
+    /// Where deliveries to the endpoint go, with the secrets live at `now` (the writer's
+    /// copy).
+    pub(crate) fn target(&mut self, endpoint: &EndpointId, now: i64) -> DbResult<Arc<Target>> {
+        self.state.endpoints.target(self.conn, endpoint, now)
     }
 }
 

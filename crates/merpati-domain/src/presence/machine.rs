@@ -9,6 +9,8 @@
 //! the grace announces nothing and is recorded as a blip. `connected` and `disconnected`
 //! therefore always alternate.
 
+pub use crate::device::EngineReport;
+
 /// Why a device went down, as it appears in `device.disconnected`'s `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -45,34 +47,6 @@ pub enum Announced {
     Unknown,
     Up,
     Down,
-}
-
-/// What an engine last said of its device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EngineReport {
-    Connected,
-    Disconnected,
-    LoggedOut,
-}
-
-impl EngineReport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EngineReport::Connected => "connected",
-            EngineReport::Disconnected => "disconnected",
-            EngineReport::LoggedOut => "logged_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EngineReport> {
-        [
-            EngineReport::Connected,
-            EngineReport::Disconnected,
-            EngineReport::LoggedOut,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

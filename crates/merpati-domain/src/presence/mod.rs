@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::device::{DeviceContext, Presence};
 use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId, EventId};
-use crate::store::StoreResult;
+use crate::storage::StoreResult;
 
 pub mod announce;
 pub mod history;

@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod isolation;
 mod lanes;
+mod layers;
 mod link;
 mod payloads;
 mod presence;

@@ -1,0 +1,33 @@
+//! What every storage trait shares: the error, in the caller's terms whatever the backend,
+//! and a page of a list.
+
+/// What went wrong, in the terms of the caller, whatever the backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request contradicts what is stored (an id taken, a resource still in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The row changed since it was read: a conditional update did not apply.
+    #[error("the {0} was changed since it was read")]
+    Stale(&'static str),
+    /// The request names something that is not there or not allowed (a 422 to the API).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store cannot take the request now (closed, busy, out of space); it may later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A fault of the store itself (unreadable data, a failed commit, a task that died).
+    #[error("internal storage error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One page of a list: the items after `after` (exclusive), at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: usize,
+}
