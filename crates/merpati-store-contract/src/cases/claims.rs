@@ -1,0 +1,149 @@
+//! Claims and leases: a claimed delivery is leased to the worker until its lease ends, and
+//! claimed by nobody else meanwhile; a restart voids the leases of the run that stopped.
+//! Fresh deliveries handed straight to the worker are leased in the transaction that
+//! stores them.
+
+use merpati_domain::ids::EndpointId;
+use merpati_domain::SharedStore;
+
+use crate::support::*;
+
+pub async fn a_claim_leases_until_the_lease_ends(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    for rid in 0..3 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    assert_eq!(store.next_due_at().await.unwrap(), Some(T0));
+    // Nothing is due before its time.
+    assert!(store
+        .claim_due(T0 - 1, 10, T0 + 1000)
+        .await
+        .unwrap()
+        .is_empty());
+    let first = store.claim_due(T0, 2, T0 + 1000).await.unwrap();
+    assert_eq!(first.len(), 2, "no more than asked");
+    let rest = store.claim_due(T0, 10, T0 + 1000).await.unwrap();
+    assert_eq!(rest.len(), 1, "what is leased is not claimed again");
+    assert!(store
+        .claim_due(T0 + 999, 10, T0 + 2000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), Some(T0 + 1000));
+    // The lease ran out with no outcome recorded (the worker died): due again.
+    let again = store.claim_due(T0 + 1000, 10, T0 + 2000).await.unwrap();
+    assert_eq!(again.len(), 3);
+    let mut ids: Vec<_> = again.iter().map(|d| d.delivery_id).collect();
+    let mut before: Vec<_> = first.iter().chain(&rest).map(|d| d.delivery_id).collect();
+    ids.sort();
+    before.sort();
+    assert_eq!(ids, before, "the same deliveries");
+    assert!(
+        again.iter().all(|d| d.attempt == 1),
+        "a claim is no attempt"
+    );
+}
+
+pub async fn a_restart_voids_the_leases_and_what_lanes_parked(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    for rid in 0..3 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let claimed = claim(store, T0).await;
+    assert_eq!(claimed.len(), 3);
+    store
+        .park(vec![(claimed[0].delivery_id, T0 + 600_000)])
+        .await
+        .unwrap();
+    assert_eq!(store.release_claims(T0 + 5).await.unwrap(), 3);
+    let after = claim(store, T0 + 5).await;
+    assert_eq!(after.len(), 3, "leased and parked alike are due at once");
+    assert_eq!(store.release_claims(T0 + 6).await.unwrap(), 3);
+    assert_eq!(store.release_claims(T0 + 7).await.unwrap(), 0);
+}
+
+pub async fn handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise(
+    store: &SharedStore,
+) {
+    let t = tree(store, "acct", 1).await;
+    for id in ["a", "b", "c"] {
+        endpoint(store, &t.account, id, |_| {}).await;
+    }
+    let d = &t.devices[0];
+    let lease_until = T0 + 45_000;
+    let room = Room::new(2, lease_until);
+    let result = store
+        .ingest(d.clone(), vec![sms(d, 1, "hi")], T0, room.reserve())
+        .await
+        .unwrap();
+    // Two handed over with the room there was, the third stored due.
+    assert_eq!(result.new_deliveries, 1);
+    let handed = room.handed.lock().unwrap().clone();
+    assert_eq!(handed.len(), 2);
+    assert_eq!(room.free(), 0, "the handed-over deliveries keep their room");
+    let e = event(store, &t.account, &result.items[0].event_id).await;
+    for h in &handed {
+        assert_eq!(h.event_id, e.summary.id);
+        assert_eq!(h.attempt, 1);
+        assert_eq!(&*h.payload, &*e.payload.to_string());
+        assert_eq!(h.endpoint.account_id, t.account);
+        assert_eq!(
+            h.endpoint.url,
+            format!("https://example.com/{}", h.endpoint.id)
+        );
+        assert_eq!(h.endpoint.secrets.len(), 1);
+    }
+    // Only the one stored due is claimed; the handed-over ones when their lease ends.
+    assert_eq!(claim(store, T0).await.len(), 1);
+    assert_eq!(
+        store
+            .claim_due(lease_until, 10, lease_until + 1)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // A write that does not commit hands nothing over and gives its room back.
+    let room = Room::new(3, lease_until);
+    let refused = store
+        .ingest(d.clone(), vec![sms(d, 1, "changed")], T0, room.reserve())
+        .await;
+    assert!(refused.is_err());
+    assert!(room.handed.lock().unwrap().is_empty());
+    assert_eq!(room.free(), 3);
+}
+
+pub async fn parked_deliveries_wait_until_taken_back(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "slow", |_| {}).await;
+    endpoint(store, &t.account, "fast", |_| {}).await;
+    for rid in 0..4 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let claimed = claim(store, T0).await;
+    let slow: Vec<_> = claimed
+        .iter()
+        .filter(|d| d.endpoint.id == "slow")
+        .map(|d| (d.delivery_id, T0 + 30_000 + d.delivery_id.0))
+        .collect();
+    assert_eq!(slow.len(), 4);
+    store.park(slow.clone()).await.unwrap();
+    store.release_claims(T0).await.unwrap();
+    // Released at a restart, then parked again by the lane as it was.
+    let claimed = claim(store, T0).await;
+    assert_eq!(claimed.len(), 8);
+    store.park(slow).await.unwrap();
+    assert!(claim(store, T0 + 1).await.is_empty());
+    // The lane caught up: two back now, earliest first, and no more than asked.
+    let slow_id = EndpointId::from("slow");
+    assert_eq!(store.unpark(slow_id.clone(), T0 + 1, 2).await.unwrap(), 2);
+    assert_eq!(store.unpark("fast".into(), T0 + 1, 2).await.unwrap(), 0);
+    let back = claim(store, T0 + 1).await;
+    assert_eq!(back.len(), 2);
+    // Parking costs no attempt.
+    assert!(back.iter().all(|d| d.attempt == 1));
+    assert_eq!(store.unpark(slow_id, T0 + 1, 10).await.unwrap(), 2);
+}

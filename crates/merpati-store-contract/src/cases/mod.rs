@@ -1,0 +1,10 @@
+//! The cases of the contract, by what they hold a backend to.
+
+pub mod claims;
+pub mod dedup;
+pub mod fanout;
+pub mod outcomes;
+pub mod presence;
+pub mod queues;
+pub mod retention;
+pub mod revisions;

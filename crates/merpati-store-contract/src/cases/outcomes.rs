@@ -1,0 +1,203 @@
+//! Outcomes: each attempt is logged with the delivery's next step (a retry at its time, or
+//! a final success or failure), and an endpoint's health follows its attempts: one that
+//! answers 410, or fails for too long, is disabled and the account's other endpoints are
+//! told.
+
+use merpati_domain::delivery::DeliveryStatus;
+use merpati_domain::endpoint::DisableReason;
+use merpati_domain::ids::EndpointId;
+use merpati_domain::retry::NextStep;
+use merpati_domain::SharedStore;
+
+use crate::support::*;
+
+pub async fn a_retry_is_due_at_its_time_and_every_attempt_is_logged(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    let id = one_event(store, &t.devices[0], 1, T0).await;
+    let first = claim(store, T0).await;
+    let retry_at = T0 + 5_000;
+    let recorded = record(
+        store,
+        vec![attempt(
+            &first[0],
+            T0,
+            Some(503),
+            NextStep::RetryAt(retry_at),
+        )],
+        WEEK_MS,
+    )
+    .await;
+    assert_eq!(recorded.made_due, 0);
+    let e = event(store, &t.account, &id).await;
+    let d = to(&e, "ep")[0];
+    assert_eq!(
+        (d.status, d.attempt_count, d.next_attempt_at),
+        (DeliveryStatus::Pending, 1, Some(retry_at))
+    );
+    assert_eq!(d.attempts[0].status_code, Some(503));
+    assert_eq!(d.attempts[0].response_body.as_deref(), Some("answer 503"));
+    assert!(claim(store, retry_at - 1).await.is_empty());
+    assert_eq!(store.next_due_at().await.unwrap(), Some(retry_at));
+    let second = claim(store, retry_at).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].attempt, 2, "the next attempt's number");
+    record(
+        store,
+        vec![attempt(
+            &second[0],
+            retry_at,
+            Some(200),
+            NextStep::Succeeded,
+        )],
+        WEEK_MS,
+    )
+    .await;
+    let e = event(store, &t.account, &id).await;
+    let d = to(&e, "ep")[0];
+    assert_eq!(d.status, DeliveryStatus::Succeeded);
+    assert_eq!(d.completed_at, Some(retry_at + 5));
+    assert_eq!(d.next_attempt_at, None, "shown only while pending");
+    let attempts: Vec<_> = d
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.status_code))
+        .collect();
+    assert_eq!(attempts, [(1, Some(503)), (2, Some(200))]);
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+
+    // Failing for good is final too.
+    let id = one_event(store, &t.devices[0], 2, T0).await;
+    let due = claim(store, T0).await;
+    record(
+        store,
+        vec![attempt(&due[0], T0, Some(400), NextStep::Failed)],
+        WEEK_MS,
+    )
+    .await;
+    let e = event(store, &t.account, &id).await;
+    assert_eq!(to(&e, "ep")[0].status, DeliveryStatus::Failed);
+    assert!(claim(store, T0 + WEEK_MS).await.is_empty());
+}
+
+pub async fn an_endpoint_answering_410_is_disabled_and_the_others_are_told(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "gone", |_| {}).await;
+    endpoint(store, &t.account, "watcher", |e| {
+        e.events = Some(vec!["endpoint.disabled".into()])
+    })
+    .await;
+    one_event(store, &t.devices[0], 1, T0).await;
+    let waiting = one_event(store, &t.devices[0], 2, T0).await;
+    let claimed = claim(store, T0).await;
+    let first = claimed
+        .iter()
+        .find(|d| d.endpoint.id == "gone")
+        .expect("claimed");
+    let recorded = record(
+        store,
+        vec![attempt(first, T0, Some(410), NextStep::Failed)],
+        WEEK_MS,
+    )
+    .await;
+    assert_eq!(recorded.disabled.len(), 1);
+    let disabled = &recorded.disabled[0];
+    assert_eq!(
+        (&disabled.endpoint_id, disabled.reason),
+        (&EndpointId::from("gone"), DisableReason::Gone)
+    );
+    assert_eq!(recorded.made_due, 1, "the watcher's notice");
+    let gone = store
+        .get_endpoint(t.account.clone(), "gone".into())
+        .await
+        .unwrap();
+    assert!(gone.disabled);
+    assert_eq!(gone.disabled_reason, Some(DisableReason::Gone));
+    assert_eq!(gone.failing_since, Some(T0));
+    // Its other deliveries are held, kept for when it is enabled again.
+    let e = event(store, &t.account, &waiting).await;
+    assert_eq!(to(&e, "gone")[0].status, DeliveryStatus::Held);
+    // The notice, to the other endpoint only.
+    let notice = event(store, &t.account, &disabled.notice).await;
+    assert_eq!(notice.summary.event_type, "endpoint.disabled");
+    assert_eq!(notice.payload["endpoint"]["id"], "gone");
+    assert_eq!(notice.payload["reason"], "gone");
+    let told: Vec<_> = notice
+        .deliveries
+        .iter()
+        .map(|d| d.endpoint_id.as_str())
+        .collect();
+    assert_eq!(told, ["watcher"]);
+}
+
+pub async fn an_endpoint_failing_too_long_is_disabled(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "down", |_| {}).await;
+    let disable_after = 60_000;
+    for rid in 0..2 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let claimed = claim(store, T0).await;
+    let recorded = record(
+        store,
+        vec![attempt(&claimed[0], T0, None, NextStep::RetryAt(T0 + 1000))],
+        disable_after,
+    )
+    .await;
+    assert!(recorded.disabled.is_empty(), "failing, not for long yet");
+    let down = store
+        .get_endpoint(t.account.clone(), "down".into())
+        .await
+        .unwrap();
+    assert_eq!((down.disabled, down.failing_since), (false, Some(T0)));
+    let later = T0 + disable_after;
+    let recorded = record(
+        store,
+        vec![attempt(
+            &claimed[1],
+            later,
+            Some(500),
+            NextStep::RetryAt(later + 1000),
+        )],
+        disable_after,
+    )
+    .await;
+    assert_eq!(recorded.disabled.len(), 1);
+    assert_eq!(recorded.disabled[0].reason, DisableReason::Failing);
+    let notice = event(store, &t.account, &recorded.disabled[0].notice).await;
+    assert_eq!(notice.payload["failing_since"], T0 / 1000);
+    assert!(notice.deliveries.is_empty(), "no other endpoint to tell");
+}
+
+pub async fn a_success_ends_the_failing_streak(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "flaky", |_| {}).await;
+    for rid in 0..3 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let claimed = claim(store, T0).await;
+    let disable_after = 60_000;
+    record(
+        store,
+        vec![attempt(&claimed[0], T0, Some(500), NextStep::Failed)],
+        disable_after,
+    )
+    .await;
+    // In one batch: a success, then a failure long after the first: a new streak.
+    let later = T0 + disable_after;
+    let recorded = record(
+        store,
+        vec![
+            attempt(&claimed[1], later - 10, Some(200), NextStep::Succeeded),
+            attempt(&claimed[2], later, Some(500), NextStep::Failed),
+        ],
+        disable_after,
+    )
+    .await;
+    assert!(recorded.disabled.is_empty());
+    let flaky = store
+        .get_endpoint(t.account.clone(), "flaky".into())
+        .await
+        .unwrap();
+    assert_eq!((flaky.disabled, flaky.failing_since), (false, Some(later)));
+}

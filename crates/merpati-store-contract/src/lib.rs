@@ -1,0 +1,91 @@
+//! The storage contract: what every storage backend must do, written once against the
+//! domain's storage traits (fan-out, dedup, claims and leases, retries and outcomes,
+//! holding and releasing, device queues, presence, retention and purges, revisions, the
+//! walls between accounts).
+//!
+//! A backend runs the whole suite from a test file of its own:
+//!
+//! ```ignore
+//! async fn fixture() -> merpati_store_contract::Fixture { /* a fresh, empty store */ }
+//! merpati_store_contract::contract_suite!(fixture);
+//! ```
+//!
+//! Each case gets a fresh, empty store and passes time in explicitly, as the storage
+//! traits take it: nothing sleeps.
+
+use std::any::Any;
+
+use merpati_domain::SharedStore;
+
+pub mod cases;
+pub mod support;
+
+/// A fresh store, and whatever must live as long as it (a temporary directory, a
+/// database server's schema).
+pub struct Fixture {
+    pub store: SharedStore,
+    _keep: Box<dyn Any + Send>,
+}
+
+impl Fixture {
+    pub fn new(store: SharedStore, keep: impl Any + Send) -> Fixture {
+        Fixture {
+            store,
+            _keep: Box::new(keep),
+        }
+    }
+
+    pub async fn close(self) {
+        self.store.close().await;
+    }
+}
+
+/// One `#[tokio::test]` per case of the contract, each on a store from `$fixture()`.
+#[macro_export]
+macro_rules! contract_suite {
+    ($fixture:path) => {
+        $crate::contract_cases!(
+            $fixture;
+            fanout::an_event_goes_to_every_matching_endpoint_and_no_other,
+            fanout::a_disabled_endpoint_s_deliveries_are_held,
+            fanout::replay_and_resend_make_new_deliveries_of_the_same_event,
+            dedup::a_resent_item_is_one_event_and_a_reused_rid_refuses_the_batch,
+            dedup::integer_and_string_rids_never_collide,
+            dedup::the_system_id_only_grows,
+            claims::a_claim_leases_until_the_lease_ends,
+            claims::a_restart_voids_the_leases_and_what_lanes_parked,
+            claims::handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise,
+            claims::parked_deliveries_wait_until_taken_back,
+            outcomes::a_retry_is_due_at_its_time_and_every_attempt_is_logged,
+            outcomes::an_endpoint_answering_410_is_disabled_and_the_others_are_told,
+            outcomes::an_endpoint_failing_too_long_is_disabled,
+            outcomes::a_success_ends_the_failing_streak,
+            queues::a_device_queue_goes_one_at_a_time_in_order,
+            queues::enabling_releases_held_deliveries_and_each_queue_from_its_earliest,
+            queues::switching_ordering_off_lets_the_waiting_go,
+            queues::a_recover_job_sends_failed_deliveries_again_in_chunks,
+            presence::announcements_record_periods_and_go_to_subscribers,
+            presence::blips_and_engine_reports_are_recorded_and_deleted_devices_skipped,
+            presence::history_is_read_by_device_channel_and_business,
+            retention::old_events_go_unless_a_delivery_still_owes_them,
+            retention::deleted_endpoints_and_accounts_go_a_chunk_at_a_time,
+            revisions::an_update_applies_only_at_the_revision_it_was_read,
+            revisions::accounts_are_walls
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! contract_cases {
+    ($fixture:path; $($module:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fixture = $fixture().await;
+                $crate::cases::$module::$case(&fixture.store).await;
+                fixture.close().await;
+            }
+        )*
+    };
+}
