@@ -127,8 +127,8 @@ pub async fn store(
     if result.new_deliveries > 0 {
         state.delivery.wake();
     }
-    state.bus.publish_with(|| {
-        // One answer per item, in the items' order.
+    if state.bus.is_watched() {
+        // One answer per item, in the items' order; only what this request stored.
         let events: Vec<StoredEvent> = result
             .items
             .iter()
@@ -140,11 +140,13 @@ pub async fn store(
                 device: Some(device.device_id.clone()),
             })
             .collect();
-        Change::EventsStored {
-            account: device.account_id.clone(),
-            events: events.into(),
+        if !events.is_empty() {
+            state.bus.publish(Change::EventsStored {
+                account: device.account_id.clone(),
+                events: events.into(),
+            });
         }
-    });
+    }
     Ok(result.items.iter().map(AcceptedView::from).collect())
 }
 

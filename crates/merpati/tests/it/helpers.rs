@@ -90,6 +90,14 @@ impl TestApp {
         self.server.as_ref().unwrap().presence().tick().await;
     }
 
+    /// The changes the server commits from now on.
+    pub fn subscribe(&self) -> merpati_runtime::bus::Subscriber {
+        self.server
+            .as_ref()
+            .expect("a server of this test")
+            .subscribe()
+    }
+
     /// The server's time, in ms.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
@@ -181,6 +189,39 @@ impl TestApp {
                 .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
         };
         (status, value)
+    }
+
+    /// A request with headers of its own; the answer with its headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, reqwest::header::HeaderValue)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.url, path))
+            .bearer_auth(token);
+        for (name, value) in headers {
+            req = req.header(*name, value.clone());
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON")
+        };
+        (status, headers, value)
     }
 
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {

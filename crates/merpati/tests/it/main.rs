@@ -3,6 +3,7 @@
 mod api;
 mod bad_input;
 mod bench;
+mod changes;
 mod compat;
 mod connections;
 mod dedup;
@@ -20,4 +21,5 @@ mod presence;
 mod restart;
 mod retention;
 mod retries;
+mod revisions;
 mod simulate;
