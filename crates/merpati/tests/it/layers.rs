@@ -95,6 +95,16 @@ fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A file's lines up to the module of its tests, which closes a file.
+fn code_of(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod tests"))
+        .unwrap_or(lines.len());
+    lines[..end].to_vec()
+}
+
 /// Modules a crate's root declares for its tests only (`#[cfg(test)] mod x;`).
 fn test_only_modules(src: &Path) -> BTreeSet<String> {
     let Ok(root) = std::fs::read_to_string(src.join("lib.rs")) else {
@@ -133,11 +143,11 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         }
         // Code only: a module's tests (at the end of its files) may use anything, and a
         // comment naming a module is no dependency on it.
-        let text: String = std::fs::read_to_string(file)
-            .unwrap()
-            .lines()
-            .take_while(|line| line.trim() != "#[cfg(test)]")
+        let text = std::fs::read_to_string(file).unwrap();
+        let text: String = code_of(&text)
+            .iter()
             .filter(|line| !line.trim_start().starts_with("//"))
+            .copied()
             .collect::<Vec<_>>()
             .join("\n");
         let uses = graph.entry(module.clone()).or_default();
@@ -257,4 +267,22 @@ fn a_circle_is_found_and_a_line_of_layers_is_not_one() {
     let found = circle(&graph(&[("a", "b"), ("b", "c"), ("c", "a")])).unwrap();
     assert_eq!(found.first(), found.last());
     assert_eq!(found.len(), 4);
+}
+
+/// A file holds one concern; past about 800 lines of code (its tests apart), it holds two.
+#[test]
+fn no_source_file_holds_more_than_800_lines_of_code() {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(crates_dir()).unwrap() {
+        sources(&entry.unwrap().path().join("src"), &mut files);
+    }
+    let mut long = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let code = code_of(&text).len();
+        if code > 800 {
+            long.push(format!("{} ({code} lines)", file.display()));
+        }
+    }
+    assert!(long.is_empty(), "split these: {long:?}");
 }
