@@ -169,69 +169,82 @@ fn check_channel_refs(c: &Connection, account: &AccountId, ch: &Channel) -> DbRe
     Ok(())
 }
 
-fn list<T: Send + 'static>(
-    c: &Connection,
-    table: &str,
-    columns: &str,
-    account: &AccountId,
-    page: &Page,
-    row: fn(&Row<'_>) -> rusqlite::Result<T>,
-) -> DbResult<Vec<T>> {
-    let mut s = c.prepare_cached(&format!(
-        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-    ))?;
-    let rows = s.query_map(
-        params![
-            account.as_str(),
-            page.after.as_deref().unwrap_or(""),
-            page.limit as i64
-        ],
-        row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn get<T>(
-    c: &Connection,
-    table: &str,
-    columns: &str,
+/// A table of an account's resources: where its rows are and how they read.
+struct Table<T> {
+    name: &'static str,
+    columns: &'static str,
+    /// What a missing row is called (`StoreError::NotFound`).
     what: &'static str,
-    account: &AccountId,
-    id: &str,
     row: fn(&Row<'_>) -> rusqlite::Result<T>,
-) -> DbResult<T> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {columns} FROM {table} WHERE account_id = ?1 AND id = ?2"
-    ))?
-    .query_row(params![account.as_str(), id], row)
-    .optional()?
-    .ok_or(StoreError::NotFound(what))?)
 }
 
-fn changed(n: usize, what: &'static str) -> DbResult<()> {
-    if n == 0 {
-        Err(StoreError::NotFound(what).into())
-    } else {
-        Ok(())
+const BUSINESSES: Table<Business> = Table {
+    name: "businesses",
+    columns: BUSINESS_COLUMNS,
+    what: "business",
+    row: business_row,
+};
+const CHANNELS: Table<Channel> = Table {
+    name: "channels",
+    columns: CHANNEL_COLUMNS,
+    what: "channel",
+    row: channel_row,
+};
+const DEVICES: Table<Device> = Table {
+    name: "devices",
+    columns: DEVICE_COLUMNS,
+    what: "device",
+    row: device_row,
+};
+
+impl<T> Table<T> {
+    fn list(&self, c: &Connection, account: &AccountId, page: &Page) -> DbResult<Vec<T>> {
+        let mut s = c.prepare_cached(&format!(
+            "SELECT {} FROM {} WHERE account_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            self.columns, self.name
+        ))?;
+        let rows = s.query_map(
+            params![
+                account.as_str(),
+                page.after.as_deref().unwrap_or(""),
+                page.limit as i64
+            ],
+            self.row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
-}
 
-/// After an update made only if the row was still at the revision it was read at: NotFound
-/// when the row is gone, Stale when it changed since.
-fn updated(
-    c: &Connection,
-    n: usize,
-    table: &str,
-    what: &'static str,
-    account: &AccountId,
-    id: &str,
-) -> DbResult<()> {
-    if n > 0 {
-        Ok(())
-    } else if owned(c, table, account.as_str(), id)? {
-        Err(StoreError::Stale(what).into())
-    } else {
-        Err(StoreError::NotFound(what).into())
+    fn get(&self, c: &Connection, account: &AccountId, id: &str) -> DbResult<T> {
+        Ok(c.prepare_cached(&format!(
+            "SELECT {} FROM {} WHERE account_id = ?1 AND id = ?2",
+            self.columns, self.name
+        ))?
+        .query_row(params![account.as_str(), id], self.row)
+        .optional()?
+        .ok_or(StoreError::NotFound(self.what))?)
+    }
+
+    /// NotFound when a statement that should have changed the row changed none.
+    fn changed(&self, n: usize) -> DbResult<()> {
+        if n == 0 {
+            Err(StoreError::NotFound(self.what).into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The row as stored after an update made only if it was still at the revision it was
+    /// read at: NotFound when it is gone, Stale when it changed since.
+    fn updated(&self, c: &Connection, n: usize, account: &AccountId, id: &str) -> DbResult<T> {
+        if n == 0 {
+            return Err(if owned(c, self.name, account.as_str(), id)? {
+                StoreError::Stale(self.what)
+            } else {
+                StoreError::NotFound(self.what)
+            }
+            .into());
+        }
+        self.get(c, account, id)
     }
 }
 
@@ -258,32 +271,13 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn list_businesses(&self, account: AccountId, page: Page) -> StoreResult<Vec<Business>> {
-        self.read(move |c| {
-            list(
-                c,
-                "businesses",
-                BUSINESS_COLUMNS,
-                &account,
-                &page,
-                business_row,
-            )
-        })
-        .await
+        self.read(move |c| BUSINESSES.list(c, &account, &page))
+            .await
     }
 
     async fn get_business(&self, account: AccountId, id: BusinessId) -> StoreResult<Business> {
-        self.read(move |c| {
-            get(
-                c,
-                "businesses",
-                BUSINESS_COLUMNS,
-                "business",
-                &account,
-                id.as_str(),
-                business_row,
-            )
-        })
-        .await
+        self.read(move |c| BUSINESSES.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_business(&self, account: AccountId, b: Business) -> StoreResult<Business> {
@@ -299,16 +293,7 @@ impl DeviceStore for SqliteStore {
                     b.revision
                 ],
             )?;
-            updated(c, n, "businesses", "business", &account, b.id.as_str())?;
-            get(
-                c,
-                "businesses",
-                BUSINESS_COLUMNS,
-                "business",
-                &account,
-                b.id.as_str(),
-                business_row,
-            )
+            BUSINESSES.updated(c, n, &account, b.id.as_str())
         })
         .await
     }
@@ -330,7 +315,7 @@ impl DeviceStore for SqliteStore {
                 "DELETE FROM businesses WHERE account_id = ?1 AND id = ?2",
                 params![account.as_str(), id.as_str()],
             )?;
-            changed(n, "business")
+            BUSINESSES.changed(n)
         })
         .await
     }
@@ -352,23 +337,12 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn list_channels(&self, account: AccountId, page: Page) -> StoreResult<Vec<Channel>> {
-        self.read(move |c| list(c, "channels", CHANNEL_COLUMNS, &account, &page, channel_row))
-            .await
+        self.read(move |c| CHANNELS.list(c, &account, &page)).await
     }
 
     async fn get_channel(&self, account: AccountId, id: ChannelId) -> StoreResult<Channel> {
-        self.read(move |c| {
-            get(
-                c,
-                "channels",
-                CHANNEL_COLUMNS,
-                "channel",
-                &account,
-                id.as_str(),
-                channel_row,
-            )
-        })
-        .await
+        self.read(move |c| CHANNELS.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_channel(&self, account: AccountId, ch: Channel) -> StoreResult<Channel> {
@@ -381,16 +355,7 @@ impl DeviceStore for SqliteStore {
                  WHERE account_id = ?1 AND id = ?2 AND revision = ?11",
                 channel_params(&account, &ch),
             )?;
-            updated(c, n, "channels", "channel", &account, ch.id.as_str())?;
-            get(
-                c,
-                "channels",
-                CHANNEL_COLUMNS,
-                "channel",
-                &account,
-                ch.id.as_str(),
-                channel_row,
-            )
+            CHANNELS.updated(c, n, &account, ch.id.as_str())
         })
         .await
     }
@@ -415,7 +380,7 @@ impl DeviceStore for SqliteStore {
                 "DELETE FROM channels WHERE account_id = ?1 AND id = ?2",
                 params![account.as_str(), id.as_str()],
             )?;
-            changed(n, "channel")
+            CHANNELS.changed(n)
         })
         .await
     }
@@ -507,18 +472,8 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn get_device(&self, account: AccountId, id: DeviceId) -> StoreResult<Device> {
-        self.read(move |c| {
-            get(
-                c,
-                "devices",
-                DEVICE_COLUMNS,
-                "device",
-                &account,
-                id.as_str(),
-                device_row,
-            )
-        })
-        .await
+        self.read(move |c| DEVICES.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_device(&self, account: AccountId, d: Device) -> StoreResult<Device> {
@@ -544,16 +499,7 @@ impl DeviceStore for SqliteStore {
                     d.revision
                 ],
             )?;
-            updated(c, n, "devices", "device", &account, d.id.as_str())?;
-            get(
-                c,
-                "devices",
-                DEVICE_COLUMNS,
-                "device",
-                &account,
-                d.id.as_str(),
-                device_row,
-            )
+            DEVICES.updated(c, n, &account, d.id.as_str())
         })
         .await
     }
@@ -564,7 +510,7 @@ impl DeviceStore for SqliteStore {
                 "DELETE FROM devices WHERE account_id = ?1 AND id = ?2",
                 params![account.as_str(), id.as_str()],
             )?;
-            changed(n, "device")
+            DEVICES.changed(n)
         })
         .await
     }
@@ -582,7 +528,7 @@ impl DeviceStore for SqliteStore {
                  WHERE account_id = ?1 AND id = ?2",
                 params![account.as_str(), id.as_str(), token_hash, now],
             )?;
-            changed(n, "device")
+            DEVICES.changed(n)
         })
         .await
     }
