@@ -5,7 +5,7 @@
 //!
 //! A backend runs the whole suite from a test file of its own:
 //!
-//! ```ignore
+//! ```text
 //! async fn fixture() -> merpati_store_contract::Fixture { /* a fresh, empty store */ }
 //! merpati_store_contract::contract_suite!(fixture);
 //! ```
