@@ -118,7 +118,12 @@ pub async fn store(
     items: Vec<PreparedItem>,
     now_ms: i64,
 ) -> ApiResult<Vec<AcceptedView>> {
-    let types: Vec<&'static str> = items.iter().map(|i| i.event.event_type()).collect();
+    // The items' types, for the bus, read before the items go to the store; only when
+    // someone listens, as ingest is the hot path.
+    let types: Option<Vec<&'static str>> = state
+        .bus
+        .is_watched()
+        .then(|| items.iter().map(|i| i.event.event_type()).collect());
     let handoff = state.handoff.reserve(now_ms);
     let result = state
         .store
@@ -127,7 +132,7 @@ pub async fn store(
     if result.new_deliveries > 0 {
         state.delivery.wake();
     }
-    if state.bus.is_watched() {
+    if let Some(types) = types {
         // One answer per item, in the items' order; only what this request stored.
         let events: Vec<StoredEvent> = result
             .items
