@@ -28,6 +28,10 @@ async fn webhook(headers: HeaderMap, body: Bytes) -> StatusCode {
         }
         Event::Inbound(other) => println!("{} #{}", other.event_type(), other.system_id()),
         Event::Endpoint(e) => println!("endpoint {} disabled: {}", e.endpoint.url, e.reason),
+        Event::Incident(i) => println!(
+            "incident {} of {}: {}",
+            i.incident.id, i.incident.bisnis.name, i.incident.state
+        ),
     }
     // Answer fast with a 2xx; anything else is retried.
     StatusCode::NO_CONTENT

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::form;
+use crate::incident::IncidentEvent;
+pub use crate::refs::{ChannelRef, NamedRef};
 
 /// Every event type merpati knows, in the spelling used by payloads and endpoint filters.
 pub const EVENT_TYPES: &[&str] = &[
@@ -17,6 +19,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "ussd",
     "notification",
     "endpoint.disabled",
+    "incident.opened",
+    "incident.acknowledged",
+    "incident.resolved",
 ];
 
 /// An event as a receiver sees it: either a device lifecycle event (`{"event": …}`) or an
@@ -28,6 +33,7 @@ pub enum Event {
     Inbound(InboundEvent),
     /// merpati's own operational events, in the device events' shape.
     Endpoint(EndpointEvent),
+    Incident(IncidentEvent),
 }
 
 /// `endpoint.disabled`: an endpoint stopped receiving; told to the account's other endpoints.
@@ -93,20 +99,6 @@ pub struct DeviceRef {
     pub channel: ChannelRef,
     pub bisnis: NamedRef,
     pub user: NamedRef,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChannelRef {
-    pub id: String,
-    pub name: String,
-    pub engine: String,
-}
-
-/// `{"id", "name"}`: a business ("bisnis") or an account ("user").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NamedRef {
-    pub id: String,
-    pub name: String,
 }
 
 /// What a gateway device received, as `{"type": …, "data": {…}}`.
@@ -199,6 +191,7 @@ impl Event {
             Event::Device(d) => d.event.as_str(),
             Event::Inbound(i) => i.event_type(),
             Event::Endpoint(_) => "endpoint.disabled",
+            Event::Incident(i) => i.event.as_str(),
         }
     }
 
@@ -235,6 +228,11 @@ impl Event {
         if let Some(map) = value.as_object_mut() {
             map.remove("secret");
             if let Some(kind) = map.get("event").and_then(|e| e.as_str()) {
+                if kind.starts_with("incident.") {
+                    return serde_json::from_value(value)
+                        .map(Event::Incident)
+                        .map_err(ParseError::Shape);
+                }
                 if kind.starts_with("endpoint.") {
                     return serde_json::from_value(value)
                         .map(Event::Endpoint)

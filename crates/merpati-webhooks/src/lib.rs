@@ -9,6 +9,8 @@
 
 pub mod events;
 pub mod form;
+pub mod incident;
+pub mod refs;
 pub mod signing;
 
 pub use events::{
@@ -16,6 +18,7 @@ pub use events::{
     EndpointEventKind, EndpointRef, Event, InboundEvent, NamedRef, Notification, ParseError, Rid,
     Sms, Ussd, Whatsapp, EVENT_TYPES,
 };
+pub use incident::{IncidentDevice, IncidentEvent, IncidentEventKind, IncidentRef};
 pub use signing::{verify_legacy_secret, VerifyError, Webhook};
 
 /// Why a webhook request was not accepted.
