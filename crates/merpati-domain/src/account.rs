@@ -7,6 +7,8 @@ use crate::storage::{Page, StoreResult};
 pub struct Account {
     pub id: AccountId,
     pub name: String,
+    /// The language of its notifications.
+    pub language: crate::alert::Language,
     pub created_at: i64,
     pub updated_at: i64,
     /// Counts the changes made to it: an update names the revision it was read at.

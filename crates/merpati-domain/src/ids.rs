@@ -113,6 +113,11 @@ string_id!(DeviceId, "dev");
 string_id!(EndpointId, "ep");
 string_id!(EventId, "evt");
 string_id!(JobId, "job");
+string_id!(AlertRuleId, "rule");
+string_id!(NotifierId, "ntf");
+string_id!(WindowId, "mw");
+string_id!(IncidentId, "inc");
+string_id!(NotificationId, "msg");
 
 /// A delivery: one event to one endpoint. Numbered by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

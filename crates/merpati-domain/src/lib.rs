@@ -7,6 +7,7 @@
 //! runtime and the HTTP features are written against them.
 
 pub mod account;
+pub mod alert;
 pub mod clock;
 pub mod delivery;
 pub mod device;

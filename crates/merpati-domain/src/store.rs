@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::account::AccountStore;
+use crate::alert::AlertStore;
 use crate::delivery::DeliveryStore;
 use crate::device::DeviceStore;
 use crate::endpoint::EndpointStore;
@@ -29,6 +30,7 @@ pub trait Store:
     + DeliveryStore
     + PresenceStore
     + JobStore
+    + AlertStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -11,8 +11,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use merpati_domain::alert::IncidentState;
 use merpati_domain::endpoint::DisableReason;
-use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId, JobId};
+use merpati_domain::ids::{
+    AccountId, DeliveryId, DeviceId, EndpointId, EventId, IncidentId, JobId,
+};
 use tokio::sync::broadcast;
 
 /// What changed.
@@ -37,6 +40,12 @@ pub enum Change {
         status: DeviceStatus,
         /// When it took this status.
         at: i64,
+    },
+    /// An incident opened, was acknowledged or resolved.
+    Incident {
+        account: AccountId,
+        incident: IncidentId,
+        state: IncidentState,
     },
     Job {
         account: AccountId,

@@ -5,9 +5,11 @@
 //!   handoff ingest uses to give it fresh deliveries.
 //! - `presence`: the presence hub, which owns every device's lease.
 //! - `retention`: the background pruner; `jobs`: the runner of long jobs.
+//! - `alerts`: the alert runner, which drives the alert engine and sends notifications.
 //! - `bus`: committed changes as events in the process.
 //! - `memory`: giving spare memory back once a burst is over.
 
+pub mod alerts;
 pub mod bus;
 pub mod delivery;
 pub mod jobs;

@@ -2,16 +2,17 @@
 //! events in the background.
 
 use merpati_domain::account::{Account, AccountStore, ApiKey};
+use merpati_domain::alert::Language;
 use merpati_domain::ids::{AccountId, ApiKeyId, EndpointId};
 use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::endpoints::purge_step;
 use crate::error::{is_unique_violation, DbError, DbResult};
-use crate::rows::id;
+use crate::rows::{id, word};
 use crate::SqliteStore;
 
-const ACCOUNT_COLUMNS: &str = "id, name, created_at, updated_at, revision";
+const ACCOUNT_COLUMNS: &str = "id, name, created_at, updated_at, revision, language";
 
 fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
     Ok(Account {
@@ -20,6 +21,7 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
         created_at: r.get(2)?,
         updated_at: r.get(3)?,
         revision: r.get(4)?,
+        language: word(r, 5, Language::parse)?,
     })
 }
 
@@ -84,14 +86,15 @@ impl AccountStore for SqliteStore {
     async fn create_account(&self, a: Account) -> StoreResult<Account> {
         self.write(move |c| {
             c.execute(
-                "INSERT INTO accounts (id, name, created_at, updated_at, revision)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO accounts (id, name, created_at, updated_at, revision, language)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     a.id.as_str(),
                     a.name,
                     a.created_at,
                     a.updated_at,
-                    a.revision
+                    a.revision,
+                    a.language.as_str()
                 ],
             )
             .map_err(|e| {
@@ -136,9 +139,16 @@ impl AccountStore for SqliteStore {
         self.write(move |c| {
             account_exists(c, &a.id)?;
             let n = c.execute(
-                "UPDATE accounts SET name = ?2, updated_at = ?3, revision = revision + 1
+                "UPDATE accounts SET name = ?2, updated_at = ?3, language = ?5,
+                     revision = revision + 1
                  WHERE id = ?1 AND deleted_at IS NULL AND revision = ?4",
-                params![a.id.as_str(), a.name, a.updated_at, a.revision],
+                params![
+                    a.id.as_str(),
+                    a.name,
+                    a.updated_at,
+                    a.revision,
+                    a.language.as_str()
+                ],
             )?;
             if n == 0 {
                 return Err(StoreError::Stale("account").into());

@@ -35,7 +35,7 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<EventSummary> {
 
 /// The number below which every event was created before `before` (the domain's bisection
 /// over the stored numbers), or None when there are no events.
-fn first_young_seq(c: &Connection, before: i64) -> DbResult<Option<i64>> {
+pub(crate) fn first_young_seq(c: &Connection, before: i64) -> DbResult<Option<i64>> {
     let mut at_or_after = c.prepare_cached(
         "SELECT seq, created_at FROM events WHERE seq >= ?1 ORDER BY seq LIMIT 1",
     )?;

@@ -16,6 +16,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
 mod accounts;
+mod alert_tx;
+mod alerts;
 mod checkpoint;
 mod delivery;
 mod devices;

@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "revisions",
         include_str!("../migrations/0011_revisions.sql"),
     ),
+    (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -25,7 +25,7 @@ use crate::writer::Tx;
 use crate::SqliteStore;
 
 /// Ends the device's open period where the announcement's begins, and opens that one.
-fn next_period(c: &Connection, d: &DeviceContext, a: &Announcement) -> DbResult<()> {
+fn next_period(c: &Connection, d: &DeviceContext, a: &Announcement, now: i64) -> DbResult<()> {
     let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
     c.prepare_cached(
         "UPDATE presence_periods SET ended_at = MAX(started_at, ?3)
@@ -34,10 +34,18 @@ fn next_period(c: &Connection, d: &DeviceContext, a: &Announcement) -> DbResult<
     .execute(params![account, device, a.since])?;
     let reason = a.reason.map(|r| r.as_str());
     c.prepare_cached(
-        "INSERT INTO presence_periods (account_id, device_id, state, started_at, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO presence_periods
+             (account_id, device_id, state, started_at, reason, announced_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![account, device, a.state.as_str(), a.since, reason])?;
+    .execute(params![
+        account,
+        device,
+        a.state.as_str(),
+        a.since,
+        reason,
+        now
+    ])?;
     c.prepare_cached(
         "UPDATE devices SET presence = ?3, presence_since = ?4, presence_reason = ?5
          WHERE account_id = ?1 AND id = ?2",
@@ -161,7 +169,7 @@ impl PresenceStore for SqliteStore {
                 let Some(a) = announcement(&change, &d) else {
                     continue;
                 };
-                next_period(tx, &d, &a)?;
+                next_period(tx, &d, &a, now)?;
                 let (state, since) = (a.state, a.since);
                 let (event_id, due) = announce(tx, &d, a, now)?;
                 applied.event_ids.insert(i, event_id);

@@ -18,6 +18,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::ingest::routes())
         .merge(crate::presence::routes())
         .merge(crate::jobs::routes())
+        .merge(crate::alerts::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("route") })

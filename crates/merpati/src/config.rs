@@ -66,6 +66,45 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// Devices of one business dropping within this make one incident and one message.
+    pub group_wait: Duration,
+    /// A drop this soon after an incident resolved reopens it.
+    pub reopen_within: Duration,
+    /// Drops within `flap_within` that make a device flapping.
+    pub flap_drops: usize,
+    pub flap_within: Duration,
+    /// How long a flapping device stays up (or down) to be stable again.
+    pub flap_quiet: Duration,
+    /// How far before a drop its affected conversations are counted.
+    pub conversations_window: Duration,
+    /// The address people's browsers reach, for links in notifications; `http://listen`
+    /// when absent.
+    pub public_url: Option<String>,
+    /// `smtp://`, `smtp+starttls://` or `smtps://`, with credentials if the server wants
+    /// them.
+    pub smtp_url: Option<Secret>,
+    pub smtp_from: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            group_wait: Duration::from_secs(10),
+            reopen_within: Duration::from_secs(300),
+            flap_drops: 4,
+            flap_within: Duration::from_secs(1800),
+            flap_quiet: Duration::from_secs(1800),
+            conversations_window: Duration::from_secs(24 * 3600),
+            public_url: None,
+            smtp_url: None,
+            smtp_from: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +141,15 @@ const KEYS: &[&str] = &[
     "presence.min_heartbeat_interval",
     "retention.max_age",
     "retention.interval",
+    "alerts.group_wait",
+    "alerts.reopen_within",
+    "alerts.flap_drops",
+    "alerts.flap_within",
+    "alerts.flap_quiet",
+    "alerts.conversations_window",
+    "alerts.public_url",
+    "alerts.smtp_url",
+    "alerts.smtp_from",
 ];
 
 /// `presence.engines.<engine>.<setting>`: per-engine lease settings.
@@ -125,6 +173,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
+            alerts: AlertsConfig::default(),
             presence: PresenceConfig {
                 lease: LeaseSettings::default(),
                 min_heartbeat_interval: Duration::from_secs(1),
@@ -258,6 +307,43 @@ impl Config {
                 }
                 "retention.interval" => {
                     c.retention.interval = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "alerts.group_wait" => {
+                    c.alerts.group_wait = parse_duration(raw).map_err(invalid)?
+                }
+                "alerts.reopen_within" => {
+                    c.alerts.reopen_within = parse_duration(raw).map_err(invalid)?
+                }
+                "alerts.flap_drops" => {
+                    let n = parse_count(raw).map_err(invalid)?;
+                    if n < 2 {
+                        return Err(invalid("must be at least 2".into()));
+                    }
+                    c.alerts.flap_drops = n
+                }
+                "alerts.flap_within" => {
+                    c.alerts.flap_within = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "alerts.flap_quiet" => {
+                    c.alerts.flap_quiet = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "alerts.conversations_window" => {
+                    c.alerts.conversations_window = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "alerts.public_url" => {
+                    let url = url::Url::parse(raw).map_err(|e| invalid(format!("{e}")))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err(invalid("expected an http:// or https:// URL".into()));
+                    }
+                    c.alerts.public_url = Some(raw.trim_end_matches('/').to_string())
+                }
+                "alerts.smtp_url" => {
+                    merpati_runtime::alerts::email::parse_smtp_url(raw).map_err(invalid)?;
+                    c.alerts.smtp_url = Some(Secret::new(raw))
+                }
+                "alerts.smtp_from" => {
+                    merpati_runtime::alerts::email::parse_mailbox(raw).map_err(invalid)?;
+                    c.alerts.smtp_from = Some(raw.to_string())
                 }
                 "presence.min_heartbeat_interval" => {
                     c.presence.min_heartbeat_interval =

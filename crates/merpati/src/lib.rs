@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub mod accounts;
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod cli;
@@ -29,10 +30,14 @@ pub mod presence;
 pub mod store;
 
 use config::{Config, Secret};
+use merpati_domain::alert::engine as alert_engine;
 use merpati_domain::clock::{SharedClock, SystemClock};
 use merpati_domain::ids;
 use merpati_domain::SharedStore;
+use merpati_runtime::alerts::{self as alert_runtime, email, AlertHandle};
 use merpati_runtime::bus::{Bus, Subscriber};
+use merpati_runtime::delivery::guard::{Guard, GuardedResolver};
+use merpati_runtime::delivery::send;
 use merpati_runtime::delivery::{self, DeliveryWaker, Pauses};
 use merpati_runtime::presence::{self as presence_hub, HubSettings, PresenceHandle};
 use merpati_runtime::{jobs as job_runner, retention};
@@ -61,6 +66,7 @@ pub struct Server {
     store: SharedStore,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     presence: PresenceHandle,
+    alerts: AlertHandle,
     bus: Bus,
 }
 
@@ -68,6 +74,11 @@ impl Server {
     /// The presence hub, e.g. to make it look at its deadlines after a test moved the clock.
     pub fn presence(&self) -> &PresenceHandle {
         &self.presence
+    }
+
+    /// The alert runner, e.g. to make it look at what is due after a test moved the clock.
+    pub fn alerts(&self) -> &AlertHandle {
+        &self.alerts
     }
 
     /// The changes the server commits from now on, as they are made durable.
@@ -192,6 +203,17 @@ pub async fn start(
     );
     spawn_essential(&tasks, &shutdown, &failed, "job runner", job_runner.run());
 
+    let addr = listener.local_addr()?;
+    let (alerts, alert_runner) =
+        alert_runner(&config, &store, &clock, &waker, &bus, &shutdown, addr).await?;
+    spawn_essential(
+        &tasks,
+        &shutdown,
+        &failed,
+        "alert runner",
+        alert_runner.run(),
+    );
+
     let state = api::AppState {
         store: store.clone(),
         lease: config.presence.lease.clone(),
@@ -208,8 +230,8 @@ pub async fn start(
         jobs,
         device_tokens: Default::default(),
         purge,
+        alerts: alerts.clone(),
     };
-    let addr = listener.local_addr()?;
     let app = app::router(state);
     let stop = shutdown.clone();
     let http = tokio::spawn(async move {
@@ -226,8 +248,65 @@ pub async fn start(
         store,
         http,
         presence,
+        alerts,
         bus,
     })
+}
+
+/// The alert runner, with the engine's settings and the means to send notifications.
+async fn alert_runner(
+    config: &Config,
+    store: &SharedStore,
+    clock: &SharedClock,
+    waker: &DeliveryWaker,
+    bus: &Bus,
+    shutdown: &CancellationToken,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<(AlertHandle, alert_runtime::AlertRunner)> {
+    let a = &config.alerts;
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    let settings = alert_engine::Settings {
+        group_wait_ms: ms(a.group_wait),
+        reopen_within_ms: ms(a.reopen_within),
+        flap_drops: a.flap_drops,
+        flap_within_ms: ms(a.flap_within),
+        flap_quiet_ms: ms(a.flap_quiet),
+        conversations_window_ms: ms(a.conversations_window),
+        public_url: a
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+        link_key: store.link_key().await?,
+    };
+    let guard = Guard::new(config.delivery.allowed_networks.clone());
+    let resolver = GuardedResolver::new(guard.clone(), config.delivery.resolve.clone());
+    let mailer = match (&a.smtp_url, &a.smtp_from) {
+        (Some(url), Some(from)) => {
+            let smtp = email::SmtpConfig {
+                server: email::parse_smtp_url(url.expose()).map_err(anyhow::Error::msg)?,
+                from: email::parse_mailbox(from).map_err(anyhow::Error::msg)?,
+                timeout: config.delivery.timeout,
+            };
+            Some(email::Mailer::new(&smtp).map_err(anyhow::Error::msg)?)
+        }
+        (Some(_), None) => anyhow::bail!("alerts.smtp_url is set: set alerts.smtp_from too"),
+        _ => None,
+    };
+    let sender = alert_runtime::Sender {
+        client: send::client(config.delivery.timeout, resolver),
+        guard,
+        mailer,
+        timeout: config.delivery.timeout,
+    };
+    Ok(alert_runtime::runner(alert_runtime::RunnerSettings {
+        store: store.clone(),
+        clock: clock.clone(),
+        delivery: waker.clone(),
+        bus: bus.clone(),
+        settings,
+        sender,
+        shutdown: shutdown.clone(),
+    }))
 }
 
 const ADMIN_TOKEN_FILE: &str = "admin-token";

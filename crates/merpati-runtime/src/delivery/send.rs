@@ -370,3 +370,80 @@ mod tests {
         );
     }
 }
+
+/// What a plain POST (a notifier's) came to.
+#[derive(Debug)]
+pub struct Posted {
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub body: String,
+    /// Why there is no status: the error's kind and text.
+    pub error: Option<(&'static str, String)>,
+}
+
+impl Posted {
+    fn failed(kind: &'static str, why: String) -> Posted {
+        Posted {
+            status: None,
+            retry_after: None,
+            body: String::new(),
+            error: Some((kind, why)),
+        }
+    }
+}
+
+/// POSTs `body` to `url` through the delivery client and its guard, within `timeout`,
+/// and reads a bounded part of the answer: the delivery machinery, for what is not an
+/// event (notifications).
+pub async fn post(
+    client: &Client,
+    guard: &Guard,
+    url: &str,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Posted {
+    let parsed = match url::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => return Posted::failed("request", format!("invalid URL: {e}")),
+    };
+    if let Err(e) = guard.check_url_host(&parsed) {
+        return Posted::failed("forbidden_address", e.to_string());
+    }
+    let uri: http::Uri = match parsed.as_str().parse() {
+        Ok(u) => u,
+        Err(e) => return Posted::failed("request", format!("invalid URL: {e}")),
+    };
+    let mut request = http::Request::post(uri)
+        .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let request = match request.body(Full::new(Bytes::from(body))) {
+        Ok(r) => r,
+        Err(e) => return Posted::failed("request", e.to_string()),
+    };
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let snippet = read_snippet(response.into_body()).await;
+        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, snippet))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok((status, retry_after, body))) => Posted {
+            status: Some(status),
+            retry_after,
+            body,
+            error: None,
+        },
+        Ok(Err(e)) if is_forbidden(&e) => Posted::failed("forbidden_address", error_chain(&e)),
+        Ok(Err(e)) => Posted::failed(classify(&e), error_chain(&e)),
+        Err(_) => Posted::failed("timeout", format!("no complete answer within {timeout:?}")),
+    }
+}

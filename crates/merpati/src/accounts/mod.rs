@@ -6,6 +6,7 @@ use axum::response::Response;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use merpati_domain::account::{Account, ApiKey};
+use merpati_domain::alert::Language;
 use merpati_domain::ids::{self, AccountId, ApiKeyId};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ use crate::api::paging::{list_response, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::as_rfc3339;
 use crate::api::validate::{check_name, id_or_new};
-use crate::api::{ApiResult, AppState};
+use crate::api::{ApiError, ApiResult, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -32,6 +33,7 @@ pub fn routes() -> Router<AppState> {
 pub struct AccountView {
     pub id: AccountId,
     pub name: String,
+    pub language: &'static str,
     #[serde(with = "as_rfc3339")]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
@@ -43,6 +45,7 @@ impl From<&Account> for AccountView {
         AccountView {
             id: a.id.clone(),
             name: a.name.clone(),
+            language: a.language.as_str(),
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -82,6 +85,15 @@ impl From<&ApiKey> for ApiKeyView {
 struct NewAccount {
     id: Option<String>,
     name: String,
+    language: Option<String>,
+}
+
+/// `language`: `en` or `id`, the language of the account's notifications.
+fn language(raw: Option<&str>) -> ApiResult<Option<Language>> {
+    raw.map(|l| {
+        Language::parse(l).ok_or_else(|| ApiError::invalid("language must be \"en\" or \"id\""))
+    })
+    .transpose()
 }
 
 async fn create(
@@ -94,6 +106,7 @@ async fn create(
     let account = Account {
         id: id_or_new("id", body.id, AccountId::generate, AccountId::parse)?,
         name: body.name,
+        language: language(body.language.as_deref())?.unwrap_or_default(),
         created_at: now,
         updated_at: now,
         revision: 0,
@@ -131,7 +144,8 @@ async fn read(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AccountPatch {
-    name: String,
+    name: Option<String>,
+    language: Option<String>,
 }
 
 async fn update(
@@ -141,7 +155,10 @@ async fn update(
     if_match: IfMatch,
     JsonBody(body): JsonBody<AccountPatch>,
 ) -> ApiResult<Response> {
-    check_name("name", &body.name)?;
+    if let Some(name) = &body.name {
+        check_name("name", name)?;
+    }
+    let new_language = language(body.language.as_deref())?;
     let id = AccountId::from(id);
     revision::patch(
         &if_match,
@@ -149,7 +166,12 @@ async fn update(
         || state.store.get_account(id.clone()),
         |a: &Account| AccountView::from(a),
         |a: &mut Account| {
-            a.name = body.name.clone();
+            if let Some(name) = &body.name {
+                a.name = name.clone();
+            }
+            if let Some(l) = new_language {
+                a.language = l;
+            }
             a.updated_at = state.clock.now_ms();
             Ok(())
         },

@@ -37,4 +37,6 @@ pub struct AppState {
     pub device_tokens: TokenCache,
     /// Wakes the pruner: an endpoint or account was deleted, its rows are to go.
     pub purge: Arc<tokio::sync::Notify>,
+    /// The alert runner: woken when rules, windows or incidents change.
+    pub alerts: merpati_runtime::alerts::AlertHandle,
 }

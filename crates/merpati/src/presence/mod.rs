@@ -2,6 +2,8 @@
 //! link in `link`) and the presence API (live status, sessions, downtime, availability). The
 //! lease itself is the domain's state machine, driven by the runtime's presence hub.
 
+use std::collections::HashMap;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -269,6 +271,9 @@ impl From<Blip> for BlipView {
 struct Window {
     from: Option<String>,
     to: Option<String>,
+    /// Availability with the time inside maintenance windows left out.
+    #[serde(default)]
+    exclude_maintenance: bool,
 }
 
 impl Window {
@@ -324,6 +329,39 @@ async fn sessions(
     Ok(Json(serde_json::json!({"data": sessions, "blips": blips})))
 }
 
+/// Each device's time inside its maintenance windows over [from, to), merged.
+async fn maintenance_of(
+    state: &AppState,
+    account: &AccountId,
+    periods: &[Period],
+    from: i64,
+    to: i64,
+) -> ApiResult<HashMap<DeviceId, Vec<(i64, i64)>>> {
+    let mut spans = HashMap::new();
+    for p in periods {
+        if spans.contains_key(&p.device_id) {
+            continue;
+        }
+        let ctx = match state
+            .store
+            .device_context(account.clone(), p.device_id.clone())
+            .await
+        {
+            Ok(ctx) => ctx,
+            // Deleted since: its history stays, no window matches it any more.
+            Err(merpati_domain::StoreError::NotFound(_)) => {
+                spans.insert(p.device_id.clone(), Vec::new());
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let covered =
+            crate::alerts::maintenance_spans(&state.store, account, &ctx, from, to).await?;
+        spans.insert(p.device_id.clone(), covered);
+    }
+    Ok(spans)
+}
+
 async fn downtime(
     state: AppState,
     account: AccountId,
@@ -331,12 +369,19 @@ async fn downtime(
     window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
     let now = state.clock.now_ms();
-    let (_, _, periods) = periods_of(&state, account, scope, &window).await?;
-    let data: Vec<serde_json::Value> = periods
-        .iter()
+    let (from, to, periods) = periods_of(&state, account.clone(), scope, &window).await?;
+    let down: Vec<Period> = periods
+        .into_iter()
         .filter(|p| p.state == PeriodState::Down)
+        .collect();
+    let spans = maintenance_of(&state, &account, &down, from.min(now), to.max(now)).await?;
+    let data: Vec<serde_json::Value> = down
+        .iter()
         .map(|p| {
             let end = p.ended_at.unwrap_or(now);
+            let inside = spans
+                .get(&p.device_id)
+                .map_or(0, |s| history::overlap(s, p.started_at, end));
             serde_json::json!({
                 "device_id": p.device_id,
                 "start": rfc3339(p.started_at),
@@ -344,6 +389,8 @@ async fn downtime(
                 "duration_seconds": (end - p.started_at) / 1000,
                 "reason": p.reason,
                 "ongoing": p.ended_at.is_none(),
+                "maintenance": inside > 0,
+                "maintenance_seconds": inside / 1000,
             })
         })
         .collect();
@@ -357,8 +404,14 @@ async fn availability(
     window: Window,
 ) -> ApiResult<Json<serde_json::Value>> {
     let now = state.clock.now_ms();
-    let (from, to, periods) = periods_of(&state, account, scope, &window).await?;
-    let a = history::availability(&periods, from, to.min(now.max(from)), now);
+    let (from, to, periods) = periods_of(&state, account.clone(), scope, &window).await?;
+    let until = to.min(now.max(from));
+    let a = if window.exclude_maintenance {
+        let spans = maintenance_of(&state, &account, &periods, from, until).await?;
+        history::availability_outside(&periods, from, until, now, &spans)
+    } else {
+        history::availability(&periods, from, until, now)
+    };
     Ok(Json(serde_json::json!({
         "from": rfc3339(from),
         "to": rfc3339(to),
@@ -367,6 +420,8 @@ async fn availability(
         "down_seconds": a.down_ms / 1000,
         "observed_seconds": (a.up_ms + a.down_ms) / 1000,
         "outages": a.outages,
+        "exclude_maintenance": window.exclude_maintenance,
+        "maintenance_seconds": a.maintenance_ms / 1000,
     })))
 }
 

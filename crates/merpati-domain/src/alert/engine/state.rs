@@ -1,0 +1,160 @@
+//! The engine's working state for one run: what it read of each account, and the incidents
+//! it changed, written once at the end.
+
+use std::collections::{HashMap, HashSet};
+
+use super::super::rules::{effective, Effective};
+use super::super::window::covering;
+use super::super::{
+    AlertRule, AlertTx, Entry, Incident, Language, MaintenanceWindow, TimelineEntry,
+};
+use super::{incident_payload, IncidentChange, Outcome, Settings};
+use crate::device::DeviceContext;
+use crate::ids::{AccountId, IncidentId, NotifierId, WindowId};
+use crate::storage::StoreResult;
+use merpati_webhooks::IncidentEventKind;
+
+pub(super) struct AccountView {
+    pub(super) language: Language,
+    pub(super) rules: Vec<AlertRule>,
+    pub(super) windows: Vec<MaintenanceWindow>,
+    pub(super) notifiers: Vec<NotifierId>,
+    pub(super) languages: HashMap<NotifierId, Option<Language>>,
+}
+
+pub(super) struct Engine<'a> {
+    pub(super) tx: &'a mut dyn AlertTx,
+    pub(super) s: &'a Settings,
+    pub(super) now: i64,
+    pub(super) accounts: HashMap<AccountId, AccountView>,
+    /// Incidents read or changed in this run; written once at the end.
+    pub(super) incidents: HashMap<IncidentId, Incident>,
+    pub(super) dirty: HashSet<IncidentId>,
+    pub(super) out: Outcome,
+}
+
+impl<'a> Engine<'a> {
+    pub(super) fn new(tx: &'a mut dyn AlertTx, s: &'a Settings, now: i64) -> Self {
+        Engine {
+            tx,
+            s,
+            now,
+            accounts: HashMap::new(),
+            incidents: HashMap::new(),
+            dirty: HashSet::new(),
+            out: Outcome::default(),
+        }
+    }
+
+    pub(super) fn account(&mut self, id: &AccountId) -> StoreResult<&AccountView> {
+        if !self.accounts.contains_key(id) {
+            let (_, language) = self.tx.account(id)?.unwrap_or_default();
+            let view = AccountView {
+                language,
+                rules: self.tx.rules(id)?,
+                windows: self.tx.windows(id)?,
+                notifiers: self.tx.notifier_ids(id)?,
+                languages: HashMap::new(),
+            };
+            self.accounts.insert(id.clone(), view);
+        }
+        Ok(&self.accounts[id])
+    }
+
+    pub(super) fn effective(&mut self, d: &DeviceContext) -> StoreResult<Effective> {
+        let a = self.account(&d.account_id)?;
+        Ok(effective(&a.rules, d, &a.notifiers))
+    }
+
+    pub(super) fn window_at(
+        &mut self,
+        d: &DeviceContext,
+        at: i64,
+    ) -> StoreResult<Option<(WindowId, i64)>> {
+        let a = self.account(&d.account_id)?;
+        Ok(covering(&a.windows, d, at))
+    }
+
+    pub(super) fn language_for(
+        &mut self,
+        account: &AccountId,
+        notifier: &NotifierId,
+    ) -> StoreResult<Language> {
+        let base = self.account(account)?.language;
+        let known = self.accounts[account].languages.get(notifier).copied();
+        let own = match known {
+            Some(l) => l,
+            None => {
+                let l = self
+                    .tx
+                    .notifier(account, notifier)?
+                    .and_then(|n| n.language);
+                self.accounts
+                    .get_mut(account)
+                    .expect("loaded above")
+                    .languages
+                    .insert(notifier.clone(), l);
+                l
+            }
+        };
+        Ok(own.unwrap_or(base))
+    }
+
+    pub(super) fn incident(
+        &mut self,
+        account: &AccountId,
+        id: &IncidentId,
+    ) -> StoreResult<Option<Incident>> {
+        if let Some(i) = self.incidents.get(id) {
+            return Ok(Some(i.clone()));
+        }
+        let found = self.tx.incident(account, id)?;
+        if let Some(i) = &found {
+            self.incidents.insert(id.clone(), i.clone());
+        }
+        Ok(found)
+    }
+
+    pub(super) fn store(&mut self, inc: Incident) {
+        self.dirty.insert(inc.id.clone());
+        self.incidents.insert(inc.id.clone(), inc);
+    }
+
+    pub(super) fn flush(&mut self) -> StoreResult<()> {
+        for id in std::mem::take(&mut self.dirty) {
+            if let Some(inc) = self.incidents.get_mut(&id) {
+                inc.updated_at = self.now;
+                self.tx.put_incident(inc)?;
+                inc.revision += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn append(&mut self, incident: &IncidentId, entry: Entry) -> StoreResult<()> {
+        self.tx.append(
+            incident,
+            &TimelineEntry {
+                at: self.now,
+                entry,
+            },
+        )
+    }
+
+    pub(super) fn emit(&mut self, inc: &Incident, event: IncidentEventKind) -> StoreResult<()> {
+        let payload = incident_payload(inc, event, self.now);
+        self.out.due_deliveries += self.tx.emit(
+            &inc.account_id,
+            &inc.business_id,
+            event.as_str(),
+            payload,
+            self.now,
+        )?;
+        self.out.incidents.push(IncidentChange {
+            account_id: inc.account_id.clone(),
+            incident_id: inc.id.clone(),
+            state: inc.state,
+        });
+        Ok(())
+    }
+}

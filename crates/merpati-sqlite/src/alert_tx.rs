@@ -1,0 +1,611 @@
+//! The alert engine's calls inside one write transaction ([`AlertTx`]): each one statement
+//! or two. What to call, and when, is the engine's (`merpati_domain::alert::engine`).
+
+use merpati_domain::alert::{
+    AlertRule, AlertTx, BackupChannel, Incident, Language, MaintenanceWindow, Notification,
+    NotificationStatus, Notifier, NotifierHealth, Phase, PresenceChange, TimelineEntry, Tracker,
+};
+use merpati_domain::device::{DeviceContext, Scope};
+use merpati_domain::ids::{
+    AccountId, BusinessId, ChannelId, DeviceId, EventId, IncidentId, NotifierId, WindowId,
+};
+use merpati_domain::{StoreError, StoreResult};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::devices::{context_row, CONTEXT_QUERY};
+use crate::error::DbResult;
+use crate::fanout::{fan_out, insert_event, NewEvent};
+use crate::rows::{id, json_column, opt_id, word};
+use crate::writer::Tx;
+
+pub(crate) struct SqliteAlertTx<'t, 'c> {
+    pub(crate) tx: &'t mut Tx<'c>,
+}
+
+fn db<T>(r: DbResult<T>) -> StoreResult<T> {
+    r.map_err(StoreError::from)
+}
+
+fn sql<T>(r: rusqlite::Result<T>) -> StoreResult<T> {
+    r.map_err(|e| StoreError::from(crate::error::DbError::from(e)))
+}
+
+pub(crate) const TRACKER_COLUMNS: &str =
+    "account_id, device_id, down_since, phase, window_id, due_at, incident_id, flapping";
+
+pub(crate) fn tracker_row(r: &Row<'_>) -> rusqlite::Result<Tracker> {
+    let phase: String = r.get(3)?;
+    let window: Option<WindowId> = opt_id(r, 4)?;
+    Ok(Tracker {
+        account_id: id(r, 0)?,
+        device_id: id(r, 1)?,
+        down_since: r.get(2)?,
+        phase: match (phase.as_str(), window) {
+            ("held", Some(w)) => Phase::Held(w),
+            ("firing", _) => Phase::Firing,
+            _ => Phase::Waiting,
+        },
+        due_at: r.get(5)?,
+        incident_id: opt_id(r, 6)?,
+        flapping: r.get(7)?,
+    })
+}
+
+pub(crate) fn incident_row(r: &Row<'_>) -> rusqlite::Result<Incident> {
+    let body: String = r.get(0)?;
+    let mut inc: Incident = json_column(&body)?;
+    inc.revision = r.get(1)?;
+    Ok(inc)
+}
+
+pub(crate) fn notification_row(r: &Row<'_>) -> rusqlite::Result<Notification> {
+    let message: String = r.get(4)?;
+    Ok(Notification {
+        id: id(r, 0)?,
+        account_id: id(r, 1)?,
+        incident_id: opt_id(r, 2)?,
+        notifier_id: id(r, 3)?,
+        message: json_column(&message)?,
+        status: word(r, 5, NotificationStatus::parse)?,
+        attempts: r.get(6)?,
+        next_attempt_at: r.get(7)?,
+        last_error: r.get(8)?,
+        created_at: r.get(9)?,
+        sent_at: r.get(10)?,
+    })
+}
+
+pub(crate) const NOTIFICATION_COLUMNS: &str = "id, account_id, incident_id, notifier_id, message,
+     status, attempts, next_attempt_at, last_error, created_at, sent_at";
+
+pub(crate) const NOTIFIER_COLUMNS: &str = "body, failures_in_row, last_success_at,
+     last_failure_at, last_error, revision";
+
+pub(crate) fn notifier_row(r: &Row<'_>) -> rusqlite::Result<Notifier> {
+    let body: String = r.get(0)?;
+    let mut n: Notifier = json_column(&body)?;
+    n.health = NotifierHealth {
+        failures_in_row: r.get(1)?,
+        last_success_at: r.get(2)?,
+        last_failure_at: r.get(3)?,
+        last_error: r.get(4)?,
+    };
+    n.revision = r.get(5)?;
+    Ok(n)
+}
+
+pub(crate) fn body_row<T: serde::de::DeserializeOwned>(r: &Row<'_>) -> rusqlite::Result<T> {
+    let body: String = r.get(0)?;
+    json_column(&body)
+}
+
+pub(crate) fn backup_channel(
+    c: &rusqlite::Connection,
+    account: &AccountId,
+    channel: &ChannelId,
+) -> DbResult<Option<BackupChannel>> {
+    Ok(c.prepare_cached(
+        "SELECT b.id, b.name,
+                (SELECT COUNT(*) FROM devices d
+                 WHERE d.account_id = b.account_id AND d.channel_id = b.id AND d.presence = 'up'),
+                (SELECT COUNT(*) FROM devices d
+                 WHERE d.account_id = b.account_id AND d.channel_id = b.id)
+             FROM channels c JOIN channels b
+               ON b.account_id = c.account_id AND b.id = c.backup_channel_id
+             WHERE c.account_id = ?1 AND c.id = ?2",
+    )?
+    .query_row(params![account.as_str(), channel.as_str()], |r| {
+        Ok(BackupChannel {
+            id: id(r, 0)?,
+            name: r.get(1)?,
+            devices_up: r.get::<_, i64>(2)? as usize,
+            devices: r.get::<_, i64>(3)? as usize,
+        })
+    })
+    .optional()?)
+}
+
+pub(crate) fn rules_of(c: &Connection, account: &AccountId) -> DbResult<Vec<AlertRule>> {
+    let mut s = c.prepare_cached(
+        "SELECT body, revision FROM alert_rules WHERE account_id = ?1 ORDER BY created_at, id",
+    )?;
+    let rows = s.query_map([account.as_str()], |r| {
+        let mut rule: AlertRule = body_row(r)?;
+        rule.revision = r.get(1)?;
+        Ok(rule)
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn windows_of(c: &Connection, account: &AccountId) -> DbResult<Vec<MaintenanceWindow>> {
+    let mut s = c.prepare_cached(
+        "SELECT body, revision FROM maintenance_windows WHERE account_id = ?1
+         ORDER BY created_at, id",
+    )?;
+    let rows = s.query_map([account.as_str()], |r| {
+        let mut w: MaintenanceWindow = body_row(r)?;
+        w.revision = r.get(1)?;
+        Ok(w)
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn incident_due(inc: &Incident) -> Option<i64> {
+    inc.due_at()
+}
+
+impl AlertTx for SqliteAlertTx<'_, '_> {
+    fn changes_after(&mut self, seq: i64, limit: usize) -> StoreResult<Vec<PresenceChange>> {
+        let mut stmt = sql(self.tx.prepare_cached(
+            "SELECT id, account_id, device_id, state, announced_at FROM presence_periods
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        ))?;
+        let rows = sql(stmt.query_map(params![seq, limit as i64], |r| {
+            Ok(PresenceChange {
+                seq: r.get(0)?,
+                account_id: id(r, 1)?,
+                device_id: id(r, 2)?,
+                down: r.get::<_, String>(3)? == "down",
+                at: r.get(4)?,
+            })
+        }))?;
+        sql(rows.collect())
+    }
+
+    fn cursor(&mut self) -> StoreResult<i64> {
+        sql(self
+            .tx
+            .prepare_cached("SELECT value FROM alert_state WHERE name = 'cursor'")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)).optional()))
+        .map(|v| v.unwrap_or(0))
+    }
+
+    fn set_cursor(&mut self, seq: i64) -> StoreResult<()> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO alert_state (name, value) VALUES ('cursor', ?1)",
+            )
+            .and_then(|mut s| s.execute([seq])))
+        .map(drop)
+    }
+
+    fn device(
+        &mut self,
+        account: &AccountId,
+        device: &DeviceId,
+    ) -> StoreResult<Option<DeviceContext>> {
+        sql(self
+            .tx
+            .prepare_cached(&format!(
+                "{CONTEXT_QUERY} WHERE d.account_id = ?1 AND d.id = ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), device.as_str()], context_row)
+                    .optional()
+            }))
+    }
+
+    fn rules(&mut self, account: &AccountId) -> StoreResult<Vec<AlertRule>> {
+        db(rules_of(self.tx, account))
+    }
+
+    fn windows(&mut self, account: &AccountId) -> StoreResult<Vec<MaintenanceWindow>> {
+        db(windows_of(self.tx, account))
+    }
+
+    fn notifier_ids(&mut self, account: &AccountId) -> StoreResult<Vec<NotifierId>> {
+        let mut stmt = sql(self.tx.prepare_cached(
+            "SELECT id FROM notifiers WHERE account_id = ?1 ORDER BY created_at, id",
+        ))?;
+        let rows = sql(stmt.query_map([account.as_str()], |r| id(r, 0)))?;
+        sql(rows.collect())
+    }
+
+    fn notifier(&mut self, account: &AccountId, n: &NotifierId) -> StoreResult<Option<Notifier>> {
+        sql(self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {NOTIFIER_COLUMNS} FROM notifiers WHERE account_id = ?1 AND id = ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), n.as_str()], notifier_row)
+                    .optional()
+            }))
+    }
+
+    fn account(&mut self, account: &AccountId) -> StoreResult<Option<(String, Language)>> {
+        sql(self
+            .tx
+            .prepare_cached("SELECT name, language FROM accounts WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([account.as_str()], |r| {
+                    let lang: String = r.get(1)?;
+                    Ok((r.get(0)?, Language::parse(&lang).unwrap_or_default()))
+                })
+                .optional()
+            }))
+    }
+
+    fn drops_since(
+        &mut self,
+        account: &AccountId,
+        device: &DeviceId,
+        since: i64,
+    ) -> StoreResult<usize> {
+        // A period is announced within its grace of starting: a week bounds the scan.
+        sql(self
+            .tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM presence_periods
+                 WHERE account_id = ?1 AND device_id = ?2 AND started_at >= ?3 - 604800000
+                   AND state = 'down' AND announced_at >= ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), device.as_str(), since], |r| {
+                    r.get::<_, i64>(0)
+                })
+            }))
+        .map(|n| n as usize)
+    }
+
+    fn tracker(&mut self, account: &AccountId, device: &DeviceId) -> StoreResult<Option<Tracker>> {
+        sql(self
+            .tx
+            .prepare_cached(&format!(
+                "SELECT {TRACKER_COLUMNS} FROM alert_trackers WHERE account_id = ?1 AND device_id = ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), device.as_str()], tracker_row)
+                    .optional()
+            }))
+    }
+
+    fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()> {
+        let window = match &t.phase {
+            Phase::Held(w) => Some(w.as_str()),
+            _ => None,
+        };
+        sql(self
+            .tx
+            .prepare_cached(&format!(
+                "INSERT OR REPLACE INTO alert_trackers ({TRACKER_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    t.account_id.as_str(),
+                    t.device_id.as_str(),
+                    t.down_since,
+                    t.phase.as_str(),
+                    window,
+                    t.due_at,
+                    t.incident_id.as_ref().map(|i| i.as_str()),
+                    t.flapping
+                ])
+            }))
+        .map(drop)
+    }
+
+    fn delete_tracker(&mut self, account: &AccountId, device: &DeviceId) -> StoreResult<()> {
+        sql(self
+            .tx
+            .prepare_cached("DELETE FROM alert_trackers WHERE account_id = ?1 AND device_id = ?2")
+            .and_then(|mut s| s.execute(params![account.as_str(), device.as_str()])))
+        .map(drop)
+    }
+
+    fn due_trackers(&mut self, now: i64, limit: usize) -> StoreResult<Vec<Tracker>> {
+        let mut stmt = sql(self.tx.prepare_cached(&format!(
+            "SELECT {TRACKER_COLUMNS} FROM alert_trackers
+             WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2"
+        )))?;
+        let rows = sql(stmt.query_map(params![now, limit as i64], tracker_row))?;
+        sql(rows.collect())
+    }
+
+    fn incident(&mut self, account: &AccountId, i: &IncidentId) -> StoreResult<Option<Incident>> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "SELECT body, revision FROM incidents WHERE account_id = ?1 AND id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), i.as_str()], incident_row)
+                    .optional()
+            }))
+    }
+
+    fn unresolved_incident(
+        &mut self,
+        account: &AccountId,
+        business: &BusinessId,
+    ) -> StoreResult<Option<Incident>> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "SELECT body, revision FROM incidents
+                 WHERE account_id = ?1 AND business_id = ?2 AND state IN ('open', 'acknowledged')
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![account.as_str(), business.as_str()], incident_row)
+                    .optional()
+            }))
+    }
+
+    fn resolved_since(
+        &mut self,
+        account: &AccountId,
+        business: &BusinessId,
+        since: i64,
+    ) -> StoreResult<Option<Incident>> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "SELECT body, revision FROM incidents
+                 WHERE account_id = ?1 AND business_id = ?2 AND state = 'resolved'
+                   AND resolved_at >= ?3
+                 ORDER BY resolved_at DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![account.as_str(), business.as_str(), since],
+                    incident_row,
+                )
+                .optional()
+            }))
+    }
+
+    fn put_incident(&mut self, inc: &Incident) -> StoreResult<()> {
+        let body = serde_json::to_string(inc).expect("incidents serialize");
+        let changed = sql(self
+            .tx
+            .prepare_cached(
+                "INSERT INTO incidents
+                     (id, account_id, business_id, state, resolved_at, due_at, body, revision)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)
+                 ON CONFLICT (id) DO UPDATE SET
+                     state = excluded.state, resolved_at = excluded.resolved_at,
+                     due_at = excluded.due_at, body = excluded.body, revision = revision + 1
+                 WHERE revision = ?8",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    inc.id.as_str(),
+                    inc.account_id.as_str(),
+                    inc.business_id.as_str(),
+                    inc.state.as_str(),
+                    inc.resolved_at,
+                    incident_due(inc),
+                    body,
+                    inc.revision
+                ])
+            }))?;
+        if changed == 0 {
+            return Err(StoreError::Stale("incident"));
+        }
+        Ok(())
+    }
+
+    fn due_incidents(&mut self, now: i64, limit: usize) -> StoreResult<Vec<Incident>> {
+        let mut stmt = sql(self.tx.prepare_cached(
+            "SELECT body, revision FROM incidents
+             WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        ))?;
+        let rows = sql(stmt.query_map(params![now, limit as i64], incident_row))?;
+        sql(rows.collect())
+    }
+
+    fn append(&mut self, incident: &IncidentId, entry: &TimelineEntry) -> StoreResult<()> {
+        let json = serde_json::to_string(&entry.entry).expect("entries serialize");
+        sql(self
+            .tx
+            .prepare_cached(
+                "INSERT INTO incident_timeline (incident_id, at, entry) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![incident.as_str(), entry.at, json])))
+        .map(drop)
+    }
+
+    fn enqueue(&mut self, n: &Notification) -> StoreResult<()> {
+        let message = serde_json::to_string(&n.message).expect("messages serialize");
+        sql(self
+            .tx
+            .prepare_cached(&format!(
+                "INSERT INTO notifications ({NOTIFICATION_COLUMNS}, kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))
+            .and_then(|mut s| {
+                s.execute(params![
+                    n.id.as_str(),
+                    n.account_id.as_str(),
+                    n.incident_id.as_ref().map(|i| i.as_str()),
+                    n.notifier_id.as_str(),
+                    message,
+                    n.status.as_str(),
+                    n.attempts,
+                    n.next_attempt_at,
+                    n.last_error,
+                    n.created_at,
+                    n.sent_at,
+                    n.message.kind.as_str()
+                ])
+            }))
+        .map(drop)
+    }
+
+    fn pending_notifications(&mut self, incident: &IncidentId) -> StoreResult<Vec<Notification>> {
+        let mut stmt = sql(self.tx.prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE incident_id = ?1 AND status = 'pending' ORDER BY created_at, id"
+        )))?;
+        let rows = sql(stmt.query_map([incident.as_str()], notification_row))?;
+        sql(rows.collect())
+    }
+
+    fn set_notification(&mut self, n: &Notification) -> StoreResult<()> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "UPDATE notifications SET status = ?2, attempts = ?3, next_attempt_at = ?4,
+                     last_error = ?5, sent_at = ?6
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    n.id.as_str(),
+                    n.status.as_str(),
+                    n.attempts,
+                    n.next_attempt_at,
+                    n.last_error,
+                    n.sent_at
+                ])
+            }))
+        .map(drop)
+    }
+
+    fn alerted_notifiers(&mut self, incident: &IncidentId) -> StoreResult<Vec<NotifierId>> {
+        let mut stmt = sql(self.tx.prepare_cached(
+            "SELECT DISTINCT notifier_id FROM notifications
+             WHERE incident_id = ?1 AND status IN ('pending', 'sent')
+               AND kind IN ('alert', 'update', 'reopened', 'reminder', 'escalation')
+             ORDER BY notifier_id",
+        ))?;
+        let rows = sql(stmt.query_map([incident.as_str()], |r| id(r, 0)))?;
+        sql(rows.collect())
+    }
+
+    fn put_notifier_health(&mut self, n: &NotifierId, h: &NotifierHealth) -> StoreResult<()> {
+        sql(self
+            .tx
+            .prepare_cached(
+                "UPDATE notifiers SET failures_in_row = ?2, last_success_at = ?3,
+                     last_failure_at = ?4, last_error = ?5
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    n.as_str(),
+                    h.failures_in_row,
+                    h.last_success_at,
+                    h.last_failure_at,
+                    h.last_error
+                ])
+            }))
+        .map(drop)
+    }
+
+    fn emit(
+        &mut self,
+        account: &AccountId,
+        business: &BusinessId,
+        event_type: &'static str,
+        payload: String,
+        now: i64,
+    ) -> StoreResult<usize> {
+        let event_id = EventId::generate();
+        let scope = Scope {
+            business_id: Some(business),
+            channel_id: None,
+            device_id: None,
+        };
+        let new = NewEvent {
+            id: &event_id,
+            account_id: account,
+            event_type,
+            scope,
+            created_at: now,
+            inbound: None,
+        };
+        let run = |tx: &mut Tx<'_>| -> DbResult<usize> {
+            let (seq, _) = insert_event(tx, &new, |_| payload)?;
+            let subs = tx.subscriptions(account)?;
+            fan_out(tx, &subs, seq, event_type, scope, now, None)
+        };
+        db(run(self.tx))
+    }
+
+    fn senders(
+        &mut self,
+        account: &AccountId,
+        channels: &[ChannelId],
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<String>> {
+        let first = db(crate::events::first_young_seq(self.tx, from))?;
+        let Some(first) = first else {
+            return Ok(Vec::new());
+        };
+        let mut phones = std::collections::BTreeSet::new();
+        for channel in channels {
+            let mut devices = sql(self.tx.prepare_cached(
+                "SELECT id FROM devices WHERE account_id = ?1 AND channel_id = ?2",
+            ))?;
+            let ids: Vec<String> = sql(sql(
+                devices.query_map(params![account.as_str(), channel.as_str()], |r| r.get(0))
+            )?
+            .collect())?;
+            for device in ids {
+                let mut stmt = sql(self.tx.prepare_cached(
+                    "SELECT DISTINCT json_extract(payload, '$.data.phone') FROM events
+                     WHERE account_id = ?1 AND device_id = ?2 AND seq >= ?3
+                       AND type IN ('sms', 'whatsapp') AND created_at >= ?4 AND created_at < ?5",
+                ))?;
+                let found = sql(stmt
+                    .query_map(params![account.as_str(), device, first, from, to], |r| {
+                        r.get::<_, Option<String>>(0)
+                    }))?;
+                for phone in found {
+                    if let Some(p) = sql(phone)? {
+                        phones.insert(p);
+                    }
+                    if phones.len() >= limit {
+                        return Ok(phones.into_iter().collect());
+                    }
+                }
+            }
+        }
+        Ok(phones.into_iter().collect())
+    }
+
+    fn backup_channel(
+        &mut self,
+        account: &AccountId,
+        channel: &ChannelId,
+    ) -> StoreResult<Option<BackupChannel>> {
+        db(backup_channel(self.tx, account, channel))
+    }
+
+    fn next_due(&mut self) -> StoreResult<Option<i64>> {
+        sql(self.tx.query_row(
+            "SELECT MIN(t) FROM (
+                 SELECT MIN(due_at) AS t FROM alert_trackers WHERE due_at IS NOT NULL
+                 UNION ALL SELECT MIN(due_at) FROM incidents WHERE due_at IS NOT NULL
+                 UNION ALL SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending')",
+            [],
+            |r| r.get(0),
+        ))
+    }
+}

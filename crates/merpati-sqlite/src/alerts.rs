@@ -1,0 +1,485 @@
+//! Alerts as stored: rules, notifiers and maintenance windows (a JSON body each, beside the
+//! columns queries need), incidents with their timelines, notifications. The engine's own
+//! transaction is `alert_tx`.
+
+use merpati_domain::alert::engine::Outcome;
+use merpati_domain::alert::{
+    AlertJob, AlertRule, AlertStore, BackupChannel, Incident, IncidentFilter, MaintenanceWindow,
+    Match, Notification, Notifier, TimelineEntry,
+};
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::{
+    AccountId, AlertRuleId, ChannelId, DeviceId, IncidentId, NotifierId, WindowId,
+};
+use merpati_domain::{Page, StoreError, StoreResult};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::alert_tx::{
+    body_row, incident_row, notification_row, notifier_row, rules_of, windows_of, SqliteAlertTx,
+    NOTIFICATION_COLUMNS, NOTIFIER_COLUMNS,
+};
+use crate::devices::{context_row, owned, CONTEXT_QUERY};
+use crate::error::{is_unique_violation, DbError, DbResult};
+use crate::rows::json_column;
+use crate::SqliteStore;
+
+/// Every id a match names is the account's.
+fn check_match(c: &Connection, account: &AccountId, m: &Match) -> DbResult<()> {
+    let a = account.as_str();
+    if let Some(b) = &m.business_id {
+        if !owned(c, "businesses", a, b.as_str())? {
+            return Err(StoreError::Invalid(format!("match: no business \"{b}\"")).into());
+        }
+    }
+    if let Some(ch) = &m.channel_id {
+        if !owned(c, "channels", a, ch.as_str())? {
+            return Err(StoreError::Invalid(format!("match: no channel \"{ch}\"")).into());
+        }
+    }
+    if let Some(d) = &m.device_id {
+        if !owned(c, "devices", a, d.as_str())? {
+            return Err(StoreError::Invalid(format!("match: no device \"{d}\"")).into());
+        }
+    }
+    Ok(())
+}
+
+/// Every notifier a rule names is the account's.
+fn check_notifiers(c: &Connection, account: &AccountId, rule: &AlertRule) -> DbResult<()> {
+    let named = rule
+        .notifiers
+        .iter()
+        .flatten()
+        .chain(rule.escalation.iter().flatten().flat_map(|s| &s.notifiers));
+    for n in named {
+        if !owned(c, "notifiers", account.as_str(), n.as_str())? {
+            return Err(StoreError::Invalid(format!("no notifier \"{n}\"")).into());
+        }
+    }
+    Ok(())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("bodies serialize")
+}
+
+fn created(e: rusqlite::Error, what: &str) -> DbError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(format!("{what} with this id already exists")).into()
+    } else {
+        e.into()
+    }
+}
+
+/// A body kept only at the revision it was read at.
+fn update_body(
+    c: &Connection,
+    table: &str,
+    account: &AccountId,
+    id: &str,
+    body: String,
+    revision: i64,
+    what: &'static str,
+) -> DbResult<()> {
+    let n = c.execute(
+        &format!(
+            "UPDATE {table} SET body = ?3, revision = revision + 1
+             WHERE account_id = ?1 AND id = ?2 AND revision = ?4"
+        ),
+        params![account.as_str(), id, body, revision],
+    )?;
+    if n == 1 {
+        return Ok(());
+    }
+    if owned(c, table, account.as_str(), id)? {
+        Err(StoreError::Stale(what).into())
+    } else {
+        Err(StoreError::NotFound(what).into())
+    }
+}
+
+fn get_rule(c: &Connection, account: &AccountId, id: &AlertRuleId) -> DbResult<AlertRule> {
+    c.prepare_cached("SELECT body, revision FROM alert_rules WHERE account_id = ?1 AND id = ?2")?
+        .query_row(params![account.as_str(), id.as_str()], |r| {
+            let mut rule: AlertRule = body_row(r)?;
+            rule.revision = r.get(1)?;
+            Ok(rule)
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound("alert rule").into())
+}
+
+fn get_notifier(c: &Connection, account: &AccountId, id: &NotifierId) -> DbResult<Notifier> {
+    c.prepare_cached(&format!(
+        "SELECT {NOTIFIER_COLUMNS} FROM notifiers WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .query_row(params![account.as_str(), id.as_str()], notifier_row)
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound("notifier").into())
+}
+
+fn get_window(c: &Connection, account: &AccountId, id: &WindowId) -> DbResult<MaintenanceWindow> {
+    c.prepare_cached(
+        "SELECT body, revision FROM maintenance_windows WHERE account_id = ?1 AND id = ?2",
+    )?
+    .query_row(params![account.as_str(), id.as_str()], |r| {
+        let mut w: MaintenanceWindow = body_row(r)?;
+        w.revision = r.get(1)?;
+        Ok(w)
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound("maintenance window").into())
+}
+
+/// The alert engine looks again at an account whose rules or windows changed: a device
+/// waiting for its alert is due now, to be weighed against what applies now.
+fn recheck_waiting(c: &Connection, account: &AccountId, now: i64) -> DbResult<()> {
+    c.execute(
+        "UPDATE alert_trackers SET due_at = ?2
+         WHERE account_id = ?1 AND phase IN ('waiting', 'held') AND down_since IS NOT NULL
+           AND flapping = 0 AND due_at > ?2",
+        params![account.as_str(), now],
+    )?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl AlertStore for SqliteStore {
+    async fn alert_write(&self, job: AlertJob<Outcome>) -> StoreResult<Outcome> {
+        self.write(move |tx| {
+            let mut alert_tx = SqliteAlertTx { tx };
+            job(&mut alert_tx).map_err(DbError::from)
+        })
+        .await
+    }
+
+    async fn create_rule(&self, account: AccountId, rule: AlertRule) -> StoreResult<AlertRule> {
+        self.write(move |c| {
+            check_match(c, &account, &rule.matches)?;
+            check_notifiers(c, &account, &rule)?;
+            c.execute(
+                "INSERT INTO alert_rules (account_id, id, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![account.as_str(), rule.id.as_str(), json(&rule), rule.created_at],
+            )
+            .map_err(|e| created(e, "an alert rule"))?;
+            Ok(rule)
+        })
+        .await
+    }
+
+    async fn list_rules(&self, account: AccountId) -> StoreResult<Vec<AlertRule>> {
+        self.read(move |c| rules_of(c, &account)).await
+    }
+
+    async fn get_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<AlertRule> {
+        self.read(move |c| get_rule(c, &account, &id)).await
+    }
+
+    async fn update_rule(&self, account: AccountId, rule: AlertRule) -> StoreResult<AlertRule> {
+        self.write(move |c| {
+            check_match(c, &account, &rule.matches)?;
+            check_notifiers(c, &account, &rule)?;
+            update_body(
+                c,
+                "alert_rules",
+                &account,
+                rule.id.as_str(),
+                json(&rule),
+                rule.revision,
+                "alert rule",
+            )?;
+            recheck_waiting(c, &account, rule.updated_at)?;
+            get_rule(c, &account, &rule.id)
+        })
+        .await
+    }
+
+    async fn delete_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM alert_rules WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("alert rule").into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO notifiers (account_id, id, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![account.as_str(), n.id.as_str(), json(&n), n.created_at],
+            )
+            .map_err(|e| created(e, "a notifier"))?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn list_notifiers(&self, account: AccountId) -> StoreResult<Vec<Notifier>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {NOTIFIER_COLUMNS} FROM notifiers WHERE account_id = ?1
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = s.query_map([account.as_str()], notifier_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_notifier(&self, account: AccountId, id: NotifierId) -> StoreResult<Notifier> {
+        self.read(move |c| get_notifier(c, &account, &id)).await
+    }
+
+    async fn update_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
+        self.write(move |c| {
+            update_body(
+                c,
+                "notifiers",
+                &account,
+                n.id.as_str(),
+                json(&n),
+                n.revision,
+                "notifier",
+            )?;
+            get_notifier(c, &account, &n.id)
+        })
+        .await
+    }
+
+    async fn delete_notifier(&self, account: AccountId, id: NotifierId) -> StoreResult<()> {
+        self.write(move |c| {
+            let naming: Vec<String> = rules_of(c, &account)?
+                .into_iter()
+                .filter(|r| {
+                    r.notifiers.iter().flatten().any(|n| *n == id)
+                        || r.escalation
+                            .iter()
+                            .flatten()
+                            .any(|s| s.notifiers.contains(&id))
+                })
+                .map(|r| r.id.into_string())
+                .collect();
+            if !naming.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "alert rules name this notifier: {}",
+                    naming.join(", ")
+                ))
+                .into());
+            }
+            let n = c.execute(
+                "DELETE FROM notifiers WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("notifier").into());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_window(
+        &self,
+        account: AccountId,
+        w: MaintenanceWindow,
+    ) -> StoreResult<MaintenanceWindow> {
+        self.write(move |c| {
+            check_match(c, &account, &w.matches)?;
+            c.execute(
+                "INSERT INTO maintenance_windows (account_id, id, body, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![account.as_str(), w.id.as_str(), json(&w), w.created_at],
+            )
+            .map_err(|e| created(e, "a maintenance window"))?;
+            recheck_waiting(c, &account, w.created_at)?;
+            Ok(w)
+        })
+        .await
+    }
+
+    async fn list_windows(&self, account: AccountId) -> StoreResult<Vec<MaintenanceWindow>> {
+        self.read(move |c| windows_of(c, &account)).await
+    }
+
+    async fn get_window(&self, account: AccountId, id: WindowId) -> StoreResult<MaintenanceWindow> {
+        self.read(move |c| get_window(c, &account, &id)).await
+    }
+
+    async fn update_window(
+        &self,
+        account: AccountId,
+        w: MaintenanceWindow,
+    ) -> StoreResult<MaintenanceWindow> {
+        self.write(move |c| {
+            check_match(c, &account, &w.matches)?;
+            update_body(
+                c,
+                "maintenance_windows",
+                &account,
+                w.id.as_str(),
+                json(&w),
+                w.revision,
+                "maintenance window",
+            )?;
+            recheck_waiting(c, &account, w.updated_at)?;
+            get_window(c, &account, &w.id)
+        })
+        .await
+    }
+
+    async fn delete_window(&self, account: AccountId, id: WindowId) -> StoreResult<()> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM maintenance_windows WHERE account_id = ?1 AND id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("maintenance window").into());
+            }
+            // A device held by it may be due now.
+            c.execute(
+                "UPDATE alert_trackers SET due_at = 0
+                 WHERE account_id = ?1 AND window_id = ?2",
+                params![account.as_str(), id.as_str()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_incidents(
+        &self,
+        account: AccountId,
+        filter: IncidentFilter,
+        page: Page,
+    ) -> StoreResult<Vec<Incident>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT body, revision FROM incidents
+                 WHERE account_id = ?1 AND (?2 IS NULL OR id < ?2) AND (?3 IS NULL OR state = ?3)
+                 ORDER BY id DESC LIMIT ?4",
+            )?;
+            let rows = s.query_map(
+                params![
+                    account.as_str(),
+                    page.after,
+                    filter.state.map(|s| s.as_str()),
+                    page.limit as i64
+                ],
+                incident_row,
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn get_incident(&self, account: AccountId, id: IncidentId) -> StoreResult<Incident> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT body, revision FROM incidents WHERE account_id = ?1 AND id = ?2",
+            )?
+            .query_row(params![account.as_str(), id.as_str()], incident_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound("incident").into())
+        })
+        .await
+    }
+
+    async fn find_incident(&self, id: IncidentId) -> StoreResult<Incident> {
+        self.read(move |c| {
+            c.prepare_cached("SELECT body, revision FROM incidents WHERE id = ?1")?
+                .query_row([id.as_str()], incident_row)
+                .optional()?
+                .ok_or_else(|| StoreError::NotFound("incident").into())
+        })
+        .await
+    }
+
+    async fn timeline(&self, incident: IncidentId) -> StoreResult<Vec<TimelineEntry>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT at, entry FROM incident_timeline WHERE incident_id = ?1 ORDER BY id",
+            )?;
+            let rows = s.query_map([incident.as_str()], |r| {
+                let entry: String = r.get(1)?;
+                Ok(TimelineEntry {
+                    at: r.get(0)?,
+                    entry: json_column(&entry)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn incident_notifications(&self, incident: IncidentId) -> StoreResult<Vec<Notification>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE incident_id = ?1
+                 ORDER BY created_at, id"
+            ))?;
+            let rows = s.query_map([incident.as_str()], notification_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn backup_status(
+        &self,
+        account: AccountId,
+        channel: ChannelId,
+    ) -> StoreResult<Option<BackupChannel>> {
+        self.read(move |c| crate::alert_tx::backup_channel(c, &account, &channel))
+            .await
+    }
+
+    async fn device_context(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+    ) -> StoreResult<DeviceContext> {
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{CONTEXT_QUERY} WHERE d.account_id = ?1 AND d.id = ?2"
+            ))?
+            .query_row(params![account.as_str(), device.as_str()], context_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound("device").into())
+        })
+        .await
+    }
+
+    async fn due_notifications(&self, now: i64, limit: usize) -> StoreResult<Vec<Notification>> {
+        self.read(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+                 WHERE status = 'pending' AND next_attempt_at <= ?1
+                 ORDER BY next_attempt_at LIMIT ?2"
+            ))?;
+            let rows = s.query_map(params![now, limit as i64], notification_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn link_key(&self) -> StoreResult<Vec<u8>> {
+        self.write(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO alert_state (name, value) VALUES ('link_key', randomblob(32))",
+                [],
+            )?;
+            Ok(c.query_row(
+                "SELECT value FROM alert_state WHERE name = 'link_key'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}

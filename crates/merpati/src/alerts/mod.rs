@@ -1,0 +1,195 @@
+//! Alerts: rules, notifiers, maintenance windows and incidents as the API shows them, and
+//! the signed acknowledgement links. What fires when, and who is told, is the alert engine's
+//! (`merpati_domain::alert::engine`), run by the alert runner; these routes edit what it
+//! reads and act on incidents through the same engine.
+//!
+//! Edits are JSON merge patches (RFC 7396) over what a create takes: the merged body is
+//! checked exactly as a new one would be, so an edit can never store what a create would
+//! refuse.
+
+use axum::routing::{get, post};
+use axum::Router;
+use merpati_domain::alert::engine::Outcome;
+use merpati_domain::alert::Match;
+use merpati_runtime::bus::Change;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::validate::check_id;
+use crate::api::{ApiError, ApiResult, AppState};
+
+mod incidents;
+mod links;
+mod notifiers;
+mod rules;
+mod windows;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/alert-rules", get(rules::list).post(rules::create))
+        .route("/v1/alert-rules/effective", get(rules::effective))
+        .route(
+            "/v1/alert-rules/{id}",
+            get(rules::read).patch(rules::update).delete(rules::remove),
+        )
+        .route(
+            "/v1/notifiers",
+            get(notifiers::list).post(notifiers::create),
+        )
+        .route(
+            "/v1/notifiers/{id}",
+            get(notifiers::read)
+                .patch(notifiers::update)
+                .delete(notifiers::remove),
+        )
+        .route("/v1/notifiers/{id}/test", post(notifiers::test))
+        .route(
+            "/v1/maintenance-windows",
+            get(windows::list).post(windows::create),
+        )
+        .route(
+            "/v1/maintenance-windows/{id}",
+            get(windows::read)
+                .patch(windows::update)
+                .delete(windows::remove),
+        )
+        .route("/v1/incidents", get(incidents::list))
+        .route("/v1/incidents/{id}", get(incidents::read))
+        .route(
+            "/v1/incidents/{id}/acknowledge",
+            post(incidents::acknowledge),
+        )
+        .route("/v1/incidents/{id}/resolve", post(incidents::resolve))
+        .route("/v1/incidents/{id}/notes", post(incidents::add_note))
+        .route("/ack/{token}", get(links::confirm).post(links::acknowledge))
+}
+
+pub use windows::maintenance_spans;
+
+/// The longest any alert duration may be: a week.
+const MAX_DURATION_MS: i64 = 7 * 24 * 3_600_000;
+
+/// A duration as requests give it (`0s`, `5m`, `1h 30m`), within [0, a week].
+fn duration_ms(field: &str, raw: &str) -> ApiResult<i64> {
+    let d = humantime::parse_duration(raw.trim()).map_err(|e| {
+        ApiError::invalid(format!(
+            "{field} must be a duration like \"30s\", \"5m\" or \"1h\" ({e})"
+        ))
+    })?;
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if ms > MAX_DURATION_MS {
+        return Err(ApiError::invalid(format!("{field} must be at most 7 days")));
+    }
+    Ok(ms)
+}
+
+/// `match` as requests give it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchBody {
+    engine: Option<String>,
+    business_id: Option<String>,
+    channel_id: Option<String>,
+    device_id: Option<String>,
+}
+
+impl MatchBody {
+    fn into_match(self) -> ApiResult<Match> {
+        if let Some(e) = &self.engine {
+            if e.is_empty() || e.len() > 32 || !e.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::invalid(
+                    "match.engine must be 1 to 32 printable characters, e.g. \"wa\"",
+                ));
+            }
+        }
+        for (field, id) in [
+            ("match.business_id", &self.business_id),
+            ("match.channel_id", &self.channel_id),
+            ("match.device_id", &self.device_id),
+        ] {
+            if let Some(id) = id {
+                check_id(field, id)?;
+            }
+        }
+        Ok(Match {
+            engine: self.engine,
+            business_id: self.business_id.map(Into::into),
+            channel_id: self.channel_id.map(Into::into),
+            device_id: self.device_id.map(Into::into),
+        })
+    }
+}
+
+fn match_json(m: &Match) -> Value {
+    serde_json::to_value(m).expect("matches serialize")
+}
+
+/// RFC 7396: `patch` over `target`; `null` removes a member.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(members) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let object = target.as_object_mut().expect("made an object");
+            for (key, value) in members {
+                if value.is_null() {
+                    object.remove(key);
+                } else {
+                    merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// A PATCH body: a JSON object.
+fn patch_object(body: &axum::body::Bytes) -> ApiResult<Value> {
+    let v: Value = crate::api::extract::parse_json(body)?;
+    if !v.is_object() {
+        return Err(ApiError::invalid(
+            "a PATCH body is a JSON object (a merge patch)",
+        ));
+    }
+    if v.get("id").is_some() {
+        return Err(ApiError::invalid("id cannot be changed"));
+    }
+    Ok(v)
+}
+
+/// Tells whoever needs to know what an engine run did.
+fn told(state: &AppState, out: &Outcome) {
+    if out.due_deliveries > 0 {
+        state.delivery.wake();
+    }
+    for change in &out.incidents {
+        state.bus.publish(Change::Incident {
+            account: change.account_id.clone(),
+            incident: change.incident_id.clone(),
+            state: change.state,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patches_replace_and_remove() {
+        let mut target = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        merge_patch(&mut target, &json!({"a": null, "b": {"c": 5}, "e": [2, 3]}));
+        assert_eq!(target, json!({"b": {"c": 5, "d": 3}, "e": [2, 3]}));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(duration_ms("x", "0s").unwrap(), 0);
+        assert_eq!(duration_ms("x", "5m").unwrap(), 300_000);
+        assert!(duration_ms("x", "-5m").is_err());
+        assert!(duration_ms("x", "8d").is_err());
+        assert!(duration_ms("x", "soon").is_err());
+    }
+}

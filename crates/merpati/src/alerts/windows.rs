@@ -1,0 +1,309 @@
+//! `/v1/maintenance-windows`: one-off (`starts_at`, `ends_at`) or weekly (`weekly: {days,
+//! start, duration}` in `timezone`) for the devices a match names. Overlapping windows are
+//! allowed and count as their union.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use merpati_domain::alert::window::{self, covered_spans, parse_day, time_zone, DAY_NAMES};
+use merpati_domain::alert::{MaintenanceWindow, Schedule};
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::{AccountId, WindowId};
+use merpati_domain::SharedStore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{duration_ms, match_json, merge_patch, patch_object, MatchBody};
+use crate::api::extract::{parse_json, Account};
+use crate::api::revision::{self, IfMatch};
+use crate::api::time::{duration, rfc3339};
+use crate::api::validate::{check_name, id_or_new, parse_time};
+use crate::api::{ApiError, ApiResult, AppState};
+
+/// The longest a one-off window may be.
+const MAX_ONCE_MS: i64 = 366 * 24 * 3_600_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowBody {
+    id: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "match", default)]
+    matches: MatchBody,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    weekly: Option<WeeklyBody>,
+    timezone: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeeklyBody {
+    days: Vec<String>,
+    /// `HH:MM`, local to the window's time zone.
+    start: String,
+    duration: String,
+}
+
+fn parse_start(raw: &str) -> ApiResult<u16> {
+    let bad = || ApiError::invalid("weekly.start must be a local time \"HH:MM\", 00:00 to 23:59");
+    let (h, m) = raw.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 || raw.len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+impl WindowBody {
+    fn into_window(self, id: WindowId, now: i64) -> ApiResult<MaintenanceWindow> {
+        if let Some(name) = &self.name {
+            check_name("name", name)?;
+        }
+        let schedule = match (self.starts_at, self.ends_at, self.weekly) {
+            (Some(starts), Some(ends), None) => {
+                if self.timezone.is_some() {
+                    return Err(ApiError::invalid(
+                        "timezone applies to weekly windows; starts_at and ends_at carry their offset",
+                    ));
+                }
+                let starts_at = parse_time("starts_at", &starts)?;
+                let ends_at = parse_time("ends_at", &ends)?;
+                if ends_at <= starts_at {
+                    return Err(ApiError::invalid("ends_at must be after starts_at"));
+                }
+                if ends_at - starts_at > MAX_ONCE_MS {
+                    return Err(ApiError::invalid(
+                        "a one-off window may last at most 366 days",
+                    ));
+                }
+                Schedule::Once { starts_at, ends_at }
+            }
+            (None, None, Some(w)) => {
+                let timezone = self.timezone.unwrap_or_else(|| "UTC".into());
+                if time_zone(&timezone).is_none() {
+                    return Err(ApiError::invalid(format!(
+                        "timezone {timezone:?} is not an IANA time zone, e.g. \"Asia/Jakarta\""
+                    )));
+                }
+                if w.days.is_empty() {
+                    return Err(ApiError::invalid("weekly.days must name at least one day"));
+                }
+                let mut days = Vec::new();
+                for d in &w.days {
+                    let n = parse_day(d).ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "weekly.days: {d:?} is not a day; use {}",
+                            DAY_NAMES.join(", ")
+                        ))
+                    })?;
+                    if !days.contains(&n) {
+                        days.push(n);
+                    }
+                }
+                days.sort();
+                let duration_ms = duration_ms("weekly.duration", &w.duration)?;
+                if duration_ms == 0 || duration_ms > window::MAX_DURATION_MS {
+                    return Err(ApiError::invalid(
+                        "weekly.duration must be more than 0s and at most 7 days",
+                    ));
+                }
+                Schedule::Weekly {
+                    days,
+                    start_minute: parse_start(&w.start)?,
+                    duration_ms,
+                    timezone,
+                }
+            }
+            (None, None, None) => {
+                return Err(ApiError::invalid(
+                    "a window needs starts_at and ends_at, or weekly",
+                ))
+            }
+            (_, _, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "a window is either one-off (starts_at, ends_at) or weekly, not both",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "a one-off window needs both starts_at and ends_at",
+                ))
+            }
+        };
+        Ok(MaintenanceWindow {
+            id,
+            name: self.name,
+            matches: self.matches.into_match()?,
+            schedule,
+            created_at: now,
+            updated_at: now,
+            revision: 0,
+        })
+    }
+}
+
+fn hhmm(minute: u16) -> String {
+    format!("{:02}:{:02}", minute / 60, minute % 60)
+}
+
+/// The window as a create takes it (what a merge patch applies to).
+fn input(w: &MaintenanceWindow) -> Value {
+    let mut v = json!({"match": match_json(&w.matches)});
+    let o = v.as_object_mut().expect("an object");
+    if let Some(name) = &w.name {
+        o.insert("name".into(), json!(name));
+    }
+    match &w.schedule {
+        Schedule::Once { starts_at, ends_at } => {
+            o.insert("starts_at".into(), json!(rfc3339(*starts_at)));
+            o.insert("ends_at".into(), json!(rfc3339(*ends_at)));
+        }
+        Schedule::Weekly {
+            days,
+            start_minute,
+            duration_ms,
+            timezone,
+        } => {
+            let days: Vec<&str> = days.iter().map(|d| DAY_NAMES[*d as usize]).collect();
+            o.insert(
+                "weekly".into(),
+                json!({"days": days, "start": hhmm(*start_minute), "duration": duration(*duration_ms)}),
+            );
+            o.insert("timezone".into(), json!(timezone));
+        }
+    }
+    v
+}
+
+fn view(w: &MaintenanceWindow, now: i64) -> Value {
+    let mut v = json!({"id": w.id});
+    let o = v.as_object_mut().expect("an object");
+    if let Value::Object(fields) = input(w) {
+        o.extend(fields);
+    }
+    let active = w.schedule.active_at(now);
+    let next = w
+        .schedule
+        .occurrences(now, now + 8 * 24 * 3_600_000)
+        .into_iter()
+        .find(|(s, _)| *s > now);
+    o.insert(
+        "active".into(),
+        json!(active.map(|(s, e)| json!({"starts_at": rfc3339(s), "ends_at": rfc3339(e)}))),
+    );
+    o.insert(
+        "next".into(),
+        json!(next.map(|(s, e)| json!({"starts_at": rfc3339(s), "ends_at": rfc3339(e)}))),
+    );
+    o.insert("created_at".into(), json!(rfc3339(w.created_at)));
+    o.insert("updated_at".into(), json!(rfc3339(w.updated_at)));
+    v
+}
+
+pub(super) async fn create(
+    Account(account): Account,
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body: WindowBody = parse_json(&body)?;
+    let id = id_or_new("id", body.id.clone(), WindowId::generate, WindowId::parse)?;
+    let now = state.clock.now_ms();
+    let w = body.into_window(id, now)?;
+    let w = state.store.create_window(account, w).await?;
+    state.alerts.wake();
+    Ok((StatusCode::CREATED, Json(view(&w, now))))
+}
+
+pub(super) async fn list(
+    Account(account): Account,
+    State(state): State<AppState>,
+) -> ApiResult<Json<Value>> {
+    let now = state.clock.now_ms();
+    let all = state.store.list_windows(account).await?;
+    let data: Vec<Value> = all.iter().map(|w| view(w, now)).collect();
+    Ok(Json(json!({"data": data, "next_cursor": null})))
+}
+
+pub(super) async fn read(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let w = state.store.get_window(account, id.into()).await?;
+    Ok(revision::read(&headers, view(&w, state.clock.now_ms())))
+}
+
+pub(super) async fn update(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    if_match: IfMatch,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let patch = patch_object(&body)?;
+    let id = WindowId::from(id);
+    let store = state.store.clone();
+    let now = state.clock.now_ms();
+    let response = revision::patch(
+        &if_match,
+        "maintenance window",
+        || store.get_window(account.clone(), id.clone()),
+        |w: &MaintenanceWindow| view(w, now),
+        |w: &mut MaintenanceWindow| {
+            let mut merged = input(w);
+            // Switching between one-off and weekly: the patch's kind wins.
+            if patch.get("weekly").is_some_and(|v| !v.is_null()) {
+                for key in ["starts_at", "ends_at"] {
+                    merged.as_object_mut().expect("an object").remove(key);
+                }
+            }
+            if patch.get("starts_at").is_some_and(|v| !v.is_null()) {
+                for key in ["weekly", "timezone"] {
+                    merged.as_object_mut().expect("an object").remove(key);
+                }
+            }
+            merge_patch(&mut merged, &patch);
+            let body: WindowBody = serde_json::from_value(merged)
+                .map_err(|e| ApiError::invalid(format!("the patched window: {e}")))?;
+            let mut changed = body.into_window(w.id.clone(), now)?;
+            changed.created_at = w.created_at;
+            changed.revision = w.revision;
+            *w = changed;
+            Ok(())
+        },
+        |changed: MaintenanceWindow, _: MaintenanceWindow| {
+            let store = store.clone();
+            let account = account.clone();
+            async move { revision::saved(store.update_window(account, changed).await) }
+        },
+    )
+    .await?;
+    state.alerts.wake();
+    Ok(response)
+}
+
+pub(super) async fn remove(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.store.delete_window(account, id.into()).await?;
+    state.alerts.wake();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The parts of [from, to) a device spent inside its maintenance windows, merged.
+pub async fn maintenance_spans(
+    store: &SharedStore,
+    account: &AccountId,
+    device: &DeviceContext,
+    from: i64,
+    to: i64,
+) -> ApiResult<Vec<(i64, i64)>> {
+    let windows = store.list_windows(account.clone()).await?;
+    Ok(covered_spans(&windows, device, from, to))
+}
