@@ -36,6 +36,7 @@ pub async fn tree(store: &SharedStore, account: &str, devices: usize) -> Tree {
         .create_account(Account {
             id: account.clone(),
             name: format!("Merchant {account}"),
+            language: Default::default(),
             created_at: T0,
             updated_at: T0,
             revision: 0,

@@ -262,8 +262,12 @@ async fn device_status_reports_alternate_and_carry_reasons() {
     let m = app.merchant_on("m1", "wa").await;
     // Reports a moment apart may be delivered in any order unless the endpoint asks for
     // the device's order.
-    app.endpoint(&m.key, &receiver, json!({"ordering": "device"}))
-        .await;
+    app.endpoint(
+        &m.key,
+        &receiver,
+        json!({"ordering": "device", "events": ["device.*"]}),
+    )
+    .await;
     let report = |status: &'static str| {
         let app = &app;
         let token = m.device_token.clone();

@@ -87,7 +87,14 @@ impl TestApp {
             .as_ref()
             .expect("a manual clock (spawn_manual)")
             .advance_ms(ms);
-        self.server.as_ref().unwrap().presence().tick().await;
+        self.tick().await;
+    }
+
+    /// Lets the presence hub, then the alert runner, act on what is due now.
+    pub async fn tick(&self) {
+        let server = self.server.as_ref().unwrap();
+        server.presence().tick().await;
+        server.alerts().tick().await;
     }
 
     /// The changes the server commits from now on.
@@ -396,6 +403,7 @@ pub struct Merchant {
 /// One request a receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
@@ -575,39 +583,42 @@ impl Receiver {
             ..ReceiverState::default()
         });
         let handler_state = state.clone();
-        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {
-            let state = handler_state.clone();
-            async move {
-                // Counted in before it shows as received, so that a test that saw it arrive
-                // also sees it under way.
-                use std::sync::atomic::Ordering::SeqCst;
-                let now = state.under_way.fetch_add(1, SeqCst) + 1;
-                state.most_at_once.fetch_max(now, SeqCst);
-                // Counted out however the request ends, even when the client gives up.
-                let _under_way = UnderWay(state.clone());
-                state.received.lock().unwrap().push(Received {
-                    headers,
-                    body,
-                    at: Instant::now(),
-                });
-                state.arrived.notify_waiters();
-                let mut open = state.open.as_ref().unwrap().subscribe();
-                let _ = open.wait_for(|open| *open).await;
-                let answer = state
-                    .script
-                    .lock()
-                    .unwrap()
-                    .pop_front()
-                    .or_else(|| state.default.lock().unwrap().clone())
-                    .unwrap_or_else(|| Answer::status(200));
-                tokio::time::sleep(answer.delay).await;
-                let mut resp = axum::response::Response::builder().status(answer.status);
-                for (k, v) in &answer.headers {
-                    resp = resp.header(*k, v);
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let state = handler_state.clone();
+                async move {
+                    // Counted in before it shows as received, so that a test that saw it arrive
+                    // also sees it under way.
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = state.under_way.fetch_add(1, SeqCst) + 1;
+                    state.most_at_once.fetch_max(now, SeqCst);
+                    // Counted out however the request ends, even when the client gives up.
+                    let _under_way = UnderWay(state.clone());
+                    state.received.lock().unwrap().push(Received {
+                        path: uri.path().to_string(),
+                        headers,
+                        body,
+                        at: Instant::now(),
+                    });
+                    state.arrived.notify_waiters();
+                    let mut open = state.open.as_ref().unwrap().subscribe();
+                    let _ = open.wait_for(|open| *open).await;
+                    let answer = state
+                        .script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .or_else(|| state.default.lock().unwrap().clone())
+                        .unwrap_or_else(|| Answer::status(200));
+                    tokio::time::sleep(answer.delay).await;
+                    let mut resp = axum::response::Response::builder().status(answer.status);
+                    for (k, v) in &answer.headers {
+                        resp = resp.header(*k, v);
+                    }
+                    resp.body(axum::body::Body::from(answer.body)).unwrap()
                 }
-                resp.body(axum::body::Body::from(answer.body)).unwrap()
-            }
-        });
+            },
+        );
         let listener = CountingListener {
             inner: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
             state: state.clone(),

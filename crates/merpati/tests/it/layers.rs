@@ -226,6 +226,7 @@ fn the_server_s_modules_point_one_way() {
         &["api"],
         &[
             "accounts",
+            "alerts",
             "devices",
             "endpoints",
             "events",

@@ -1,5 +1,7 @@
 //! The one integration-test binary: real servers on port 0, real receivers on loopback.
 
+mod alert_input;
+mod alerts;
 mod api;
 mod bad_input;
 mod bench;
@@ -16,6 +18,8 @@ mod isolation;
 mod lanes;
 mod layers;
 mod link;
+mod maintenance;
+mod notifications;
 mod payloads;
 mod presence;
 mod restart;
@@ -23,3 +27,4 @@ mod retention;
 mod retries;
 mod revisions;
 mod simulate;
+mod smtp;

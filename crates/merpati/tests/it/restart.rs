@@ -33,7 +33,14 @@ async fn pending_retries_survive_a_graceful_restart() {
 
 /// `merpati serve` as a child process on a free port; returns it and its base URL.
 async fn spawn_binary(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_merpati"))
+    spawn_binary_with(data_dir, &[]).await
+}
+
+/// As [`spawn_binary`], with more settings.
+pub async fn spawn_binary_with(data_dir: &Path, settings: &[(&str, &str)]) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_merpati"));
+    command.envs(settings.iter().copied());
+    let mut child = command
         .arg("serve")
         .env("MERPATI_LISTEN", "127.0.0.1:0")
         .env("MERPATI_DATA_DIR", data_dir)
