@@ -2,7 +2,8 @@
 //! behind it:
 //! - retention: events older than `retention.max_age`, with their deliveries, attempts and
 //!   dedup records. An event whose deliveries are not all final (pending, or held for a
-//!   disabled endpoint) is kept: at-least-once outranks retention.
+//!   disabled endpoint) is kept: at-least-once outranks retention. Incidents resolved
+//!   before then go too, with their timelines and notifications; open ones stay.
 //! - deleted endpoints: their deliveries and attempts, then the endpoints themselves;
 //! - deleted accounts: their events (with what hangs off them), then the accounts, once
 //!   their endpoints are gone.
@@ -75,6 +76,15 @@ impl Pruner {
             .await;
         if total > 0 {
             tracing::info!(events = total, "pruned old events");
+        }
+        let alerts = self
+            .in_chunks(CHUNK, |n| self.store.prune_alerts(before, n))
+            .await;
+        if alerts > 0 {
+            tracing::info!(
+                rows = alerts,
+                "pruned resolved incidents and old notifications"
+            );
         }
         total
     }

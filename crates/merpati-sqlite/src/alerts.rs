@@ -468,6 +468,26 @@ impl AlertStore for SqliteStore {
         .await
     }
 
+    async fn prune_alerts(&self, before: i64, limit: usize) -> StoreResult<usize> {
+        self.write(move |c| {
+            let incidents = c.execute(
+                "DELETE FROM incidents WHERE id IN (
+                     SELECT id FROM incidents
+                     WHERE state = 'resolved' AND resolved_at < ?1 LIMIT ?2)",
+                params![before, limit as i64],
+            )?;
+            let notices = c.execute(
+                "DELETE FROM notifications WHERE id IN (
+                     SELECT id FROM notifications
+                     WHERE incident_id IS NULL AND status != 'pending' AND created_at < ?1
+                     LIMIT ?2)",
+                params![before, limit as i64],
+            )?;
+            Ok(incidents + notices)
+        })
+        .await
+    }
+
     async fn link_key(&self) -> StoreResult<Vec<u8>> {
         self.write(|c| {
             c.execute(

@@ -1,7 +1,7 @@
 //! The storage contract: what every storage backend must do, written once against the
 //! domain's storage traits (fan-out, dedup, claims and leases, retries and outcomes,
 //! holding and releasing, device queues, presence, retention and purges, revisions, the
-//! walls between accounts).
+//! walls between accounts, alerts and incidents).
 //!
 //! A backend runs the whole suite from a test file of its own:
 //!
@@ -70,7 +70,12 @@ macro_rules! contract_suite {
             retention::old_events_go_unless_a_delivery_still_owes_them,
             retention::deleted_endpoints_and_accounts_go_a_chunk_at_a_time,
             revisions::an_update_applies_only_at_the_revision_it_was_read,
-            revisions::accounts_are_walls
+            revisions::accounts_are_walls,
+            alerts::rules_notifiers_and_windows_are_the_account_s_at_their_revision,
+            alerts::the_engine_keeps_its_due_times_and_commits_incidents_whole,
+            alerts::an_alert_write_that_fails_leaves_nothing,
+            alerts::an_incident_is_kept_only_at_the_revision_it_was_read,
+            alerts::senders_are_counted_once_within_their_window
         );
     };
 }

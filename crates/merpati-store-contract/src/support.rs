@@ -167,7 +167,12 @@ pub fn sms(device: &DeviceContext, rid: i64, message: &str) -> PreparedItem {
 }
 
 pub fn item(device: &DeviceContext, rid: Rid, message: &str) -> PreparedItem {
-    let sent = json!({"type": "sms", "rid": rid, "phone": "+639760713666", "message": message});
+    sms_from(device, rid, "+639760713666", message)
+}
+
+/// An SMS from `phone`.
+pub fn sms_from(device: &DeviceContext, rid: Rid, phone: &str, message: &str) -> PreparedItem {
+    let sent = json!({"type": "sms", "rid": rid, "phone": phone, "message": message});
     PreparedItem {
         rid_key: rid_key(&rid).expect("a valid rid"),
         content_hash: canonical_digest(&sent),
@@ -176,7 +181,7 @@ pub fn item(device: &DeviceContext, rid: Rid, message: &str) -> PreparedItem {
             rid: rid.clone(),
             sim: 1,
             device: device.device_id.to_string(),
-            phone: "+639760713666".into(),
+            phone: phone.into(),
             message: message.into(),
             timestamp: T0 / 1000,
         }),

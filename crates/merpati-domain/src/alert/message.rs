@@ -351,7 +351,7 @@ impl Message {
         if let Some(b) = &self.backup_channel {
             if self.kind.is_alert() {
                 lines.push(format!(
-                    "{}: {} ({} {} {}, {})",
+                    "{}: {} ({} {} {} {})",
                     w.backup, b.name, b.devices_up, w.of, b.devices, w.devices_up
                 ));
             }
@@ -563,7 +563,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Affected conversations: 3"));
-        assert!(text.contains("Backup channel: WA Backup (2 of 3, devices up)"));
+        assert!(text.contains("Backup channel: WA Backup (2 of 3 devices up)"));
         assert!(text.contains("Acknowledge: https://hub.example/ack/t"));
     }
 

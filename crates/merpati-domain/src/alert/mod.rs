@@ -501,6 +501,10 @@ pub trait AlertStore: Send + Sync {
 
     /// Notifications due by `now`, earliest first.
     async fn due_notifications(&self, now: i64, limit: usize) -> StoreResult<Vec<Notification>>;
+    /// Retention: up to `limit` incidents resolved before `before` (with their timelines and
+    /// notifications), and notifications of no incident finished before it. Open
+    /// incidents stay, however old.
+    async fn prune_alerts(&self, before: i64, limit: usize) -> StoreResult<usize>;
     /// The key that signs acknowledgement links, made on first use.
     async fn link_key(&self) -> StoreResult<Vec<u8>>;
 }

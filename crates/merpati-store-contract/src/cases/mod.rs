@@ -1,5 +1,6 @@
 //! The cases of the contract, by what they hold a backend to.
 
+pub mod alerts;
 pub mod claims;
 pub mod dedup;
 pub mod fanout;

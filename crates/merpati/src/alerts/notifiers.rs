@@ -202,12 +202,7 @@ fn masked(secret: &str) -> String {
 /// A chat webhook's URL is its secret: the host, and the end of the path.
 fn masked_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}/{}",
-            u.scheme(),
-            u.host_str().unwrap_or_default(),
-            masked(u.path())
-        ),
+        Ok(u) => format!("{}/{}", &u[..url::Position::BeforePath], masked(u.path())),
         Err(_) => masked(url),
     }
 }

@@ -301,3 +301,44 @@ async fn nobody_listening_costs_nothing_and_a_late_subscriber_starts_from_now() 
     let events = late.next(stored).await;
     assert_eq!(events[0].0, sent["items"][0]["event_id"].as_str().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_told_as_they_open_are_acknowledged_and_resolve() {
+    use merpati_domain::alert::IncidentState;
+    let app = TestApp::spawn_with(&[("alerts.group_wait", "0s")]).await;
+    let mut changes = Watcher::new(app.subscribe());
+    let m = app.merchant_on("m", "wa").await;
+    let status = |s: &'static str| {
+        let (app, token) = (&app, m.device_token.clone());
+        async move {
+            app.ok_post("/v1/device/status", &token, json!({"status": s}), 202)
+                .await
+        }
+    };
+    let incident = |wanted: IncidentState| {
+        move |c: &Change| match c {
+            Change::Incident {
+                incident, state, ..
+            } if *state == wanted => Some(incident.to_string()),
+            _ => None,
+        }
+    };
+    status("connected").await;
+    status("logged_out").await;
+    let opened = changes.next(incident(IncidentState::Open)).await;
+    let (code, shown) = app.get(&format!("/v1/incidents/{opened}"), &m.key).await;
+    assert_eq!(code, 200, "readable the moment it is told");
+    assert_eq!(shown["state"], "open");
+    app.ok_post(
+        &format!("/v1/incidents/{opened}/acknowledge"),
+        &m.key,
+        json!({}),
+        200,
+    )
+    .await;
+    let acked = changes.next(incident(IncidentState::Acknowledged)).await;
+    assert_eq!(acked, opened);
+    status("connected").await;
+    let resolved = changes.next(incident(IncidentState::Resolved)).await;
+    assert_eq!(resolved, opened);
+}

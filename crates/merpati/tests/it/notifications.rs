@@ -62,7 +62,7 @@ async fn the_slack_message_names_the_conversations_hit_and_the_backup_channel() 
     let text = body["text"].as_str().unwrap();
     assert!(text.contains("Affected conversations: 3"), "{text}");
     assert!(
-        text.contains("Backup channel: Backup WA (1 of 2, devices up)"),
+        text.contains("Backup channel: Backup WA (1 of 2 devices up)"),
         "{text}"
     );
     let blocks = body["blocks"].as_array().unwrap();
