@@ -3,10 +3,12 @@
 //!
 //! - `simulate`: a fleet of simulated devices speaking the real device protocol.
 //! - `delivery`: `merpati bench delivery`, ingest to receipt; `presence`: `merpati bench
-//!   presence`, 10,000 links and a mass drop.
+//!   presence`, 10,000 links and a mass drop; `alerts`: `merpati bench alerts`, an alert
+//!   storm of 10,000 devices in 100 businesses.
 //! - `baselines`: what the same load costs with no merpati (loopback HTTP, a relay).
 //! - `process`, `receivers`, `load`: the server under test, the receivers, the devices' load.
 
+pub mod alerts;
 mod baselines;
 pub mod delivery;
 mod load;
@@ -15,5 +17,6 @@ mod process;
 mod receivers;
 pub mod simulate;
 
+pub use alerts::{alerts, AlertArgs, AlertFigures};
 pub use delivery::{delivery, measure_running, DeliveryArgs, DeliveryFigures};
 pub use presence::{presence, PresenceArgs, PresenceFigures};

@@ -333,7 +333,7 @@ impl AlertStore for SqliteStore {
         .await
     }
 
-    async fn delete_window(&self, account: AccountId, id: WindowId) -> StoreResult<()> {
+    async fn delete_window(&self, account: AccountId, id: WindowId, now: i64) -> StoreResult<()> {
         self.write(move |c| {
             let n = c.execute(
                 "DELETE FROM maintenance_windows WHERE account_id = ?1 AND id = ?2",
@@ -344,9 +344,9 @@ impl AlertStore for SqliteStore {
             }
             // A device held by it may be due now.
             c.execute(
-                "UPDATE alert_trackers SET due_at = 0
+                "UPDATE alert_trackers SET due_at = ?3
                  WHERE account_id = ?1 AND window_id = ?2",
-                params![account.as_str(), id.as_str()],
+                params![account.as_str(), id.as_str(), now],
             )?;
             Ok(())
         })

@@ -67,6 +67,9 @@ enum BenchCommand {
     /// Device links: memory and idle CPU with N links, and a mass drop timed to the
     /// receiver.
     Presence(merpati_bench::PresenceArgs),
+    /// An alert storm: N devices in B businesses down at once and back, the messages a
+    /// notifier gets (one per business each way), how soon, and the server's CPU.
+    Alerts(merpati_bench::AlertArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -113,6 +116,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Delivery(args)) => merpati_bench::delivery(args).await,
         Command::Bench(BenchCommand::Presence(args)) => merpati_bench::presence(args).await,
+        Command::Bench(BenchCommand::Alerts(args)) => merpati_bench::alerts(args).await,
         Command::Listen { listen, secret } => {
             init_logging(LogFormat::Text);
             listen_and_print(listen, secret).await

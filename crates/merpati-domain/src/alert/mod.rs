@@ -473,7 +473,8 @@ pub trait AlertStore: Send + Sync {
         account: AccountId,
         w: MaintenanceWindow,
     ) -> StoreResult<MaintenanceWindow>;
-    async fn delete_window(&self, account: AccountId, id: WindowId) -> StoreResult<()>;
+    /// The devices it held are weighed again at `now`.
+    async fn delete_window(&self, account: AccountId, id: WindowId, now: i64) -> StoreResult<()>;
 
     async fn list_incidents(
         &self,

@@ -35,6 +35,9 @@ pub use notify::{Attempted, Sender};
 /// Notifications started at once, at most.
 const MAX_SENDING: usize = 64;
 
+/// How long device changes are gathered before the engine takes them in.
+const GATHER: Duration = Duration::from_millis(20);
+
 enum Command {
     Wake,
     Tick(oneshot::Sender<()>),
@@ -162,9 +165,13 @@ impl AlertRunner {
         let mut ticks: Vec<oneshot::Sender<()>> = Vec::new();
         let mut run_now = true;
         let mut wake_at: Option<i64> = None;
+        // Device changes come in storms (a network blip drops thousands): the engine takes
+        // them in together, a moment after the first, rather than one run each.
+        let mut gathering: Option<tokio::time::Instant> = None;
         loop {
             if run_now {
                 run_now = false;
+                gathering = None;
                 wake_at = self.pass(&mut sending, &mut in_flight).await;
                 if sending.is_empty() {
                     for t in ticks.drain(..) {
@@ -188,11 +195,18 @@ impl AlertRunner {
                 },
                 change = changes.recv() => match change {
                     Some(Received::Change(Change::Device { status, .. }))
-                        if status != DeviceStatus::Pending => run_now = true,
-                    Some(Received::Missed(_)) => run_now = true,
+                        if status != DeviceStatus::Pending =>
+                    {
+                        gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                    }
+                    Some(Received::Missed(_)) => {
+                        gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                    }
                     Some(_) => {}
                     None => break,
                 },
+                _ = async { tokio::time::sleep_until(gathering.expect("guarded")).await },
+                    if gathering.is_some() => run_now = true,
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
                     if let Ok((n, attempted, at)) = done {
                         in_flight.remove(&n.id);

@@ -142,7 +142,10 @@ pub async fn rules_notifiers_and_windows_are_the_account_s_at_their_revision(sto
         store.update_window(a.clone(), moved).await,
         Err(StoreError::Stale("maintenance window"))
     );
-    store.delete_window(a.clone(), "w1".into()).await.unwrap();
+    store
+        .delete_window(a.clone(), "w1".into(), T0)
+        .await
+        .unwrap();
     assert!(store.list_windows(a).await.unwrap().is_empty());
 }
 

@@ -291,7 +291,10 @@ pub(super) async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_window(account, id.into()).await?;
+    state
+        .store
+        .delete_window(account, id.into(), state.clock.now_ms())
+        .await?;
     state.alerts.wake();
     Ok(StatusCode::NO_CONTENT)
 }

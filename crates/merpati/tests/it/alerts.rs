@@ -484,7 +484,13 @@ async fn fifty_devices_of_one_business_dropping_together_make_one_incident_and_o
     }
     r.app.advance(10_000).await;
     let got = texts(&r.slack);
-    assert_eq!(got.len(), 2, "{got:#?}");
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "{got:#?}\n{:#}",
+        incident(&r.app, &r.key, id).await["notifications"]
+    );
     assert!(
         got[1].contains("Shop b1: 10 more devices down"),
         "{}",

@@ -9,13 +9,17 @@ use super::super::{
 };
 use super::state::Engine;
 use crate::device::DeviceContext;
-use crate::ids::{AccountId, BusinessId, IncidentId};
+use crate::ids::IncidentId;
 use crate::storage::StoreResult;
 use merpati_webhooks::IncidentEventKind;
 
 impl Engine<'_> {
     pub(super) fn on_change(&mut self, c: &PresenceChange) -> StoreResult<()> {
         let tracker = self.tx.tracker(&c.account_id, &c.device_id)?;
+        // Up with nothing waiting for it: the common case of a connect, nothing to do.
+        if !c.down && tracker.is_none() {
+            return Ok(());
+        }
         let Some(d) = self.tx.device(&c.account_id, &c.device_id)? else {
             if tracker.is_some() {
                 self.tx.delete_tracker(&c.account_id, &c.device_id)?;
@@ -51,7 +55,7 @@ impl Engine<'_> {
             .drops_since(&d.account_id, &d.device_id, at - self.s.flap_within_ms)?;
         if !was_flapping && drops >= self.s.flap_drops.max(1) {
             t.flapping = true;
-            let inc = self.join_incident(d, &eff, &mut t, true)?;
+            let inc = self.join_incident(d, &eff, &mut t, true, at.min(self.now))?;
             self.append(
                 &inc,
                 Entry::Flapping {
@@ -59,7 +63,7 @@ impl Engine<'_> {
                     name: d.device_name.clone(),
                 },
             )?;
-            let inc = self.incidents[&inc].clone();
+            let inc = self.incidents.remove(&inc).expect("joined in this run");
             let listed = inc
                 .devices
                 .iter()
@@ -67,6 +71,7 @@ impl Engine<'_> {
                 .cloned()
                 .collect::<Vec<_>>();
             self.notify(&inc, Kind::Flapping, &listed, &inc.policy.notifiers.clone())?;
+            self.put_back(inc);
         } else if was_flapping {
             self.mark_down_again(d, &t, at)?;
         }
@@ -80,7 +85,7 @@ impl Engine<'_> {
             t.due_at = Some(at + eff.down_after_ms.value);
         }
         if t.due_at.is_some_and(|due| due <= self.now) {
-            return self.on_due(t);
+            return self.on_due(t, Some(d.clone()));
         }
         self.tx.put_tracker(&t)
     }
@@ -95,10 +100,11 @@ impl Engine<'_> {
         let Some(id) = &t.incident_id else {
             return Ok(());
         };
-        let Some(mut inc) = self.incident(&d.account_id, id)? else {
+        let Some(mut inc) = self.take(&d.account_id, id)? else {
             return Ok(());
         };
         if inc.state == IncidentState::Resolved {
+            self.put_back(inc);
             return Ok(());
         }
         if let Some(x) = inc.devices.iter_mut().find(|x| x.device_id == d.device_id) {
@@ -126,13 +132,13 @@ impl Engine<'_> {
             return Ok(());
         };
         if let (Some(id), Some(down_since)) = (t.incident_id.clone(), t.down_since) {
-            if let Some(mut inc) = self.incident(&d.account_id, &id)? {
+            if let Some(mut inc) = self.take(&d.account_id, &id)? {
                 let listed = inc
                     .devices
                     .iter_mut()
                     .find(|x| x.device_id == d.device_id && x.up_at.is_none());
-                if inc.state != IncidentState::Resolved {
-                    if let Some(x) = listed {
+                match listed {
+                    Some(x) if inc.state != IncidentState::Resolved => {
                         x.up_at = Some(at);
                         self.append(
                             &id,
@@ -142,13 +148,13 @@ impl Engine<'_> {
                                 down_ms: at - down_since,
                             },
                         )?;
-                        let all_back = inc.devices.iter().all(|x| x.up_at.is_some());
-                        if all_back {
+                        if inc.devices.iter().all(|x| x.up_at.is_some()) {
                             self.resolve(inc, None, "auto")?;
                         } else {
                             self.store(inc);
                         }
                     }
+                    _ => self.put_back(inc),
                 }
             }
         }
@@ -162,16 +168,27 @@ impl Engine<'_> {
         }
     }
 
-    pub(super) fn on_due(&mut self, mut t: Tracker) -> StoreResult<()> {
+    /// A tracker come due; `known`: its device, when the caller has just read it.
+    pub(super) fn on_due(
+        &mut self,
+        mut t: Tracker,
+        known: Option<DeviceContext>,
+    ) -> StoreResult<()> {
         if t.down_since.is_none() {
             // Flapping, and up long enough since: stable again.
             return self.tx.delete_tracker(&t.account_id, &t.device_id);
         }
-        let Some(d) = self.tx.device(&t.account_id, &t.device_id)? else {
+        let found = match known {
+            Some(d) => Some(d),
+            None => self.tx.device(&t.account_id, &t.device_id)?,
+        };
+        let Some(d) = found else {
             return self.tx.delete_tracker(&t.account_id, &t.device_id);
         };
         let eff = self.effective(&d)?;
         let down_since = t.down_since.unwrap_or(self.now);
+        // When it came due, however late this run takes it up (a restart, a storm).
+        let fired_at = t.due_at.unwrap_or(self.now).max(down_since).min(self.now);
         // Brought forward by an edit of the rules: weighed again against what applies now.
         if t.phase == Phase::Waiting
             && !t.flapping
@@ -180,14 +197,14 @@ impl Engine<'_> {
             t.due_at = Some(down_since + eff.down_after_ms.value);
             return self.tx.put_tracker(&t);
         }
-        if let Some((window, end)) = self.window_at(&d, self.now)? {
+        if let Some((window, end)) = self.window_at(&d, fired_at)? {
             t.phase = Phase::Held(window);
             t.due_at = Some(end + eff.down_after_ms.value);
             return self.tx.put_tracker(&t);
         }
         let quieted = t.flapping;
         t.flapping = false;
-        let id = self.join_incident(&d, &eff, &mut t, false)?;
+        let id = self.join_incident(&d, &eff, &mut t, false, fired_at)?;
         if quieted {
             if let Some(x) = self
                 .incidents
@@ -203,16 +220,16 @@ impl Engine<'_> {
     }
 
     /// Puts the device in its business's incident: the unresolved one, or the one resolved
-    /// moments ago (reopened), or a new one. Its notification goes `group_wait` later, for
-    /// every device that joins meanwhile.
+    /// moments ago (reopened), or a new one. Its notification goes `group_wait` after the
+    /// alert fired (`now`), for every device that joins meanwhile.
     pub(super) fn join_incident(
         &mut self,
         d: &DeviceContext,
         eff: &Effective,
         t: &mut Tracker,
         flapping: bool,
+        now: i64,
     ) -> StoreResult<IncidentId> {
-        let now = self.now;
         let down_at = t.down_since.unwrap_or(now);
         let entry = IncidentDevice {
             device_id: d.device_id.clone(),
@@ -225,12 +242,8 @@ impl Engine<'_> {
             notified: false,
             flapping,
         };
-        let open = match self.open_in_run(&d.account_id, &d.business_id) {
-            Some(i) => Some(i),
-            None => self.tx.unresolved_incident(&d.account_id, &d.business_id)?,
-        };
+        let open = self.take_unresolved(&d.account_id, &d.business_id)?;
         let (mut inc, event) = if let Some(mut inc) = open {
-            inc = self.incidents.get(&inc.id).cloned().unwrap_or(inc);
             if inc.notice.is_none() && !flapping {
                 inc.notice = Some(PendingNotice {
                     at: now + self.s.group_wait_ms,
@@ -239,10 +252,8 @@ impl Engine<'_> {
             }
             (inc, None)
         } else if let Some(mut inc) =
-            self.tx
-                .resolved_since(&d.account_id, &d.business_id, now - self.s.reopen_within_ms)?
+            self.take_resolved_since(&d.account_id, &d.business_id, now - self.s.reopen_within_ms)?
         {
-            inc = self.incidents.get(&inc.id).cloned().unwrap_or(inc);
             inc.state = IncidentState::Open;
             inc.resolved_at = None;
             inc.acknowledged_at = None;
@@ -293,10 +304,7 @@ impl Engine<'_> {
             None => inc.devices.push(entry),
         }
         if inc.backup_channel_id.is_none() {
-            inc.backup_channel_id = self
-                .tx
-                .backup_channel(&d.account_id, &d.channel_id)?
-                .map(|b| b.id);
+            inc.backup_channel_id = self.backup_of(&d.account_id, &d.channel_id)?.map(|b| b.id);
         }
         self.append(
             &inc.id,
@@ -313,22 +321,6 @@ impl Engine<'_> {
         }
         self.store(inc);
         Ok(id)
-    }
-
-    /// An unresolved incident of the business already touched in this run.
-    pub(super) fn open_in_run(
-        &self,
-        account: &AccountId,
-        business: &BusinessId,
-    ) -> Option<Incident> {
-        self.incidents
-            .values()
-            .find(|i| {
-                i.account_id == *account
-                    && i.business_id == *business
-                    && i.state != IncidentState::Resolved
-            })
-            .cloned()
     }
 
     pub(super) fn refresh_affected(&mut self, inc: &mut Incident) -> StoreResult<()> {

@@ -107,7 +107,7 @@ pub fn run(tx: &mut dyn AlertTx, settings: &Settings, now: i64) -> StoreResult<O
         // A change above may have settled it already.
         if let Some(t) = e.tx.tracker(&t.account_id, &t.device_id)? {
             if t.due_at.is_some_and(|at| at <= now) {
-                e.on_due(t)?;
+                e.on_due(t, None)?;
             }
         }
     }
@@ -139,7 +139,7 @@ pub fn acknowledge(
 ) -> StoreResult<(Incident, Outcome)> {
     let mut e = Engine::new(tx, settings, now);
     let mut inc = e
-        .incident(account, id)?
+        .take(account, id)?
         .ok_or(StoreError::NotFound("incident"))?;
     match inc.state {
         IncidentState::Acknowledged => return Ok((inc, e.out)),
@@ -178,7 +178,7 @@ pub fn resolve(
 ) -> StoreResult<(Incident, Outcome)> {
     let mut e = Engine::new(tx, settings, now);
     let inc = e
-        .incident(account, id)?
+        .take(account, id)?
         .ok_or(StoreError::NotFound("incident"))?;
     if inc.state == IncidentState::Resolved {
         return Ok((inc, e.out));

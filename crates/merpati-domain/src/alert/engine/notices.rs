@@ -17,10 +17,11 @@ impl Engine<'_> {
         account: &AccountId,
         id: &IncidentId,
     ) -> StoreResult<()> {
-        let Some(mut inc) = self.incident(account, id)? else {
+        let Some(mut inc) = self.take(account, id)? else {
             return Ok(());
         };
         if inc.state == IncidentState::Resolved {
+            self.put_back(inc);
             return Ok(());
         }
         let now = self.now;
@@ -190,7 +191,7 @@ impl Engine<'_> {
             Some(_) => {
                 let first = inc.devices.first().map(|d| d.channel_id.clone());
                 match first {
-                    Some(ch) => self.tx.backup_channel(&inc.account_id, &ch)?,
+                    Some(ch) => self.backup_of(&inc.account_id, &ch)?,
                     None => None,
                 }
             }

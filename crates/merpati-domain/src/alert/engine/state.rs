@@ -6,11 +6,12 @@ use std::collections::{HashMap, HashSet};
 use super::super::rules::{effective, Effective};
 use super::super::window::covering;
 use super::super::{
-    AlertRule, AlertTx, Entry, Incident, Language, MaintenanceWindow, TimelineEntry,
+    AlertRule, AlertTx, BackupChannel, Entry, Incident, IncidentState, Language, MaintenanceWindow,
+    TimelineEntry,
 };
 use super::{incident_payload, IncidentChange, Outcome, Settings};
 use crate::device::DeviceContext;
-use crate::ids::{AccountId, IncidentId, NotifierId, WindowId};
+use crate::ids::{AccountId, BusinessId, ChannelId, IncidentId, NotifierId, WindowId};
 use crate::storage::StoreResult;
 use merpati_webhooks::IncidentEventKind;
 
@@ -30,6 +31,7 @@ pub(super) struct Engine<'a> {
     /// Incidents read or changed in this run; written once at the end.
     pub(super) incidents: HashMap<IncidentId, Incident>,
     pub(super) dirty: HashSet<IncidentId>,
+    pub(super) backups: HashMap<ChannelId, Option<BackupChannel>>,
     pub(super) out: Outcome,
 }
 
@@ -42,6 +44,7 @@ impl<'a> Engine<'a> {
             accounts: HashMap::new(),
             incidents: HashMap::new(),
             dirty: HashSet::new(),
+            backups: HashMap::new(),
             out: Outcome::default(),
         }
     }
@@ -100,24 +103,87 @@ impl<'a> Engine<'a> {
         Ok(own.unwrap_or(base))
     }
 
-    pub(super) fn incident(
+    /// Takes an incident to work on: this run's copy, else the stored one. It goes back
+    /// with [`Engine::store`] (changed) or [`Engine::put_back`]; taking rather than
+    /// copying keeps a storm's big incidents from being copied for every device.
+    pub(super) fn take(
         &mut self,
         account: &AccountId,
         id: &IncidentId,
     ) -> StoreResult<Option<Incident>> {
-        if let Some(i) = self.incidents.get(id) {
-            return Ok(Some(i.clone()));
+        if let Some(i) = self.incidents.remove(id) {
+            return Ok(Some(i));
         }
-        let found = self.tx.incident(account, id)?;
-        if let Some(i) = &found {
-            self.incidents.insert(id.clone(), i.clone());
+        self.tx.incident(account, id)
+    }
+
+    /// The business's unresolved incident, as this run has it.
+    pub(super) fn take_unresolved(
+        &mut self,
+        account: &AccountId,
+        business: &BusinessId,
+    ) -> StoreResult<Option<Incident>> {
+        let of_business = |i: &Incident| i.account_id == *account && i.business_id == *business;
+        let cached = self
+            .incidents
+            .values()
+            .find(|i| of_business(i) && i.state != IncidentState::Resolved)
+            .map(|i| i.id.clone());
+        if let Some(id) = cached {
+            return Ok(self.incidents.remove(&id));
         }
-        Ok(found)
+        match self.tx.unresolved_incident(account, business)? {
+            // Resolved by this run, not yet written.
+            Some(stored) if self.incidents.contains_key(&stored.id) => Ok(None),
+            found => Ok(found),
+        }
+    }
+
+    /// The business's incident resolved at or after `since`, as this run has it.
+    pub(super) fn take_resolved_since(
+        &mut self,
+        account: &AccountId,
+        business: &BusinessId,
+        since: i64,
+    ) -> StoreResult<Option<Incident>> {
+        let cached = self
+            .incidents
+            .values()
+            .filter(|i| i.account_id == *account && i.business_id == *business)
+            .filter(|i| i.resolved_at.is_some_and(|at| at >= since))
+            .max_by_key(|i| i.resolved_at)
+            .map(|i| i.id.clone());
+        if let Some(id) = cached {
+            return Ok(self.incidents.remove(&id));
+        }
+        match self.tx.resolved_since(account, business, since)? {
+            Some(stored) if self.incidents.contains_key(&stored.id) => Ok(None),
+            found => Ok(found),
+        }
     }
 
     pub(super) fn store(&mut self, inc: Incident) {
         self.dirty.insert(inc.id.clone());
         self.incidents.insert(inc.id.clone(), inc);
+    }
+
+    /// Gives back an incident taken and not changed.
+    pub(super) fn put_back(&mut self, inc: Incident) {
+        self.incidents.insert(inc.id.clone(), inc);
+    }
+
+    /// A channel's backup channel, looked up once a run.
+    pub(super) fn backup_of(
+        &mut self,
+        account: &AccountId,
+        channel: &ChannelId,
+    ) -> StoreResult<Option<BackupChannel>> {
+        if let Some(known) = self.backups.get(channel) {
+            return Ok(known.clone());
+        }
+        let found = self.tx.backup_channel(account, channel)?;
+        self.backups.insert(channel.clone(), found.clone());
+        Ok(found)
     }
 
     pub(super) fn flush(&mut self) -> StoreResult<()> {
