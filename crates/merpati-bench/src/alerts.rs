@@ -17,7 +17,7 @@ use crate::load::{percentile, wait_until};
 use crate::presence::Spread;
 use crate::process::ServerProcess;
 use crate::receivers::serve_on_loopback;
-use crate::simulate::Api;
+use crate::simulate::{self, Api};
 
 #[derive(clap::Args)]
 pub struct AlertArgs {
@@ -87,23 +87,7 @@ async fn provision(
     args: &AlertArgs,
     slack: &str,
 ) -> anyhow::Result<(String, Fleet)> {
-    let account = format!("storm_{}", rand::random::<u32>());
-    api.post(
-        "/v1/accounts",
-        admin,
-        json!({"id": account, "name": "Storm merchant"}),
-    )
-    .await?;
-    let key = api
-        .post(
-            &format!("/v1/accounts/{account}/api-keys"),
-            admin,
-            json!({}),
-        )
-        .await?["key"]
-        .as_str()
-        .context("no key in the answer")?
-        .to_string();
+    let (_account, key) = simulate::new_account(api, admin, "storm").await?;
     api.post(
         "/v1/notifiers",
         &key,

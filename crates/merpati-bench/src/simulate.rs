@@ -95,18 +95,13 @@ pub struct Fleet {
 
 /// An account with `n` devices on one channel of `engine`; with `endpoint`, an endpoint
 /// there too (for the given event filter).
-pub async fn provision(
-    api: &Api,
-    admin: &str,
-    n: usize,
-    engine: &str,
-    endpoint: Option<(&str, Value)>,
-) -> anyhow::Result<Fleet> {
-    let account = format!("sim_{}", rand::random::<u32>());
+/// A new account named `prefix_…`, and an API key of it.
+pub async fn new_account(api: &Api, admin: &str, prefix: &str) -> anyhow::Result<(String, String)> {
+    let account = format!("{prefix}_{}", rand::random::<u32>());
     api.post(
         "/v1/accounts",
         admin,
-        json!({"id": account, "name": "Simulated merchant"}),
+        json!({"id": account, "name": format!("{prefix} merchant")}),
     )
     .await?;
     let key = api
@@ -119,6 +114,17 @@ pub async fn provision(
         .as_str()
         .context("no key in the answer")?
         .to_string();
+    Ok((account, key))
+}
+
+pub async fn provision(
+    api: &Api,
+    admin: &str,
+    n: usize,
+    engine: &str,
+    endpoint: Option<(&str, Value)>,
+) -> anyhow::Result<Fleet> {
+    let (account, key) = new_account(api, admin, "sim").await?;
     api.post(
         "/v1/businesses",
         &key,

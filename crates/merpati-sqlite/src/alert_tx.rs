@@ -125,29 +125,61 @@ pub(crate) fn backup_channel(
     .optional()?)
 }
 
-pub(crate) fn rules_of(c: &Connection, account: &AccountId) -> DbResult<Vec<AlertRule>> {
-    let mut s = c.prepare_cached(
-        "SELECT body, revision FROM alert_rules WHERE account_id = ?1 ORDER BY created_at, id",
-    )?;
-    let rows = s.query_map([account.as_str()], |r| {
-        let mut rule: AlertRule = body_row(r)?;
-        rule.revision = r.get(1)?;
-        Ok(rule)
-    })?;
+/// What an account edits and the store keeps as a JSON body at its revision.
+pub(crate) trait Body: serde::de::DeserializeOwned {
+    const TABLE: &'static str;
+    const WHAT: &'static str;
+    fn set_revision(&mut self, revision: i64);
+}
+
+impl Body for AlertRule {
+    const TABLE: &'static str = "alert_rules";
+    const WHAT: &'static str = "alert rule";
+    fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
+    }
+}
+
+impl Body for MaintenanceWindow {
+    const TABLE: &'static str = "maintenance_windows";
+    const WHAT: &'static str = "maintenance window";
+    fn set_revision(&mut self, revision: i64) {
+        self.revision = revision;
+    }
+}
+
+fn revised<T: Body>(r: &Row<'_>) -> rusqlite::Result<T> {
+    let mut body: T = body_row(r)?;
+    body.set_revision(r.get(1)?);
+    Ok(body)
+}
+
+/// Every one of an account's, oldest first.
+pub(crate) fn bodies_of<T: Body>(c: &Connection, account: &AccountId) -> DbResult<Vec<T>> {
+    let mut s = c.prepare_cached(&format!(
+        "SELECT body, revision FROM {} WHERE account_id = ?1 ORDER BY created_at, id",
+        T::TABLE
+    ))?;
+    let rows = s.query_map([account.as_str()], revised::<T>)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+pub(crate) fn body_of<T: Body>(c: &Connection, account: &AccountId, id: &str) -> DbResult<T> {
+    c.prepare_cached(&format!(
+        "SELECT body, revision FROM {} WHERE account_id = ?1 AND id = ?2",
+        T::TABLE
+    ))?
+    .query_row(params![account.as_str(), id], revised::<T>)
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(T::WHAT).into())
+}
+
+pub(crate) fn rules_of(c: &Connection, account: &AccountId) -> DbResult<Vec<AlertRule>> {
+    bodies_of(c, account)
+}
+
 pub(crate) fn windows_of(c: &Connection, account: &AccountId) -> DbResult<Vec<MaintenanceWindow>> {
-    let mut s = c.prepare_cached(
-        "SELECT body, revision FROM maintenance_windows WHERE account_id = ?1
-         ORDER BY created_at, id",
-    )?;
-    let rows = s.query_map([account.as_str()], |r| {
-        let mut w: MaintenanceWindow = body_row(r)?;
-        w.revision = r.get(1)?;
-        Ok(w)
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    bodies_of(c, account)
 }
 
 fn incident_due(inc: &Incident) -> Option<i64> {

@@ -15,7 +15,7 @@ use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::alert_tx::{
-    body_row, incident_row, notification_row, notifier_row, rules_of, windows_of, SqliteAlertTx,
+    body_of, incident_row, notification_row, notifier_row, rules_of, windows_of, SqliteAlertTx,
     NOTIFICATION_COLUMNS, NOTIFIER_COLUMNS,
 };
 use crate::devices::{context_row, owned, CONTEXT_QUERY};
@@ -99,14 +99,25 @@ fn update_body(
 }
 
 fn get_rule(c: &Connection, account: &AccountId, id: &AlertRuleId) -> DbResult<AlertRule> {
-    c.prepare_cached("SELECT body, revision FROM alert_rules WHERE account_id = ?1 AND id = ?2")?
-        .query_row(params![account.as_str(), id.as_str()], |r| {
-            let mut rule: AlertRule = body_row(r)?;
-            rule.revision = r.get(1)?;
-            Ok(rule)
-        })
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound("alert rule").into())
+    body_of(c, account, id.as_str())
+}
+
+/// Deletes one of an account's rows; NotFound when there is none.
+fn delete_row(
+    c: &Connection,
+    table: &str,
+    account: &AccountId,
+    id: &str,
+    what: &'static str,
+) -> DbResult<()> {
+    let n = c.execute(
+        &format!("DELETE FROM {table} WHERE account_id = ?1 AND id = ?2"),
+        params![account.as_str(), id],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(what).into());
+    }
+    Ok(())
 }
 
 fn get_notifier(c: &Connection, account: &AccountId, id: &NotifierId) -> DbResult<Notifier> {
@@ -119,16 +130,7 @@ fn get_notifier(c: &Connection, account: &AccountId, id: &NotifierId) -> DbResul
 }
 
 fn get_window(c: &Connection, account: &AccountId, id: &WindowId) -> DbResult<MaintenanceWindow> {
-    c.prepare_cached(
-        "SELECT body, revision FROM maintenance_windows WHERE account_id = ?1 AND id = ?2",
-    )?
-    .query_row(params![account.as_str(), id.as_str()], |r| {
-        let mut w: MaintenanceWindow = body_row(r)?;
-        w.revision = r.get(1)?;
-        Ok(w)
-    })
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound("maintenance window").into())
+    body_of(c, account, id.as_str())
 }
 
 /// The alert engine looks again at an account whose rules or windows changed: a device
@@ -195,17 +197,8 @@ impl AlertStore for SqliteStore {
     }
 
     async fn delete_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<()> {
-        self.write(move |c| {
-            let n = c.execute(
-                "DELETE FROM alert_rules WHERE account_id = ?1 AND id = ?2",
-                params![account.as_str(), id.as_str()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound("alert rule").into());
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |c| delete_row(c, "alert_rules", &account, id.as_str(), "alert rule"))
+            .await
     }
 
     async fn create_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
@@ -272,14 +265,7 @@ impl AlertStore for SqliteStore {
                 ))
                 .into());
             }
-            let n = c.execute(
-                "DELETE FROM notifiers WHERE account_id = ?1 AND id = ?2",
-                params![account.as_str(), id.as_str()],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound("notifier").into());
-            }
-            Ok(())
+            delete_row(c, "notifiers", &account, id.as_str(), "notifier")
         })
         .await
     }
@@ -335,13 +321,13 @@ impl AlertStore for SqliteStore {
 
     async fn delete_window(&self, account: AccountId, id: WindowId, now: i64) -> StoreResult<()> {
         self.write(move |c| {
-            let n = c.execute(
-                "DELETE FROM maintenance_windows WHERE account_id = ?1 AND id = ?2",
-                params![account.as_str(), id.as_str()],
+            delete_row(
+                c,
+                "maintenance_windows",
+                &account,
+                id.as_str(),
+                "maintenance window",
             )?;
-            if n == 0 {
-                return Err(StoreError::NotFound("maintenance window").into());
-            }
             // A device held by it may be due now.
             c.execute(
                 "UPDATE alert_trackers SET due_at = ?3

@@ -118,6 +118,29 @@ pub struct Message {
     pub at: i64,
 }
 
+impl Message {
+    /// A message of `kind` that says nothing more yet.
+    pub fn new(kind: Kind, language: Language, at: i64) -> Message {
+        Message {
+            kind,
+            language,
+            incident_id: None,
+            severity: None,
+            business: None,
+            devices: Vec::new(),
+            more: 0,
+            down_ms: None,
+            alert_unsent: false,
+            affected_conversations: None,
+            backup_channel: None,
+            incident_url: None,
+            ack_url: None,
+            detail: None,
+            at,
+        }
+    }
+}
+
 /// "37 min 20 s", "2 h 5 min", "3 d 4 h" (or in Indonesian).
 pub fn human_duration(ms: i64, lang: Language) -> String {
     let s = (ms.max(0) + 500) / 1000;

@@ -327,6 +327,31 @@ pub struct Notification {
     pub sent_at: Option<i64>,
 }
 
+impl Notification {
+    /// A new notification to `notifier`, due at once.
+    pub fn new(
+        account_id: AccountId,
+        incident_id: Option<IncidentId>,
+        notifier_id: NotifierId,
+        message: Message,
+        now: i64,
+    ) -> Notification {
+        Notification {
+            id: NotificationId::generate(),
+            account_id,
+            incident_id,
+            notifier_id,
+            message,
+            status: NotificationStatus::Pending,
+            attempts: 0,
+            next_attempt_at: Some(now),
+            last_error: None,
+            created_at: now,
+            sent_at: None,
+        }
+    }
+}
+
 /// One announced change of a device's presence, in the order announced: the engine's input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {

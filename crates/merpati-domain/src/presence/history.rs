@@ -31,22 +31,7 @@ impl Availability {
 /// Sums the periods' overlap with [from, to). Periods of several devices add up, which makes
 /// a channel's or a business's availability the share of device-time that was up.
 pub fn availability(periods: &[Period], from: i64, to: i64, now: i64) -> Availability {
-    let mut a = Availability::default();
-    for p in periods {
-        let end = p.ended_at.unwrap_or(now).min(to);
-        let start = p.started_at.max(from);
-        if end <= start {
-            continue;
-        }
-        match p.state {
-            PeriodState::Up => a.up_ms += end - start,
-            PeriodState::Down => {
-                a.down_ms += end - start;
-                a.outages += 1;
-            }
-        }
-    }
-    a
+    availability_outside(periods, from, to, now, &HashMap::new())
 }
 
 /// As [`availability`], with the time each device spent inside its maintenance windows

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use merpati_domain::alert::engine::{self, Outcome, SendResult, Settings};
 use merpati_domain::alert::message::Kind;
-use merpati_domain::alert::{Message, Notification, NotificationStatus, Notifier};
+use merpati_domain::alert::{Message, Notification, Notifier};
 use merpati_domain::clock::SharedClock;
 use merpati_domain::ids::{AccountId, NotificationId};
 use merpati_domain::{SharedStore, StoreError, StoreResult};
@@ -49,6 +49,8 @@ pub struct AlertHandle {
     commands: mpsc::Sender<Command>,
     sender: Arc<Sender>,
     settings: Arc<Settings>,
+    delivery: DeliveryWaker,
+    bus: Bus,
 }
 
 impl AlertHandle {
@@ -70,6 +72,11 @@ impl AlertHandle {
         &self.settings
     }
 
+    /// Tells whoever needs to know what an engine run the API made committed.
+    pub fn committed(&self, out: &Outcome) {
+        tell(&self.delivery, &self.bus, out);
+    }
+
     /// Sends a test message to `notifier` now, outside the durable path, and answers
     /// with what happened.
     pub async fn test(
@@ -79,35 +86,8 @@ impl AlertHandle {
         language: merpati_domain::alert::Language,
         now: i64,
     ) -> Attempted {
-        let n = Notification {
-            id: NotificationId::generate(),
-            account_id: account.clone(),
-            incident_id: None,
-            notifier_id: notifier.id.clone(),
-            message: Message {
-                kind: Kind::Test,
-                language: notifier.language.unwrap_or(language),
-                incident_id: None,
-                severity: None,
-                business: None,
-                devices: Vec::new(),
-                more: 0,
-                down_ms: None,
-                alert_unsent: false,
-                affected_conversations: None,
-                backup_channel: None,
-                incident_url: None,
-                ack_url: None,
-                detail: None,
-                at: now,
-            },
-            status: NotificationStatus::Pending,
-            attempts: 0,
-            next_attempt_at: Some(now),
-            last_error: None,
-            created_at: now,
-            sent_at: None,
-        };
+        let message = Message::new(Kind::Test, notifier.language.unwrap_or(language), now);
+        let n = Notification::new(account.clone(), None, notifier.id.clone(), message, now);
         self.sender.send(notifier, &n, now).await
     }
 }
@@ -141,6 +121,8 @@ pub fn runner(s: RunnerSettings) -> (AlertHandle, AlertRunner) {
         commands: tx,
         sender: sender.clone(),
         settings: settings.clone(),
+        delivery: s.delivery.clone(),
+        bus: s.bus.clone(),
     };
     let runner = AlertRunner {
         store: s.store,
@@ -337,15 +319,21 @@ impl AlertRunner {
     }
 
     fn told(&self, out: &Outcome) {
-        if out.due_deliveries > 0 {
-            self.delivery.wake();
-        }
-        for change in &out.incidents {
-            self.bus.publish(Change::Incident {
-                account: change.account_id.clone(),
-                incident: change.incident_id.clone(),
-                state: change.state,
-            });
-        }
+        tell(&self.delivery, &self.bus, out);
+    }
+}
+
+/// What an engine run committed, told: the delivery worker woken for the `incident.*`
+/// events' deliveries, and the incidents' changes on the bus.
+fn tell(delivery: &DeliveryWaker, bus: &Bus, out: &Outcome) {
+    if out.due_deliveries > 0 {
+        delivery.wake();
+    }
+    for change in &out.incidents {
+        bus.publish(Change::Incident {
+            account: change.account_id.clone(),
+            incident: change.incident_id.clone(),
+            state: change.state,
+        });
     }
 }

@@ -148,20 +148,7 @@ pub(crate) async fn attempt(
             return report;
         }
     };
-    let exchange = async {
-        let response = client.request(request).await?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let snippet = read_snippet(response.into_body()).await;
-        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, snippet))
-    };
-    // The whole exchange, from connecting to reading the answer (the client itself bounds
-    // only the connect).
-    match tokio::time::timeout(timeout, exchange).await {
+    match exchange(client, request, timeout).await {
         Ok(Ok((status, retry_after, snippet))) => {
             report.result = AttemptResult::Status(status);
             report.status_code = Some(status);
@@ -195,6 +182,31 @@ pub(crate) async fn attempt(
     }
     report.duration_ms = clock.elapsed().as_millis() as i64;
     report
+}
+
+/// An answer's status, its `Retry-After`, and the first part of its body.
+type Answered = (u16, Option<Duration>, String);
+
+/// Sends `request` and reads a bounded part of the answer, the whole exchange within
+/// `timeout`, from connecting to the answer's last byte read (the client itself bounds
+/// only the connect).
+async fn exchange(
+    client: &Client,
+    request: http::Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Result<Answered, hyper_util::client::legacy::Error>, tokio::time::error::Elapsed> {
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let snippet = read_snippet(response.into_body()).await;
+        Ok((status, retry_after, snippet))
+    };
+    tokio::time::timeout(timeout, exchange).await
 }
 
 /// The signed POST, with the endpoint's own headers after ours.
@@ -424,18 +436,7 @@ pub async fn post(
         Ok(r) => r,
         Err(e) => return Posted::failed("request", e.to_string()),
     };
-    let exchange = async {
-        let response = client.request(request).await?;
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
-        let snippet = read_snippet(response.into_body()).await;
-        Ok::<_, hyper_util::client::legacy::Error>((status, retry_after, snippet))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
+    match exchange(client, request, timeout).await {
         Ok(Ok((status, retry_after, body))) => Posted {
             status: Some(status),
             retry_after,

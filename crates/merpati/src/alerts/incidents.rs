@@ -14,7 +14,6 @@ use merpati_domain::Page;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::told;
 use crate::api::extract::{Account, OptionalJsonBody, Query};
 use crate::api::paging::{page_limit, parse_cursor};
 use crate::api::revision;
@@ -264,7 +263,7 @@ async fn apply(
             Ok(out)
         }))
         .await?;
-    told(state, &out);
+    state.alerts.committed(&out);
     state.alerts.wake();
     Ok(())
 }

@@ -9,9 +9,7 @@
 
 use axum::routing::{get, post};
 use axum::Router;
-use merpati_domain::alert::engine::Outcome;
 use merpati_domain::alert::Match;
-use merpati_runtime::bus::Change;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -144,6 +142,23 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// What a create would take after `patch` applies to `current` (the resource as a create
+/// takes it): checked like a new one.
+fn merged<B: serde::de::DeserializeOwned>(
+    mut current: Value,
+    patch: &Value,
+    what: &str,
+) -> ApiResult<B> {
+    merge_patch(&mut current, patch);
+    serde_json::from_value(current)
+        .map_err(|e| ApiError::invalid(format!("the patched {what}: {e}")))
+}
+
+/// A whole list, in one page.
+fn all(data: Vec<Value>) -> axum::Json<Value> {
+    axum::Json(serde_json::json!({"data": data, "next_cursor": null}))
+}
+
 /// A PATCH body: a JSON object.
 fn patch_object(body: &axum::body::Bytes) -> ApiResult<Value> {
     let v: Value = crate::api::extract::parse_json(body)?;
@@ -156,20 +171,6 @@ fn patch_object(body: &axum::body::Bytes) -> ApiResult<Value> {
         return Err(ApiError::invalid("id cannot be changed"));
     }
     Ok(v)
-}
-
-/// Tells whoever needs to know what an engine run did.
-fn told(state: &AppState, out: &Outcome) {
-    if out.due_deliveries > 0 {
-        state.delivery.wake();
-    }
-    for change in &out.incidents {
-        state.bus.publish(Change::Incident {
-            account: change.account_id.clone(),
-            incident: change.incident_id.clone(),
-            state: change.state,
-        });
-    }
 }
 
 #[cfg(test)]

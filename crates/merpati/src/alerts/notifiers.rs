@@ -17,7 +17,7 @@ use merpati_webhooks::signing::{encode_secret, is_valid_secret};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{merge_patch, patch_object};
+use super::{all, merged, patch_object};
 use crate::api::extract::{parse_json, Account};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::rfc3339;
@@ -314,9 +314,8 @@ pub(super) async fn list(
     Account(account): Account,
     State(state): State<AppState>,
 ) -> ApiResult<Json<Value>> {
-    let all = state.store.list_notifiers(account).await?;
-    let data: Vec<Value> = all.iter().map(view).collect();
-    Ok(Json(json!({"data": data, "next_cursor": null})))
+    let notifiers = state.store.list_notifiers(account).await?;
+    Ok(all(notifiers.iter().map(view).collect()))
 }
 
 pub(super) async fn read(
@@ -346,10 +345,7 @@ pub(super) async fn update(
         || store.get_notifier(account.clone(), id.clone()),
         view,
         |n: &mut Notifier| {
-            let mut merged = input(n);
-            merge_patch(&mut merged, &patch);
-            let body: NotifierBody = serde_json::from_value(merged)
-                .map_err(|e| ApiError::invalid(format!("the patched notifier: {e}")))?;
+            let body: NotifierBody = merged(input(n), &patch, "notifier")?;
             let mut changed = body.into_notifier(n.id.clone(), &state, now)?;
             changed.created_at = n.created_at;
             changed.revision = n.revision;

@@ -12,7 +12,7 @@ use merpati_domain::ids::{AlertRuleId, DeviceId, NotifierId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{duration_ms, match_json, merge_patch, patch_object, MatchBody};
+use super::{all, duration_ms, match_json, merged, patch_object, MatchBody};
 use crate::api::extract::{parse_json, Account, Query};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::{duration, rfc3339};
@@ -217,8 +217,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
 ) -> ApiResult<Json<Value>> {
     let rules = state.store.list_rules(account).await?;
-    let data: Vec<Value> = rules.iter().map(view).collect();
-    Ok(Json(json!({"data": data, "next_cursor": null})))
+    Ok(all(rules.iter().map(view).collect()))
 }
 
 pub(super) async fn read(
@@ -248,10 +247,7 @@ pub(super) async fn update(
         || store.get_rule(account.clone(), id.clone()),
         view,
         |r: &mut AlertRule| {
-            let mut merged = input(r);
-            merge_patch(&mut merged, &patch);
-            let body: RuleBody = serde_json::from_value(merged)
-                .map_err(|e| ApiError::invalid(format!("the patched rule: {e}")))?;
+            let body: RuleBody = merged(input(r), &patch, "rule")?;
             let mut changed = body.into_rule(r.id.clone(), now)?;
             changed.created_at = r.created_at;
             changed.revision = r.revision;

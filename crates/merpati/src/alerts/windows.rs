@@ -15,7 +15,7 @@ use merpati_domain::SharedStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{duration_ms, match_json, merge_patch, patch_object, MatchBody};
+use super::{all, duration_ms, match_json, patch_object, MatchBody};
 use crate::api::extract::{parse_json, Account};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::{duration, rfc3339};
@@ -222,9 +222,8 @@ pub(super) async fn list(
     State(state): State<AppState>,
 ) -> ApiResult<Json<Value>> {
     let now = state.clock.now_ms();
-    let all = state.store.list_windows(account).await?;
-    let data: Vec<Value> = all.iter().map(|w| view(w, now)).collect();
-    Ok(Json(json!({"data": data, "next_cursor": null})))
+    let windows = state.store.list_windows(account).await?;
+    Ok(all(windows.iter().map(|w| view(w, now)).collect()))
 }
 
 pub(super) async fn read(
@@ -266,9 +265,7 @@ pub(super) async fn update(
                     merged.as_object_mut().expect("an object").remove(key);
                 }
             }
-            merge_patch(&mut merged, &patch);
-            let body: WindowBody = serde_json::from_value(merged)
-                .map_err(|e| ApiError::invalid(format!("the patched window: {e}")))?;
+            let body: WindowBody = super::merged(merged, &patch, "window")?;
             let mut changed = body.into_window(w.id.clone(), now)?;
             changed.created_at = w.created_at;
             changed.revision = w.revision;

@@ -7,7 +7,7 @@ use super::super::{
     NotifierHealth,
 };
 use super::state::Engine;
-use crate::ids::{AccountId, IncidentId, NotificationId, NotifierId};
+use crate::ids::{AccountId, IncidentId, NotifierId};
 use crate::storage::StoreResult;
 use merpati_webhooks::IncidentEventKind;
 
@@ -252,19 +252,13 @@ impl Engine<'_> {
         notifier: &NotifierId,
         message: Message,
     ) -> StoreResult<()> {
-        let n = Notification {
-            id: NotificationId::generate(),
-            account_id: inc.account_id.clone(),
-            incident_id: Some(inc.id.clone()),
-            notifier_id: notifier.clone(),
+        let n = Notification::new(
+            inc.account_id.clone(),
+            Some(inc.id.clone()),
+            notifier.clone(),
             message,
-            status: NotificationStatus::Pending,
-            attempts: 0,
-            next_attempt_at: Some(self.now),
-            last_error: None,
-            created_at: self.now,
-            sent_at: None,
-        };
+            self.now,
+        );
         self.tx.enqueue(&n)?;
         self.out.notifications += 1;
         Ok(())
@@ -291,40 +285,22 @@ impl Engine<'_> {
             .unwrap_or_else(|| failed.notifier_id.to_string());
         for other in others {
             let language = self.language_for(&account, &other)?;
-            let message = Message {
-                kind: Kind::NotifierFailing,
-                language,
-                incident_id: failed.incident_id.clone(),
-                severity: None,
-                business: failed.message.business.clone(),
-                devices: Vec::new(),
-                more: 0,
-                down_ms: None,
-                alert_unsent: false,
-                affected_conversations: None,
-                backup_channel: None,
-                incident_url: failed.message.incident_url.clone(),
-                ack_url: None,
-                detail: Some(format!(
-                    "{name} ({}): {}",
-                    failed.notifier_id,
-                    health.last_error.clone().unwrap_or_default()
-                )),
-                at: self.now,
-            };
-            let n = Notification {
-                id: NotificationId::generate(),
-                account_id: account.clone(),
-                incident_id: failed.incident_id.clone(),
-                notifier_id: other,
+            let mut message = Message::new(Kind::NotifierFailing, language, self.now);
+            message.incident_id = failed.incident_id.clone();
+            message.business = failed.message.business.clone();
+            message.incident_url = failed.message.incident_url.clone();
+            message.detail = Some(format!(
+                "{name} ({}): {}",
+                failed.notifier_id,
+                health.last_error.clone().unwrap_or_default()
+            ));
+            let n = Notification::new(
+                account.clone(),
+                failed.incident_id.clone(),
+                other,
                 message,
-                status: NotificationStatus::Pending,
-                attempts: 0,
-                next_attempt_at: Some(self.now),
-                last_error: None,
-                created_at: self.now,
-                sent_at: None,
-            };
+                self.now,
+            );
             self.tx.enqueue(&n)?;
             self.out.notifications += 1;
         }
