@@ -546,3 +546,46 @@ async fn a_restart_is_not_an_outage() {
     app.advance(30_000).await;
     slack.wait_for(1).await;
 }
+
+/// A drop soon after an incident resolved reopens it; the account's language is the
+/// messages'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_soon_after_resolution_reopens_the_incident() {
+    let r = rig("wa", &[("alerts.group_wait", "0s")]).await;
+    let (status, v) = r
+        .app
+        .patch("/v1/accounts/m1", ADMIN, json!({"language": "id"}))
+        .await;
+    assert_eq!((status.as_u16(), v["language"].as_str()), (200, Some("id")));
+    up(&r.app, &r.token).await;
+    report(&r.app, &r.token, "logged_out").await;
+    r.app.tick().await;
+    r.app.advance(60_000).await;
+    up(&r.app, &r.token).await;
+    let first = incidents(&r.app, &r.key).await;
+    assert_eq!(first[0]["state"], "resolved");
+    r.app.advance(4 * 60_000).await;
+    report(&r.app, &r.token, "logged_out").await;
+    r.app.tick().await;
+    let list = incidents(&r.app, &r.key).await;
+    assert_eq!(list.len(), 1, "reopened, not another: {list:#?}");
+    assert_eq!(list[0]["state"], "open");
+    let inc = incident(&r.app, &r.key, list[0]["id"].as_str().unwrap()).await;
+    assert!(timeline_types(&inc).contains(&"reopened".to_string()));
+    let all = texts(&r.slack);
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert!(all[0].contains("milik Biz terputus"), "{}", all[0]);
+    assert!(
+        all[1].contains("kembali online setelah 1 mnt"),
+        "{}",
+        all[1]
+    );
+    assert!(all[2].contains("terputus lagi"), "{}", all[2]);
+    // Past reopen_within (5 min), a drop opens a new incident.
+    r.app.advance(60_000).await;
+    up(&r.app, &r.token).await;
+    r.app.advance(6 * 60_000).await;
+    report(&r.app, &r.token, "logged_out").await;
+    r.app.tick().await;
+    assert_eq!(incidents(&r.app, &r.key).await.len(), 2);
+}

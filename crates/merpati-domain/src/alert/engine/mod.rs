@@ -111,12 +111,18 @@ pub fn run(tx: &mut dyn AlertTx, settings: &Settings, now: i64) -> StoreResult<O
             }
         }
     }
-    let due: Vec<(AccountId, IncidentId)> =
+    let mut due: Vec<(AccountId, IncidentId)> =
         e.tx.due_incidents(now, BATCH)?
             .into_iter()
             .map(|i| (i.account_id, i.id))
             .collect();
     e.out.more |= due.len() == BATCH;
+    // Made due by this run (reopened, say), and not written yet.
+    for i in e.incidents.values() {
+        if i.due_at().is_some_and(|at| at <= now) && !due.iter().any(|(_, id)| *id == i.id) {
+            due.push((i.account_id.clone(), i.id.clone()));
+        }
+    }
     for (account, id) in due {
         e.on_incident_due(&account, &id)?;
     }
