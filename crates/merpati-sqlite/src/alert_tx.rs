@@ -443,7 +443,9 @@ impl AlertTx for SqliteAlertTx<'_, '_> {
     fn due_incidents(&mut self, now: i64, limit: usize) -> StoreResult<Vec<Incident>> {
         let mut stmt = sql(self.tx.prepare_cached(
             "SELECT body, revision FROM incidents
-             WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+             WHERE due_at IS NOT NULL AND due_at <= ?1
+               AND account_id NOT IN (SELECT id FROM accounts WHERE deleted_at IS NOT NULL)
+             ORDER BY due_at LIMIT ?2",
         ))?;
         let rows = sql(stmt.query_map(params![now, limit as i64], incident_row))?;
         sql(rows.collect())
@@ -635,7 +637,10 @@ impl AlertTx for SqliteAlertTx<'_, '_> {
             "SELECT MIN(t) FROM (
                  SELECT MIN(due_at) AS t FROM alert_trackers WHERE due_at IS NOT NULL
                  UNION ALL SELECT MIN(due_at) FROM incidents WHERE due_at IS NOT NULL
-                 UNION ALL SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending')",
+                   AND account_id NOT IN (SELECT id FROM accounts WHERE deleted_at IS NOT NULL)
+                 UNION ALL SELECT MIN(next_attempt_at) FROM notifications
+                 WHERE status = 'pending'
+                   AND account_id NOT IN (SELECT id FROM accounts WHERE deleted_at IS NOT NULL))",
             [],
             |r| r.get(0),
         ))

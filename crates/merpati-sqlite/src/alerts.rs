@@ -446,6 +446,7 @@ impl AlertStore for SqliteStore {
             let mut s = c.prepare_cached(&format!(
                 "SELECT {NOTIFICATION_COLUMNS} FROM notifications
                  WHERE status = 'pending' AND next_attempt_at <= ?1
+                   AND account_id NOT IN (SELECT id FROM accounts WHERE deleted_at IS NOT NULL)
                  ORDER BY next_attempt_at LIMIT ?2"
             ))?;
             let rows = s.query_map(params![now, limit as i64], notification_row)?;

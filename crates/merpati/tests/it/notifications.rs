@@ -429,3 +429,22 @@ async fn a_notification_committed_before_a_kill_is_sent_after_restart_with_the_s
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// A deleted account's notifications still being retried stop at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_account_is_notified_no_more() {
+    let r = rig("wa", &[("alerts.group_wait", "0s")]).await;
+    r.slack.always(Answer::status(503));
+    up(&r.app, &r.token).await;
+    report(&r.app, &r.token, "logged_out").await;
+    r.app.tick().await;
+    r.slack.wait_for(1).await;
+    let (status, _) = r.app.delete("/v1/accounts/m1", ADMIN).await;
+    assert_eq!(status, 204);
+    r.app.advance(60 * 60_000).await;
+    assert_eq!(
+        r.slack.received().len(),
+        1,
+        "no retry after the account went"
+    );
+}
