@@ -35,6 +35,9 @@ pub trait Store:
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// What the metrics count at a scrape: a few aggregate queries, never a row per thing.
+    async fn counts(&self) -> StoreResult<Counts>;
+
     /// Gives back the memory the backend caches (pages it can read again), once a burst is
     /// over.
     async fn shrink_caches(&self) -> StoreResult<()>;
@@ -44,3 +47,14 @@ pub trait Store:
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Aggregates for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub deliveries_pending: i64,
+    pub deliveries_held: i64,
+    /// (announced status: `connected`, `disconnected`, `unknown`; engine; devices)
+    pub devices: Vec<(&'static str, String, i64)>,
+    pub incidents_open: i64,
+    pub incidents_acknowledged: i64,
+}

@@ -8,11 +8,13 @@
 //! - `alerts`: the alert runner, which drives the alert engine and sends notifications.
 //! - `bus`: committed changes as events in the process.
 //! - `memory`: giving spare memory back once a burst is over.
+//! - `metrics`: what Prometheus scrapes.
 
 pub mod alerts;
 pub mod bus;
 pub mod delivery;
 pub mod jobs;
 pub mod memory;
+pub mod metrics;
 pub mod presence;
 pub mod retention;

@@ -239,6 +239,53 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn counts(&self) -> StoreResult<merpati_domain::store::Counts> {
+        self.read(|c| {
+            let mut counts = merpati_domain::store::Counts::default();
+            let mut s = c.prepare_cached(
+                "SELECT status, COUNT(*) FROM deliveries WHERE status IN ('pending', 'held')
+                 GROUP BY status",
+            )?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let (status, n): (String, i64) = (r.get(0)?, r.get(1)?);
+                match status.as_str() {
+                    "pending" => counts.deliveries_pending = n,
+                    _ => counts.deliveries_held = n,
+                }
+            }
+            let mut s = c.prepare_cached(
+                "SELECT d.presence, ch.engine, COUNT(*) FROM devices d
+                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                 GROUP BY d.presence, ch.engine",
+            )?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let presence: String = r.get(0)?;
+                let status = match devices::presence_from_db(&presence) {
+                    merpati_domain::device::Presence::Connected => "connected",
+                    merpati_domain::device::Presence::Disconnected => "disconnected",
+                    merpati_domain::device::Presence::Unknown => "unknown",
+                };
+                counts.devices.push((status, r.get(1)?, r.get(2)?));
+            }
+            let mut s = c.prepare_cached(
+                "SELECT state, COUNT(*) FROM incidents WHERE state IN ('open', 'acknowledged')
+                 GROUP BY state",
+            )?;
+            let mut rows = s.query([])?;
+            while let Some(r) = rows.next()? {
+                let (state, n): (String, i64) = (r.get(0)?, r.get(1)?);
+                match state.as_str() {
+                    "open" => counts.incidents_open = n,
+                    _ => counts.incidents_acknowledged = n,
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
     async fn shrink_caches(&self) -> StoreResult<()> {
         // Clean pages only: a page a write in the same group has changed stays.
         self.write_checked(|c| Ok(c.execute_batch("PRAGMA shrink_memory")?))

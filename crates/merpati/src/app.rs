@@ -2,11 +2,14 @@
 //! the server itself (health, readiness, fallbacks).
 
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::api::extract::Admin;
 use crate::api::{ApiError, ApiResult, AppState, MAX_BODY_BYTES};
 
 pub fn router(state: AppState) -> Router {
@@ -21,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::alerts::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -32,6 +36,21 @@ pub fn router(state: AppState) -> Router {
         // Bodies are read by `extract::read_body`; this bounds any other extractor too.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Prometheus (OpenMetrics text), for the admin token.
+async fn metrics(_: Admin, State(state): State<AppState>) -> ApiResult<Response> {
+    let counts = state.store.counts().await?;
+    let paused = state.pauses.paused_at(state.clock.now_ms());
+    let text = state.metrics.render(&counts, paused);
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<serde_json::Value>> {

@@ -39,6 +39,7 @@ use merpati_runtime::bus::{Bus, Subscriber};
 use merpati_runtime::delivery::guard::{Guard, GuardedResolver};
 use merpati_runtime::delivery::send;
 use merpati_runtime::delivery::{self, DeliveryWaker, Pauses};
+use merpati_runtime::metrics::Metrics;
 use merpati_runtime::presence::{self as presence_hub, HubSettings, PresenceHandle};
 use merpati_runtime::{jobs as job_runner, retention};
 
@@ -147,6 +148,8 @@ pub async fn start(
     let bus = Bus::default();
     let waker = DeliveryWaker::default();
     let pauses = Pauses::new(bus.clone());
+    let metrics = Arc::new(Metrics::default());
+    let announced = Arc::new(tokio::sync::Notify::new());
     let (handoff, inbox) = delivery::handoff(&config.delivery);
 
     spawn_essential(
@@ -162,6 +165,7 @@ pub async fn start(
             inbox,
             pauses: pauses.clone(),
             bus: bus.clone(),
+            metrics: metrics.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -175,6 +179,8 @@ pub async fn start(
         bus: bus.clone(),
         lease: config.presence.lease.clone(),
         min_heartbeat_interval: config.presence.min_heartbeat_interval,
+        announced: announced.clone(),
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
     hub.restore().await?;
@@ -204,8 +210,16 @@ pub async fn start(
     spawn_essential(&tasks, &shutdown, &failed, "job runner", job_runner.run());
 
     let addr = listener.local_addr()?;
-    let (alerts, alert_runner) =
-        alert_runner(&config, &store, &clock, &waker, &bus, &shutdown, addr).await?;
+    let wiring = Wiring {
+        store: &store,
+        clock: &clock,
+        waker: &waker,
+        bus: &bus,
+        shutdown: &shutdown,
+        announced: &announced,
+        metrics: &metrics,
+    };
+    let (alerts, alert_runner) = alert_runner(&config, &wiring, addr).await?;
     spawn_essential(
         &tasks,
         &shutdown,
@@ -231,6 +245,7 @@ pub async fn start(
         device_tokens: Default::default(),
         purge,
         alerts: alerts.clone(),
+        metrics,
     };
     let app = app::router(state);
     let stop = shutdown.clone();
@@ -253,14 +268,21 @@ pub async fn start(
     })
 }
 
+/// What the runtime's tasks share.
+struct Wiring<'a> {
+    store: &'a SharedStore,
+    clock: &'a SharedClock,
+    waker: &'a DeliveryWaker,
+    bus: &'a Bus,
+    shutdown: &'a CancellationToken,
+    announced: &'a Arc<tokio::sync::Notify>,
+    metrics: &'a Arc<Metrics>,
+}
+
 /// The alert runner, with the engine's settings and the means to send notifications.
 async fn alert_runner(
     config: &Config,
-    store: &SharedStore,
-    clock: &SharedClock,
-    waker: &DeliveryWaker,
-    bus: &Bus,
-    shutdown: &CancellationToken,
+    w: &Wiring<'_>,
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<(AlertHandle, alert_runtime::AlertRunner)> {
     let a = &config.alerts;
@@ -276,7 +298,7 @@ async fn alert_runner(
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{addr}")),
-        link_key: store.link_key().await?,
+        link_key: w.store.link_key().await?,
     };
     let guard = Guard::new(config.delivery.allowed_networks.clone());
     let resolver = GuardedResolver::new(guard.clone(), config.delivery.resolve.clone());
@@ -299,13 +321,15 @@ async fn alert_runner(
         timeout: config.delivery.timeout,
     };
     Ok(alert_runtime::runner(alert_runtime::RunnerSettings {
-        store: store.clone(),
-        clock: clock.clone(),
-        delivery: waker.clone(),
-        bus: bus.clone(),
+        store: w.store.clone(),
+        clock: w.clock.clone(),
+        delivery: w.waker.clone(),
+        bus: w.bus.clone(),
+        announced: w.announced.clone(),
+        metrics: w.metrics.clone(),
         settings,
         sender,
-        shutdown: shutdown.clone(),
+        shutdown: w.shutdown.clone(),
     }))
 }
 

@@ -1,10 +1,9 @@
 //! The alert runner: one task that drives the alert engine (`merpati_domain::alert::engine`)
 //! and sends the notifications it commits.
 //!
-//! It runs the engine when a device's announced presence changes (told by the bus; the
-//! engine itself reads the announcements from the store, so a change the bus dropped is
-//! still taken in), when the earliest stored due time comes, and when the API changes
-//! something. Then it sends every notification that is due, each as one attempt, and
+//! It runs the engine when the presence hub has written announcements (the engine reads
+//! them from the store, in order, so a wake that comes late or twice changes nothing), when
+//! the earliest stored due time comes, and when the API changes something. Then it sends every notification that is due, each as one attempt, and
 //! records the outcome (sent, retried on the notifications' schedule, or given up) in a
 //! write of its own. It never polls: it sleeps until the earliest due time the store
 //! knows of. A notification is committed before it is sent, so a crash between the two
@@ -16,16 +15,17 @@ use std::time::Duration;
 
 use merpati_domain::alert::engine::{self, Outcome, SendResult, Settings};
 use merpati_domain::alert::message::Kind;
-use merpati_domain::alert::{Message, Notification, Notifier};
+use merpati_domain::alert::{IncidentState, Message, Notification, Notifier};
 use merpati_domain::clock::SharedClock;
 use merpati_domain::ids::{AccountId, NotificationId};
 use merpati_domain::{SharedStore, StoreError, StoreResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, Change, DeviceStatus, Received};
+use crate::bus::{Bus, Change};
 use crate::delivery::DeliveryWaker;
+use crate::metrics::Metrics;
 
 pub mod email;
 pub mod notify;
@@ -51,6 +51,7 @@ pub struct AlertHandle {
     settings: Arc<Settings>,
     delivery: DeliveryWaker,
     bus: Bus,
+    metrics: Arc<Metrics>,
 }
 
 impl AlertHandle {
@@ -74,7 +75,7 @@ impl AlertHandle {
 
     /// Tells whoever needs to know what an engine run the API made committed.
     pub fn committed(&self, out: &Outcome) {
-        tell(&self.delivery, &self.bus, out);
+        tell(&self.delivery, &self.bus, &self.metrics, out);
     }
 
     /// Sends a test message to `notifier` now, outside the durable path, and answers
@@ -97,6 +98,8 @@ pub struct AlertRunner {
     clock: SharedClock,
     delivery: DeliveryWaker,
     bus: Bus,
+    announced: Arc<Notify>,
+    metrics: Arc<Metrics>,
     settings: Arc<Settings>,
     sender: Arc<Sender>,
     commands: mpsc::Receiver<Command>,
@@ -108,6 +111,9 @@ pub struct RunnerSettings {
     pub clock: SharedClock,
     pub delivery: DeliveryWaker,
     pub bus: Bus,
+    /// The presence hub's: notified when announcements are written.
+    pub announced: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub sender: Sender,
     pub shutdown: CancellationToken,
@@ -123,12 +129,15 @@ pub fn runner(s: RunnerSettings) -> (AlertHandle, AlertRunner) {
         settings: settings.clone(),
         delivery: s.delivery.clone(),
         bus: s.bus.clone(),
+        metrics: s.metrics.clone(),
     };
     let runner = AlertRunner {
         store: s.store,
         clock: s.clock,
         delivery: s.delivery,
         bus: s.bus,
+        announced: s.announced,
+        metrics: s.metrics,
         settings,
         sender,
         commands: rx,
@@ -141,7 +150,6 @@ type Sent = (Notification, Attempted, i64);
 
 impl AlertRunner {
     pub async fn run(mut self) {
-        let mut changes = self.bus.subscribe();
         let mut sending: JoinSet<Sent> = JoinSet::new();
         let mut in_flight: HashSet<NotificationId> = HashSet::new();
         let mut ticks: Vec<oneshot::Sender<()>> = Vec::new();
@@ -175,18 +183,9 @@ impl AlertRunner {
                     }
                     None => break,
                 },
-                change = changes.recv() => match change {
-                    Some(Received::Change(Change::Device { status, .. }))
-                        if status != DeviceStatus::Pending =>
-                    {
-                        gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
-                    }
-                    Some(Received::Missed(_)) => {
-                        gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
+                _ = self.announced.notified() => {
+                    gathering.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                }
                 _ = async { tokio::time::sleep_until(gathering.expect("guarded")).await },
                     if gathering.is_some() => run_now = true,
                 Some(done) = sending.join_next(), if !sending.is_empty() => {
@@ -304,6 +303,11 @@ impl AlertRunner {
         if let SendResult::Failed { error, .. } = &result {
             tracing::warn!(notification = %id, notifier = %notifier, error = %error, "a notification failed");
         }
+        let outcome = match &result {
+            SendResult::Sent => "sent",
+            SendResult::Failed { .. } => "failed",
+        };
+        self.metrics.notification(n.message.kind.as_str(), outcome);
         let recorded: StoreResult<Outcome> = self
             .store
             .alert_write(Box::new(move |tx| {
@@ -319,17 +323,22 @@ impl AlertRunner {
     }
 
     fn told(&self, out: &Outcome) {
-        tell(&self.delivery, &self.bus, out);
+        tell(&self.delivery, &self.bus, &self.metrics, out);
     }
 }
 
 /// What an engine run committed, told: the delivery worker woken for the `incident.*`
 /// events' deliveries, and the incidents' changes on the bus.
-fn tell(delivery: &DeliveryWaker, bus: &Bus, out: &Outcome) {
+fn tell(delivery: &DeliveryWaker, bus: &Bus, metrics: &Metrics, out: &Outcome) {
     if out.due_deliveries > 0 {
         delivery.wake();
     }
     for change in &out.incidents {
+        metrics.event(match change.state {
+            IncidentState::Open => "incident.opened",
+            IncidentState::Acknowledged => "incident.acknowledged",
+            IncidentState::Resolved => "incident.resolved",
+        });
         bus.publish(Change::Incident {
             account: change.account_id.clone(),
             incident: change.incident_id.clone(),

@@ -102,6 +102,16 @@ impl Pauses {
         }
     }
 
+    /// Endpoints paused past `now`.
+    pub fn paused_at(&self, now: i64) -> usize {
+        self.paused
+            .lock()
+            .expect("pauses lock")
+            .values()
+            .filter(|until| **until > now)
+            .count()
+    }
+
     pub fn until(&self, endpoint: &EndpointId) -> Option<i64> {
         self.paused
             .lock()

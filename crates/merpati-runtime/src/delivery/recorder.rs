@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::DeliveryWaker;
 use crate::bus::{Bus, Change, DeliveryChange, DeliveryOutcome, EndpointState, StoredEvent};
+use crate::metrics::{AttemptOutcome, Metrics};
 
 /// Records written in one transaction at most. Under a backlog the attempts ending while a
 /// batch commits (20 ms and more behind ingest's writes) outnumber 256, and at 256 the
@@ -23,6 +24,7 @@ pub(crate) struct Recorder {
     pub(crate) waker: DeliveryWaker,
     pub(crate) clock: SharedClock,
     pub(crate) bus: Bus,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) disable_after_ms: i64,
     pub(crate) records: mpsc::Receiver<AttemptRecord>,
 }
@@ -84,6 +86,17 @@ impl Recorder {
     }
 
     fn publish(&self, records: &[AttemptRecord], recorded: &Recorded) {
+        for r in records {
+            let outcome = match r.next {
+                NextStep::Succeeded => AttemptOutcome::Succeeded,
+                NextStep::Failed => AttemptOutcome::Failed,
+                NextStep::RetryAt(_) => AttemptOutcome::Retrying,
+            };
+            self.metrics.attempt(outcome, r.duration_ms);
+        }
+        for _ in &recorded.disabled {
+            self.metrics.event("endpoint.disabled");
+        }
         if !self.bus.is_watched() {
             return;
         }

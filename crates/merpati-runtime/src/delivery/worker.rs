@@ -26,6 +26,7 @@ use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
+use crate::metrics::Metrics;
 
 /// The delivery worker: what it needs to run. See [`Worker::run`].
 pub struct Worker {
@@ -36,6 +37,7 @@ pub struct Worker {
     pub inbox: Inbox,
     pub pauses: Pauses,
     pub bus: Bus,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -196,6 +198,7 @@ impl Run {
                 waker: worker.waker.clone(),
                 clock: worker.clock.clone(),
                 bus: worker.bus.clone(),
+                metrics: worker.metrics.clone(),
                 disable_after_ms: config.disable_after.as_millis() as i64,
                 records: recorded,
             }

@@ -19,11 +19,12 @@ use merpati_domain::presence::machine::{
 };
 use merpati_domain::presence::{Applied, LeaseSettings, PresenceWrite, WriteKind};
 use merpati_domain::{SharedStore, StoreError, StoreResult};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Change as BusChange, DeviceStatus, StoredEvent};
 use crate::delivery::DeliveryWaker;
+use crate::metrics::Metrics;
 
 /// `account \0 device`: one allocation, cheap to clone into the deadline set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -327,6 +328,8 @@ pub struct Hub {
     lease: LeaseSettings,
     /// One heartbeat per this many ms, on average.
     heartbeat_every_ms: i64,
+    announced_wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     /// The status each device the current batch touched had before it, to tell the bus
     /// what changed once the batch is written (kept only while someone listens).
@@ -349,6 +352,9 @@ pub struct HubSettings {
     pub lease: LeaseSettings,
     /// Heartbeats faster than one per this (after a burst of ten) are refused.
     pub min_heartbeat_interval: Duration,
+    /// Notified once a batch with announcements is written (the alert runner waits on it).
+    pub announced: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -360,6 +366,8 @@ pub fn hub(settings: HubSettings) -> (PresenceHandle, Hub) {
         bus,
         lease,
         min_heartbeat_interval,
+        announced,
+        metrics,
         shutdown,
     } = settings;
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -377,6 +385,8 @@ pub fn hub(settings: HubSettings) -> (PresenceHandle, Hub) {
         bus,
         lease,
         heartbeat_every_ms: min_heartbeat_interval.as_millis().max(1) as i64,
+        announced_wake: announced,
+        metrics,
         shutdown,
         before: HashMap::new(),
     };
@@ -607,6 +617,7 @@ impl Hub {
         }
 
         let announced = self.announced(&writes);
+        let kinds: Vec<Option<&'static str>> = writes.iter().map(announcement_type).collect();
         let applied = if writes.is_empty() {
             Ok(Default::default())
         } else {
@@ -621,6 +632,14 @@ impl Hub {
         };
         let before = std::mem::take(&mut self.before);
         if let Ok(applied) = &applied {
+            for i in applied.event_ids.keys() {
+                if let Some(Some(event_type)) = kinds.get(*i) {
+                    self.metrics.event(event_type);
+                }
+            }
+            if !applied.event_ids.is_empty() {
+                self.announced_wake.notify_one();
+            }
             self.publish(announced, applied, before, now);
         }
         for w in waiting {
@@ -663,6 +682,15 @@ impl Hub {
     }
 }
 
+/// The event a write announces, if it announces one.
+fn announcement_type(w: &PresenceWrite) -> Option<&'static str> {
+    match w.what {
+        WriteKind::Change(Change::Connected { .. }) => Some("device.connected"),
+        WriteKind::Change(Change::Disconnected { .. }) => Some("device.disconnected"),
+        _ => None,
+    }
+}
+
 impl Hub {
     /// The announcements among the writes, by write index, for the bus: (account, device,
     /// event type). Empty while nobody listens.
@@ -677,11 +705,7 @@ impl Hub {
             .iter()
             .enumerate()
             .filter_map(|(i, w)| {
-                let event_type = match w.what {
-                    WriteKind::Change(Change::Connected { .. }) => "device.connected",
-                    WriteKind::Change(Change::Disconnected { .. }) => "device.disconnected",
-                    _ => return None,
-                };
+                let event_type = announcement_type(w)?;
                 Some((i, w.account_id.clone(), w.device_id.clone(), event_type))
             })
             .collect()

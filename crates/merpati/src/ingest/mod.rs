@@ -118,12 +118,9 @@ pub async fn store(
     items: Vec<PreparedItem>,
     now_ms: i64,
 ) -> ApiResult<Vec<AcceptedView>> {
-    // The items' types, for the bus, read before the items go to the store; only when
-    // someone listens, as ingest is the hot path.
-    let types: Option<Vec<&'static str>> = state
-        .bus
-        .is_watched()
-        .then(|| items.iter().map(|i| i.event.event_type()).collect());
+    // The items' types, for the metrics and the bus, read before the items go to the
+    // store.
+    let types: Vec<&'static str> = items.iter().map(|i| i.event.event_type()).collect();
     let handoff = state.handoff.reserve(now_ms);
     let result = state
         .store
@@ -132,7 +129,21 @@ pub async fn store(
     if result.new_deliveries > 0 {
         state.delivery.wake();
     }
-    if let Some(types) = types {
+    // Counted a type at a time: a batch is mostly of one type.
+    let mut counted: Vec<(&'static str, bool, u64)> = Vec::new();
+    for (item, event_type) in result.items.iter().zip(&types) {
+        match counted
+            .iter_mut()
+            .find(|(t, new, _)| t == event_type && *new == item.new)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => counted.push((event_type, item.new, 1)),
+        }
+    }
+    for (event_type, stored, n) in counted {
+        state.metrics.ingested_n(event_type, stored, n);
+    }
+    if state.bus.is_watched() {
         // One answer per item, in the items' order; only what this request stored.
         let events: Vec<StoredEvent> = result
             .items

@@ -142,6 +142,7 @@ async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
             return;
         }
     };
+    let _counted = OpenLink::counted(state.metrics.clone());
     let silence_limit = Duration::from_millis(timeouts.heartbeat_ms as u64);
     let ping_every = (silence_limit / 3).max(Duration::from_millis(100));
     send_json(
@@ -218,6 +219,22 @@ async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
         }
     };
     state.presence.link_closed(&device, link, reason).await;
+}
+
+/// An open link, counted in the metrics for as long as it lives, however it ends.
+struct OpenLink(std::sync::Arc<merpati_runtime::metrics::Metrics>);
+
+impl OpenLink {
+    fn counted(metrics: std::sync::Arc<merpati_runtime::metrics::Metrics>) -> OpenLink {
+        metrics.link_opened();
+        OpenLink(metrics)
+    }
+}
+
+impl Drop for OpenLink {
+    fn drop(&mut self) {
+        self.0.link_closed();
+    }
 }
 
 /// The same allowance as HTTP heartbeats: a burst, then one per interval.

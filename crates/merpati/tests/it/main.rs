@@ -19,6 +19,7 @@ mod lanes;
 mod layers;
 mod link;
 mod maintenance;
+mod metrics;
 mod notifications;
 mod payloads;
 mod presence;

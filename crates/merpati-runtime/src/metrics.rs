@@ -1,0 +1,316 @@
+//! What an operator's Prometheus scrapes: counters the runtime and the API move as work is
+//! done (atomics: nothing is locked on the hot path), and gauges set from the store and
+//! the runtime's own state at each scrape. Every label set is bounded: event types,
+//! outcomes, statuses, engines (the first few an account made, then `other`), never an id.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use merpati_domain::store::Counts;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// Engines named in labels, at most; the rest are `other`.
+const MAX_ENGINES: usize = 32;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IngestLabels {
+    r#type: &'static str,
+    /// `stored` or `duplicate`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    status: &'static str,
+    engine: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// A delivery attempt's outcome, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    Retrying,
+    Failed,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    events: Family<TypeLabel, Counter>,
+    ingest: Family<IngestLabels, Counter>,
+    deliveries: Family<OutcomeLabel, Counter>,
+    delivery_duration: Histogram,
+    notifications: Family<NotificationLabels, Counter>,
+    deliveries_pending: Gauge,
+    deliveries_held: Gauge,
+    devices: Family<DeviceLabels, Gauge>,
+    incidents: Family<StateLabel, Gauge>,
+    incidents_open: Gauge,
+    links_open: Gauge,
+    endpoints_paused: Gauge,
+    engines: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let events = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "merpati_events",
+            "Events stored, by type (inbound items, announcements, notices, incidents)",
+            events.clone(),
+        );
+        let ingest = Family::<IngestLabels, Counter>::default();
+        registry.register(
+            "merpati_ingest_items",
+            "Items devices sent, by type and whether they were stored or a re-sent duplicate",
+            ingest.clone(),
+        );
+        let deliveries = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "merpati_deliveries",
+            "Delivery attempts recorded, by outcome: succeeded, retrying, failed",
+            deliveries.clone(),
+        );
+        // 1 ms to about 33 s.
+        let delivery_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register_with_unit(
+            "merpati_delivery_duration",
+            "How long each delivery attempt took, from sending to the end of the answer",
+            Unit::Seconds,
+            delivery_duration.clone(),
+        );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "merpati_notifications",
+            "Alert notification attempts, by kind and outcome: sent, retrying, failed",
+            notifications.clone(),
+        );
+        let deliveries_pending = Gauge::default();
+        registry.register(
+            "merpati_deliveries_pending",
+            "Deliveries not yet final (due, leased, waiting their turn or their retry)",
+            deliveries_pending.clone(),
+        );
+        let deliveries_held = Gauge::default();
+        registry.register(
+            "merpati_deliveries_held",
+            "Deliveries kept for disabled endpoints",
+            deliveries_held.clone(),
+        );
+        let devices = Family::<DeviceLabels, Gauge>::default();
+        registry.register(
+            "merpati_devices",
+            "Devices by announced status (connected, disconnected, unknown) and engine",
+            devices.clone(),
+        );
+        let incidents = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "merpati_incidents",
+            "Incidents not resolved, by state",
+            incidents.clone(),
+        );
+        let incidents_open = Gauge::default();
+        registry.register(
+            "merpati_incidents_open",
+            "Incidents not resolved (open or acknowledged)",
+            incidents_open.clone(),
+        );
+        let links_open = Gauge::default();
+        registry.register(
+            "merpati_links_open",
+            "Device links (WebSockets) open",
+            links_open.clone(),
+        );
+        let endpoints_paused = Gauge::default();
+        registry.register(
+            "merpati_endpoints_paused",
+            "Endpoints whose circuit breaker is open",
+            endpoints_paused.clone(),
+        );
+        Metrics {
+            registry,
+            events,
+            ingest,
+            deliveries,
+            delivery_duration,
+            notifications,
+            deliveries_pending,
+            deliveries_held,
+            devices,
+            incidents,
+            incidents_open,
+            links_open,
+            endpoints_paused,
+            engines: Mutex::new(HashSet::new()),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn event(&self, event_type: &'static str) {
+        self.events
+            .get_or_create(&TypeLabel { r#type: event_type })
+            .inc();
+    }
+
+    pub fn ingested(&self, event_type: &'static str, stored: bool) {
+        self.ingested_n(event_type, stored, 1);
+    }
+
+    /// `n` items of one type, all stored or all duplicates.
+    pub fn ingested_n(&self, event_type: &'static str, stored: bool, n: u64) {
+        let outcome = if stored { "stored" } else { "duplicate" };
+        self.ingest
+            .get_or_create(&IngestLabels {
+                r#type: event_type,
+                outcome,
+            })
+            .inc_by(n);
+        if stored {
+            self.events
+                .get_or_create(&TypeLabel { r#type: event_type })
+                .inc_by(n);
+        }
+    }
+
+    pub fn attempt(&self, outcome: AttemptOutcome, duration_ms: i64) {
+        let outcome = match outcome {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Retrying => "retrying",
+            AttemptOutcome::Failed => "failed",
+        };
+        self.deliveries
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.delivery_duration
+            .observe(duration_ms.max(0) as f64 / 1000.0);
+    }
+
+    pub fn notification(&self, kind: &'static str, outcome: &'static str) {
+        self.notifications
+            .get_or_create(&NotificationLabels { kind, outcome })
+            .inc();
+    }
+
+    pub fn link_opened(&self) {
+        self.links_open.inc();
+    }
+
+    pub fn link_closed(&self) {
+        self.links_open.dec();
+    }
+
+    /// An engine as a label: itself while few are known, else `other`.
+    fn engine_label(&self, engine: &str) -> String {
+        let mut known = self.engines.lock().expect("engines lock");
+        if known.contains(engine) || known.len() < MAX_ENGINES {
+            known.insert(engine.to_owned());
+            engine.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// The gauges, from what the store counts and the breakers paused now; then the text.
+    pub fn render(&self, counts: &Counts, endpoints_paused: usize) -> String {
+        self.deliveries_pending.set(counts.deliveries_pending);
+        self.deliveries_held.set(counts.deliveries_held);
+        self.devices.clear();
+        for (status, engine, n) in &counts.devices {
+            let engine = self.engine_label(engine);
+            self.devices
+                .get_or_create(&DeviceLabels { status, engine })
+                .inc_by(*n);
+        }
+        self.incidents
+            .get_or_create(&StateLabel { state: "open" })
+            .set(counts.incidents_open);
+        self.incidents
+            .get_or_create(&StateLabel {
+                state: "acknowledged",
+            })
+            .set(counts.incidents_acknowledged);
+        self.incidents_open
+            .set(counts.incidents_open + counts.incidents_acknowledged);
+        self.endpoints_paused.set(endpoints_paused as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_gauges_show_in_the_text() {
+        let m = Metrics::default();
+        m.ingested("sms", true);
+        m.ingested("sms", false);
+        m.attempt(AttemptOutcome::Succeeded, 12);
+        let text = m.render(
+            &Counts {
+                deliveries_pending: 3,
+                devices: vec![("connected", "wa".into(), 2)],
+                incidents_open: 1,
+                ..Counts::default()
+            },
+            0,
+        );
+        assert!(
+            text.contains("merpati_events_total{type=\"sms\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("merpati_ingest_items_total{type=\"sms\",outcome=\"duplicate\"} 1"));
+        assert!(text.contains("merpati_deliveries_total{outcome=\"succeeded\"} 1"));
+        assert!(text.contains("merpati_delivery_duration_seconds_count 1"));
+        assert!(text.contains("merpati_deliveries_pending 3"));
+        assert!(text.contains("merpati_devices{status=\"connected\",engine=\"wa\"} 2"));
+        assert!(text.contains("merpati_incidents_open 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn engines_past_the_first_few_are_other() {
+        let m = Metrics::default();
+        for i in 0..MAX_ENGINES {
+            assert_eq!(m.engine_label(&format!("e{i}")), format!("e{i}"));
+        }
+        assert_eq!(m.engine_label("e0"), "e0");
+        assert_eq!(m.engine_label("one-too-many"), "other");
+    }
+}
