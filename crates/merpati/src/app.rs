@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::presence::routes())
         .merge(crate::jobs::routes())
         .merge(crate::alerts::routes())
+        .merge(crate::stream::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

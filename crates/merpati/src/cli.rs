@@ -47,6 +47,8 @@ enum Command {
     /// Measurements against a merpati started for the purpose.
     #[command(subcommand)]
     Bench(BenchCommand),
+    #[command(flatten)]
+    Resource(crate::remote::Resource),
     /// A local webhook receiver that verifies signatures and prints each event, for
     /// developing a receiver.
     Listen {
@@ -114,6 +116,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             merpati_bench::simulate::run(args).await
         }
+        Command::Resource(resource) => crate::remote::run(resource).await,
         Command::Bench(BenchCommand::Delivery(args)) => merpati_bench::delivery(args).await,
         Command::Bench(BenchCommand::Presence(args)) => merpati_bench::presence(args).await,
         Command::Bench(BenchCommand::Alerts(args)) => merpati_bench::alerts(args).await,

@@ -27,7 +27,9 @@ pub mod events;
 pub mod ingest;
 pub mod jobs;
 pub mod presence;
+pub mod remote;
 pub mod store;
+pub mod stream;
 
 use config::{Config, Secret};
 use merpati_domain::alert::engine as alert_engine;

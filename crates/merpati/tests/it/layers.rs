@@ -233,8 +233,9 @@ fn the_server_s_modules_point_one_way() {
             "ingest",
             "jobs",
             "presence",
+            "stream",
         ],
-        &["app", "store", "cli"],
+        &["app", "store", "remote", "cli"],
     ];
     let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
     let graph = module_graph(&crates_dir().join("merpati/src"));

@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod bench;
 mod changes;
+mod cli;
 mod compat;
 mod connections;
 mod dedup;
