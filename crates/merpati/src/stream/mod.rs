@@ -7,6 +7,7 @@
 //! the stream the API already shows. A client that falls behind is told `missed` (with how
 //! many) and reads what it needs from the API; nothing depends on the stream.
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -65,8 +66,15 @@ fn kinds(raw: Option<&str>) -> ApiResult<Vec<&'static str>> {
         .collect()
 }
 
-/// A change of this account, as one server-sent event (or none).
-fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<Event> {
+/// A change of this account, as one server-sent event (or none), with what it may be
+/// coalesced by: a device's, an endpoint's or a job's latest state says all.
+fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<String>, Event)> {
+    let key = match change {
+        Change::Device { device, .. } => Some(format!("device:{device}")),
+        Change::Endpoint { endpoint, .. } => Some(format!("endpoint:{endpoint}")),
+        Change::Job { job, .. } => Some(format!("job:{job}")),
+        _ => None,
+    };
     let (kind, name, data) = match change {
         Change::EventsStored { account: a, events } if a == account => {
             let items: Vec<_> = events
@@ -149,7 +157,72 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<Event> {
     };
     wanted
         .contains(&kind)
-        .then(|| Event::default().event(name).data(data.to_string()))
+        .then(|| (key, Event::default().event(name).data(data.to_string())))
+}
+
+/// How long changes are gathered after the first, so that a burst (a thousand devices
+/// flapping) reaches a browser as one state per device, not a flood.
+const GATHER: Duration = Duration::from_millis(200);
+/// Changes gathered at most before they go.
+const MAX_GATHERED: usize = 2000;
+
+/// An account's feed: the subscription, and what is ready to go.
+struct Feed {
+    sub: Subscriber,
+    account: AccountId,
+    wanted: Vec<&'static str>,
+    ready: VecDeque<Event>,
+}
+
+impl Feed {
+    /// The next event: what is ready, else the next gathering of changes, coalesced.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some((Ok(event), self));
+            }
+            let first = self.sub.recv().await?;
+            let deadline = tokio::time::Instant::now() + GATHER;
+            let mut gathered: Vec<(Option<String>, Event)> = Vec::new();
+            let mut at: HashMap<String, usize> = HashMap::new();
+            let mut received = Some(first);
+            while let Some(r) = received.take() {
+                match r {
+                    Received::Change(change) => {
+                        if let Some((key, event)) = sse(&change, &self.account, &self.wanted) {
+                            match key.as_ref().and_then(|k| at.get(k)) {
+                                Some(i) => gathered[*i].1 = event,
+                                None => {
+                                    if let Some(k) = &key {
+                                        at.insert(k.clone(), gathered.len());
+                                    }
+                                    gathered.push((key, event));
+                                }
+                            }
+                        }
+                    }
+                    Received::Missed(n) => {
+                        gathered.push((
+                            None,
+                            Event::default()
+                                .event("missed")
+                                .data(json!({"count": n}).to_string()),
+                        ));
+                        break;
+                    }
+                }
+                if gathered.len() >= MAX_GATHERED {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, self.sub.recv()).await {
+                    Ok(Some(next)) => received = Some(next),
+                    Ok(None) if gathered.is_empty() => return None,
+                    _ => {}
+                }
+            }
+            self.ready.extend(gathered.into_iter().map(|(_, e)| e));
+        }
+    }
 }
 
 async fn changes(
@@ -162,26 +235,13 @@ async fn changes(
     let shutdown = state.shutdown.clone();
     // The first event says the stream is live: changes from here on are on it.
     let hello = Event::default().event("ready").data("{}");
-    let changes = stream::unfold(
-        (subscriber, account, wanted),
-        |(mut sub, account, wanted): (Subscriber, AccountId, Vec<&'static str>)| async move {
-            loop {
-                match sub.recv().await? {
-                    Received::Change(change) => {
-                        if let Some(event) = sse(&change, &account, &wanted) {
-                            return Some((Ok(event), (sub, account, wanted)));
-                        }
-                    }
-                    Received::Missed(n) => {
-                        let event = Event::default()
-                            .event("missed")
-                            .data(json!({"count": n}).to_string());
-                        return Some((Ok(event), (sub, account, wanted)));
-                    }
-                }
-            }
-        },
-    );
+    let feed = Feed {
+        sub: subscriber,
+        account,
+        wanted,
+        ready: VecDeque::new(),
+    };
+    let changes = stream::unfold(feed, Feed::next);
     let stream = futures_util::StreamExt::take_until(
         futures_util::StreamExt::chain(stream::iter([Ok(hello)]), changes),
         async move { shutdown.cancelled().await },

@@ -180,3 +180,76 @@ async fn the_stream_refuses_unknown_kinds_and_strangers() {
     let (status, _) = app.get("/v1/stream", &m.device_token).await;
     assert_eq!(status, 401, "a device token is not an API key");
 }
+
+/// A burst reaches a stream as each device's latest state, not a flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_the_stream_is_each_device_s_latest_state() {
+    use futures_util::StreamExt;
+    let app = TestApp::spawn_with(&[("presence.grace", "0s")]).await;
+    let m = app.merchant("m1").await;
+    let response = app
+        .client
+        .get(format!("{}/v1/stream?kinds=devices", app.url))
+        .bearer_auth(&m.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("event: ready") {
+        text.push_str(&String::from_utf8_lossy(
+            &body.next().await.unwrap().unwrap(),
+        ));
+    }
+    for _ in 0..20 {
+        for status in ["connected", "logged_out"] {
+            app.ok_post(
+                "/v1/device/status",
+                &m.device_token,
+                json!({"status": status}),
+                202,
+            )
+            .await;
+        }
+    }
+    app.ok_post(
+        "/v1/device/status",
+        &m.device_token,
+        json!({"status": "connected"}),
+        202,
+    )
+    .await;
+    // Read until the final state shows, and a moment longer.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut last = String::new();
+    loop {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("the final state in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(data) = text.rsplit("event: device\ndata: ").next() {
+            last = data.lines().next().unwrap_or_default().to_string();
+        }
+        if last.contains("\"status\":\"connected\"") && text.matches("event: device").count() > 0 {
+            let settled = tokio::time::timeout(Duration::from_millis(500), body.next()).await;
+            if let Ok(Some(Ok(more))) = settled {
+                text.push_str(&String::from_utf8_lossy(&more));
+                continue;
+            }
+            break;
+        }
+    }
+    let told = text.matches("event: device").count();
+    assert!(
+        told <= 10,
+        "41 changes a moment apart coalesce, told {told} times"
+    );
+    let final_state = text.rsplit("event: device\ndata: ").next().unwrap();
+    assert!(
+        final_state.contains("\"status\":\"connected\""),
+        "{final_state}"
+    );
+}
