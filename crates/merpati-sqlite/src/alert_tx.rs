@@ -284,6 +284,7 @@ impl AlertTx for SqliteAlertTx<'_, '_> {
         account: &AccountId,
         device: &DeviceId,
         since: i64,
+        seq: i64,
     ) -> StoreResult<usize> {
         // A period is announced within its grace of starting: a week bounds the scan.
         sql(self
@@ -291,12 +292,13 @@ impl AlertTx for SqliteAlertTx<'_, '_> {
             .prepare_cached(
                 "SELECT COUNT(*) FROM presence_periods
                  WHERE account_id = ?1 AND device_id = ?2 AND started_at >= ?3 - 604800000
-                   AND state = 'down' AND announced_at >= ?3",
+                   AND state = 'down' AND announced_at >= ?3 AND id <= ?4",
             )
             .and_then(|mut s| {
-                s.query_row(params![account.as_str(), device.as_str(), since], |r| {
-                    r.get::<_, i64>(0)
-                })
+                s.query_row(
+                    params![account.as_str(), device.as_str(), since, seq],
+                    |r| r.get::<_, i64>(0),
+                )
             }))
         .map(|n| n as usize)
     }

@@ -75,7 +75,8 @@ macro_rules! contract_suite {
             alerts::the_engine_keeps_its_due_times_and_commits_incidents_whole,
             alerts::an_alert_write_that_fails_leaves_nothing,
             alerts::an_incident_is_kept_only_at_the_revision_it_was_read,
-            alerts::senders_are_counted_once_within_their_window
+            alerts::senders_are_counted_once_within_their_window,
+            alerts::drops_count_in_the_order_they_were_announced
         );
     };
 }

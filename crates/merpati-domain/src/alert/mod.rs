@@ -382,12 +382,14 @@ pub trait AlertTx {
     fn notifier_ids(&mut self, account: &AccountId) -> StoreResult<Vec<NotifierId>>;
     fn notifier(&mut self, account: &AccountId, id: &NotifierId) -> StoreResult<Option<Notifier>>;
     fn account(&mut self, account: &AccountId) -> StoreResult<Option<(String, Language)>>;
-    /// How many disconnects of the device were announced at or after `since`.
+    /// How many disconnects of the device were announced at or after `since`, up to the
+    /// announcement numbered `seq` (later ones, read in the same run, do not count yet).
     fn drops_since(
         &mut self,
         account: &AccountId,
         device: &DeviceId,
         since: i64,
+        seq: i64,
     ) -> StoreResult<usize>;
     fn tracker(&mut self, account: &AccountId, device: &DeviceId) -> StoreResult<Option<Tracker>>;
     fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()>;

@@ -444,3 +444,39 @@ pub async fn senders_are_counted_once_within_their_window(store: &SharedStore) {
         .await
         .unwrap();
 }
+
+/// Drops read in one run count in the order they were announced: of four drops and
+/// returns read at once, the fourth makes the device flapping, not the first.
+pub async fn drops_count_in_the_order_they_were_announced(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    let a = t.account.clone();
+    store.create_notifier(a.clone(), slack("n1")).await.unwrap();
+    store.apply_presence(vec![up(&t, 0, T0)], T0).await.unwrap();
+    for i in 1..=4 {
+        let at = T0 + i * 1_000;
+        store
+            .apply_presence(vec![down(&t, 0, at)], at)
+            .await
+            .unwrap();
+        store
+            .apply_presence(vec![up(&t, 0, at + 500)], at + 500)
+            .await
+            .unwrap();
+    }
+    run(store, T0 + 10_000).await;
+    let list = store
+        .list_incidents(
+            a,
+            IncidentFilter::default(),
+            Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let d = &list[0].devices[0];
+    assert!(d.flapping);
+    assert_eq!(d.down_at, T0 + 4_000, "the fourth drop, not the first");
+}

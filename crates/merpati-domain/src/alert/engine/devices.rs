@@ -27,7 +27,7 @@ impl Engine<'_> {
             return Ok(());
         };
         if c.down {
-            self.on_down(&d, tracker, c.at)
+            self.on_down(&d, tracker, c.at, c.seq)
         } else {
             self.on_up(&d, tracker, c.at)
         }
@@ -38,6 +38,7 @@ impl Engine<'_> {
         d: &DeviceContext,
         before: Option<Tracker>,
         at: i64,
+        seq: i64,
     ) -> StoreResult<()> {
         let eff = self.effective(d)?;
         let was_flapping = before.as_ref().is_some_and(|t| t.flapping);
@@ -50,9 +51,9 @@ impl Engine<'_> {
             incident_id: before.and_then(|t| t.incident_id),
             flapping: was_flapping,
         };
-        let drops = self
-            .tx
-            .drops_since(&d.account_id, &d.device_id, at - self.s.flap_within_ms)?;
+        let drops =
+            self.tx
+                .drops_since(&d.account_id, &d.device_id, at - self.s.flap_within_ms, seq)?;
         if !was_flapping && drops >= self.s.flap_drops.max(1) {
             t.flapping = true;
             let inc = self.join_incident(d, &eff, &mut t, true, at.min(self.now))?;
