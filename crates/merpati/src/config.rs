@@ -89,6 +89,8 @@ pub struct AlertsConfig {
     /// them.
     pub smtp_url: Option<Secret>,
     pub smtp_from: Option<String>,
+    /// A CA certificate (PEM file) the SMTP server's is signed by, besides the public ones.
+    pub smtp_ca_file: Option<PathBuf>,
 }
 
 impl Default for AlertsConfig {
@@ -103,6 +105,7 @@ impl Default for AlertsConfig {
             public_url: None,
             smtp_url: None,
             smtp_from: None,
+            smtp_ca_file: None,
         }
     }
 }
@@ -150,6 +153,7 @@ const KEYS: &[&str] = &[
     "alerts.public_url",
     "alerts.smtp_url",
     "alerts.smtp_from",
+    "alerts.smtp_ca_file",
 ];
 
 /// `presence.engines.<engine>.<setting>`: per-engine lease settings.
@@ -340,6 +344,13 @@ impl Config {
                 "alerts.smtp_url" => {
                     merpati_runtime::alerts::email::parse_smtp_url(raw).map_err(invalid)?;
                     c.alerts.smtp_url = Some(Secret::new(raw))
+                }
+                "alerts.smtp_ca_file" => {
+                    let path = PathBuf::from(raw);
+                    if !path.is_file() {
+                        return Err(invalid(format!("{raw:?} is not a file")));
+                    }
+                    c.alerts.smtp_ca_file = Some(path)
                 }
                 "alerts.smtp_from" => {
                     merpati_runtime::alerts::email::parse_mailbox(raw).map_err(invalid)?;

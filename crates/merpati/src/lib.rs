@@ -310,6 +310,13 @@ async fn alert_runner(
                 server: email::parse_smtp_url(url.expose()).map_err(anyhow::Error::msg)?,
                 from: email::parse_mailbox(from).map_err(anyhow::Error::msg)?,
                 timeout: config.delivery.timeout,
+                ca_pem: match &a.smtp_ca_file {
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    ),
+                    None => None,
+                },
             };
             Some(email::Mailer::new(&smtp).map_err(anyhow::Error::msg)?)
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use merpati_domain::alert::message::Kind;
 use merpati_domain::alert::Notification;
@@ -49,6 +50,8 @@ pub struct SmtpConfig {
     pub server: SmtpServer,
     pub from: Mailbox,
     pub timeout: Duration,
+    /// A CA (PEM) trusted besides the public roots, for a relay with a private one.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Parses `smtp://[user:pass@]host[:port]` (and `smtp+starttls://`, `smtps://`).
@@ -114,16 +117,20 @@ pub struct Mailer {
 impl Mailer {
     pub fn new(config: &SmtpConfig) -> Result<Mailer, String> {
         let server = &config.server;
+        let tls = || -> Result<TlsParameters, String> {
+            let mut params = TlsParameters::builder(server.host.clone());
+            if let Some(pem) = &config.ca_pem {
+                let ca =
+                    Certificate::from_pem(pem).map_err(|e| format!("alerts.smtp_ca_file: {e}"))?;
+                params = params.add_root_certificate(ca);
+            }
+            params.build().map_err(|e| e.to_string())
+        };
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&server.host);
         let builder = match server.security {
-            SmtpSecurity::Plain => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&server.host)
-            }
-            SmtpSecurity::StartTls => {
-                AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&server.host)
-                    .map_err(|e| e.to_string())?
-            }
-            SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&server.host)
-                .map_err(|e| e.to_string())?,
+            SmtpSecurity::Plain => builder,
+            SmtpSecurity::StartTls => builder.tls(Tls::Required(tls()?)),
+            SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls()?)),
         };
         let mut builder = builder.port(server.port).timeout(Some(config.timeout));
         if let (Some(user), Some(pass)) = (&server.username, &server.password) {

@@ -448,3 +448,67 @@ async fn a_deleted_account_is_notified_no_more() {
         "no retry after the account went"
     );
 }
+
+/// STARTTLS and TLS from the first byte, to a relay whose certificate a private CA signed
+/// (`alerts.smtp_ca_file`); without that CA, the relay is refused, not spoken to in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_over_starttls_and_implicit_tls_to_a_relay_with_a_private_ca() {
+    use crate::smtp::Security;
+    for (security, scheme) in [
+        (Security::StartTls, "smtp+starttls"),
+        (Security::Tls, "smtps"),
+    ] {
+        let sink = SmtpSink::start_with(security).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, sink.ca_pem.as_ref().unwrap()).unwrap();
+        let url = format!("{scheme}://127.0.0.1:{}", sink.port);
+        let ca_path = ca.to_str().unwrap().to_string();
+        let r = rig(
+            "wa",
+            &[
+                ("alerts.smtp_url", &url),
+                ("alerts.smtp_from", "alerts@merpati.test"),
+                ("alerts.smtp_ca_file", &ca_path),
+            ],
+        )
+        .await;
+        let n = r
+            .app
+            .ok_post(
+                "/v1/notifiers",
+                &r.key,
+                json!({"name": "Ops mail", "kind": "email", "to": ["ops@example.com"]}),
+                201,
+            )
+            .await;
+        let path = format!("/v1/notifiers/{}/test", n["id"].as_str().unwrap());
+        let tested = r.app.ok_post(&path, &r.key, json!({}), 200).await;
+        assert_eq!(tested["outcome"], "sent", "{scheme}: {tested}");
+        sink.wait_for(1).await;
+        assert_eq!(sink.encrypted(), 1, "{scheme}: the mail came over TLS");
+
+        // The same relay without its CA: refused, nothing sent in clear.
+        let r = rig(
+            "wa",
+            &[
+                ("alerts.smtp_url", &url),
+                ("alerts.smtp_from", "alerts@merpati.test"),
+            ],
+        )
+        .await;
+        let n = r
+            .app
+            .ok_post(
+                "/v1/notifiers",
+                &r.key,
+                json!({"name": "Ops mail", "kind": "email", "to": ["ops@example.com"]}),
+                201,
+            )
+            .await;
+        let path = format!("/v1/notifiers/{}/test", n["id"].as_str().unwrap());
+        let tested = r.app.ok_post(&path, &r.key, json!({}), 200).await;
+        assert_eq!(tested["outcome"], "failed", "{scheme}: {tested}");
+        assert_eq!(sink.mails().len(), 1, "{scheme}: nothing more arrived");
+    }
+}
