@@ -449,6 +449,21 @@ async fn a_deleted_account_is_notified_no_more() {
     );
 }
 
+/// An e-mail notifier of the rig's account, tested: the test's answer.
+async fn test_email(r: &Rig) -> Value {
+    let n = r
+        .app
+        .ok_post(
+            "/v1/notifiers",
+            &r.key,
+            json!({"name": "Ops mail", "kind": "email", "to": ["ops@example.com"]}),
+            201,
+        )
+        .await;
+    let path = format!("/v1/notifiers/{}/test", n["id"].as_str().unwrap());
+    r.app.ok_post(&path, &r.key, json!({}), 200).await
+}
+
 /// STARTTLS and TLS from the first byte, to a relay whose certificate a private CA signed
 /// (`alerts.smtp_ca_file`); without that CA, the relay is refused, not spoken to in clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,50 +479,19 @@ async fn email_goes_over_starttls_and_implicit_tls_to_a_relay_with_a_private_ca(
         std::fs::write(&ca, sink.ca_pem.as_ref().unwrap()).unwrap();
         let url = format!("{scheme}://127.0.0.1:{}", sink.port);
         let ca_path = ca.to_str().unwrap().to_string();
-        let r = rig(
-            "wa",
-            &[
-                ("alerts.smtp_url", &url),
-                ("alerts.smtp_from", "alerts@merpati.test"),
-                ("alerts.smtp_ca_file", &ca_path),
-            ],
-        )
-        .await;
-        let n = r
-            .app
-            .ok_post(
-                "/v1/notifiers",
-                &r.key,
-                json!({"name": "Ops mail", "kind": "email", "to": ["ops@example.com"]}),
-                201,
-            )
-            .await;
-        let path = format!("/v1/notifiers/{}/test", n["id"].as_str().unwrap());
-        let tested = r.app.ok_post(&path, &r.key, json!({}), 200).await;
+        let smtp = [
+            ("alerts.smtp_url", url.as_str()),
+            ("alerts.smtp_from", "alerts@merpati.test"),
+        ];
+        let mut with_ca = smtp.to_vec();
+        with_ca.push(("alerts.smtp_ca_file", &ca_path));
+        let tested = test_email(&rig("wa", &with_ca).await).await;
         assert_eq!(tested["outcome"], "sent", "{scheme}: {tested}");
         sink.wait_for(1).await;
         assert_eq!(sink.encrypted(), 1, "{scheme}: the mail came over TLS");
 
         // The same relay without its CA: refused, nothing sent in clear.
-        let r = rig(
-            "wa",
-            &[
-                ("alerts.smtp_url", &url),
-                ("alerts.smtp_from", "alerts@merpati.test"),
-            ],
-        )
-        .await;
-        let n = r
-            .app
-            .ok_post(
-                "/v1/notifiers",
-                &r.key,
-                json!({"name": "Ops mail", "kind": "email", "to": ["ops@example.com"]}),
-                201,
-            )
-            .await;
-        let path = format!("/v1/notifiers/{}/test", n["id"].as_str().unwrap());
-        let tested = r.app.ok_post(&path, &r.key, json!({}), 200).await;
+        let tested = test_email(&rig("wa", &smtp).await).await;
         assert_eq!(tested["outcome"], "failed", "{scheme}: {tested}");
         assert_eq!(sink.mails().len(), 1, "{scheme}: nothing more arrived");
     }
