@@ -49,7 +49,7 @@ pub trait Store:
 pub type SharedStore = Arc<dyn Store>;
 
 /// Aggregates for the metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
     pub deliveries_pending: i64,
     pub deliveries_held: i64,
@@ -57,4 +57,15 @@ pub struct Counts {
     pub devices: Vec<(&'static str, String, i64)>,
     pub incidents_open: i64,
     pub incidents_acknowledged: i64,
+    /// How long commits took, from the first statement to durable.
+    pub commits: Histogram,
+}
+
+/// A histogram's state: each bucket's upper bound (seconds) and what fell in it (not
+/// cumulative; the last bound is infinity), the sum and the count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
 }

@@ -6,12 +6,15 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use merpati_domain::store::Counts;
+use merpati_domain::store::{Counts, Histogram};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as Buckets};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 /// Engines named in labels, at most; the rest are `other`.
@@ -59,12 +62,31 @@ pub enum AttemptOutcome {
     Failed,
 }
 
+/// The store's commit durations, as they were at the last scrape: a histogram the store
+/// keeps, shown as one.
+#[derive(Debug, Default)]
+struct Commits(Mutex<Histogram>);
+
+impl Collector for Commits {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let h = self.0.lock().expect("commits lock").clone();
+        let mut metric = encoder.encode_descriptor(
+            "merpati_commit_duration",
+            "How long each commit of the store took, from its first statement to durable",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        metric.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    commits: std::sync::Arc<Commits>,
     events: Family<TypeLabel, Counter>,
     ingest: Family<IngestLabels, Counter>,
     deliveries: Family<OutcomeLabel, Counter>,
-    delivery_duration: Histogram,
+    delivery_duration: Buckets,
     notifications: Family<NotificationLabels, Counter>,
     deliveries_pending: Gauge,
     deliveries_held: Gauge,
@@ -104,7 +126,7 @@ impl Default for Metrics {
             deliveries.clone(),
         );
         // 1 ms to about 33 s.
-        let delivery_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let delivery_duration = Buckets::new(exponential_buckets(0.001, 2.0, 16));
         registry.register_with_unit(
             "merpati_delivery_duration",
             "How long each delivery attempt took, from sending to the end of the answer",
@@ -159,8 +181,11 @@ impl Default for Metrics {
             "Endpoints whose circuit breaker is open",
             endpoints_paused.clone(),
         );
+        let commits = std::sync::Arc::new(Commits::default());
+        registry.register_collector(Box::new(commits.clone()));
         Metrics {
             registry,
+            commits,
             events,
             ingest,
             deliveries,
@@ -265,6 +290,7 @@ impl Metrics {
         self.incidents_open
             .set(counts.incidents_open + counts.incidents_acknowledged);
         self.endpoints_paused.set(endpoints_paused as i64);
+        *self.commits.0.lock().expect("commits lock") = counts.commits.clone();
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -301,6 +327,10 @@ mod tests {
         assert!(text.contains("merpati_deliveries_pending 3"));
         assert!(text.contains("merpati_devices{status=\"connected\",engine=\"wa\"} 2"));
         assert!(text.contains("merpati_incidents_open 1"));
+        assert!(
+            text.contains("merpati_commit_duration_seconds_count 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 

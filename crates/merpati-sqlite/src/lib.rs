@@ -19,6 +19,7 @@ mod accounts;
 mod alert_tx;
 mod alerts;
 mod checkpoint;
+mod commit_stats;
 mod delivery;
 mod devices;
 mod endpoint_cache;
@@ -69,6 +70,7 @@ pub struct SqliteStore {
     /// The writer, then the syncer and the checkpointer, which end after it.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
+    commits: Arc<commit_stats::CommitStats>,
 }
 
 impl SqliteStore {
@@ -140,6 +142,8 @@ impl SqliteStore {
         let (to_sync, committed) = std::sync::mpsc::sync_channel(writer::SYNC_QUEUE);
         let (background, checkpoint_asked) = checkpoint::channel();
         let sync = options.synchronous_full;
+        let commits = Arc::new(commit_stats::CommitStats::default());
+        let syncer_stats = commits.clone();
         let thread_error =
             |e| StoreError::Internal(format!("cannot start a thread of the store: {e}"));
         let writer = std::thread::Builder::new()
@@ -148,7 +152,7 @@ impl SqliteStore {
             .map_err(thread_error)?;
         let syncer = std::thread::Builder::new()
             .name("sqlite-sync".into())
-            .spawn(move || writer::sync_loop(log, sync, committed))
+            .spawn(move || writer::sync_loop(log, sync, committed, syncer_stats))
             .map_err(thread_error)?;
         let checkpointer = std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
@@ -157,6 +161,7 @@ impl SqliteStore {
             })
             .map_err(thread_error)?;
         Ok(SqliteStore {
+            commits,
             writer: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![writer, syncer, checkpointer]),
             readers: Arc::new(readers),
@@ -284,6 +289,10 @@ impl Store for SqliteStore {
             Ok(counts)
         })
         .await
+        .map(|mut counts| {
+            counts.commits = self.commits.snapshot();
+            counts
+        })
     }
 
     async fn shrink_caches(&self) -> StoreResult<()> {

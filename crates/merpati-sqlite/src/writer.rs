@@ -20,6 +20,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint;
+use crate::commit_stats::CommitStats;
 use crate::endpoint_cache::EndpointCache;
 use crate::error::{closed, DbResult};
 
@@ -172,7 +173,11 @@ where
 /// Why a committed group was not made durable: the store closed under it.
 const CLOSING: &str = "the store is closing";
 
-pub(crate) type Group = Vec<Box<dyn WriteJob>>;
+/// A committed group on its way to the syncer, and when its transaction began.
+pub(crate) struct Group {
+    jobs: Vec<Box<dyn WriteJob>>,
+    began: std::time::Instant,
+}
 
 /// The writer thread: takes every write waiting, runs them as one group, hands the group
 /// to the syncer.
@@ -196,8 +201,12 @@ pub(crate) fn writer_loop(
         background.after_group(started.elapsed());
         match committed {
             Ok(()) => {
+                let group = Group {
+                    jobs: group,
+                    began: started,
+                };
                 if let Err(unsent) = to_sync.send(group) {
-                    for job in unsent.0 {
+                    for job in unsent.0.jobs {
                         job.finish(Err(CLOSING.into()));
                     }
                 }
@@ -217,6 +226,7 @@ pub(crate) fn sync_loop(
     log: std::fs::File,
     sync: bool,
     committed: std::sync::mpsc::Receiver<Group>,
+    stats: std::sync::Arc<CommitStats>,
 ) {
     while let Ok(first) = committed.recv() {
         let mut groups = vec![first];
@@ -230,8 +240,13 @@ pub(crate) fn sync_loop(
         if let Err(message) = &synced {
             tracing::error!(%message, "commit not durable");
         }
-        for job in groups.into_iter().flatten() {
-            job.finish(synced.clone());
+        for group in groups {
+            if synced.is_ok() {
+                stats.observe(group.began.elapsed());
+            }
+            for job in group.jobs {
+                job.finish(synced.clone());
+            }
         }
     }
 }

@@ -151,6 +151,17 @@ async fn metrics_parse_with_the_official_parser_and_move_as_events_flow() {
     );
     assert_eq!(value(&after, "merpati_links_open", json!({})), 1.0);
     assert_eq!(value(&after, "merpati_deliveries_pending", json!({})), 0.0);
+    // Every write commits: the store's commit latency moved with them.
+    let commits = value(&after, "merpati_commit_duration_seconds_count", json!({}));
+    assert!(commits > value(&before, "merpati_commit_duration_seconds_count", json!({})));
+    assert_eq!(
+        value(
+            &after,
+            "merpati_commit_duration_seconds_bucket",
+            json!({"le": "+Inf"})
+        ),
+        commits
+    );
     link.close().await;
 
     // For the admin only.
