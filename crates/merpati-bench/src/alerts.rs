@@ -31,6 +31,9 @@ pub struct AlertArgs {
     /// Status reports under way at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Live streams (`/v1/stream`, as dashboards hold) open through the storm.
+    #[arg(long, default_value_t = 0)]
+    pub streams: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -133,6 +136,41 @@ async fn provision(
     Ok((key, Fleet { tokens }))
 }
 
+/// A live stream held open, counting the server-sent events it gets.
+struct Stream {
+    events: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn open_streams(api: &Api, key: &str, n: usize) -> anyhow::Result<Vec<Stream>> {
+    use futures_util::StreamExt;
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let response = api
+            .client
+            .get(format!("{}/v1/stream", api.base))
+            .bearer_auth(key)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "stream: {}",
+            response.status()
+        );
+        let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = events.clone();
+        let task = tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            while let Some(Ok(chunk)) = body.next().await {
+                let n = chunk.windows(7).filter(|w| *w == b"event: ").count();
+                counted.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        streams.push(Stream { events, task });
+    }
+    Ok(streams)
+}
+
 /// Every device reports `status`, `concurrency` at a time; returns when the last answered.
 async fn report_all(
     api: &Api,
@@ -181,6 +219,7 @@ async fn run(server: &ServerProcess, args: &AlertArgs) -> anyhow::Result<()> {
     let (key, fleet) =
         provision(&api, &server.admin, args, &format!("http://{addr}/slack")).await?;
     report_all(&api, &fleet, "connected", args.concurrency).await?;
+    let streams = open_streams(&api, &key, args.streams).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before = server.rss_mib();
 
@@ -219,6 +258,13 @@ async fn run(server: &ServerProcess, args: &AlertArgs) -> anyhow::Result<()> {
     let recovery_cpu = server.cpu_seconds() - cpu0;
     let recoveries = inbox.count("✅");
     receiver.abort();
+    let stream_events: Vec<u64> = streams
+        .iter()
+        .map(|s| s.events.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    for s in &streams {
+        s.task.abort();
+    }
 
     let figures = AlertFigures {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -242,6 +288,8 @@ async fn run(server: &ServerProcess, args: &AlertArgs) -> anyhow::Result<()> {
         recovery_cpu_seconds: recovery_cpu,
         rss_mib_before: rss_before,
         rss_mib_after: rss_after,
+        streams: args.streams,
+        stream_events_each: stream_events.iter().copied().max().unwrap_or(0),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
@@ -272,6 +320,9 @@ pub struct AlertFigures {
     pub recovery_cpu_seconds: f64,
     pub rss_mib_before: f64,
     pub rss_mib_after: f64,
+    /// Live streams open through the storm, and the most server-sent events one got.
+    pub streams: usize,
+    pub stream_events_each: u64,
 }
 
 impl AlertFigures {
@@ -311,5 +362,11 @@ impl AlertFigures {
             "  resident memory               {:.1} MiB before, {:.1} MiB after the storm",
             self.rss_mib_before, self.rss_mib_after
         );
+        if self.streams > 0 {
+            println!(
+                "  live streams                  {} open, each told {} events (device states coalesced)",
+                self.streams, self.stream_events_each
+            );
+        }
     }
 }

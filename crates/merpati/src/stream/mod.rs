@@ -1,6 +1,8 @@
 //! `GET /v1/stream`: an account's committed changes as they happen, as server-sent events
 //! fed from the bus (events stored, delivery outcomes, devices up/pending/down, endpoints
-//! disabled/paused, incidents, jobs). What `merpati events tail` follows, and what the
+//! disabled/paused, incidents, jobs), gathered for 200 ms after the first: one event a kind
+//! (`devices`: `{"devices": [...]}`), a device's, endpoint's or job's latest state only, so
+//! a storm of ten thousand devices reaches a browser as a few dozen messages. What `merpati events tail` follows, and what the
 //! dashboard's live view will.
 //!
 //! The bus tells each change once its commit is durable, so whatever a client reads on
@@ -66,22 +68,26 @@ fn kinds(raw: Option<&str>) -> ApiResult<Vec<&'static str>> {
         .collect()
 }
 
-/// A change of this account, as one server-sent event (or none), with what it may be
+/// A change of this account, as its kind and items (or none), with what it may be
 /// coalesced by: a device's, an endpoint's or a job's latest state says all.
-fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<String>, Event)> {
+fn items(
+    change: &Change,
+    account: &AccountId,
+    wanted: &[&str],
+) -> Option<(&'static str, Option<String>, Vec<serde_json::Value>)> {
     let key = match change {
         Change::Device { device, .. } => Some(format!("device:{device}")),
         Change::Endpoint { endpoint, .. } => Some(format!("endpoint:{endpoint}")),
         Change::Job { job, .. } => Some(format!("job:{job}")),
         _ => None,
     };
-    let (kind, name, data) = match change {
+    let (kind, data) = match change {
         Change::EventsStored { account: a, events } if a == account => {
             let items: Vec<_> = events
                 .iter()
                 .map(|e| json!({"id": e.id, "type": e.event_type, "device_id": e.device}))
                 .collect();
-            ("events", "events", json!({"events": items}))
+            ("events", json!(items))
         }
         Change::Delivery(d) if d.account == *account => {
             let (outcome, retry_at) = match d.outcome {
@@ -91,7 +97,6 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<
             };
             (
                 "deliveries",
-                "delivery",
                 json!({
                     "delivery_id": d.delivery, "endpoint_id": d.endpoint, "attempt": d.attempt,
                     "outcome": outcome, "next_attempt_at": retry_at,
@@ -112,7 +117,6 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<
             };
             (
                 "devices",
-                "device",
                 json!({"device_id": device, "status": status, "since": rfc3339(*at)}),
             )
         }
@@ -129,7 +133,6 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<
             };
             (
                 "endpoints",
-                "endpoint",
                 json!({"endpoint_id": endpoint, "state": state, "paused_until": until}),
             )
         }
@@ -139,7 +142,6 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<
             state,
         } if a == account => (
             "incidents",
-            "incident",
             json!({"incident_id": incident, "state": state.as_str()}),
         ),
         Change::Job {
@@ -150,14 +152,15 @@ fn sse(change: &Change, account: &AccountId, wanted: &[&str]) -> Option<(Option<
             finished,
         } if a == account => (
             "jobs",
-            "job",
             json!({"job_id": job, "done": done, "total": total, "finished": finished}),
         ),
         _ => return None,
     };
-    wanted
-        .contains(&kind)
-        .then(|| (key, Event::default().event(name).data(data.to_string())))
+    let items = match data {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    wanted.contains(&kind).then_some((kind, key, items))
 }
 
 /// How long changes are gathered after the first, so that a burst (a thousand devices
@@ -175,7 +178,8 @@ struct Feed {
 }
 
 impl Feed {
-    /// The next event: what is ready, else the next gathering of changes, coalesced.
+    /// The next event: what is ready, else the next gathering of changes: one event a
+    /// kind, `{"<kind>": [...]}`, each device's, endpoint's and job's latest state only.
     async fn next(mut self) -> Option<(Result<Event, Infallible>, Feed)> {
         loop {
             if let Some(event) = self.ready.pop_front() {
@@ -183,44 +187,58 @@ impl Feed {
             }
             let first = self.sub.recv().await?;
             let deadline = tokio::time::Instant::now() + GATHER;
-            let mut gathered: Vec<(Option<String>, Event)> = Vec::new();
-            let mut at: HashMap<String, usize> = HashMap::new();
+            let mut gathered: HashMap<&'static str, Vec<serde_json::Value>> = HashMap::new();
+            let mut at: HashMap<String, (&'static str, usize)> = HashMap::new();
+            let mut count = 0;
+            let mut missed = None;
             let mut received = Some(first);
             while let Some(r) = received.take() {
                 match r {
                     Received::Change(change) => {
-                        if let Some((key, event)) = sse(&change, &self.account, &self.wanted) {
+                        if let Some((kind, key, items)) =
+                            items(&change, &self.account, &self.wanted)
+                        {
+                            let list = gathered.entry(kind).or_default();
                             match key.as_ref().and_then(|k| at.get(k)) {
-                                Some(i) => gathered[*i].1 = event,
+                                Some((_, i)) => list[*i] = items.into_iter().next().expect("one"),
                                 None => {
-                                    if let Some(k) = &key {
-                                        at.insert(k.clone(), gathered.len());
+                                    if let Some(k) = key {
+                                        at.insert(k, (kind, list.len()));
                                     }
-                                    gathered.push((key, event));
+                                    count += items.len();
+                                    list.extend(items);
                                 }
                             }
                         }
                     }
                     Received::Missed(n) => {
-                        gathered.push((
-                            None,
-                            Event::default()
-                                .event("missed")
-                                .data(json!({"count": n}).to_string()),
-                        ));
+                        missed = Some(n);
                         break;
                     }
                 }
-                if gathered.len() >= MAX_GATHERED {
+                if count >= MAX_GATHERED {
                     break;
                 }
                 match tokio::time::timeout_at(deadline, self.sub.recv()).await {
                     Ok(Some(next)) => received = Some(next),
-                    Ok(None) if gathered.is_empty() => return None,
+                    Ok(None) if count == 0 && missed.is_none() => return None,
                     _ => {}
                 }
             }
-            self.ready.extend(gathered.into_iter().map(|(_, e)| e));
+            for kind in KINDS {
+                if let Some(list) = gathered.remove(kind) {
+                    let data = json!({ kind: list });
+                    self.ready
+                        .push_back(Event::default().event(kind).data(data.to_string()));
+                }
+            }
+            if let Some(n) = missed {
+                self.ready.push_back(
+                    Event::default()
+                        .event("missed")
+                        .data(json!({"count": n}).to_string()),
+                );
+            }
         }
     }
 }

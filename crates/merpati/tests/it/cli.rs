@@ -230,10 +230,10 @@ async fn a_burst_on_the_stream_is_each_device_s_latest_state() {
             .unwrap()
             .unwrap();
         text.push_str(&String::from_utf8_lossy(&chunk));
-        if let Some(data) = text.rsplit("event: device\ndata: ").next() {
+        if let Some(data) = text.rsplit("event: devices\ndata: ").next() {
             last = data.lines().next().unwrap_or_default().to_string();
         }
-        if last.contains("\"status\":\"connected\"") && text.matches("event: device").count() > 0 {
+        if last.contains("\"status\":\"connected\"") && text.matches("event: devices").count() > 0 {
             let settled = tokio::time::timeout(Duration::from_millis(500), body.next()).await;
             if let Ok(Some(Ok(more))) = settled {
                 text.push_str(&String::from_utf8_lossy(&more));
@@ -242,12 +242,12 @@ async fn a_burst_on_the_stream_is_each_device_s_latest_state() {
             break;
         }
     }
-    let told = text.matches("event: device").count();
+    let told = text.matches("event: devices").count();
     assert!(
         told <= 10,
         "41 changes a moment apart coalesce, told {told} times"
     );
-    let final_state = text.rsplit("event: device\ndata: ").next().unwrap();
+    let final_state = text.rsplit("event: devices\ndata: ").next().unwrap();
     assert!(
         final_state.contains("\"status\":\"connected\""),
         "{final_state}"
