@@ -10,12 +10,13 @@ use merpati_domain::ids::{
     AccountId, BusinessId, ChannelId, DeviceId, EventId, IncidentId, NotifierId, WindowId,
 };
 use merpati_domain::{StoreError, StoreResult};
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, OptionalExtension, Row};
 
 use crate::devices::{context_row, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::{id, json_column, opt_id, word};
+use crate::table::Table;
 use crate::writer::Tx;
 
 pub(crate) struct SqliteAlertTx<'t, 'c> {
@@ -125,62 +126,37 @@ pub(crate) fn backup_channel(
     .optional()?)
 }
 
-/// What an account edits and the store keeps as a JSON body at its revision.
-pub(crate) trait Body: serde::de::DeserializeOwned {
-    const TABLE: &'static str;
-    const WHAT: &'static str;
-    fn set_revision(&mut self, revision: i64);
+fn rule_row(r: &Row<'_>) -> rusqlite::Result<AlertRule> {
+    let mut rule: AlertRule = body_row(r)?;
+    rule.revision = r.get(1)?;
+    Ok(rule)
 }
 
-impl Body for AlertRule {
-    const TABLE: &'static str = "alert_rules";
-    const WHAT: &'static str = "alert rule";
-    fn set_revision(&mut self, revision: i64) {
-        self.revision = revision;
-    }
+fn window_row(r: &Row<'_>) -> rusqlite::Result<MaintenanceWindow> {
+    let mut w: MaintenanceWindow = body_row(r)?;
+    w.revision = r.get(1)?;
+    Ok(w)
 }
 
-impl Body for MaintenanceWindow {
-    const TABLE: &'static str = "maintenance_windows";
-    const WHAT: &'static str = "maintenance window";
-    fn set_revision(&mut self, revision: i64) {
-        self.revision = revision;
-    }
-}
-
-fn revised<T: Body>(r: &Row<'_>) -> rusqlite::Result<T> {
-    let mut body: T = body_row(r)?;
-    body.set_revision(r.get(1)?);
-    Ok(body)
-}
-
-/// Every one of an account's, oldest first.
-pub(crate) fn bodies_of<T: Body>(c: &Connection, account: &AccountId) -> DbResult<Vec<T>> {
-    let mut s = c.prepare_cached(&format!(
-        "SELECT body, revision FROM {} WHERE account_id = ?1 ORDER BY created_at, id",
-        T::TABLE
-    ))?;
-    let rows = s.query_map([account.as_str()], revised::<T>)?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub(crate) fn body_of<T: Body>(c: &Connection, account: &AccountId, id: &str) -> DbResult<T> {
-    c.prepare_cached(&format!(
-        "SELECT body, revision FROM {} WHERE account_id = ?1 AND id = ?2",
-        T::TABLE
-    ))?
-    .query_row(params![account.as_str(), id], revised::<T>)
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound(T::WHAT).into())
-}
-
-pub(crate) fn rules_of(c: &Connection, account: &AccountId) -> DbResult<Vec<AlertRule>> {
-    bodies_of(c, account)
-}
-
-pub(crate) fn windows_of(c: &Connection, account: &AccountId) -> DbResult<Vec<MaintenanceWindow>> {
-    bodies_of(c, account)
-}
+/// What an account edits and the store keeps as a JSON body beside its revision.
+pub(crate) const RULES: Table<AlertRule> = Table {
+    name: "alert_rules",
+    columns: "body, revision",
+    what: "alert rule",
+    row: rule_row,
+};
+pub(crate) const WINDOWS: Table<MaintenanceWindow> = Table {
+    name: "maintenance_windows",
+    columns: "body, revision",
+    what: "maintenance window",
+    row: window_row,
+};
+pub(crate) const NOTIFIERS: Table<Notifier> = Table {
+    name: "notifiers",
+    columns: NOTIFIER_COLUMNS,
+    what: "notifier",
+    row: notifier_row,
+};
 
 fn incident_due(inc: &Incident) -> Option<i64> {
     inc.due_at()
@@ -239,11 +215,11 @@ impl AlertTx for SqliteAlertTx<'_, '_> {
     }
 
     fn rules(&mut self, account: &AccountId) -> StoreResult<Vec<AlertRule>> {
-        db(rules_of(self.tx, account))
+        db(RULES.all(self.tx, account))
     }
 
     fn windows(&mut self, account: &AccountId) -> StoreResult<Vec<MaintenanceWindow>> {
-        db(windows_of(self.tx, account))
+        db(WINDOWS.all(self.tx, account))
     }
 
     fn notifier_ids(&mut self, account: &AccountId) -> StoreResult<Vec<NotifierId>> {

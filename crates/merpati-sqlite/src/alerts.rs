@@ -15,12 +15,12 @@ use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::alert_tx::{
-    body_of, incident_row, notification_row, notifier_row, rules_of, windows_of, SqliteAlertTx,
-    NOTIFICATION_COLUMNS, NOTIFIER_COLUMNS,
+    incident_row, notification_row, SqliteAlertTx, NOTIFICATION_COLUMNS, NOTIFIERS, RULES, WINDOWS,
 };
 use crate::devices::{context_row, owned, CONTEXT_QUERY};
 use crate::error::{is_unique_violation, DbError, DbResult};
 use crate::rows::json_column;
+use crate::table::Table;
 use crate::SqliteStore;
 
 /// Every id a match names is the account's.
@@ -71,66 +71,24 @@ fn created(e: rusqlite::Error, what: &str) -> DbError {
     }
 }
 
-/// A body kept only at the revision it was read at.
-fn update_body(
+/// A body kept only at the revision it was read at; the row as then stored.
+fn update_body<T>(
     c: &Connection,
-    table: &str,
+    table: &Table<T>,
     account: &AccountId,
     id: &str,
     body: String,
     revision: i64,
-    what: &'static str,
-) -> DbResult<()> {
+) -> DbResult<T> {
     let n = c.execute(
         &format!(
-            "UPDATE {table} SET body = ?3, revision = revision + 1
-             WHERE account_id = ?1 AND id = ?2 AND revision = ?4"
+            "UPDATE {} SET body = ?3, revision = revision + 1
+             WHERE account_id = ?1 AND id = ?2 AND revision = ?4",
+            table.name
         ),
         params![account.as_str(), id, body, revision],
     )?;
-    if n == 1 {
-        return Ok(());
-    }
-    if owned(c, table, account.as_str(), id)? {
-        Err(StoreError::Stale(what).into())
-    } else {
-        Err(StoreError::NotFound(what).into())
-    }
-}
-
-fn get_rule(c: &Connection, account: &AccountId, id: &AlertRuleId) -> DbResult<AlertRule> {
-    body_of(c, account, id.as_str())
-}
-
-/// Deletes one of an account's rows; NotFound when there is none.
-fn delete_row(
-    c: &Connection,
-    table: &str,
-    account: &AccountId,
-    id: &str,
-    what: &'static str,
-) -> DbResult<()> {
-    let n = c.execute(
-        &format!("DELETE FROM {table} WHERE account_id = ?1 AND id = ?2"),
-        params![account.as_str(), id],
-    )?;
-    if n == 0 {
-        return Err(StoreError::NotFound(what).into());
-    }
-    Ok(())
-}
-
-fn get_notifier(c: &Connection, account: &AccountId, id: &NotifierId) -> DbResult<Notifier> {
-    c.prepare_cached(&format!(
-        "SELECT {NOTIFIER_COLUMNS} FROM notifiers WHERE account_id = ?1 AND id = ?2"
-    ))?
-    .query_row(params![account.as_str(), id.as_str()], notifier_row)
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound("notifier").into())
-}
-
-fn get_window(c: &Connection, account: &AccountId, id: &WindowId) -> DbResult<MaintenanceWindow> {
-    body_of(c, account, id.as_str())
+    table.updated(c, n, account, id)
 }
 
 /// The alert engine looks again at an account whose rules or windows changed: a device
@@ -170,34 +128,34 @@ impl AlertStore for SqliteStore {
     }
 
     async fn list_rules(&self, account: AccountId) -> StoreResult<Vec<AlertRule>> {
-        self.read(move |c| rules_of(c, &account)).await
+        self.read(move |c| RULES.all(c, &account)).await
     }
 
     async fn get_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<AlertRule> {
-        self.read(move |c| get_rule(c, &account, &id)).await
+        self.read(move |c| RULES.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_rule(&self, account: AccountId, rule: AlertRule) -> StoreResult<AlertRule> {
         self.write(move |c| {
             check_match(c, &account, &rule.matches)?;
             check_notifiers(c, &account, &rule)?;
-            update_body(
+            let stored = update_body(
                 c,
-                "alert_rules",
+                &RULES,
                 &account,
                 rule.id.as_str(),
                 json(&rule),
                 rule.revision,
-                "alert rule",
             )?;
             recheck_waiting(c, &account, rule.updated_at)?;
-            get_rule(c, &account, &rule.id)
+            Ok(stored)
         })
         .await
     }
 
     async fn delete_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<()> {
-        self.write(move |c| delete_row(c, "alert_rules", &account, id.as_str(), "alert rule"))
+        self.write(move |c| RULES.delete(c, &account, id.as_str()))
             .await
     }
 
@@ -214,40 +172,25 @@ impl AlertStore for SqliteStore {
     }
 
     async fn list_notifiers(&self, account: AccountId) -> StoreResult<Vec<Notifier>> {
-        self.read(move |c| {
-            let mut s = c.prepare_cached(&format!(
-                "SELECT {NOTIFIER_COLUMNS} FROM notifiers WHERE account_id = ?1
-                 ORDER BY created_at, id"
-            ))?;
-            let rows = s.query_map([account.as_str()], notifier_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(move |c| NOTIFIERS.all(c, &account)).await
     }
 
     async fn get_notifier(&self, account: AccountId, id: NotifierId) -> StoreResult<Notifier> {
-        self.read(move |c| get_notifier(c, &account, &id)).await
+        self.read(move |c| NOTIFIERS.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
         self.write(move |c| {
-            update_body(
-                c,
-                "notifiers",
-                &account,
-                n.id.as_str(),
-                json(&n),
-                n.revision,
-                "notifier",
-            )?;
-            get_notifier(c, &account, &n.id)
+            update_body(c, &NOTIFIERS, &account, n.id.as_str(), json(&n), n.revision)
         })
         .await
     }
 
     async fn delete_notifier(&self, account: AccountId, id: NotifierId) -> StoreResult<()> {
         self.write(move |c| {
-            let naming: Vec<String> = rules_of(c, &account)?
+            let naming: Vec<String> = RULES
+                .all(c, &account)?
                 .into_iter()
                 .filter(|r| {
                     r.notifiers.iter().flatten().any(|n| *n == id)
@@ -265,7 +208,7 @@ impl AlertStore for SqliteStore {
                 ))
                 .into());
             }
-            delete_row(c, "notifiers", &account, id.as_str(), "notifier")
+            NOTIFIERS.delete(c, &account, id.as_str())
         })
         .await
     }
@@ -290,11 +233,12 @@ impl AlertStore for SqliteStore {
     }
 
     async fn list_windows(&self, account: AccountId) -> StoreResult<Vec<MaintenanceWindow>> {
-        self.read(move |c| windows_of(c, &account)).await
+        self.read(move |c| WINDOWS.all(c, &account)).await
     }
 
     async fn get_window(&self, account: AccountId, id: WindowId) -> StoreResult<MaintenanceWindow> {
-        self.read(move |c| get_window(c, &account, &id)).await
+        self.read(move |c| WINDOWS.get(c, &account, id.as_str()))
+            .await
     }
 
     async fn update_window(
@@ -304,30 +248,16 @@ impl AlertStore for SqliteStore {
     ) -> StoreResult<MaintenanceWindow> {
         self.write(move |c| {
             check_match(c, &account, &w.matches)?;
-            update_body(
-                c,
-                "maintenance_windows",
-                &account,
-                w.id.as_str(),
-                json(&w),
-                w.revision,
-                "maintenance window",
-            )?;
+            let stored = update_body(c, &WINDOWS, &account, w.id.as_str(), json(&w), w.revision)?;
             recheck_waiting(c, &account, w.updated_at)?;
-            get_window(c, &account, &w.id)
+            Ok(stored)
         })
         .await
     }
 
     async fn delete_window(&self, account: AccountId, id: WindowId, now: i64) -> StoreResult<()> {
         self.write(move |c| {
-            delete_row(
-                c,
-                "maintenance_windows",
-                &account,
-                id.as_str(),
-                "maintenance window",
-            )?;
+            WINDOWS.delete(c, &account, id.as_str())?;
             // A device held by it may be due now.
             c.execute(
                 "UPDATE alert_trackers SET due_at = ?3

@@ -11,6 +11,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFr
 
 use crate::error::{is_unique_violation, DbError, DbResult};
 use crate::rows::{id, opt_id};
+use crate::table::Table;
 use crate::SqliteStore;
 
 const BUSINESS_COLUMNS: &str = "id, name, created_at, updated_at, revision";
@@ -169,15 +170,6 @@ fn check_channel_refs(c: &Connection, account: &AccountId, ch: &Channel) -> DbRe
     Ok(())
 }
 
-/// A table of an account's resources: where its rows are and how they read.
-struct Table<T> {
-    name: &'static str,
-    columns: &'static str,
-    /// What a missing row is called (`StoreError::NotFound`).
-    what: &'static str,
-    row: fn(&Row<'_>) -> rusqlite::Result<T>,
-}
-
 const BUSINESSES: Table<Business> = Table {
     name: "businesses",
     columns: BUSINESS_COLUMNS,
@@ -196,57 +188,6 @@ const DEVICES: Table<Device> = Table {
     what: "device",
     row: device_row,
 };
-
-impl<T> Table<T> {
-    fn list(&self, c: &Connection, account: &AccountId, page: &Page) -> DbResult<Vec<T>> {
-        let mut s = c.prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE account_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            self.columns, self.name
-        ))?;
-        let rows = s.query_map(
-            params![
-                account.as_str(),
-                page.after.as_deref().unwrap_or(""),
-                page.limit as i64
-            ],
-            self.row,
-        )?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn get(&self, c: &Connection, account: &AccountId, id: &str) -> DbResult<T> {
-        Ok(c.prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE account_id = ?1 AND id = ?2",
-            self.columns, self.name
-        ))?
-        .query_row(params![account.as_str(), id], self.row)
-        .optional()?
-        .ok_or(StoreError::NotFound(self.what))?)
-    }
-
-    /// NotFound when a statement that should have changed the row changed none.
-    fn changed(&self, n: usize) -> DbResult<()> {
-        if n == 0 {
-            Err(StoreError::NotFound(self.what).into())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// The row as stored after an update made only if it was still at the revision it was
-    /// read at: NotFound when it is gone, Stale when it changed since.
-    fn updated(&self, c: &Connection, n: usize, account: &AccountId, id: &str) -> DbResult<T> {
-        if n == 0 {
-            return Err(if owned(c, self.name, account.as_str(), id)? {
-                StoreError::Stale(self.what)
-            } else {
-                StoreError::NotFound(self.what)
-            }
-            .into());
-        }
-        self.get(c, account, id)
-    }
-}
 
 #[async_trait::async_trait]
 impl DeviceStore for SqliteStore {

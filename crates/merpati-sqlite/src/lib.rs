@@ -33,6 +33,7 @@ mod migrations;
 mod presence;
 mod reader;
 mod rows;
+mod table;
 mod wal_writes;
 mod writer;
 
