@@ -64,7 +64,8 @@ fn words(l: Language) -> Words {
     }
 }
 
-fn describe(inc: &Incident, now: i64, w: &Words) -> String {
+fn describe(inc: &Incident, now: i64, language: Language) -> String {
+    let w = words(language);
     let mut out = format!(
         "<p><b>{}</b> · {} · {}</p><ul>",
         html_escape(&inc.business_name),
@@ -78,7 +79,7 @@ fn describe(inc: &Incident, now: i64, w: &Words) -> String {
             html_escape(&d.channel_name),
             html_escape(&d.engine),
             w.down_for,
-            human_duration(d.up_at.unwrap_or(now) - d.down_at, Language::En)
+            human_duration(d.up_at.unwrap_or(now) - d.down_at, language)
         ));
     }
     if inc.devices.len() > 20 {
@@ -132,7 +133,7 @@ pub(super) async fn confirm(State(state): State<AppState>, Path(token): Path<Str
     };
     let w = words(language);
     let now = state.clock.now_ms();
-    let mut body = describe(&inc, now, &w);
+    let mut body = describe(&inc, now, language);
     match inc.state {
         IncidentState::Resolved => body.push_str(&format!("<p>{}</p>", w.resolved)),
         IncidentState::Acknowledged => body.push_str(&format!(
@@ -167,7 +168,11 @@ pub(super) async fn acknowledge(
         );
     }
     match acknowledge_by_link(&state, &inc).await {
-        Ok(inc) => page(StatusCode::OK, w.acknowledged, &describe(&inc, now, &w)),
+        Ok(inc) => page(
+            StatusCode::OK,
+            w.acknowledged,
+            &describe(&inc, now, language),
+        ),
         Err(e) => page(e.status, w.acknowledge, &html_escape(&e.message)),
     }
 }

@@ -581,6 +581,15 @@ async fn a_drop_soon_after_resolution_reopens_the_incident() {
         all[1]
     );
     assert!(all[2].contains("terputus lagi"), "{}", all[2]);
+    // The acknowledgement page speaks the account's language, durations too.
+    let reopened = r.slack.received()[2].json();
+    let ack = reopened["blocks"][2]["elements"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = reqwest::get(&ack).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Akui insiden ini"), "{page}");
+    assert!(page.contains("terputus selama 0 dtk"), "{page}");
     // Past reopen_within (5 min), a drop opens a new incident.
     r.app.advance(60_000).await;
     up(&r.app, &r.token).await;
