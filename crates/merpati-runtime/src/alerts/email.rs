@@ -73,9 +73,8 @@ pub fn parse_smtp_url(raw: &str) -> Result<SmtpServer, String> {
         .ok_or("no host")?
         .trim_matches(|c| c == '[' || c == ']')
         .to_string();
-    let decode = |s: &str| percent_decode(s);
-    let username = (!url.username().is_empty()).then(|| decode(url.username()));
-    let password = url.password().map(decode);
+    let username = (!url.username().is_empty()).then(|| percent_decode(url.username()));
+    let password = url.password().map(percent_decode);
     Ok(SmtpServer {
         security,
         host,
@@ -92,10 +91,9 @@ pub fn parse_mailbox(raw: &str) -> Result<Mailbox, String> {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 pub struct MailError {
