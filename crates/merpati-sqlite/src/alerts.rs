@@ -17,9 +17,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::alert_tx::{
     incident_row, notification_row, SqliteAlertTx, NOTIFICATION_COLUMNS, NOTIFIERS, RULES, WINDOWS,
 };
-use crate::devices::{context_row, owned, CONTEXT_QUERY};
+use crate::devices::{context_row, CONTEXT_QUERY};
 use crate::error::{is_unique_violation, DbError, DbResult};
 use crate::rows::json_column;
+use crate::table::owned;
 use crate::table::Table;
 use crate::SqliteStore;
 

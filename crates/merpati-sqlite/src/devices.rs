@@ -11,7 +11,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ParamsFr
 
 use crate::error::{is_unique_violation, DbError, DbResult};
 use crate::rows::{id, opt_id};
-use crate::table::Table;
+use crate::table::{owned, Table};
 use crate::SqliteStore;
 
 const BUSINESS_COLUMNS: &str = "id, name, created_at, updated_at, revision";
@@ -108,14 +108,6 @@ pub(crate) fn context_row(r: &Row<'_>) -> rusqlite::Result<DeviceContext> {
         channel_heartbeat_ms: r.get(13)?,
         channel_grace_ms: r.get(14)?,
     })
-}
-
-/// Whether `table` has a row (account, id).
-pub(crate) fn owned(c: &Connection, table: &str, account: &str, id: &str) -> DbResult<bool> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT 1 FROM {table} WHERE account_id = ?1 AND id = ?2"
-    ))?
-    .exists(params![account, id])?)
 }
 
 fn require(c: &Connection, table: &str, field: &str, account: &str, id: &str) -> DbResult<()> {

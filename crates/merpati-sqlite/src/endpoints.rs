@@ -7,10 +7,10 @@ use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use crate::devices::owned;
 use crate::error::DbResult;
 use crate::fanout::release_held;
 use crate::rows::{id, json_column, json_list};
+use crate::table::owned;
 use crate::SqliteStore;
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,

@@ -17,10 +17,11 @@ use merpati_domain::{StoreError, StoreResult};
 use merpati_webhooks::Event;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::devices::{context_row, owned, presence_from_db, presence_to_db, CONTEXT_QUERY};
+use crate::devices::{context_row, presence_from_db, presence_to_db, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::{id, word};
+use crate::table::owned;
 use crate::writer::Tx;
 use crate::SqliteStore;
 

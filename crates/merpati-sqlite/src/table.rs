@@ -5,7 +5,6 @@ use merpati_domain::ids::AccountId;
 use merpati_domain::{Page, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::devices::owned;
 use crate::error::DbResult;
 
 /// A table of an account's resources: where its rows are and how they read.
@@ -99,4 +98,12 @@ impl<T> Table<T> {
         )?;
         self.changed(n)
     }
+}
+
+/// Whether `table` has a row (account, id).
+pub(crate) fn owned(c: &Connection, table: &str, account: &str, id: &str) -> DbResult<bool> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT 1 FROM {table} WHERE account_id = ?1 AND id = ?2"
+    ))?
+    .exists(params![account, id])?)
 }
