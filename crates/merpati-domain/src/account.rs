@@ -46,4 +46,23 @@ pub trait AccountStore: Send + Sync {
     async fn revoke_api_key(&self, account: AccountId, key: ApiKeyId, now: i64) -> StoreResult<()>;
     /// The account of a live (not revoked) key.
     async fn account_for_api_key(&self, hash: Vec<u8>) -> StoreResult<Option<AccountId>>;
+
+    /// Opens a dashboard session for the live key of `key_hash`, stored by `session_hash`
+    /// until `expires_at`; None (and nothing stored) when the key is not live. Sessions that
+    /// ended by `now` go in the same write.
+    async fn create_session(
+        &self,
+        session_hash: Vec<u8>,
+        key_hash: Vec<u8>,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Option<AccountId>>;
+    /// The account of a session that has not expired and whose key is still live.
+    async fn session_account(
+        &self,
+        session_hash: Vec<u8>,
+        now: i64,
+    ) -> StoreResult<Option<AccountId>>;
+    /// Signs a session out; nothing happens when there is no such session.
+    async fn end_session(&self, session_hash: Vec<u8>) -> StoreResult<()>;
 }

@@ -56,6 +56,10 @@ pub struct Attempt {
 pub struct EventFilter {
     pub event_type: Option<String>,
     pub device_id: Option<DeviceId>,
+    /// Received at or after (ms).
+    pub from: Option<i64>,
+    /// Received before (ms).
+    pub to: Option<i64>,
 }
 
 #[async_trait::async_trait]

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod delivery;
 pub mod device;
 pub mod endpoint;
+pub mod endpoint_stats;
 pub mod event;
 pub mod fanout;
 pub mod ids;

@@ -13,6 +13,7 @@ use crate::alert::AlertStore;
 use crate::delivery::DeliveryStore;
 use crate::device::DeviceStore;
 use crate::endpoint::EndpointStore;
+use crate::endpoint_stats::EndpointStatsStore;
 use crate::event::EventStore;
 use crate::ingest::IngestStore;
 use crate::job::JobStore;
@@ -25,6 +26,7 @@ pub trait Store:
     AccountStore
     + DeviceStore
     + EndpointStore
+    + EndpointStatsStore
     + EventStore
     + IngestStore
     + DeliveryStore

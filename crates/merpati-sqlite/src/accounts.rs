@@ -250,6 +250,65 @@ impl AccountStore for SqliteStore {
         })
         .await
     }
+
+    async fn create_session(
+        &self,
+        session_hash: Vec<u8>,
+        key_hash: Vec<u8>,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreResult<Option<AccountId>> {
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM dashboard_sessions WHERE expires_at <= ?1")?
+                .execute([now])?;
+            let key = c
+                .prepare_cached(
+                    "SELECT k.id, k.account_id FROM api_keys k
+                     JOIN accounts a ON a.id = k.account_id
+                     WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND a.deleted_at IS NULL",
+                )?
+                .query_row([key_hash], |r| Ok((r.get::<_, String>(0)?, id(r, 1)?)))
+                .optional()?;
+            let Some((key_id, account)) = key else {
+                return Ok(None);
+            };
+            c.prepare_cached(
+                "INSERT INTO dashboard_sessions (token_hash, api_key_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![session_hash, key_id, now, expires_at])?;
+            Ok(Some(account))
+        })
+        .await
+    }
+
+    async fn session_account(
+        &self,
+        session_hash: Vec<u8>,
+        now: i64,
+    ) -> StoreResult<Option<AccountId>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT k.account_id FROM dashboard_sessions s
+                 JOIN api_keys k ON k.id = s.api_key_id
+                 JOIN accounts a ON a.id = k.account_id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2
+                   AND k.revoked_at IS NULL AND a.deleted_at IS NULL",
+            )?
+            .query_row(params![session_hash, now], |r| id(r, 0))
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn end_session(&self, session_hash: Vec<u8>) -> StoreResult<()> {
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM dashboard_sessions WHERE token_hash = ?1")?
+                .execute([session_hash])?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -237,6 +237,7 @@ impl DeliveryStore for SqliteStore {
             for a in records.iter() {
                 record_attempt(tx, a, disable_after_ms, &mut healthy, &mut recorded)?;
             }
+            crate::endpoint_stats::add_attempts(tx, &records)?;
             Ok(recorded)
         })
         .await

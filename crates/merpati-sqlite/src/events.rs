@@ -106,6 +106,14 @@ impl EventStore for SqliteStore {
                 sql.push_str(" AND device_id = ?");
                 args.push(d.into_string().into());
             }
+            if let Some(from) = filter.from {
+                sql.push_str(" AND created_at >= ?");
+                args.push(from.into());
+            }
+            if let Some(to) = filter.to {
+                sql.push_str(" AND created_at < ?");
+                args.push(to.into());
+            }
             if let Some(before) = before_seq {
                 sql.push_str(" AND seq < ?");
                 args.push(before.into());

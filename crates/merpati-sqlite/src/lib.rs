@@ -23,6 +23,7 @@ mod commit_stats;
 mod delivery;
 mod devices;
 mod endpoint_cache;
+mod endpoint_stats;
 mod endpoints;
 mod error;
 mod events;

@@ -51,6 +51,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0011_revisions.sql"),
     ),
     (12, "alerts", include_str!("../migrations/0012_alerts.sql")),
+    (
+        13,
+        "sessions",
+        include_str!("../migrations/0013_sessions.sql"),
+    ),
+    (
+        14,
+        "endpoint_minutes",
+        include_str!("../migrations/0014_endpoint_minutes.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -60,6 +60,7 @@ macro_rules! contract_suite {
             outcomes::an_endpoint_answering_410_is_disabled_and_the_others_are_told,
             outcomes::an_endpoint_failing_too_long_is_disabled,
             outcomes::a_success_ends_the_failing_streak,
+            outcomes::an_endpoint_s_attempts_are_tallied_by_minute_for_a_day,
             queues::a_device_queue_goes_one_at_a_time_in_order,
             queues::enabling_releases_held_deliveries_and_each_queue_from_its_earliest,
             queues::switching_ordering_off_lets_the_waiting_go,
@@ -76,7 +77,8 @@ macro_rules! contract_suite {
             alerts::an_alert_write_that_fails_leaves_nothing,
             alerts::an_incident_is_kept_only_at_the_revision_it_was_read,
             alerts::senders_are_counted_once_within_their_window,
-            alerts::drops_count_in_the_order_they_were_announced
+            alerts::drops_count_in_the_order_they_were_announced,
+            sessions::a_session_lives_as_long_as_its_key_and_its_time
         );
     };
 }

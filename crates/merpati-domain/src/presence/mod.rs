@@ -10,6 +10,7 @@ use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId, EventId};
 use crate::storage::StoreResult;
 
 pub mod announce;
+pub mod bar;
 pub mod history;
 pub mod machine;
 

@@ -9,3 +9,4 @@ pub mod presence;
 pub mod queues;
 pub mod retention;
 pub mod revisions;
+pub mod sessions;

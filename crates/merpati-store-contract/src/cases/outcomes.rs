@@ -201,3 +201,78 @@ pub async fn a_success_ends_the_failing_streak(store: &SharedStore) {
         .unwrap();
     assert_eq!((flaky.disabled, flaky.failing_since), (false, Some(later)));
 }
+
+pub async fn an_endpoint_s_attempts_are_tallied_by_minute_for_a_day(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    let minute = 60_000;
+    for i in 0..3 {
+        one_event(store, &t.devices[0], i + 1, T0).await;
+    }
+    let due = claim(store, T0).await;
+    assert_eq!(due.len(), 3);
+    let mut slow = attempt(&due[2], T0 + 2 * minute, Some(500), NextStep::Failed);
+    slow.duration_ms = 400;
+    record(
+        store,
+        vec![
+            attempt(&due[0], T0, Some(200), NextStep::Succeeded),
+            attempt(
+                &due[1],
+                T0 + minute + 1,
+                Some(503),
+                NextStep::RetryAt(T0 + 9 * minute),
+            ),
+            slow,
+        ],
+        WEEK_MS,
+    )
+    .await;
+    let ep = EndpointId::from("ep");
+    let all = store
+        .endpoint_tally(t.account.clone(), ep.clone(), T0, T0 + 10 * minute)
+        .await
+        .unwrap();
+    assert_eq!((all.succeeded, all.failed, all.attempts()), (1, 2, 3));
+    // 5 ms twice (the first bucket), 400 ms once (250–500).
+    assert_eq!(all.latency[0], 2);
+    assert_eq!(all.latency[6], 1);
+    // The one that failed for good is counted with what is failing; nothing is held.
+    let backlog = store
+        .endpoint_backlog(t.account.clone(), ep.clone())
+        .await
+        .unwrap();
+    assert_eq!((backlog.held, backlog.failed), (0, 1));
+    // A window counts the minutes it starts in and after, up to its end.
+    let later = store
+        .endpoint_tally(
+            t.account.clone(),
+            ep.clone(),
+            T0 + minute + 30_000,
+            T0 + 10 * minute,
+        )
+        .await
+        .unwrap();
+    assert_eq!(later.attempts(), 2);
+    // Another account sees no such endpoint.
+    let other = tree(store, "other", 0).await;
+    assert_eq!(
+        store
+            .endpoint_tally(other.account, ep.clone(), T0, T0 + minute)
+            .await,
+        Err(merpati_domain::StoreError::NotFound("endpoint"))
+    );
+    // A day later the old minutes go as new ones come in.
+    one_event(store, &t.devices[0], 9, T0).await;
+    let due = claim(store, T0 + 2 * WEEK_MS).await;
+    let fresh: Vec<_> = due
+        .iter()
+        .map(|d| attempt(d, T0 + 2 * 86_400_000, Some(200), NextStep::Succeeded))
+        .collect();
+    record(store, fresh, WEEK_MS).await;
+    let old = store
+        .endpoint_tally(t.account.clone(), ep, T0, T0 + 10 * minute)
+        .await
+        .unwrap();
+    assert_eq!(old.attempts(), 0);
+}
