@@ -13,6 +13,23 @@ use crate::api::extract::Admin;
 use crate::api::{ApiError, ApiResult, AppState, MAX_BODY_BYTES};
 
 pub fn router(state: AppState) -> Router {
+    let api = api(state.clone());
+    // The dashboard reads and acts through the API, in process: what it shows and does is
+    // what the API shows and does.
+    let dashboard = crate::dashboard::routes(api.clone()).with_state(state);
+    api.merge(dashboard)
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+}
+
+/// Every route of the API.
+fn api(state: AppState) -> Router {
     Router::new()
         .merge(crate::accounts::routes())
         .merge(crate::devices::routes())
@@ -26,14 +43,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "method not allowed on this route",
-            )
-        })
         // Bodies are read by `extract::read_body`; this bounds any other extractor too.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

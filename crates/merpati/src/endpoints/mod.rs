@@ -23,6 +23,7 @@ use crate::api::time::rfc3339;
 use crate::api::validate::double_option;
 use crate::api::{ApiError, ApiResult, AppState};
 
+mod stats;
 mod validate;
 mod views;
 
@@ -34,6 +35,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/endpoints", get(list).post(create))
         .route("/v1/endpoints/{id}", get(read).patch(update).delete(remove))
         .route("/v1/endpoints/{id}/secret/rotate", post(rotate_secret))
+        .route("/v1/endpoints/{id}/stats", get(stats::stats))
 }
 
 #[derive(Deserialize)]

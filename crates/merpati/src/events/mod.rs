@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::api::extract::{Account, OptionalJsonBody, Query};
 use crate::api::paging::{page_limit, parse_cursor};
 use crate::api::time::as_rfc3339;
-use crate::api::validate::{check_id, parse_id};
+use crate::api::validate::{check_id, parse_id, parse_time};
 use crate::api::{ApiError, ApiResult, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -134,6 +134,10 @@ struct ListQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     device_id: Option<String>,
+    /// Received at or after: RFC 3339 or Unix seconds.
+    from: Option<String>,
+    /// Received before.
+    to: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
@@ -161,9 +165,22 @@ async fn list(
         ),
         None => None,
     };
+    let from = q
+        .from
+        .as_deref()
+        .map(|t| parse_time("from", t))
+        .transpose()?;
+    let to = q.to.as_deref().map(|t| parse_time("to", t)).transpose()?;
+    if let (Some(from), Some(to)) = (from, to) {
+        if from >= to {
+            return Err(ApiError::invalid("from must be before to"));
+        }
+    }
     let filter = EventFilter {
         event_type: q.event_type,
         device_id,
+        from,
+        to,
     };
     let mut items = state
         .store

@@ -23,6 +23,7 @@ use crate::api::validate::parse_time;
 use crate::api::{ApiError, ApiResult, AppState};
 
 pub mod link;
+mod uptime;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/device/status", post(report_status))
         .route("/v1/device/link", get(link::upgrade))
         .route("/v1/devices/{id}/presence", get(device_presence))
+        .route("/v1/uptime", get(uptime::uptime))
         .route(
             "/v1/devices/{id}/sessions",
             history(of_device, Report::Sessions),

@@ -235,6 +235,7 @@ fn the_server_s_modules_point_one_way() {
             "presence",
             "stream",
         ],
+        &["dashboard"],
         &["app", "store", "remote", "cli"],
     ];
     let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
@@ -253,6 +254,11 @@ fn the_server_s_modules_point_one_way() {
     }
     // The kit names no feature: the router that merges them is the app's.
     assert!(graph["api"].iter().all(|m| m == "config"), "{graph:?}");
+    // The dashboard reaches the features only through the API's router, in process.
+    assert!(
+        graph["dashboard"].iter().all(|m| m == "config" || m == "api"),
+        "{graph:?}"
+    );
 }
 
 #[test]

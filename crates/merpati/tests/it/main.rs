@@ -9,6 +9,7 @@ mod changes;
 mod cli;
 mod compat;
 mod connections;
+mod dashboard;
 mod dedup;
 mod filters;
 mod guard;
