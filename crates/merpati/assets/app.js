@@ -82,22 +82,36 @@
     });
   }
 
+  // Browsers keep few connections a site (six on HTTP/1.1): a page leaving (or kept in
+  // the back-forward cache) gives its stream back, and takes a new one if shown again.
   let seenReady = false;
-  const source = new EventSource("/ui/stream?kinds=" + encodeURIComponent(kinds));
-  source.addEventListener("ready", () => {
-    dot.className = "live on";
-    dot.title = words.live;
-    // Back after a break: what happened meanwhile is read from the page itself.
-    if (seenReady) refresh();
-    seenReady = true;
-  });
-  source.addEventListener("devices", (e) => JSON.parse(e.data).devices.forEach(setDevice));
-  source.addEventListener("jobs", (e) => JSON.parse(e.data).jobs.forEach(setJob));
-  for (const kind of ["events", "deliveries", "endpoints", "incidents", "missed"]) {
-    source.addEventListener(kind, refresh);
+  let source = null;
+  function connect() {
+    source = new EventSource("/ui/stream?kinds=" + encodeURIComponent(kinds));
+    source.addEventListener("ready", () => {
+      dot.className = "live on";
+      dot.title = words.live;
+      // Back after a break, what happened meanwhile is read from the page itself; so is a
+      // job that may have moved between the page's rendering and the stream's start.
+      if (seenReady || document.querySelector("[data-job]:not([data-finished])")) refresh();
+      seenReady = true;
+    });
+    source.addEventListener("devices", (e) => JSON.parse(e.data).devices.forEach(setDevice));
+    source.addEventListener("jobs", (e) => JSON.parse(e.data).jobs.forEach(setJob));
+    for (const kind of ["events", "deliveries", "endpoints", "incidents", "missed"]) {
+      source.addEventListener(kind, refresh);
+    }
+    source.onerror = () => {
+      dot.className = "live off";
+      dot.title = words.reconnecting;
+    };
   }
-  source.onerror = () => {
-    dot.className = "live off";
-    dot.title = words.reconnecting;
-  };
+  window.addEventListener("pagehide", () => {
+    if (source) source.close();
+    source = null;
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && !source) connect();
+  });
+  connect();
 })();

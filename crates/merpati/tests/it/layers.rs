@@ -256,7 +256,9 @@ fn the_server_s_modules_point_one_way() {
     assert!(graph["api"].iter().all(|m| m == "config"), "{graph:?}");
     // The dashboard reaches the features only through the API's router, in process.
     assert!(
-        graph["dashboard"].iter().all(|m| m == "config" || m == "api"),
+        graph["dashboard"]
+            .iter()
+            .all(|m| m == "config" || m == "api"),
         "{graph:?}"
     );
 }

@@ -5,6 +5,7 @@ mod alerts;
 mod api;
 mod bad_input;
 mod bench;
+mod browser;
 mod changes;
 mod cli;
 mod compat;
