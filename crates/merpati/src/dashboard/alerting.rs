@@ -7,19 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use axum::Extension;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::client::{enc, Api, Refused};
+use super::client::{enc, Api, List, Refused};
 use super::page::{after_action, show, Frame, Prefs};
 use super::session::{Action, Session};
 use super::Shown;
 use crate::api::AppState;
-
-#[derive(Deserialize)]
-struct List {
-    data: Vec<Value>,
-}
 
 /// A rule or window: its id, a one-line summary, and the JSON to edit.
 pub struct Editable {
@@ -101,9 +95,9 @@ pub async fn page(
     let prefs = Prefs::of(&headers);
     let a = &session.account;
     let (rules, windows, notifiers) = tokio::join!(
-        api.get::<List>(a, "/v1/alert-rules"),
-        api.get::<List>(a, "/v1/maintenance-windows"),
-        api.get::<List>(a, "/v1/notifiers"),
+        api.get::<List<Value>>(a, "/v1/alert-rules"),
+        api.get::<List<Value>>(a, "/v1/maintenance-windows"),
+        api.get::<List<Value>>(a, "/v1/notifiers"),
     );
     let shown = |r: Refused| Shown::refused(&prefs, r);
     let f = Frame::new(&state, &session, &headers, "alerting").await;

@@ -114,7 +114,54 @@ impl Api {
     }
 }
 
+/// A list route's answer: a page of items and where the next one starts.
+#[derive(serde::Deserialize)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// A time as a form takes it: a duration back from now (`2h`) becomes that time; anything
+/// else goes to the API as given, which takes RFC 3339 or Unix seconds and refuses the rest
+/// with its reason. None when blank.
+pub fn ago_or_time(raw: &str, now_ms: i64) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    match humantime::parse_duration(raw) {
+        Ok(d) => Some(crate::api::time::rfc3339(now_ms - d.as_millis() as i64)),
+        Err(_) => Some(raw.to_string()),
+    }
+}
+
 /// A piece of a path or query, percent-encoded.
 pub fn enc(raw: &str) -> String {
     url::form_urlencoded::byte_serialize(raw.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_is_a_duration_back_or_given_as_is() {
+        let now = 1_700_000_000_000;
+        assert_eq!(
+            ago_or_time("2h", now),
+            Some(crate::api::time::rfc3339(now - 7_200_000))
+        );
+        assert_eq!(
+            ago_or_time("2026-12-01T10:00:00Z", now).as_deref(),
+            Some("2026-12-01T10:00:00Z")
+        );
+        assert_eq!(
+            ago_or_time("1700000000", now).as_deref(),
+            Some("1700000000")
+        );
+        // Left for the API to refuse, with its own words.
+        assert_eq!(ago_or_time("someday", now).as_deref(), Some("someday"));
+        assert_eq!(ago_or_time(" ", now), None);
+    }
 }

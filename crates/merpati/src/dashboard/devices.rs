@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::client::{enc, Api, Refused};
+use super::client::{enc, Api, List, Refused};
 use super::page::{show, Frame, Prefs};
 use super::session::{Fields, Session};
 use super::Shown;
@@ -17,13 +17,6 @@ use crate::api::AppState;
 
 /// Devices a page: enough to see a channel at once, few enough to draw fast.
 const PAGE: usize = 100;
-
-#[derive(Deserialize)]
-struct List<T> {
-    data: Vec<T>,
-    #[serde(default)]
-    next_cursor: Option<String>,
-}
 
 #[derive(Deserialize, Clone)]
 struct Named {

@@ -10,16 +10,11 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::{enc, Api, Refused};
+use super::client::{ago_or_time, enc, Api, List, Refused};
 use super::page::{after_action, show, Frame, Prefs};
 use super::session::{Action, Session};
 use super::Shown;
 use crate::api::AppState;
-
-#[derive(Deserialize)]
-struct List<T> {
-    data: Vec<T>,
-}
 
 #[derive(Deserialize)]
 pub struct EndpointJson {
@@ -163,14 +158,6 @@ pub async fn one(
     endpoint_page(&state, &api, &session, &headers, &id, None).await
 }
 
-/// How far back `recover` goes, as the form offers it: a duration back from now, or a time.
-fn since(raw: &str, now_ms: i64) -> Option<String> {
-    if let Ok(d) = humantime::parse_duration(raw) {
-        return Some(crate::api::time::rfc3339(now_ms - d.as_millis() as i64));
-    }
-    crate::api::time::parse_time(raw).map(|_| raw.to_string())
-}
-
 /// `POST /endpoints/{id}/{enable|disable|recover|rotate}`.
 pub async fn act(
     State(state): State<AppState>,
@@ -194,24 +181,20 @@ pub async fn act(
             .await
             .map(|_| back.clone()),
         "recover" => {
-            let raw = action.fields.get("since").unwrap_or("");
-            match since(raw, state.clock.now_ms()) {
-                None => Err(Refused {
-                    status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    message: format!("{}: {raw:?}", t.recover_since),
-                }),
-                Some(since) => api
-                    .post(
-                        account,
-                        &format!("{path}/recover"),
-                        &json!({"since": since}),
-                    )
-                    .await
-                    .map(|job| {
-                        let job = job.get("id").and_then(|v| v.as_str()).unwrap_or("");
-                        format!("/jobs/{}", enc(job))
-                    }),
-            }
+            let since = ago_or_time(
+                action.fields.get("since").unwrap_or(""),
+                state.clock.now_ms(),
+            );
+            api.post(
+                account,
+                &format!("{path}/recover"),
+                &json!({"since": since}),
+            )
+            .await
+            .map(|job| {
+                let job = job.get("id").and_then(|v| v.as_str()).unwrap_or("");
+                format!("/jobs/{}", enc(job))
+            })
         }
         "rotate" => {
             let rotated = api
@@ -275,23 +258,4 @@ pub async fn job(
     let finished = job.status != "running";
     let page = JobPage { f, job, finished };
     Ok(show(&state, &page.f, &page))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recover_since_a_duration_back_or_a_time() {
-        let now = 1_700_000_000_000;
-        assert_eq!(
-            since("2h", now).as_deref(),
-            Some(crate::api::time::rfc3339(now - 7_200_000).as_str())
-        );
-        assert_eq!(
-            since("2026-12-01T10:00:00Z", now).as_deref(),
-            Some("2026-12-01T10:00:00Z")
-        );
-        assert_eq!(since("yesterday-ish", now), None);
-    }
 }

@@ -9,19 +9,13 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::client::{enc, Api};
+use super::client::{ago_or_time, enc, Api, List};
 use super::page::{after_action, show, Frame, Prefs};
 use super::session::{Action, Fields, Session};
 use super::Shown;
 use crate::api::AppState;
 
 const PAGE: usize = 50;
-
-#[derive(Deserialize)]
-struct List<T> {
-    data: Vec<T>,
-    next_cursor: Option<String>,
-}
 
 #[derive(Deserialize)]
 pub struct EventJson {
@@ -46,17 +40,6 @@ pub struct EventsPage {
     pub next: Option<String>,
 }
 
-/// A time bound as the form takes it: a duration back from now (`2h`) or a time.
-fn bound(raw: &str, now_ms: i64) -> Option<String> {
-    if raw.is_empty() {
-        return None;
-    }
-    if let Ok(d) = humantime::parse_duration(raw) {
-        return Some(crate::api::time::rfc3339(now_ms - d.as_millis() as i64));
-    }
-    Some(raw.to_string())
-}
-
 pub async fn list(
     State(state): State<AppState>,
     Extension(api): Extension<Api>,
@@ -75,8 +58,8 @@ pub async fn list(
     for (name, value) in [
         ("type", Some(event_type.clone()).filter(|v| !v.is_empty())),
         ("device_id", Some(device.clone()).filter(|v| !v.is_empty())),
-        ("from", bound(&from, now)),
-        ("to", bound(&to, now)),
+        ("from", ago_or_time(&from, now)),
+        ("to", ago_or_time(&to, now)),
     ] {
         if let Some(v) = value {
             filter.push_str(&format!("&{name}={}", enc(&v)));
@@ -214,21 +197,5 @@ pub async fn resend(
     {
         Ok(_) => after_action(&state, &back, true, t.resent),
         Err(r) => after_action(&state, &back, false, &r.message),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_bound_is_a_duration_back_or_a_time() {
-        let now = 1_700_000_000_000;
-        assert_eq!(
-            bound("1h", now),
-            Some(crate::api::time::rfc3339(now - 3_600_000))
-        );
-        assert_eq!(bound("1700000000", now).as_deref(), Some("1700000000"));
-        assert_eq!(bound("", now), None);
     }
 }

@@ -9,17 +9,11 @@ use axum::Extension;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::client::{enc, Api};
+use super::client::{enc, Api, List};
 use super::page::{after_action, show, Frame, Prefs};
 use super::session::{Action, Fields, Session};
 use super::Shown;
 use crate::api::AppState;
-
-#[derive(Deserialize)]
-struct List<T> {
-    data: Vec<T>,
-    next_cursor: Option<String>,
-}
 
 #[derive(Deserialize)]
 pub struct Named {

@@ -111,8 +111,7 @@ impl FromRequestParts<AppState> for Session {
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/");
-            let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
-            Redirect::to(&format!("/login?next={next}")).into_response()
+            Redirect::to(&format!("/login?next={}", super::client::enc(here))).into_response()
         };
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(signed_out());

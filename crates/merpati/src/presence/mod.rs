@@ -203,14 +203,7 @@ async fn device_presence(
     let id = DeviceId::from(id);
     let device = state.store.get_device(account.clone(), id.clone()).await?;
     let live = state.presence.view(&account, &id).await;
-    let status = live
-        .as_ref()
-        .map(|l| l.status)
-        .unwrap_or(match device.status {
-            Presence::Unknown => LiveStatus::Unknown,
-            Presence::Connected => LiveStatus::Connected,
-            Presence::Disconnected => LiveStatus::Disconnected,
-        });
+    let status = live_status(live.as_ref(), device.status);
     Ok(Json(serde_json::json!({
         "device_id": id,
         "status": status.as_str(),
@@ -219,6 +212,18 @@ async fn device_presence(
         "last_seen_at": live.as_ref().and_then(|l| l.last_seen).map(rfc3339),
         "telemetry": live.and_then(|l| l.telemetry).map(TelemetryView::from),
     })))
+}
+
+/// What the hub sees of a device now, or else what was last announced of it.
+fn live_status(
+    live: Option<&merpati_runtime::presence::LiveView>,
+    announced: Presence,
+) -> LiveStatus {
+    live.map(|l| l.status).unwrap_or(match announced {
+        Presence::Unknown => LiveStatus::Unknown,
+        Presence::Connected => LiveStatus::Connected,
+        Presence::Disconnected => LiveStatus::Disconnected,
+    })
 }
 
 /// One announced state of a device over time, as the API shows it.

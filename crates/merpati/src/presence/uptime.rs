@@ -8,12 +8,10 @@ use std::collections::HashSet;
 use axum::extract::State;
 use axum::Json;
 use merpati_domain::alert::window::covered_spans;
-use merpati_domain::device::Presence;
 use merpati_domain::ids::DeviceId;
 use merpati_domain::presence::bar::{uptime_bar, Segment};
 use merpati_domain::presence::{history, HistoryScope};
 use merpati_domain::StoreError;
-use merpati_runtime::presence::LiveStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -128,14 +126,7 @@ pub async fn uptime(
             .await?;
         let maintenance = covered_spans(&windows, &ctx, from, now);
         let live = state.presence.view(&account, &id).await;
-        let status = live
-            .as_ref()
-            .map(|l| l.status)
-            .unwrap_or(match device.status {
-                Presence::Unknown => LiveStatus::Unknown,
-                Presence::Connected => LiveStatus::Connected,
-                Presence::Disconnected => LiveStatus::Disconnected,
-            });
+        let status = super::live_status(live.as_ref(), device.status);
         let mut bars = serde_json::Map::new();
         for (name, len, count) in &spans {
             let start = now - len;
