@@ -143,7 +143,13 @@ impl Chrome {
         assert_eq!(e.prop("value").await.unwrap().as_deref(), Some(value));
     }
 
-    async fn click(&self, css: &str) {
+    /// Clicks a link or a form's button and waits for the page it leads to: a click returns
+    /// as soon as the browser has it, and the new document may still be on its way.
+    async fn click_through(&self, css: &str) {
+        self.client
+            .execute("window.__merpati_before_click = true;", vec![])
+            .await
+            .unwrap();
         let deadline = Instant::now() + PATIENCE;
         loop {
             let clicked = match self.client.find(Locator::Css(css)).await {
@@ -151,10 +157,21 @@ impl Chrome {
                 Err(err) => Err(err),
             };
             match clicked {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(err) if Instant::now() >= deadline => panic!("{css}: {err}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
+        }
+        let arrived = "return window.__merpati_before_click !== true \
+                       && document.readyState === 'complete';";
+        loop {
+            // Asked mid-navigation, the browser may answer with an error: not there yet.
+            let now = self.client.execute(arrived, vec![]).await;
+            if matches!(now, Ok(serde_json::Value::Bool(true))) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{css} led nowhere");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -169,7 +186,7 @@ impl Chrome {
     async fn sign_in(&self, app: &TestApp, key: &str) {
         self.goto(app, "/login").await;
         self.fill("#api_key", key).await;
-        self.click("#login button[type=submit]").await;
+        self.click_through("#login button[type=submit]").await;
     }
 
     /// With `MERPATI_SCREENSHOTS` set: the page as it is now, as `<name>-<theme>.png`.
@@ -222,7 +239,7 @@ async fn the_dashboard_in_a_real_browser() {
     // Signed in, back where the browser was going.
     chrome.goto(&app, "/devices").await;
     chrome.fill("#api_key", &m.key).await;
-    chrome.click("#login button[type=submit]").await;
+    chrome.click_through("#login button[type=submit]").await;
     assert_eq!(chrome.path().await, "/devices");
     let pill = "tr[data-device='dev'] [data-status]";
     assert_eq!(chrome.text(pill).await, "Connected");
@@ -250,7 +267,9 @@ async fn the_dashboard_in_a_real_browser() {
 
     // An event, its deliveries and each attempt.
     chrome.goto(&app, "/events").await;
-    chrome.click(&format!("a[href='/events/{event_id}']")).await;
+    chrome
+        .click_through(&format!("a[href='/events/{event_id}']"))
+        .await;
     chrome
         .wait_text("table.attempts tbody tr td:nth-child(3)", "200")
         .await;
@@ -261,7 +280,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Recover an endpoint since 2 h ago, and watch the job to its end.
     chrome.goto(&app, &format!("/endpoints/{endpoint}")).await;
-    chrome.click("#recover button[type=submit]").await;
+    chrome.click_through("#recover button[type=submit]").await;
     assert!(chrome.path().await.starts_with("/jobs/"));
     let deadline = Instant::now() + PATIENCE;
     while chrome
@@ -289,7 +308,7 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await
         .unwrap();
-    chrome.click("#recover button[type=submit]").await;
+    chrome.click_through("#recover button[type=submit]").await;
     assert!(chrome.body().await.contains("This form has expired"));
 
     // An incident: the device drops, and it is acknowledged from its page.
@@ -304,7 +323,9 @@ async fn the_dashboard_in_a_real_browser() {
     chrome.goto(&app, &format!("/incidents/{incident}")).await;
     assert_eq!(chrome.text("#incident-state").await, "Opened");
     chrome.fill("#acknowledge input[name=by]", "Ani").await;
-    chrome.click("#acknowledge button[type=submit]").await;
+    chrome
+        .click_through("#acknowledge button[type=submit]")
+        .await;
     chrome.wait_text("#incident-state", "Acknowledged").await;
     chrome.shoot(&app, "/incidents", "incidents").await;
     chrome
@@ -322,7 +343,7 @@ async fn the_dashboard_in_a_real_browser() {
     chrome.goto(&app, "/prefs?lang=en").await;
 
     // Signing out ends it.
-    chrome.click("header form button").await;
+    chrome.click_through("header form button").await;
     assert_eq!(chrome.path().await, "/login");
     chrome.goto(&app, "/devices").await;
     assert_eq!(chrome.path().await, "/login");
