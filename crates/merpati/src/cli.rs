@@ -49,6 +49,8 @@ enum Command {
     Bench(BenchCommand),
     #[command(flatten)]
     Resource(crate::remote::Resource),
+    /// Print the OpenAPI 3.1 document of the HTTP API (what `/openapi.json` serves).
+    Openapi,
     /// A local webhook receiver that verifies signatures and prints each event, for
     /// developing a receiver.
     Listen {
@@ -117,6 +119,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             merpati_bench::simulate::run(args).await
         }
         Command::Resource(resource) => crate::remote::run(resource).await,
+        Command::Openapi => {
+            print!("{}", crate::app::openapi_json());
+            Ok(())
+        }
         Command::Bench(BenchCommand::Delivery(args)) => merpati_bench::delivery(args).await,
         Command::Bench(BenchCommand::Presence(args)) => merpati_bench::presence(args).await,
         Command::Bench(BenchCommand::Alerts(args)) => merpati_bench::alerts(args).await,

@@ -3,40 +3,41 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::account::{Account, ApiKey};
 use merpati_domain::alert::Language;
 use merpati_domain::ids::{self, AccountId, ApiKeyId};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Admin, JsonBody, Query};
-use crate::api::paging::{list_response, PageQuery};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::as_rfc3339;
 use crate::api::validate::{check_name, id_or_new};
 use crate::api::{ApiError, ApiResult, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/accounts", get(list).post(create))
-        .route("/v1/accounts/{id}", get(read).patch(update).delete(remove))
-        .route(
-            "/v1/accounts/{id}/api-keys",
-            get(list_keys).post(create_key),
-        )
-        .route("/v1/accounts/{id}/api-keys/{key_id}", delete(revoke_key))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
 }
 
 /// An account as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
+    #[schema(value_type = String)]
     pub id: AccountId,
     pub name: String,
     pub language: &'static str,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 
@@ -53,15 +54,19 @@ impl From<&Account> for AccountView {
 }
 
 /// An API key as the API shows it (the key itself only once, at creation).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyView {
+    #[schema(value_type = String)]
     pub id: ApiKeyId,
+    #[schema(value_type = String)]
     pub account_id: AccountId,
     /// The key's first characters, to tell keys apart without showing them.
     pub hint: String,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -80,7 +85,7 @@ impl From<&ApiKey> for ApiKeyView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewAccount {
     id: Option<String>,
@@ -96,6 +101,12 @@ fn language(raw: Option<&str>) -> ApiResult<Option<Language>> {
     .transpose()
 }
 
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", security(("admin_token" = [])),
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "Created.", body = AccountView),
+        (status = 409, description = "An account with this id exists.", body = ErrorBody),
+    ))]
 async fn create(
     _: Admin,
     State(state): State<AppState>,
@@ -115,11 +126,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json((&account).into())))
 }
 
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", security(("admin_token" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of accounts.", body = Listed<AccountView>)))]
 async fn list(
     _: Admin,
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<AccountView>>> {
     let page = q.page()?;
     let items: Vec<AccountView> = state
         .store
@@ -131,6 +145,13 @@ async fn list(
     Ok(list_response(items, &page, |a| a.id.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The account, with its `ETag`.", body = AccountView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 async fn read(
     _: Admin,
     State(state): State<AppState>,
@@ -141,13 +162,22 @@ async fn read(
     Ok(revision::read(&headers, AccountView::from(&account)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AccountPatch {
     name: Option<String>,
     language: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id."), IfMatchHeader),
+    request_body = AccountPatch,
+    responses(
+        (status = 200, description = "Changed.", body = AccountView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 async fn update(
     _: Admin,
     State(state): State<AppState>,
@@ -180,6 +210,9 @@ async fn update(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id.")),
+    responses((status = 204, description = "Deleted, with everything of it; its events are purged after.")))]
 async fn remove(
     _: Admin,
     State(state): State<AppState>,
@@ -197,6 +230,9 @@ async fn remove(
 }
 
 /// The key itself is in the answer this once (`key`); only its digest is stored.
+#[utoipa::path(post, path = "/v1/accounts/{id}/api-keys", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id.")),
+    responses((status = 201, description = "A new key; `key` is shown this once.", body = ApiKeyView)))]
 async fn create_key(
     _: Admin,
     State(state): State<AppState>,
@@ -219,11 +255,14 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}/api-keys", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id.")),
+    responses((status = 200, description = "The account's keys, revoked ones too.", body = Listed<ApiKeyView>)))]
 async fn list_keys(
     _: Admin,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<ApiKeyView>>> {
     let keys: Vec<ApiKeyView> = state
         .store
         .list_api_keys(account_id.into())
@@ -231,9 +270,12 @@ async fn list_keys(
         .iter()
         .map(ApiKeyView::from)
         .collect();
-    Ok(Json(serde_json::json!({"data": keys, "next_cursor": null})))
+    Ok(Listed::all(keys))
 }
 
+#[utoipa::path(delete, path = "/v1/accounts/{id}/api-keys/{key_id}", tag = "accounts", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The account's id."), ("key_id" = String, Path, description = "The key's id.")),
+    responses((status = 204, description = "Revoked: it opens nothing from now on.")))]
 async fn revoke_key(
     _: Admin,
     State(state): State<AppState>,

@@ -8,16 +8,18 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Json;
 use merpati_domain::alert::engine::{self, Outcome};
-use merpati_domain::alert::{Incident, IncidentFilter, IncidentState, Notification, TimelineEntry};
-use merpati_domain::ids::{AccountId, IncidentId};
+use merpati_domain::alert::{Entry, Incident, IncidentFilter, IncidentState, Notification};
+use merpati_domain::ids::{
+    AccountId, BusinessId, ChannelId, DeviceId, IncidentId, NotificationId, NotifierId,
+};
 use merpati_domain::Page;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::api::extract::{Account, OptionalJsonBody, Query};
-use crate::api::paging::{page_limit, parse_cursor};
+use crate::api::openapi::{ErrorBody, IfNoneMatchHeader};
+use crate::api::paging::{page_limit, parse_cursor, Listed};
 use crate::api::revision;
-use crate::api::time::{duration, rfc3339};
+use crate::api::time::{as_rfc3339, duration};
 use crate::api::validate::check_name;
 use crate::api::{ApiError, ApiResult, AppState};
 
@@ -25,87 +27,218 @@ fn secs(ms: i64) -> i64 {
     ms.div_euclid(1000)
 }
 
-fn devices_json(inc: &Incident, now: i64) -> Vec<Value> {
-    inc.devices
-        .iter()
-        .map(|d| {
-            json!({
-                "id": d.device_id,
-                "name": d.name,
-                "channel": {"id": d.channel_id, "name": d.channel_name, "engine": d.engine},
-                "down_at": rfc3339(d.down_at),
-                "up_at": d.up_at.map(rfc3339),
-                "down_seconds": secs(d.up_at.unwrap_or(now) - d.down_at),
-                "flapping": d.flapping,
-            })
-        })
-        .collect()
+/// A channel an incident hit.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub(super) struct ChannelRef {
+    #[schema(value_type = String)]
+    id: ChannelId,
+    name: String,
+    engine: String,
 }
 
-fn channels_json(inc: &Incident) -> Vec<Value> {
-    let mut seen = Vec::new();
-    let mut out = Vec::new();
+/// A device an incident counts, down or back.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct IncidentDeviceView {
+    #[schema(value_type = String)]
+    id: DeviceId,
+    name: String,
+    channel: ChannelRef,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    down_at: i64,
+    /// `null` while it is down.
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    up_at: Option<i64>,
+    down_seconds: i64,
+    flapping: bool,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct BusinessRef {
+    #[schema(value_type = String)]
+    id: BusinessId,
+    name: String,
+}
+
+/// The conversations that went unanswered on the devices hit: phones that wrote to them
+/// within the window before they went down.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct AffectedView {
+    count: usize,
+    /// Only on one incident's page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phones: Option<Vec<String>>,
+    /// e.g. `"24h"`.
+    window: String,
+}
+
+/// What a list shows of an incident.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct IncidentSummary {
+    #[schema(value_type = String)]
+    id: IncidentId,
+    /// `open`, `acknowledged` or `resolved`.
+    state: &'static str,
+    /// `warning` or `critical`.
+    severity: &'static str,
+    business: BusinessRef,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    opened_at: i64,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    acknowledged_at: Option<i64>,
+    acknowledged_by: Option<String>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    resolved_at: Option<i64>,
+    devices: Vec<IncidentDeviceView>,
+    channels: Vec<ChannelRef>,
+    affected_conversations: AffectedView,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: i64,
+}
+
+/// One incident with its backup channel, what comes next, the timeline and every
+/// notification.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct IncidentView {
+    #[serde(flatten)]
+    summary: IncidentSummary,
+    /// The channel's backup as it is now, when it has one.
+    backup_channel: Option<BackupView>,
+    next: NextView,
+    timeline: Vec<TimelineView>,
+    notifications: Vec<NotificationView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct BackupView {
+    #[schema(value_type = String)]
+    id: ChannelId,
+    name: String,
+    devices_up: usize,
+    devices: usize,
+}
+
+/// When the engine acts on the incident next, if it will.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct NextView {
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    notification_at: Option<i64>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    repeat_at: Option<i64>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    escalate_at: Option<i64>,
+}
+
+/// One entry of the timeline: `at`, `type` (`opened`, `reopened`, `device_down`,
+/// `device_up`, `flapping`, `notification_sent`, `notification_failed`, `escalated`,
+/// `acknowledged`, `note`, `maintenance_started`, `maintenance_ended`, `resolved`) and
+/// that type's fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct TimelineView {
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    at: i64,
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    entry: Entry,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(super) struct NotificationView {
+    #[schema(value_type = String)]
+    id: NotificationId,
+    #[schema(value_type = String)]
+    notifier_id: NotifierId,
+    /// `opened`, `repeat`, `escalated`, `recovered`, …
+    kind: &'static str,
+    /// `pending`, `sent` or `failed`.
+    status: &'static str,
+    attempts: i64,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    next_attempt_at: Option<i64>,
+    last_error: Option<String>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    sent_at: Option<i64>,
+}
+
+fn channels_of(inc: &Incident) -> Vec<ChannelRef> {
+    let mut out: Vec<ChannelRef> = Vec::new();
     for d in &inc.devices {
-        if !seen.contains(&&d.channel_id) {
-            seen.push(&d.channel_id);
-            out.push(json!({"id": d.channel_id, "name": d.channel_name, "engine": d.engine}));
+        if !out.iter().any(|c| c.id == d.channel_id) {
+            out.push(ChannelRef {
+                id: d.channel_id.clone(),
+                name: d.channel_name.clone(),
+                engine: d.engine.clone(),
+            });
         }
     }
     out
 }
 
-/// What a list shows of an incident.
-fn summary(inc: &Incident, now: i64) -> Value {
-    json!({
-        "id": inc.id,
-        "state": inc.state.as_str(),
-        "severity": inc.severity.as_str(),
-        "business": {"id": inc.business_id, "name": inc.business_name},
-        "opened_at": rfc3339(inc.opened_at),
-        "acknowledged_at": inc.acknowledged_at.map(rfc3339),
-        "acknowledged_by": inc.acknowledged_by,
-        "resolved_at": inc.resolved_at.map(rfc3339),
-        "devices": devices_json(inc, now),
-        "channels": channels_json(inc),
-        "affected_conversations": {
-            "count": inc.affected.count,
-            "window": duration(inc.affected.window_ms),
+fn summary(inc: &Incident, now: i64) -> IncidentSummary {
+    IncidentSummary {
+        id: inc.id.clone(),
+        state: inc.state.as_str(),
+        severity: inc.severity.as_str(),
+        business: BusinessRef {
+            id: inc.business_id.clone(),
+            name: inc.business_name.clone(),
         },
-        "updated_at": rfc3339(inc.updated_at),
-    })
-}
-
-fn timeline_json(entries: &[TimelineEntry]) -> Vec<Value> {
-    entries
-        .iter()
-        .map(|e| {
-            let mut v = serde_json::to_value(&e.entry).expect("entries serialize");
-            v.as_object_mut()
-                .expect("entries are objects")
-                .insert("at".into(), json!(rfc3339(e.at)));
-            v
-        })
-        .collect()
-}
-
-fn notifications_json(all: &[Notification]) -> Vec<Value> {
-    all.iter()
-        .map(|n| {
-            json!({
-                "id": n.id,
-                "notifier_id": n.notifier_id,
-                "kind": n.message.kind.as_str(),
-                "status": n.status.as_str(),
-                "attempts": n.attempts,
-                "next_attempt_at": n.next_attempt_at.map(rfc3339),
-                "last_error": n.last_error,
-                "sent_at": n.sent_at.map(rfc3339),
+        opened_at: inc.opened_at,
+        acknowledged_at: inc.acknowledged_at,
+        acknowledged_by: inc.acknowledged_by.clone(),
+        resolved_at: inc.resolved_at,
+        devices: inc
+            .devices
+            .iter()
+            .map(|d| IncidentDeviceView {
+                id: d.device_id.clone(),
+                name: d.name.clone(),
+                channel: ChannelRef {
+                    id: d.channel_id.clone(),
+                    name: d.channel_name.clone(),
+                    engine: d.engine.clone(),
+                },
+                down_at: d.down_at,
+                up_at: d.up_at,
+                down_seconds: secs(d.up_at.unwrap_or(now) - d.down_at),
+                flapping: d.flapping,
             })
-        })
-        .collect()
+            .collect(),
+        channels: channels_of(inc),
+        affected_conversations: AffectedView {
+            count: inc.affected.count,
+            phones: None,
+            window: duration(inc.affected.window_ms),
+        },
+        updated_at: inc.updated_at,
+    }
 }
 
-async fn detail(state: &AppState, account: AccountId, id: IncidentId) -> ApiResult<Value> {
+fn notification_view(n: &Notification) -> NotificationView {
+    NotificationView {
+        id: n.id.clone(),
+        notifier_id: n.notifier_id.clone(),
+        kind: n.message.kind.as_str(),
+        status: n.status.as_str(),
+        attempts: n.attempts,
+        next_attempt_at: n.next_attempt_at,
+        last_error: n.last_error.clone(),
+        sent_at: n.sent_at,
+    }
+}
+
+async fn detail(state: &AppState, account: AccountId, id: IncidentId) -> ApiResult<IncidentView> {
     let inc = state
         .store
         .get_incident(account.clone(), id.clone())
@@ -122,46 +255,50 @@ async fn detail(state: &AppState, account: AccountId, id: IncidentId) -> ApiResu
         }
         _ => None,
     };
-    let mut v = summary(&inc, now);
-    let o = v.as_object_mut().expect("an object");
-    o.insert(
-        "affected_conversations".into(),
-        json!({
-            "count": inc.affected.count,
-            "phones": inc.affected.phones,
-            "window": duration(inc.affected.window_ms),
+    let mut summary = summary(&inc, now);
+    summary.affected_conversations.phones = Some(inc.affected.phones.clone());
+    Ok(IncidentView {
+        summary,
+        backup_channel: backup.map(|b| BackupView {
+            id: b.id,
+            name: b.name,
+            devices_up: b.devices_up,
+            devices: b.devices,
         }),
-    );
-    o.insert("backup_channel".into(), json!(backup));
-    o.insert(
-        "next".into(),
-        json!({
-            "notification_at": inc.notice.map(|n| rfc3339(n.at)),
-            "repeat_at": inc.repeat_at.map(rfc3339),
-            "escalate_at": inc.escalate_at.map(rfc3339),
-        }),
-    );
-    o.insert("timeline".into(), json!(timeline_json(&timeline)));
-    o.insert(
-        "notifications".into(),
-        json!(notifications_json(&notifications)),
-    );
-    Ok(v)
+        next: NextView {
+            notification_at: inc.notice.map(|n| n.at),
+            repeat_at: inc.repeat_at,
+            escalate_at: inc.escalate_at,
+        },
+        timeline: timeline
+            .into_iter()
+            .map(|e| TimelineView {
+                at: e.at,
+                entry: e.entry,
+            })
+            .collect(),
+        notifications: notifications.iter().map(notification_view).collect(),
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// `open`, `acknowledged` or `resolved`.
     state: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/incidents", tag = "alerts", security(("api_key" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of incidents, newest first.", body = Listed<IncidentSummary>)))]
 pub(super) async fn list(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Listed<IncidentSummary>>> {
     let filter = IncidentFilter {
         state: match q.state.as_deref() {
             None => None,
@@ -185,10 +322,19 @@ pub(super) async fn list(
     } else {
         None
     };
-    let data: Vec<Value> = items.iter().map(|i| summary(i, now)).collect();
-    Ok(Json(json!({"data": data, "next_cursor": next_cursor})))
+    Ok(Json(Listed {
+        data: items.iter().map(|i| summary(i, now)).collect(),
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/incidents/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The incident's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The incident, its timeline and notifications, with its `ETag`.", body = IncidentView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -199,7 +345,7 @@ pub(super) async fn read(
     Ok(revision::read(&headers, v))
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ActBody {
     /// Who, for the timeline (a person's name); the API key when absent.
@@ -225,7 +371,7 @@ async fn act(
     id: IncidentId,
     body: &ActBody,
     action: Action,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IncidentView>> {
     apply(state, account.clone(), id.clone(), body, action).await?;
     Ok(Json(detail(state, account, id).await?))
 }
@@ -275,12 +421,18 @@ pub(super) enum Action {
     Note,
 }
 
+#[utoipa::path(post, path = "/v1/incidents/{id}/acknowledge", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The incident's id.")), request_body(content = Option<ActBody>, description = "Optional: who (`by`) and a note."),
+    responses(
+        (status = 200, description = "Acknowledged: repeats and escalation stop.", body = IncidentView),
+        (status = 409, description = "It is resolved.", body = ErrorBody),
+    ))]
 pub(super) async fn acknowledge(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ActBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IncidentView>> {
     act(
         &state,
         account,
@@ -291,21 +443,30 @@ pub(super) async fn acknowledge(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/incidents/{id}/resolve", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The incident's id.")), request_body(content = Option<ActBody>, description = "Optional: who (`by`) and a note."),
+    responses(
+        (status = 200, description = "Resolved by hand.", body = IncidentView),
+        (status = 409, description = "It is resolved already.", body = ErrorBody),
+    ))]
 pub(super) async fn resolve(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ActBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IncidentView>> {
     act(&state, account, id.into(), &body, Action::Resolve).await
 }
 
+#[utoipa::path(post, path = "/v1/incidents/{id}/notes", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The incident's id.")), request_body = ActBody,
+    responses((status = 200, description = "The note is on its timeline.", body = IncidentView)))]
 pub(super) async fn add_note(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ActBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<IncidentView>> {
     if body.note.is_none() {
         return Err(ApiError::invalid("note is required"));
     }

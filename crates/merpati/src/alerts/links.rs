@@ -126,6 +126,13 @@ async fn resolve_token(state: &AppState, token: &str) -> Result<(Incident, Langu
 }
 
 /// Shows the incident and a button; changes nothing.
+#[utoipa::path(get, path = "/ack/{token}", tag = "acknowledgement links",
+    params(("token" = String, Path, description = "The signed token from a notification's link.")),
+    responses(
+        (status = 200, description = "A page showing the incident and a button; nothing changes.", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link.", content_type = "text/html", body = String),
+        (status = 410, description = "Older than 7 days.", content_type = "text/html", body = String),
+    ))]
 pub(super) async fn confirm(State(state): State<AppState>, Path(token): Path<String>) -> Response {
     let (inc, language) = match resolve_token(&state, &token).await {
         Ok(found) => found,
@@ -150,6 +157,14 @@ pub(super) async fn confirm(State(state): State<AppState>, Path(token): Path<Str
 }
 
 /// Acknowledges the incident the link names.
+#[utoipa::path(post, path = "/ack/{token}", tag = "acknowledgement links",
+    params(("token" = String, Path, description = "The signed token from a notification's link.")),
+    responses(
+        (status = 200, description = "Acknowledged; a page says so.", content_type = "text/html", body = String),
+        (status = 404, description = "Not a valid link.", content_type = "text/html", body = String),
+        (status = 409, description = "The incident is resolved.", content_type = "text/html", body = String),
+        (status = 410, description = "Older than 7 days.", content_type = "text/html", body = String),
+    ))]
 pub(super) async fn acknowledge(
     State(state): State<AppState>,
     Path(token): Path<String>,

@@ -7,11 +7,10 @@
 //! checked exactly as a new one would be, so an edit can never store what a create would
 //! refuse.
 
-use axum::routing::{get, post};
-use axum::Router;
 use merpati_domain::alert::Match;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::validate::check_id;
 use crate::api::{ApiError, ApiResult, AppState};
@@ -22,44 +21,26 @@ mod notifiers;
 mod rules;
 mod windows;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/alert-rules", get(rules::list).post(rules::create))
-        .route("/v1/alert-rules/effective", get(rules::effective))
-        .route(
-            "/v1/alert-rules/{id}",
-            get(rules::read).patch(rules::update).delete(rules::remove),
-        )
-        .route(
-            "/v1/notifiers",
-            get(notifiers::list).post(notifiers::create),
-        )
-        .route(
-            "/v1/notifiers/{id}",
-            get(notifiers::read)
-                .patch(notifiers::update)
-                .delete(notifiers::remove),
-        )
-        .route("/v1/notifiers/{id}/test", post(notifiers::test))
-        .route(
-            "/v1/maintenance-windows",
-            get(windows::list).post(windows::create),
-        )
-        .route(
-            "/v1/maintenance-windows/{id}",
-            get(windows::read)
-                .patch(windows::update)
-                .delete(windows::remove),
-        )
-        .route("/v1/incidents", get(incidents::list))
-        .route("/v1/incidents/{id}", get(incidents::read))
-        .route(
-            "/v1/incidents/{id}/acknowledge",
-            post(incidents::acknowledge),
-        )
-        .route("/v1/incidents/{id}/resolve", post(incidents::resolve))
-        .route("/v1/incidents/{id}/notes", post(incidents::add_note))
-        .route("/ack/{token}", get(links::confirm).post(links::acknowledge))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rules::list, rules::create))
+        .routes(routes!(rules::effective))
+        .routes(routes!(rules::read, rules::update, rules::remove))
+        .routes(routes!(notifiers::list, notifiers::create))
+        .routes(routes!(
+            notifiers::read,
+            notifiers::update,
+            notifiers::remove
+        ))
+        .routes(routes!(notifiers::test))
+        .routes(routes!(windows::list, windows::create))
+        .routes(routes!(windows::read, windows::update, windows::remove))
+        .routes(routes!(incidents::list))
+        .routes(routes!(incidents::read))
+        .routes(routes!(incidents::acknowledge))
+        .routes(routes!(incidents::resolve))
+        .routes(routes!(incidents::add_note))
+        .routes(routes!(links::confirm, links::acknowledge))
 }
 
 pub use windows::maintenance_spans;
@@ -81,14 +62,30 @@ fn duration_ms(field: &str, raw: &str) -> ApiResult<i64> {
     Ok(ms)
 }
 
-/// `match` as requests give it.
-#[derive(Debug, Default, Deserialize)]
+/// `match`: which devices it applies to; every field given must match, and an empty
+/// `match` applies to every device of the account.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MatchBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
     engine: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     business_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     channel_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     device_id: Option<String>,
+}
+
+impl From<&Match> for MatchBody {
+    fn from(m: &Match) -> Self {
+        MatchBody {
+            engine: m.engine.clone(),
+            business_id: m.business_id.as_ref().map(|id| id.to_string()),
+            channel_id: m.channel_id.as_ref().map(|id| id.to_string()),
+            device_id: m.device_id.as_ref().map(|id| id.to_string()),
+        }
+    }
 }
 
 impl MatchBody {
@@ -118,10 +115,6 @@ impl MatchBody {
     }
 }
 
-fn match_json(m: &Match) -> Value {
-    serde_json::to_value(m).expect("matches serialize")
-}
-
 /// RFC 7396: `patch` over `target`; `null` removes a member.
 fn merge_patch(target: &mut Value, patch: &Value) {
     match patch {
@@ -144,19 +137,15 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// What a create would take after `patch` applies to `current` (the resource as a create
 /// takes it): checked like a new one.
-fn merged<B: serde::de::DeserializeOwned>(
-    mut current: Value,
+fn merged<B: Serialize + serde::de::DeserializeOwned>(
+    current: &B,
     patch: &Value,
     what: &str,
 ) -> ApiResult<B> {
+    let mut current = serde_json::to_value(current).expect("bodies serialize");
     merge_patch(&mut current, patch);
     serde_json::from_value(current)
         .map_err(|e| ApiError::invalid(format!("the patched {what}: {e}")))
-}
-
-/// A whole list, in one page.
-fn all(data: Vec<Value>) -> axum::Json<Value> {
-    axum::Json(serde_json::json!({"data": data, "next_cursor": null}))
 }
 
 /// A PATCH body: a JSON object.

@@ -14,30 +14,105 @@ use merpati_domain::alert::{Language, Notifier, NotifierKind};
 use merpati_domain::ids::NotifierId;
 use merpati_runtime::delivery::guard::Guard;
 use merpati_webhooks::signing::{encode_secret, is_valid_secret};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::{all, merged, patch_object};
+use super::{merged, patch_object};
 use crate::api::extract::{parse_json, Account};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::Listed;
 use crate::api::revision::{self, IfMatch};
-use crate::api::time::rfc3339;
+use crate::api::time::as_rfc3339;
 use crate::api::validate::{check_name, id_or_new};
 use crate::api::{ApiError, ApiResult, AppState};
 use crate::endpoints::check_url_allowed;
 
-#[derive(Deserialize)]
+/// A notifier: where alerts go. The fields a `kind` takes: `slack`: `url` (an incoming
+/// webhook); `telegram`: `bot_token`, `chat_id`, `api_url`?; `email`: `to`; `webhook`:
+/// `url`, `secret`? (`whsec_…`, made when absent).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NotifierBody {
+pub(super) struct NotifierBody {
+    /// Made when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     name: String,
+    /// `slack`, `telegram`, `email` or `webhook`.
     kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     bot_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     chat_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     api_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     to: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+    /// `en` or `id`; the account's language when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     language: Option<String>,
+}
+
+/// A notifier as the API shows it: its secrets masked (a webhook's `secret` only once, at
+/// creation), and its health.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct NotifierView {
+    #[schema(value_type = String)]
+    id: NotifierId,
+    name: String,
+    kind: &'static str,
+    /// Slack's is masked (the URL is its secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// Masked: the bot's id and the token's last characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bot_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<Vec<String>>,
+    /// Only in the answer to a create of a `webhook` notifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// `null`: the account's.
+    language: Option<&'static str>,
+    health: HealthView,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct HealthView {
+    /// `ok`, `failing` (its last notification gave up) or `unknown` (nothing sent yet).
+    status: &'static str,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_success_at: Option<i64>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_failure_at: Option<i64>,
+    failures_in_row: i64,
+    last_error: Option<String>,
+}
+
+/// What a test message did.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TestOutcome {
+    /// `sent` or `failed`.
+    outcome: &'static str,
+    /// The notifier server's HTTP status, when it answered.
+    status_code: Option<u16>,
+    /// The start of its answer.
+    answer: Option<String>,
+    error: Option<String>,
 }
 
 fn required<T>(value: Option<T>, kind: &str, field: &str) -> ApiResult<T> {
@@ -208,63 +283,40 @@ fn masked_url(url: &str) -> String {
 }
 
 /// The notifier as a create takes it, secrets included (what a merge patch applies to).
-fn input(n: &Notifier) -> Value {
-    let mut v = json!({"name": n.name, "kind": n.kind.name()});
-    let o = v.as_object_mut().expect("an object");
+fn input(n: &Notifier) -> NotifierBody {
+    let mut body = NotifierBody {
+        id: None,
+        name: n.name.clone(),
+        kind: n.kind.name().to_string(),
+        url: None,
+        bot_token: None,
+        chat_id: None,
+        api_url: None,
+        to: None,
+        secret: None,
+        language: n.language.map(|l| l.as_str().to_string()),
+    };
     match &n.kind {
-        NotifierKind::Slack { url } => {
-            o.insert("url".into(), json!(url));
-        }
+        NotifierKind::Slack { url } => body.url = Some(url.clone()),
         NotifierKind::Telegram {
             bot_token,
             chat_id,
             api_url,
         } => {
-            o.insert("bot_token".into(), json!(bot_token));
-            o.insert("chat_id".into(), json!(chat_id));
-            o.insert("api_url".into(), json!(api_url));
+            body.bot_token = Some(bot_token.clone());
+            body.chat_id = Some(chat_id.clone());
+            body.api_url = Some(api_url.clone());
         }
-        NotifierKind::Email { to } => {
-            o.insert("to".into(), json!(to));
-        }
+        NotifierKind::Email { to } => body.to = Some(to.clone()),
         NotifierKind::Webhook { url, secret } => {
-            o.insert("url".into(), json!(url));
-            o.insert("secret".into(), json!(secret));
+            body.url = Some(url.clone());
+            body.secret = Some(secret.clone());
         }
     }
-    if let Some(l) = n.language {
-        o.insert("language".into(), json!(l.as_str()));
-    }
-    v
+    body
 }
 
-fn view(n: &Notifier) -> Value {
-    let mut v = json!({"id": n.id, "name": n.name, "kind": n.kind.name()});
-    let o = v.as_object_mut().expect("an object");
-    match &n.kind {
-        NotifierKind::Slack { url } => {
-            o.insert("url".into(), json!(masked_url(url)));
-        }
-        NotifierKind::Telegram {
-            bot_token,
-            chat_id,
-            api_url,
-        } => {
-            let bot = bot_token.split(':').next().unwrap_or_default();
-            o.insert(
-                "bot_token".into(),
-                json!(format!("{bot}:{}", masked(bot_token))),
-            );
-            o.insert("chat_id".into(), json!(chat_id));
-            o.insert("api_url".into(), json!(api_url));
-        }
-        NotifierKind::Email { to } => {
-            o.insert("to".into(), json!(to));
-        }
-        NotifierKind::Webhook { url, .. } => {
-            o.insert("url".into(), json!(url));
-        }
-    }
+fn view(n: &Notifier) -> NotifierView {
     let h = &n.health;
     let status = if h.failing() {
         "failing"
@@ -273,27 +325,56 @@ fn view(n: &Notifier) -> Value {
     } else {
         "unknown"
     };
-    o.insert("language".into(), json!(n.language.map(|l| l.as_str())));
-    o.insert(
-        "health".into(),
-        json!({
-            "status": status,
-            "last_success_at": h.last_success_at.map(rfc3339),
-            "last_failure_at": h.last_failure_at.map(rfc3339),
-            "failures_in_row": h.failures_in_row,
-            "last_error": h.last_error,
-        }),
-    );
-    o.insert("created_at".into(), json!(rfc3339(n.created_at)));
-    o.insert("updated_at".into(), json!(rfc3339(n.updated_at)));
+    let mut v = NotifierView {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        kind: n.kind.name(),
+        url: None,
+        bot_token: None,
+        chat_id: None,
+        api_url: None,
+        to: None,
+        secret: None,
+        language: n.language.map(|l| l.as_str()),
+        health: HealthView {
+            status,
+            last_success_at: h.last_success_at,
+            last_failure_at: h.last_failure_at,
+            failures_in_row: h.failures_in_row,
+            last_error: h.last_error.clone(),
+        },
+        created_at: n.created_at,
+        updated_at: n.updated_at,
+    };
+    match &n.kind {
+        NotifierKind::Slack { url } => v.url = Some(masked_url(url)),
+        NotifierKind::Telegram {
+            bot_token,
+            chat_id,
+            api_url,
+        } => {
+            let bot = bot_token.split(':').next().unwrap_or_default();
+            v.bot_token = Some(format!("{bot}:{}", masked(bot_token)));
+            v.chat_id = Some(chat_id.clone());
+            v.api_url = Some(api_url.clone());
+        }
+        NotifierKind::Email { to } => v.to = Some(to.clone()),
+        NotifierKind::Webhook { url, .. } => v.url = Some(url.clone()),
+    }
     v
 }
 
+#[utoipa::path(post, path = "/v1/notifiers", tag = "alerts", security(("api_key" = [])),
+    request_body = NotifierBody,
+    responses(
+        (status = 201, description = "Created.", body = NotifierView),
+        (status = 409, description = "A notifier with this id exists.", body = ErrorBody),
+    ))]
 pub(super) async fn create(
     Account(account): Account,
     State(state): State<AppState>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<NotifierView>)> {
     let body: NotifierBody = parse_json(&body)?;
     let id = id_or_new(
         "id",
@@ -305,19 +386,28 @@ pub(super) async fn create(
     let n = state.store.create_notifier(account, n).await?;
     let mut out = view(&n);
     if let NotifierKind::Webhook { secret, .. } = &n.kind {
-        out["secret"] = json!(secret);
+        out.secret = Some(secret.clone());
     }
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(get, path = "/v1/notifiers", tag = "alerts", security(("api_key" = [])),
+    responses((status = 200, description = "Every notifier of the account, with its health.", body = Listed<NotifierView>)))]
 pub(super) async fn list(
     Account(account): Account,
     State(state): State<AppState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Listed<NotifierView>>> {
     let notifiers = state.store.list_notifiers(account).await?;
-    Ok(all(notifiers.iter().map(view).collect()))
+    Ok(Listed::all(notifiers.iter().map(view).collect()))
 }
 
+#[utoipa::path(get, path = "/v1/notifiers/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The notifier's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The notifier, with its `ETag`.", body = NotifierView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -328,6 +418,15 @@ pub(super) async fn read(
     Ok(revision::read(&headers, view(&n)))
 }
 
+#[utoipa::path(patch, path = "/v1/notifiers/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The notifier's id."), IfMatchHeader),
+    request_body(content = Object, description = "A JSON merge patch (RFC 7396) over what a create takes; `null` removes a field. The result is checked as a create would be."),
+    responses(
+        (status = 200, description = "Changed.", body = NotifierView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 pub(super) async fn update(
     Account(account): Account,
     State(state): State<AppState>,
@@ -345,7 +444,7 @@ pub(super) async fn update(
         || store.get_notifier(account.clone(), id.clone()),
         view,
         |n: &mut Notifier| {
-            let body: NotifierBody = merged(input(n), &patch, "notifier")?;
+            let body: NotifierBody = merged(&input(n), &patch, "notifier")?;
             let mut changed = body.into_notifier(n.id.clone(), &state, now)?;
             changed.created_at = n.created_at;
             changed.revision = n.revision;
@@ -362,6 +461,11 @@ pub(super) async fn update(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/notifiers/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The notifier's id.")),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, description = "Alert rules still name it.", body = ErrorBody),
+    ))]
 pub(super) async fn remove(
     Account(account): Account,
     State(state): State<AppState>,
@@ -373,11 +477,14 @@ pub(super) async fn remove(
 
 /// Sends a test message now; 200 with the outcome either way, since a refusal by the
 /// notifier's server is what the caller asked to find out.
+#[utoipa::path(post, path = "/v1/notifiers/{id}/test", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The notifier's id.")),
+    responses((status = 200, description = "What happened: sent, or failed and why.", body = TestOutcome)))]
 pub(super) async fn test(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TestOutcome>> {
     let n = state.store.get_notifier(account.clone(), id.into()).await?;
     let language = state.store.get_account(account.clone()).await?.language;
     let attempted = state
@@ -388,10 +495,12 @@ pub(super) async fn test(
         SendResult::Sent => ("sent", None),
         SendResult::Failed { error, .. } => ("failed", Some(error.clone())),
     };
-    Ok(Json(json!({
-        "outcome": outcome,
-        "status_code": attempted.status_code,
-        "answer": attempted.answer.map(|a| a.chars().take(1000).collect::<String>()),
-        "error": error,
-    })))
+    Ok(Json(TestOutcome {
+        outcome,
+        status_code: attempted.status_code,
+        answer: attempted
+            .answer
+            .map(|a| a.chars().take(1000).collect::<String>()),
+        error,
+    }))
 }

@@ -6,42 +6,108 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use merpati_domain::alert::rules::{effective as resolve, EscalationStep, MIN_REPEAT_MS};
+use merpati_domain::alert::rules::{effective as resolve, EscalationStep, Resolved, MIN_REPEAT_MS};
 use merpati_domain::alert::{AlertRule, Severity};
-use merpati_domain::ids::{AlertRuleId, DeviceId, NotifierId};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use merpati_domain::ids::{AlertRuleId, BusinessId, ChannelId, DeviceId, NotifierId};
+use serde::{Deserialize, Serialize};
 
-use super::{all, duration_ms, match_json, merged, patch_object, MatchBody};
+use super::{duration_ms, merged, patch_object, MatchBody};
 use crate::api::extract::{parse_json, Account, Query};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::Listed;
 use crate::api::revision::{self, IfMatch};
-use crate::api::time::{duration, rfc3339};
+use crate::api::time::{as_rfc3339, duration};
 use crate::api::validate::{check_id, id_or_new};
 use crate::api::{ApiError, ApiResult, AppState};
 
 const MAX_NOTIFIERS: usize = 20;
 const MAX_STEPS: usize = 10;
 
-#[derive(Deserialize)]
+/// A rule: what applies to the devices it matches. Fields left out are taken from broader
+/// rules, then from the defaults (`GET /v1/alert-rules/effective` shows the result).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RuleBody {
+pub(super) struct RuleBody {
+    /// Made when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
     #[serde(rename = "match", default)]
     matches: MatchBody,
+    /// How long a device stays down before an incident opens, e.g. `"5m"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     down_after: Option<String>,
+    /// `warning` or `critical`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     severity: Option<String>,
+    /// Notifier ids told when an incident opens.
+    #[serde(skip_serializing_if = "Option::is_none")]
     notifiers: Option<Vec<String>>,
     /// `"off"` or a duration of at least 5 minutes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     repeat_every: Option<String>,
+    /// Who else is told while an incident stays unacknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     escalation: Option<Vec<StepBody>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     notify_recovery: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StepBody {
+pub(super) struct StepBody {
+    /// After how long unacknowledged, e.g. `"15m"`.
     after: String,
     notifiers: Vec<String>,
+}
+
+/// A rule as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct RuleView {
+    #[schema(value_type = String)]
+    id: AlertRuleId,
+    #[serde(flatten)]
+    rule: RuleBody,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: i64,
+}
+
+/// A value that applies to a device, and the rule it comes from (`null`: the default).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Sourced<T> {
+    value: T,
+    #[schema(value_type = Option<String>)]
+    rule: Option<AlertRuleId>,
+}
+
+impl<T> Sourced<T> {
+    fn of<D>(r: &Resolved<D>, show: impl Fn(&D) -> T) -> Self {
+        Sourced {
+            value: show(&r.value),
+            rule: r.rule.clone(),
+        }
+    }
+}
+
+/// What applies to one device, field by field.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct EffectiveView {
+    #[schema(value_type = String)]
+    device_id: DeviceId,
+    engine: String,
+    #[schema(value_type = String)]
+    channel_id: ChannelId,
+    #[schema(value_type = String)]
+    business_id: BusinessId,
+    down_after: Sourced<String>,
+    severity: Sourced<String>,
+    notifiers: Sourced<Vec<String>>,
+    repeat_every: Sourced<String>,
+    escalation: Sourced<Vec<StepBody>>,
+    notify_recovery: Sourced<bool>,
 }
 
 fn notifier_ids(field: &str, raw: Vec<String>) -> ApiResult<Vec<NotifierId>> {
@@ -151,54 +217,54 @@ fn repeat(ms: i64) -> String {
     }
 }
 
-fn steps_json(steps: &[EscalationStep]) -> Value {
+fn ids_shown(ids: &[NotifierId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
+fn steps_shown(steps: &[EscalationStep]) -> Vec<StepBody> {
     steps
         .iter()
-        .map(|s| json!({"after": duration(s.after_ms), "notifiers": s.notifiers}))
+        .map(|s| StepBody {
+            after: duration(s.after_ms),
+            notifiers: ids_shown(&s.notifiers),
+        })
         .collect()
 }
 
 /// The rule as a create takes it (what a merge patch applies to).
-fn input(r: &AlertRule) -> Value {
-    let mut v = json!({"match": match_json(&r.matches)});
-    let o = v.as_object_mut().expect("an object");
-    if let Some(ms) = r.down_after_ms {
-        o.insert("down_after".into(), json!(duration(ms)));
+fn input(r: &AlertRule) -> RuleBody {
+    RuleBody {
+        id: None,
+        matches: (&r.matches).into(),
+        down_after: r.down_after_ms.map(duration),
+        severity: r.severity.map(|s| s.as_str().to_string()),
+        notifiers: r.notifiers.as_deref().map(ids_shown),
+        repeat_every: r.repeat_every_ms.map(repeat),
+        escalation: r.escalation.as_deref().map(steps_shown),
+        notify_recovery: r.notify_recovery,
     }
-    if let Some(s) = r.severity {
-        o.insert("severity".into(), json!(s));
-    }
-    if let Some(n) = &r.notifiers {
-        o.insert("notifiers".into(), json!(n));
-    }
-    if let Some(ms) = r.repeat_every_ms {
-        o.insert("repeat_every".into(), json!(repeat(ms)));
-    }
-    if let Some(steps) = &r.escalation {
-        o.insert("escalation".into(), steps_json(steps));
-    }
-    if let Some(b) = r.notify_recovery {
-        o.insert("notify_recovery".into(), json!(b));
-    }
-    v
 }
 
-fn view(r: &AlertRule) -> Value {
-    let mut v = json!({"id": r.id});
-    let o = v.as_object_mut().expect("an object");
-    if let Value::Object(fields) = input(r) {
-        o.extend(fields);
+fn view(r: &AlertRule) -> RuleView {
+    RuleView {
+        id: r.id.clone(),
+        rule: input(r),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
     }
-    o.insert("created_at".into(), json!(rfc3339(r.created_at)));
-    o.insert("updated_at".into(), json!(rfc3339(r.updated_at)));
-    v
 }
 
+#[utoipa::path(post, path = "/v1/alert-rules", tag = "alerts", security(("api_key" = [])),
+    request_body = RuleBody,
+    responses(
+        (status = 201, description = "Created.", body = RuleView),
+        (status = 409, description = "A rule with this id exists.", body = ErrorBody),
+    ))]
 pub(super) async fn create(
     Account(account): Account,
     State(state): State<AppState>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RuleView>)> {
     let body: RuleBody = parse_json(&body)?;
     let id = id_or_new(
         "id",
@@ -212,14 +278,23 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(view(&rule))))
 }
 
+#[utoipa::path(get, path = "/v1/alert-rules", tag = "alerts", security(("api_key" = [])),
+    responses((status = 200, description = "Every rule of the account.", body = Listed<RuleView>)))]
 pub(super) async fn list(
     Account(account): Account,
     State(state): State<AppState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Listed<RuleView>>> {
     let rules = state.store.list_rules(account).await?;
-    Ok(all(rules.iter().map(view).collect()))
+    Ok(Listed::all(rules.iter().map(view).collect()))
 }
 
+#[utoipa::path(get, path = "/v1/alert-rules/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The rule's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The rule, with its `ETag`.", body = RuleView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -230,6 +305,15 @@ pub(super) async fn read(
     Ok(revision::read(&headers, view(&rule)))
 }
 
+#[utoipa::path(patch, path = "/v1/alert-rules/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The rule's id."), IfMatchHeader),
+    request_body(content = Object, description = "A JSON merge patch (RFC 7396) over what a create takes; `null` removes a field. The result is checked as a create would be."),
+    responses(
+        (status = 200, description = "Changed.", body = RuleView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 pub(super) async fn update(
     Account(account): Account,
     State(state): State<AppState>,
@@ -247,7 +331,7 @@ pub(super) async fn update(
         || store.get_rule(account.clone(), id.clone()),
         view,
         |r: &mut AlertRule| {
-            let body: RuleBody = merged(input(r), &patch, "rule")?;
+            let body: RuleBody = merged(&input(r), &patch, "rule")?;
             let mut changed = body.into_rule(r.id.clone(), now)?;
             changed.created_at = r.created_at;
             changed.revision = r.revision;
@@ -265,6 +349,9 @@ pub(super) async fn update(
     Ok(response)
 }
 
+#[utoipa::path(delete, path = "/v1/alert-rules/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The rule's id.")),
+    responses((status = 204, description = "Deleted."),))]
 pub(super) async fn remove(
     Account(account): Account,
     State(state): State<AppState>,
@@ -275,18 +362,25 @@ pub(super) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EffectiveQuery {
     device_id: Option<String>,
 }
 
 /// Each field's value for the device, and the rule that set it (`null`: the default).
+#[utoipa::path(get, path = "/v1/alert-rules/effective", tag = "alerts", security(("api_key" = [])),
+    params(EffectiveQuery),
+    responses(
+        (status = 200, description = "Each field's value for the device, and the rule that set it.", body = EffectiveView),
+        (status = 404, description = "No such device in this account.", body = ErrorBody),
+    ))]
 pub(super) async fn effective(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<EffectiveQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<EffectiveView>> {
     let device = q
         .device_id
         .ok_or_else(|| ApiError::invalid("device_id is required"))?;
@@ -304,16 +398,16 @@ pub(super) async fn effective(
         .map(|n| n.id)
         .collect();
     let e = resolve(&rules, &ctx, &notifiers);
-    Ok(Json(json!({
-        "device_id": ctx.device_id,
-        "engine": ctx.engine,
-        "channel_id": ctx.channel_id,
-        "business_id": ctx.business_id,
-        "down_after": {"value": duration(e.down_after_ms.value), "rule": e.down_after_ms.rule},
-        "severity": {"value": e.severity.value, "rule": e.severity.rule},
-        "notifiers": {"value": e.notifiers.value, "rule": e.notifiers.rule},
-        "repeat_every": {"value": repeat(e.repeat_every_ms.value), "rule": e.repeat_every_ms.rule},
-        "escalation": {"value": steps_json(&e.escalation.value), "rule": e.escalation.rule},
-        "notify_recovery": {"value": e.notify_recovery.value, "rule": e.notify_recovery.rule},
-    })))
+    Ok(Json(EffectiveView {
+        device_id: ctx.device_id,
+        engine: ctx.engine,
+        channel_id: ctx.channel_id,
+        business_id: ctx.business_id,
+        down_after: Sourced::of(&e.down_after_ms, |ms| duration(*ms)),
+        severity: Sourced::of(&e.severity, |s| s.as_str().to_string()),
+        notifiers: Sourced::of(&e.notifiers, |n| ids_shown(n)),
+        repeat_every: Sourced::of(&e.repeat_every_ms, |ms| repeat(*ms)),
+        escalation: Sourced::of(&e.escalation, |steps| steps_shown(steps)),
+        notify_recovery: Sourced::of(&e.notify_recovery, |b| *b),
+    }))
 }

@@ -12,35 +12,74 @@ use merpati_domain::alert::{MaintenanceWindow, Schedule};
 use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::{AccountId, WindowId};
 use merpati_domain::SharedStore;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::{all, duration_ms, match_json, patch_object, MatchBody};
+use super::{duration_ms, patch_object, MatchBody};
 use crate::api::extract::{parse_json, Account};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::Listed;
 use crate::api::revision::{self, IfMatch};
-use crate::api::time::{duration, rfc3339};
+use crate::api::time::{as_rfc3339, duration, rfc3339};
 use crate::api::validate::{check_name, id_or_new, parse_time};
 use crate::api::{ApiError, ApiResult, AppState};
 
 /// The longest a one-off window may be.
 const MAX_ONCE_MS: i64 = 366 * 24 * 3_600_000;
 
-#[derive(Deserialize)]
+/// A maintenance window: one-off (`starts_at`, `ends_at`) or weekly (`weekly`, `timezone`).
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WindowBody {
+pub(super) struct WindowBody {
+    /// Made when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     #[serde(rename = "match", default)]
     matches: MatchBody,
+    /// RFC 3339 or Unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ends_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     weekly: Option<WeeklyBody>,
+    /// An IANA time zone (`Asia/Jakarta`) for `weekly`; UTC when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     timezone: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A window as the API shows it: what a create takes, the occurrence under way and the next.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct WindowView {
+    #[schema(value_type = String)]
+    id: WindowId,
+    #[serde(flatten)]
+    window: WindowBody,
+    active: Option<Occurrence>,
+    next: Option<Occurrence>,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Occurrence {
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    starts_at: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    ends_at: i64,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct WeeklyBody {
+pub(super) struct WeeklyBody {
+    /// `mon` … `sun`.
     days: Vec<String>,
     /// `HH:MM`, local to the window's time zone.
     start: String,
@@ -150,16 +189,20 @@ fn hhmm(minute: u16) -> String {
 }
 
 /// The window as a create takes it (what a merge patch applies to).
-fn input(w: &MaintenanceWindow) -> Value {
-    let mut v = json!({"match": match_json(&w.matches)});
-    let o = v.as_object_mut().expect("an object");
-    if let Some(name) = &w.name {
-        o.insert("name".into(), json!(name));
-    }
+fn input(w: &MaintenanceWindow) -> WindowBody {
+    let mut body = WindowBody {
+        id: None,
+        name: w.name.clone(),
+        matches: (&w.matches).into(),
+        starts_at: None,
+        ends_at: None,
+        weekly: None,
+        timezone: None,
+    };
     match &w.schedule {
         Schedule::Once { starts_at, ends_at } => {
-            o.insert("starts_at".into(), json!(rfc3339(*starts_at)));
-            o.insert("ends_at".into(), json!(rfc3339(*ends_at)));
+            body.starts_at = Some(rfc3339(*starts_at));
+            body.ends_at = Some(rfc3339(*ends_at));
         }
         Schedule::Weekly {
             days,
@@ -167,47 +210,48 @@ fn input(w: &MaintenanceWindow) -> Value {
             duration_ms,
             timezone,
         } => {
-            let days: Vec<&str> = days.iter().map(|d| DAY_NAMES[*d as usize]).collect();
-            o.insert(
-                "weekly".into(),
-                json!({"days": days, "start": hhmm(*start_minute), "duration": duration(*duration_ms)}),
-            );
-            o.insert("timezone".into(), json!(timezone));
+            body.weekly = Some(WeeklyBody {
+                days: days
+                    .iter()
+                    .map(|d| DAY_NAMES[*d as usize].to_string())
+                    .collect(),
+                start: hhmm(*start_minute),
+                duration: duration(*duration_ms),
+            });
+            body.timezone = Some(timezone.clone());
         }
     }
-    v
+    body
 }
 
-fn view(w: &MaintenanceWindow, now: i64) -> Value {
-    let mut v = json!({"id": w.id});
-    let o = v.as_object_mut().expect("an object");
-    if let Value::Object(fields) = input(w) {
-        o.extend(fields);
-    }
-    let active = w.schedule.active_at(now);
+fn view(w: &MaintenanceWindow, now: i64) -> WindowView {
+    let occurrence = |(starts_at, ends_at)| Occurrence { starts_at, ends_at };
     let next = w
         .schedule
         .occurrences(now, now + 8 * 24 * 3_600_000)
         .into_iter()
         .find(|(s, _)| *s > now);
-    o.insert(
-        "active".into(),
-        json!(active.map(|(s, e)| json!({"starts_at": rfc3339(s), "ends_at": rfc3339(e)}))),
-    );
-    o.insert(
-        "next".into(),
-        json!(next.map(|(s, e)| json!({"starts_at": rfc3339(s), "ends_at": rfc3339(e)}))),
-    );
-    o.insert("created_at".into(), json!(rfc3339(w.created_at)));
-    o.insert("updated_at".into(), json!(rfc3339(w.updated_at)));
-    v
+    WindowView {
+        id: w.id.clone(),
+        window: input(w),
+        active: w.schedule.active_at(now).map(occurrence),
+        next: next.map(occurrence),
+        created_at: w.created_at,
+        updated_at: w.updated_at,
+    }
 }
 
+#[utoipa::path(post, path = "/v1/maintenance-windows", tag = "alerts", security(("api_key" = [])),
+    request_body = WindowBody,
+    responses(
+        (status = 201, description = "Created.", body = WindowView),
+        (status = 409, description = "A window with this id exists.", body = ErrorBody),
+    ))]
 pub(super) async fn create(
     Account(account): Account,
     State(state): State<AppState>,
     body: Bytes,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<WindowView>)> {
     let body: WindowBody = parse_json(&body)?;
     let id = id_or_new("id", body.id.clone(), WindowId::generate, WindowId::parse)?;
     let now = state.clock.now_ms();
@@ -217,15 +261,24 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(view(&w, now))))
 }
 
+#[utoipa::path(get, path = "/v1/maintenance-windows", tag = "alerts", security(("api_key" = [])),
+    responses((status = 200, description = "Every maintenance window of the account.", body = Listed<WindowView>)))]
 pub(super) async fn list(
     Account(account): Account,
     State(state): State<AppState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Listed<WindowView>>> {
     let now = state.clock.now_ms();
     let windows = state.store.list_windows(account).await?;
-    Ok(all(windows.iter().map(|w| view(w, now)).collect()))
+    Ok(Listed::all(windows.iter().map(|w| view(w, now)).collect()))
 }
 
+#[utoipa::path(get, path = "/v1/maintenance-windows/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The window's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The window, with its `ETag`.", body = WindowView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -236,6 +289,15 @@ pub(super) async fn read(
     Ok(revision::read(&headers, view(&w, state.clock.now_ms())))
 }
 
+#[utoipa::path(patch, path = "/v1/maintenance-windows/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The window's id."), IfMatchHeader),
+    request_body(content = Object, description = "A JSON merge patch (RFC 7396) over what a create takes; `null` removes a field. The result is checked as a create would be."),
+    responses(
+        (status = 200, description = "Changed.", body = WindowView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 pub(super) async fn update(
     Account(account): Account,
     State(state): State<AppState>,
@@ -253,19 +315,17 @@ pub(super) async fn update(
         || store.get_window(account.clone(), id.clone()),
         |w: &MaintenanceWindow| view(w, now),
         |w: &mut MaintenanceWindow| {
-            let mut merged = input(w);
+            let mut current = input(w);
             // Switching between one-off and weekly: the patch's kind wins.
             if patch.get("weekly").is_some_and(|v| !v.is_null()) {
-                for key in ["starts_at", "ends_at"] {
-                    merged.as_object_mut().expect("an object").remove(key);
-                }
+                current.starts_at = None;
+                current.ends_at = None;
             }
             if patch.get("starts_at").is_some_and(|v| !v.is_null()) {
-                for key in ["weekly", "timezone"] {
-                    merged.as_object_mut().expect("an object").remove(key);
-                }
+                current.weekly = None;
+                current.timezone = None;
             }
-            let body: WindowBody = super::merged(merged, &patch, "window")?;
+            let body: WindowBody = super::merged(&current, &patch, "window")?;
             let mut changed = body.into_window(w.id.clone(), now)?;
             changed.created_at = w.created_at;
             changed.revision = w.revision;
@@ -283,6 +343,9 @@ pub(super) async fn update(
     Ok(response)
 }
 
+#[utoipa::path(delete, path = "/v1/maintenance-windows/{id}", tag = "alerts", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The window's id.")),
+    responses((status = 204, description = "Deleted."),))]
 pub(super) async fn remove(
     Account(account): Account,
     State(state): State<AppState>,

@@ -5,6 +5,7 @@
 
 mod error;
 pub mod extract;
+pub mod openapi;
 pub mod paging;
 pub mod revision;
 mod state;

@@ -4,11 +4,11 @@ use axum::Json;
 use merpati_domain::ids;
 use merpati_domain::Page;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{ApiError, ApiResult};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     pub limit: Option<usize>,
@@ -39,12 +39,30 @@ pub fn parse_cursor(cursor: &str) -> ApiResult<String> {
     ids::decode_cursor(cursor).ok_or_else(|| ApiError::invalid("cursor is not valid"))
 }
 
-/// `{"data": [...], "next_cursor": …}` from a page fetched with one item too many.
+/// A page of a list: `{"data": [...], "next_cursor": …}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Listed<T> {
+    pub data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Listed<T> {
+    /// The whole list in one page.
+    pub fn all(data: Vec<T>) -> Json<Listed<T>> {
+        Json(Listed {
+            data,
+            next_cursor: None,
+        })
+    }
+}
+
+/// The page to answer from items fetched with one too many.
 pub fn list_response<T: Serialize>(
     mut items: Vec<T>,
     page: &Page,
     position: impl Fn(&T) -> String,
-) -> Json<serde_json::Value> {
+) -> Json<Listed<T>> {
     let shown = page.limit - 1;
     let next_cursor = if items.len() > shown {
         items.truncate(shown);
@@ -52,5 +70,8 @@ pub fn list_response<T: Serialize>(
     } else {
         None
     };
-    Json(json!({"data": items, "next_cursor": next_cursor}))
+    Json(Listed {
+        data: items,
+        next_cursor,
+    })
 }

@@ -4,15 +4,16 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::device::{Business, Channel, Device, DeviceFilter, Presence};
 use merpati_domain::ids::{self, BusinessId, ChannelId, DeviceId};
 use merpati_runtime::presence::CLOSE_TOKEN;
 use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, JsonBody, Query};
-use crate::api::paging::{list_response, PageQuery};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::validate::{check_id, check_name, check_phone, double_option, id_or_new, parse_id};
 use crate::api::{ApiError, ApiResult, AppState};
@@ -21,28 +22,15 @@ mod views;
 
 pub use views::{BusinessView, ChannelView, DeviceView};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/businesses", get(list_businesses).post(create_business))
-        .route(
-            "/v1/businesses/{id}",
-            get(read_business)
-                .patch(update_business)
-                .delete(delete_business),
-        )
-        .route("/v1/channels", get(list_channels).post(create_channel))
-        .route(
-            "/v1/channels/{id}",
-            get(read_channel)
-                .patch(update_channel)
-                .delete(delete_channel),
-        )
-        .route("/v1/devices", get(list_devices).post(create_device))
-        .route(
-            "/v1/devices/{id}",
-            get(read_device).patch(update_device).delete(delete_device),
-        )
-        .route("/v1/devices/{id}/token", post(rotate_token))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_businesses, create_business))
+        .routes(routes!(read_business, update_business, delete_business))
+        .routes(routes!(list_channels, create_channel))
+        .routes(routes!(read_channel, update_channel, delete_channel))
+        .routes(routes!(list_devices, create_device))
+        .routes(routes!(read_device, update_device, delete_device))
+        .routes(routes!(rotate_token))
 }
 
 /// A lease setting as given in a request: `"90s"`, `"5m"`, … at least 1 s, at most a day.
@@ -58,19 +46,25 @@ fn parse_lease(field: &str, raw: &str) -> ApiResult<i64> {
 
 // Businesses
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewBusiness {
     id: Option<String>,
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BusinessPatch {
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/businesses", tag = "devices", security(("api_key" = [])),
+    request_body = NewBusiness,
+    responses(
+        (status = 201, description = "Created.", body = BusinessView),
+        (status = 409, description = "A business with this id exists.", body = ErrorBody),
+    ))]
 async fn create_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -89,11 +83,14 @@ async fn create_business(
     Ok((StatusCode::CREATED, Json((&b).into())))
 }
 
+#[utoipa::path(get, path = "/v1/businesses", tag = "devices", security(("api_key" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of businesss.", body = Listed<BusinessView>)))]
 async fn list_businesses(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<BusinessView>>> {
     let page = q.page()?;
     let items: Vec<BusinessView> = state
         .store
@@ -105,6 +102,13 @@ async fn list_businesses(
     Ok(list_response(items, &page, |b| b.id.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/businesses/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The business, with its `ETag`.", body = BusinessView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 async fn read_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -115,6 +119,15 @@ async fn read_business(
     Ok(revision::read(&headers, BusinessView::from(&b)))
 }
 
+#[utoipa::path(patch, path = "/v1/businesses/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id."), IfMatchHeader),
+    request_body = BusinessPatch,
+    responses(
+        (status = 200, description = "Changed.", body = BusinessView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 async fn update_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -143,6 +156,10 @@ async fn update_business(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/businesses/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id.")),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, description = "It still has channels.", body = ErrorBody),))]
 async fn delete_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -154,7 +171,7 @@ async fn delete_business(
 
 // Channels
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewChannel {
     id: Option<String>,
@@ -166,7 +183,7 @@ struct NewChannel {
     presence_grace: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ChannelPatch {
     name: Option<String>,
@@ -205,6 +222,13 @@ fn lease_setting(field: &str, raw: Option<String>) -> ApiResult<Option<i64>> {
     raw.map(|d| parse_lease(field, &d)).transpose()
 }
 
+#[utoipa::path(post, path = "/v1/channels", tag = "devices", security(("api_key" = [])),
+    request_body = NewChannel,
+    responses(
+        (status = 201, description = "Created.", body = ChannelView),
+        (status = 409, description = "A channel with this id exists.", body = ErrorBody),
+        (status = 404, description = "Its business (or backup channel) is not in this account.", body = ErrorBody),
+    ))]
 async fn create_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -228,11 +252,14 @@ async fn create_channel(
     Ok((StatusCode::CREATED, Json((&c).into())))
 }
 
+#[utoipa::path(get, path = "/v1/channels", tag = "devices", security(("api_key" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of channels.", body = Listed<ChannelView>)))]
 async fn list_channels(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<ChannelView>>> {
     let page = q.page()?;
     let items: Vec<ChannelView> = state
         .store
@@ -244,6 +271,13 @@ async fn list_channels(
     Ok(list_response(items, &page, |c| c.id.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/channels/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The channel, with its `ETag`.", body = ChannelView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 async fn read_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -254,6 +288,15 @@ async fn read_channel(
     Ok(revision::read(&headers, ChannelView::from(&c)))
 }
 
+#[utoipa::path(patch, path = "/v1/channels/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id."), IfMatchHeader),
+    request_body = ChannelPatch,
+    responses(
+        (status = 200, description = "Changed.", body = ChannelView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 async fn update_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -295,6 +338,10 @@ async fn update_channel(
     .await
 }
 
+#[utoipa::path(delete, path = "/v1/channels/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id.")),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, description = "It still has devices.", body = ErrorBody),))]
 async fn delete_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -306,7 +353,7 @@ async fn delete_channel(
 
 // Devices
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewDevice {
     id: Option<String>,
@@ -315,7 +362,7 @@ struct NewDevice {
     phone: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DevicePatch {
     name: Option<String>,
@@ -324,7 +371,8 @@ struct DevicePatch {
     phone: Option<Option<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeviceListQuery {
     limit: Option<usize>,
@@ -344,6 +392,13 @@ fn check_device(d: &Device) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
+    request_body = NewDevice,
+    responses(
+        (status = 201, description = "Created.", body = DeviceView),
+        (status = 409, description = "A device with this id exists.", body = ErrorBody),
+        (status = 404, description = "Its channel is not in this account.", body = ErrorBody),
+    ))]
 async fn create_device(
     Account(account): Account,
     State(state): State<AppState>,
@@ -370,11 +425,14 @@ async fn create_device(
     Ok((StatusCode::CREATED, Json(DeviceView::with_token(&d, token))))
 }
 
+#[utoipa::path(get, path = "/v1/devices", tag = "devices", security(("api_key" = [])),
+    params(DeviceListQuery),
+    responses((status = 200, description = "A page of devices, filtered.", body = Listed<DeviceView>)))]
 async fn list_devices(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<DeviceListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<DeviceView>>> {
     let page = PageQuery {
         limit: q.limit,
         cursor: q.cursor,
@@ -411,6 +469,13 @@ async fn list_devices(
     Ok(list_response(items, &page, |d| d.id.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The device, with its `ETag`.", body = DeviceView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 async fn read_device(
     Account(account): Account,
     State(state): State<AppState>,
@@ -421,6 +486,15 @@ async fn read_device(
     Ok(revision::read(&headers, DeviceView::from(&d)))
 }
 
+#[utoipa::path(patch, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id."), IfMatchHeader),
+    request_body = DevicePatch,
+    responses(
+        (status = 200, description = "Changed.", body = DeviceView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 async fn update_device(
     Account(account): Account,
     State(state): State<AppState>,
@@ -456,6 +530,9 @@ async fn update_device(
     Ok(answer)
 }
 
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id.")),
+    responses((status = 204, description = "Deleted; its link is closed and its token opens nothing from now on."),))]
 async fn delete_device(
     Account(account): Account,
     State(state): State<AppState>,
@@ -471,6 +548,9 @@ async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/devices/{id}/token", tag = "devices", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id.")),
+    responses((status = 200, description = "The device with its new `token`, shown this once; the old token is refused from now on and its link closed.", body = DeviceView)))]
 async fn rotate_token(
     Account(account): Account,
     State(state): State<AppState>,

@@ -6,13 +6,16 @@ use serde::Serialize;
 
 use crate::api::time::{as_duration, as_rfc3339};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BusinessView {
+    #[schema(value_type = String)]
     pub id: BusinessId,
     pub name: String,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 
@@ -27,21 +30,28 @@ impl From<&Business> for BusinessView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChannelView {
+    #[schema(value_type = String)]
     pub id: ChannelId,
     pub name: String,
     pub engine: String,
+    #[schema(value_type = String)]
     pub business_id: BusinessId,
+    #[schema(value_type = Option<String>)]
     pub backup_channel_id: Option<ChannelId>,
     /// Lease settings for the devices of this channel (over the engine's and the defaults).
     #[serde(with = "as_duration::option")]
+    #[schema(value_type = Option<String>, example = "1m 30s")]
     pub heartbeat_timeout: Option<i64>,
     #[serde(with = "as_duration::option")]
+    #[schema(value_type = Option<String>, example = "1m 30s")]
     pub presence_grace: Option<i64>,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 
@@ -61,20 +71,25 @@ impl From<&Channel> for ChannelView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceView {
+    #[schema(value_type = String)]
     pub id: DeviceId,
     pub name: String,
+    #[schema(value_type = String)]
     pub channel_id: ChannelId,
     /// The WhatsApp number (`wid` in whatsapp payloads).
     pub phone: Option<String>,
     /// `unknown`, `connected` or `disconnected`: the last announced presence.
     pub status: &'static str,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub status_since: Option<i64>,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
     /// Only right after the device got a token: the one time it is shown.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -7,19 +7,20 @@ use std::collections::BTreeMap;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::endpoint::{BodyFormat, DisableReason, Endpoint, Ordering};
 use merpati_domain::ids::{BusinessId, ChannelId, DeviceId, EndpointId};
 use merpati_runtime::bus::{Change, EndpointState};
 use merpati_runtime::delivery::guard::Guard;
 use merpati_webhooks::signing::{encode_secret, is_valid_secret};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, JsonBody, OptionalJsonBody, Query};
-use crate::api::paging::{list_response, PageQuery};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
+use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
-use crate::api::time::rfc3339;
+use crate::api::time::as_rfc3339;
 use crate::api::validate::double_option;
 use crate::api::{ApiError, ApiResult, AppState};
 
@@ -30,15 +31,15 @@ mod views;
 pub use validate::{check_url, check_url_allowed, MAX_URL_BYTES};
 pub use views::EndpointView;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/endpoints", get(list).post(create))
-        .route("/v1/endpoints/{id}", get(read).patch(update).delete(remove))
-        .route("/v1/endpoints/{id}/secret/rotate", post(rotate_secret))
-        .route("/v1/endpoints/{id}/stats", get(stats::stats))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, remove))
+        .routes(routes!(rotate_secret))
+        .routes(routes!(stats::stats))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewEndpoint {
     url: String,
@@ -64,7 +65,7 @@ struct NewEndpoint {
     disabled: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EndpointPatch {
     url: Option<String>,
@@ -88,7 +89,7 @@ struct EndpointPatch {
 }
 
 /// `format` as requests give it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     Json,
@@ -133,6 +134,11 @@ fn view(state: &AppState, e: &Endpoint) -> EndpointView {
     EndpointView::new(e, paused_until)
 }
 
+#[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", security(("api_key" = [])),
+    request_body = NewEndpoint,
+    responses(
+        (status = 201, description = "Created.", body = EndpointView),
+    ))]
 async fn create(
     Account(account): Account,
     State(state): State<AppState>,
@@ -183,11 +189,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(get, path = "/v1/endpoints", tag = "endpoints", security(("api_key" = [])),
+    params(PageQuery),
+    responses((status = 200, description = "A page of endpoints.", body = Listed<EndpointView>)))]
 async fn list(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<PageQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<EndpointView>>> {
     let page = q.page()?;
     let items: Vec<EndpointView> = state
         .store
@@ -199,6 +208,13 @@ async fn list(
     Ok(list_response(items, &page, |e| e.id.to_string()))
 }
 
+#[utoipa::path(get, path = "/v1/endpoints/{id}", tag = "endpoints", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id."), IfNoneMatchHeader),
+    responses(
+        (status = 200, description = "The endpoint, with its `ETag`.", body = EndpointView,
+            headers(("ETag" = String, description = "Its version."))),
+        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
+    ))]
 async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -254,6 +270,15 @@ impl EndpointPatch {
     }
 }
 
+#[utoipa::path(patch, path = "/v1/endpoints/{id}", tag = "endpoints", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id."), IfMatchHeader),
+    request_body = EndpointPatch,
+    responses(
+        (status = 200, description = "Changed.", body = EndpointView,
+            headers(("ETag" = String, description = "Its new version."))),
+        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
+        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
+    ))]
 async fn update(
     Account(account): Account,
     State(state): State<AppState>,
@@ -314,6 +339,9 @@ async fn save(
     Ok(state.store.get_endpoint(account.clone(), id).await?)
 }
 
+#[utoipa::path(delete, path = "/v1/endpoints/{id}", tag = "endpoints", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id.")),
+    responses((status = 204, description = "Deleted: nothing more is sent to it; its deliveries are purged after."),))]
 async fn remove(
     Account(account): Account,
     State(state): State<AppState>,
@@ -330,7 +358,7 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RotateSecret {
     /// The new secret; one is made when absent.
@@ -339,12 +367,27 @@ struct RotateSecret {
     grace: Option<String>,
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct RotatedSecret {
+    endpoint_id: String,
+    /// The new secret (`whsec_…`), shown this once.
+    secret: String,
+    /// Until when the previous secrets still sign, next to the new one.
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    previous_secrets_expire_at: i64,
+}
+
+#[utoipa::path(post, path = "/v1/endpoints/{id}/secret/rotate", tag = "endpoints", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id.")),
+    request_body(content = Option<RotateSecret>, description = "Optional: the new secret and the grace; an empty body makes a secret and keeps the configured grace."),
+    responses((status = 200, description = "The new secret, shown this once; the previous ones sign alongside it until their grace ends.", body = RotatedSecret)))]
 async fn rotate_secret(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<RotateSecret>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<RotatedSecret>> {
     let secret = match body.secret {
         Some(s) if is_valid_secret(&s) && s.len() <= 128 => s,
         Some(_) => {
@@ -371,9 +414,9 @@ async fn rotate_secret(
             now,
         )
         .await?;
-    Ok(Json(serde_json::json!({
-        "endpoint_id": id,
-        "secret": secret,
-        "previous_secrets_expire_at": rfc3339(old_expires_at),
-    })))
+    Ok(Json(RotatedSecret {
+        endpoint_id: id,
+        secret,
+        previous_secrets_expire_at: old_expires_at,
+    }))
 }

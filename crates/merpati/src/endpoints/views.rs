@@ -8,16 +8,20 @@ use serde::Serialize;
 
 use crate::api::time::as_rfc3339;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
+    #[schema(value_type = String)]
     pub id: EndpointId,
     pub url: String,
     pub description: Option<String>,
     /// Types or wildcards (`device.*`); `None` means every type.
     pub events: Option<Vec<String>>,
     /// Scope filters: an empty list means no restriction.
+    #[schema(value_type = Vec<String>)]
     pub business_ids: Vec<BusinessId>,
+    #[schema(value_type = Vec<String>)]
     pub channel_ids: Vec<ChannelId>,
+    #[schema(value_type = Vec<String>)]
     pub device_ids: Vec<DeviceId>,
     /// `json` or `form`.
     pub format: &'static str,
@@ -35,16 +39,21 @@ pub struct EndpointView {
     /// `gone` (answered 410), `failing` (failed without pause too long) or `manual`.
     pub disabled_reason: Option<&'static str>,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub disabled_at: Option<i64>,
     /// Since when every attempt has failed, while that lasts.
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub failing_since: Option<i64>,
     /// Until when its circuit breaker pauses it (one probe goes then), while it does.
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub paused_until: Option<i64>,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
     /// Only at creation: the one time the secret is shown.
     #[serde(skip_serializing_if = "Option::is_none")]

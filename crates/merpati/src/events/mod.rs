@@ -3,36 +3,41 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::event::{Attempt, DeliveryDetail, EventDetail, EventFilter, EventSummary};
 use merpati_domain::ids::{self, BusinessId, ChannelId, DeliveryId, DeviceId, EndpointId, EventId};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, OptionalJsonBody, Query};
-use crate::api::paging::{page_limit, parse_cursor};
+use crate::api::openapi::ErrorBody;
+use crate::api::paging::{page_limit, parse_cursor, Listed};
 use crate::api::time::as_rfc3339;
 use crate::api::validate::{check_id, parse_id, parse_time};
 use crate::api::{ApiError, ApiResult, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(list))
-        .route("/v1/events/{id}", get(read))
-        .route("/v1/events/{id}/replay", post(replay))
-        .route("/v1/deliveries/{id}/resend", post(resend))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read))
+        .routes(routes!(replay))
+        .routes(routes!(resend))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventSummaryView {
+    #[schema(value_type = String)]
     pub id: EventId,
     #[serde(rename = "type")]
     pub event_type: String,
+    #[schema(value_type = Option<String>)]
     pub device_id: Option<DeviceId>,
+    #[schema(value_type = Option<String>)]
     pub channel_id: Option<ChannelId>,
+    #[schema(value_type = Option<String>)]
     pub business_id: Option<BusinessId>,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 
@@ -49,7 +54,7 @@ impl From<&EventSummary> for EventSummaryView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     #[serde(flatten)]
     pub summary: EventSummaryView,
@@ -58,26 +63,32 @@ pub struct EventView {
     pub deliveries: Vec<DeliveryView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
+    #[schema(value_type = i64)]
     pub id: DeliveryId,
+    #[schema(value_type = String)]
     pub endpoint_id: EndpointId,
     /// `pending`, `held` (endpoint disabled), `succeeded` or `failed`.
     pub status: &'static str,
     pub attempt_count: i64,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<i64>,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub completed_at: Option<i64>,
     pub attempts: Vec<AttemptView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: i64,
     pub duration_ms: i64,
     pub status_code: Option<u16>,
@@ -128,7 +139,8 @@ impl From<Attempt> for AttemptView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(rename = "type")]
@@ -142,11 +154,14 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", security(("api_key" = [])),
+    params(ListQuery),
+    responses((status = 200, description = "A page of events, newest first.", body = Listed<EventSummaryView>)))]
 async fn list(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Listed<EventSummaryView>>> {
     if let Some(t) = &q.event_type {
         if !merpati_webhooks::EVENT_TYPES.contains(&t.as_str()) {
             return Err(ApiError::invalid(format!("type: unknown event type {t:?}")));
@@ -192,10 +207,15 @@ async fn list(
     } else {
         None
     };
-    let data: Vec<EventSummaryView> = items.iter().map(EventSummaryView::from).collect();
-    Ok(Json(json!({"data": data, "next_cursor": next_cursor})))
+    Ok(Json(Listed {
+        data: items.iter().map(EventSummaryView::from).collect(),
+        next_cursor,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/events/{id}", tag = "events", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The event's id.")),
+    responses((status = 200, description = "The event: its payload, its deliveries and each attempt.", body = EventView)))]
 async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -206,33 +226,63 @@ async fn read(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/deliveries/{id}/resend", tag = "events", security(("api_key" = [])),
+    params(("id" = i64, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "A new delivery of the same event to the same endpoint.", body = Resent),
+        (status = 409, description = "Its endpoint is disabled; enable it first.", body = ErrorBody),
+    ))]
 async fn resend(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<Resent>)> {
     let id = DeliveryId(id.parse().map_err(|_| ApiError::not_found("delivery"))?);
     let now = state.clock.now_ms();
     let new_id = state.store.resend_delivery(account, id, now).await?;
     state.delivery.wake();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"resent_from": id, "delivery_id": new_id})),
+        Json(Resent {
+            resent_from: id,
+            delivery_id: new_id,
+        }),
     ))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Resent {
+    /// The delivery sent again.
+    #[schema(value_type = i64)]
+    resent_from: DeliveryId,
+    /// The new delivery.
+    #[schema(value_type = i64)]
+    delivery_id: DeliveryId,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Replayed {
+    event_id: String,
+    /// Deliveries made for it.
+    deliveries: usize,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
     endpoint_id: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/events/{id}/replay", tag = "events", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The event's id.")),
+    request_body(content = Option<ReplayBody>, description = "Optional: one endpoint only; every matching endpoint when absent."),
+    responses((status = 202, description = "Delivered again, with the same webhook id.", body = Replayed)))]
 async fn replay(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ReplayBody>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<Replayed>)> {
     if let Some(e) = &body.endpoint_id {
         check_id("endpoint_id", e)?;
     }
@@ -251,6 +301,9 @@ async fn replay(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"event_id": id, "deliveries": due})),
+        Json(Replayed {
+            event_id: id,
+            deliveries: due,
+        }),
     ))
 }

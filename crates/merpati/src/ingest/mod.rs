@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::EventId;
 use merpati_domain::ingest::{
@@ -20,8 +19,10 @@ use merpati_runtime::bus::{Change, StoredEvent};
 use merpati_webhooks::{InboundEvent, Notification, Rid, Sms, Ussd, Whatsapp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{parse_json, read_body, Device};
+use crate::api::openapi::ErrorBody;
 use crate::api::validate::check_phone;
 use crate::api::{ApiError, ApiResult, AppState};
 
@@ -33,10 +34,11 @@ const MAX_TIMESTAMP: i64 = 99_999_999_999;
 
 /// One item as a device posts it: the documented `data` fields it knows, plus `type` and
 /// `rid`. `sim` defaults to 1 and `timestamp` to the time of receipt.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum Item {
     Sms {
+        #[schema(schema_with = crate::api::openapi::rid_schema)]
         rid: Rid,
         sim: Option<i64>,
         device: Option<String>,
@@ -45,6 +47,7 @@ enum Item {
         timestamp: Option<i64>,
     },
     Whatsapp {
+        #[schema(schema_with = crate::api::openapi::rid_schema)]
         rid: Rid,
         /// The account's own number; the device's `phone` when absent.
         wid: Option<String>,
@@ -53,6 +56,7 @@ enum Item {
         timestamp: Option<i64>,
     },
     Ussd {
+        #[schema(schema_with = crate::api::openapi::rid_schema)]
         rid: Rid,
         sim: Option<i64>,
         device: Option<String>,
@@ -61,6 +65,7 @@ enum Item {
         timestamp: Option<i64>,
     },
     Notification {
+        #[schema(schema_with = crate::api::openapi::rid_schema)]
         rid: Rid,
         device: Option<String>,
         package: String,
@@ -71,12 +76,38 @@ enum Item {
 }
 
 /// An item as the answer shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AcceptedView {
+    #[schema(schema_with = crate::api::openapi::rid_schema)]
     pub rid: Rid,
     /// The system id, `data.id` in the payload.
     pub id: i64,
+    #[schema(value_type = String)]
     pub event_id: EventId,
+}
+
+/// What `POST /v1/device/messages` takes: one item, or a batch taken whole or not at all.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum MessagesBody {
+    One(Item),
+    Batch(Batch),
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    #[schema(min_items = 1, max_items = 1000)]
+    items: Vec<Item>,
+}
+
+/// The answer: each item with its system id and event, new or already stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub items: Vec<AcceptedView>,
 }
 
 impl From<&AcceptedItem> for AcceptedView {
@@ -89,15 +120,26 @@ impl From<&AcceptedItem> for AcceptedView {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/device/messages", post(post_messages))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(post_messages))
 }
 
+/// What a device received: SMS, WhatsApp messages, USSD answers, notifications. Items
+/// already stored (same `rid` from the same device) are answered again, not stored twice.
+#[utoipa::path(post, path = "/v1/device/messages", tag = "device API",
+    security(("device_token" = [])),
+    request_body = MessagesBody,
+    responses(
+        (status = 202, description = "Stored, durably, and handed to delivery.", body = Accepted),
+        (status = 403, description = "An item names another device (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "An item's `rid` was used before for different content; nothing of the batch is stored.", body = ErrorBody),
+        (status = 413, description = "Larger than 1 MiB, or more than 1,000 items (`payload_too_large`).", body = ErrorBody),
+    ))]
 async fn post_messages(
     Device(device): Device,
     State(state): State<AppState>,
     request: Request,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<Accepted>)> {
     let body = read_body(request, &()).await?;
     let value: Value = parse_json(&body)?;
     let now_ms = state.clock.now_ms();
@@ -105,7 +147,10 @@ async fn post_messages(
     let accepted = store(&state, device, items, now_ms).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"accepted": accepted.len(), "items": accepted})),
+        Json(Accepted {
+            accepted: accepted.len(),
+            items: accepted,
+        }),
     ))
 }
 

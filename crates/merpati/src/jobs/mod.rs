@@ -3,30 +3,34 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::ids::{EndpointId, JobId};
 use merpati_domain::job::Job;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, JsonBody};
+use crate::api::openapi::ErrorBody;
 use crate::api::time::as_rfc3339;
 use crate::api::validate::parse_time;
 use crate::api::{ApiError, ApiResult, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/endpoints/{id}/recover", post(recover))
-        .route("/v1/jobs/{id}", get(read))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(recover))
+        .routes(routes!(read))
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
+    #[schema(value_type = String)]
     pub id: JobId,
     pub kind: String,
+    #[schema(value_type = String)]
     pub endpoint_id: EndpointId,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub since: i64,
     /// `running` or `done`.
     pub status: &'static str,
@@ -35,8 +39,10 @@ pub struct JobView {
     /// Deliveries sent again so far.
     pub done: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
 }
 
@@ -56,13 +62,21 @@ impl From<&Job> for JobView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RecoverBody {
     /// RFC 3339 or Unix seconds.
+    #[schema(schema_with = crate::api::openapi::time_schema)]
     since: serde_json::Value,
 }
 
+#[utoipa::path(post, path = "/v1/endpoints/{id}/recover", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The endpoint's id.")),
+    request_body = RecoverBody,
+    responses(
+        (status = 202, description = "A job that sends the endpoint's failed deliveries since then again; follow it at `/v1/jobs/{id}`.", body = JobView),
+        (status = 409, description = "The endpoint is disabled; enable it first.", body = ErrorBody),
+    ))]
 async fn recover(
     Account(account): Account,
     State(state): State<AppState>,
@@ -90,6 +104,9 @@ async fn recover(
     Ok((StatusCode::ACCEPTED, Json((&job).into())))
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The job's id.")),
+    responses((status = 200, description = "The job and its progress.", body = JobView)))]
 async fn read(
     Account(account): Account,
     State(state): State<AppState>,

@@ -31,7 +31,8 @@ use merpati_runtime::presence::{LinkClose, Telemetry};
 use crate::api::extract::Query;
 use crate::api::{ApiError, AppState, MAX_BODY_BYTES};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LinkQuery {
     /// For clients that cannot set headers on a WebSocket handshake.
@@ -39,6 +40,13 @@ pub struct LinkQuery {
 }
 
 /// Refused handshakes are plain HTTP errors in the API's shape (401 for a bad token).
+#[utoipa::path(get, path = "/v1/device/link", tag = "device API",
+    security(("device_token" = [])),
+    params(LinkQuery),
+    responses(
+        (status = 101, description = "A WebSocket: its presence lease while open, heartbeats and items over JSON frames (see docs/device-protocol.md)."),
+        (status = 400, description = "Not a WebSocket handshake (`invalid_json`).", body = crate::api::openapi::ErrorBody),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

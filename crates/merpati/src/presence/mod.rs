@@ -7,70 +7,44 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
-use axum::{Json, Router};
+use axum::Json;
 use merpati_domain::device::Presence;
-use merpati_domain::ids::{AccountId, DeviceId};
+use merpati_domain::ids::{AccountId, DeviceId, EventId};
 use merpati_domain::presence::history;
 use merpati_domain::presence::machine::{EngineReport, Input};
 use merpati_domain::presence::{Blip, HistoryScope, Period, PeriodState};
 use merpati_runtime::presence::{LiveStatus, Telemetry};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, Device, JsonBody, OptionalJsonBody, Query};
-use crate::api::time::{as_rfc3339, rfc3339};
+use crate::api::openapi::ErrorBody;
+use crate::api::time::as_rfc3339;
 use crate::api::validate::parse_time;
 use crate::api::{ApiError, ApiResult, AppState};
 
 pub mod link;
 mod uptime;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/device/heartbeat", post(heartbeat))
-        .route("/v1/device/status", post(report_status))
-        .route("/v1/device/link", get(link::upgrade))
-        .route("/v1/devices/{id}/presence", get(device_presence))
-        .route("/v1/uptime", get(uptime::uptime))
-        .route(
-            "/v1/devices/{id}/sessions",
-            history(of_device, Report::Sessions),
-        )
-        .route(
-            "/v1/channels/{id}/sessions",
-            history(of_channel, Report::Sessions),
-        )
-        .route(
-            "/v1/businesses/{id}/sessions",
-            history(of_business, Report::Sessions),
-        )
-        .route(
-            "/v1/devices/{id}/downtime",
-            history(of_device, Report::Downtime),
-        )
-        .route(
-            "/v1/devices/{id}/availability",
-            history(of_device, Report::Availability),
-        )
-        .route(
-            "/v1/channels/{id}/downtime",
-            history(of_channel, Report::Downtime),
-        )
-        .route(
-            "/v1/channels/{id}/availability",
-            history(of_channel, Report::Availability),
-        )
-        .route(
-            "/v1/businesses/{id}/downtime",
-            history(of_business, Report::Downtime),
-        )
-        .route(
-            "/v1/businesses/{id}/availability",
-            history(of_business, Report::Availability),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(heartbeat))
+        .routes(routes!(report_status))
+        .routes(routes!(link::upgrade))
+        .routes(routes!(device_presence))
+        .routes(routes!(uptime::uptime))
+        .routes(routes!(device_sessions))
+        .routes(routes!(channel_sessions))
+        .routes(routes!(business_sessions))
+        .routes(routes!(device_downtime))
+        .routes(routes!(channel_downtime))
+        .routes(routes!(business_downtime))
+        .routes(routes!(device_availability))
+        .routes(routes!(channel_availability))
+        .routes(routes!(business_availability))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HeartbeatBody {
     /// Percent, 0–100.
@@ -82,6 +56,15 @@ struct HeartbeatBody {
     network: Option<String>,
 }
 
+/// The device is alive (and how its phone is), when it has no link open.
+#[utoipa::path(post, path = "/v1/device/heartbeat", tag = "device API",
+    security(("device_token" = [])),
+    request_body(content = Option<HeartbeatBody>, description = "Optional telemetry; an empty body is a heartbeat too."),
+    responses(
+        (status = 200, description = "Its lease is renewed until the heartbeat timeout.", body = HeartbeatAnswer),
+        (status = 429, description = "Heartbeats faster than allowed (`rate_limited`); `Retry-After` says when to send the next.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds."))),
+    ))]
 async fn heartbeat(
     Device(device): Device,
     State(state): State<AppState>,
@@ -109,11 +92,11 @@ async fn heartbeat(
         .heartbeat(&device, timeouts, telemetry)
         .await?
     {
-        Ok(outcome) => Ok(Json(serde_json::json!({
-            "status": outcome.status.as_str(),
-            "event_id": outcome.event_id,
-            "heartbeat_timeout_seconds": timeouts.heartbeat_ms / 1000,
-        }))
+        Ok(outcome) => Ok(Json(HeartbeatAnswer {
+            status: outcome.status.as_str(),
+            event_id: outcome.event_id,
+            heartbeat_timeout_seconds: timeouts.heartbeat_ms / 1000,
+        })
         .into_response()),
         Err(retry_after_ms) => {
             let mut headers = HeaderMap::new();
@@ -132,14 +115,34 @@ async fn heartbeat(
     }
 }
 
-#[derive(Deserialize)]
+/// The answer to a heartbeat.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HeartbeatAnswer {
+    /// The device's live status now.
+    status: &'static str,
+    /// The `device.connected` event this heartbeat caused, if it did.
+    #[schema(value_type = Option<String>)]
+    event_id: Option<EventId>,
+    heartbeat_timeout_seconds: i64,
+}
+
+/// The answer to an engine's status report.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StatusAnswer {
+    status: &'static str,
+    /// The presence event this report caused, if it did.
+    #[schema(value_type = Option<String>)]
+    event_id: Option<EventId>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StatusBody {
     status: ReportedStatus,
     reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum ReportedStatus {
     Connected,
@@ -147,11 +150,16 @@ enum ReportedStatus {
     LoggedOut,
 }
 
+/// What the device's engine says of its session (a WhatsApp account logged out, …).
+#[utoipa::path(post, path = "/v1/device/status", tag = "device API",
+    security(("device_token" = [])),
+    request_body = StatusBody,
+    responses((status = 202, description = "Taken into its presence.", body = StatusAnswer)))]
 async fn report_status(
     Device(device): Device,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<StatusBody>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<StatusAnswer>)> {
     if body.reason.as_ref().is_some_and(|r| r.len() > 1024) {
         return Err(ApiError::invalid("reason must be at most 1024 bytes"));
     }
@@ -167,12 +175,15 @@ async fn report_status(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"status": outcome.status.as_str(), "event_id": outcome.event_id})),
+        Json(StatusAnswer {
+            status: outcome.status.as_str(),
+            event_id: outcome.event_id,
+        }),
     ))
 }
 
 /// What a phone said of itself, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TelemetryView {
     #[serde(skip_serializing_if = "Option::is_none")]
     battery: Option<u8>,
@@ -195,23 +206,45 @@ impl From<Telemetry> for TelemetryView {
     }
 }
 
+/// A device's presence now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PresenceView {
+    #[schema(value_type = String)]
+    device_id: DeviceId,
+    /// `unknown`, `connected`, `pending` (inside the grace) or `disconnected`.
+    status: &'static str,
+    /// Since when the last announced status holds.
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    since: Option<i64>,
+    link_open: bool,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_seen_at: Option<i64>,
+    telemetry: Option<TelemetryView>,
+}
+
+#[utoipa::path(get, path = "/v1/devices/{id}/presence", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id.")),
+    responses((status = 200, description = "Its live status, link and telemetry.", body = PresenceView)))]
 async fn device_presence(
     Account(account): Account,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<PresenceView>> {
     let id = DeviceId::from(id);
     let device = state.store.get_device(account.clone(), id.clone()).await?;
     let live = state.presence.view(&account, &id).await;
     let status = live_status(live.as_ref(), device.status);
-    Ok(Json(serde_json::json!({
-        "device_id": id,
-        "status": status.as_str(),
-        "since": device.status_since.map(rfc3339),
-        "link_open": live.as_ref().is_some_and(|l| l.link_open),
-        "last_seen_at": live.as_ref().and_then(|l| l.last_seen).map(rfc3339),
-        "telemetry": live.and_then(|l| l.telemetry).map(TelemetryView::from),
-    })))
+    Ok(Json(PresenceView {
+        device_id: id,
+        status: status.as_str(),
+        since: device.status_since,
+        link_open: live.as_ref().is_some_and(|l| l.link_open),
+        last_seen_at: live.as_ref().and_then(|l| l.last_seen),
+        telemetry: live.and_then(|l| l.telemetry).map(TelemetryView::from),
+    }))
 }
 
 /// What the hub sees of a device now, or else what was last announced of it.
@@ -227,14 +260,17 @@ fn live_status(
 }
 
 /// One announced state of a device over time, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PeriodView {
+    #[schema(value_type = String)]
     device_id: DeviceId,
     /// `up` or `down`.
     state: &'static str,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     started_at: i64,
     #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     ended_at: Option<i64>,
     reason: Option<String>,
 }
@@ -251,12 +287,15 @@ impl From<&Period> for PeriodView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BlipView {
+    #[schema(value_type = String)]
     device_id: DeviceId,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     started_at: i64,
     #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     ended_at: i64,
     reason: String,
 }
@@ -273,7 +312,8 @@ impl From<Blip> for BlipView {
 }
 
 /// `?from=&to=`: RFC 3339 times or Unix seconds; the last 24 hours when absent.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct Window {
     from: Option<String>,
@@ -314,12 +354,19 @@ async fn periods_of(
     Ok((from, to, periods))
 }
 
+/// Up periods over a window, and the blips (down and back inside the grace) among them.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Sessions {
+    data: Vec<PeriodView>,
+    blips: Vec<BlipView>,
+}
+
 async fn sessions(
     state: AppState,
     account: AccountId,
     scope: HistoryScope,
     window: Window,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Sessions>> {
     let (from, to, periods) = periods_of(&state, account.clone(), scope.clone(), &window).await?;
     let blips: Vec<BlipView> = state
         .store
@@ -333,7 +380,10 @@ async fn sessions(
         .filter(|p| p.state == PeriodState::Up)
         .map(PeriodView::from)
         .collect();
-    Ok(Json(serde_json::json!({"data": sessions, "blips": blips})))
+    Ok(Json(Sessions {
+        data: sessions,
+        blips,
+    }))
 }
 
 /// Each device's time inside its maintenance windows over [from, to), merged.
@@ -369,12 +419,36 @@ async fn maintenance_of(
     Ok(spans)
 }
 
+/// One outage, with how much of it fell inside maintenance windows.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct OutageView {
+    #[schema(value_type = String)]
+    device_id: DeviceId,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    start: i64,
+    /// `null` while it lasts.
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    end: Option<i64>,
+    duration_seconds: i64,
+    reason: Option<String>,
+    ongoing: bool,
+    maintenance: bool,
+    maintenance_seconds: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Downtime {
+    data: Vec<OutageView>,
+}
+
 async fn downtime(
     state: AppState,
     account: AccountId,
     scope: HistoryScope,
     window: Window,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Downtime>> {
     let now = state.clock.now_ms();
     let (from, to, periods) = periods_of(&state, account.clone(), scope, &window).await?;
     let down: Vec<Period> = periods
@@ -382,26 +456,45 @@ async fn downtime(
         .filter(|p| p.state == PeriodState::Down)
         .collect();
     let spans = maintenance_of(&state, &account, &down, from.min(now), to.max(now)).await?;
-    let data: Vec<serde_json::Value> = down
+    let data: Vec<OutageView> = down
         .iter()
         .map(|p| {
             let end = p.ended_at.unwrap_or(now);
             let inside = spans
                 .get(&p.device_id)
                 .map_or(0, |s| history::overlap(s, p.started_at, end));
-            serde_json::json!({
-                "device_id": p.device_id,
-                "start": rfc3339(p.started_at),
-                "end": p.ended_at.map(rfc3339),
-                "duration_seconds": (end - p.started_at) / 1000,
-                "reason": p.reason,
-                "ongoing": p.ended_at.is_none(),
-                "maintenance": inside > 0,
-                "maintenance_seconds": inside / 1000,
-            })
+            OutageView {
+                device_id: p.device_id.clone(),
+                start: p.started_at,
+                end: p.ended_at,
+                duration_seconds: (end - p.started_at) / 1000,
+                reason: p.reason.clone(),
+                ongoing: p.ended_at.is_none(),
+                maintenance: inside > 0,
+                maintenance_seconds: inside / 1000,
+            }
         })
         .collect();
-    Ok(Json(serde_json::json!({"data": data})))
+    Ok(Json(Downtime { data }))
+}
+
+/// Availability over a window: up time as a share of observed time.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AvailabilityView {
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    from: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    to: i64,
+    /// `null` when nothing was observed.
+    availability_percent: Option<f64>,
+    up_seconds: i64,
+    down_seconds: i64,
+    observed_seconds: i64,
+    outages: usize,
+    exclude_maintenance: bool,
+    maintenance_seconds: i64,
 }
 
 async fn availability(
@@ -409,7 +502,7 @@ async fn availability(
     account: AccountId,
     scope: HistoryScope,
     window: Window,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<AvailabilityView>> {
     let now = state.clock.now_ms();
     let (from, to, periods) = periods_of(&state, account.clone(), scope, &window).await?;
     let until = to.min(now.max(from));
@@ -419,17 +512,17 @@ async fn availability(
     } else {
         history::availability(&periods, from, until, now)
     };
-    Ok(Json(serde_json::json!({
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "availability_percent": a.percent(),
-        "up_seconds": a.up_ms / 1000,
-        "down_seconds": a.down_ms / 1000,
-        "observed_seconds": (a.up_ms + a.down_ms) / 1000,
-        "outages": a.outages,
-        "exclude_maintenance": window.exclude_maintenance,
-        "maintenance_seconds": a.maintenance_ms / 1000,
-    })))
+    Ok(Json(AvailabilityView {
+        from,
+        to,
+        availability_percent: a.percent(),
+        up_seconds: a.up_ms / 1000,
+        down_seconds: a.down_ms / 1000,
+        observed_seconds: (a.up_ms + a.down_ms) / 1000,
+        outages: a.outages,
+        exclude_maintenance: window.exclude_maintenance,
+        maintenance_seconds: a.maintenance_ms / 1000,
+    }))
 }
 
 fn of_device(id: String) -> HistoryScope {
@@ -444,26 +537,119 @@ fn of_business(id: String) -> HistoryScope {
     HistoryScope::Business(id.into())
 }
 
-#[derive(Clone, Copy)]
-enum Report {
-    Sessions,
-    Downtime,
-    Availability,
+#[utoipa::path(get, path = "/v1/devices/{id}/sessions", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id."), Window),
+    responses((status = 200, description = "Up periods over the window (the last 24 h by default), and the blips among them.", body = Sessions)))]
+async fn device_sessions(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Sessions>> {
+    sessions(state, account, of_device(id), window).await
 }
 
-/// `GET …/{id}/sessions`, `…/downtime` or `…/availability` of a device, a channel or a
-/// business.
-fn history(scope: fn(String) -> HistoryScope, report: Report) -> MethodRouter<AppState> {
-    get(
-        move |Account(account): Account,
-              State(state): State<AppState>,
-              Path(id): Path<String>,
-              Query(window): Query<Window>| async move {
-            match report {
-                Report::Sessions => sessions(state, account, scope(id), window).await,
-                Report::Downtime => downtime(state, account, scope(id), window).await,
-                Report::Availability => availability(state, account, scope(id), window).await,
-            }
-        },
-    )
+#[utoipa::path(get, path = "/v1/devices/{id}/downtime", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id."), Window),
+    responses((status = 200, description = "Outages over the window (the last 24 h by default), with their maintenance share.", body = Downtime)))]
+async fn device_downtime(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Downtime>> {
+    downtime(state, account, of_device(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/devices/{id}/availability", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The device's id."), Window),
+    responses((status = 200, description = "Availability over the window (the last 24 h by default).", body = AvailabilityView)))]
+async fn device_availability(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<AvailabilityView>> {
+    availability(state, account, of_device(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/channels/{id}/sessions", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id."), Window),
+    responses((status = 200, description = "Up periods over the window (the last 24 h by default), and the blips among them.", body = Sessions)))]
+async fn channel_sessions(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Sessions>> {
+    sessions(state, account, of_channel(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/channels/{id}/downtime", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id."), Window),
+    responses((status = 200, description = "Outages over the window (the last 24 h by default), with their maintenance share.", body = Downtime)))]
+async fn channel_downtime(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Downtime>> {
+    downtime(state, account, of_channel(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/channels/{id}/availability", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The channel's id."), Window),
+    responses((status = 200, description = "Availability over the window (the last 24 h by default).", body = AvailabilityView)))]
+async fn channel_availability(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<AvailabilityView>> {
+    availability(state, account, of_channel(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/businesses/{id}/sessions", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id."), Window),
+    responses((status = 200, description = "Up periods over the window (the last 24 h by default), and the blips among them.", body = Sessions)))]
+async fn business_sessions(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Sessions>> {
+    sessions(state, account, of_business(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/businesses/{id}/downtime", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id."), Window),
+    responses((status = 200, description = "Outages over the window (the last 24 h by default), with their maintenance share.", body = Downtime)))]
+async fn business_downtime(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<Downtime>> {
+    downtime(state, account, of_business(id), window).await
+}
+
+#[utoipa::path(get, path = "/v1/businesses/{id}/availability", tag = "presence",
+    security(("api_key" = [])),
+    params(("id" = String, Path, description = "The business's id."), Window),
+    responses((status = 200, description = "Availability over the window (the last 24 h by default).", body = AvailabilityView)))]
+async fn business_availability(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(window): Query<Window>,
+) -> ApiResult<Json<AvailabilityView>> {
+    availability(state, account, of_business(id), window).await
 }

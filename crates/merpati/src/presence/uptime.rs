@@ -3,7 +3,7 @@
 //! maintenance or none) with the span's availability. What the dashboard's device list
 //! draws, in one request whatever the page size.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::extract::State;
 use axum::Json;
@@ -12,11 +12,10 @@ use merpati_domain::ids::DeviceId;
 use merpati_domain::presence::bar::{uptime_bar, Segment};
 use merpati_domain::presence::{history, HistoryScope};
 use merpati_domain::StoreError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::api::extract::{Account, Query};
-use crate::api::time::rfc3339;
+use crate::api::time::as_rfc3339;
 use crate::api::{ApiError, ApiResult, AppState};
 
 /// The spans a bar may cover, each with its segment count (30 min, 1 day, …).
@@ -30,10 +29,13 @@ const SPANS: [(&str, i64, usize); 5] = [
 
 pub const MAX_DEVICES: usize = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UptimeQuery {
+    /// Comma-separated device ids, at most 500.
     device_ids: String,
+    /// Comma-separated spans among `1h`, `24h`, `7d`, `30d`, `90d`; `24h` when absent.
     spans: Option<String>,
 }
 
@@ -80,23 +82,78 @@ fn device_ids(raw: &str) -> ApiResult<Vec<DeviceId>> {
     Ok(ids)
 }
 
-fn segment_json(s: &Segment) -> Value {
-    json!({
-        "start": rfc3339(s.start),
-        "end": rfc3339(s.end),
-        "state": s.state.as_str(),
-        "up_seconds": s.up_ms / 1000,
-        "down_seconds": s.down_ms / 1000,
-        "maintenance_seconds": s.maintenance_ms / 1000,
-        "blips": s.blips,
-    })
+/// One segment of a bar.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SegmentView {
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    start: i64,
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    end: i64,
+    /// `up`, `pending` (blips), `down`, `maintenance` or `none` (nothing known).
+    state: &'static str,
+    up_seconds: i64,
+    down_seconds: i64,
+    maintenance_seconds: i64,
+    /// Disconnections that came back inside the grace.
+    blips: usize,
 }
 
+impl From<&Segment> for SegmentView {
+    fn from(s: &Segment) -> Self {
+        SegmentView {
+            start: s.start,
+            end: s.end,
+            state: s.state.as_str(),
+            up_seconds: s.up_ms / 1000,
+            down_seconds: s.down_ms / 1000,
+            maintenance_seconds: s.maintenance_ms / 1000,
+            blips: s.blips,
+        }
+    }
+}
+
+/// A span's bar and its availability.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct BarView {
+    /// `null` when nothing was observed.
+    availability_percent: Option<f64>,
+    outages: usize,
+    segments: Vec<SegmentView>,
+}
+
+/// A device's live status and its bars, by span name (`24h`, `30d`, …).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DeviceUptime {
+    #[schema(value_type = String)]
+    device_id: DeviceId,
+    status: &'static str,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    since: Option<i64>,
+    link_open: bool,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_seen_at: Option<i64>,
+    bars: BTreeMap<&'static str, BarView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Uptime {
+    /// The devices asked for that exist, in the order asked.
+    data: Vec<DeviceUptime>,
+}
+
+#[utoipa::path(get, path = "/v1/uptime", tag = "presence",
+    security(("api_key" = [])),
+    params(UptimeQuery),
+    responses((status = 200, description = "Each device's live status and uptime bars; unknown ids are left out.", body = Uptime)))]
 pub async fn uptime(
     Account(account): Account,
     State(state): State<AppState>,
     Query(q): Query<UptimeQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Uptime>> {
     let spans = spans(q.spans.as_deref())?;
     let ids = device_ids(&q.device_ids)?;
     let now = state.clock.now_ms();
@@ -127,30 +184,30 @@ pub async fn uptime(
         let maintenance = covered_spans(&windows, &ctx, from, now);
         let live = state.presence.view(&account, &id).await;
         let status = super::live_status(live.as_ref(), device.status);
-        let mut bars = serde_json::Map::new();
+        let mut bars = BTreeMap::new();
         for (name, len, count) in &spans {
             let start = now - len;
             let bar = uptime_bar(&periods, &blips, &maintenance, start, now, now, *count);
             let a = history::availability(&periods, start, now, now);
             bars.insert(
-                name.to_string(),
-                json!({
-                    "availability_percent": a.percent(),
-                    "outages": a.outages,
-                    "segments": bar.iter().map(segment_json).collect::<Vec<_>>(),
-                }),
+                *name,
+                BarView {
+                    availability_percent: a.percent(),
+                    outages: a.outages,
+                    segments: bar.iter().map(SegmentView::from).collect(),
+                },
             );
         }
-        data.push(json!({
-            "device_id": id,
-            "status": status.as_str(),
-            "since": device.status_since.map(rfc3339),
-            "link_open": live.as_ref().is_some_and(|l| l.link_open),
-            "last_seen_at": live.as_ref().and_then(|l| l.last_seen).map(rfc3339),
-            "bars": bars,
-        }));
+        data.push(DeviceUptime {
+            device_id: id,
+            status: status.as_str(),
+            since: device.status_since,
+            link_open: live.as_ref().is_some_and(|l| l.link_open),
+            last_seen_at: live.as_ref().and_then(|l| l.last_seen),
+            bars,
+        });
     }
-    Ok(Json(json!({"data": data})))
+    Ok(Json(Uptime { data }))
 }
 
 #[cfg(test)]

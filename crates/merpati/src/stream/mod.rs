@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use futures_util::stream::{self, Stream};
 use merpati_domain::ids::AccountId;
 use merpati_runtime::bus::{
@@ -24,13 +22,14 @@ use merpati_runtime::bus::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, Query};
 use crate::api::time::rfc3339;
 use crate::api::{ApiError, ApiResult, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/stream", get(changes))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(changes))
 }
 
 /// The kinds of change a client may ask for (`?kinds=events,devices`); all when absent.
@@ -43,9 +42,12 @@ const KINDS: [&str; 6] = [
     "jobs",
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StreamQuery {
+    /// Comma-separated among `events`, `deliveries`, `devices`, `endpoints`, `incidents`,
+    /// `jobs`; all when absent.
     kinds: Option<String>,
 }
 
@@ -243,6 +245,14 @@ impl Feed {
     }
 }
 
+#[utoipa::path(get, path = "/v1/stream", tag = "stream",
+    security(("api_key" = [])),
+    params(StreamQuery),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "Server-sent events: `ready` first, then one event a kind (`events`, \
+            `deliveries`, `devices`, `endpoints`, `incidents`, `jobs`) for each 200 ms of \
+            changes, with the latest state of each object in JSON; `missed` with a count when \
+            the client fell behind.")))]
 async fn changes(
     Account(account): Account,
     State(state): State<AppState>,

@@ -179,7 +179,9 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, format!("{}{}", self.url, path));
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{}", self.url, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -195,6 +197,7 @@ impl TestApp {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
         };
+        crate::contract::check(method.as_str(), path, status.as_u16(), &value);
         (status, value)
     }
 
@@ -209,7 +212,7 @@ impl TestApp {
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let mut req = self
             .client
-            .request(method, format!("{}{}", self.url, path))
+            .request(method.clone(), format!("{}{}", self.url, path))
             .bearer_auth(token);
         for (name, value) in headers {
             req = req.header(*name, value.clone());
@@ -228,6 +231,7 @@ impl TestApp {
         } else {
             serde_json::from_slice(&bytes).expect("JSON")
         };
+        crate::contract::check(method.as_str(), path, status.as_u16(), &value);
         (status, headers, value)
     }
 

@@ -296,3 +296,29 @@ fn no_source_file_holds_more_than_800_lines_of_code() {
     }
     assert!(long.is_empty(), "split these: {long:?}");
 }
+
+/// An API route is declared with its `#[utoipa::path]` and registered by `routes!`, which
+/// takes its path and method from that declaration, so the OpenAPI document cannot miss
+/// it. Only the dashboard's HTML pages, which are not the API, use axum's `.route(`.
+#[test]
+fn every_api_route_is_registered_from_its_documentation() {
+    let src = crates_dir().join("merpati/src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut undocumented = Vec::new();
+    for file in &files {
+        if file.starts_with(src.join("dashboard")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in code_of(&text).iter().enumerate() {
+            if line.contains(".route(") || line.contains(".nest(") {
+                undocumented.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "register these with utoipa_axum's routes!: {undocumented:?}"
+    );
+}
