@@ -1,5 +1,6 @@
-//! The app's HTTP side: the router made of every feature's routes, and the few routes of
-//! the server itself (health, readiness, fallbacks).
+//! The app's HTTP side: the router made of every feature's routes, the OpenAPI document
+//! those routes declare, and the few routes of the server itself (health, readiness,
+//! metrics, the document, fallbacks).
 
 use std::sync::LazyLock;
 

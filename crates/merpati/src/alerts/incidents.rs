@@ -330,11 +330,7 @@ pub(super) async fn list(
 
 #[utoipa::path(get, path = "/v1/incidents/{id}", tag = "alerts", security(("api_key" = [])),
     params(("id" = String, Path, description = "The incident's id."), IfNoneMatchHeader),
-    responses(
-        (status = 200, description = "The incident, its timeline and notifications, with its `ETag`.", body = IncidentView,
-            headers(("ETag" = String, description = "Its version."))),
-        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
-    ))]
+    responses((status = 200, description = "The incident, its timeline and notifications, with its `ETag`.", body = IncidentView)))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,

@@ -403,11 +403,7 @@ pub(super) async fn list(
 
 #[utoipa::path(get, path = "/v1/notifiers/{id}", tag = "alerts", security(("api_key" = [])),
     params(("id" = String, Path, description = "The notifier's id."), IfNoneMatchHeader),
-    responses(
-        (status = 200, description = "The notifier, with its `ETag`.", body = NotifierView,
-            headers(("ETag" = String, description = "Its version."))),
-        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
-    ))]
+    responses((status = 200, description = "The notifier, with its `ETag`.", body = NotifierView)))]
 pub(super) async fn read(
     Account(account): Account,
     State(state): State<AppState>,
@@ -421,12 +417,7 @@ pub(super) async fn read(
 #[utoipa::path(patch, path = "/v1/notifiers/{id}", tag = "alerts", security(("api_key" = [])),
     params(("id" = String, Path, description = "The notifier's id."), IfMatchHeader),
     request_body(content = Object, description = "A JSON merge patch (RFC 7396) over what a create takes; `null` removes a field. The result is checked as a create would be."),
-    responses(
-        (status = 200, description = "Changed.", body = NotifierView,
-            headers(("ETag" = String, description = "Its new version."))),
-        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
-        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
-    ))]
+    responses((status = 200, description = "Changed.", body = NotifierView)))]
 pub(super) async fn update(
     Account(account): Account,
     State(state): State<AppState>,

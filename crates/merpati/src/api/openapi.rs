@@ -6,8 +6,10 @@
 //! token (401), a body (400, 413, 422), query parameters (422), a path id (404), and the
 //! storage (503, 500). Route-specific errors (409, 412, 403, 429, …) are on the handlers.
 
+use utoipa::openapi::header::Header;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, OpenApi as Document, Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -17,6 +19,7 @@ pub const ADMIN: &str = "admin_token";
 pub const ACCOUNT: &str = "api_key";
 pub const DEVICE: &str = "device_token";
 const LINKS: &str = "acknowledgement links";
+const NOT_MODIFIED: &str = "NotModified";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -191,9 +194,19 @@ fn for_each_operation(doc: &mut Document, mut each: impl FnMut(&str, &mut Operat
 
 struct CommonErrors;
 
-/// The errors many routes share, each once under `components/responses`: (status, name,
+/// The answers many routes share, each once under `components/responses`: (status, name,
 /// description).
-const COMMON_ERRORS: [(&str, &str, &str); 7] = [
+const COMMON_ERRORS: [(&str, &str, &str); 9] = [
+    (
+        "409",
+        "KeepsChanging",
+        "Changed by others again and again meanwhile; try again.",
+    ),
+    (
+        "412",
+        "PreconditionFailed",
+        "Not at the version `If-Match` names (`precondition_failed`).",
+    ),
     (
         "400",
         "InvalidJson",
@@ -234,6 +247,14 @@ const COMMON_ERRORS: [(&str, &str, &str); 7] = [
 impl Modify for CommonErrors {
     fn modify(&self, doc: &mut Document) {
         let components = doc.components.get_or_insert_with(Default::default);
+        components.responses.insert(
+            NOT_MODIFIED.to_string(),
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description("Unchanged since the version `If-None-Match` names.")
+                    .build(),
+            ),
+        );
         for (_, name, description) in COMMON_ERRORS {
             let response = ResponseBuilder::new()
                 .description(description)
@@ -267,7 +288,30 @@ fn add_common_errors(op: &mut Operation, has_id: bool) {
         ps.iter()
             .any(|p| matches!(p.parameter_in, ParameterIn::Query))
     });
+    let has_header = |name: &str| {
+        op.parameters.as_ref().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p.name == name && matches!(p.parameter_in, ParameterIn::Header))
+        })
+    };
+    // A versioned read or update: its answer carries the version.
+    let (conditional_read, conditional_update) =
+        (has_header("If-None-Match"), has_header("If-Match"));
+    if conditional_read || conditional_update {
+        if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+            let mut etag = Header::new(ObjectBuilder::new().schema_type(Type::String));
+            etag.description = Some("Its version, for `If-None-Match` and `If-Match`.".into());
+            ok.headers.insert("ETag".into(), etag);
+        }
+    }
+    if conditional_read {
+        op.responses.responses.insert(
+            "304".into(),
+            RefOr::Ref(Ref::new(format!("#/components/responses/{NOT_MODIFIED}"))),
+        );
+    }
     let applies = |status: &str| match status {
+        "409" | "412" => conditional_update,
         "400" | "413" => has_body,
         "422" => has_body || has_query,
         "401" => secured,

@@ -104,11 +104,7 @@ async fn list_businesses(
 
 #[utoipa::path(get, path = "/v1/businesses/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The business's id."), IfNoneMatchHeader),
-    responses(
-        (status = 200, description = "The business, with its `ETag`.", body = BusinessView,
-            headers(("ETag" = String, description = "Its version."))),
-        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
-    ))]
+    responses((status = 200, description = "The business, with its `ETag`.", body = BusinessView)))]
 async fn read_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -122,12 +118,7 @@ async fn read_business(
 #[utoipa::path(patch, path = "/v1/businesses/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The business's id."), IfMatchHeader),
     request_body = BusinessPatch,
-    responses(
-        (status = 200, description = "Changed.", body = BusinessView,
-            headers(("ETag" = String, description = "Its new version."))),
-        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
-        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
-    ))]
+    responses((status = 200, description = "Changed.", body = BusinessView)))]
 async fn update_business(
     Account(account): Account,
     State(state): State<AppState>,
@@ -273,11 +264,7 @@ async fn list_channels(
 
 #[utoipa::path(get, path = "/v1/channels/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The channel's id."), IfNoneMatchHeader),
-    responses(
-        (status = 200, description = "The channel, with its `ETag`.", body = ChannelView,
-            headers(("ETag" = String, description = "Its version."))),
-        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
-    ))]
+    responses((status = 200, description = "The channel, with its `ETag`.", body = ChannelView)))]
 async fn read_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -291,12 +278,7 @@ async fn read_channel(
 #[utoipa::path(patch, path = "/v1/channels/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The channel's id."), IfMatchHeader),
     request_body = ChannelPatch,
-    responses(
-        (status = 200, description = "Changed.", body = ChannelView,
-            headers(("ETag" = String, description = "Its new version."))),
-        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
-        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
-    ))]
+    responses((status = 200, description = "Changed.", body = ChannelView)))]
 async fn update_channel(
     Account(account): Account,
     State(state): State<AppState>,
@@ -471,11 +453,7 @@ async fn list_devices(
 
 #[utoipa::path(get, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The device's id."), IfNoneMatchHeader),
-    responses(
-        (status = 200, description = "The device, with its `ETag`.", body = DeviceView,
-            headers(("ETag" = String, description = "Its version."))),
-        (status = 304, description = "Unchanged since the version `If-None-Match` names."),
-    ))]
+    responses((status = 200, description = "The device, with its `ETag`.", body = DeviceView)))]
 async fn read_device(
     Account(account): Account,
     State(state): State<AppState>,
@@ -489,12 +467,7 @@ async fn read_device(
 #[utoipa::path(patch, path = "/v1/devices/{id}", tag = "devices", security(("api_key" = [])),
     params(("id" = String, Path, description = "The device's id."), IfMatchHeader),
     request_body = DevicePatch,
-    responses(
-        (status = 200, description = "Changed.", body = DeviceView,
-            headers(("ETag" = String, description = "Its new version."))),
-        (status = 409, description = "Changed by others again and again meanwhile.", body = ErrorBody),
-        (status = 412, description = "Not at the version `If-Match` names.", body = ErrorBody),
-    ))]
+    responses((status = 200, description = "Changed.", body = DeviceView)))]
 async fn update_device(
     Account(account): Account,
     State(state): State<AppState>,

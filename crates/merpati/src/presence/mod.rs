@@ -8,12 +8,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use merpati_domain::device::Presence;
+use merpati_domain::device::{self, Presence};
 use merpati_domain::ids::{AccountId, DeviceId, EventId};
 use merpati_domain::presence::history;
 use merpati_domain::presence::machine::{EngineReport, Input};
 use merpati_domain::presence::{Blip, HistoryScope, Period, PeriodState};
-use merpati_runtime::presence::{LiveStatus, Telemetry};
+use merpati_runtime::presence::{LiveStatus, LiveView, Telemetry};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -206,9 +206,9 @@ impl From<Telemetry> for TelemetryView {
     }
 }
 
-/// A device's presence now.
+/// A device's live status: what the hub sees now, or else what was last announced.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct PresenceView {
+pub(super) struct LiveState {
     #[schema(value_type = String)]
     device_id: DeviceId,
     /// `unknown`, `connected`, `pending` (inside the grace) or `disconnected`.
@@ -221,6 +221,30 @@ struct PresenceView {
     #[serde(with = "as_rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     last_seen_at: Option<i64>,
+}
+
+impl LiveState {
+    pub(super) fn of(device: &device::Device, live: Option<&LiveView>) -> Self {
+        let status = live.map(|l| l.status).unwrap_or(match device.status {
+            Presence::Unknown => LiveStatus::Unknown,
+            Presence::Connected => LiveStatus::Connected,
+            Presence::Disconnected => LiveStatus::Disconnected,
+        });
+        LiveState {
+            device_id: device.id.clone(),
+            status: status.as_str(),
+            since: device.status_since,
+            link_open: live.is_some_and(|l| l.link_open),
+            last_seen_at: live.and_then(|l| l.last_seen),
+        }
+    }
+}
+
+/// A device's presence now, with what its phone last said of itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PresenceView {
+    #[serde(flatten)]
+    live: LiveState,
     telemetry: Option<TelemetryView>,
 }
 
@@ -236,27 +260,10 @@ async fn device_presence(
     let id = DeviceId::from(id);
     let device = state.store.get_device(account.clone(), id.clone()).await?;
     let live = state.presence.view(&account, &id).await;
-    let status = live_status(live.as_ref(), device.status);
     Ok(Json(PresenceView {
-        device_id: id,
-        status: status.as_str(),
-        since: device.status_since,
-        link_open: live.as_ref().is_some_and(|l| l.link_open),
-        last_seen_at: live.as_ref().and_then(|l| l.last_seen),
+        live: LiveState::of(&device, live.as_ref()),
         telemetry: live.and_then(|l| l.telemetry).map(TelemetryView::from),
     }))
-}
-
-/// What the hub sees of a device now, or else what was last announced of it.
-fn live_status(
-    live: Option<&merpati_runtime::presence::LiveView>,
-    announced: Presence,
-) -> LiveStatus {
-    live.map(|l| l.status).unwrap_or(match announced {
-        Presence::Unknown => LiveStatus::Unknown,
-        Presence::Connected => LiveStatus::Connected,
-        Presence::Disconnected => LiveStatus::Disconnected,
-    })
 }
 
 /// One announced state of a device over time, as the API shows it.

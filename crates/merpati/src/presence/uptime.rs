@@ -126,16 +126,8 @@ struct BarView {
 /// A device's live status and its bars, by span name (`24h`, `30d`, …).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeviceUptime {
-    #[schema(value_type = String)]
-    device_id: DeviceId,
-    status: &'static str,
-    #[serde(with = "as_rfc3339::option")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    since: Option<i64>,
-    link_open: bool,
-    #[serde(with = "as_rfc3339::option")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    last_seen_at: Option<i64>,
+    #[serde(flatten)]
+    live: super::LiveState,
     bars: BTreeMap<&'static str, BarView>,
 }
 
@@ -183,7 +175,6 @@ pub async fn uptime(
             .await?;
         let maintenance = covered_spans(&windows, &ctx, from, now);
         let live = state.presence.view(&account, &id).await;
-        let status = super::live_status(live.as_ref(), device.status);
         let mut bars = BTreeMap::new();
         for (name, len, count) in &spans {
             let start = now - len;
@@ -199,11 +190,7 @@ pub async fn uptime(
             );
         }
         data.push(DeviceUptime {
-            device_id: id,
-            status: status.as_str(),
-            since: device.status_since,
-            link_open: live.as_ref().is_some_and(|l| l.link_open),
-            last_seen_at: live.as_ref().and_then(|l| l.last_seen),
+            live: super::LiveState::of(&device, live.as_ref()),
             bars,
         });
     }

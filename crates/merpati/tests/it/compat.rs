@@ -9,12 +9,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn compat_dir() -> PathBuf {
-    std::env::var_os("MERPATI_COMPAT_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/compat"))
-}
-
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/compat")

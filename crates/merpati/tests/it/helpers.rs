@@ -828,3 +828,28 @@ impl TestApp {
         }
     }
 }
+
+/// Where `scripts/compat-setup.sh` put the official tools (Python and npm packages).
+pub fn compat_dir() -> std::path::PathBuf {
+    std::env::var_os("MERPATI_COMPAT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/compat")
+        })
+}
+
+/// Runs Python with the compat packages on its path, `input` on its standard input.
+pub fn compat_python(args: &[&std::ffi::OsStr], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("python3")
+        .args(args)
+        .env("PYTHONPATH", compat_dir().join("python"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}

@@ -2,9 +2,6 @@
 //! (installed under `target/compat` by `scripts/compat-setup.sh`): the fixed names are
 //! there, and the values move as events flow.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -24,28 +21,9 @@ async fn scrape(app: &TestApp) -> Vec<Value> {
         .unwrap()
         .starts_with("application/openmetrics-text"));
     let text = response.text().await.unwrap();
-    let dir = std::env::var_os("MERPATI_COMPAT_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/compat")
-        });
     let script =
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/compat/parse_metrics.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .env("PYTHONPATH", dir.join("python"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = compat_python(&[script.as_os_str()], text.as_bytes());
     assert!(
         out.status.success(),
         "the official parser refused /metrics (is scripts/compat-setup.sh run?):\n{}\n{text}",

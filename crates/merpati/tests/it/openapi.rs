@@ -3,8 +3,7 @@
 //! the tokens each route takes. (That every answer matches it is `contract`'s work, on
 //! every request of the suite.)
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -51,30 +50,14 @@ async fn the_document_is_served_printed_and_committed_alike() {
 
 #[test]
 fn an_openapi_validator_finds_the_document_valid() {
-    let dir = std::env::var_os("MERPATI_COMPAT_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/compat")
-        });
     let script = "import json, sys\n\
                   from openapi_spec_validator import validate\n\
                   validate(json.load(sys.stdin))\n\
                   print('valid')\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .env("PYTHONPATH", dir.join("python"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(merpati::app::openapi_json().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = compat_python(
+        &["-c".as_ref(), script.as_ref()],
+        merpati::app::openapi_json().as_bytes(),
+    );
     assert!(
         out.status.success() && out.stdout == b"valid\n",
         "openapi-spec-validator refused the document (is scripts/compat-setup.sh run?):\n{}",
