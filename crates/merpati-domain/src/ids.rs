@@ -118,6 +118,11 @@ string_id!(NotifierId, "ntf");
 string_id!(WindowId, "mw");
 string_id!(IncidentId, "inc");
 string_id!(NotificationId, "msg");
+string_id!(
+    /// A connector: where an engine (WAHA, Evolution API, …) sends its webhooks.
+    ConnectorId,
+    "con"
+);
 
 /// A delivery: one event to one endpoint. Numbered by the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

@@ -9,6 +9,7 @@
 pub mod account;
 pub mod alert;
 pub mod clock;
+pub mod connector;
 pub mod delivery;
 pub mod device;
 pub mod endpoint;

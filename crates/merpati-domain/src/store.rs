@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::account::AccountStore;
 use crate::alert::AlertStore;
+use crate::connector::ConnectorStore;
 use crate::delivery::DeliveryStore;
 use crate::device::DeviceStore;
 use crate::endpoint::EndpointStore;
@@ -33,6 +34,7 @@ pub trait Store:
     + PresenceStore
     + JobStore
     + AlertStore
+    + ConnectorStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

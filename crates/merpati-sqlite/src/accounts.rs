@@ -175,10 +175,16 @@ impl AccountStore for SqliteStore {
                 )?
                 .query_map(params![id.as_str(), now], |r| crate::rows::id(r, 0))?
                 .collect::<Result<Vec<EndpointId>, _>>()?;
-            // What lets anyone in (keys, device tokens) goes now, with the few rows that hang
+            // What lets anyone in (keys, device tokens, connectors) goes now, with the few rows that hang
             // off devices. Children first: channels and devices reference their parents
             // without cascade. The events, the bulk, go in the background.
-            for table in ["devices", "channels", "businesses", "api_keys"] {
+            for table in [
+                "connectors",
+                "devices",
+                "channels",
+                "businesses",
+                "api_keys",
+            ] {
                 c.execute(
                     &format!("DELETE FROM {table} WHERE account_id = ?1"),
                     [id.as_str()],

@@ -20,6 +20,7 @@ mod alert_tx;
 mod alerts;
 mod checkpoint;
 mod commit_stats;
+mod connectors;
 mod delivery;
 mod devices;
 mod endpoint_cache;

@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint_minutes",
         include_str!("../migrations/0014_endpoint_minutes.sql"),
     ),
+    (
+        15,
+        "connectors",
+        include_str!("../migrations/0015_connectors.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -150,7 +150,7 @@ impl PresenceStore for SqliteStore {
                         tx.prepare_cached(
                             "UPDATE devices SET engine_state = ?3 WHERE account_id = ?1 AND id = ?2",
                         )?
-                        .execute(params![account, device, report.as_str()])?;
+                        .execute(params![account, device, report.map(|r| r.as_str())])?;
                         continue;
                     }
                     WriteKind::Change(change) => change,

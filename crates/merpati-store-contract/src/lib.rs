@@ -1,7 +1,7 @@
 //! The storage contract: what every storage backend must do, written once against the
 //! domain's storage traits (fan-out, dedup, claims and leases, retries and outcomes,
 //! holding and releasing, device queues, presence, retention and purges, revisions, the
-//! walls between accounts, alerts and incidents).
+//! walls between accounts, alerts and incidents, sessions, connectors).
 //!
 //! A backend runs the whole suite from a test file of its own:
 //!
@@ -78,7 +78,8 @@ macro_rules! contract_suite {
             alerts::an_incident_is_kept_only_at_the_revision_it_was_read,
             alerts::senders_are_counted_once_within_their_window,
             alerts::drops_count_in_the_order_they_were_announced,
-            sessions::a_session_lives_as_long_as_its_key_and_its_time
+            sessions::a_session_lives_as_long_as_its_key_and_its_time,
+            connectors::connectors_are_the_account_s_checked_and_found_by_id_with_live_secrets
         );
     };
 }

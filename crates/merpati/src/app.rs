@@ -65,6 +65,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(crate::presence::routes())
         .merge(crate::jobs::routes())
         .merge(crate::alerts::routes())
+        .merge(crate::connectors::routes())
         .merge(crate::stream::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))

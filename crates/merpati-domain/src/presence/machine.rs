@@ -67,6 +67,11 @@ pub enum Input {
     },
     Heartbeat,
     Report(EngineReport),
+    /// An engine behind a connector says its session works. Unlike a device's own
+    /// `connected` report, which holds until the next report, this lifts a veto and renews
+    /// the lease only: the engine must keep proving it is alive, since none reports its own
+    /// death.
+    EngineWorking,
     /// A deadline came; nothing else happened.
     Tick,
 }
@@ -198,6 +203,10 @@ impl DeviceState {
                 closed = Some(reason);
             }
             Input::Heartbeat => self.last_heartbeat = Some(now),
+            Input::EngineWorking => {
+                self.engine = None;
+                self.last_heartbeat = Some(now);
+            }
             Input::Report(report) => {
                 self.engine = Some(report);
                 if report == EngineReport::LoggedOut {
@@ -443,6 +452,36 @@ mod tests {
                 offline_seconds: Some(60)
             }]
         );
+    }
+
+    #[test]
+    fn a_working_engine_is_up_only_while_its_lease_holds() {
+        let mut s = DeviceState::new(T);
+        assert!(matches!(
+            s.apply(Input::EngineWorking, 0)[..],
+            [Change::Connected { at: 0, .. }]
+        ));
+        // Silence: the lease runs out, and the grace after it.
+        assert!(s.apply(Input::Tick, T.heartbeat_ms).is_empty());
+        assert!(s.is_pending());
+        assert!(matches!(
+            s.apply(Input::Tick, T.heartbeat_ms + T.grace_ms)[..],
+            [Change::Disconnected {
+                reason: Reason::HeartbeatTimeout,
+                ..
+            }]
+        ));
+        // A reported disconnect vetoes the lease; working again lifts the veto.
+        let later = T.heartbeat_ms * 10;
+        assert!(!s.apply(Input::EngineWorking, later).is_empty());
+        s.apply(Input::Report(EngineReport::Disconnected), later + 1);
+        assert!(s.apply(Input::Heartbeat, later + 2).is_empty(), "vetoed");
+        assert!(s.is_pending());
+        assert!(matches!(
+            s.apply(Input::EngineWorking, later + 3)[..],
+            [Change::Blip { .. }]
+        ));
+        assert!(!s.is_pending());
     }
 
     #[test]

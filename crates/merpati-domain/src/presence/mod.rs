@@ -27,7 +27,9 @@ pub struct PresenceWrite {
 #[derive(Debug, Clone)]
 pub enum WriteKind {
     Change(Change),
-    Engine(EngineReport),
+    /// The engine's last report; `None` once a connector's engine works again (its lease,
+    /// not a report, keeps it up from then on).
+    Engine(Option<EngineReport>),
 }
 
 /// What a group of writes produced: the event id of each announcement, by write index.

@@ -497,7 +497,12 @@ impl Hub {
         let changes = entry.machine.apply(input, now);
         let (account, device) = key.ids();
         let mut announcement = None;
-        if let Input::Report(report) = input {
+        let engine = match input {
+            Input::Report(report) => Some(Some(report)),
+            Input::EngineWorking => Some(None),
+            _ => None,
+        };
+        if let Some(report) = engine {
             writes.push(PresenceWrite {
                 account_id: account.clone(),
                 device_id: device.clone(),

@@ -2,6 +2,7 @@
 
 pub mod alerts;
 pub mod claims;
+pub mod connectors;
 pub mod dedup;
 pub mod fanout;
 pub mod outcomes;

@@ -142,7 +142,7 @@ pub async fn blips_and_engine_reports_are_recorded_and_deleted_devices_skipped(
         .apply_presence(
             vec![
                 write(&t, 0, blip),
-                write(&t, 0, WriteKind::Engine(EngineReport::LoggedOut)),
+                write(&t, 0, WriteKind::Engine(Some(EngineReport::LoggedOut))),
             ],
             T0 + 2_000,
         )

@@ -40,6 +40,7 @@ const NOT_MODIFIED: &str = "NotModified";
         (name = "presence", description = "Live status, sessions, downtime, availability."),
         (name = "endpoints", description = "Webhook endpoints and their secrets."),
         (name = "events", description = "The event log, deliveries and attempts."),
+        (name = "connectors", description = "Engines people run (WAHA, Evolution API, SMS Gateway for Android, textbee, Telegram, Slack) pointed at merpati."),
         (name = "jobs", description = "Long-running work: recovering an endpoint."),
         (name = "alerts", description = "Alert rules, notifiers, maintenance windows, incidents."),
         (name = "acknowledgement links", description = "The signed links in notifications, for people."),

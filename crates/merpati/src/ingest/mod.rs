@@ -154,15 +154,26 @@ async fn post_messages(
     ))
 }
 
-/// Stores a device's prepared items (their deliveries handed to the worker once durable),
-/// wakes the worker for the rest, and tells the bus of the new events. The device link
-/// takes the same path.
+/// Stores a device's prepared items, answered as the device API shows them.
 pub async fn store(
     state: &AppState,
     device: Arc<DeviceContext>,
     items: Vec<PreparedItem>,
     now_ms: i64,
 ) -> ApiResult<Vec<AcceptedView>> {
+    let stored = store_items(state, device, items, now_ms).await?;
+    Ok(stored.iter().map(AcceptedView::from).collect())
+}
+
+/// Stores a device's prepared items (their deliveries handed to the worker once durable),
+/// wakes the worker for the rest, and tells the bus of the new events. The device link
+/// takes the same path.
+pub async fn store_items(
+    state: &AppState,
+    device: Arc<DeviceContext>,
+    items: Vec<PreparedItem>,
+    now_ms: i64,
+) -> ApiResult<Vec<AcceptedItem>> {
     // The items' types, for the metrics and the bus, read before the items go to the
     // store.
     let types: Vec<&'static str> = items.iter().map(|i| i.event.event_type()).collect();
@@ -208,7 +219,7 @@ pub async fn store(
             });
         }
     }
-    Ok(result.items.iter().map(AcceptedView::from).collect())
+    Ok(result.items)
 }
 
 /// A body is one item or `{"items": [...]}`; every item must pass, or none is taken.
@@ -257,7 +268,11 @@ pub fn prepare_body(
         .collect()
 }
 
-fn prepare_item(raw: Value, device: &DeviceContext, now_secs: i64) -> ApiResult<PreparedItem> {
+pub(crate) fn prepare_item(
+    raw: Value,
+    device: &DeviceContext,
+    now_secs: i64,
+) -> ApiResult<PreparedItem> {
     let content_hash = canonical_digest(&raw);
     let item: Item = serde_json::from_value(raw).map_err(|e| ApiError::invalid(e.to_string()))?;
     let own_device = |given: Option<String>| -> ApiResult<String> {

@@ -230,6 +230,7 @@ fn the_server_s_modules_point_one_way() {
         &[
             "accounts",
             "alerts",
+            "connectors",
             "devices",
             "endpoints",
             "events",

@@ -10,6 +10,7 @@ mod changes;
 mod cli;
 mod compat;
 mod connections;
+mod connectors;
 mod contract;
 mod dashboard;
 mod dedup;

@@ -1,0 +1,353 @@
+//! Connectors: an engine pointed at merpati, unchanged. Its documented bodies, signed its
+//! own way, reach a real receiver in the documents' format; forged, tampered, stale or
+//! misdirected requests store nothing; a retry is one event; its session states drive
+//! presence (a quick reconnect is a blip), and a silent engine is noticed.
+
+use merpati_engines::verify::sign;
+use merpati_engines::Engine;
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../merpati-engines/tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+struct Connector {
+    path: String,
+    secret: String,
+    view: Value,
+}
+
+async fn connector(app: &TestApp, key: &str, body: Value) -> Connector {
+    let view = app.ok_post("/v1/connectors", key, body, 201).await;
+    let url = view["url"].as_str().unwrap();
+    let path = url[url.find("/v1/").unwrap()..].to_string();
+    Connector {
+        path,
+        secret: view["secret"].as_str().unwrap().to_string(),
+        view,
+    }
+}
+
+/// Posts `body` as the engine would, with `headers`; the status and answer.
+async fn post(app: &TestApp, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(format!("{}{path}", app.url))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let _: &HeaderMap = resp.headers();
+    let value: Value = resp.json().await.unwrap();
+    crate::contract::check("POST", path, status, &value);
+    (status, value)
+}
+
+async fn waha(app: &TestApp, c: &Connector, body: &[u8]) -> (u16, Value) {
+    let sig = sign(Engine::Waha, &c.secret, body, 0);
+    post(app, &c.path, body, &[("X-Webhook-Hmac", sig)]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waha_messages_arrive_as_the_documents_say_and_forgeries_store_nothing() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_on("acct", "wa").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({"events": ["whatsapp"]}))
+        .await;
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "bindings": {"default": "dev"}}),
+    )
+    .await;
+    // The setup is what WAHA takes, with this connector's address and key.
+    let hook = &c.view["setup"]["snippet"]["config"]["webhooks"][0];
+    assert_eq!(hook["hmac"]["key"], c.secret.as_str());
+    assert!(hook["url"].as_str().unwrap().ends_with(&c.path));
+
+    // The engine's first signed request shows it alive: `device.connected` is event 1.
+    let body = fixture("waha-message-received.json");
+    let (status, taken) = waha(&app, &c, &body).await;
+    assert_eq!(
+        (status, taken["stored"].as_i64()),
+        (200, Some(1)),
+        "{taken}"
+    );
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].body_str(),
+        r#"{"type":"whatsapp","data":{"id":2,"wid":"+71111111111","phone":"+11111111111","message":"Hi there!","timestamp":1667561485}}"#
+    );
+    got[0].event();
+
+    // WAHA retries: one event.
+    let (status, taken) = waha(&app, &c, &body).await;
+    assert_eq!((status, taken["duplicates"].as_i64()), (200, Some(1)));
+
+    // Tampered, wrong key, no signature: 401 and nothing stored.
+    let mut tampered = body.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 1;
+    let sig = sign(Engine::Waha, &c.secret, &body, 0);
+    let (status, refused) = post(&app, &c.path, &tampered, &[("X-Webhook-Hmac", sig)]).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let wrong = sign(Engine::Waha, "not-the-connector-s-key", &body, 0);
+    assert_eq!(
+        post(&app, &c.path, &body, &[("X-Webhook-Hmac", wrong)])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(post(&app, &c.path, &body, &[]).await.0, 401);
+
+    // Signed for one connector, sent to another's address.
+    let other = connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev"}),
+    )
+    .await;
+    let sig = sign(Engine::Waha, &c.secret, &body, 0);
+    assert_eq!(
+        post(&app, &other.path, &body, &[("X-Webhook-Hmac", sig)])
+            .await
+            .0,
+        401
+    );
+
+    // The documented message is the account's own; an unknown session is bound to nothing.
+    let (_, own) = waha(&app, &c, &fixture("waha-message.json")).await;
+    assert_eq!(own["skipped"]["from_me"], 1);
+    let stranger = String::from_utf8(body.clone())
+        .unwrap()
+        .replace("\"session\": \"default\"", "\"session\": \"stranger\"");
+    let (status, unbound) = waha(&app, &c, stranger.as_bytes()).await;
+    assert_eq!(
+        (status, unbound["skipped"]["unbound"].as_i64()),
+        (200, Some(1))
+    );
+    // Not JSON, signed: taken and skipped, so that WAHA does not retry it for hours.
+    let (status, malformed) = waha(&app, &c, b"{not json").await;
+    assert_eq!(
+        (status, malformed["skipped"]["malformed"].as_i64()),
+        (200, Some(1))
+    );
+
+    assert_eq!(app.count_of(&m.key, "whatsapp").await, 1);
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_android_gateway_signs_body_and_time_and_stale_requests_are_refused() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_on("acct", "sms").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({"events": ["sms"]}))
+        .await;
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "android-sms-gateway", "channel_id": "ch", "device_id": "dev"}),
+    )
+    .await;
+    assert_eq!(
+        c.view["setup"]["snippet"][0],
+        json!({"url": c.view["url"], "event": "sms:received"})
+    );
+    let body = fixture("android-sms-received.json");
+    let signed = |ts: i64| {
+        vec![
+            (
+                "X-Signature",
+                sign(Engine::AndroidSmsGateway, &c.secret, &body, ts),
+            ),
+            ("X-Timestamp", ts.to_string()),
+        ]
+    };
+    let now = app.now_ms() / 1000;
+    let (status, taken) = post(&app, &c.path, &body, &signed(now)).await;
+    assert_eq!(
+        (status, taken["stored"].as_i64()),
+        (200, Some(1)),
+        "{taken}"
+    );
+    let got = receiver.wait_for(1).await;
+    assert_eq!(
+        got[0].body_str(),
+        r#"{"type":"sms","data":{"id":2,"rid":"abc123@1719045971","sim":1,"device":"dev","phone":"6505551212","message":"Android is always a sweet treat!","timestamp":1719045971}}"#
+    );
+    // The app re-signs each retry with a new time: still one message.
+    let (_, again) = post(&app, &c.path, &body, &signed(now + 20)).await;
+    assert_eq!(again["duplicates"], 1);
+    // An hour old: refused, however well signed.
+    assert_eq!(post(&app, &c.path, &body, &signed(now - 3600)).await.0, 401);
+    assert_eq!(app.count_of(&m.key, "sms").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_states_make_a_reconnect_a_blip_and_a_silent_engine_is_noticed() {
+    let app = TestApp::spawn_manual(&[
+        ("presence.heartbeat_timeout", "60s"),
+        ("presence.grace", "30s"),
+    ])
+    .await;
+    let m = app.merchant_on("acct", "wa").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
+        .await;
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "bindings": {"default": "dev"}}),
+    )
+    .await;
+    let status = |s: &str| {
+        format!(r#"{{"event":"session.status","session":"default","payload":{{"status":"{s}"}}}}"#)
+            .into_bytes()
+    };
+    let (code, taken) = waha(&app, &c, &status("WORKING")).await;
+    assert_eq!((code, taken["states"].as_i64()), (200, Some(1)));
+    app.wait_status(&m.key, "dev", "connected").await;
+    // WAHA restarts its session: STARTING, then WORKING inside the grace. A blip.
+    waha(&app, &c, &status("STARTING")).await;
+    app.advance(10_000).await;
+    waha(&app, &c, &status("WORKING")).await;
+    app.wait_status(&m.key, "dev", "connected").await;
+    // Stopped for longer than the grace: one disconnect.
+    waha(&app, &c, &status("STOPPED")).await;
+    app.advance(31_000).await;
+    app.wait_status(&m.key, "dev", "disconnected").await;
+    waha(&app, &c, &status("WORKING")).await;
+    app.wait_status(&m.key, "dev", "connected").await;
+    // Then silence: no engine reports its own death, so its lease runs out.
+    app.advance(60_000 + 31_000).await;
+    app.wait_status(&m.key, "dev", "disconnected").await;
+
+    let events: Vec<String> = receiver
+        .wait_for(4)
+        .await
+        .iter()
+        .map(|r| r.json()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "device.connected",
+            "device.disconnected",
+            "device.connected",
+            "device.disconnected"
+        ]
+    );
+    let last = receiver.received()[3].json();
+    assert_eq!(last["reason"], "heartbeat_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connectors_are_refused_and_nothing_is_written() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_on("acct", "wa").await;
+    let other = app.merchant_on("other", "wa").await;
+    app.device(&other.key, "theirs", "ch").await;
+    let cases = [
+        json!({"engine": "whatsmeow", "channel_id": "ch", "device_id": "dev"}),
+        json!({"engine": "waha", "channel_id": "ch"}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "bindings": {"s": "dev"}}),
+        json!({"engine": "waha", "channel_id": "nope", "device_id": "dev"}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "theirs"}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "notifications": true}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "secret": "short"}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "poll_interval": "30s"}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "api": {"base_url": "ftp://x", "key": "k"}}),
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "extra": 1}),
+    ];
+    for case in cases {
+        let (status, body) = app.post("/v1/connectors", &m.key, case.clone()).await;
+        assert_eq!(status, 422, "{case}: {body}");
+    }
+    let (status, _) = app
+        .post_raw("/v1/connectors", &m.key, b"{\"engine\":")
+        .await;
+    assert_eq!(status, 400);
+    let (_, list) = app.get("/v1/connectors", &m.key).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+
+    // Not another account's to see, change, rotate or delete.
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "evolution", "channel_id": "ch", "device_id": "dev",
+               "api": {"base_url": "http://127.0.0.1:1", "key": "evo-key"}, "poll_interval": "30s"}),
+    )
+    .await;
+    let id = c.view["id"].as_str().unwrap();
+    assert_eq!(
+        c.view["api"],
+        json!({"base_url": "http://127.0.0.1:1"}),
+        "the key is never shown"
+    );
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/v1/connectors/{id}")),
+        (reqwest::Method::DELETE, format!("/v1/connectors/{id}")),
+        (
+            reqwest::Method::POST,
+            format!("/v1/connectors/{id}/secret/rotate"),
+        ),
+    ] {
+        let (status, _) = app.request(method, &path, Some(&other.key), None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // Evolution's secret travels as a header, since it cannot sign.
+    let body = br#"{"event":"connection.update","instance":"toko","data":{"state":"open"}}"#;
+    let (status, _) = post(&app, &c.path, body, &[("X-Merpati-Secret", "guess".into())]).await;
+    assert_eq!(status, 401);
+    let (status, taken) = post(
+        &app,
+        &c.path,
+        body,
+        &[("X-Merpati-Secret", c.secret.clone())],
+    )
+    .await;
+    assert_eq!((status, taken["states"].as_i64()), (200, Some(1)));
+
+    // A rotated secret keeps working through its grace, and the new one at once.
+    let rotated = app
+        .ok_post(
+            &format!("/v1/connectors/{id}/secret/rotate"),
+            &m.key,
+            json!({"grace": "1h"}),
+            200,
+        )
+        .await;
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    for secret in [new.clone(), c.secret.clone()] {
+        let (status, _) = post(&app, &c.path, body, &[("X-Merpati-Secret", secret)]).await;
+        assert_eq!(status, 200);
+    }
+    app.ok_post(
+        &format!("/v1/connectors/{id}/secret/rotate"),
+        &m.key,
+        json!({"grace": "0s", "secret": new.clone() + "-next-one"}),
+        200,
+    )
+    .await;
+    let (status, _) = post(&app, &c.path, body, &[("X-Merpati-Secret", new)]).await;
+    assert_eq!(status, 401);
+
+    // Deleted: its address takes nothing.
+    let (status, _) = app.delete(&format!("/v1/connectors/{id}"), &m.key).await;
+    assert_eq!(status, 204);
+    assert_eq!(post(&app, &c.path, body, &[]).await.0, 404);
+}
