@@ -10,6 +10,7 @@
 use std::fmt;
 
 pub mod parse;
+pub mod redact;
 mod time;
 pub mod verify;
 

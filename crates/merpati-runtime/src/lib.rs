@@ -7,11 +7,13 @@
 //! - `retention`: the background pruner; `jobs`: the runner of long jobs.
 //! - `alerts`: the alert runner, which drives the alert engine and sends notifications.
 //! - `bus`: committed changes as events in the process.
+//! - `connectors`: what each connector took in, for the API to show.
 //! - `memory`: giving spare memory back once a burst is over.
 //! - `metrics`: what Prometheus scrapes.
 
 pub mod alerts;
 pub mod bus;
+pub mod connectors;
 pub mod delivery;
 pub mod jobs;
 pub mod memory;

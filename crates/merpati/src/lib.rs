@@ -249,6 +249,7 @@ pub async fn start(
         device_tokens: Default::default(),
         purge,
         alerts: alerts.clone(),
+        connector_stats: Default::default(),
         metrics,
     };
     let app = app::router(state);

@@ -39,6 +39,8 @@ pub struct AppState {
     pub purge: Arc<tokio::sync::Notify>,
     /// The alert runner: woken when rules, windows or incidents change.
     pub alerts: merpati_runtime::alerts::AlertHandle,
+    /// What each connector took in since the start.
+    pub connector_stats: merpati_runtime::connectors::ConnectorStats,
     /// What `/metrics` shows; the API counts what it takes in.
     pub metrics: Arc<merpati_runtime::metrics::Metrics>,
 }

@@ -84,14 +84,40 @@ async fn take(state: &AppState, id: ConnectorId, request: Request) -> ApiResult<
         .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
         .collect();
     let secrets: Vec<&str> = found.secrets.iter().map(String::as_str).collect();
-    merpati_engines::verify(engine, &Headers::new(pairs), &body, &secrets, now / 1000)
-        .map_err(|refused| ApiError::unauthorized(refused.to_string()))?;
+    if let Err(refused) =
+        merpati_engines::verify(engine, &Headers::new(pairs), &body, &secrets, now / 1000)
+    {
+        state.connector_stats.rejected(connector.id.as_str());
+        return Err(ApiError::unauthorized(refused.to_string()));
+    }
+    let taken = read(state, &connector, engine, &body, now).await?;
+    state.connector_stats.taken(
+        connector.id.as_str(),
+        now,
+        merpati_runtime::connectors::Taken {
+            stored: taken.stored as u64,
+            duplicates: taken.duplicates as u64,
+            states: taken.states as u64,
+            skipped: &taken.skipped,
+        },
+        &body,
+    );
+    Ok(taken)
+}
 
+/// A verified request: its items stored, its states and its life given to presence.
+async fn read(
+    state: &AppState,
+    connector: &merpati_domain::connector::Connector,
+    engine: Engine,
+    body: &[u8],
+    now: i64,
+) -> ApiResult<Taken> {
     let mut taken = Taken::default();
     let options = Options {
         notifications: connector.notifications,
     };
-    let inbound = match merpati_engines::parse(engine, &body, options) {
+    let inbound = match merpati_engines::parse(engine, body, options) {
         Ok(all) => all,
         Err(_) => {
             *taken.skipped.entry("malformed").or_default() += 1;

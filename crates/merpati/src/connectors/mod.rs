@@ -33,6 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(read, update, remove))
         .routes(routes!(rotate_secret))
+        .routes(routes!(stats))
         .routes(routes!(inbound::inbound))
 }
 
@@ -155,6 +156,62 @@ pub struct ConnectorView {
     /// Only at creation: what to paste into the engine.
     #[serde(skip_serializing_if = "Option::is_none")]
     setup: Option<Setup>,
+}
+
+/// What a connector took in since the server started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StatsView {
+    stored: u64,
+    duplicates: u64,
+    states: u64,
+    /// Requests refused: not signed with a live secret, or stale.
+    rejected: u64,
+    /// By reason (see the inbound answer).
+    skipped: BTreeMap<&'static str, u64>,
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    last_seen_at: Option<i64>,
+    /// The last few skipped requests, newest first, their credentials redacted.
+    recent_skipped: Vec<SkippedView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SkippedView {
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    at: i64,
+    reason: &'static str,
+    body: String,
+}
+
+/// Kept apart from the connector itself, whose version changes only when someone edits it.
+#[utoipa::path(get, path = "/v1/connectors/{id}/stats", tag = "connectors", security(("api_key" = [])),
+    params(("id" = String, Path, description = "The connector's id.")),
+    responses((status = 200, description = "What it took in since the server started.", body = StatsView)))]
+async fn stats(
+    Account(account): Account,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatsView>> {
+    let c = state.store.get_connector(account, id.into()).await?;
+    let t = state.connector_stats.get(c.id.as_str());
+    Ok(Json(StatsView {
+        stored: t.stored,
+        duplicates: t.duplicates,
+        states: t.states,
+        rejected: t.rejected,
+        skipped: t.skipped,
+        last_seen_at: t.last_seen_at,
+        recent_skipped: t
+            .recent_skipped
+            .into_iter()
+            .map(|s| SkippedView {
+                at: s.at,
+                reason: s.reason,
+                body: s.body,
+            })
+            .collect(),
+    }))
 }
 
 fn view(state: &AppState, headers: &HeaderMap, c: &Connector) -> ConnectorView {
@@ -385,7 +442,9 @@ async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_connector(account, id.into()).await?;
+    let id = ConnectorId::from(id);
+    state.store.delete_connector(account, id.clone()).await?;
+    state.connector_stats.forget(id.as_str());
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -148,6 +148,34 @@ async fn waha_messages_arrive_as_the_documents_say_and_forgeries_store_nothing()
 
     assert_eq!(app.count_of(&m.key, "whatsapp").await, 1);
     assert_eq!(receiver.received().len(), 1);
+
+    // What it took in, and what it skipped, without the credentials in the bodies.
+    let id = c.view["id"].as_str().unwrap();
+    let (_, stats) = app.get(&format!("/v1/connectors/{id}/stats"), &m.key).await;
+    assert_eq!(
+        (&stats["stored"], &stats["duplicates"], &stats["rejected"]),
+        (&json!(1), &json!(1), &json!(3))
+    );
+    assert_eq!(
+        stats["skipped"],
+        json!({"from_me": 1, "malformed": 1, "unbound": 1})
+    );
+    let recent = stats["recent_skipped"].as_array().unwrap();
+    assert_eq!(recent.len(), 3);
+    assert_eq!(recent[0]["reason"], "malformed");
+    assert_eq!(recent[0]["body"], "[not JSON, 9 bytes]");
+    assert!(recent[2]["body"].as_str().unwrap().contains("Hi there!"));
+    // A rejected request counts at the connector it was sent to.
+    let (_, other_stats) = app
+        .get(
+            &format!(
+                "/v1/connectors/{}/stats",
+                other.view["id"].as_str().unwrap()
+            ),
+            &m.key,
+        )
+        .await;
+    assert_eq!(other_stats["rejected"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
