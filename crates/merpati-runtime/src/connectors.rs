@@ -43,12 +43,34 @@ pub struct Taken<'a> {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ConnectorStats(Arc<Mutex<HashMap<String, Tally>>>);
+pub struct ConnectorStats(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    tallies: HashMap<String, Tally>,
+    /// The time of the newest state each (connector, engine key) reported.
+    last_state: HashMap<(String, String), i64>,
+}
 
 impl ConnectorStats {
+    /// Whether a state the engine dated `at_ms` is newer than the last it reported for that
+    /// key; an older one, arriving late (a retry, a reordering), is to be dropped.
+    pub fn fresh_state(&self, connector: &str, key: &str, at_ms: i64) -> bool {
+        let mut inner = self.0.lock().expect("not poisoned");
+        let last = inner
+            .last_state
+            .entry((connector.to_string(), key.to_string()))
+            .or_insert(i64::MIN);
+        if at_ms < *last {
+            return false;
+        }
+        *last = at_ms;
+        true
+    }
+
     pub fn taken(&self, connector: &str, now: i64, taken: Taken<'_>, body: &[u8]) {
-        let mut all = self.0.lock().expect("not poisoned");
-        let t = all.entry(connector.to_string()).or_default();
+        let mut inner = self.0.lock().expect("not poisoned");
+        let t = inner.tallies.entry(connector.to_string()).or_default();
         t.stored += taken.stored;
         t.duplicates += taken.duplicates;
         t.states += taken.states;
@@ -67,17 +89,23 @@ impl ConnectorStats {
     }
 
     pub fn rejected(&self, connector: &str) {
-        let mut all = self.0.lock().expect("not poisoned");
-        all.entry(connector.to_string()).or_default().rejected += 1;
+        let mut inner = self.0.lock().expect("not poisoned");
+        inner
+            .tallies
+            .entry(connector.to_string())
+            .or_default()
+            .rejected += 1;
     }
 
     pub fn get(&self, connector: &str) -> Tally {
-        let all = self.0.lock().expect("not poisoned");
-        all.get(connector).cloned().unwrap_or_default()
+        let inner = self.0.lock().expect("not poisoned");
+        inner.tallies.get(connector).cloned().unwrap_or_default()
     }
 
     pub fn forget(&self, connector: &str) {
-        self.0.lock().expect("not poisoned").remove(connector);
+        let mut inner = self.0.lock().expect("not poisoned");
+        inner.tallies.remove(connector);
+        inner.last_state.retain(|(c, _), _| c != connector);
     }
 }
 
@@ -111,5 +139,17 @@ mod tests {
         assert!(!t.recent_skipped[0].body.contains("SECRET"));
         stats.forget("c");
         assert_eq!(stats.get("c"), Tally::default());
+    }
+
+    #[test]
+    fn states_older_than_the_last_are_not_fresh() {
+        let stats = ConnectorStats::default();
+        assert!(stats.fresh_state("c", "s1", 10));
+        assert!(!stats.fresh_state("c", "s1", 9));
+        assert!(
+            stats.fresh_state("c", "s1", 10),
+            "the same time again is a retry of it"
+        );
+        assert!(stats.fresh_state("c", "s2", 1), "each key on its own");
     }
 }

@@ -34,7 +34,8 @@ pub struct Taken {
     states: usize,
     /// What was not taken, by reason: `from_me`, `group`, `status_broadcast`, `no_text`,
     /// `no_phone`, `unknown_event`, `not_requested`, `unbound` (an engine key bound to no
-    /// device), `invalid_item`, `rid_reused`, `malformed`.
+    /// device), `invalid_item`, `rid_reused`, `out_of_order` (a state older than one
+    /// already taken), `malformed`.
     skipped: BTreeMap<&'static str, usize>,
     /// Slack's `url_verification` challenge, echoed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,6 +154,20 @@ async fn read(
             *taken.skipped.entry("unbound").or_default() += 1;
             continue;
         };
+        // A state older than the last the engine reported for this session came late.
+        if let Inbound::State {
+            at_ms: Some(at), ..
+        } = &one
+        {
+            let key = one.key().unwrap_or_default();
+            if !state
+                .connector_stats
+                .fresh_state(connector.id.as_str(), key, *at)
+            {
+                *taken.skipped.entry("out_of_order").or_default() += 1;
+                continue;
+            }
+        }
         // A signed request is a sign of life, whatever it says.
         let timeouts = state.lease.for_device(&ctx);
         let input = match &one {

@@ -260,6 +260,13 @@ async fn engine_states_make_a_reconnect_a_blip_and_a_silent_engine_is_noticed() 
     app.wait_status(&m.key, "dev", "disconnected").await;
     waha(&app, &c, &status("WORKING")).await;
     app.wait_status(&m.key, "dev", "connected").await;
+    // A state dated before the last one, arriving late, is dropped.
+    let late = br#"{"event":"session.status","session":"default","timestamp":1000,"payload":{"status":"STOPPED"}}"#;
+    let newer = br#"{"event":"session.status","session":"default","timestamp":2000,"payload":{"status":"WORKING"}}"#;
+    waha(&app, &c, newer).await;
+    let (_, dropped) = waha(&app, &c, late).await;
+    assert_eq!(dropped["skipped"]["out_of_order"], 1);
+    app.wait_status(&m.key, "dev", "connected").await;
     // Then silence: no engine reports its own death, so its lease runs out.
     app.advance(60_000 + 31_000).await;
     app.wait_status(&m.key, "dev", "disconnected").await;
