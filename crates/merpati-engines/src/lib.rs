@@ -11,6 +11,7 @@ use std::fmt;
 
 pub mod parse;
 pub mod redact;
+pub mod status;
 mod time;
 pub mod verify;
 

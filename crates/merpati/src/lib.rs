@@ -232,6 +232,28 @@ pub async fn start(
         alert_runner.run(),
     );
 
+    let connectors_changed = Arc::new(tokio::sync::Notify::new());
+    let guard = Guard::new(config.delivery.allowed_networks.clone());
+    let resolver = GuardedResolver::new(guard.clone(), config.delivery.resolve.clone());
+    spawn_essential(
+        &tasks,
+        &shutdown,
+        &failed,
+        "engine poller",
+        merpati_runtime::connectors::Poller {
+            store: store.clone(),
+            clock: clock.clone(),
+            presence: presence.clone(),
+            lease: config.presence.lease.clone(),
+            client: send::client(config.delivery.timeout, resolver),
+            guard,
+            timeout: config.delivery.timeout,
+            changed: connectors_changed.clone(),
+            shutdown: shutdown.clone(),
+        }
+        .run(),
+    );
+
     let state = api::AppState {
         store: store.clone(),
         lease: config.presence.lease.clone(),
@@ -250,6 +272,7 @@ pub async fn start(
         purge,
         alerts: alerts.clone(),
         connector_stats: Default::default(),
+        connectors_changed: connectors_changed.clone(),
         metrics,
     };
     let app = app::router(state);

@@ -415,6 +415,47 @@ pub async fn post(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Posted {
+    fetch(
+        client,
+        guard,
+        http::Method::POST,
+        url,
+        headers,
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// GETs `url` as [`post`] posts (an engine's status API).
+pub async fn get(
+    client: &Client,
+    guard: &Guard,
+    url: &str,
+    headers: &[(&'static str, String)],
+    timeout: Duration,
+) -> Posted {
+    fetch(
+        client,
+        guard,
+        http::Method::GET,
+        url,
+        headers,
+        Vec::new(),
+        timeout,
+    )
+    .await
+}
+
+async fn fetch(
+    client: &Client,
+    guard: &Guard,
+    method: http::Method,
+    url: &str,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Posted {
     let parsed = match url::Url::parse(url) {
         Ok(u) => u,
         Err(e) => return Posted::failed("request", format!("invalid URL: {e}")),
@@ -426,7 +467,9 @@ pub async fn post(
         Ok(u) => u,
         Err(e) => return Posted::failed("request", format!("invalid URL: {e}")),
     };
-    let mut request = http::Request::post(uri)
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(uri)
         .header(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE))
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in headers {

@@ -41,6 +41,8 @@ pub struct AppState {
     pub alerts: merpati_runtime::alerts::AlertHandle,
     /// What each connector took in since the start.
     pub connector_stats: merpati_runtime::connectors::ConnectorStats,
+    /// Tells the engine poller that connectors changed.
+    pub connectors_changed: Arc<tokio::sync::Notify>,
     /// What `/metrics` shows; the API counts what it takes in.
     pub metrics: Arc<merpati_runtime::metrics::Metrics>,
 }

@@ -283,6 +283,16 @@ fn check(c: &Connector) -> ApiResult<()> {
             return Err(ApiError::invalid("api.key must be 1 to 1024 characters"));
         }
     }
+    if c.api.is_some() && !merpati_engines::status::pollable(engine) {
+        return Err(ApiError::invalid(format!(
+            "{engine} has no status API to poll: leave api out (its pings keep it alive)"
+        )));
+    }
+    if c.api.is_some() && engine == Engine::Evolution && c.bindings.is_empty() {
+        return Err(ApiError::invalid(
+            "polling Evolution API asks each instance by name: give bindings",
+        ));
+    }
     if c.poll_interval_ms.is_some() && c.api.is_none() {
         return Err(ApiError::invalid("poll_interval needs api"));
     }
@@ -352,6 +362,7 @@ async fn create(
     check(&c)?;
     let engine = engine_of(&c.engine)?;
     let c = state.store.create_connector(c, secret.clone()).await?;
+    state.connectors_changed.notify_one();
     let mut out = view(&state, &headers, &c);
     out.setup = Some(setup::setup(engine, &out.url, &secret));
     out.secret = Some(secret);
@@ -401,7 +412,7 @@ async fn update(
         Some(raw) => Some(poll_interval(raw.as_deref())?),
         None => None,
     };
-    revision::patch(
+    let response = revision::patch(
         &if_match,
         "connector",
         || state.store.get_connector(account.clone(), id.clone()),
@@ -431,7 +442,9 @@ async fn update(
         },
         |c, _| async { revision::saved(state.store.update_connector(c).await) },
     )
-    .await
+    .await?;
+    state.connectors_changed.notify_one();
+    Ok(response)
 }
 
 #[utoipa::path(delete, path = "/v1/connectors/{id}", tag = "connectors", security(("api_key" = [])),
@@ -445,6 +458,7 @@ async fn remove(
     let id = ConnectorId::from(id);
     state.store.delete_connector(account, id.clone()).await?;
     state.connector_stats.forget(id.as_str());
+    state.connectors_changed.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
 

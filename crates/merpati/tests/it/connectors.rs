@@ -307,6 +307,10 @@ async fn bad_connectors_are_refused_and_nothing_is_written() {
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "poll_interval": "30s"}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "api": {"base_url": "ftp://x", "key": "k"}}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "extra": 1}),
+        json!({"engine": "android-sms-gateway", "channel_id": "ch", "device_id": "dev",
+               "api": {"base_url": "http://127.0.0.1:1", "key": "k"}}),
+        json!({"engine": "evolution", "channel_id": "ch", "device_id": "dev",
+               "api": {"base_url": "http://127.0.0.1:1", "key": "k"}}),
     ];
     for case in cases {
         let (status, body) = app.post("/v1/connectors", &m.key, case.clone()).await;
@@ -323,7 +327,7 @@ async fn bad_connectors_are_refused_and_nothing_is_written() {
     let c = connector(
         &app,
         &m.key,
-        json!({"engine": "evolution", "channel_id": "ch", "device_id": "dev",
+        json!({"engine": "evolution", "channel_id": "ch", "bindings": {"toko": "dev"},
                "api": {"base_url": "http://127.0.0.1:1", "key": "evo-key"}, "poll_interval": "30s"}),
     )
     .await;
@@ -385,4 +389,128 @@ async fn bad_connectors_are_refused_and_nothing_is_written() {
     let (status, _) = app.delete(&format!("/v1/connectors/{id}"), &m.key).await;
     assert_eq!(status, 204);
     assert_eq!(post(&app, &c.path, body, &[]).await.0, 404);
+}
+
+/// A fake of WAHA's session API on loopback: answers what it is told, counts the asking,
+/// and can fall silent.
+struct FakeWaha {
+    url: String,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    status: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeWaha {
+    async fn start() -> FakeWaha {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let status = std::sync::Arc::new(std::sync::Mutex::new("WORKING"));
+        let (a, s) = (asked.clone(), status.clone());
+        let app = axum::Router::new().route(
+            "/api/sessions",
+            axum::routing::get(move |headers: axum::http::HeaderMap| {
+                let (a, s) = (a.clone(), s.clone());
+                async move {
+                    assert_eq!(headers["x-api-key"], "waha-key");
+                    a.fetch_add(1, Ordering::SeqCst);
+                    let status = *s.lock().unwrap();
+                    axum::Json(json!([{"name": "default", "status": status}]))
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        FakeWaha {
+            url,
+            asked,
+            status,
+            server,
+        }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn asked_more_than(&self, n: usize) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while self.asked() <= n {
+            assert!(std::time::Instant::now() < deadline, "never asked again");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_engine_keeps_its_device_up_and_one_that_stops_answering_is_announced() {
+    let app = TestApp::spawn_manual(&[
+        ("presence.heartbeat_timeout", "60s"),
+        ("presence.grace", "30s"),
+    ])
+    .await;
+    let m = app.merchant_on("acct", "wa").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
+        .await;
+    let waha = FakeWaha::start().await;
+    connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "bindings": {"default": "dev"},
+               "api": {"base_url": waha.url, "key": "waha-key"}, "poll_interval": "20s"}),
+    )
+    .await;
+    // Asked at once, and up.
+    waha.asked_more_than(0).await;
+    app.wait_status(&m.key, "dev", "connected").await;
+    // Its answers keep the lease: well past the heartbeat timeout, still up.
+    for _ in 0..5 {
+        let asked = waha.asked();
+        app.advance(20_000).await;
+        waha.asked_more_than(asked).await;
+    }
+    app.tick().await;
+    app.wait_status(&m.key, "dev", "connected").await;
+    // The engine says the session needs its QR code again: logged out, at once.
+    *waha.status.lock().unwrap() = "SCAN_QR_CODE";
+    let asked = waha.asked();
+    app.advance(20_000).await;
+    waha.asked_more_than(asked).await;
+    app.wait_status(&m.key, "dev", "disconnected").await;
+    *waha.status.lock().unwrap() = "WORKING";
+    let asked = waha.asked();
+    app.advance(20_000).await;
+    waha.asked_more_than(asked).await;
+    app.wait_status(&m.key, "dev", "connected").await;
+    // Then the engine dies: no answer, and the lease runs out, then the grace.
+    waha.server.abort();
+    app.advance(60_000 + 31_000).await;
+    app.wait_status(&m.key, "dev", "disconnected").await;
+    let events: Vec<(String, Value)> = receiver
+        .wait_for(4)
+        .await
+        .iter()
+        .map(|r| {
+            let v = r.json();
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("device.connected".to_string(), Value::Null),
+            ("device.disconnected".to_string(), json!("logged_out")),
+            ("device.connected".to_string(), Value::Null),
+            (
+                "device.disconnected".to_string(),
+                json!("heartbeat_timeout")
+            ),
+        ]
+    );
 }

@@ -1,9 +1,13 @@
-//! What each connector took in since the server started: counters by outcome, when its
-//! engine was last heard, and the last few skipped requests (redacted), for the API to
-//! show. In memory: a restart starts them again.
+//! Connectors at run time: what each took in since the server started (counters by
+//! outcome, when its engine was last heard, the last few skipped requests, redacted; in
+//! memory, a restart starts them again), and `poll`, which asks engines how they are.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+
+mod poll;
+
+pub use poll::{Poller, DEFAULT_INTERVAL_MS};
 
 /// How many skipped requests are kept per connector, and how much of each.
 pub const RECENT_SKIPPED: usize = 5;

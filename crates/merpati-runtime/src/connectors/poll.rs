@@ -1,0 +1,131 @@
+//! Polling the engines whose connectors give their API: the engine's own word on each
+//! session, every `poll_interval`, into the presence hub. A poll that gets no answer says
+//! nothing, so an engine that dies leaves its devices' leases to run out.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use merpati_domain::clock::SharedClock;
+use merpati_domain::connector::Connector;
+use merpati_domain::device::EngineReport;
+use merpati_domain::ids::ConnectorId;
+use merpati_domain::presence::machine::Input;
+use merpati_domain::presence::LeaseSettings;
+use merpati_domain::{SharedStore, StoreError};
+use merpati_engines::{status, Engine, State};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::guard::Guard;
+use crate::delivery::send::{self, Client};
+use crate::presence::PresenceHandle;
+
+/// Without a `poll_interval`, an engine is asked this often.
+pub const DEFAULT_INTERVAL_MS: i64 = 30_000;
+/// Connectors are read again this often, and whenever one changes.
+const RELOAD_MS: i64 = 60_000;
+/// How often the poller looks at what is due, in real time.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+pub struct Poller {
+    pub store: SharedStore,
+    pub clock: SharedClock,
+    pub presence: PresenceHandle,
+    pub lease: LeaseSettings,
+    pub client: Client,
+    pub guard: Guard,
+    pub timeout: Duration,
+    /// Notified when a connector is created, changed or deleted.
+    pub changed: Arc<Notify>,
+    pub shutdown: CancellationToken,
+}
+
+impl Poller {
+    pub async fn run(self) {
+        let mut connectors: Vec<Connector> = Vec::new();
+        let mut due: HashMap<ConnectorId, i64> = HashMap::new();
+        let mut loaded_at: Option<i64> = None;
+        loop {
+            let now = self.clock.now_ms();
+            if loaded_at.is_none_or(|t| now - t >= RELOAD_MS) {
+                match self.store.polled_connectors().await {
+                    Ok(all) => {
+                        due.retain(|id, _| all.iter().any(|c| &c.id == id));
+                        connectors = all;
+                        loaded_at = Some(now);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the polled connectors"),
+                }
+            }
+            for c in &connectors {
+                let next = due.entry(c.id.clone()).or_insert(now);
+                if now >= *next {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = self.poll(c, now) => {}
+                    }
+                    *next = now + c.poll_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.changed.notified() => loaded_at = None,
+                _ = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+    }
+
+    async fn poll(&self, c: &Connector, now: i64) {
+        let (Some(engine), Some(api)) = (Engine::parse(&c.engine), &c.api) else {
+            return;
+        };
+        let keys: Vec<&str> = c.bindings.keys().map(String::as_str).collect();
+        for request in status::requests(engine, &api.base_url, &api.key, &keys) {
+            let got = send::get(
+                &self.client,
+                &self.guard,
+                &request.url,
+                &request.headers,
+                self.timeout,
+            )
+            .await;
+            let Some(code) = got.status else {
+                tracing::debug!(connector = %c.id, error = ?got.error, "engine did not answer");
+                continue;
+            };
+            for (key, state) in
+                status::read(engine, &request, code, got.body.as_bytes(), now / 1000)
+            {
+                self.apply(c, key.as_deref(), state).await;
+            }
+        }
+    }
+
+    async fn apply(&self, c: &Connector, key: Option<&str>, state: State) {
+        let Some(device) = c.device_for(key) else {
+            return;
+        };
+        let ctx = match self
+            .store
+            .device_context(c.account_id.clone(), device.clone())
+            .await
+        {
+            Ok(ctx) => ctx,
+            Err(StoreError::NotFound(_)) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a polled device");
+                return;
+            }
+        };
+        let input = match state {
+            State::Connected => Input::EngineWorking,
+            State::Pending | State::Disconnected => Input::Report(EngineReport::Disconnected),
+            State::LoggedOut => Input::Report(EngineReport::LoggedOut),
+        };
+        let timeouts = self.lease.for_device(&ctx);
+        if let Err(e) = self.presence.input(&ctx, timeouts, input).await {
+            tracing::warn!(error = %e, "a polled state");
+        }
+    }
+}
