@@ -37,6 +37,15 @@ pub struct EngineApi {
 }
 
 impl Connector {
+    /// Where its engine posts, under the server's public address.
+    pub fn inbound_url(&self, public_base: &str) -> String {
+        format!(
+            "{}/v1/connectors/{}/inbound",
+            public_base.trim_end_matches('/'),
+            self.id
+        )
+    }
+
     /// The device an engine key speaks for: the connector's one device, else its binding.
     pub fn device_for(&self, key: Option<&str>) -> Option<&DeviceId> {
         self.device_id

@@ -62,7 +62,11 @@ pub fn requests(
             vec![("x-api-key", api_key.to_string())],
             None,
         )],
-        Engine::Telegram => vec![one(format!("{base}/bot{api_key}/getMe"), Vec::new(), None)],
+        Engine::Telegram => vec![one(
+            format!("{base}/bot{api_key}/getWebhookInfo"),
+            Vec::new(),
+            None,
+        )],
         Engine::Slack => vec![one(
             format!("{base}/api/auth.test"),
             vec![("Authorization", format!("Bearer {api_key}"))],
@@ -81,6 +85,31 @@ fn path_segment(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The address Telegram posts the bot's updates to now, from `getWebhookInfo`.
+pub fn telegram_webhook(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v["result"]["url"].as_str().map(str::to_owned)
+}
+
+/// The `setWebhook` call that has Telegram post to `url` with `secret` as its
+/// `X-Telegram-Bot-Api-Secret-Token`: its address and JSON body.
+pub fn telegram_set_webhook(
+    base_url: &str,
+    token: &str,
+    url: &str,
+    secret: &str,
+) -> (String, Vec<u8>) {
+    let body = serde_json::json!({
+        "url": url,
+        "secret_token": secret,
+        "allowed_updates": ["message"],
+    });
+    (
+        format!("{}/bot{token}/setWebhook", base_url.trim_end_matches('/')),
+        body.to_string().into_bytes(),
+    )
 }
 
 /// What an answer says of each session: `(engine key, state)`; the key is `None` when the
@@ -203,7 +232,19 @@ mod tests {
     #[test]
     fn bots_are_up_while_their_token_works() {
         let r = &requests(Engine::Telegram, "https://api.telegram.org", "123:abc", &[])[0];
-        assert_eq!(r.url, "https://api.telegram.org/bot123:abc/getMe");
+        assert_eq!(r.url, "https://api.telegram.org/bot123:abc/getWebhookInfo");
+        let info = br#"{"ok":true,"result":{"url":"https://m.example/v1/connectors/c/inbound","pending_update_count":0}}"#;
+        assert_eq!(
+            telegram_webhook(info).as_deref(),
+            Some("https://m.example/v1/connectors/c/inbound")
+        );
+        let (url, body) =
+            telegram_set_webhook("https://api.telegram.org/", "123:abc", "https://u", "s");
+        assert_eq!(url, "https://api.telegram.org/bot123:abc/setWebhook");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap(),
+            serde_json::json!({"url": "https://u", "secret_token": "s", "allowed_updates": ["message"]})
+        );
         assert_eq!(
             read(Engine::Telegram, r, 200, br#"{"ok":true,"result":{}}"#, 0),
             vec![(None, State::Connected)]

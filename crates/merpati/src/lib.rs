@@ -249,6 +249,11 @@ pub async fn start(
             guard,
             timeout: config.delivery.timeout,
             changed: connectors_changed.clone(),
+            public_url: config
+                .alerts
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
             shutdown: shutdown.clone(),
         }
         .run(),

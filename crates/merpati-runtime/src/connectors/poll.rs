@@ -38,11 +38,15 @@ pub struct Poller {
     pub timeout: Duration,
     /// Notified when a connector is created, changed or deleted.
     pub changed: Arc<Notify>,
+    /// The server's public address, under which engines post (Telegram's webhook).
+    pub public_url: String,
     pub shutdown: CancellationToken,
 }
 
 impl Poller {
     pub async fn run(self) {
+        // The secret each Telegram bot was last given, so that a rotation gives it again.
+        let mut given: HashMap<ConnectorId, String> = HashMap::new();
         let mut connectors: Vec<Connector> = Vec::new();
         let mut due: HashMap<ConnectorId, i64> = HashMap::new();
         let mut loaded_at: Option<i64> = None;
@@ -63,7 +67,7 @@ impl Poller {
                 if now >= *next {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,
-                        _ = self.poll(c, now) => {}
+                        _ = self.poll(c, now, &mut given) => {}
                     }
                     *next = now + c.poll_interval_ms.unwrap_or(DEFAULT_INTERVAL_MS);
                 }
@@ -76,7 +80,7 @@ impl Poller {
         }
     }
 
-    async fn poll(&self, c: &Connector, now: i64) {
+    async fn poll(&self, c: &Connector, now: i64, given: &mut HashMap<ConnectorId, String>) {
         let (Some(engine), Some(api)) = (Engine::parse(&c.engine), &c.api) else {
             return;
         };
@@ -99,6 +103,45 @@ impl Poller {
             {
                 self.apply(c, key.as_deref(), state).await;
             }
+            if engine == Engine::Telegram && (200..300).contains(&code) {
+                let current = status::telegram_webhook(got.body.as_bytes());
+                self.point_telegram(c, current.as_deref(), now, given).await;
+            }
+        }
+    }
+
+    /// Telegram is told where to post, by `setWebhook`, whenever it posts elsewhere or the
+    /// connector's secret changed since it was told.
+    async fn point_telegram(
+        &self,
+        c: &Connector,
+        current: Option<&str>,
+        now: i64,
+        given: &mut HashMap<ConnectorId, String>,
+    ) {
+        let Some(api) = &c.api else { return };
+        let secret = match self.store.inbound_connector(c.id.clone(), now).await {
+            Ok(Some(found)) => match found.secrets.into_iter().next() {
+                Some(s) => s,
+                None => return,
+            },
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a connector's secret");
+                return;
+            }
+        };
+        let url = c.inbound_url(&self.public_url);
+        if current == Some(url.as_str()) && given.get(&c.id) == Some(&secret) {
+            return;
+        }
+        let (set_url, body) = status::telegram_set_webhook(&api.base_url, &api.key, &url, &secret);
+        let set = send::post(&self.client, &self.guard, &set_url, &[], body, self.timeout).await;
+        if set.status.is_some_and(|s| (200..300).contains(&s)) {
+            given.insert(c.id.clone(), secret);
+            tracing::info!(connector = %c.id, "Telegram's webhook set");
+        } else {
+            tracing::warn!(connector = %c.id, status = ?set.status, "Telegram's setWebhook failed");
         }
     }
 

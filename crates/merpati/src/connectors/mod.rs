@@ -62,7 +62,7 @@ fn check_secret(secret: &str) -> ApiResult<()> {
 
 /// The address to give the engine: under `alerts.public_url` when set, else under the
 /// host this request was made to.
-fn url_of(state: &AppState, headers: &HeaderMap, id: &ConnectorId) -> String {
+fn url_of(state: &AppState, headers: &HeaderMap, c: &Connector) -> String {
     let base = state.config.alerts.public_url.clone().unwrap_or_else(|| {
         let host = headers
             .get(axum::http::header::HOST)
@@ -70,7 +70,7 @@ fn url_of(state: &AppState, headers: &HeaderMap, id: &ConnectorId) -> String {
             .unwrap_or("127.0.0.1");
         format!("http://{host}")
     });
-    format!("{base}/v1/connectors/{id}/inbound")
+    c.inbound_url(&base)
 }
 
 /// The engine's own API, for polling its status.
@@ -230,7 +230,7 @@ fn view(state: &AppState, headers: &HeaderMap, c: &Connector) -> ConnectorView {
         }),
         poll_interval: c.poll_interval_ms,
         notifications: c.notifications,
-        url: url_of(state, headers, &c.id),
+        url: url_of(state, headers, c),
         created_at: c.created_at,
         updated_at: c.updated_at,
         secret: None,
@@ -518,7 +518,7 @@ async fn rotate_secret(
         .store
         .rotate_connector_secret(account, id.clone(), secret.clone(), expires, now)
         .await?;
-    let url = url_of(&state, &headers, &id);
+    let url = url_of(&state, &headers, &c);
     Ok(Json(ConnectorSecret {
         connector_id: id.to_string(),
         setup: setup::setup(engine_of(&c.engine)?, &url, &secret),

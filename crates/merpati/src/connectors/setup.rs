@@ -90,9 +90,12 @@ pub fn setup(engine: Engine, url: &str, secret: &str) -> Setup {
         },
         Engine::Telegram => Setup {
             steps: vec![
-                "Call setWebhook on the Bot API with the body below (Telegram sends the \
-                 secret back in X-Telegram-Bot-Api-Secret-Token). Telegram posts only to \
-                 public HTTPS on port 443, 80, 88 or 8443."
+                "With `api` (the bot token as its key), merpati calls setWebhook itself, \
+                 and again after each rotation of the secret."
+                    .into(),
+                "Without it, call setWebhook on the Bot API with the body below (Telegram \
+                 sends the secret back in X-Telegram-Bot-Api-Secret-Token). Telegram posts \
+                 only to public HTTPS on port 443, 80, 88 or 8443."
                     .into(),
             ],
             snippet: json!({

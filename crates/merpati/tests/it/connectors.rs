@@ -514,3 +514,91 @@ async fn a_polled_engine_keeps_its_device_up_and_one_that_stops_answering_is_ann
         ]
     );
 }
+
+/// A fake of Telegram's Bot API on loopback: `getWebhookInfo` and `setWebhook` for one bot.
+async fn fake_telegram(
+    webhook: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (get, set) = (webhook.clone(), webhook);
+    let app = axum::Router::new()
+        .route(
+            "/bot123:abc/getWebhookInfo",
+            axum::routing::get(move || {
+                let w = get.clone();
+                async move {
+                    let url = w.lock().unwrap().as_ref().map(|v| v["url"].clone());
+                    axum::Json(json!({"ok": true, "result": {"url": url.unwrap_or(json!(""))}}))
+                }
+            }),
+        )
+        .route(
+            "/bot123:abc/setWebhook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let w = set.clone();
+                async move {
+                    *w.lock().unwrap() = Some(body);
+                    axum::Json(json!({"ok": true, "result": true}))
+                }
+            }),
+        );
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merpati_points_a_telegram_bot_at_its_connector_and_again_after_a_rotation() {
+    let app = TestApp::spawn_with(&[("alerts.public_url", "https://merpati.example")]).await;
+    let m = app.merchant_on("acct", "telegram").await;
+    let webhook = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let (api, _server) = fake_telegram(webhook.clone()).await;
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "telegram", "channel_id": "ch", "device_id": "dev",
+               "api": {"base_url": api, "key": "123:abc"}, "poll_interval": "5s"}),
+    )
+    .await;
+    let id = c.view["id"].as_str().unwrap().to_string();
+    let set_with = |secret: String| {
+        let webhook = webhook.clone();
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let now = webhook.lock().unwrap().clone();
+                if now
+                    .as_ref()
+                    .is_some_and(|w| w["secret_token"] == secret.as_str())
+                {
+                    return now.unwrap();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "setWebhook never came: {now:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let set = set_with(c.secret.clone()).await;
+    assert_eq!(
+        set["url"],
+        format!("https://merpati.example/v1/connectors/{id}/inbound")
+    );
+    assert_eq!(set["allowed_updates"], json!(["message"]));
+    app.wait_status(&m.key, "dev", "connected").await;
+
+    // A rotated secret is given to Telegram at the next poll.
+    let rotated = app
+        .ok_post(
+            &format!("/v1/connectors/{id}/secret/rotate"),
+            &m.key,
+            json!({}),
+            200,
+        )
+        .await;
+    set_with(rotated["secret"].as_str().unwrap().to_string()).await;
+}
