@@ -168,6 +168,42 @@ pub struct Target {
     pub ordered: bool,
 }
 
+/// The most addresses one e-mail endpoint sends to.
+pub const MAX_MAIL_RECIPIENTS: usize = 10;
+
+/// An e-mail endpoint's recipients: `None` when `url` is not a `mailto:` URL, else its
+/// addresses (`mailto:a@example.com,b@example.com`), or why they are not valid.
+pub fn mail_recipients(url: &str) -> Option<Result<Vec<String>, String>> {
+    let list = url.strip_prefix("mailto:")?;
+    // A query (`?subject=`) is not ours to honour.
+    if list.contains('?') {
+        return Some(Err(
+            "a mailto: endpoint takes addresses only, no ?query".into()
+        ));
+    }
+    let addrs: Vec<String> = list
+        .split(',')
+        .map(|a| a.trim().replace("%40", "@"))
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.is_empty() {
+        return Some(Err("mailto: names no address".into()));
+    }
+    if addrs.len() > MAX_MAIL_RECIPIENTS {
+        return Some(Err(format!(
+            "mailto: names {} addresses, at most {MAX_MAIL_RECIPIENTS}",
+            addrs.len()
+        )));
+    }
+    if let Some(bad) = addrs
+        .iter()
+        .find(|a| !crate::alert::notifier::is_email_address(a))
+    {
+        return Some(Err(format!("{bad:?} is not an e-mail address")));
+    }
+    Some(Ok(addrs))
+}
+
 #[async_trait::async_trait]
 pub trait EndpointStore: Send + Sync {
     /// Invalid when a scope id is not the account's.
@@ -218,6 +254,25 @@ pub trait EndpointStore: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mailto_urls_name_one_to_ten_addresses() {
+        assert_eq!(mail_recipients("https://x.example/hook"), None);
+        assert_eq!(
+            mail_recipients("mailto:a@toko.example, b%40toko.example"),
+            Some(Ok(vec!["a@toko.example".into(), "b@toko.example".into()]))
+        );
+        for bad in [
+            "mailto:",
+            "mailto:nobody",
+            "mailto:a@toko.example?subject=hi",
+            "mailto:a@b,c@d.example",
+        ] {
+            assert!(matches!(mail_recipients(bad), Some(Err(_))), "{bad}");
+        }
+        let eleven = format!("mailto:{}", ["a@b.example"; 11].join(","));
+        assert!(matches!(mail_recipients(&eleven), Some(Err(_))));
+    }
 
     fn sub(events: Option<&[&str]>, channels: &[&str]) -> Subscription {
         Subscription {

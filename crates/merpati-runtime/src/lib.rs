@@ -8,6 +8,7 @@
 //! - `alerts`: the alert runner, which drives the alert engine and sends notifications.
 //! - `bus`: committed changes as events in the process.
 //! - `connectors`: what each connector took in, for the API to show.
+//! - `mail`: the SMTP transport, for e-mail notifiers and e-mail endpoints.
 //! - `memory`: giving spare memory back once a burst is over.
 //! - `metrics`: what Prometheus scrapes.
 
@@ -16,6 +17,7 @@ pub mod bus;
 pub mod connectors;
 pub mod delivery;
 pub mod jobs;
+pub mod mail;
 pub mod memory;
 pub mod metrics;
 pub mod presence;

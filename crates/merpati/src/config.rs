@@ -342,7 +342,7 @@ impl Config {
                     c.alerts.public_url = Some(raw.trim_end_matches('/').to_string())
                 }
                 "alerts.smtp_url" => {
-                    merpati_runtime::alerts::email::parse_smtp_url(raw).map_err(invalid)?;
+                    merpati_runtime::mail::parse_smtp_url(raw).map_err(invalid)?;
                     c.alerts.smtp_url = Some(Secret::new(raw))
                 }
                 "alerts.smtp_ca_file" => {
@@ -353,7 +353,7 @@ impl Config {
                     c.alerts.smtp_ca_file = Some(path)
                 }
                 "alerts.smtp_from" => {
-                    merpati_runtime::alerts::email::parse_mailbox(raw).map_err(invalid)?;
+                    merpati_runtime::mail::parse_mailbox(raw).map_err(invalid)?;
                     c.alerts.smtp_from = Some(raw.to_string())
                 }
                 "presence.min_heartbeat_interval" => {

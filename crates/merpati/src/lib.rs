@@ -38,11 +38,12 @@ use merpati_domain::alert::engine as alert_engine;
 use merpati_domain::clock::{SharedClock, SystemClock};
 use merpati_domain::ids;
 use merpati_domain::SharedStore;
-use merpati_runtime::alerts::{self as alert_runtime, email, AlertHandle};
+use merpati_runtime::alerts::{self as alert_runtime, AlertHandle};
 use merpati_runtime::bus::{Bus, Subscriber};
 use merpati_runtime::delivery::guard::{Guard, GuardedResolver};
 use merpati_runtime::delivery::send;
 use merpati_runtime::delivery::{self, DeliveryWaker, Pauses};
+use merpati_runtime::mail as email;
 use merpati_runtime::metrics::Metrics;
 use merpati_runtime::presence::{self as presence_hub, HubSettings, PresenceHandle};
 use merpati_runtime::{jobs as job_runner, retention};
@@ -155,6 +156,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let announced = Arc::new(tokio::sync::Notify::new());
     let (handoff, inbox) = delivery::handoff(&config.delivery);
+    let mailer = mailer(&config)?;
 
     spawn_essential(
         &tasks,
@@ -170,6 +172,7 @@ pub async fn start(
             pauses: pauses.clone(),
             bus: bus.clone(),
             metrics: metrics.clone(),
+            mailer: mailer.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -223,7 +226,7 @@ pub async fn start(
         announced: &announced,
         metrics: &metrics,
     };
-    let (alerts, alert_runner) = alert_runner(&config, &wiring, addr).await?;
+    let (alerts, alert_runner) = alert_runner(&config, &wiring, addr, mailer).await?;
     spawn_essential(
         &tasks,
         &shutdown,
@@ -313,10 +316,36 @@ struct Wiring<'a> {
 }
 
 /// The alert runner, with the engine's settings and the means to send notifications.
+/// The SMTP transport, when `alerts.smtp_url` is set: for e-mail notifiers and e-mail
+/// endpoints alike.
+fn mailer(config: &Config) -> anyhow::Result<Option<email::Mailer>> {
+    let a = &config.alerts;
+    Ok(match (&a.smtp_url, &a.smtp_from) {
+        (Some(url), Some(from)) => {
+            let smtp = email::SmtpConfig {
+                server: email::parse_smtp_url(url.expose()).map_err(anyhow::Error::msg)?,
+                from: email::parse_mailbox(from).map_err(anyhow::Error::msg)?,
+                timeout: config.delivery.timeout,
+                ca_pem: match &a.smtp_ca_file {
+                    Some(path) => Some(
+                        std::fs::read(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    ),
+                    None => None,
+                },
+            };
+            Some(email::Mailer::new(&smtp).map_err(anyhow::Error::msg)?)
+        }
+        (Some(_), None) => anyhow::bail!("alerts.smtp_url is set: set alerts.smtp_from too"),
+        _ => None,
+    })
+}
+
 async fn alert_runner(
     config: &Config,
     w: &Wiring<'_>,
     addr: std::net::SocketAddr,
+    mailer: Option<email::Mailer>,
 ) -> anyhow::Result<(AlertHandle, alert_runtime::AlertRunner)> {
     let a = &config.alerts;
     let ms = |d: std::time::Duration| d.as_millis() as i64;
@@ -335,25 +364,6 @@ async fn alert_runner(
     };
     let guard = Guard::new(config.delivery.allowed_networks.clone());
     let resolver = GuardedResolver::new(guard.clone(), config.delivery.resolve.clone());
-    let mailer = match (&a.smtp_url, &a.smtp_from) {
-        (Some(url), Some(from)) => {
-            let smtp = email::SmtpConfig {
-                server: email::parse_smtp_url(url.expose()).map_err(anyhow::Error::msg)?,
-                from: email::parse_mailbox(from).map_err(anyhow::Error::msg)?,
-                timeout: config.delivery.timeout,
-                ca_pem: match &a.smtp_ca_file {
-                    Some(path) => Some(
-                        std::fs::read(path)
-                            .with_context(|| format!("reading {}", path.display()))?,
-                    ),
-                    None => None,
-                },
-            };
-            Some(email::Mailer::new(&smtp).map_err(anyhow::Error::msg)?)
-        }
-        (Some(_), None) => anyhow::bail!("alerts.smtp_url is set: set alerts.smtp_from too"),
-        _ => None,
-    };
     let sender = alert_runtime::Sender {
         client: send::client(config.delivery.timeout, resolver),
         guard,

@@ -27,7 +27,6 @@ use crate::bus::{Bus, Change};
 use crate::delivery::DeliveryWaker;
 use crate::metrics::Metrics;
 
-pub mod email;
 pub mod notify;
 
 pub use notify::{Attempted, Sender};

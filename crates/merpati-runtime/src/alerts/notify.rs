@@ -9,9 +9,9 @@ use merpati_domain::alert::engine::SendResult;
 use merpati_domain::alert::{Notification, Notifier, NotifierKind};
 use merpati_webhooks::signing::{Webhook, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
-use super::email::{MailError, Mailer};
 use crate::delivery::guard::Guard;
 use crate::delivery::send::{self, Client, Posted};
+use crate::mail::{MailError, Mailer};
 
 /// What sending needs: the guarded client, the mailer (if SMTP is set up), the timeout.
 pub struct Sender {

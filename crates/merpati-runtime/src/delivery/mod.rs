@@ -27,6 +27,7 @@ pub mod guard;
 mod handoff;
 pub mod lane;
 mod lanes;
+mod mail;
 mod prepared;
 mod recorder;
 pub mod send;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use foldhash::HashMap as FastMap;
 use merpati_domain::clock::{earliest, SharedClock};
 use merpati_domain::delivery::{AttemptRecord, DueDelivery};
+use merpati_domain::endpoint::mail_recipients;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::retry::{next_step, NextStep};
 use merpati_domain::{SharedStore, StoreResult};
@@ -24,8 +25,9 @@ use super::lane::{BreakerPolicy, Health};
 use super::lanes::{Finished, Lanes, TakeBack, TakenBack};
 use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
-use super::{guard, send, DeliveryConfig, DeliveryWaker, Pauses};
+use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
+use crate::mail::Mailer;
 use crate::metrics::Metrics;
 
 /// The delivery worker: what it needs to run. See [`Worker::run`].
@@ -38,6 +40,8 @@ pub struct Worker {
     pub pauses: Pauses,
     pub bus: Bus,
     pub metrics: Arc<Metrics>,
+    /// For e-mail endpoints, when SMTP is set up.
+    pub mailer: Option<Mailer>,
     pub shutdown: CancellationToken,
 }
 
@@ -133,6 +137,7 @@ struct DueTimes {
 struct Sender {
     client: send::Client,
     guard: guard::Guard,
+    mailer: Option<Mailer>,
     records: mpsc::Sender<AttemptRecord>,
     clock: SharedClock,
     config: DeliveryConfig,
@@ -145,6 +150,7 @@ impl Sender {
         Sender {
             client: send::client(self.config.timeout, resolver),
             guard: self.guard.clone(),
+            mailer: self.mailer.clone(),
             records: self.records.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
@@ -207,6 +213,7 @@ impl Run {
         let sender = Arc::new(Sender {
             client: send::client(config.timeout, resolver.clone()),
             guard,
+            mailer: worker.mailer.clone(),
             records,
             clock: worker.clock.clone(),
             config: config.clone(),
@@ -629,12 +636,16 @@ async fn deliver(
     let Sender {
         client,
         guard,
+        mailer,
         records,
         clock,
         config,
     } = &*sender;
     let started = clock.now_ms();
-    let report = send::attempt(client, guard, &job, &prepared, config.timeout, started).await;
+    let report = match mail_recipients(&job.endpoint.url) {
+        Some(to) => mail::attempt(mailer.as_ref(), &job, to, config.timeout, started).await,
+        None => send::attempt(client, guard, &job, &prepared, config.timeout, started).await,
+    };
     let next = next_step(
         job.attempt,
         &report.result,

@@ -42,6 +42,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewEndpoint {
+    /// An http(s) URL, or `mailto:a@example.com[,b@example.com]` for each event by e-mail
+    /// (with the server's SMTP settings).
     url: String,
     description: Option<String>,
     events: Option<Vec<String>>,
@@ -123,6 +125,10 @@ fn guard_of(state: &AppState) -> Guard {
     Guard::new(state.config.delivery.allowed_networks.clone())
 }
 
+fn can_mail(state: &AppState) -> bool {
+    state.config.alerts.smtp_url.is_some() && state.config.alerts.smtp_from.is_some()
+}
+
 fn new_secret() -> String {
     encode_secret(&rand::random::<[u8; 24]>())
 }
@@ -179,7 +185,7 @@ async fn create(
         updated_at: now,
         revision: 0,
     };
-    validate::check_endpoint(&e, &guard_of(&state))?;
+    validate::check_endpoint(&e, &guard_of(&state), can_mail(&state))?;
     let e = state
         .store
         .create_endpoint(account, e, secret.clone())
@@ -286,7 +292,7 @@ async fn update(
         |e: &Endpoint| view(&state, e),
         |e: &mut Endpoint| {
             patch.apply(e)?;
-            validate::check_endpoint(e, &guard)?;
+            validate::check_endpoint(e, &guard, can_mail(&state))?;
             e.updated_at = state.clock.now_ms();
             Ok(())
         },

@@ -64,8 +64,29 @@ pub fn check_url(raw: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn check_endpoint(e: &Endpoint, guard: &Guard) -> ApiResult<()> {
-    check_url_allowed(&e.url, guard)?;
+/// What an endpoint may be; `mail` says whether the server can send e-mail (SMTP set up).
+pub fn check_endpoint(e: &Endpoint, guard: &Guard, mail: bool) -> ApiResult<()> {
+    match merpati_domain::endpoint::mail_recipients(&e.url) {
+        Some(recipients) => {
+            if e.url.len() > MAX_URL_BYTES {
+                return Err(ApiError::invalid(format!(
+                    "url must be at most {MAX_URL_BYTES} bytes"
+                )));
+            }
+            recipients.map_err(|why| ApiError::invalid(format!("url: {why}")))?;
+            if !mail {
+                return Err(ApiError::invalid(
+                    "e-mail endpoints need the server's SMTP settings (alerts.smtp_url, alerts.smtp_from)",
+                ));
+            }
+            if e.format == merpati_domain::endpoint::BodyFormat::Form {
+                return Err(ApiError::invalid(
+                    "an e-mail endpoint attaches the JSON payload: format must be json",
+                ));
+            }
+        }
+        None => check_url_allowed(&e.url, guard)?,
+    }
     if let Some(d) = &e.description {
         if d.chars().count() > 1024 {
             return Err(ApiError::invalid(

@@ -23,6 +23,7 @@ mod isolation;
 mod lanes;
 mod layers;
 mod link;
+mod mail_endpoints;
 mod maintenance;
 mod metrics;
 mod notifications;

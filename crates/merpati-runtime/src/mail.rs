@@ -1,7 +1,8 @@
-//! E-mail notifications over SMTP (lettre, on rustls): plain for a local relay, STARTTLS,
-//! or implicit TLS, as `alerts.smtp_url` says. Text and HTML in one multipart message;
+//! E-mail over SMTP (lettre, on rustls): plain for a local relay, STARTTLS, or implicit
+//! TLS, as `alerts.smtp_url` says. Notifications: text and HTML in one multipart message,
 //! every message of one incident in one thread (`Message-ID` of the first, `In-Reply-To`
-//! and `References` on the rest).
+//! and `References` on the rest). Events to e-mail endpoints: a summary to read, the exact
+//! JSON payload attached.
 
 use std::time::Duration;
 
@@ -175,6 +176,60 @@ impl Mailer {
         }
         let message = builder
             .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| MailError {
+                message: format!("building the message: {e}"),
+                permanent: true,
+            })?;
+        match self.transport.send(message).await {
+            Ok(response) => Ok(format!(
+                "{} {}",
+                response.code(),
+                response.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) => Err(MailError {
+                message: error_chain(&e),
+                permanent: e.is_permanent(),
+            }),
+        }
+    }
+}
+
+impl Mailer {
+    /// Sends an event to an e-mail endpoint: `text` to read, the exact JSON payload
+    /// attached as `attachment_name`; answers with the server's reply.
+    pub async fn send_event(
+        &self,
+        to: &[String],
+        subject: &str,
+        message_id: &str,
+        text: String,
+        attachment_name: &str,
+        json: Vec<u8>,
+    ) -> Result<String, MailError> {
+        use lettre::message::header::ContentType;
+        use lettre::message::{Attachment, SinglePart};
+        let mut builder = lettre::Message::builder()
+            .from(self.from.clone())
+            .subject(subject)
+            .message_id(Some(format!("<{message_id}@{}>", self.domain)));
+        for addr in to {
+            match addr.parse::<Mailbox>() {
+                Ok(mb) => builder = builder.to(mb),
+                Err(e) => {
+                    return Err(MailError {
+                        message: format!("address {addr:?}: {e}"),
+                        permanent: true,
+                    })
+                }
+            }
+        }
+        let json_type = ContentType::parse("application/json").expect("a valid content type");
+        let message = builder
+            .multipart(
+                MultiPart::mixed()
+                    .singlepart(SinglePart::plain(text))
+                    .singlepart(Attachment::new(attachment_name.to_string()).body(json, json_type)),
+            )
             .map_err(|e| MailError {
                 message: format!("building the message: {e}"),
                 permanent: true,
