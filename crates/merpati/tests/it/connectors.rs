@@ -732,3 +732,102 @@ async fn every_engine_s_message_reaches_a_receiver_once_and_a_forgery_nothing() 
         }
     }
 }
+
+/// Loopback fakes of Evolution's, textbee's, Telegram's and Slack's status APIs, in one
+/// server: each answers that all is well, until told to fall silent (never answer again).
+async fn fake_engines(
+    dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = move |body: Value| {
+        let dead = dead.clone();
+        move || {
+            let (dead, body) = (dead.clone(), body.clone());
+            async move {
+                if dead.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                axum::Json(body)
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route(
+            "/instance/connectionState/toko",
+            get(answer(
+                json!({"instance": {"instanceName": "toko", "state": "open"}}),
+            )),
+        )
+        .route(
+            "/api/v1/gateway/devices",
+            get(answer(json!({"data": [
+                {"_id": "p1", "enabled": true, "lastHeartbeat": "2999-01-01T00:00:00.000Z"}
+            ]}))),
+        )
+        .route(
+            "/bot123:abc/getWebhookInfo",
+            get(answer(json!({"ok": true, "result": {"url": ""}}))),
+        )
+        .route(
+            "/bot123:abc/setWebhook",
+            post(answer(json!({"ok": true, "result": true}))),
+        )
+        .route(
+            "/api/auth.test",
+            get(answer(json!({"ok": true, "team_id": "T1"}))),
+        );
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_polled_engine_that_stops_answering_is_announced_disconnected() {
+    let app = TestApp::spawn_manual(&[
+        ("presence.heartbeat_timeout", "60s"),
+        ("presence.grace", "30s"),
+        ("alerts.public_url", "https://merpati.example"),
+    ])
+    .await;
+    let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (api, _server) = fake_engines(dead.clone()).await;
+    let cases = [
+        ("evolution", json!({"bindings": {"toko": "dev"}}), "evo-key"),
+        ("textbee", json!({"bindings": {"p1": "dev"}}), "tb-key"),
+        ("telegram", json!({"device_id": "dev"}), "123:abc"),
+        (
+            "slack",
+            json!({"device_id": "dev", "secret": "8f742231b10e8888abcd99yyyzzz85a5"}),
+            "xoxb-1",
+        ),
+    ];
+    let mut keys = Vec::new();
+    for (i, (engine, extra, api_key)) in cases.into_iter().enumerate() {
+        let m = app.merchant_on(&format!("acct{i}"), engine).await;
+        let mut body = json!({"engine": engine, "channel_id": "ch", "poll_interval": "5s",
+                              "api": {"base_url": api, "key": api_key}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        connector(&app, &m.key, body).await;
+        app.wait_status(&m.key, "dev", "connected").await;
+        keys.push((engine, m.key));
+    }
+    // Still answering: a minute later, everyone is up.
+    for _ in 0..12 {
+        app.advance(5_000).await;
+    }
+    for (_, key) in &keys {
+        app.wait_status(key, "dev", "connected").await;
+    }
+    // Silent: each device is announced, its lease and its grace past.
+    dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    app.advance(60_000 + 31_000).await;
+    for (engine, key) in &keys {
+        let presence = app.wait_status(key, "dev", "disconnected").await;
+        assert_eq!(presence["status"], "disconnected", "{engine}");
+    }
+}
