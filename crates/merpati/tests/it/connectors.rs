@@ -831,3 +831,80 @@ async fn every_polled_engine_that_stops_answering_is_announced_disconnected() {
         assert_eq!(presence["status"], "disconnected", "{engine}");
     }
 }
+
+/// A connector's whole life in the real binary, logging at debug: no secret of it, no key
+/// of its engine, and nothing an engine put in its bodies reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_s_secrets_and_its_engine_s_keys_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, logs) = crate::restart::spawn_binary_logged(
+        dir.path(),
+        &[("MERPATI_LOG", "debug"), ("MERPATI_PRESENCE_GRACE", "1s")],
+    )
+    .await;
+    let app = TestApp::at(url);
+    let m = app.merchant_on("acct", "wa").await;
+    let evo = connector(
+        &app,
+        &m.key,
+        json!({"engine": "evolution", "channel_id": "ch", "bindings": {"toko-1": "dev"},
+               "api": {"base_url": "http://127.0.0.1:1", "key": "evo-api-key-5f1e2d"},
+               "poll_interval": "5s"}),
+    )
+    .await;
+    let body = fixture("evolution-messages-upsert.json");
+    let (status, _) = post(
+        &app,
+        &evo.path,
+        &body,
+        &[("X-Merpati-Secret", evo.secret.clone())],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(
+        &app,
+        &evo.path,
+        &body,
+        &[("X-Merpati-Secret", "wrong".into())],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let id = evo.view["id"].as_str().unwrap();
+    let rotated = app
+        .ok_post(
+            &format!("/v1/connectors/{id}/secret/rotate"),
+            &m.key,
+            json!({}),
+            200,
+        )
+        .await;
+    let waha = connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "device_id": "dev",
+               "secret": "my-own-waha-hmac-key-0123"}),
+    )
+    .await;
+    let signed = sign(Engine::Waha, &waha.secret, b"{nope", 0);
+    post(&app, &waha.path, b"{nope", &[("X-Webhook-Hmac", signed)]).await;
+    // A poll or two of the engine that is not there.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    crate::restart::stop_gracefully(&mut child).await;
+
+    let logged = logs.lock().unwrap().join("\n");
+    assert!(logged.contains("merpati is listening"), "the log was read");
+    assert!(logged.contains("engine did not answer"), "the poller logged its failure");
+    for secret in [
+        evo.secret.as_str(),
+        rotated["secret"].as_str().unwrap(),
+        waha.secret.as_str(),
+        "evo-api-key-5f1e2d",
+        // Evolution puts its instance key in every body.
+        "B6D711FCDE4D4FD5936544120E713976",
+        m.key.as_str(),
+        m.device_token.as_str(),
+        ADMIN,
+    ] {
+        assert!(!logged.contains(secret), "{secret:?} is in the log");
+    }
+}

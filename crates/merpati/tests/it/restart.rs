@@ -38,6 +38,19 @@ async fn spawn_binary(data_dir: &Path) -> (Child, String) {
 
 /// As [`spawn_binary`], with more settings.
 pub async fn spawn_binary_with(data_dir: &Path, settings: &[(&str, &str)]) -> (Child, String) {
+    let (child, url, _) = spawn_binary_logged(data_dir, settings).await;
+    (child, url)
+}
+
+/// Every line the binary logged, as it logs them.
+pub type Logs = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// As [`spawn_binary_with`], keeping what it logs.
+pub async fn spawn_binary_logged(
+    data_dir: &Path,
+    settings: &[(&str, &str)],
+) -> (Child, String, Logs) {
+    let logs = Logs::default();
     let mut command = Command::new(env!("CARGO_BIN_EXE_merpati"));
     command.envs(settings.iter().copied());
     let mut child = command
@@ -59,8 +72,10 @@ pub async fn spawn_binary_with(data_dir: &Path, settings: &[(&str, &str)]) -> (C
         .spawn()
         .expect("the merpati binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let kept = logs.clone();
     let addr = tokio::time::timeout(PATIENCE, async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            kept.lock().unwrap().push(line.clone());
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -73,8 +88,13 @@ pub async fn spawn_binary_with(data_dir: &Path, settings: &[(&str, &str)]) -> (C
     .await
     .expect("merpati listens in time");
     // Keep reading so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, format!("http://{addr}"))
+    let kept = logs.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (child, format!("http://{addr}"), logs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +215,7 @@ async fn wait_all_delivered(receiver: &Receiver, accepted: &BTreeSet<String>) {
 }
 
 /// SIGTERM, and the process must exit cleanly in time.
-async fn stop_gracefully(child: &mut Child) {
+pub async fn stop_gracefully(child: &mut Child) {
     let pid = child.id().expect("still running").to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &pid])
