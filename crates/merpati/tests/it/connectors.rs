@@ -893,7 +893,10 @@ async fn a_connector_s_secrets_and_its_engine_s_keys_never_reach_the_log() {
 
     let logged = logs.lock().unwrap().join("\n");
     assert!(logged.contains("merpati is listening"), "the log was read");
-    assert!(logged.contains("engine did not answer"), "the poller logged its failure");
+    assert!(
+        logged.contains("engine did not answer"),
+        "the poller logged its failure"
+    );
     for secret in [
         evo.secret.as_str(),
         rotated["secret"].as_str().unwrap(),
@@ -907,4 +910,43 @@ async fn a_connector_s_secrets_and_its_engine_s_keys_never_reach_the_log() {
     ] {
         assert!(!logged.contains(secret), "{secret:?} is in the log");
     }
+}
+
+/// When the store cannot take what an engine sent (here its database is locked by another
+/// writer longer than the store waits), the engine is told 503 with `Retry-After`, and its
+/// retry is stored once the store can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_write_answers_503_and_the_retry_is_stored() {
+    let app = TestApp::spawn().await;
+    let m = app.merchant_on("acct", "wa").await;
+    let c = connector(
+        &app,
+        &m.key,
+        json!({"engine": "waha", "channel_id": "ch", "bindings": {"default": "dev"}}),
+    )
+    .await;
+    let body = fixture("waha-message-received.json");
+    let sig = sign(Engine::Waha, &c.secret, &body, 0);
+
+    let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let resp = app
+        .client
+        .post(format!("{}{}", app.url, c.path))
+        .header("X-Webhook-Hmac", &sig)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    db.execute_batch("ROLLBACK").unwrap();
+
+    let (status, taken) = waha(&app, &c, &body).await;
+    assert_eq!(
+        (status, taken["stored"].as_i64()),
+        (200, Some(1)),
+        "{taken}"
+    );
+    assert_eq!(app.count_of(&m.key, "whatsapp").await, 1);
 }
