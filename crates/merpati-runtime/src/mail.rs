@@ -163,23 +163,20 @@ impl Mailer {
         if let (Some(t), false) = (&thread, starts_thread) {
             builder = builder.in_reply_to(t.clone()).references(t.clone());
         }
-        for addr in to {
-            match addr.parse::<Mailbox>() {
-                Ok(mb) => builder = builder.to(mb),
-                Err(e) => {
-                    return Err(MailError {
-                        message: format!("address {addr:?}: {e}"),
-                        permanent: true,
-                    })
-                }
-            }
-        }
-        let message = builder
-            .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| MailError {
-                message: format!("building the message: {e}"),
-                permanent: true,
-            })?;
+        let builder = addressed(builder, to)?;
+        self.deliver(builder.multipart(MultiPart::alternative_plain_html(text, html)))
+            .await
+    }
+
+    /// Sends a built message; answers with the server's reply.
+    async fn deliver(
+        &self,
+        message: Result<lettre::Message, lettre::error::Error>,
+    ) -> Result<String, MailError> {
+        let message = message.map_err(|e| MailError {
+            message: format!("building the message: {e}"),
+            permanent: true,
+        })?;
         match self.transport.send(message).await {
             Ok(response) => Ok(format!(
                 "{} {}",
@@ -192,6 +189,25 @@ impl Mailer {
             }),
         }
     }
+}
+
+/// The message addressed to each of `to`; an address that is not one fails for good.
+fn addressed(
+    mut builder: lettre::message::MessageBuilder,
+    to: &[String],
+) -> Result<lettre::message::MessageBuilder, MailError> {
+    for addr in to {
+        match addr.parse::<Mailbox>() {
+            Ok(mb) => builder = builder.to(mb),
+            Err(e) => {
+                return Err(MailError {
+                    message: format!("address {addr:?}: {e}"),
+                    permanent: true,
+                })
+            }
+        }
+    }
+    Ok(builder)
 }
 
 impl Mailer {
@@ -208,43 +224,20 @@ impl Mailer {
     ) -> Result<String, MailError> {
         use lettre::message::header::ContentType;
         use lettre::message::{Attachment, SinglePart};
-        let mut builder = lettre::Message::builder()
+        let builder = lettre::Message::builder()
             .from(self.from.clone())
             .subject(subject)
             .message_id(Some(format!("<{message_id}@{}>", self.domain)));
-        for addr in to {
-            match addr.parse::<Mailbox>() {
-                Ok(mb) => builder = builder.to(mb),
-                Err(e) => {
-                    return Err(MailError {
-                        message: format!("address {addr:?}: {e}"),
-                        permanent: true,
-                    })
-                }
-            }
-        }
+        let builder = addressed(builder, to)?;
         let json_type = ContentType::parse("application/json").expect("a valid content type");
-        let message = builder
-            .multipart(
+        self.deliver(
+            builder.multipart(
                 MultiPart::mixed()
                     .singlepart(SinglePart::plain(text))
                     .singlepart(Attachment::new(attachment_name.to_string()).body(json, json_type)),
-            )
-            .map_err(|e| MailError {
-                message: format!("building the message: {e}"),
-                permanent: true,
-            })?;
-        match self.transport.send(message).await {
-            Ok(response) => Ok(format!(
-                "{} {}",
-                response.code(),
-                response.message().collect::<Vec<_>>().join(" ")
-            )),
-            Err(e) => Err(MailError {
-                message: error_chain(&e),
-                permanent: e.is_permanent(),
-            }),
-        }
+            ),
+        )
+        .await
     }
 }
 

@@ -23,17 +23,9 @@ pub(crate) async fn attempt(
     started_at_ms: i64,
 ) -> AttemptReport {
     let clock = Instant::now();
-    let mut report = AttemptReport {
-        result: AttemptResult::Unsendable,
-        started_at: started_at_ms,
-        duration_ms: 0,
-        status_code: None,
-        error_kind: None,
-        error: None,
-        response_body: None,
-        retry_after: None,
-    };
+    let mut report = AttemptReport::begun(started_at_ms);
     let (Some(mailer), Ok(to)) = (mailer, recipients) else {
+        report.result = AttemptResult::Unsendable;
         report.error_kind = Some("smtp");
         report.error = Some("no SMTP settings, or no valid address".into());
         return report;

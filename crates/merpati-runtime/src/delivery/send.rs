@@ -91,6 +91,22 @@ pub struct AttemptReport {
     pub retry_after: Option<Duration>,
 }
 
+impl AttemptReport {
+    /// An attempt begun at `started_at` (ms) with nothing known of it yet.
+    pub(crate) fn begun(started_at: i64) -> Self {
+        AttemptReport {
+            result: AttemptResult::NoAnswer,
+            started_at,
+            duration_ms: 0,
+            status_code: None,
+            error_kind: None,
+            error: None,
+            response_body: None,
+            retry_after: None,
+        }
+    }
+}
+
 /// One attempt of `job`, with its endpoint's `prepared` URL and keys.
 pub(crate) async fn attempt(
     client: &Client,
@@ -101,16 +117,7 @@ pub(crate) async fn attempt(
     started_at_ms: i64,
 ) -> AttemptReport {
     let clock = Instant::now();
-    let mut report = AttemptReport {
-        result: AttemptResult::NoAnswer,
-        started_at: started_at_ms,
-        duration_ms: 0,
-        status_code: None,
-        error_kind: None,
-        error: None,
-        response_body: None,
-        retry_after: None,
-    };
+    let mut report = AttemptReport::begun(started_at_ms);
     let target = &job.endpoint;
     // An address in the URL never meets the resolver: vet it here, on every attempt (the
     // guard is the worker's). The parsed URL is the one sent to.
