@@ -305,11 +305,19 @@ async fn bad_connectors_are_refused_and_nothing_is_written() {
     let m = app.merchant_on("acct", "wa").await;
     let other = app.merchant_on("other", "wa").await;
     app.device(&other.key, "theirs", "ch").await;
+    app.ok_post(
+        "/v1/channels",
+        &other.key,
+        json!({"id": "their-ch", "name": "Theirs", "engine": "wa", "business_id": "biz"}),
+        201,
+    )
+    .await;
     let cases = [
         json!({"engine": "whatsmeow", "channel_id": "ch", "device_id": "dev"}),
         json!({"engine": "waha", "channel_id": "ch"}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "bindings": {"s": "dev"}}),
         json!({"engine": "waha", "channel_id": "nope", "device_id": "dev"}),
+        json!({"engine": "waha", "channel_id": "their-ch", "device_id": "dev"}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "theirs"}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "notifications": true}),
         json!({"engine": "waha", "channel_id": "ch", "device_id": "dev", "secret": "short"}),
