@@ -89,11 +89,9 @@ impl SqliteStore {
     }
 
     fn open_blocking(path: &Path, options: &Options) -> DbResult<SqliteStore> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Internal(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
+        private_files(path).map_err(|e| {
+            StoreError::Internal(format!("cannot make {} private: {e}", path.display()))
+        })?;
         // The writer's connection writes the log through a VFS that gathers each commit's
         // frames into one write (see `wal_writes`); the readers use the default VFS.
         let vfs = wal_writes::register().map_err(StoreError::Internal)?;
@@ -238,6 +236,47 @@ impl SqliteStore {
     pub async fn schema_version(&self) -> StoreResult<i64> {
         self.read(migrations::version).await
     }
+}
+
+/// The database holds endpoints' and connectors' secrets: its directory is its owner's
+/// alone (0700), and so are the database and its `-wal` and `-shm` files (0600; SQLite
+/// gives the log files the database file's mode, so the file is made before SQLite opens it).
+fn private_files(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+        set_mode(dir, 0o700)?;
+    }
+    if !path.exists() {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = std::path::PathBuf::from(file);
+        if file.exists() {
+            set_mode(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[async_trait::async_trait]

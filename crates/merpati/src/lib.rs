@@ -386,7 +386,7 @@ async fn alert_runner(
 const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// The configured admin token; else the one stored in the data dir; else a new one, stored
-/// there (readable by the owner only) and printed this once.
+/// there (readable by the owner only). The log says where it is, never what it is.
 pub fn admin_token(config: &Config) -> anyhow::Result<Secret> {
     if let Some(token) = &config.admin_token {
         return Ok(token.clone());
@@ -399,9 +399,9 @@ pub fn admin_token(config: &Config) -> anyhow::Result<Secret> {
     }
     let token = ids::new_token("mat");
     write_private(&path, &token)?;
-    eprintln!(
-        "merpati: generated an admin token (stored in {}; shown only now):\n\n    {token}\n",
-        path.display()
+    tracing::info!(
+        file = %path.display(),
+        "generated an admin token, readable by this user only: read it from the file"
     );
     Ok(Secret::new(token))
 }

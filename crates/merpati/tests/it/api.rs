@@ -347,3 +347,40 @@ async fn health_and_readiness() {
         (200, Some("ready"))
     );
 }
+
+/// The real binary on a data directory it makes: the directory is its owner's alone, so
+/// are the database and its log files (they hold endpoints' secrets) and the generated
+/// admin token's file; the log says where the token is, never what it is.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_is_private_and_the_log_never_shows_the_admin_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, url, logs) =
+        crate::restart::spawn_binary_logged(&data, &[("MERPATI_ADMIN_TOKEN", "")]).await;
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let app = TestApp::at(url);
+    // Some secrets into the database and its log.
+    let key = app
+        .ok_post("/v1/accounts", &token, json!({"id": "a", "name": "A"}), 201)
+        .await;
+    assert_eq!(key["id"], "a");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    for file in [
+        "merpati.db",
+        "merpati.db-wal",
+        "merpati.db-shm",
+        "admin-token",
+    ] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    crate::restart::stop_gracefully(&mut child).await;
+    let logged = logs.lock().unwrap().join("\n");
+    assert!(!logged.contains(token.trim()), "the token is in the log");
+    assert!(
+        logged.contains("admin-token"),
+        "the log says where the token is"
+    );
+}

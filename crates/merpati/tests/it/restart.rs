@@ -52,8 +52,7 @@ pub async fn spawn_binary_logged(
 ) -> (Child, String, Logs) {
     let logs = Logs::default();
     let mut command = Command::new(env!("CARGO_BIN_EXE_merpati"));
-    command.envs(settings.iter().copied());
-    let mut child = command
+    command
         .arg("serve")
         .env("MERPATI_LISTEN", "127.0.0.1:0")
         .env("MERPATI_DATA_DIR", data_dir)
@@ -68,9 +67,16 @@ pub async fn spawn_binary_logged(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the merpati binary starts");
+        .kill_on_drop(true);
+    // The test's own settings win over these; an empty one is left unset.
+    for (name, value) in settings {
+        if value.is_empty() {
+            command.env_remove(name);
+        } else {
+            command.env(name, value);
+        }
+    }
+    let mut child = command.spawn().expect("the merpati binary starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let kept = logs.clone();
     let addr = tokio::time::timeout(PATIENCE, async {
