@@ -39,6 +39,21 @@ pub fn parse_time(field: &str, raw: &str) -> ApiResult<i64> {
     })
 }
 
+/// Until when the secrets a rotation replaces still work: `now` plus the rotation's
+/// `grace` (`"1h"`, `"0s"`), or plus the configured one when it gives none.
+pub fn rotation_expiry(
+    grace: Option<&str>,
+    configured: std::time::Duration,
+    now: i64,
+) -> ApiResult<i64> {
+    let grace = match grace {
+        Some(g) => humantime::parse_duration(g)
+            .map_err(|_| ApiError::invalid(format!("grace {g:?} is not a duration like \"1h\"")))?,
+        None => configured,
+    };
+    Ok(now + grace.as_millis() as i64)
+}
+
 pub const MAX_NAME_CHARS: usize = 256;
 
 pub fn check_name(field: &str, value: &str) -> ApiResult<()> {

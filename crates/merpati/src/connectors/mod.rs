@@ -20,7 +20,7 @@ use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
 use crate::api::paging::Listed;
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::{as_duration, as_rfc3339};
-use crate::api::validate::{check_id, double_option, id_or_new};
+use crate::api::validate::{check_id, double_option, id_or_new, rotation_expiry};
 use crate::api::{ApiError, ApiResult, AppState};
 
 mod inbound;
@@ -248,8 +248,8 @@ fn engine_of(raw: &str) -> ApiResult<Engine> {
     })
 }
 
-/// What any connector must be, whichever way it was written.
-fn check(c: &Connector) -> ApiResult<()> {
+/// What any connector must be, whichever way it was written; its engine.
+fn check(c: &Connector) -> ApiResult<Engine> {
     let engine = engine_of(&c.engine)?;
     check_id("channel_id", c.channel_id.as_str())?;
     match (&c.device_id, c.bindings.is_empty()) {
@@ -301,7 +301,7 @@ fn check(c: &Connector) -> ApiResult<()> {
             "notifications is for telegram and slack connectors",
         ));
     }
-    Ok(())
+    Ok(engine)
 }
 
 fn poll_interval(raw: Option<&str>) -> ApiResult<Option<i64>> {
@@ -359,8 +359,7 @@ async fn create(
         updated_at: now,
         revision: 0,
     };
-    check(&c)?;
-    let engine = engine_of(&c.engine)?;
+    let engine = check(&c)?;
     let c = state.store.create_connector(c, secret.clone()).await?;
     state.connectors_changed.notify_one();
     let mut out = view(&state, &headers, &c);
@@ -502,18 +501,17 @@ async fn rotate_secret(
         }
         None => new_secret(),
     };
-    let grace = match body.grace {
-        Some(g) => humantime::parse_duration(&g)
-            .map_err(|_| ApiError::invalid(format!("grace {g:?} is not a duration like \"1h\"")))?,
-        None => state.config.delivery.secret_rotation_grace,
-    };
+    let now = state.clock.now_ms();
+    let expires = rotation_expiry(
+        body.grace.as_deref(),
+        state.config.delivery.secret_rotation_grace,
+        now,
+    )?;
     let id = ConnectorId::from(id);
     let c = state
         .store
         .get_connector(account.clone(), id.clone())
         .await?;
-    let now = state.clock.now_ms();
-    let expires = now + grace.as_millis() as i64;
     state
         .store
         .rotate_connector_secret(account, id.clone(), secret.clone(), expires, now)

@@ -21,7 +21,7 @@ use crate::api::openapi::{IfMatchHeader, IfNoneMatchHeader};
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::as_rfc3339;
-use crate::api::validate::double_option;
+use crate::api::validate::{double_option, rotation_expiry};
 use crate::api::{ApiError, ApiResult, AppState};
 
 mod stats;
@@ -394,13 +394,12 @@ async fn rotate_secret(
         }
         None => new_secret(),
     };
-    let grace = match body.grace {
-        Some(g) => humantime::parse_duration(&g)
-            .map_err(|_| ApiError::invalid(format!("grace {g:?} is not a duration like \"1h\"")))?,
-        None => state.config.delivery.secret_rotation_grace,
-    };
     let now = state.clock.now_ms();
-    let old_expires_at = now + grace.as_millis() as i64;
+    let old_expires_at = rotation_expiry(
+        body.grace.as_deref(),
+        state.config.delivery.secret_rotation_grace,
+        now,
+    )?;
     state
         .store
         .rotate_endpoint_secret(
