@@ -56,6 +56,7 @@ impl Poller {
                 match self.store.polled_connectors().await {
                     Ok(all) => {
                         due.retain(|id, _| all.iter().any(|c| &c.id == id));
+                        given.retain(|id, _| all.iter().any(|c| &c.id == id));
                         connectors = all;
                         loaded_at = Some(now);
                     }

@@ -59,7 +59,7 @@ pub(super) async fn inbound(
 ) -> Response {
     match take(&state, ConnectorId::from(id), request).await {
         Ok(taken) => Json(taken).into_response(),
-        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE || e.status.is_server_error() => {
+        Err(e) if e.status.is_server_error() => {
             let mut response = ApiError::unavailable(e.message).into_response();
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
