@@ -505,8 +505,12 @@ async fn a_polled_engine_keeps_its_device_up_and_one_that_stops_answering_is_ann
     app.advance(20_000).await;
     waha.asked_more_than(asked).await;
     app.wait_status(&m.key, "dev", "connected").await;
-    // Then the engine dies: no answer, and the lease runs out, then the grace.
+    // Then the engine dies: no answer, and the lease runs out, then the grace. The poll
+    // that hangs is the one after the last answer was taken in (polls go one at a time).
     *waha.status.lock().unwrap() = "";
+    let asked = waha.asked();
+    app.advance(20_000).await;
+    waha.asked_more_than(asked).await;
     app.advance(60_000 + 31_000).await;
     app.wait_status(&m.key, "dev", "disconnected").await;
     let events: Vec<(String, Value)> = receiver
@@ -742,22 +746,26 @@ async fn every_engine_s_message_reaches_a_receiver_once_and_a_forgery_nothing() 
 }
 
 /// Loopback fakes of Evolution's, textbee's, Telegram's and Slack's status APIs, in one
-/// server: each answers that all is well, until told to fall silent (never answer again).
+/// server: each answers that all is well, until told it is dead (then it fails every
+/// request). It counts the asking.
 async fn fake_engines(
     dead: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::response::IntoResponse;
     use axum::routing::{get, post};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answer = move |body: Value| {
-        let dead = dead.clone();
+        let (dead, asked) = (dead.clone(), asked.clone());
         move || {
-            let (dead, body) = (dead.clone(), body.clone());
+            let (dead, asked, body) = (dead.clone(), asked.clone(), body.clone());
             async move {
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if dead.load(std::sync::atomic::Ordering::SeqCst) {
-                    std::future::pending::<()>().await;
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
                 }
-                axum::Json(body)
+                axum::Json(body).into_response()
             }
         }
     };
@@ -801,7 +809,8 @@ async fn every_polled_engine_that_stops_answering_is_announced_disconnected() {
     ])
     .await;
     let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (api, _server) = fake_engines(dead.clone()).await;
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (api, _server) = fake_engines(dead.clone(), asked.clone()).await;
     let cases = [
         ("evolution", json!({"bindings": {"toko": "dev"}}), "evo-key"),
         ("textbee", json!({"bindings": {"p1": "dev"}}), "tb-key"),
@@ -831,8 +840,19 @@ async fn every_polled_engine_that_stops_answering_is_announced_disconnected() {
     for (_, key) in &keys {
         app.wait_status(key, "dev", "connected").await;
     }
-    // Silent: each device is announced, its lease and its grace past.
+    // Dead: each device is announced, its lease and its grace past. Once every engine has
+    // been asked again and failed, no answer from before is still being taken in.
     dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+    app.advance(5_000).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while asked.load(std::sync::atomic::Ordering::SeqCst) < before + keys.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every engine was asked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     app.advance(60_000 + 31_000).await;
     for (engine, key) in &keys {
         let presence = app.wait_status(key, "dev", "disconnected").await;
