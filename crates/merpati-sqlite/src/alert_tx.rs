@@ -79,7 +79,11 @@ pub(crate) fn notification_row(r: &Row<'_>) -> rusqlite::Result<Notification> {
 pub(crate) const NOTIFICATION_COLUMNS: &str = "id, account_id, incident_id, notifier_id, message,
      status, attempts, next_attempt_at, last_error, created_at, sent_at";
 
-pub(crate) const NOTIFIER_COLUMNS: &str = "body, failures_in_row, last_success_at,
+/// A notifier's body holds its credentials (a bot token, a signing secret, a chat
+/// webhook's URL): it is stored sealed.
+pub(crate) const NOTIFIER_COLUMNS: &str =
+    "open_secret('notifiers.body:' || account_id || '/' || id, body),
+     failures_in_row, last_success_at,
      last_failure_at, last_error, revision";
 
 pub(crate) fn notifier_row(r: &Row<'_>) -> rusqlite::Result<Notifier> {

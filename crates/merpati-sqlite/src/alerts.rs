@@ -60,6 +60,9 @@ fn check_notifiers(c: &Connection, account: &AccountId, rule: &AlertRule) -> DbR
     Ok(())
 }
 
+/// A notifier's body (`?3`) as stored, beside its account (`?1`) and id (`?2`): sealed.
+const SEALED_NOTIFIER_BODY: &str = "seal_secret('notifiers.body:' || ?1 || '/' || ?2, ?3)";
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("bodies serialize")
 }
@@ -81,9 +84,22 @@ fn update_body<T>(
     body: String,
     revision: i64,
 ) -> DbResult<T> {
+    update_stored_body(c, table, "?3", account, id, body, revision)
+}
+
+/// As `update_body`, the body written as `stored` (an expression of `?3`) says.
+fn update_stored_body<T>(
+    c: &Connection,
+    table: &Table<T>,
+    stored: &str,
+    account: &AccountId,
+    id: &str,
+    body: String,
+    revision: i64,
+) -> DbResult<T> {
     let n = c.execute(
         &format!(
-            "UPDATE {} SET body = ?3, revision = revision + 1
+            "UPDATE {} SET body = {stored}, revision = revision + 1
              WHERE account_id = ?1 AND id = ?2 AND revision = ?4",
             table.name
         ),
@@ -163,7 +179,10 @@ impl AlertStore for SqliteStore {
     async fn create_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
         self.write(move |c| {
             c.execute(
-                "INSERT INTO notifiers (account_id, id, body, created_at) VALUES (?1, ?2, ?3, ?4)",
+                &format!(
+                    "INSERT INTO notifiers (account_id, id, body, created_at)
+                     VALUES (?1, ?2, {SEALED_NOTIFIER_BODY}, ?4)"
+                ),
                 params![account.as_str(), n.id.as_str(), json(&n), n.created_at],
             )
             .map_err(|e| created(e, "a notifier"))?;
@@ -183,7 +202,15 @@ impl AlertStore for SqliteStore {
 
     async fn update_notifier(&self, account: AccountId, n: Notifier) -> StoreResult<Notifier> {
         self.write(move |c| {
-            update_body(c, &NOTIFIERS, &account, n.id.as_str(), json(&n), n.revision)
+            update_stored_body(
+                c,
+                &NOTIFIERS,
+                SEALED_NOTIFIER_BODY,
+                &account,
+                n.id.as_str(),
+                json(&n),
+                n.revision,
+            )
         })
         .await
     }
@@ -409,11 +436,13 @@ impl AlertStore for SqliteStore {
     async fn link_key(&self) -> StoreResult<Vec<u8>> {
         self.write(|c| {
             c.execute(
-                "INSERT OR IGNORE INTO alert_state (name, value) VALUES ('link_key', randomblob(32))",
+                "INSERT OR IGNORE INTO alert_state (name, value)
+                 VALUES ('link_key', seal_secret('alert_state.link_key', hex(randomblob(32))))",
                 [],
             )?;
             Ok(c.query_row(
-                "SELECT value FROM alert_state WHERE name = 'link_key'",
+                "SELECT unhex(open_secret('alert_state.link_key', value))
+                 FROM alert_state WHERE name = 'link_key'",
                 [],
                 |r| r.get(0),
             )?)

@@ -13,6 +13,11 @@ use crate::SqliteStore;
 
 const COLUMNS: &str = "id, account_id, engine, channel_id, device_id, bindings, api_base_url, \
                        api_key, poll_interval_ms, notifications, created_at, updated_at, revision";
+/// As read: the engine's API key opened.
+const READ_COLUMNS: &str =
+    "id, account_id, engine, channel_id, device_id, bindings, api_base_url, \
+     open_secret('connectors.api_key:' || id, api_key), poll_interval_ms, notifications, \
+     created_at, updated_at, revision";
 
 fn connector_row(r: &Row<'_>) -> rusqlite::Result<Connector> {
     let bindings: String = r.get(5)?;
@@ -58,7 +63,7 @@ fn bindings_json(c: &Connector) -> String {
 
 fn get(c: &Connection, account: &AccountId, id: &ConnectorId) -> DbResult<Connector> {
     Ok(c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM connectors WHERE account_id = ?1 AND id = ?2"
+        "SELECT {READ_COLUMNS} FROM connectors WHERE account_id = ?1 AND id = ?2"
     ))?
     .query_row(params![account.as_str(), id.as_str()], connector_row)
     .optional()?
@@ -111,7 +116,7 @@ impl ConnectorStore for SqliteStore {
         self.write(move |c| {
             check_refs(c, &k)?;
             c.execute(
-                &format!("INSERT INTO connectors ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0)"),
+                &format!("INSERT INTO connectors ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, seal_secret('connectors.api_key:' || ?1, ?8), ?9, ?10, ?11, ?12, 0)"),
                 params![
                     k.id.as_str(),
                     k.account_id.as_str(),
@@ -135,7 +140,8 @@ impl ConnectorStore for SqliteStore {
                 }
             })?;
             c.execute(
-                "INSERT INTO connector_secrets (connector_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO connector_secrets (connector_id, secret, created_at)
+                 VALUES (?1, seal_secret('connector_secrets.secret:' || ?1, ?2), ?3)",
                 params![k.id.as_str(), secret, k.created_at],
             )?;
             get(c, &k.account_id, &k.id)
@@ -146,7 +152,7 @@ impl ConnectorStore for SqliteStore {
     async fn list_connectors(&self, account: AccountId) -> StoreResult<Vec<Connector>> {
         self.read(move |c| {
             let mut s = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM connectors WHERE account_id = ?1 ORDER BY id"
+                "SELECT {READ_COLUMNS} FROM connectors WHERE account_id = ?1 ORDER BY id"
             ))?;
             let rows = s.query_map([account.as_str()], connector_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -163,7 +169,8 @@ impl ConnectorStore for SqliteStore {
             check_refs(c, &k)?;
             let n = c.execute(
                 "UPDATE connectors SET channel_id = ?3, device_id = ?4, bindings = ?5,
-                     api_base_url = ?6, api_key = ?7, poll_interval_ms = ?8, notifications = ?9,
+                     api_base_url = ?6,
+                     api_key = seal_secret('connectors.api_key:' || id, ?7), poll_interval_ms = ?8, notifications = ?9,
                      updated_at = ?10, revision = revision + 1
                  WHERE account_id = ?1 AND id = ?2 AND revision = ?11",
                 params![
@@ -223,7 +230,8 @@ impl ConnectorStore for SqliteStore {
                 params![id.as_str(), old_expires_at],
             )?;
             c.execute(
-                "INSERT INTO connector_secrets (connector_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO connector_secrets (connector_id, secret, created_at)
+                 VALUES (?1, seal_secret('connector_secrets.secret:' || ?1, ?2), ?3)",
                 params![id.as_str(), new_secret, now],
             )?;
             Ok(())
@@ -238,14 +246,17 @@ impl ConnectorStore for SqliteStore {
     ) -> StoreResult<Option<InboundConnector>> {
         self.read(move |c| {
             let Some(connector) = c
-                .prepare_cached(&format!("SELECT {COLUMNS} FROM connectors WHERE id = ?1"))?
+                .prepare_cached(&format!(
+                    "SELECT {READ_COLUMNS} FROM connectors WHERE id = ?1"
+                ))?
                 .query_row([id.as_str()], connector_row)
                 .optional()?
             else {
                 return Ok(None);
             };
             let mut s = c.prepare_cached(
-                "SELECT secret FROM connector_secrets
+                "SELECT open_secret('connector_secrets.secret:' || connector_id, secret)
+                 FROM connector_secrets
                  WHERE connector_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
                  ORDER BY created_at DESC, rowid DESC",
             )?;
@@ -260,7 +271,7 @@ impl ConnectorStore for SqliteStore {
     async fn polled_connectors(&self) -> StoreResult<Vec<Connector>> {
         self.read(move |c| {
             let mut s = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM connectors WHERE api_base_url IS NOT NULL ORDER BY id"
+                "SELECT {READ_COLUMNS} FROM connectors WHERE api_base_url IS NOT NULL ORDER BY id"
             ))?;
             let rows = s.query_map([], connector_row)?;
             Ok(rows.collect::<Result<_, _>>()?)

@@ -123,8 +123,9 @@ fn load_subscriptions(c: &Connection, account: &AccountId) -> DbResult<Vec<Subsc
 fn load_target(c: &Connection, endpoint: &EndpointId, now: i64) -> DbResult<(Target, Option<i64>)> {
     let (account, url, format, secret_in_body, headers, max_concurrency, rate_limit, ordering) = c
         .prepare_cached(
-            "SELECT account_id, url, format, secret_in_body, headers, max_concurrency, rate_limit,
-                    ordering
+            "SELECT account_id, url, format, secret_in_body,
+                    open_secret('endpoints.headers:' || id, headers), max_concurrency,
+                    rate_limit, ordering
              FROM endpoints WHERE id = ?1",
         )?
         .query_row([endpoint.as_str()], |r| {
@@ -140,7 +141,8 @@ fn load_target(c: &Connection, endpoint: &EndpointId, now: i64) -> DbResult<(Tar
             ))
         })?;
     let mut live = c.prepare_cached(
-        "SELECT secret, expires_at FROM endpoint_secrets
+        "SELECT open_secret('endpoint_secrets.secret:' || endpoint_id, secret), expires_at
+         FROM endpoint_secrets
          WHERE endpoint_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
          ORDER BY created_at DESC, rowid DESC",
     )?;

@@ -14,8 +14,8 @@ use crate::table::owned;
 use crate::SqliteStore;
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
-    format, secret_in_body, headers, ordering, disabled, created_at, updated_at, disabled_reason,
-    disabled_at, failing_since, max_concurrency, rate_limit, revision";
+    format, secret_in_body, open_secret('endpoints.headers:' || id, headers), ordering, disabled,
+    created_at, updated_at, disabled_reason, disabled_at, failing_since, max_concurrency, rate_limit, revision";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let events: Option<String> = r.get(3)?;
@@ -225,12 +225,14 @@ impl EndpointStore for SqliteStore {
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
                      created_at, updated_at, disabled_reason, disabled_at, max_concurrency,
                      rate_limit, revision)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                         ?18, ?19, ?20)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                         seal_secret('endpoints.headers:' || ?2, ?11), ?12, ?13, ?14, ?15, ?16,
+                         ?17, ?18, ?19, ?20)",
                 params_from_iter(endpoint_params(&account, &e)),
             )?;
             c.execute(
-                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)
+                 VALUES (?1, seal_secret('endpoint_secrets.secret:' || ?1, ?2), ?3)",
                 params![e.id.as_str(), secret, e.created_at],
             )?;
             Ok(e)
@@ -269,7 +271,7 @@ impl EndpointStore for SqliteStore {
             let n = c.execute(
                 "UPDATE endpoints SET url = ?3, description = ?4, events = ?5, business_ids = ?6,
                      channel_ids = ?7, device_ids = ?8, format = ?9, secret_in_body = ?10,
-                     headers = ?11, ordering = ?12, updated_at = ?15, max_concurrency = ?18,
+                     headers = seal_secret('endpoints.headers:' || id, ?11), ordering = ?12, updated_at = ?15, max_concurrency = ?18,
                      rate_limit = ?19, revision = revision + 1
                  WHERE account_id = ?1 AND id = ?2 AND deleted_at IS NULL AND revision = ?20",
                 params_from_iter(endpoint_params(&account, &e)),
@@ -364,7 +366,8 @@ impl EndpointStore for SqliteStore {
                 params![id.as_str(), old_expires_at],
             )?;
             c.execute(
-                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, ?2, ?3)",
+                "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)
+                 VALUES (?1, seal_secret('endpoint_secrets.secret:' || ?1, ?2), ?3)",
                 params![id.as_str(), new_secret, now],
             )?;
             Ok(())

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use merpati_domain::{Store, StoreError, StoreResult};
+use merpati_keyring::Sealer;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 
@@ -35,6 +36,7 @@ mod migrations;
 mod presence;
 mod reader;
 mod rows;
+mod sealed;
 mod table;
 mod wal_writes;
 mod writer;
@@ -47,6 +49,8 @@ mod testing;
 use error::{closed, DbResult};
 use reader::ReadPool;
 use writer::{Guard, Job, Tx, WriteJob, WriterState};
+
+pub use sealed::Resealed;
 
 const STATEMENT_CACHE: usize = 128;
 
@@ -74,21 +78,27 @@ pub struct SqliteStore {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
     commits: Arc<commit_stats::CommitStats>,
+    resealed: Resealed,
 }
 
 impl SqliteStore {
     /// Opens (and migrates) the database at `path`, creating it and its directory if need
-    /// be.
-    pub async fn open(path: &Path, options: &Options) -> StoreResult<SqliteStore> {
+    /// be. Secrets are sealed and opened with `sealer`; any stored in clear or under
+    /// another of its keys are sealed again with the key that seals now (see `resealed`).
+    pub async fn open(
+        path: &Path,
+        options: &Options,
+        sealer: Arc<Sealer>,
+    ) -> StoreResult<SqliteStore> {
         let path = path.to_owned();
         let options = options.clone();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path, &options))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, &options, sealer))
             .await
             .map_err(|e| StoreError::Internal(format!("the open task failed: {e}")))?
             .map_err(StoreError::from)
     }
 
-    fn open_blocking(path: &Path, options: &Options) -> DbResult<SqliteStore> {
+    fn open_blocking(path: &Path, options: &Options, sealer: Arc<Sealer>) -> DbResult<SqliteStore> {
         private_files(path).map_err(|e| {
             StoreError::Internal(format!("cannot make {} private: {e}", path.display()))
         })?;
@@ -108,6 +118,8 @@ impl SqliteStore {
              PRAGMA cache_size = -8192;",
         )?;
         migrations::migrate(&mut conn)?;
+        sealed::register(&conn, &sealer)?;
+        let resealed = sealed::reseal_all(&conn, &sealer)?;
         let state = WriterState::new(endpoint_cache::EndpointCache::watching(&conn));
         // From here on the writer checkpoints at `checkpoint::WRITER_CHECKPOINT` frames,
         // after a background thread copied most of the log back (see `checkpoint`).
@@ -137,7 +149,7 @@ impl SqliteStore {
         // The default (16) is fewer than the statements the writer uses, so it would
         // prepare most of them again on every use.
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        let readers = ReadPool::open(path, options.read_connections, STATEMENT_CACHE)?;
+        let readers = ReadPool::open(path, options.read_connections, STATEMENT_CACHE, &sealer)?;
 
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
         let (to_sync, committed) = std::sync::mpsc::sync_channel(writer::SYNC_QUEUE);
@@ -166,7 +178,13 @@ impl SqliteStore {
             writer: Mutex::new(Some(tx)),
             threads: Mutex::new(vec![writer, syncer, checkpointer]),
             readers: Arc::new(readers),
+            resealed,
         })
+    }
+
+    /// What opening did to the stored secrets.
+    pub fn resealed(&self) -> &Resealed {
+        &self.resealed
     }
 
     /// Runs `f` in the next group commit; answers once that commit is durable.
@@ -374,9 +392,13 @@ mod tests {
             synchronous_full: false,
             read_connections: 1,
         };
-        let store = SqliteStore::open(&dir.join("merpati.db"), &config)
-            .await
-            .unwrap();
+        let store = SqliteStore::open(
+            &dir.join("merpati.db"),
+            &config,
+            Arc::new(Sealer::ephemeral()),
+        )
+        .await
+        .unwrap();
         store
             .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (n INTEGER NOT NULL)")?))
             .await
@@ -501,7 +523,11 @@ mod tests {
             synchronous_full: false,
             read_connections: 1,
         };
-        let store = Arc::new(SqliteStore::open(&path, &config).await.unwrap());
+        let store = Arc::new(
+            SqliteStore::open(&path, &config, Arc::new(Sealer::ephemeral()))
+                .await
+                .unwrap(),
+        );
         store
             .write(|c| Ok(c.execute_batch("CREATE TABLE scratch (b BLOB NOT NULL)")?))
             .await

@@ -20,6 +20,7 @@ impl ReadPool {
         path: &std::path::Path,
         connections: usize,
         statement_cache: usize,
+        sealer: &std::sync::Arc<merpati_keyring::Sealer>,
     ) -> DbResult<ReadPool> {
         let mut readers = Vec::with_capacity(connections);
         for _ in 0..connections {
@@ -29,6 +30,7 @@ impl ReadPool {
             )?;
             r.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")?;
             r.set_prepared_statement_cache_capacity(statement_cache);
+            crate::sealed::register(&r, sealer)?;
             readers.push(r);
         }
         Ok(ReadPool {

@@ -11,6 +11,8 @@ use crate::writer::WriterState;
 pub(crate) fn schema_with_account() -> Connection {
     let mut c = Connection::open_in_memory().unwrap();
     crate::migrations::migrate(&mut c).unwrap();
+    let sealer = std::sync::Arc::new(merpati_keyring::Sealer::ephemeral());
+    crate::sealed::register(&c, &sealer).unwrap();
     c.execute(
         "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('a', 'a', 0, 0)",
         [],
@@ -44,12 +46,14 @@ pub(crate) fn insert_endpoint(c: &Connection, account: &str, id: &str) {
     c.execute(
         "INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
              format, secret_in_body, headers, created_at, updated_at)
-         VALUES (?1, ?2, 'https://example.com', '[]', '[]', '[]', 'json', 0, '{}', 0, 0)",
+         VALUES (?1, ?2, 'https://example.com', '[]', '[]', '[]', 'json', 0,
+                 seal_secret('endpoints.headers:' || ?2, '{}'), 0, 0)",
         [account, id],
     )
     .unwrap();
     c.execute(
-        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES (?1, 's', 0)",
+        "INSERT INTO endpoint_secrets (endpoint_id, secret, created_at)
+         VALUES (?1, seal_secret('endpoint_secrets.secret:' || ?1, 's'), 0)",
         [id],
     )
     .unwrap();

@@ -13,7 +13,8 @@ async fn fixture() -> Fixture {
         synchronous_full: false,
         read_connections: 2,
     };
-    let store = SqliteStore::open(&dir.path().join("merpati.db"), &options)
+    let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
+    let store = SqliteStore::open(&dir.path().join("merpati.db"), &options, sealer)
         .await
         .expect("a fresh database");
     Fixture::new(Arc::new(store), dir)

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `listen`; `simulate` and `bench` drive a merpati
+//! The command line: `serve`, `migrate`, `rotate-key`, `listen`; `simulate` and `bench` drive a merpati
 //! from outside, with the benchmark crate.
 
 use std::net::SocketAddr;
@@ -39,6 +39,12 @@ enum Command {
     },
     /// Create or upgrade the database, then exit.
     Migrate {
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Seal every stored secret with a new key (the key file's), while merpati runs or not,
+    /// then drop the old key.
+    RotateKey {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -112,6 +118,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = load(cli.config, data_dir)?;
             let (what, version) = crate::store::migrate(&config).await?;
             println!("database {what} is at schema version {version}");
+            Ok(())
+        }
+        Command::RotateKey { data_dir } => {
+            let config = load(cli.config, data_dir)?;
+            println!("{}", crate::store::rotate_key(&config).await?);
             Ok(())
         }
         Command::Simulate(args) => {

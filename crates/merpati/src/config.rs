@@ -60,6 +60,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub admin_token: Option<Secret>,
+    /// Keys sealing secrets at rest (base64, comma-separated, the first sealing); without
+    /// it, the key file in the data directory.
+    pub secret_key: Option<Secret>,
     pub database_url: Option<Secret>,
     pub log_format: LogFormat,
     pub database: DatabaseConfig,
@@ -123,6 +126,7 @@ const KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "admin_token",
+    "secret_key",
     "database_url",
     "log_format",
     "database.synchronous",
@@ -172,6 +176,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
             data_dir: PathBuf::from("data"),
             admin_token: None,
+            secret_key: None,
             database_url: None,
             log_format: LogFormat::Text,
             database: DatabaseConfig::default(),
@@ -224,6 +229,16 @@ impl Config {
                         return Err(invalid("must be at least 16 characters".into()));
                     }
                     c.admin_token = Some(Secret::new(raw))
+                }
+                "secret_key" => {
+                    // The error never repeats the value.
+                    merpati_keyring::KeyRing::parse(raw).map_err(|e| {
+                        invalid(format!(
+                            "{e}: expected one or more keys of 32 random bytes in base64 \
+                             (`openssl rand -base64 32`), separated by commas"
+                        ))
+                    })?;
+                    c.secret_key = Some(Secret::new(raw))
                 }
                 "database_url" => c.database_url = Some(Secret::new(raw)),
                 "log_format" => {

@@ -1,26 +1,98 @@
 //! Which storage backend serves: picked from `database_url` at run time, so one binary and
-//! one test suite serve every backend.
+//! one test suite serve every backend. And the keys its secrets are sealed with: the
+//! `secret_key` setting, or the key file in the data directory.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
 use merpati_domain::{SharedStore, Store};
+use merpati_keyring::{KeyFile, Sealer};
 use merpati_sqlite::SqliteStore;
 
 use crate::config::Config;
 
+pub const KEY_FILE: &str = "secret.key";
+
+/// The key file's place: in the data directory, whatever the database's.
+pub fn key_file(config: &Config) -> PathBuf {
+    config.data_dir.join(KEY_FILE)
+}
+
+/// The sealer the configuration gives, and where its keys come from.
+fn sealer(config: &Config) -> anyhow::Result<(Arc<Sealer>, String)> {
+    if let Some(keys) = &config.secret_key {
+        let sealer = Sealer::from_setting(keys.expose()).context("setting secret_key")?;
+        return Ok((Arc::new(sealer), "the secret_key setting".into()));
+    }
+    let file = KeyFile::new(key_file(config));
+    let shown = file.path().display().to_string();
+    let sealer = Sealer::from_file(file)?;
+    Ok((Arc::new(sealer), shown))
+}
+
+async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
+    let path = config.sqlite_path()?;
+    let (sealer, keys) = sealer(config)?;
+    let store = SqliteStore::open(&path, &config.database, sealer)
+        .await
+        .with_context(|| format!("opening {} with the keys of {keys}", path.display()))?;
+    let resealed = store.resealed();
+    tracing::info!(key = %resealed.key_id, from = %keys, "secrets at rest are sealed");
+    if resealed.values > 0 {
+        tracing::info!(
+            values = resealed.values,
+            key = %resealed.key_id,
+            "sealed secrets that were in clear or under another key"
+        );
+    }
+    Ok(store)
+}
+
 /// Opens (and migrates) the backend the configuration names.
 pub async fn open(config: &Config) -> anyhow::Result<SharedStore> {
-    let path = config.sqlite_path()?;
-    let store = SqliteStore::open(&path, &config.database).await?;
-    Ok(Arc::new(store))
+    Ok(Arc::new(open_sqlite(config).await?))
 }
 
 /// Opens the database (which migrates it) and closes it again: what it is, and its schema
 /// version.
 pub async fn migrate(config: &Config) -> anyhow::Result<(String, i64)> {
     let path = config.sqlite_path()?;
-    let store = SqliteStore::open(&path, &config.database).await?;
+    let store = open_sqlite(config).await?;
     let version = store.schema_version().await;
     store.close().await;
     Ok((path.display().to_string(), version?))
+}
+
+/// Seals every secret with a new key, beside a running server or not: the key file gets
+/// the new key first (a server reading it seals with it from then on, and still opens what
+/// the old one sealed), every value is sealed again, and the old key is dropped.
+pub async fn rotate_key(config: &Config) -> anyhow::Result<String> {
+    if config.secret_key.is_some() {
+        anyhow::bail!(
+            "secret_key is set, so the keys are the configuration's: put a new key first in \
+             secret_key (`openssl rand -base64 32`), keeping the old one after it, and restart; \
+             merpati seals every secret with the new key as it starts. Then remove the old key."
+        );
+    }
+    let file = KeyFile::new(key_file(config));
+    anyhow::ensure!(
+        file.path().exists(),
+        "there is no key file at {}: merpati makes one when it first starts",
+        file.path().display()
+    );
+    let old = file.load()?;
+    let new = file.begin_rotation()?;
+    let store = open_sqlite(config).await?;
+    let resealed = store.resealed().clone();
+    store.close().await;
+    file.finish_rotation()?;
+    let old_ids: Vec<&str> = old.keys().iter().map(|k| k.id()).collect();
+    Ok(format!(
+        "{} secret(s) sealed with the new key {}; key(s) {} removed from {}",
+        resealed.values,
+        new.primary().id(),
+        old_ids.join(", "),
+        file.path().display()
+    ))
 }

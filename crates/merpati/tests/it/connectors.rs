@@ -10,20 +10,20 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../merpati-engines/tests/fixtures")
         .join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-struct Connector {
-    path: String,
-    secret: String,
-    view: Value,
+pub(crate) struct Connector {
+    pub(crate) path: String,
+    pub(crate) secret: String,
+    pub(crate) view: Value,
 }
 
-async fn connector(app: &TestApp, key: &str, body: Value) -> Connector {
+pub(crate) async fn connector(app: &TestApp, key: &str, body: Value) -> Connector {
     let view = app.ok_post("/v1/connectors", key, body, 201).await;
     let url = view["url"].as_str().unwrap();
     let path = url[url.find("/v1/").unwrap()..].to_string();
@@ -52,7 +52,7 @@ async fn post(app: &TestApp, path: &str, body: &[u8], headers: &[(&str, String)]
     (status, value)
 }
 
-async fn waha(app: &TestApp, c: &Connector, body: &[u8]) -> (u16, Value) {
+pub(crate) async fn waha(app: &TestApp, c: &Connector, body: &[u8]) -> (u16, Value) {
     let sig = sign(Engine::Waha, &c.secret, body, 0);
     post(app, &c.path, body, &[("X-Webhook-Hmac", sig)]).await
 }

@@ -38,10 +38,12 @@ fn crates_depend_only_downward() {
         ("merpati-webhooks", &[][..]),
         // The engines' webhooks, pure like the documents' formats.
         ("merpati-engines", &[][..]),
+        // Secrets at rest: the AEAD and the key file, beside the domain.
+        ("merpati-keyring", &[][..]),
         ("merpati-domain", &["merpati-webhooks"][..]),
         (
             "merpati-sqlite",
-            &["merpati-domain", "merpati-webhooks"][..],
+            &["merpati-domain", "merpati-keyring", "merpati-webhooks"][..],
         ),
         (
             "merpati-runtime",
@@ -60,6 +62,7 @@ fn crates_depend_only_downward() {
                 "merpati-bench",
                 "merpati-domain",
                 "merpati-engines",
+                "merpati-keyring",
                 "merpati-runtime",
                 "merpati-sqlite",
                 "merpati-webhooks",

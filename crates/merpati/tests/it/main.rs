@@ -34,5 +34,6 @@ mod restart;
 mod retention;
 mod retries;
 mod revisions;
+mod secrets;
 mod simulate;
 mod smtp;
