@@ -1,7 +1,7 @@
 //! Accounts and their API keys; a deleted account goes at once from every view, and its
 //! events in the background.
 
-use merpati_domain::account::{Account, AccountStore, ApiKey};
+use merpati_domain::account::{Account, AccountStore, ApiKey, KeyGrant};
 use merpati_domain::alert::Language;
 use merpati_domain::ids::{AccountId, ApiKeyId, EndpointId};
 use merpati_domain::{Page, StoreError, StoreResult};
@@ -32,6 +32,27 @@ fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
         hint: r.get(2)?,
         created_at: r.get(3)?,
         revoked_at: r.get(4)?,
+        read_only: r.get(5)?,
+        expires_at: r.get(6)?,
+        last_used_at: r.get(7)?,
+    })
+}
+
+const KEY_COLUMNS: &str =
+    "id, account_id, hint, created_at, revoked_at, read_only, expires_at, last_used_at";
+
+/// A live key's grant: `k` is the key's row, the statement's `?2` is now.
+const GRANT: &str = "SELECT k.id, k.account_id, k.read_only, k.last_used_at FROM api_keys k
+     JOIN accounts a ON a.id = k.account_id";
+const LIVE: &str = "k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?2)
+     AND a.deleted_at IS NULL";
+
+fn grant_row(r: &Row<'_>) -> rusqlite::Result<KeyGrant> {
+    Ok(KeyGrant {
+        key_id: id(r, 0)?,
+        account_id: id(r, 1)?,
+        read_only: r.get(2)?,
+        last_used_at: r.get(3)?,
     })
 }
 
@@ -203,14 +224,17 @@ impl AccountStore for SqliteStore {
         self.write(move |c| {
             account_exists(c, &key.account_id)?;
             c.execute(
-                "INSERT INTO api_keys (id, account_id, key_hash, hint, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO api_keys (id, account_id, key_hash, hint, created_at, read_only,
+                     expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     key.id.as_str(),
                     key.account_id.as_str(),
                     hash,
                     key.hint,
-                    key.created_at
+                    key.created_at,
+                    key.read_only,
+                    key.expires_at
                 ],
             )?;
             Ok(key)
@@ -221,10 +245,9 @@ impl AccountStore for SqliteStore {
     async fn list_api_keys(&self, account: AccountId) -> StoreResult<Vec<ApiKey>> {
         self.read(move |c| {
             account_exists(c, &account)?;
-            let mut s = c.prepare_cached(
-                "SELECT id, account_id, hint, created_at, revoked_at FROM api_keys
-                 WHERE account_id = ?1 ORDER BY id",
-            )?;
+            let mut s = c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = ?1 ORDER BY id"
+            ))?;
             let rows = s.query_map([account.as_str()], key_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -246,13 +269,25 @@ impl AccountStore for SqliteStore {
         .await
     }
 
-    async fn account_for_api_key(&self, hash: Vec<u8>) -> StoreResult<Option<AccountId>> {
+    async fn api_key_grant(&self, hash: Vec<u8>, now: i64) -> StoreResult<Option<KeyGrant>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT account_id FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL",
+            Ok(
+                c.prepare_cached(&format!("{GRANT} WHERE k.key_hash = ?1 AND {LIVE}"))?
+                    .query_row(params![hash, now], grant_row)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn record_api_key_use(&self, key: ApiKeyId, now: i64) -> StoreResult<()> {
+        self.write_checked(move |c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?2)
+                 WHERE id = ?1",
             )?
-            .query_row([hash], |r| id(r, 0))
-            .optional()?)
+            .execute(params![key.as_str(), now])?;
+            Ok(())
         })
         .await
     }
@@ -263,45 +298,43 @@ impl AccountStore for SqliteStore {
         key_hash: Vec<u8>,
         now: i64,
         expires_at: i64,
-    ) -> StoreResult<Option<AccountId>> {
+    ) -> StoreResult<Option<KeyGrant>> {
         self.write(move |c| {
             c.prepare_cached("DELETE FROM dashboard_sessions WHERE expires_at <= ?1")?
                 .execute([now])?;
             let key = c
-                .prepare_cached(
-                    "SELECT k.id, k.account_id FROM api_keys k
-                     JOIN accounts a ON a.id = k.account_id
-                     WHERE k.key_hash = ?1 AND k.revoked_at IS NULL AND a.deleted_at IS NULL",
-                )?
-                .query_row([key_hash], |r| Ok((r.get::<_, String>(0)?, id(r, 1)?)))
+                .prepare_cached(&format!("{GRANT} WHERE k.key_hash = ?1 AND {LIVE}"))?
+                .query_row(params![key_hash, now], grant_row)
                 .optional()?;
-            let Some((key_id, account)) = key else {
+            let Some(grant) = key else {
                 return Ok(None);
             };
             c.prepare_cached(
                 "INSERT INTO dashboard_sessions (token_hash, api_key_id, created_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![session_hash, key_id, now, expires_at])?;
-            Ok(Some(account))
+            .execute(params![
+                session_hash,
+                grant.key_id.as_str(),
+                now,
+                expires_at
+            ])?;
+            Ok(Some(grant))
         })
         .await
     }
 
-    async fn session_account(
+    async fn session_grant(
         &self,
         session_hash: Vec<u8>,
         now: i64,
-    ) -> StoreResult<Option<AccountId>> {
+    ) -> StoreResult<Option<KeyGrant>> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT k.account_id FROM dashboard_sessions s
-                 JOIN api_keys k ON k.id = s.api_key_id
-                 JOIN accounts a ON a.id = k.account_id
-                 WHERE s.token_hash = ?1 AND s.expires_at > ?2
-                   AND k.revoked_at IS NULL AND a.deleted_at IS NULL",
-            )?
-            .query_row(params![session_hash, now], |r| id(r, 0))
+            Ok(c.prepare_cached(&format!(
+                "{GRANT} JOIN dashboard_sessions s ON s.api_key_id = k.id
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND {LIVE}"
+            ))?
+            .query_row(params![session_hash, now], grant_row)
             .optional()?)
         })
         .await

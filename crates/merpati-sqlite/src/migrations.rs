@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "connectors",
         include_str!("../migrations/0015_connectors.sql"),
     ),
+    (
+        16,
+        "scoped_keys",
+        include_str!("../migrations/0016_scoped_keys.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

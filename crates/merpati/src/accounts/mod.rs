@@ -10,12 +10,12 @@ use merpati_domain::ids::{self, AccountId, ApiKeyId};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::api::extract::{Admin, JsonBody, Query};
+use crate::api::extract::{Admin, JsonBody, OptionalJsonBody, Query};
 use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::as_rfc3339;
-use crate::api::validate::{check_name, id_or_new};
+use crate::api::validate::{check_name, id_or_new, parse_time};
 use crate::api::{ApiError, ApiResult, AppState};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -68,6 +68,16 @@ pub struct ApiKeyView {
     #[serde(with = "as_rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<i64>,
+    /// Reads only: every other method is refused with 403.
+    pub read_only: bool,
+    /// Opens nothing from this time on.
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<i64>,
+    /// When a request last used it, to the minute.
+    #[serde(with = "as_rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }
@@ -80,9 +90,23 @@ impl From<&ApiKey> for ApiKeyView {
             hint: k.hint.clone(),
             created_at: k.created_at,
             revoked_at: k.revoked_at,
+            read_only: k.read_only,
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
             key: None,
         }
     }
+}
+
+/// What a new key may do; an empty body makes a full key that never expires.
+#[derive(Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    /// Reads only (GET): every other method is refused with 403.
+    #[serde(default)]
+    read_only: bool,
+    /// RFC 3339 or Unix seconds, in the future: the key opens nothing from then on.
+    expires_at: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -223,19 +247,33 @@ async fn remove(
 /// The key itself is in the answer this once (`key`); only its digest is stored.
 #[utoipa::path(post, path = "/v1/accounts/{id}/api-keys", tag = "accounts", security(("admin_token" = [])),
     params(("id" = String, Path, description = "The account's id.")),
+    request_body(content = Option<NewKey>, description = "Optional: a read-only key, an expiry."),
     responses((status = 201, description = "A new key; `key` is shown this once.", body = ApiKeyView)))]
 async fn create_key(
     _: Admin,
     State(state): State<AppState>,
     Path(account_id): Path<String>,
+    OptionalJsonBody(body): OptionalJsonBody<NewKey>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyView>)> {
+    let now = state.clock.now_ms();
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|raw| parse_time("expires_at", raw))
+        .transpose()?;
+    if expires_at.is_some_and(|at| at <= now) {
+        return Err(ApiError::invalid("expires_at must be in the future"));
+    }
     let secret = ids::new_token("mpk");
     let key = ApiKey {
         id: ApiKeyId::generate(),
         account_id: account_id.into(),
         hint: secret[..8].to_string(),
-        created_at: state.clock.now_ms(),
+        created_at: now,
         revoked_at: None,
+        read_only: body.read_only,
+        expires_at,
+        last_used_at: None,
     };
     let key = state
         .store

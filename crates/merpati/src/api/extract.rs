@@ -101,28 +101,54 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// An account API key: the management API, scoped to that account.
+/// An account API key: the management API, scoped to that account. A read-only key (or a
+/// dashboard session opened with one) reads only: any other method is refused with 403.
 pub struct Account(pub AccountId);
 
-/// The account a dashboard session signed in to, set by the dashboard on the requests it
-/// makes to the API in process. Only the server puts extensions on a request: one from
-/// outside never carries it.
+/// The account a dashboard session signed in to, and whether its key reads only, set by
+/// the dashboard on the requests it makes to the API in process. Only the server puts
+/// extensions on a request: one from outside never carries it.
 #[derive(Debug, Clone)]
-pub struct SignedIn(pub AccountId);
+pub struct SignedIn {
+    pub account: AccountId,
+    pub read_only: bool,
+}
 
 impl FromRequestParts<AppState> for Account {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(SignedIn(account)) = parts.extensions.get::<SignedIn>() {
-            return Ok(Account(account.clone()));
+        let (account, read_only) = match parts.extensions.get::<SignedIn>() {
+            Some(signed_in) => (signed_in.account.clone(), signed_in.read_only),
+            None => {
+                let now = state.clock.now_ms();
+                let grant = state
+                    .store
+                    .api_key_grant(token_hash(bearer(parts)?), now)
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked API key"))?;
+                if grant.use_to_record(now) {
+                    state
+                        .store
+                        .record_api_key_use(grant.key_id.clone(), now)
+                        .await?;
+                }
+                (grant.account_id, grant.read_only)
+            }
+        };
+        if read_only && !reads_only(&parts.method) {
+            return Err(ApiError::forbidden(
+                "this API key is read-only: it can read, not change anything",
+            ));
         }
-        let hash = token_hash(bearer(parts)?);
-        match state.store.account_for_api_key(hash).await? {
-            Some(account_id) => Ok(Account(account_id)),
-            None => Err(ApiError::unauthorized("invalid or revoked API key")),
-        }
+        Ok(Account(account))
     }
+}
+
+/// Methods that change nothing.
+pub fn reads_only(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS].contains(method)
 }
 
 /// A device token: the device API, as that one device.

@@ -157,12 +157,12 @@ struct UniqueOperationIds;
 impl Modify for UniqueOperationIds {
     fn modify(&self, doc: &mut Document) {
         let mut seen = std::collections::HashMap::<String, usize>::new();
-        for_each_operation(doc, |_, op| {
+        for_each_operation(doc, |_, _, op| {
             if let Some(id) = &op.operation_id {
                 *seen.entry(id.clone()).or_default() += 1;
             }
         });
-        for_each_operation(doc, |path, op| {
+        for_each_operation(doc, |path, _, op| {
             let Some(id) = &op.operation_id else { return };
             if seen.get(id).copied().unwrap_or(0) > 1 {
                 let resource = path
@@ -176,19 +176,19 @@ impl Modify for UniqueOperationIds {
     }
 }
 
-fn for_each_operation(doc: &mut Document, mut each: impl FnMut(&str, &mut Operation)) {
+/// Every operation, with its path and method.
+fn for_each_operation(doc: &mut Document, mut each: impl FnMut(&str, &str, &mut Operation)) {
     for (path, item) in doc.paths.paths.iter_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            each(path, op);
+        for (method, op) in [
+            ("get", &mut item.get),
+            ("post", &mut item.post),
+            ("put", &mut item.put),
+            ("patch", &mut item.patch),
+            ("delete", &mut item.delete),
+        ] {
+            if let Some(op) = op {
+                each(path, method, op);
+            }
         }
     }
 }
@@ -197,7 +197,12 @@ struct CommonErrors;
 
 /// The answers many routes share, each once under `components/responses`: (status, name,
 /// description).
-const COMMON_ERRORS: [(&str, &str, &str); 9] = [
+const COMMON_ERRORS: [(&str, &str, &str); 10] = [
+    (
+        "403",
+        "ReadOnly",
+        "The API key is read-only, and this route changes something (`forbidden`).",
+    ),
     (
         "409",
         "KeepsChanging",
@@ -270,11 +275,13 @@ impl Modify for CommonErrors {
                 .responses
                 .insert(name.to_string(), RefOr::T(response));
         }
-        for_each_operation(doc, |path, op| add_common_errors(op, path.contains('{')));
+        for_each_operation(doc, |path, method, op| {
+            add_common_errors(op, path.contains('{'), method != "get")
+        });
     }
 }
 
-fn add_common_errors(op: &mut Operation, has_id: bool) {
+fn add_common_errors(op: &mut Operation, has_id: bool, writes: bool) {
     // The acknowledgement links answer people, in HTML, and say their own errors.
     if op
         .tags
@@ -284,6 +291,10 @@ fn add_common_errors(op: &mut Operation, has_id: bool) {
         return;
     }
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let by_api_key = op.security.as_ref().is_some_and(|s| {
+        s.iter()
+            .any(|r| serde_json::to_value(r).is_ok_and(|v| v.get(ACCOUNT).is_some()))
+    });
     let has_body = op.request_body.is_some();
     let has_query = op.parameters.as_ref().is_some_and(|ps| {
         ps.iter()
@@ -316,6 +327,7 @@ fn add_common_errors(op: &mut Operation, has_id: bool) {
         "400" | "413" => has_body,
         "422" => has_body || has_query,
         "401" => secured,
+        "403" => by_api_key && writes,
         "404" => has_id,
         _ => true,
     };

@@ -8,7 +8,7 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use http_body_util::BodyExt;
-use merpati_domain::ids::AccountId;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -35,7 +35,7 @@ impl Api {
     /// The API's response as it is (a stream stays a stream).
     pub async fn respond(
         &self,
-        account: &AccountId,
+        account: &SignedIn,
         method: Method,
         uri: &str,
         body: Option<&Value>,
@@ -49,7 +49,7 @@ impl Api {
             None => Body::empty(),
         };
         let mut request = request.body(body).expect("a request to a valid uri");
-        request.extensions_mut().insert(SignedIn(account.clone()));
+        request.extensions_mut().insert(account.clone());
         match self.router.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -59,7 +59,7 @@ impl Api {
     /// The JSON the API answers, or what it refused.
     pub async fn call(
         &self,
-        account: &AccountId,
+        account: &SignedIn,
         method: Method,
         uri: &str,
         body: Option<&Value>,
@@ -94,7 +94,7 @@ impl Api {
 
     pub async fn get<T: DeserializeOwned>(
         &self,
-        account: &AccountId,
+        account: &SignedIn,
         uri: &str,
     ) -> Result<T, Refused> {
         let value = self.call(account, Method::GET, uri, None).await?;
@@ -106,7 +106,7 @@ impl Api {
 
     pub async fn post(
         &self,
-        account: &AccountId,
+        account: &SignedIn,
         uri: &str,
         body: &Value,
     ) -> Result<Value, Refused> {

@@ -102,10 +102,10 @@ impl Frame {
         let prefs = Prefs::of(headers);
         let account_name = state
             .store
-            .get_account(session.account.clone())
+            .get_account(session.account.account.clone())
             .await
             .map(|a| a.name)
-            .unwrap_or_else(|_| session.account.to_string());
+            .unwrap_or_else(|_| session.account.account.to_string());
         let flash = cookie(headers, FLASH_COOKIE).and_then(|raw| {
             let (kind, text) = raw.split_once(':')?;
             Some(Flash {

@@ -10,7 +10,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use cookie::{Cookie, SameSite};
-use merpati_domain::ids::{new_token, token_hash, AccountId};
+use merpati_domain::ids::{new_token, token_hash};
+
+use crate::api::extract::SignedIn;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -82,7 +84,7 @@ fn same(a: &str, b: &str) -> bool {
 /// A signed-in browser. Pages without one are sent to the sign-in page.
 #[derive(Clone)]
 pub struct Session {
-    pub account: AccountId,
+    pub account: SignedIn,
     token: String,
 }
 
@@ -118,10 +120,16 @@ impl FromRequestParts<AppState> for Session {
         };
         let found = state
             .store
-            .session_account(token_hash(&token), state.clock.now_ms())
+            .session_grant(token_hash(&token), state.clock.now_ms())
             .await;
         match found {
-            Ok(Some(account)) => Ok(Session { account, token }),
+            Ok(Some(grant)) => Ok(Session {
+                account: SignedIn {
+                    account: grant.account_id,
+                    read_only: grant.read_only,
+                },
+                token,
+            }),
             Ok(None) => Err(signed_out()),
             Err(e) => Err(super::page::store_failure(&Prefs::of(&parts.headers), e)),
         }

@@ -3,6 +3,7 @@
 mod alert_input;
 mod alerts;
 mod api;
+mod authorization;
 mod bad_input;
 mod bench;
 mod browser;
