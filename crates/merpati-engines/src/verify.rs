@@ -81,7 +81,7 @@ fn timestamp<'a>(
 ) -> Result<&'a str, Refused> {
     let raw = headers.get(name).ok_or(Refused::MissingHeader(name))?;
     let secs: i64 = raw.trim().parse().map_err(|_| Refused::Malformed(name))?;
-    if (secs - now_secs).abs() > MAX_SKEW_SECS {
+    if secs.abs_diff(now_secs) > MAX_SKEW_SECS.unsigned_abs() {
         return Err(Refused::Stale);
     }
     Ok(raw)

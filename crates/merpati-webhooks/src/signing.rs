@@ -113,7 +113,8 @@ impl Webhook {
             .parse()
             .map_err(|_| VerifyError::InvalidHeader(HEADER_TIMESTAMP))?;
         let signatures = header(HEADER_SIGNATURE)?;
-        if (now - timestamp).abs() > self.tolerance_seconds {
+        // A timestamp at either end of i64 is far from now, not an overflow.
+        if now.abs_diff(timestamp) > self.tolerance_seconds.unsigned_abs() {
             return Err(VerifyError::TimestampOutOfTolerance);
         }
         let expected: Vec<[u8; 32]> = self
@@ -190,6 +191,25 @@ fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_timestamp_at_the_ends_of_i64_is_out_of_tolerance() {
+        // Found by the property test: `now - timestamp` overflowed.
+        let hook = super::Webhook::new(&super::encode_secret(&[7; 24])).unwrap();
+        for (ts, now) in [(i64::MIN, 1), (i64::MAX, -1), (i64::MIN, i64::MAX)] {
+            let mut h = http::HeaderMap::new();
+            h.insert("webhook-id", "msg".parse().unwrap());
+            h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+            h.insert(
+                "webhook-signature",
+                hook.sign("msg", ts, b"x").parse().unwrap(),
+            );
+            assert_eq!(
+                hook.verify_at(&h, b"x", now),
+                Err(super::VerifyError::TimestampOutOfTolerance)
+            );
+        }
+    }
+
     use super::*;
 
     // The example from the Standard Webhooks specification.
