@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 
 use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::token_hash;
+use merpati_domain::ingest::PreparedItem;
 use merpati_domain::presence::machine::Reason;
 use merpati_runtime::presence::{LinkClose, Telemetry};
 
@@ -297,22 +298,30 @@ struct HeartbeatFrame {
     network: Option<String>,
 }
 
-async fn handle_text(
-    state: &AppState,
-    device: &std::sync::Arc<DeviceContext>,
-    limiter: &mut HeartbeatLimiter,
+/// What a text frame asks, once read and checked.
+#[derive(Debug)]
+pub enum Frame {
+    Heartbeat(Telemetry),
+    Messages(Vec<PreparedItem>),
+}
+
+/// A text frame read and checked, without acting on it: what it asks and its `ref`, or the
+/// error frame to answer.
+pub fn read_frame(
     text: &str,
-) -> Option<Value> {
+    device: &DeviceContext,
+    now_secs: i64,
+) -> Result<(Frame, Option<Value>), Value> {
     let mut frame: Value = match serde_json::from_str(text) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => {
-            return Some(error_frame(
+            return Err(error_frame(
                 None,
                 &ApiError::invalid("a frame is a JSON object with a \"type\""),
             ))
         }
         Err(e) => {
-            return Some(error_frame(
+            return Err(error_frame(
                 None,
                 &ApiError::bad_request(format!("frame is not valid JSON: {e}")),
             ))
@@ -324,23 +333,56 @@ async fn handle_text(
         .as_ref()
         .is_some_and(|r| !(r.is_string() || r.is_number()) || r.to_string().len() > 130)
     {
-        return Some(error_frame(
+        return Err(error_frame(
             None,
             &ApiError::invalid("ref must be a string or a number of up to 128 characters"),
         ));
     }
     let kind = map.remove("type");
-    match kind.as_ref().and_then(Value::as_str) {
-        Some("heartbeat") => {
-            let hb: HeartbeatFrame = match serde_json::from_value(frame) {
-                Ok(hb) => hb,
-                Err(e) => {
-                    return Some(error_frame(
-                        reference.as_ref(),
-                        &ApiError::invalid(e.to_string()),
-                    ))
-                }
-            };
+    let read = match kind.as_ref().and_then(Value::as_str) {
+        Some("heartbeat") => serde_json::from_value::<HeartbeatFrame>(frame)
+            .map(|hb| {
+                Frame::Heartbeat(Telemetry {
+                    battery: hb.battery.filter(|b| *b <= 100),
+                    charging: hb.charging,
+                    signal: hb.signal,
+                    network: hb.network.filter(|n| !n.is_empty() && n.len() <= 32),
+                })
+            })
+            .map_err(|e| ApiError::invalid(e.to_string())),
+        Some("messages") => {
+            if frame.get("items").is_some_and(Value::is_array) {
+                crate::ingest::prepare_body(frame, device, now_secs).map(Frame::Messages)
+            } else {
+                Err(ApiError::invalid(
+                    "a messages frame carries \"items\": [...]",
+                ))
+            }
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "unknown frame type {other:?}; expected \"heartbeat\" or \"messages\""
+        ))),
+        None => Err(ApiError::invalid("a frame needs a \"type\"")),
+    };
+    match read {
+        Ok(frame) => Ok((frame, reference)),
+        Err(e) => Err(error_frame(reference.as_ref(), &e)),
+    }
+}
+
+async fn handle_text(
+    state: &AppState,
+    device: &std::sync::Arc<DeviceContext>,
+    limiter: &mut HeartbeatLimiter,
+    text: &str,
+) -> Option<Value> {
+    let now = state.clock.now_ms();
+    let (frame, reference) = match read_frame(text, device, now.div_euclid(1000)) {
+        Ok(read) => read,
+        Err(error) => return Some(error),
+    };
+    match frame {
+        Frame::Heartbeat(telemetry) => {
             if !limiter.allow() {
                 return Some(error_frame(
                     reference.as_ref(),
@@ -351,30 +393,10 @@ async fn handle_text(
                     ),
                 ));
             }
-            state.presence.seen(
-                device,
-                Telemetry {
-                    battery: hb.battery.filter(|b| *b <= 100),
-                    charging: hb.charging,
-                    signal: hb.signal,
-                    network: hb.network.filter(|n| !n.is_empty() && n.len() <= 32),
-                },
-            );
+            state.presence.seen(device, telemetry);
             None
         }
-        Some("messages") => {
-            if !frame.get("items").is_some_and(Value::is_array) {
-                return Some(error_frame(
-                    reference.as_ref(),
-                    &ApiError::invalid("a messages frame carries \"items\": [...]"),
-                ));
-            }
-            let now = state.clock.now_ms();
-            let prepared = crate::ingest::prepare_body(frame, device, now.div_euclid(1000));
-            let items = match prepared {
-                Ok(items) => items,
-                Err(e) => return Some(error_frame(reference.as_ref(), &e)),
-            };
+        Frame::Messages(items) => {
             match crate::ingest::store(state, device.clone(), items, now).await {
                 Ok(accepted) => Some(json!({
                     "type": "ack",
@@ -385,15 +407,5 @@ async fn handle_text(
                 Err(e) => Some(error_frame(reference.as_ref(), &e)),
             }
         }
-        Some(other) => Some(error_frame(
-            reference.as_ref(),
-            &ApiError::invalid(format!(
-                "unknown frame type {other:?}; expected \"heartbeat\" or \"messages\""
-            )),
-        )),
-        None => Some(error_frame(
-            reference.as_ref(),
-            &ApiError::invalid("a frame needs a \"type\""),
-        )),
     }
 }

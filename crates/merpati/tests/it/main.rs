@@ -31,6 +31,7 @@ mod notifications;
 mod openapi;
 mod payloads;
 mod presence;
+mod properties;
 mod restart;
 mod retention;
 mod retries;
