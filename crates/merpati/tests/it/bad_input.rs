@@ -13,7 +13,7 @@ fn assert_error(status: reqwest::StatusCode, body: &Value, expected: u16, what: 
 }
 
 /// Everything a merchant can list, to show that a refused request wrote nothing.
-async fn snapshot(app: &TestApp, m: &Merchant) -> Vec<Value> {
+pub(crate) async fn snapshot(app: &TestApp, m: &Merchant) -> Vec<Value> {
     let mut all = Vec::new();
     for list in [
         "/v1/businesses",
@@ -21,6 +21,11 @@ async fn snapshot(app: &TestApp, m: &Merchant) -> Vec<Value> {
         "/v1/devices",
         "/v1/endpoints",
         "/v1/events",
+        "/v1/connectors",
+        "/v1/notifiers",
+        "/v1/alert-rules",
+        "/v1/maintenance-windows",
+        "/v1/incidents",
     ] {
         let (status, body) = app.get(list, &m.key).await;
         assert_eq!(status, 200);
