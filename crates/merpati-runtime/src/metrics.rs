@@ -94,6 +94,8 @@ pub struct Metrics {
     incidents: Family<StateLabel, Gauge>,
     incidents_open: Gauge,
     links_open: Gauge,
+    connections_open: Gauge,
+    connections_refused: Counter,
     endpoints_paused: Gauge,
     engines: Mutex<HashSet<String>>,
 }
@@ -175,6 +177,18 @@ impl Default for Metrics {
             "Device links (WebSockets) open",
             links_open.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "merpati_connections_open",
+            "HTTP connections open (device links among them)",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "merpati_connections_refused",
+            "Connections closed at once because server.max_connections were open",
+            connections_refused.clone(),
+        );
         let endpoints_paused = Gauge::default();
         registry.register(
             "merpati_endpoints_paused",
@@ -197,6 +211,8 @@ impl Default for Metrics {
             incidents,
             incidents_open,
             links_open,
+            connections_open,
+            connections_refused,
             endpoints_paused,
             engines: Mutex::new(HashSet::new()),
         }
@@ -255,6 +271,18 @@ impl Metrics {
 
     pub fn link_closed(&self) {
         self.links_open.dec();
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// An engine as a label: itself while few are known, else `other`.

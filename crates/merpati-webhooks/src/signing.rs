@@ -192,6 +192,23 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_id_that_is_not_visible_ascii_is_an_invalid_header() {
+        // Found by the fuzzer: such an id can be signed but not carried in a header.
+        let hook = super::Webhook::new(&super::encode_secret(&[7; 24])).unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert("webhook-id", http::HeaderValue::from_str("msg-é").unwrap());
+        h.insert("webhook-timestamp", "100".parse().unwrap());
+        h.insert(
+            "webhook-signature",
+            hook.sign("msg-é", 100, b"x").parse().unwrap(),
+        );
+        assert_eq!(
+            hook.verify_at(&h, b"x", 100),
+            Err(super::VerifyError::InvalidHeader("webhook-id"))
+        );
+    }
+
+    #[test]
     fn a_timestamp_at_the_ends_of_i64_is_out_of_tolerance() {
         // Found by the property test: `now - timestamp` overflowed.
         let hook = super::Webhook::new(&super::encode_secret(&[7; 24])).unwrap();

@@ -65,11 +65,34 @@ pub struct Config {
     pub secret_key: Option<Secret>,
     pub database_url: Option<Secret>,
     pub log_format: LogFormat,
+    pub server: ConnectionLimits,
     pub database: DatabaseConfig,
     pub delivery: DeliveryConfig,
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+}
+
+/// What a connection may take of the server (`server.*`).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers (and an idle kept-alive
+    /// connection to start its next request).
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's body, once its headers are in.
+    pub body_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 16_384,
+            header_timeout: Duration::from_secs(15),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +172,9 @@ const KEYS: &[&str] = &[
     "secret_key",
     "database_url",
     "log_format",
+    "server.max_connections",
+    "server.header_timeout",
+    "server.body_timeout",
     "database.synchronous",
     "database.read_connections",
     "delivery.allowed_networks",
@@ -199,6 +225,7 @@ impl Default for Config {
             secret_key: None,
             database_url: None,
             log_format: LogFormat::Text,
+            server: ConnectionLimits::default(),
             database: DatabaseConfig::default(),
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
@@ -273,6 +300,15 @@ impl Config {
                         "normal" => false,
                         _ => return Err(invalid("expected \"full\" or \"normal\"".into())),
                     }
+                }
+                "server.max_connections" => {
+                    c.server.max_connections = parse_count(raw).map_err(invalid)?
+                }
+                "server.header_timeout" => {
+                    c.server.header_timeout = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "server.body_timeout" => {
+                    c.server.body_timeout = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "database.read_connections" => {
                     c.database.read_connections = parse_count(raw).map_err(invalid)?

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod presence;
 pub mod remote;
+pub mod serve;
 pub mod store;
 pub mod stream;
 
@@ -262,6 +263,8 @@ pub async fn start(
         .run(),
     );
 
+    let metrics_for_listener = metrics.clone();
+    let connection_limits = config.server.clone();
     let state = api::AppState {
         store: store.clone(),
         lease: config.presence.lease.clone(),
@@ -284,12 +287,13 @@ pub async fn start(
         metrics,
     };
     let app = app::router(state);
-    let stop = shutdown.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let http = tokio::spawn(serve::serve(
+        listener,
+        app,
+        connection_limits,
+        shutdown.clone(),
+        metrics_for_listener,
+    ));
     tracing::info!(%addr, "merpati is listening");
     Ok(Server {
         addr,

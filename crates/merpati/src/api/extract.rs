@@ -3,6 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
@@ -29,8 +30,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// answered while it is still sending sees its connection reset instead of the 413.
 const DRAIN_BYTES: usize = 16 * MAX_BODY_BYTES;
 
-/// The raw body, at most [`MAX_BODY_BYTES`]; more is a 413 in the API's error shape.
+/// How long the listener gives a request to send its body, once its headers are in
+/// (`server.body_timeout`); a request made in process carries none.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// The raw body, at most [`MAX_BODY_BYTES`]; more is a 413 in the API's error shape, and a
+/// body slower than its [`BodyTimeout`] a 408.
 pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, ApiError> {
+    match req.extensions().get::<BodyTimeout>().copied() {
+        Some(BodyTimeout(limit)) => tokio::time::timeout(limit, read_body_untimed(req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the body did not arrive within {} s", limit.as_secs_f64()),
+                ))
+            }),
+        None => read_body_untimed(req).await,
+    }
+}
+
+async fn read_body_untimed(req: Request) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("request body is over {MAX_BODY_BYTES} bytes"));
     let declared = req
         .headers()

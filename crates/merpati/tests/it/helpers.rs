@@ -31,6 +31,15 @@ pub struct TestApp {
 }
 
 /// Settings every test server starts with: quick retries, a short timeout.
+/// The tests' HTTP client: an idle connection is let go well before the server would close
+/// it (`server.header_timeout`), so that no request races that close.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 pub fn test_settings() -> BTreeMap<String, String> {
     [
         ("admin_token", ADMIN),
@@ -114,7 +123,7 @@ impl TestApp {
     pub fn at(url: String) -> TestApp {
         TestApp {
             url,
-            client: reqwest::Client::new(),
+            client: client(),
             data_dir: PathBuf::new(),
             overrides: Vec::new(),
             clock: Arc::new(SystemClock),
@@ -147,7 +156,7 @@ impl TestApp {
             .expect("server starts");
         TestApp {
             url: format!("http://{}", server.addr),
-            client: reqwest::Client::new(),
+            client: client(),
             data_dir,
             overrides,
             clock,

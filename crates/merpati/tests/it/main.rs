@@ -24,6 +24,7 @@ mod isolation;
 mod lanes;
 mod layers;
 mod link;
+mod listener;
 mod mail_endpoints;
 mod maintenance;
 mod metrics;

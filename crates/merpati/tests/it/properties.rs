@@ -133,7 +133,10 @@ proptest! {
                 prop_assert!(!said.is_empty());
                 // A secret's value is never repeated in the error.
                 for (key, value) in &pairs {
-                    if (*key == "admin_token" || *key == "secret_key") && value.len() >= 8 {
+                    let secret = *key == "admin_token" || *key == "secret_key";
+                    // Another setting given the same text may well quote its own value.
+                    let also_elsewhere = pairs.iter().any(|(k, v)| k != key && v == value);
+                    if secret && !also_elsewhere && value.len() >= 8 {
                         prop_assert!(!said.contains(value.as_str()), "{}", said);
                     }
                 }
