@@ -101,7 +101,11 @@ pub async fn new_account(api: &Api, admin: &str, prefix: &str) -> anyhow::Result
     api.post(
         "/v1/accounts",
         admin,
-        json!({"id": account, "name": format!("{prefix} merchant")}),
+        // A benchmark's account takes whatever the machine can: no rate or cap of its own.
+        json!({"id": account, "name": format!("{prefix} merchant"), "limits": {
+            "events_per_second": 1_000_000_000, "device_events_per_second": 1_000_000_000,
+            "max_devices": 1_000_000_000, "max_endpoints": 1_000_000_000,
+            "max_alert_rules": 1_000_000_000}}),
     )
     .await?;
     let key = api

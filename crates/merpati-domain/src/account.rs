@@ -9,6 +9,8 @@ pub struct Account {
     pub name: String,
     /// The language of its notifications.
     pub language: crate::alert::Language,
+    /// Its own rates and caps, over the server's defaults.
+    pub limits: crate::limits::AccountLimits,
     pub created_at: i64,
     pub updated_at: i64,
     /// Counts the changes made to it: an update names the revision it was read at.

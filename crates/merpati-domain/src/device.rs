@@ -130,6 +130,8 @@ pub struct DeviceContext {
     /// The channel's own lease settings, if it has any.
     pub channel_heartbeat_ms: Option<i64>,
     pub channel_grace_ms: Option<i64>,
+    /// Its account's own rates and caps.
+    pub account_limits: crate::limits::AccountLimits,
 }
 
 impl DeviceContext {
@@ -171,11 +173,13 @@ pub trait DeviceStore: Send + Sync {
     /// Conflict while devices are on it; channels backed up by it lose their backup.
     async fn delete_channel(&self, account: AccountId, id: ChannelId) -> StoreResult<()>;
 
+    /// LimitReached when the account has `cap` devices.
     async fn create_device(
         &self,
         account: AccountId,
         d: Device,
         token_hash: Vec<u8>,
+        cap: u32,
     ) -> StoreResult<Device>;
     async fn list_devices(
         &self,

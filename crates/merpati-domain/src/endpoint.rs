@@ -206,12 +206,14 @@ pub fn mail_recipients(url: &str) -> Option<Result<Vec<String>, String>> {
 
 #[async_trait::async_trait]
 pub trait EndpointStore: Send + Sync {
-    /// Invalid when a scope id is not the account's.
+    /// Invalid when a scope id is not the account's; LimitReached when the account has
+    /// `cap` endpoints.
     async fn create_endpoint(
         &self,
         account: AccountId,
         e: Endpoint,
         secret: String,
+        cap: u32,
     ) -> StoreResult<Endpoint>;
     async fn list_endpoints(&self, account: AccountId, page: Page) -> StoreResult<Vec<Endpoint>>;
     async fn get_endpoint(&self, account: AccountId, id: EndpointId) -> StoreResult<Endpoint>;

@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod ids;
 pub mod ingest;
 pub mod job;
+pub mod limits;
 pub mod presence;
 pub mod retention;
 pub mod retry;

@@ -12,6 +12,9 @@ pub enum StoreError {
     /// The row changed since it was read: a conditional update did not apply.
     #[error("the {0} was changed since it was read")]
     Stale(&'static str),
+    /// The account already has as many of these as its limit allows.
+    #[error("{0}")]
+    LimitReached(String),
     /// The request names something that is not there or not allowed (a 422 to the API).
     #[error("{0}")]
     Invalid(String),

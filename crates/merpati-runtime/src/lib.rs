@@ -17,6 +17,7 @@ pub mod bus;
 pub mod connectors;
 pub mod delivery;
 pub mod jobs;
+pub mod limits;
 pub mod mail;
 pub mod memory;
 pub mod metrics;

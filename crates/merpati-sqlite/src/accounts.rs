@@ -4,15 +4,16 @@
 use merpati_domain::account::{Account, AccountStore, ApiKey, KeyGrant};
 use merpati_domain::alert::Language;
 use merpati_domain::ids::{AccountId, ApiKeyId, EndpointId};
+use merpati_domain::limits::AccountLimits;
 use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::endpoints::purge_step;
 use crate::error::{is_unique_violation, DbError, DbResult};
-use crate::rows::{id, word};
+use crate::rows::{id, json_column, word};
 use crate::SqliteStore;
 
-const ACCOUNT_COLUMNS: &str = "id, name, created_at, updated_at, revision, language";
+const ACCOUNT_COLUMNS: &str = "id, name, created_at, updated_at, revision, language, limits";
 
 fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
     Ok(Account {
@@ -22,7 +23,12 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<Account> {
         updated_at: r.get(3)?,
         revision: r.get(4)?,
         language: word(r, 5, Language::parse)?,
+        limits: json_column(&r.get::<_, String>(6)?)?,
     })
+}
+
+fn limits_json(limits: &AccountLimits) -> String {
+    serde_json::to_string(limits).expect("limits serialize")
 }
 
 fn key_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
@@ -107,15 +113,16 @@ impl AccountStore for SqliteStore {
     async fn create_account(&self, a: Account) -> StoreResult<Account> {
         self.write(move |c| {
             c.execute(
-                "INSERT INTO accounts (id, name, created_at, updated_at, revision, language)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO accounts (id, name, created_at, updated_at, revision, language, limits)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     a.id.as_str(),
                     a.name,
                     a.created_at,
                     a.updated_at,
                     a.revision,
-                    a.language.as_str()
+                    a.language.as_str(),
+                    limits_json(&a.limits)
                 ],
             )
             .map_err(|e| {
@@ -160,7 +167,7 @@ impl AccountStore for SqliteStore {
         self.write(move |c| {
             account_exists(c, &a.id)?;
             let n = c.execute(
-                "UPDATE accounts SET name = ?2, updated_at = ?3, language = ?5,
+                "UPDATE accounts SET name = ?2, updated_at = ?3, language = ?5, limits = ?6,
                      revision = revision + 1
                  WHERE id = ?1 AND deleted_at IS NULL AND revision = ?4",
                 params![
@@ -168,7 +175,8 @@ impl AccountStore for SqliteStore {
                     a.name,
                     a.updated_at,
                     a.revision,
-                    a.language.as_str()
+                    a.language.as_str(),
+                    limits_json(&a.limits)
                 ],
             )?;
             if n == 0 {

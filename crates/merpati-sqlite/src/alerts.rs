@@ -11,6 +11,7 @@ use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::{
     AccountId, AlertRuleId, ChannelId, DeviceId, IncidentId, NotifierId, WindowId,
 };
+use merpati_domain::limits::check_cap;
 use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -130,8 +131,15 @@ impl AlertStore for SqliteStore {
         .await
     }
 
-    async fn create_rule(&self, account: AccountId, rule: AlertRule) -> StoreResult<AlertRule> {
+    async fn create_rule(
+        &self,
+        account: AccountId,
+        rule: AlertRule,
+        cap: u32,
+    ) -> StoreResult<AlertRule> {
         self.write(move |c| {
+            let count = crate::rows::count_of(c, "alert_rules", &account)?;
+            check_cap(count, cap, "alert rules")?;
             check_match(c, &account, &rule.matches)?;
             check_notifiers(c, &account, &rule)?;
             c.execute(

@@ -4,6 +4,7 @@ use merpati_domain::device::{
     Business, Channel, Device, DeviceContext, DeviceFilter, DeviceStore, Presence,
 };
 use merpati_domain::ids::{AccountId, BusinessId, ChannelId, DeviceId};
+use merpati_domain::limits::check_cap;
 use merpati_domain::presence::machine::EngineReport;
 use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::types::Value as SqlValue;
@@ -81,7 +82,7 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
 pub(crate) const CONTEXT_QUERY: &str =
     "SELECT d.account_id, a.name, b.id, b.name, ch.id, ch.name, ch.engine,
             d.id, d.name, d.phone, d.presence, d.presence_since, d.engine_state,
-            ch.heartbeat_timeout_ms, ch.grace_ms
+            ch.heartbeat_timeout_ms, ch.grace_ms, a.limits
      FROM devices d
      JOIN accounts a ON a.id = d.account_id
      JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
@@ -107,6 +108,7 @@ pub(crate) fn context_row(r: &Row<'_>) -> rusqlite::Result<DeviceContext> {
             .and_then(EngineReport::parse),
         channel_heartbeat_ms: r.get(13)?,
         channel_grace_ms: r.get(14)?,
+        account_limits: crate::rows::json_column(&r.get::<_, String>(15)?)?,
     })
 }
 
@@ -323,8 +325,11 @@ impl DeviceStore for SqliteStore {
         account: AccountId,
         d: Device,
         token_hash: Vec<u8>,
+        cap: u32,
     ) -> StoreResult<Device> {
         self.write(move |c| {
+            let count = crate::rows::count_of(c, "devices", &account)?;
+            check_cap(count, cap, "devices")?;
             require(
                 c,
                 "channels",

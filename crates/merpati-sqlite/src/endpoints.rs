@@ -3,6 +3,7 @@
 
 use merpati_domain::endpoint::{BodyFormat, DisableReason, Endpoint, EndpointStore, Ordering};
 use merpati_domain::ids::{AccountId, EndpointId};
+use merpati_domain::limits::check_cap;
 use merpati_domain::{Page, StoreError, StoreResult};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
@@ -217,8 +218,11 @@ impl EndpointStore for SqliteStore {
         account: AccountId,
         e: Endpoint,
         secret: String,
+        cap: u32,
     ) -> StoreResult<Endpoint> {
         self.write(move |c| {
+            let count = crate::rows::count_of(c, "endpoints", &account)?;
+            check_cap(count, cap, "endpoints")?;
             check_scope(c, &account, &e)?;
             c.execute(
                 "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,

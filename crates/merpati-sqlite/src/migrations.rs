@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "scoped_keys",
         include_str!("../migrations/0016_scoped_keys.sql"),
     ),
+    (
+        17,
+        "account_limits",
+        include_str!("../migrations/0017_account_limits.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -38,3 +38,20 @@ pub(crate) fn json_column<T: serde::de::DeserializeOwned>(text: &str) -> rusqlit
     serde_json::from_str(text)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e)))
 }
+
+/// How many rows of `table` the account has (endpoints being deleted not counted).
+pub(crate) fn count_of(
+    c: &rusqlite::Connection,
+    table: &str,
+    account: &merpati_domain::ids::AccountId,
+) -> crate::error::DbResult<u64> {
+    let live = if table == "endpoints" {
+        " AND deleted_at IS NULL"
+    } else {
+        ""
+    };
+    Ok(c.prepare_cached(&format!(
+        "SELECT COUNT(*) FROM {table} WHERE account_id = ?1{live}"
+    ))?
+    .query_row([account.as_str()], |r| r.get(0))?)
+}

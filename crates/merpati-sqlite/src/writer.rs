@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::checkpoint;
 use crate::commit_stats::CommitStats;
 use crate::endpoint_cache::EndpointCache;
-use crate::error::{closed, DbResult};
+use crate::error::{closed, sqlite_error, DbResult};
 
 /// At most this many writes share one commit.
 pub(crate) const MAX_GROUP: usize = 512;
@@ -105,8 +105,10 @@ pub(crate) trait WriteJob: Send {
     fn guard(&self) -> Guard;
     /// Runs inside the open transaction; true when the work should be kept.
     fn run(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Why it failed, once it ran and failed.
+    fn failure(&self) -> Option<StoreError>;
     /// Answers the caller once the commit's fate is known.
-    fn finish(self: Box<Self>, commit: Result<(), String>);
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
 pub(crate) struct Job<F, R, T> {
@@ -157,21 +159,43 @@ where
         keep
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), String>) {
+    fn failure(&self) -> Option<StoreError> {
+        match &self.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
         let answer = match commit {
             Ok(()) => self
                 .result
                 .unwrap_or_else(|| Err(StoreError::Internal("the write did not run".into())))
                 .map(self.committed),
-            Err(message) if message == CLOSING => Err(closed()),
-            Err(message) => Err(StoreError::Internal(format!("commit failed: {message}"))),
+            Err(e) => Err(e),
         };
         let _ = self.reply.send(answer);
     }
 }
 
-/// Why a committed group was not made durable: the store closed under it.
-const CLOSING: &str = "the store is closing";
+/// A group's commit failed: what the caller is told, by what the database said (a full
+/// disk or a busy database may take the write later; anything else is the store's fault).
+fn commit_failed(e: &rusqlite::Error) -> StoreError {
+    match sqlite_error(e) {
+        StoreError::Internal(message) => StoreError::Internal(format!("commit failed: {message}")),
+        retryable => retryable,
+    }
+}
+
+/// The log could not be made durable: a full disk may take it later.
+fn sync_failed(e: &std::io::Error) -> StoreError {
+    let message = format!("cannot sync the write-ahead log: {e}");
+    if e.raw_os_error() == Some(28) {
+        StoreError::Unavailable(format!("the disk is full: {message}"))
+    } else {
+        StoreError::Internal(message)
+    }
+}
 
 /// A committed group on its way to the syncer, and when its transaction began.
 pub(crate) struct Group {
@@ -207,14 +231,14 @@ pub(crate) fn writer_loop(
                 };
                 if let Err(unsent) = to_sync.send(group) {
                     for job in unsent.0.jobs {
-                        job.finish(Err(CLOSING.into()));
+                        job.finish(Err(closed()));
                     }
                 }
             }
-            Err(message) => {
-                tracing::error!(%message, jobs = group.len(), "group commit failed");
+            Err(e) => {
+                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
                 for job in group {
-                    job.finish(Err(message.clone()));
+                    job.finish(Err(e.clone()));
                 }
             }
         }
@@ -232,13 +256,12 @@ pub(crate) fn sync_loop(
         let mut groups = vec![first];
         groups.extend(committed.try_iter());
         let synced = if sync {
-            log.sync_data()
-                .map_err(|e| format!("cannot sync the write-ahead log: {e}"))
+            log.sync_data().map_err(|e| sync_failed(&e))
         } else {
             Ok(())
         };
-        if let Err(message) = &synced {
-            tracing::error!(%message, "commit not durable");
+        if let Err(e) = &synced {
+            tracing::error!(error = %e, "commit not durable");
         }
         for group in groups {
             if synced.is_ok() {
@@ -255,12 +278,12 @@ pub(crate) fn run_group(
     conn: &Connection,
     state: &mut WriterState,
     group: &mut [Box<dyn WriteJob>],
-) -> Result<(), String> {
-    let exec = |sql: &str| -> Result<(), String> {
+) -> Result<(), StoreError> {
+    let exec = |sql: &str| -> Result<(), StoreError> {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute([]))
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| commit_failed(&e))
     };
     // What the writer keeps is read inside writes that may be undone: it goes with them.
     let undo = WriterState::forget;
@@ -274,7 +297,14 @@ pub(crate) fn run_group(
                 // It changed rows and then failed: only the whole transaction undoes that.
                 undo(state);
                 let _ = exec("ROLLBACK");
-                return Err("a write failed after changing rows; its group is undone".into());
+                // A full disk or a busy database undoes the group, and every write in it
+                // may be sent again.
+                return Err(match job.failure() {
+                    Some(retryable @ StoreError::Unavailable(_)) => retryable,
+                    _ => StoreError::Internal(
+                        "a write failed after changing rows; its group is undone".into(),
+                    ),
+                });
             }
             continue;
         }
@@ -286,10 +316,10 @@ pub(crate) fn run_group(
                 exec("ROLLBACK TO job").and_then(|()| exec("RELEASE job"))
             }
         });
-        if let Err(message) = step {
+        if let Err(e) = step {
             undo(state);
             let _ = exec("ROLLBACK");
-            return Err(message);
+            return Err(e);
         }
     }
     exec("COMMIT").inspect_err(|_| {

@@ -14,7 +14,7 @@ use merpati_domain::ids::{
 };
 use merpati_domain::ingest::{canonical_digest, rid_key, IngestResult, PreparedItem};
 use merpati_domain::retry::NextStep;
-use merpati_domain::SharedStore;
+use merpati_domain::{SharedStore, StoreResult};
 use merpati_webhooks::{InboundEvent, Rid, Sms};
 use serde_json::json;
 
@@ -37,6 +37,7 @@ pub async fn tree(store: &SharedStore, account: &str, devices: usize) -> Tree {
             id: account.clone(),
             name: format!("Merchant {account}"),
             language: Default::default(),
+            limits: Default::default(),
             created_at: T0,
             updated_at: T0,
             revision: 0,
@@ -98,6 +99,19 @@ pub async fn device(
     channel: &ChannelId,
     id: &str,
 ) -> DeviceContext {
+    device_within(store, account, channel, id, u32::MAX)
+        .await
+        .unwrap()
+}
+
+/// As [`device`], made only if the account has fewer than `cap` devices.
+pub async fn device_within(
+    store: &SharedStore,
+    account: &AccountId,
+    channel: &ChannelId,
+    id: &str,
+    cap: u32,
+) -> StoreResult<DeviceContext> {
     let token = format!("token-{account}-{id}");
     store
         .create_device(
@@ -114,14 +128,13 @@ pub async fn device(
                 revision: 0,
             },
             token_hash(&token),
+            cap,
         )
-        .await
-        .unwrap();
-    store
+        .await?;
+    Ok(store
         .device_for_token(token_hash(&token))
-        .await
-        .unwrap()
-        .expect("the device's token finds it")
+        .await?
+        .expect("the device's token finds it"))
 }
 
 /// An endpoint of every event and no filter, changed by `configure`.
@@ -131,6 +144,19 @@ pub async fn endpoint(
     id: &str,
     configure: impl FnOnce(&mut Endpoint),
 ) -> Endpoint {
+    endpoint_within(store, account, id, configure, u32::MAX)
+        .await
+        .unwrap()
+}
+
+/// As [`endpoint`], made only if the account has fewer than `cap` endpoints.
+pub async fn endpoint_within(
+    store: &SharedStore,
+    account: &AccountId,
+    id: &str,
+    configure: impl FnOnce(&mut Endpoint),
+    cap: u32,
+) -> StoreResult<Endpoint> {
     let mut e = Endpoint {
         id: EndpointId::from(id),
         url: format!("https://example.com/{id}"),
@@ -155,10 +181,7 @@ pub async fn endpoint(
     };
     configure(&mut e);
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string();
-    store
-        .create_endpoint(account.clone(), e, secret)
-        .await
-        .unwrap()
+    store.create_endpoint(account.clone(), e, secret, cap).await
 }
 
 /// An SMS as a device posts it, prepared as the device API prepares it.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use merpati_domain::limits::Limits;
 use merpati_domain::presence::{EngineLease, LeaseSettings};
 use merpati_runtime::delivery::DeliveryConfig;
 use merpati_runtime::retention::RetentionConfig;
@@ -66,6 +67,8 @@ pub struct Config {
     pub database_url: Option<Secret>,
     pub log_format: LogFormat,
     pub server: ConnectionLimits,
+    /// What an account may take, unless the admin set its own (`limits.*`).
+    pub limits: Limits,
     pub database: DatabaseConfig,
     pub delivery: DeliveryConfig,
     pub presence: PresenceConfig,
@@ -175,6 +178,11 @@ const KEYS: &[&str] = &[
     "server.max_connections",
     "server.header_timeout",
     "server.body_timeout",
+    "limits.events_per_second",
+    "limits.device_events_per_second",
+    "limits.max_devices",
+    "limits.max_endpoints",
+    "limits.max_alert_rules",
     "database.synchronous",
     "database.read_connections",
     "delivery.allowed_networks",
@@ -226,6 +234,14 @@ impl Default for Config {
             database_url: None,
             log_format: LogFormat::Text,
             server: ConnectionLimits::default(),
+            limits: Limits {
+                events_per_second: 10_000,
+                // A whole batch (1,000 items) at once.
+                device_events_per_second: 1_000,
+                max_devices: 10_000,
+                max_endpoints: 100,
+                max_alert_rules: 200,
+            },
             database: DatabaseConfig::default(),
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
@@ -309,6 +325,19 @@ impl Config {
                 }
                 "server.body_timeout" => {
                     c.server.body_timeout = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "limits.events_per_second" => {
+                    c.limits.events_per_second = parse_limit(raw).map_err(invalid)?
+                }
+                "limits.device_events_per_second" => {
+                    c.limits.device_events_per_second = parse_limit(raw).map_err(invalid)?
+                }
+                "limits.max_devices" => c.limits.max_devices = parse_limit(raw).map_err(invalid)?,
+                "limits.max_endpoints" => {
+                    c.limits.max_endpoints = parse_limit(raw).map_err(invalid)?
+                }
+                "limits.max_alert_rules" => {
+                    c.limits.max_alert_rules = parse_limit(raw).map_err(invalid)?
                 }
                 "database.read_connections" => {
                     c.database.read_connections = parse_count(raw).map_err(invalid)?
@@ -564,6 +593,16 @@ fn parse_positive_duration(raw: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+fn parse_limit(raw: &str) -> Result<u32, String> {
+    match raw.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{raw:?} is not a whole number from 1 to {}",
+            u32::MAX
+        )),
+    }
 }
 
 fn parse_count(raw: &str) -> Result<usize, String> {

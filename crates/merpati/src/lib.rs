@@ -285,6 +285,7 @@ pub async fn start(
         connector_stats: Default::default(),
         connectors_changed: connectors_changed.clone(),
         metrics,
+        rates: Default::default(),
     };
     let app = app::router(state);
     let http = tokio::spawn(serve::serve(

@@ -474,7 +474,13 @@ pub trait AlertStore: Send + Sync {
     /// Runs alert work in one write transaction: all of it is kept, or none.
     async fn alert_write(&self, job: AlertJob<engine::Outcome>) -> StoreResult<engine::Outcome>;
 
-    async fn create_rule(&self, account: AccountId, rule: AlertRule) -> StoreResult<AlertRule>;
+    /// LimitReached when the account has `cap` rules.
+    async fn create_rule(
+        &self,
+        account: AccountId,
+        rule: AlertRule,
+        cap: u32,
+    ) -> StoreResult<AlertRule>;
     async fn list_rules(&self, account: AccountId) -> StoreResult<Vec<AlertRule>>;
     async fn get_rule(&self, account: AccountId, id: AlertRuleId) -> StoreResult<AlertRule>;
     /// Kept only at `rule.revision` (`Stale` otherwise).
@@ -556,5 +562,6 @@ pub(crate) fn test_device(engine: &str) -> DeviceContext {
         engine_state: None,
         channel_heartbeat_ms: None,
         channel_grace_ms: None,
+        account_limits: Default::default(),
     }
 }

@@ -128,6 +128,7 @@ mod tests {
             engine_state: None,
             channel_heartbeat_ms: None,
             channel_grace_ms: None,
+            account_limits: Default::default(),
         }
     }
 

@@ -63,17 +63,20 @@ pub async fn rules_notifiers_and_windows_are_the_account_s_at_their_revision(sto
     store.create_notifier(a.clone(), slack("n1")).await.unwrap();
     let mut r = rule("r1", on_channel("ch"));
     r.notifiers = Some(vec!["n1".into()]);
-    let stored = store.create_rule(a.clone(), r.clone()).await.unwrap();
+    let stored = store
+        .create_rule(a.clone(), r.clone(), u32::MAX)
+        .await
+        .unwrap();
     assert_eq!(stored, r);
     assert!(matches!(
-        store.create_rule(a.clone(), r.clone()).await,
+        store.create_rule(a.clone(), r.clone(), u32::MAX).await,
         Err(StoreError::Conflict(_))
     ));
     // What a rule names must be the account's.
     let mut unknown = rule("r2", Match::default());
     unknown.notifiers = Some(vec!["ghost".into()]);
     assert!(matches!(
-        store.create_rule(a.clone(), unknown).await,
+        store.create_rule(a.clone(), unknown, u32::MAX).await,
         Err(StoreError::Invalid(_))
     ));
     let others = rule(
@@ -84,7 +87,7 @@ pub async fn rules_notifiers_and_windows_are_the_account_s_at_their_revision(sto
         },
     );
     assert!(matches!(
-        store.create_rule(a.clone(), others).await,
+        store.create_rule(a.clone(), others, u32::MAX).await,
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(store.list_rules(a.clone()).await.unwrap().len(), 1);

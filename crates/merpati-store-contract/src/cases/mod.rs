@@ -5,6 +5,7 @@ pub mod claims;
 pub mod connectors;
 pub mod dedup;
 pub mod fanout;
+pub mod limits;
 pub mod outcomes;
 pub mod presence;
 pub mod queues;

@@ -7,7 +7,9 @@ use axum::Json;
 use merpati_domain::account::{Account, ApiKey};
 use merpati_domain::alert::Language;
 use merpati_domain::ids::{self, AccountId, ApiKeyId};
+use merpati_domain::limits::AccountLimits;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Admin, JsonBody, OptionalJsonBody, Query};
@@ -33,6 +35,8 @@ pub struct AccountView {
     pub id: AccountId,
     pub name: String,
     pub language: &'static str,
+    /// The account's own limits; one not named is the server's default (`limits.*`).
+    pub limits: LimitsView,
     #[serde(with = "as_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
@@ -41,12 +45,78 @@ pub struct AccountView {
     pub updated_at: i64,
 }
 
+/// An account's own limits over the server's defaults.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LimitsView {
+    /// Events a second from all its devices together (a second's worth at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_per_second: Option<u32>,
+    /// Events a second from any one of its devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_events_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_devices: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_endpoints: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_alert_rules: Option<u32>,
+}
+
+impl From<&AccountLimits> for LimitsView {
+    fn from(l: &AccountLimits) -> Self {
+        LimitsView {
+            events_per_second: l.events_per_second,
+            device_events_per_second: l.device_events_per_second,
+            max_devices: l.max_devices,
+            max_endpoints: l.max_endpoints,
+            max_alert_rules: l.max_alert_rules,
+        }
+    }
+}
+
+/// Applies a `limits` object: a number sets a limit, `null` gives it back to the default.
+fn apply_limits(limits: &mut AccountLimits, patch: &Value) -> ApiResult<()> {
+    let Value::Object(fields) = patch else {
+        return Err(ApiError::invalid("limits must be an object"));
+    };
+    for (name, value) in fields {
+        let slot = match name.as_str() {
+            "events_per_second" => &mut limits.events_per_second,
+            "device_events_per_second" => &mut limits.device_events_per_second,
+            "max_devices" => &mut limits.max_devices,
+            "max_endpoints" => &mut limits.max_endpoints,
+            "max_alert_rules" => &mut limits.max_alert_rules,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "limits.{other} is not a limit; expected events_per_second, \
+                     device_events_per_second, max_devices, max_endpoints or max_alert_rules"
+                )))
+            }
+        };
+        *slot = match value {
+            Value::Null => None,
+            v => Some(
+                v.as_u64()
+                    .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "limits.{name} must be a whole number from 1 to {}, or null",
+                            u32::MAX
+                        ))
+                    })? as u32,
+            ),
+        };
+    }
+    Ok(())
+}
+
 impl From<&Account> for AccountView {
     fn from(a: &Account) -> Self {
         AccountView {
             id: a.id.clone(),
             name: a.name.clone(),
             language: a.language.as_str(),
+            limits: LimitsView::from(&a.limits),
             created_at: a.created_at,
             updated_at: a.updated_at,
         }
@@ -115,6 +185,9 @@ struct NewAccount {
     id: Option<String>,
     name: String,
     language: Option<String>,
+    /// Its own limits over the server's defaults.
+    #[schema(value_type = Option<Object>)]
+    limits: Option<Value>,
 }
 
 /// `language`: `en` or `id`, the language of the account's notifications.
@@ -138,10 +211,15 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<AccountView>)> {
     check_name("name", &body.name)?;
     let now = state.clock.now_ms();
+    let mut limits = AccountLimits::default();
+    if let Some(patch) = &body.limits {
+        apply_limits(&mut limits, patch)?;
+    }
     let account = Account {
         id: id_or_new("id", body.id, AccountId::generate, AccountId::parse)?,
         name: body.name,
         language: language(body.language.as_deref())?.unwrap_or_default(),
+        limits,
         created_at: now,
         updated_at: now,
         revision: 0,
@@ -187,6 +265,9 @@ async fn read(
 struct AccountPatch {
     name: Option<String>,
     language: Option<String>,
+    /// Limits to set (a number) or give back to the default (`null`); others unchanged.
+    #[schema(value_type = Option<Object>)]
+    limits: Option<Value>,
 }
 
 #[utoipa::path(patch, path = "/v1/accounts/{id}", tag = "accounts", security(("admin_token" = [])),
@@ -204,8 +285,11 @@ async fn update(
         check_name("name", name)?;
     }
     let new_language = language(body.language.as_deref())?;
+    if let Some(patch) = &body.limits {
+        apply_limits(&mut AccountLimits::default(), patch)?;
+    }
     let id = AccountId::from(id);
-    revision::patch(
+    let answer = revision::patch(
         &if_match,
         "account",
         || state.store.get_account(id.clone()),
@@ -217,12 +301,18 @@ async fn update(
             if let Some(l) = new_language {
                 a.language = l;
             }
+            if let Some(patch) = &body.limits {
+                apply_limits(&mut a.limits, patch)?;
+            }
             a.updated_at = state.clock.now_ms();
             Ok(())
         },
         |a, _| async { revision::saved(state.store.update_account(a).await) },
     )
-    .await
+    .await;
+    // Its devices' cached contexts carry its limits: they are read again.
+    state.device_tokens.forget_account(&id);
+    answer
 }
 
 #[utoipa::path(delete, path = "/v1/accounts/{id}", tag = "accounts", security(("admin_token" = [])),

@@ -258,7 +258,7 @@ fn view(r: &AlertRule) -> RuleView {
     request_body = RuleBody,
     responses(
         (status = 201, description = "Created.", body = RuleView),
-        (status = 409, description = "A rule with this id exists.", body = ErrorBody),
+        (status = 409, description = "A rule with this id exists (`conflict`), or the account has as many rules as its limit (`limit_reached`).", body = ErrorBody),
     ))]
 pub(super) async fn create(
     Account(account): Account,
@@ -273,7 +273,8 @@ pub(super) async fn create(
         AlertRuleId::parse,
     )?;
     let rule = body.into_rule(id, state.clock.now_ms())?;
-    let rule = state.store.create_rule(account, rule).await?;
+    let cap = state.limits_of(&account).await?.max_alert_rules;
+    let rule = state.store.create_rule(account, rule, cap).await?;
     state.alerts.wake();
     Ok((StatusCode::CREATED, Json(view(&rule))))
 }

@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait before sending again (`Retry-After`), where the error says.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -19,6 +21,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// Over a rate: try again in `retry_after` seconds.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -67,10 +77,24 @@ impl ApiError {
     }
 }
 
+/// How long a client should wait before sending again what was refused with 503 (the
+/// database closed, busy or out of space), in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let retry_after = self
+            .retry_after
+            .or((self.status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(UNAVAILABLE_RETRY_AFTER_SECS));
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -80,6 +104,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(message) => ApiError::conflict(message),
             StoreError::Invalid(message) => ApiError::invalid(message),
+            StoreError::LimitReached(message) => {
+                ApiError::new(StatusCode::CONFLICT, "limit_reached", message)
+            }
             stale @ StoreError::Stale(_) => {
                 ApiError::conflict(format!("{stale}; read it again and retry"))
             }

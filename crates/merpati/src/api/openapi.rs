@@ -241,7 +241,7 @@ const COMMON_ERRORS: [(&str, &str, &str); 10] = [
     (
         "503",
         "Unavailable",
-        "The database is unavailable (closed, busy, full disk): try again.",
+        "The database is unavailable (closed, busy, full disk): nothing was stored; send again after `Retry-After` seconds.",
     ),
     (
         "500",
@@ -261,8 +261,8 @@ impl Modify for CommonErrors {
                     .build(),
             ),
         );
-        for (_, name, description) in COMMON_ERRORS {
-            let response = ResponseBuilder::new()
+        for (status, name, description) in COMMON_ERRORS {
+            let mut response = ResponseBuilder::new()
                 .description(description)
                 .content(
                     "application/json",
@@ -271,6 +271,11 @@ impl Modify for CommonErrors {
                     ))),
                 )
                 .build();
+            if status == "503" {
+                let mut retry = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
+                retry.description = Some("Seconds to wait before sending again.".into());
+                response.headers.insert("Retry-After".into(), retry);
+            }
             components
                 .responses
                 .insert(name.to_string(), RefOr::T(response));

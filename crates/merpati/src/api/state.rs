@@ -45,4 +45,17 @@ pub struct AppState {
     pub connectors_changed: Arc<tokio::sync::Notify>,
     /// What `/metrics` shows; the API counts what it takes in.
     pub metrics: Arc<merpati_runtime::metrics::Metrics>,
+    /// Each account's and device's events a second.
+    pub rates: Arc<merpati_runtime::limits::RateLimiter>,
+}
+
+impl AppState {
+    /// The limits that apply to `account`: its own, else the server's defaults.
+    pub async fn limits_of(
+        &self,
+        account: &merpati_domain::ids::AccountId,
+    ) -> super::ApiResult<merpati_domain::limits::Limits> {
+        let own = self.store.get_account(account.clone()).await?.limits;
+        Ok(self.config.limits.for_account(&own))
+    }
 }

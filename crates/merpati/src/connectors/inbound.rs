@@ -49,7 +49,9 @@ pub struct Taken {
         (status = 200, description = "Verified and taken: stored, a duplicate, skipped or unknown alike.", body = Taken),
         (status = 401, description = "Not signed with the connector's secret (or stale); nothing stored.", body = ErrorBody),
         (status = 404, description = "No such connector.", body = ErrorBody),
-        (status = 413, description = "Larger than 1 MiB.", body = ErrorBody),
+        (status = 413, description = "Larger than 1 MiB, or more messages than the device may send in a second.", body = ErrorBody),
+        (status = 429, description = "Over the device's or its account's events a second (`rate_limited`); nothing is stored; `Retry-After` says when to send it again.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds."))),
         (status = 503, description = "The store could not take it; `Retry-After` says when to send it again.", body = ErrorBody),
     ))]
 pub(super) async fn inbound(

@@ -378,7 +378,7 @@ fn check_device(d: &Device) -> ApiResult<()> {
     request_body = NewDevice,
     responses(
         (status = 201, description = "Created.", body = DeviceView),
-        (status = 409, description = "A device with this id exists.", body = ErrorBody),
+        (status = 409, description = "A device with this id exists (`conflict`), or the account has as many devices as its limit (`limit_reached`).", body = ErrorBody),
         (status = 404, description = "Its channel is not in this account.", body = ErrorBody),
     ))]
 async fn create_device(
@@ -399,10 +399,11 @@ async fn create_device(
         revision: 0,
     };
     check_device(&d)?;
+    let cap = state.limits_of(&account).await?.max_devices;
     let token = ids::new_token("mdt");
     let d = state
         .store
-        .create_device(account, d, ids::token_hash(&token))
+        .create_device(account, d, ids::token_hash(&token), cap)
         .await?;
     Ok((StatusCode::CREATED, Json(DeviceView::with_token(&d, token))))
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{Account, JsonBody, OptionalJsonBody, Query};
-use crate::api::openapi::{IfMatchHeader, IfNoneMatchHeader};
+use crate::api::openapi::{ErrorBody, IfMatchHeader, IfNoneMatchHeader};
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::revision::{self, IfMatch};
 use crate::api::time::as_rfc3339;
@@ -144,6 +144,7 @@ fn view(state: &AppState, e: &Endpoint) -> EndpointView {
     request_body = NewEndpoint,
     responses(
         (status = 201, description = "Created.", body = EndpointView),
+        (status = 409, description = "The account has as many endpoints as its limit (`limit_reached`).", body = ErrorBody),
     ))]
 async fn create(
     Account(account): Account,
@@ -186,9 +187,10 @@ async fn create(
         revision: 0,
     };
     validate::check_endpoint(&e, &guard_of(&state), can_mail(&state))?;
+    let cap = state.limits_of(&account).await?.max_endpoints;
     let e = state
         .store
-        .create_endpoint(account, e, secret.clone())
+        .create_endpoint(account, e, secret.clone(), cap)
         .await?;
     let mut out = view(&state, &e);
     out.secret = Some(secret);

@@ -16,6 +16,7 @@ use merpati_domain::ingest::{
     canonical_digest, rid_key, AcceptedItem, PreparedItem, MAX_RID_BYTES,
 };
 use merpati_runtime::bus::{Change, StoredEvent};
+use merpati_runtime::limits::Refusal;
 use merpati_webhooks::{InboundEvent, Notification, Rid, Sms, Ussd, Whatsapp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -133,7 +134,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 202, description = "Stored, durably, and handed to delivery.", body = Accepted),
         (status = 403, description = "An item names another device (`forbidden`).", body = ErrorBody),
         (status = 409, description = "An item's `rid` was used before for different content; nothing of the batch is stored.", body = ErrorBody),
-        (status = 413, description = "Larger than 1 MiB, or more than 1,000 items (`payload_too_large`).", body = ErrorBody),
+        (status = 413, description = "Larger than 1 MiB, more than 1,000 items, or more events than the device or its account may send in a second (`payload_too_large`).", body = ErrorBody),
+        (status = 429, description = "Over the device's or its account's events a second (`rate_limited`); nothing is stored; `Retry-After` says when to send them again.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds."))),
     ))]
 async fn post_messages(
     Device(device): Device,
@@ -174,6 +177,7 @@ pub async fn store_items(
     items: Vec<PreparedItem>,
     now_ms: i64,
 ) -> ApiResult<Vec<AcceptedItem>> {
+    admit(state, &device, items.len(), now_ms)?;
     // The items' types, for the metrics and the bus, read before the items go to the
     // store.
     let types: Vec<&'static str> = items.iter().map(|i| i.event.event_type()).collect();
@@ -220,6 +224,43 @@ pub async fn store_items(
         }
     }
     Ok(result.items)
+}
+
+/// Takes `n` events from the device's and its account's rates, or says when to send them.
+fn admit(state: &AppState, device: &DeviceContext, n: usize, now_ms: i64) -> ApiResult<()> {
+    let limits = state.config.limits.for_account(&device.account_limits);
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    let refused = state.rates.admit(
+        device.account_id.as_str(),
+        device.device_id.as_str(),
+        n,
+        limits.account_rate(),
+        limits.device_rate(),
+        now_ms,
+    );
+    let seconds = |ms: i64| u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1);
+    match refused {
+        Ok(()) => Ok(()),
+        Err(Refusal::Device(ms)) => Err(ApiError::rate_limited(
+            format!(
+                "this device may send {} events a second; send these again later",
+                limits.device_events_per_second
+            ),
+            seconds(ms),
+        )),
+        Err(Refusal::Account(ms)) => Err(ApiError::rate_limited(
+            format!(
+                "this account may take {} events a second from all its devices; send these \
+                 again later",
+                limits.events_per_second
+            ),
+            seconds(ms),
+        )),
+        Err(Refusal::TooMany { burst }) => Err(ApiError::too_large(format!(
+            "{n} events at once are more than this device or account may send in a second \
+             ({burst}); send fewer a request"
+        ))),
+    }
 }
 
 /// A body is one item or `{"items": [...]}`; every item must pass, or none is taken.
@@ -427,6 +468,7 @@ mod tests {
             engine_state: None,
             channel_heartbeat_ms: None,
             channel_grace_ms: None,
+            account_limits: Default::default(),
         }
     }
 

@@ -51,6 +51,9 @@ pub fn test_settings() -> BTreeMap<String, String> {
         ("delivery.breaker_failures", "1000"),
         // The receivers are on loopback, which the private-address guard refuses otherwise.
         ("delivery.allowed_networks", "127.0.0.0/8,::1/128"),
+        // Tests post as fast as they can; the limits' own tests lower these.
+        ("limits.events_per_second", "1000000"),
+        ("limits.device_events_per_second", "1000000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

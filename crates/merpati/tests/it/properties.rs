@@ -25,6 +25,7 @@ fn device() -> DeviceContext {
         engine_state: None,
         channel_heartbeat_ms: None,
         channel_grace_ms: None,
+        account_limits: Default::default(),
     }
 }
 
