@@ -19,5 +19,6 @@ pub fn device() -> DeviceContext {
         engine_state: None,
         channel_heartbeat_ms: None,
         channel_grace_ms: None,
+        account_limits: Default::default(),
     }
 }
