@@ -18,7 +18,7 @@ use merpati_webhooks::Rid;
 
 use crate::support::*;
 
-fn rule(id: &str, matches: Match) -> AlertRule {
+pub(crate) fn rule(id: &str, matches: Match) -> AlertRule {
     AlertRule {
         id: AlertRuleId::from(id),
         matches,

@@ -1,8 +1,8 @@
 //! An account's caps: one more device, endpoint or alert rule than its cap is refused in
 //! the same write that would make it, and an endpoint being deleted no longer counts.
 
-use merpati_domain::alert::{AlertRule, Match};
-use merpati_domain::ids::{AlertRuleId, ChannelId, EndpointId};
+use merpati_domain::alert::Match;
+use merpati_domain::ids::{ChannelId, EndpointId};
 use merpati_domain::{SharedStore, StoreError};
 
 use crate::support::*;
@@ -40,19 +40,7 @@ pub async fn an_account_gets_no_more_than_its_caps(store: &SharedStore) {
         .await
         .unwrap();
 
-    let rule = |id: &str| AlertRule {
-        id: AlertRuleId::from(id),
-        matches: Match::default(),
-        down_after_ms: Some(60_000),
-        severity: None,
-        notifiers: None,
-        repeat_every_ms: None,
-        escalation: None,
-        notify_recovery: None,
-        created_at: T0,
-        updated_at: T0,
-        revision: 0,
-    };
+    let rule = |id: &str| super::alerts::rule(id, Match::default());
     store
         .create_rule(t.account.clone(), rule("r1"), 1)
         .await

@@ -220,26 +220,26 @@ async fn a_burst_on_the_stream_is_each_device_s_latest_state() {
         202,
     )
     .await;
-    // Read until the final state shows, and a moment longer.
+    // Read until the final state shows, and until nothing more comes for a moment.
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut last = String::new();
     loop {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("the final state in time")
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if let Some(data) = text.rsplit("event: devices\ndata: ").next() {
-            last = data.lines().next().unwrap_or_default().to_string();
-        }
-        if last.contains("\"status\":\"connected\"") && text.matches("event: devices").count() > 0 {
-            let settled = tokio::time::timeout(Duration::from_millis(500), body.next()).await;
-            if let Ok(Some(Ok(more))) = settled {
-                text.push_str(&String::from_utf8_lossy(&more));
-                continue;
-            }
-            break;
+        let last = text
+            .rsplit("event: devices\ndata: ")
+            .next()
+            .and_then(|data| data.lines().next())
+            .unwrap_or_default();
+        let settled = text.contains("event: devices") && last.contains("\"status\":\"connected\"");
+        let wait = if settled {
+            // A later event, if any, must come within this.
+            tokio::time::Instant::now() + Duration::from_millis(500)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(wait, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Err(_) if settled => break,
+            Err(_) => panic!("the final state in time; the stream said:\n{text}"),
+            Ok(other) => panic!("the stream ended ({other:?}); it said:\n{text}"),
         }
     }
     let told = text.matches("event: devices").count();
