@@ -67,6 +67,8 @@ pub struct Config {
     pub database_url: Option<Secret>,
     pub log_format: LogFormat,
     pub server: ConnectionLimits,
+    /// HTTPS: the certificate chain and the private key (PEM files), read again on SIGHUP.
+    pub tls: Option<TlsFiles>,
     /// What an account may take, unless the admin set its own (`limits.*`).
     pub limits: Limits,
     pub database: DatabaseConfig,
@@ -74,6 +76,12 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// What a connection may take of the server (`server.*`).
@@ -178,6 +186,8 @@ const KEYS: &[&str] = &[
     "server.max_connections",
     "server.header_timeout",
     "server.body_timeout",
+    "tls.cert",
+    "tls.key",
     "limits.events_per_second",
     "limits.device_events_per_second",
     "limits.max_devices",
@@ -234,6 +244,7 @@ impl Default for Config {
             database_url: None,
             log_format: LogFormat::Text,
             server: ConnectionLimits::default(),
+            tls: None,
             limits: Limits {
                 events_per_second: 10_000,
                 // A whole batch (1,000 items) at once.
@@ -277,6 +288,7 @@ impl Config {
     /// Builds a config from dotted keys over the defaults. Unknown keys are errors.
     pub fn from_settings(settings: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let (mut tls_cert, mut tls_key) = (None, None);
         for (key, raw) in settings {
             let invalid = |message: String| ConfigError::Invalid {
                 key: key.clone(),
@@ -317,6 +329,8 @@ impl Config {
                         _ => return Err(invalid("expected \"full\" or \"normal\"".into())),
                     }
                 }
+                "tls.cert" => tls_cert = Some(PathBuf::from(raw)),
+                "tls.key" => tls_key = Some(PathBuf::from(raw)),
                 "server.max_connections" => {
                     c.server.max_connections = parse_count(raw).map_err(invalid)?
                 }
@@ -477,6 +491,22 @@ impl Config {
                 }
             }
         }
+        c.tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls.key".into(),
+                    message: "tls.cert is set: set the private key's file too".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls.cert".into(),
+                    message: "tls.key is set: set the certificate chain's file too".into(),
+                })
+            }
+        };
         Ok(c)
     }
 

@@ -33,6 +33,7 @@ pub mod remote;
 pub mod serve;
 pub mod store;
 pub mod stream;
+pub mod tls;
 
 use config::{Config, Secret};
 use merpati_domain::alert::engine as alert_engine;
@@ -67,6 +68,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
 /// A running server: its address and the means to stop it.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: CancellationToken,
     failed: Failed,
     tasks: TaskTracker,
@@ -86,6 +88,15 @@ impl Server {
     /// The alert runner, e.g. to make it look at what is due after a test moved the clock.
     pub fn alerts(&self) -> &AlertHandle {
         &self.alerts
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does); new connections get
+    /// them, open ones keep theirs.
+    pub fn reload_tls(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.reload()?;
+        }
+        Ok(())
     }
 
     /// The changes the server commits from now on, as they are made durable.
@@ -265,6 +276,14 @@ pub async fn start(
 
     let metrics_for_listener = metrics.clone();
     let connection_limits = config.server.clone();
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|files| tls::Tls::load(&files.cert, &files.key).map(Arc::new))
+        .transpose()?;
+    if let Some(tls) = &tls {
+        tasks.spawn(reload_on_hangup(tls.clone(), shutdown.clone()));
+    }
     let state = api::AppState {
         store: store.clone(),
         lease: config.presence.lease.clone(),
@@ -292,12 +311,14 @@ pub async fn start(
         listener,
         app,
         connection_limits,
+        tls.clone(),
         shutdown.clone(),
         metrics_for_listener,
     ));
-    tracing::info!(%addr, "merpati is listening");
+    tracing::info!(%addr, https = tls.is_some(), "merpati is listening");
     Ok(Server {
         addr,
+        tls,
         shutdown,
         failed,
         tasks,
@@ -425,6 +446,31 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut file, contents.as_bytes())?;
     file.sync_all()?;
     Ok(())
+}
+
+/// Reads the certificate and key again at each SIGHUP, until the server stops.
+async fn reload_on_hangup(tls: Arc<tls::Tls>, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the certificate is read only at start");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangups.recv() => match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: the TLS certificate and key are read again"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the TLS files in use stay"),
+                },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (tls, shutdown);
+    }
 }
 
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not when the future

@@ -20,15 +20,32 @@ use tower::ServiceExt;
 
 use crate::api::extract::BodyTimeout;
 use crate::config::ConnectionLimits;
+use crate::tls::Tls;
+
+/// What browsers are told on HTTPS: this host only over HTTPS, for a year.
+const HSTS: &str = "max-age=31536000";
 
 /// Serves `app` on `listener` until `stop`, then waits for the connections to finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
     metrics: Arc<merpati_runtime::metrics::Metrics>,
 ) -> std::io::Result<()> {
+    let app = match tls {
+        Some(_) => app.layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                response.headers_mut().insert(
+                    axum::http::header::STRICT_TRANSPORT_SECURITY,
+                    axum::http::HeaderValue::from_static(HSTS),
+                );
+                response
+            },
+        )),
+        None => app,
+    };
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -59,22 +76,21 @@ pub async fn serve(
                     request.extensions_mut().insert(body_timeout);
                     request
                 });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .with_upgrades();
         metrics.connection_opened();
         let metrics = metrics.clone();
         let stop = stop.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let header_timeout = limits.header_timeout;
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    // Finishes the request under way, then closes.
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match acceptor {
+                None => serve_one(stream, service, header_timeout, &stop).await,
+                Some(acceptor) => {
+                    // The handshake, too, within the time a client has for its headers.
+                    let handshake =
+                        tokio::time::timeout(header_timeout, acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        serve_one(stream, service, header_timeout, &stop).await;
+                    }
                 }
             }
             metrics.connection_closed();
@@ -85,4 +101,33 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// One connection, until it closes or the server stops (then after its request under way).
+async fn serve_one<IO, S>(io: IO, service: S, header_timeout: Duration, stop: &CancellationToken)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stop.cancelled() => {
+            // Finishes the request under way, then closes.
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }

@@ -26,7 +26,7 @@ pub struct TestApp {
     overrides: Vec<(String, String)>,
     clock: Arc<dyn Clock>,
     manual: Option<Arc<ManualClock>>,
-    server: Option<merpati::Server>,
+    pub server: Option<merpati::Server>,
     _dir: Option<tempfile::TempDir>,
 }
 

@@ -243,7 +243,7 @@ fn the_server_s_modules_point_one_way() {
             "stream",
         ],
         &["dashboard"],
-        &["app", "serve", "store", "remote", "cli"],
+        &["app", "serve", "tls", "store", "remote", "cli"],
     ];
     let layer_of = |m: &str| layers.iter().position(|l| l.contains(&m));
     let graph = module_graph(&crates_dir().join("merpati/src"));

@@ -42,3 +42,4 @@ mod revisions;
 mod secrets;
 mod simulate;
 mod smtp;
+mod tls;
