@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod alert;
+pub mod audit;
 pub mod clock;
 pub mod connector;
 pub mod delivery;

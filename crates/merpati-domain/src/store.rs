@@ -35,6 +35,7 @@ pub trait Store:
     + JobStore
     + AlertStore
     + ConnectorStore
+    + crate::audit::AuditStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -26,6 +26,8 @@ pub struct RetentionConfig {
     pub max_age: Duration,
     /// How often the pruner looks.
     pub interval: Duration,
+    /// Audit entries older than this are deleted.
+    pub audit_max_age: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -33,6 +35,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             max_age: Duration::from_secs(30 * 24 * 3600),
             interval: Duration::from_secs(600),
+            audit_max_age: Duration::from_secs(90 * 24 * 3600),
         }
     }
 }
@@ -85,6 +88,13 @@ impl Pruner {
                 rows = alerts,
                 "pruned resolved incidents and old notifications"
             );
+        }
+        let audit_before = cutoff(self.clock.now_ms(), self.config.audit_max_age);
+        let audit = self
+            .in_chunks(CHUNK, |n| self.store.prune_audit(audit_before, n))
+            .await;
+        if audit > 0 {
+            tracing::info!(entries = audit, "pruned old audit entries");
         }
         total
     }

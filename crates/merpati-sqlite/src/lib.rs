@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 mod accounts;
 mod alert_tx;
 mod alerts;
+mod audit;
 mod checkpoint;
 mod commit_stats;
 mod connectors;

@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "account_limits",
         include_str!("../migrations/0017_account_limits.sql"),
     ),
+    (
+        18,
+        "audit_log",
+        include_str!("../migrations/0018_audit_log.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

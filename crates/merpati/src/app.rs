@@ -21,6 +21,10 @@ pub fn router(state: AppState) -> Router {
     let (api, _) = api().split_for_parts();
     // Bodies are read by `extract::read_body`; this bounds any other extractor too.
     let api: Router = api
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::record_changes,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     // The dashboard reads and acts through the API, in process: what it shows and does is
@@ -67,6 +71,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(crate::alerts::routes())
         .merge(crate::connectors::routes())
         .merge(crate::stream::routes())
+        .merge(crate::audit::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))

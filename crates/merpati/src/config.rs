@@ -212,6 +212,7 @@ const KEYS: &[&str] = &[
     "presence.min_heartbeat_interval",
     "retention.max_age",
     "retention.interval",
+    "retention.audit_log",
     "alerts.group_wait",
     "alerts.reopen_within",
     "alerts.flap_drops",
@@ -418,6 +419,9 @@ impl Config {
                 }
                 "presence.grace" => {
                     c.presence.lease.grace = parse_duration(raw).map_err(invalid)?
+                }
+                "retention.audit_log" => {
+                    c.retention.audit_max_age = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "retention.max_age" => {
                     c.retention.max_age = parse_positive_duration(raw).map_err(invalid)?

@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod connectors;

@@ -1,6 +1,7 @@
 //! The cases of the contract, by what they hold a backend to.
 
 pub mod alerts;
+pub mod audit;
 pub mod claims;
 pub mod connectors;
 pub mod dedup;

@@ -41,15 +41,18 @@ pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes
     match req.extensions().get::<BodyTimeout>().copied() {
         Some(BodyTimeout(limit)) => tokio::time::timeout(limit, read_body_untimed(req))
             .await
-            .unwrap_or_else(|_| {
-                Err(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!("the body did not arrive within {} s", limit.as_secs_f64()),
-                ))
-            }),
+            .unwrap_or_else(|_| Err(body_too_slow(limit))),
         None => read_body_untimed(req).await,
     }
+}
+
+/// A body that did not arrive within its time.
+pub fn body_too_slow(limit: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!("the body did not arrive within {} s", limit.as_secs_f64()),
+    )
 }
 
 async fn read_body_untimed(req: Request) -> Result<Bytes, ApiError> {
@@ -133,7 +136,10 @@ pub struct Account(pub AccountId);
 #[derive(Debug, Clone)]
 pub struct SignedIn {
     pub account: AccountId,
+    pub key_id: merpati_domain::ids::ApiKeyId,
     pub read_only: bool,
+    /// The browser's address, for the audit trail.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl FromRequestParts<AppState> for Account {

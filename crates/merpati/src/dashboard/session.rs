@@ -126,7 +126,12 @@ impl FromRequestParts<AppState> for Session {
             Ok(Some(grant)) => Ok(Session {
                 account: SignedIn {
                     account: grant.account_id,
+                    key_id: grant.key_id,
                     read_only: grant.read_only,
+                    address: parts
+                        .extensions
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .map(|c| c.0.ip()),
                 },
                 token,
             }),

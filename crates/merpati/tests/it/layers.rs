@@ -241,6 +241,7 @@ fn the_server_s_modules_point_one_way() {
             "jobs",
             "presence",
             "stream",
+            "audit",
         ],
         &["dashboard"],
         &["app", "serve", "tls", "store", "remote", "cli"],

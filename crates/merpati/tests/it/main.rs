@@ -3,6 +3,7 @@
 mod alert_input;
 mod alerts;
 mod api;
+mod audit;
 mod authorization;
 mod bad_input;
 mod bench;
