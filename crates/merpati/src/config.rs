@@ -94,6 +94,9 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// How long a client has to send a request's body, once its headers are in.
     pub body_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed: a request from one of them is from the
+    /// address it names (the last one that is not itself a trusted proxy).
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Default for ConnectionLimits {
@@ -102,6 +105,7 @@ impl Default for ConnectionLimits {
             max_connections: 16_384,
             header_timeout: Duration::from_secs(15),
             body_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -186,6 +190,7 @@ const KEYS: &[&str] = &[
     "server.max_connections",
     "server.header_timeout",
     "server.body_timeout",
+    "server.trusted_proxies",
     "tls.cert",
     "tls.key",
     "limits.events_per_second",
@@ -332,6 +337,11 @@ impl Config {
                 }
                 "tls.cert" => tls_cert = Some(PathBuf::from(raw)),
                 "tls.key" => tls_key = Some(PathBuf::from(raw)),
+                "server.trusted_proxies" => {
+                    c.server.trusted_proxies = split_list(raw)
+                        .map(|s| parse_network(s).map_err(&invalid))
+                        .collect::<Result<_, _>>()?
+                }
                 "server.max_connections" => {
                     c.server.max_connections = parse_count(raw).map_err(invalid)?
                 }

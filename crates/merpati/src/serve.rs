@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::api::extract::BodyTimeout;
+use crate::api::extract::{BodyTimeout, ClientAddress};
 use crate::config::ConnectionLimits;
 use crate::tls::Tls;
 
@@ -47,6 +47,7 @@ pub async fn serve(
         None => app,
     };
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    let trusted: Arc<[ipnet::IpNet]> = limits.trusted_proxies.clone().into();
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -69,9 +70,18 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let body_timeout = BodyTimeout(limits.body_timeout);
+        let trusted = trusted.clone();
         let service =
             app.clone()
                 .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    let forwarded: Vec<&str> = request
+                        .headers()
+                        .get_all("x-forwarded-for")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect();
+                    let client = ClientAddress::of(peer.ip(), &forwarded, &trusted);
+                    request.extensions_mut().insert(client);
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.extensions_mut().insert(body_timeout);
                     request

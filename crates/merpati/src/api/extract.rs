@@ -30,6 +30,40 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// answered while it is still sending sees its connection reset instead of the 413.
 const DRAIN_BYTES: usize = 16 * MAX_BODY_BYTES;
 
+/// The client's address: the listener's peer, or, behind a trusted proxy, the address its
+/// `X-Forwarded-For` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl ClientAddress {
+    /// From `peer` and the request's `X-Forwarded-For` headers: the last address, reading
+    /// from the peer back, that is not a trusted proxy. A header from anyone else is not
+    /// believed; an entry that is not an address ends the walk.
+    pub fn of(
+        peer: std::net::IpAddr,
+        forwarded_for: &[&str],
+        trusted: &[ipnet::IpNet],
+    ) -> ClientAddress {
+        let trusted_at = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+        let mut client = peer;
+        let hops = forwarded_for
+            .iter()
+            .flat_map(|h| h.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        for hop in hops.iter().rev() {
+            if !trusted_at(&client) {
+                break;
+            }
+            match hop.parse() {
+                Ok(ip) => client = ip,
+                Err(_) => break,
+            }
+        }
+        ClientAddress(client)
+    }
+}
+
 /// How long the listener gives a request to send its body, once its headers are in
 /// (`server.body_timeout`); a request made in process carries none.
 #[derive(Debug, Clone, Copy)]
@@ -226,5 +260,46 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
             return Ok(OptionalJsonBody(T::default()));
         }
         parse_json(&bytes).map(OptionalJsonBody)
+    }
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::ClientAddress;
+
+    fn of(peer: &str, forwarded: &[&str], trusted: &[&str]) -> String {
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        ClientAddress::of(peer.parse().unwrap(), forwarded, &trusted)
+            .0
+            .to_string()
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_is_believed() {
+        // No proxy trusted: the header is anyone's to forge.
+        assert_eq!(of("198.51.100.7", &["203.0.113.9"], &[]), "198.51.100.7");
+        // From a trusted proxy: the address it names.
+        assert_eq!(
+            of("10.0.0.2", &["203.0.113.9"], &["10.0.0.0/8"]),
+            "203.0.113.9"
+        );
+        // Read from the peer back, past every trusted hop, and no further: what the client
+        // itself put first is not believed.
+        assert_eq!(
+            of(
+                "10.0.0.2",
+                &["6.6.6.6, 203.0.113.9, 10.0.0.5"],
+                &["10.0.0.0/8"]
+            ),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            of("10.0.0.2", &["6.6.6.6", "203.0.113.9"], &["10.0.0.0/8"]),
+            "203.0.113.9"
+        );
+        // Garbage ends the walk at the last address known.
+        assert_eq!(of("10.0.0.2", &["nonsense"], &["10.0.0.0/8"]), "10.0.0.2");
+        // Every hop trusted: the first one.
+        assert_eq!(of("10.0.0.2", &["10.0.0.9"], &["10.0.0.0/8"]), "10.0.0.9");
     }
 }

@@ -4,7 +4,7 @@
 //! `GET /v1/accounts/{id}/audit-log` the admin's view of any account's.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
+use axum::extract::{MatchedPath, Path, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{
-    body_too_slow, reads_only, Account, Admin, BodyTimeout, Query, SignedIn,
+    body_too_slow, reads_only, Account, Admin, BodyTimeout, ClientAddress, Query, SignedIn,
 };
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::time::as_rfc3339;
@@ -107,8 +107,8 @@ pub async fn record_changes(
     };
     let address = request
         .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip())
+        .get::<ClientAddress>()
+        .map(|c| c.0)
         .or(browser)
         .map(|ip| ip.to_string());
     let method = request.method().to_string();

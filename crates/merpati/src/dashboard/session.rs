@@ -130,8 +130,8 @@ impl FromRequestParts<AppState> for Session {
                     read_only: grant.read_only,
                     address: parts
                         .extensions
-                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                        .map(|c| c.0.ip()),
+                        .get::<crate::api::extract::ClientAddress>()
+                        .map(|c| c.0),
                 },
                 token,
             }),

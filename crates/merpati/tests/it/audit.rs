@@ -163,3 +163,29 @@ async fn retention_removes_old_entries() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_client_s_address_is_recorded() {
+    for (trusted, expected) in [("", "127.0.0.1"), ("127.0.0.0/8", "203.0.113.9")] {
+        let settings: Vec<(&str, &str)> = if trusted.is_empty() {
+            vec![]
+        } else {
+            vec![("server.trusted_proxies", trusted)]
+        };
+        let app = TestApp::spawn_with(&settings).await;
+        let m = app.merchant("acct").await;
+        let answer = app
+            .client
+            .post(format!("{}/v1/businesses", app.url))
+            .bearer_auth(&m.key)
+            .header("x-forwarded-for", "203.0.113.9")
+            .json(&json!({"id": "b2", "name": "B2"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201);
+        let entries = trail(&app, "/v1/audit-log", &m.key).await;
+        assert_eq!(entries[0]["object_id"], "b2");
+        assert_eq!(entries[0]["address"], expected, "trusting {trusted:?}");
+    }
+}
