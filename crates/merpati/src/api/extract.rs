@@ -72,16 +72,22 @@ pub struct BodyTimeout(pub std::time::Duration);
 /// The raw body, at most [`MAX_BODY_BYTES`]; more is a 413 in the API's error shape, and a
 /// body slower than its [`BodyTimeout`] a 408.
 pub async fn read_body<S: Send + Sync>(req: Request, _state: &S) -> Result<Bytes, ApiError> {
-    match req.extensions().get::<BodyTimeout>().copied() {
-        Some(BodyTimeout(limit)) => tokio::time::timeout(limit, read_body_untimed(req))
+    let (parts, body) = req.into_parts();
+    read_request_body(&parts, body).await
+}
+
+/// As [`read_body`], for a request taken apart (its head stays with the caller).
+pub async fn read_request_body(parts: &Parts, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    match parts.extensions.get::<BodyTimeout>().copied() {
+        Some(BodyTimeout(limit)) => tokio::time::timeout(limit, read_body_untimed(parts, body))
             .await
             .unwrap_or_else(|_| Err(body_too_slow(limit))),
-        None => read_body_untimed(req).await,
+        None => read_body_untimed(parts, body).await,
     }
 }
 
 /// A body that did not arrive within its time.
-pub fn body_too_slow(limit: std::time::Duration) -> ApiError {
+fn body_too_slow(limit: std::time::Duration) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "request_timeout",
@@ -89,17 +95,16 @@ pub fn body_too_slow(limit: std::time::Duration) -> ApiError {
     )
 }
 
-async fn read_body_untimed(req: Request) -> Result<Bytes, ApiError> {
+async fn read_body_untimed(parts: &Parts, mut body: axum::body::Body) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::too_large(format!("request body is over {MAX_BODY_BYTES} bytes"));
-    let declared = req
-        .headers()
+    let declared = parts
+        .headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > DRAIN_BYTES) {
         return Err(too_large());
     }
-    let mut body = req.into_body();
     let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {

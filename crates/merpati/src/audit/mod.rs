@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{
-    body_too_slow, reads_only, Account, Admin, BodyTimeout, ClientAddress, Query, SignedIn,
+    read_request_body, reads_only, Account, Admin, ClientAddress, Query, SignedIn,
 };
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::time::as_rfc3339;
@@ -121,26 +121,12 @@ pub async fn record_changes(
     let (request, fields) = match declared {
         Some(n) if n <= MAX_BODY_BYTES => {
             let (parts, body) = request.into_parts();
-            let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
-            let read = match parts.extensions.get::<BodyTimeout>() {
-                Some(BodyTimeout(limit)) => match tokio::time::timeout(*limit, read).await {
-                    Ok(read) => read,
-                    Err(_) => {
-                        return axum::response::IntoResponse::into_response(body_too_slow(*limit))
-                    }
-                },
-                None => read.await,
-            };
-            match read {
+            match read_request_body(&parts, body).await {
                 Ok(bytes) => {
                     let fields = field_names(&bytes);
                     (Request::from_parts(parts, Body::from(bytes)), fields)
                 }
-                Err(e) => {
-                    return axum::response::IntoResponse::into_response(ApiError::bad_request(
-                        format!("could not read the body: {e}"),
-                    ))
-                }
+                Err(e) => return axum::response::IntoResponse::into_response(e),
             }
         }
         _ => (request, Vec::new()),
