@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::extract::{
-    read_request_body, reads_only, Account, Admin, ClientAddress, Query, SignedIn,
+    bearer_token, read_request_body, reads_only, Account, Admin, ClientAddress, Query, SignedIn,
 };
 use crate::api::paging::{list_response, Listed, PageQuery};
 use crate::api::time::as_rfc3339;
@@ -34,21 +34,16 @@ fn audited(route: &str) -> bool {
 }
 
 /// Who is asking: the actor's name and the account it acts in, if the request carries a
-/// token (or a dashboard session) that is valid.
-async fn who(
-    state: &AppState,
-    signed_in: Option<SignedIn>,
-    authorization: Option<String>,
-) -> Option<(String, Option<AccountId>)> {
-    if let Some(signed_in) = signed_in {
+/// token (or a dashboard session) that is valid. An API key's grant is handed on to the
+/// route's `Account` extractor, which then needs no second lookup.
+async fn who(state: &AppState, request: &mut Request) -> Option<(String, Option<AccountId>)> {
+    if let Some(signed_in) = request.extensions().get::<SignedIn>() {
         return Some((
             format!("dashboard:{}", signed_in.key_id),
-            Some(signed_in.account),
+            Some(signed_in.account.clone()),
         ));
     }
-    let authorization = authorization?;
-    let token = authorization.strip_prefix("Bearer ")?.trim();
-    let hash = token_hash(token);
+    let hash = token_hash(bearer_token(request.headers()).ok()?);
     if bool::from(hash.ct_eq(&state.admin_token_hash)) {
         return Some(("admin".into(), None));
     }
@@ -57,7 +52,12 @@ async fn who(
         .api_key_grant(hash, state.clock.now_ms())
         .await
         .ok()??;
-    Some((format!("api_key:{}", grant.key_id), Some(grant.account_id)))
+    let who = (
+        format!("api_key:{}", grant.key_id),
+        Some(grant.account_id.clone()),
+    );
+    request.extensions_mut().insert(grant);
+    Some(who)
 }
 
 /// The path's parameters, as `route` names them.
@@ -84,7 +84,7 @@ fn field_names(body: &[u8]) -> Vec<String> {
 /// Records the change a request made, once it succeeded.
 pub async fn record_changes(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let route = request
@@ -94,14 +94,11 @@ pub async fn record_changes(
     let Some(route) = route.filter(|r| !reads_only(request.method()) && audited(r)) else {
         return next.run(request).await;
     };
-    let signed_in = request.extensions().get::<SignedIn>().cloned();
-    let browser = signed_in.as_ref().and_then(|s| s.address);
-    let authorization = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some((actor, mut account)) = who(&state, signed_in, authorization).await else {
+    let browser = request
+        .extensions()
+        .get::<SignedIn>()
+        .and_then(|s| s.address);
+    let Some((actor, mut account)) = who(&state, &mut request).await else {
         // Refused by the route itself: not a change.
         return next.run(request).await;
     };
