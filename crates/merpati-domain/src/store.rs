@@ -40,6 +40,9 @@ pub trait Store:
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// The version of the schema the database is at.
+    async fn schema_version(&self) -> StoreResult<i64>;
+
     /// What the metrics count at a scrape: a few aggregate queries, never a row per thing.
     async fn counts(&self) -> StoreResult<Counts>;
 

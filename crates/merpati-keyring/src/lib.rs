@@ -20,5 +20,5 @@ mod ring_keys;
 mod sealer;
 
 pub use file::{KeyFile, KeyFileError};
-pub use ring_keys::{sealed_key_id, Key, KeyError, KeyRing, OpenError};
-pub use sealer::Sealer;
+pub use ring_keys::{random_key_hex, sealed_key_id, Key, KeyError, KeyRing, OpenError};
+pub use sealer::{Resealed, Sealer};

@@ -173,6 +173,16 @@ pub fn sealed_key_id(value: &str) -> Option<&str> {
     (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
+/// A new random secret of 32 bytes, in hexadecimal: for keys the store makes itself (the
+/// acknowledgement links' key), sealed like every other secret.
+pub fn random_key_hex() -> String {
+    let mut bytes = [0u8; KEY_LEN];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system's random source fails");
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,3 +147,12 @@ mod tests {
         assert!(Sealer::from_setting("").is_err());
     }
 }
+
+/// What a pass over a store's sealed values did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Values now sealed with the sealing key that were not (in clear, or under another key).
+    pub values: usize,
+    /// The key every value is now sealed with.
+    pub key_id: String,
+}

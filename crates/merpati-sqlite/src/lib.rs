@@ -21,7 +21,6 @@ mod alert_tx;
 mod alerts;
 mod audit;
 mod checkpoint;
-mod commit_stats;
 mod connectors;
 mod delivery;
 mod devices;
@@ -51,7 +50,7 @@ use error::{closed, DbResult};
 use reader::ReadPool;
 use writer::{Guard, Job, Tx, WriteJob, WriterState};
 
-pub use sealed::Resealed;
+pub use merpati_keyring::Resealed;
 
 const STATEMENT_CACHE: usize = 128;
 
@@ -78,7 +77,7 @@ pub struct SqliteStore {
     /// The writer, then the syncer and the checkpointer, which end after it.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: Arc<ReadPool>,
-    commits: Arc<commit_stats::CommitStats>,
+    commits: Arc<merpati_domain::commit_stats::CommitStats>,
     resealed: Resealed,
 }
 
@@ -156,7 +155,7 @@ impl SqliteStore {
         let (to_sync, committed) = std::sync::mpsc::sync_channel(writer::SYNC_QUEUE);
         let (background, checkpoint_asked) = checkpoint::channel();
         let sync = options.synchronous_full;
-        let commits = Arc::new(commit_stats::CommitStats::default());
+        let commits = Arc::new(merpati_domain::commit_stats::CommitStats::default());
         let syncer_stats = commits.clone();
         let thread_error =
             |e| StoreError::Internal(format!("cannot start a thread of the store: {e}"));
@@ -250,11 +249,6 @@ impl SqliteStore {
     {
         self.readers.read(f).await
     }
-
-    /// The schema version the database is at.
-    pub async fn schema_version(&self) -> StoreResult<i64> {
-        self.read(migrations::version).await
-    }
 }
 
 /// The database holds endpoints' and connectors' secrets: its directory is its owner's
@@ -300,6 +294,10 @@ fn set_mode(_: &Path, _: u32) -> std::io::Result<()> {
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn schema_version(&self) -> StoreResult<i64> {
+        self.read(migrations::version).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await

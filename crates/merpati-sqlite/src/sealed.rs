@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use merpati_domain::StoreError;
-use merpati_keyring::{sealed_key_id, Sealer};
+use merpati_keyring::{sealed_key_id, Resealed, Sealer};
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -114,15 +114,6 @@ fn text(ctx: &Context<'_>, i: usize) -> rusqlite::Result<Option<String>> {
 
 fn failure(message: String) -> rusqlite::Error {
     rusqlite::Error::UserFunctionError(message.into())
-}
-
-/// What a pass over the sealed columns did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Resealed {
-    /// Values now sealed with the sealing key that were not (in clear, or under another key).
-    pub values: usize,
-    /// The key every value is now sealed with.
-    pub key_id: String,
 }
 
 /// Seals every value that is in clear or sealed with another key than the one that seals

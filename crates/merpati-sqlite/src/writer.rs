@@ -20,9 +20,9 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint;
-use crate::commit_stats::CommitStats;
 use crate::endpoint_cache::EndpointCache;
 use crate::error::{closed, sqlite_error, DbResult};
+use merpati_domain::commit_stats::CommitStats;
 
 /// At most this many writes share one commit.
 pub(crate) const MAX_GROUP: usize = 512;

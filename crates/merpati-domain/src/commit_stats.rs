@@ -1,10 +1,10 @@
-//! How long group commits take, from `BEGIN` to durable: counted by the syncer as it
+//! How long group commits take, from `BEGIN` to durable: counted by a backend as it
 //! answers each group, read by the metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use merpati_domain::store::Histogram;
+use crate::store::Histogram;
 
 /// Upper bounds in seconds: 100 µs to about 3 s.
 const BOUNDS: [f64; 16] = [
@@ -13,7 +13,7 @@ const BOUNDS: [f64; 16] = [
 ];
 
 #[derive(Debug, Default)]
-pub(crate) struct CommitStats {
+pub struct CommitStats {
     /// Commits in each bucket: at or under its bound and over the one before; the last
     /// holds those past every bound.
     counts: [AtomicU64; BOUNDS.len() + 1],
@@ -21,7 +21,7 @@ pub(crate) struct CommitStats {
 }
 
 impl CommitStats {
-    pub(crate) fn observe(&self, took: Duration) {
+    pub fn observe(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         let i = BOUNDS
             .iter()
@@ -32,7 +32,7 @@ impl CommitStats {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self) -> Histogram {
+    pub fn snapshot(&self) -> Histogram {
         let buckets: Vec<(f64, u64)> = BOUNDS
             .iter()
             .chain([f64::INFINITY].iter())
