@@ -1,0 +1,87 @@
+//! One connection to the server with its prepared statements: each statement's text is
+//! prepared once per connection and kept, as SQLite's statement cache does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use merpati_domain::StoreError;
+use merpati_keyring::Sealer;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+
+use crate::error::DbResult;
+
+pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
+
+pub(crate) struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+    sealer: Arc<Sealer>,
+}
+
+impl Conn {
+    pub(crate) fn connect(url: &str, sealer: Arc<Sealer>) -> Result<Conn, postgres::Error> {
+        let mut client = Client::connect(url, NoTls)?;
+        // A write that waits this long for a row or table another holds gives up, and its
+        // caller is told to come back (as SQLite's busy timeout does).
+        client.batch_execute("SET lock_timeout = '5s'")?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+            sealer,
+        })
+    }
+
+    /// Seals a secret for its column and owner (`context`).
+    pub(crate) fn seal(&self, context: &str, plain: &str) -> String {
+        self.sealer.seal(context, plain)
+    }
+
+    /// Opens a sealed secret; a value that does not open is the store's fault, named by
+    /// its context.
+    pub(crate) fn open(&self, context: &str, sealed: &str) -> DbResult<String> {
+        self.sealer
+            .open(context, sealed)
+            .map_err(|e| StoreError::Internal(format!("{context}: {e}")).into())
+    }
+
+    fn statement(&mut self, sql: &str) -> DbResult<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    pub(crate) fn query(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<Vec<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.client.query(&s, params)?)
+    }
+
+    pub(crate) fn query_opt(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<Option<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.client.query_opt(&s, params)?)
+    }
+
+    pub(crate) fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<Row> {
+        let s = self.statement(sql)?;
+        Ok(self.client.query_one(&s, params)?)
+    }
+
+    /// Rows changed.
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<u64> {
+        let s = self.statement(sql)?;
+        Ok(self.client.execute(&s, params)?)
+    }
+
+    /// Statements without parameters, in one round trip (not prepared).
+    pub(crate) fn batch(&mut self, sql: &str) -> DbResult<()> {
+        Ok(self.client.batch_execute(sql)?)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}

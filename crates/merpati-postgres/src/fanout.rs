@@ -1,0 +1,218 @@
+//! Storing an event and fanning it out to the endpoints that subscribe to it, inside the
+//! caller's transaction: the event and its deliveries are committed together or not at all.
+//! Which deliveries and where each goes are the domain's rules (`merpati_domain::fanout`);
+//! this runs their statements.
+
+use merpati_domain::delivery::{DueDelivery, Reservation};
+use merpati_domain::device::Scope;
+use merpati_domain::endpoint::Subscription;
+use merpati_domain::fanout::{hand_over, place, plan, Place};
+use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
+
+use crate::conn::Conn;
+use crate::error::DbResult;
+use crate::writer::Tx;
+
+pub(crate) struct NewEvent<'a> {
+    pub id: &'a EventId,
+    pub account_id: &'a AccountId,
+    pub event_type: &'a str,
+    pub scope: Scope<'a>,
+    pub created_at: i64,
+    /// For an item a device sent: its rid (as a dedup key) and the digest of its content.
+    pub inbound: Option<(&'a str, &'a [u8])>,
+}
+
+/// What a delivery handed over carries of its event.
+pub(crate) struct EventBody<'a> {
+    pub id: &'a EventId,
+    pub payload: std::sync::Arc<str>,
+}
+
+/// Inserts the event; `payload` is given the event's system-wide sequence number (the
+/// `data.id` of inbound payloads) and returns the exact body to deliver. Returns the
+/// sequence number and that body. `ahead` is how many events the write will insert, so
+/// that their numbers are taken at once.
+pub(crate) fn insert_event(
+    tx: &mut Tx<'_>,
+    e: &NewEvent<'_>,
+    ahead: usize,
+    payload: impl FnOnce(i64) -> String,
+) -> DbResult<(i64, String)> {
+    let seq = tx.next_seq(ahead)?;
+    let payload = payload(seq);
+    tx.execute(
+        "INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
+                             payload, created_at, rid, content_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &seq,
+            &e.id.as_str(),
+            &e.account_id.as_str(),
+            &e.event_type,
+            &e.scope.device_id.map(DeviceId::as_str),
+            &e.scope.channel_id.map(|c| c.as_str()),
+            &e.scope.business_id.map(|b| b.as_str()),
+            &payload,
+            &e.created_at,
+            &e.inbound.map(|i| i.0),
+            &e.inbound.map(|i| i.1),
+        ],
+    )?;
+    Ok((seq, payload))
+}
+
+/// Deliveries leased to the worker as they are inserted, for ingest to hand over once the
+/// transaction commits.
+pub(crate) struct Handing<'a> {
+    pub reservation: &'a mut dyn Reservation,
+    pub event: &'a EventBody<'a>,
+}
+
+/// Creates one delivery per endpoint the event goes to; with `handing`, those due now are
+/// leased to the worker while it has room. Returns how many are due now and not handed
+/// over.
+pub(crate) fn fan_out(
+    tx: &mut Tx<'_>,
+    subs: &[Subscription],
+    event_seq: i64,
+    event_type: &str,
+    scope: Scope<'_>,
+    now: i64,
+    mut handing: Option<Handing<'_>>,
+) -> DbResult<usize> {
+    let mut due = 0;
+    for planned in plan(subs, event_type, scope) {
+        let placed = place(planned.disabled, planned.order_key, |key| {
+            queue_busy(tx.conn(), planned.endpoint_id, key)
+        })?;
+        let placed = hand_over(placed, handing.as_mut().map(|h| &mut *h.reservation));
+        let delivery = insert_delivery(
+            tx,
+            event_seq,
+            planned.endpoint_id,
+            planned.order_key,
+            placed,
+            now,
+        )?;
+        match (placed, handing.as_mut()) {
+            (Place::Leased(_), Some(h)) => {
+                let target = tx.target(planned.endpoint_id, now)?;
+                h.reservation.push(DueDelivery {
+                    delivery_id: delivery,
+                    attempt: 1,
+                    event_id: h.event.id.clone(),
+                    payload: h.event.payload.clone(),
+                    endpoint: target,
+                });
+            }
+            (Place::Due, _) => due += 1,
+            _ => {}
+        }
+    }
+    Ok(due)
+}
+
+/// Queues one delivery of the event to the endpoint, where the rules place it.
+pub(crate) fn enqueue(
+    tx: &mut Tx<'_>,
+    event_seq: i64,
+    endpoint: &EndpointId,
+    order_key: Option<&DeviceId>,
+    disabled: bool,
+    now: i64,
+) -> DbResult<DeliveryId> {
+    let placed = place(disabled, order_key, |key| {
+        queue_busy(tx.conn(), endpoint, key)
+    })?;
+    insert_delivery(tx, event_seq, endpoint, order_key, placed, now)
+}
+
+/// Returns the new delivery's id.
+fn insert_delivery(
+    tx: &mut Tx<'_>,
+    event_seq: i64,
+    endpoint: &EndpointId,
+    order_key: Option<&DeviceId>,
+    placed: Place,
+    now: i64,
+) -> DbResult<DeliveryId> {
+    let (status, next, claimed_at) = match placed {
+        Place::Held => ("held", None, None),
+        Place::Waiting => ("pending", None, None),
+        Place::Due => ("pending", Some(now), None),
+        Place::Leased(until) => ("pending", Some(until), Some(now)),
+    };
+    let row = tx.query_one(
+        "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,
+                                 order_key, claimed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        &[
+            &event_seq,
+            &endpoint.as_str(),
+            &status,
+            &next,
+            &now,
+            &order_key.map(DeviceId::as_str),
+            &claimed_at,
+        ],
+    )?;
+    Ok(DeliveryId(row.get(0)))
+}
+
+/// Whether a device queue has a delivery that has not reached its outcome.
+pub(crate) const QUEUE_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM deliveries
+                    WHERE endpoint_id = $1 AND order_key = $2 AND status = 'pending')";
+
+fn queue_busy(c: &mut Conn, endpoint: &EndpointId, key: &DeviceId) -> DbResult<bool> {
+    Ok(
+        c.query_one(QUEUE_BUSY, &[&endpoint.as_str(), &key.as_str()])?
+            .get(0),
+    )
+}
+
+/// Makes the first waiting delivery of a device queue due, unless one of the queue is
+/// already due or under way.
+pub(crate) const ADVANCE_QUEUE: &str = "UPDATE deliveries SET next_attempt_at = $3
+     WHERE id = (SELECT id FROM deliveries
+                 WHERE endpoint_id = $1 AND order_key = $2 AND status = 'pending'
+                 ORDER BY event_seq, id LIMIT 1)
+       AND next_attempt_at IS NULL";
+
+/// Returns how many became due (0 or 1).
+pub(crate) fn advance_queue(
+    tx: &mut Tx<'_>,
+    endpoint: &EndpointId,
+    key: &str,
+    now: i64,
+) -> DbResult<usize> {
+    Ok(tx.execute(ADVANCE_QUEUE, &[&endpoint.as_str(), &key, &now])? as usize)
+}
+
+/// Releases an endpoint's held deliveries: unordered ones are due now, and each device
+/// queue starts again from its earliest event. Returns how many are due.
+pub(crate) fn release_held(tx: &mut Tx<'_>, endpoint: &EndpointId, now: i64) -> DbResult<usize> {
+    let mut due = tx.execute(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = $2
+         WHERE endpoint_id = $1 AND status = 'held' AND order_key IS NULL",
+        &[&endpoint.as_str(), &now],
+    )? as usize;
+    tx.execute(
+        "UPDATE deliveries SET status = 'pending', next_attempt_at = NULL
+         WHERE endpoint_id = $1 AND status = 'held' AND order_key IS NOT NULL",
+        &[&endpoint.as_str()],
+    )?;
+    let keys: Vec<String> = tx
+        .query(
+            "SELECT DISTINCT order_key FROM deliveries
+             WHERE endpoint_id = $1 AND status = 'pending' AND order_key IS NOT NULL",
+            &[&endpoint.as_str()],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for key in keys {
+        due += advance_queue(tx, endpoint, &key, now)?;
+    }
+    Ok(due)
+}

@@ -1,0 +1,475 @@
+//! merpati's PostgreSQL backend.
+//!
+//! One writer connection per node commits in groups (`writer`): many requests' writes in
+//! one transaction, durable when PostgreSQL answers the commit (`synchronous_commit` on).
+//! Reads go to a small pool of connections beside it (`reader`). Every feature's storage
+//! trait is implemented in a module of its own; what the product decides (fan-out, dedup,
+//! outcomes, health, announcements, retention's cut) it asks the domain's rules, and only
+//! runs the statements. Secrets are sealed and opened in the process with the keyring's
+//! `Sealer`: the server only ever holds them sealed.
+
+use std::sync::{Arc, Mutex};
+
+use merpati_domain::commit_stats::CommitStats;
+use merpati_domain::store::Counts;
+use merpati_domain::{Store, StoreError, StoreResult};
+use merpati_keyring::{Resealed, Sealer};
+use tokio::sync::mpsc;
+
+mod accounts;
+mod alert_tx;
+mod alerts;
+mod audit;
+mod conn;
+mod connectors;
+mod delivery;
+mod devices;
+mod endpoint_cache;
+mod endpoint_stats;
+mod endpoints;
+mod error;
+mod events;
+mod fanout;
+mod ingest;
+mod jobs;
+mod migrations;
+mod presence;
+mod reader;
+mod rows;
+pub mod scratch;
+mod sealed;
+mod table;
+mod writer;
+
+use conn::Conn;
+use error::{closed, postgres_error, DbResult};
+use reader::ReadPool;
+use writer::{Guard, Job, Tx, WriteJob};
+
+/// How the database is used.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub read_connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            read_connections: 4,
+        }
+    }
+}
+
+/// Whether `url` is a connection URL the driver takes; the reason when not, without the
+/// URL itself (it may hold a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<postgres::Config>()
+        .map(drop)
+        .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))
+}
+
+/// The database a URL names, as a log may show it: user, hosts and database, never the
+/// password.
+pub fn describe_url(url: &str) -> String {
+    let Ok(config) = url.parse::<postgres::Config>() else {
+        return "a PostgreSQL database".into();
+    };
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "PostgreSQL database {} of {} on {}",
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default user)"),
+        hosts.join(", ")
+    )
+}
+
+pub struct PostgresStore {
+    writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: ReadPool,
+    commits: Arc<CommitStats>,
+    resealed: Resealed,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` and brings its schema to the newest version.
+    /// Secrets are sealed and opened with `sealer`.
+    pub async fn open(url: &str, options: &Options, sealer: Arc<Sealer>) -> StoreResult<Self> {
+        let url = url.to_owned();
+        let options = options.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(url, &options, sealer))
+            .await
+            .map_err(|e| StoreError::Internal(format!("the open task failed: {e}")))?
+    }
+
+    fn open_blocking(url: String, options: &Options, sealer: Arc<Sealer>) -> StoreResult<Self> {
+        let mut conn = Conn::connect(&url, sealer.clone()).map_err(|e| postgres_error(&e))?;
+        migrations::migrate(&mut conn)?;
+        let resealed = sealed::reseal_all(&mut conn, &sealer)?;
+        let commits = Arc::new(CommitStats::default());
+        let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
+        let stats = commits.clone();
+        let writer_url = url.clone();
+        let writer_sealer = sealer.clone();
+        let thread = std::thread::Builder::new()
+            .name("postgres-writer".into())
+            .spawn(move || writer::writer_loop(writer_url, Some(conn), writer_sealer, rx, stats))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        Ok(PostgresStore {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers: ReadPool::start(url, sealer, options.read_connections)
+                .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
+            commits,
+            resealed,
+        })
+    }
+
+    /// What opening did to the stored secrets.
+    pub fn resealed(&self) -> &Resealed {
+        &self.resealed
+    }
+
+    /// Brings the schema at `url` to the newest version without opening a store; answers
+    /// the version.
+    pub fn migrate(url: &str) -> StoreResult<i64> {
+        let mut conn =
+            Conn::connect(url, Arc::new(Sealer::ephemeral())).map_err(|e| postgres_error(&e))?;
+        Ok(migrations::migrate(&mut conn)?)
+    }
+
+    /// Runs `f` in the next group commit, in a savepoint of its own; answers once that
+    /// commit is durable.
+    pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
+    {
+        self.submit(f, |t| t, Guard::Savepoint).await
+    }
+
+    /// As `write`, for a write that can fail only before it changes anything (it reads and
+    /// checks first), so that it needs no savepoint. Should the server refuse one of its
+    /// statements after all, the whole group is undone and every write in it fails.
+    pub(crate) async fn write_checked<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
+    {
+        self.submit(f, |t| t, Guard::ChecksFirst).await
+    }
+
+    /// As `write_checked`, and `committed` turns what `f` returned into the answer on the
+    /// writer's side as soon as the commit is durable, whether or not the caller still
+    /// waits.
+    pub(crate) async fn write_checked_then<R, T, F>(
+        &self,
+        f: F,
+        committed: fn(R) -> T,
+    ) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
+    {
+        self.submit(f, committed, Guard::ChecksFirst).await
+    }
+
+    async fn submit<R, T, F>(&self, f: F, committed: fn(R) -> T, guard: Guard) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
+    {
+        let sender = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or_else(closed)?;
+        let (job, answer) = Job::new(f, guard, committed);
+        sender.send(Box::new(job)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on a read connection, off the async threads.
+    pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> DbResult<T> + Send + 'static,
+    {
+        self.readers.read(f).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn schema_version(&self) -> StoreResult<i64> {
+        self.read(migrations::version).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| {
+            c.query_one("SELECT 1", &[])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        self.read(|c| {
+            let mut counts = Counts::default();
+            for r in c.query(
+                "SELECT status, COUNT(*) FROM deliveries WHERE status IN ('pending', 'held')
+                 GROUP BY status",
+                &[],
+            )? {
+                let (status, n): (&str, i64) = (r.get(0), r.get(1));
+                match status {
+                    "pending" => counts.deliveries_pending = n,
+                    _ => counts.deliveries_held = n,
+                }
+            }
+            for r in c.query(
+                "SELECT d.presence, ch.engine, COUNT(*) FROM devices d
+                 JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                 GROUP BY d.presence, ch.engine",
+                &[],
+            )? {
+                let status = match devices::presence_from_db(r.get(0)) {
+                    merpati_domain::device::Presence::Connected => "connected",
+                    merpati_domain::device::Presence::Disconnected => "disconnected",
+                    merpati_domain::device::Presence::Unknown => "unknown",
+                };
+                counts.devices.push((status, r.get(1), r.get(2)));
+            }
+            for r in c.query(
+                "SELECT state, COUNT(*) FROM incidents WHERE state IN ('open', 'acknowledged')
+                 GROUP BY state",
+                &[],
+            )? {
+                let (state, n): (&str, i64) = (r.get(0), r.get(1));
+                match state {
+                    "open" => counts.incidents_open = n,
+                    _ => counts.incidents_acknowledged = n,
+                }
+            }
+            Ok(counts)
+        })
+        .await
+        .map(|mut counts| {
+            counts.commits = self.commits.snapshot();
+            counts
+        })
+    }
+
+    async fn shrink_caches(&self) -> StoreResult<()> {
+        // The pages are the server's; a connection keeps only its prepared statements.
+        Ok(())
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender lets the writer finish its queue and exit.
+        self.writer.lock().expect("writer lock").take();
+        let mut threads = self.readers.close();
+        threads.extend(self.thread.lock().expect("thread lock").take());
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scratch::ScratchServer;
+    use std::sync::OnceLock;
+
+    fn server() -> &'static ScratchServer {
+        static SERVER: OnceLock<ScratchServer> = OnceLock::new();
+        SERVER.get_or_init(|| ScratchServer::start(Default::default()).unwrap())
+    }
+
+    async fn scratch_store() -> PostgresStore {
+        let url = tokio::task::spawn_blocking(|| server().empty_database().unwrap())
+            .await
+            .unwrap();
+        let options = Options {
+            read_connections: 1,
+        };
+        let store = PostgresStore::open(&url, &options, Arc::new(Sealer::ephemeral()))
+            .await
+            .unwrap();
+        store
+            .write(|c| {
+                c.execute("CREATE TABLE scratch (n BIGINT NOT NULL UNIQUE)", &[])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    async fn scratch_rows(store: &PostgresStore) -> Vec<i64> {
+        store
+            .read(|c| {
+                Ok(c.query("SELECT n FROM scratch ORDER BY n", &[])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
+            })
+            .await
+            .unwrap()
+    }
+
+    fn insert(c: &mut Tx<'_>, n: i64) -> DbResult<()> {
+        c.execute("INSERT INTO scratch (n) VALUES ($1)", &[&n])?;
+        Ok(())
+    }
+
+    /// Holds the writer until `queued` writes wait behind it, then lets `writes` finish:
+    /// they make one group.
+    async fn in_one_group<T>(
+        store: &PostgresStore,
+        queued: usize,
+        writes: impl std::future::Future<Output = T>,
+    ) -> T {
+        let (running, is_running) = tokio::sync::oneshot::channel();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let occupied = store.write(move |_| {
+            let _ = running.send(());
+            let _ = hold.recv();
+            Ok(())
+        });
+        let rest = async {
+            is_running.await.unwrap();
+            let release = async {
+                loop {
+                    let waiting = store
+                        .writer
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .map_or(0, |s| s.max_capacity() - s.capacity());
+                    if waiting >= queued {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                release.send(()).unwrap();
+            };
+            tokio::join!(writes, release).0
+        };
+        let (occupied, out) = tokio::join!(occupied, rest);
+        occupied.unwrap();
+        out
+    }
+
+    /// A checked write that fails on its own checks costs the others of its group nothing,
+    /// and neither does a savepoint write whose statement the server refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_fails_undoes_only_itself() {
+        let store = scratch_store().await;
+        let (a, b, c, d) = in_one_group(&store, 4, async {
+            tokio::join!(
+                store.write_checked(|c| insert(c, 1)),
+                store
+                    .write_checked(|_| Err::<(), _>(StoreError::Conflict("refused".into()).into())),
+                store.write(|c| {
+                    insert(c, 2)?;
+                    // The server refuses this one: the row is there already.
+                    insert(c, 2)
+                }),
+                store.write_checked(|c| insert(c, 3)),
+            )
+        })
+        .await;
+        assert!(a.is_ok() && d.is_ok(), "{a:?} {d:?}");
+        assert!(matches!(b, Err(StoreError::Conflict(_))), "{b:?}");
+        assert!(matches!(c, Err(StoreError::Internal(_))), "{c:?}");
+        assert_eq!(scratch_rows(&store).await, [1, 3]);
+        store.close().await;
+    }
+
+    /// A checked write whose statement the server refused has aborted the transaction:
+    /// every write of its group fails and none is kept, and the writer goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checked_write_the_server_refuses_undoes_its_group() {
+        let store = scratch_store().await;
+        let (a, b, c) = in_one_group(&store, 3, async {
+            tokio::join!(
+                store.write_checked(|c| insert(c, 1)),
+                store.write_checked(|c| {
+                    insert(c, 2)?;
+                    insert(c, 2)
+                }),
+                store.write(|c| insert(c, 3)),
+            )
+        })
+        .await;
+        for result in [a, b, c] {
+            assert!(matches!(result, Err(StoreError::Internal(_))), "{result:?}");
+        }
+        assert!(scratch_rows(&store).await.is_empty());
+        store.write_checked(|c| insert(c, 4)).await.unwrap();
+        assert_eq!(scratch_rows(&store).await, [4]);
+        store.close().await;
+    }
+
+    /// A server that goes away fails what is under way as unavailable (callers answer 503),
+    /// and once it is back the writer and the readers connect again by themselves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_connects_again_after_the_server_comes_back() {
+        let (server, url) = tokio::task::spawn_blocking(|| {
+            let server = ScratchServer::start(Default::default()).unwrap();
+            let url = server.empty_database().unwrap();
+            (server, url)
+        })
+        .await
+        .unwrap();
+        let store = PostgresStore::open(&url, &Options::default(), Arc::new(Sealer::ephemeral()))
+            .await
+            .unwrap();
+        store
+            .write(|c| {
+                c.execute("CREATE TABLE scratch (n BIGINT NOT NULL UNIQUE)", &[])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.write(|c| insert(c, 1)).await.unwrap();
+        let server = tokio::task::spawn_blocking(move || {
+            server.stop(true);
+            server
+        })
+        .await
+        .unwrap();
+        let down = store.write(|c| insert(c, 2)).await;
+        assert!(matches!(down, Err(StoreError::Unavailable(_))), "{down:?}");
+        assert!(matches!(
+            store.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
+        let server = tokio::task::spawn_blocking(move || {
+            server.run().unwrap();
+            server
+        })
+        .await
+        .unwrap();
+        store.write(|c| insert(c, 3)).await.unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(scratch_rows(&store).await, [1, 3]);
+        store.close().await;
+        drop(server);
+    }
+}

@@ -1,0 +1,277 @@
+//! Presence as stored: each announced change closes the device's open period and opens the
+//! next, updates the device's announced presence, and becomes an event fanned out like any
+//! other, all in the presence hub's one write; blips and engine reports beside them; and
+//! the history read back by device, channel or business.
+
+use std::collections::HashMap;
+
+use merpati_domain::device::DeviceContext;
+use merpati_domain::ids::{AccountId, DeviceId, EventId};
+use merpati_domain::presence::announce::{announcement, Announcement};
+use merpati_domain::presence::machine::{Change, EngineReport};
+use merpati_domain::presence::{
+    Applied, Blip, HistoryScope, Period, PeriodState, PresenceStore, PresenceWrite, StoredPresence,
+    WriteKind,
+};
+use merpati_domain::{StoreError, StoreResult};
+use merpati_webhooks::Event;
+
+use crate::conn::Conn;
+use crate::devices::{context_row, presence_from_db, presence_to_db, CONTEXT_QUERY};
+use crate::error::DbResult;
+use crate::fanout::{fan_out, insert_event, NewEvent};
+use crate::rows::word;
+use crate::table::owned;
+use crate::writer::Tx;
+use crate::PostgresStore;
+
+fn next_period(tx: &mut Tx<'_>, d: &DeviceContext, a: &Announcement, now: i64) -> DbResult<()> {
+    let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
+    tx.execute(
+        "UPDATE presence_periods SET ended_at = GREATEST(started_at, $3)
+         WHERE account_id = $1 AND device_id = $2 AND ended_at IS NULL",
+        &[&account, &device, &a.since],
+    )?;
+    let reason = a.reason.map(|r| r.as_str());
+    tx.execute(
+        "INSERT INTO presence_periods
+             (account_id, device_id, state, started_at, reason, announced_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &account,
+            &device,
+            &a.state.as_str(),
+            &a.since,
+            &reason,
+            &now,
+        ],
+    )?;
+    tx.execute(
+        "UPDATE devices SET presence = $3, presence_since = $4, presence_reason = $5
+         WHERE account_id = $1 AND id = $2",
+        &[
+            &account,
+            &device,
+            &presence_to_db(a.state.presence()),
+            &a.since,
+            &reason,
+        ],
+    )?;
+    Ok(())
+}
+
+fn announce(
+    tx: &mut Tx<'_>,
+    d: &DeviceContext,
+    a: Announcement,
+    now: i64,
+) -> DbResult<(EventId, usize)> {
+    let event_id = EventId::generate();
+    let kind = a.event_type();
+    let new = NewEvent {
+        id: &event_id,
+        account_id: &d.account_id,
+        event_type: kind,
+        scope: d.scope(),
+        created_at: now,
+        inbound: None,
+    };
+    let body = String::from_utf8(Event::Device(a.event).to_json()).expect("JSON is UTF-8");
+    let (seq, _) = insert_event(tx, &new, 1, |_| body)?;
+    let subs = tx.subscriptions(&d.account_id)?;
+    let due = fan_out(tx, &subs, seq, kind, d.scope(), now, None)?;
+    Ok((event_id, due))
+}
+
+fn scope_sql(
+    c: &mut Conn,
+    account: &AccountId,
+    scope: &HistoryScope,
+) -> DbResult<(&'static str, &'static str)> {
+    let (table, what, join, condition) = match scope {
+        HistoryScope::Device(_) => ("devices", "device", "", "p.device_id = $2"),
+        HistoryScope::Channel(_) => (
+            "channels",
+            "channel",
+            "JOIN devices d ON d.account_id = p.account_id AND d.id = p.device_id",
+            "d.channel_id = $2",
+        ),
+        HistoryScope::Business(_) => (
+            "businesses",
+            "business",
+            "JOIN devices d ON d.account_id = p.account_id AND d.id = p.device_id
+             JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id",
+            "ch.business_id = $2",
+        ),
+    };
+    if !owned(c, table, account.as_str(), scope_id(scope))? {
+        return Err(StoreError::NotFound(what).into());
+    }
+    Ok((join, condition))
+}
+
+fn scope_id(scope: &HistoryScope) -> &str {
+    match scope {
+        HistoryScope::Device(id) => id.as_str(),
+        HistoryScope::Channel(id) => id.as_str(),
+        HistoryScope::Business(id) => id.as_str(),
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for PostgresStore {
+    async fn apply_presence(&self, writes: Vec<PresenceWrite>, now: i64) -> StoreResult<Applied> {
+        self.write(move |tx| {
+            let mut applied = Applied::default();
+            let mut contexts: HashMap<(AccountId, DeviceId), Option<DeviceContext>> =
+                HashMap::new();
+            for (i, w) in writes.into_iter().enumerate() {
+                let key = (w.account_id.clone(), w.device_id.clone());
+                if !contexts.contains_key(&key) {
+                    let ctx = tx
+                        .query_opt(
+                            &format!("{CONTEXT_QUERY} WHERE d.account_id = $1 AND d.id = $2"),
+                            &[&key.0.as_str(), &key.1.as_str()],
+                        )?
+                        .as_ref()
+                        .map(context_row)
+                        .transpose()?;
+                    contexts.insert(key.clone(), ctx);
+                }
+                let Some(d) = contexts[&key].clone() else {
+                    continue;
+                };
+                let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
+                let change = match w.what {
+                    WriteKind::Engine(report) => {
+                        tx.execute(
+                            "UPDATE devices SET engine_state = $3
+                             WHERE account_id = $1 AND id = $2",
+                            &[&account, &device, &report.map(|r| r.as_str())],
+                        )?;
+                        continue;
+                    }
+                    WriteKind::Change(change) => change,
+                };
+                if let Change::Blip {
+                    started_at,
+                    ended_at,
+                    reason,
+                } = change
+                {
+                    tx.execute(
+                        "INSERT INTO presence_blips
+                             (account_id, device_id, started_at, ended_at, reason)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[&account, &device, &started_at, &ended_at, &reason.as_str()],
+                    )?;
+                }
+                let Some(a) = announcement(&change, &d) else {
+                    continue;
+                };
+                next_period(tx, &d, &a, now)?;
+                let (state, since) = (a.state, a.since);
+                let (event_id, due) = announce(tx, &d, a, now)?;
+                applied.event_ids.insert(i, event_id);
+                applied.new_deliveries += due;
+                if let Some(Some(ctx)) = contexts.get_mut(&key) {
+                    ctx.presence = state.presence();
+                    ctx.presence_since = Some(since);
+                }
+            }
+            Ok(applied)
+        })
+        .await
+    }
+
+    async fn presence_to_restore(&self) -> StoreResult<Vec<StoredPresence>> {
+        self.read(|c| {
+            Ok(c.query(
+                "SELECT d.account_id, d.id, d.presence, d.presence_since, d.engine_state,
+                            ch.engine, ch.heartbeat_timeout_ms, ch.grace_ms
+                     FROM devices d
+                     JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
+                     WHERE d.presence = 'up' OR d.engine_state IS NOT NULL",
+                &[],
+            )?
+            .iter()
+            .map(|r| StoredPresence {
+                account_id: AccountId::from(r.get::<_, String>(0)),
+                device_id: DeviceId::from(r.get::<_, String>(1)),
+                announced: presence_from_db(r.get(2)).into(),
+                since: r.get(3),
+                engine_state: r.get::<_, Option<&str>>(4).and_then(EngineReport::parse),
+                engine: r.get(5),
+                channel_heartbeat_ms: r.get(6),
+                channel_grace_ms: r.get(7),
+            })
+            .collect())
+        })
+        .await
+    }
+
+    async fn presence_periods(
+        &self,
+        account: AccountId,
+        scope: HistoryScope,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<Period>> {
+        self.read(move |c| {
+            let (join, condition) = scope_sql(c, &account, &scope)?;
+            c.query(
+                &format!(
+                    "SELECT p.device_id, p.state, p.started_at, p.ended_at, p.reason
+                     FROM presence_periods p {join}
+                     WHERE p.account_id = $1 AND {condition}
+                       AND p.started_at < $4 AND (p.ended_at IS NULL OR p.ended_at > $3)
+                     ORDER BY p.started_at, p.id"
+                ),
+                &[&account.as_str(), &scope_id(&scope), &from, &to],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Period {
+                    device_id: DeviceId::from(r.get::<_, String>(0)),
+                    state: word(r.get(1), PeriodState::parse)?,
+                    started_at: r.get(2),
+                    ended_at: r.get(3),
+                    reason: r.get(4),
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn presence_blips(
+        &self,
+        account: AccountId,
+        scope: HistoryScope,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<Blip>> {
+        self.read(move |c| {
+            let (join, condition) = scope_sql(c, &account, &scope)?;
+            Ok(c.query(
+                &format!(
+                    "SELECT p.device_id, p.started_at, p.ended_at, p.reason
+                         FROM presence_blips p {join}
+                         WHERE p.account_id = $1 AND {condition}
+                           AND p.started_at < $4 AND p.ended_at > $3
+                         ORDER BY p.started_at, p.id"
+                ),
+                &[&account.as_str(), &scope_id(&scope), &from, &to],
+            )?
+            .iter()
+            .map(|r| Blip {
+                device_id: DeviceId::from(r.get::<_, String>(0)),
+                started_at: r.get(1),
+                ended_at: r.get(2),
+                reason: r.get(3),
+            })
+            .collect())
+        })
+        .await
+    }
+}

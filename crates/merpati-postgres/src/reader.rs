@@ -1,0 +1,96 @@
+//! The read pool: a few threads beside the writer, each owning one connection, made when
+//! first needed and made again when the server dropped it. A connection lives and dies on
+//! its thread: the driver's blocking client must never be dropped on an async thread.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use merpati_domain::{StoreError, StoreResult};
+use merpati_keyring::Sealer;
+use tokio::sync::oneshot;
+
+use crate::conn::Conn;
+use crate::error::{closed, postgres_error, DbResult};
+
+type ReadJob = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
+
+pub(crate) struct ReadPool {
+    jobs: Mutex<Option<mpsc::Sender<ReadJob>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl ReadPool {
+    pub(crate) fn start(
+        url: String,
+        sealer: Arc<Sealer>,
+        connections: usize,
+    ) -> std::io::Result<ReadPool> {
+        let (jobs, queue) = mpsc::channel::<ReadJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        let mut threads = Vec::new();
+        for i in 0..connections.max(1) {
+            let (queue, url, sealer) = (queue.clone(), url.clone(), sealer.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("postgres-read-{i}"))
+                    .spawn(move || reader_loop(&url, &sealer, &queue))?,
+            );
+        }
+        Ok(ReadPool {
+            jobs: Mutex::new(Some(jobs)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Runs `f` on a read connection.
+    pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Conn) -> DbResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn: &mut Option<Conn>| {
+            let result = match conn {
+                Some(c) => f(c).map_err(StoreError::from),
+                None => Err(StoreError::Unavailable(
+                    "the database is unreachable: no read connection".into(),
+                )),
+            };
+            let _ = reply.send(result);
+        });
+        self.jobs
+            .lock()
+            .expect("reader lock")
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job)
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Lets the threads finish what is queued and end, closing their connections.
+    pub(crate) fn close(&self) -> Vec<std::thread::JoinHandle<()>> {
+        self.jobs.lock().expect("reader lock").take();
+        std::mem::take(&mut *self.threads.lock().expect("reader lock"))
+    }
+}
+
+fn reader_loop(url: &str, sealer: &Arc<Sealer>, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
+    let mut conn: Option<Conn> = None;
+    loop {
+        let job = match queue.lock().expect("reader queue lock").recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        if conn.as_ref().is_none_or(Conn::is_closed) {
+            conn = match Conn::connect(url, sealer.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %postgres_error(&e), "a read connection failed");
+                    None
+                }
+            };
+        }
+        job(&mut conn);
+    }
+}

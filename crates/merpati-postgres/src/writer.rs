@@ -1,0 +1,343 @@
+//! The writer: one connection per node commits in groups. It takes every write waiting in
+//! its queue, runs each inside one transaction and commits once; with
+//! `synchronous_commit` on, the commit's answer means durable, and only then is each
+//! caller answered. One failing write never undoes another: each runs in a savepoint of
+//! its own, except the hot ones that check everything before they change anything and so
+//! need none.
+//!
+//! What the writer keeps is its [`WriterState`], read inside a group and emptied at the
+//! group's end: other nodes write too, so nothing read stays true past a transaction.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use merpati_domain::endpoint::{Subscription, Target};
+use merpati_domain::ids::{AccountId, EndpointId};
+use merpati_domain::StoreError;
+use merpati_keyring::Sealer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{Conn, Param};
+use crate::endpoint_cache::EndpointCache;
+use crate::error::{is_broken, postgres_error, DbError, DbResult};
+use merpati_domain::commit_stats::CommitStats;
+
+/// At most this many writes share one commit.
+pub(crate) const MAX_GROUP: usize = 512;
+pub(crate) const WRITE_QUEUE: usize = 8192;
+
+/// What the writer reads once in a group and uses for every write of it.
+#[derive(Default)]
+pub(crate) struct WriterState {
+    pub(crate) endpoints: EndpointCache,
+    /// Event numbers taken from the sequence and not used yet (taken many at a time).
+    pub(crate) seqs: std::collections::VecDeque<i64>,
+}
+
+impl WriterState {
+    /// Empties what the writer keeps, when a write is undone or the group ends.
+    pub(crate) fn forget(&mut self) {
+        self.endpoints.forget();
+        self.seqs.clear();
+    }
+}
+
+/// A write's view of the writer: its connection, inside the open transaction, the
+/// writer's state and the sealer.
+pub(crate) struct Tx<'a> {
+    conn: &'a mut Conn,
+    pub(crate) state: &'a mut WriterState,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(conn: &'a mut Conn, state: &'a mut WriterState) -> Self {
+        Tx { conn, state }
+    }
+
+    /// An account's endpoints, as fan-out matches events against them.
+    pub(crate) fn subscriptions(
+        &mut self,
+        account: &AccountId,
+    ) -> DbResult<Arc<Vec<Subscription>>> {
+        self.state.endpoints.subscriptions(self.conn, account)
+    }
+
+    /// Where deliveries to the endpoint go, with the secrets live at `now`.
+    pub(crate) fn target(&mut self, endpoint: &EndpointId, now: i64) -> DbResult<Arc<Target>> {
+        self.state.endpoints.target(self.conn, endpoint, now)
+    }
+
+    /// Rows changed. A statement that changes endpoints or their secrets empties what the
+    /// group read of them.
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<u64> {
+        if changes_endpoints(sql) {
+            self.state.endpoints.forget();
+        }
+        self.conn.execute(sql, params)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> DbResult<Vec<postgres::Row>> {
+        if changes_endpoints(sql) {
+            self.state.endpoints.forget();
+        }
+        self.conn.query(sql, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> DbResult<Option<postgres::Row>> {
+        if changes_endpoints(sql) {
+            self.state.endpoints.forget();
+        }
+        self.conn.query_opt(sql, params)
+    }
+
+    pub(crate) fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<postgres::Row> {
+        if changes_endpoints(sql) {
+            self.state.endpoints.forget();
+        }
+        self.conn.query_one(sql, params)
+    }
+
+    /// The next event number; with none left, takes `ahead` (at least one) from the
+    /// sequence in one round trip. Numbers a group took and did not use are skipped.
+    pub(crate) fn next_seq(&mut self, ahead: usize) -> DbResult<i64> {
+        if self.state.seqs.is_empty() {
+            let rows = self.conn.query(
+                "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
+                 FROM generate_series(1, $1::BIGINT)",
+                &[&(ahead.max(1) as i64)],
+            )?;
+            self.state
+                .seqs
+                .extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        }
+        Ok(self.state.seqs.pop_front().expect("numbers were taken"))
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut Conn {
+        self.conn
+    }
+
+    /// Seals a secret for its column and owner.
+    pub(crate) fn seal(&self, context: &str, plain: &str) -> String {
+        self.conn.seal(context, plain)
+    }
+
+    pub(crate) fn open(&self, context: &str, sealed: &str) -> DbResult<String> {
+        self.conn.open(context, sealed)
+    }
+}
+
+/// Whether a statement writes endpoints, their secrets, or the accounts owning them.
+fn changes_endpoints(sql: &str) -> bool {
+    let s = sql.trim_start();
+    let writes = s.starts_with("INSERT")
+        || s.starts_with("UPDATE")
+        || s.starts_with("DELETE")
+        || s.starts_with("WITH");
+    writes
+        && (s.contains(" endpoints") || s.contains(" endpoint_secrets") || s.contains(" accounts"))
+}
+
+/// How a write that fails is undone without undoing the others in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// Its own savepoint, rolled back on failure.
+    Savepoint,
+    /// None needed: it fails only before changing anything.
+    ChecksFirst,
+}
+
+pub(crate) trait WriteJob: Send {
+    fn guard(&self) -> Guard;
+    /// Runs inside the open transaction; true when the work should be kept.
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool;
+    /// Why it failed, once it ran and failed.
+    fn failure(&self) -> Option<StoreError>;
+    /// Answers the caller once the commit's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+pub(crate) struct Job<F, R, T> {
+    f: Option<F>,
+    guard: Guard,
+    result: Option<Result<R, StoreError>>,
+    committed: fn(R) -> T,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, R, T> Job<F, R, T> {
+    pub(crate) fn new(
+        f: F,
+        guard: Guard,
+        committed: fn(R) -> T,
+    ) -> (Self, oneshot::Receiver<Result<T, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            f: Some(f),
+            guard,
+            result: None,
+            committed,
+            reply,
+        };
+        (job, answer)
+    }
+}
+
+impl<F, R, T> WriteJob for Job<F, R, T>
+where
+    R: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
+{
+    fn guard(&self) -> Guard {
+        self.guard
+    }
+
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
+            .map(|r| r.map_err(StoreError::from))
+            .unwrap_or_else(|_| Err(StoreError::Internal("a write panicked".into())));
+        let keep = result.is_ok();
+        self.result = Some(result);
+        keep
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        match &self.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let answer = match commit {
+            Ok(()) => self
+                .result
+                .unwrap_or_else(|| Err(StoreError::Internal("the write did not run".into())))
+                .map(self.committed),
+            Err(e) => Err(e),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The writer thread: takes every write waiting, runs them as one group, answers them once
+/// the commit is durable. A lost connection is made again before the next group.
+pub(crate) fn writer_loop(
+    url: String,
+    mut conn: Option<Conn>,
+    sealer: Arc<Sealer>,
+    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
+    stats: Arc<CommitStats>,
+) {
+    let mut state = WriterState::default();
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(Conn::is_closed) {
+            conn = match Conn::connect(&url, sealer.clone()) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let e = postgres_error(&e);
+                    for job in group {
+                        job.finish(Err(e.clone()));
+                    }
+                    continue;
+                }
+            };
+        }
+        let c = conn.as_mut().expect("connected");
+        let started = std::time::Instant::now();
+        let committed = run_group(c, &mut state, &mut group);
+        state.forget();
+        match committed {
+            Ok(()) => {
+                stats.observe(started.elapsed());
+                for job in group {
+                    job.finish(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+                for job in group {
+                    job.finish(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn commit_failed(e: DbError) -> StoreError {
+    match StoreError::from(e) {
+        StoreError::Internal(message) => StoreError::Internal(format!("commit failed: {message}")),
+        retryable => retryable,
+    }
+}
+
+pub(crate) fn run_group(
+    conn: &mut Conn,
+    state: &mut WriterState,
+    group: &mut [Box<dyn WriteJob>],
+) -> Result<(), StoreError> {
+    let rollback = |conn: &mut Conn| {
+        if let Err(DbError::Postgres(e)) = conn.batch("ROLLBACK") {
+            if is_broken(&e) {
+                tracing::warn!(error = %e, "the writer's connection is lost");
+            }
+        }
+    };
+    conn.batch("BEGIN").map_err(commit_failed)?;
+    for job in group.iter_mut() {
+        if job.guard() == Guard::ChecksFirst {
+            // A write that failed on its own checks leaves the transaction as it was; one
+            // whose statement the server refused has aborted it, and only undoing all of
+            // it goes on. A retryable refusal (a lost connection, a deadlock) lets every
+            // write of the group be sent again.
+            if !job.run(&mut Tx::new(conn, state)) && conn.batch("SELECT 1").is_err() {
+                state.forget();
+                rollback(conn);
+                return Err(match job.failure() {
+                    Some(retryable @ StoreError::Unavailable(_)) => retryable,
+                    _ => StoreError::Internal(
+                        "a write failed after changing rows; its group is undone".into(),
+                    ),
+                });
+            }
+            continue;
+        }
+        let step = conn.batch("SAVEPOINT job").and_then(|()| {
+            if job.run(&mut Tx::new(conn, state)) {
+                conn.batch("RELEASE job")
+            } else {
+                state.forget();
+                conn.batch("ROLLBACK TO job; RELEASE job")
+            }
+        });
+        if let Err(e) = step {
+            state.forget();
+            rollback(conn);
+            return Err(commit_failed(e));
+        }
+    }
+    conn.batch("COMMIT").map_err(|e| {
+        state.forget();
+        rollback(conn);
+        commit_failed(e)
+    })
+}
