@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the official verifiers the compatibility test runs, then
-# every unit and integration test of the workspace. Extra arguments go to `cargo test`.
+# every unit and integration test of the workspace (the storage contract on SQLite and on a
+# private PostgreSQL server the tests start), then the server's integration tests again with
+# PostgreSQL as the backend. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/compat-setup.sh
 cargo test --workspace --locked "$@"
+MERPATI_TEST_BACKEND=postgres cargo test --locked -p merpati --test it "$@"

@@ -521,31 +521,44 @@ impl Config {
                 })
             }
         };
+        c.database()?;
         Ok(c)
     }
 
-    /// Where the SQLite database lives when no `database_url` is set.
-    pub fn sqlite_path(&self) -> Result<PathBuf, ConfigError> {
-        match &self.database_url {
-            None => Ok(self.data_dir.join("merpati.db")),
-            Some(url) => {
-                let url = url.expose();
-                if let Some(path) = url.strip_prefix("sqlite://") {
-                    Ok(PathBuf::from(path))
-                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Err(ConfigError::Invalid {
-                        key: "database_url".into(),
-                        message: "PostgreSQL is not supported by this version yet".into(),
-                    })
-                } else {
-                    Err(ConfigError::Invalid {
-                        key: "database_url".into(),
-                        message: "expected sqlite://PATH".into(),
-                    })
-                }
-            }
+    /// The database `database_url` names: a SQLite file (`sqlite://PATH`, or
+    /// `merpati.db` in the data directory when unset) or a PostgreSQL server
+    /// (`postgres://…` or `postgresql://…`).
+    pub fn database(&self) -> Result<Database, ConfigError> {
+        let Some(url) = &self.database_url else {
+            return Ok(Database::Sqlite(self.data_dir.join("merpati.db")));
+        };
+        let url = url.expose();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Ok(Database::Sqlite(PathBuf::from(path)));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return match merpati_postgres::check_url(url) {
+                Ok(()) => Ok(Database::Postgres(url.to_owned())),
+                // The driver's message never repeats the URL, which may hold a password.
+                Err(message) => Err(ConfigError::Invalid {
+                    key: "database_url".into(),
+                    message,
+                }),
+            };
+        }
+        Err(ConfigError::Invalid {
+            key: "database_url".into(),
+            message: "expected sqlite://PATH, postgres://… or postgresql://…".into(),
+        })
     }
+}
+
+/// Where the data is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// The connection URL (it may hold a password: never logged).
+    Postgres(String),
 }
 
 /// `MERPATI_DELIVERY_RETRY_SCHEDULE` → `delivery.retry_schedule`, for the known keys only.

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use merpati_domain::{SharedStore, Store};
-use merpati_keyring::{KeyFile, Sealer};
+use merpati_domain::SharedStore;
+use merpati_keyring::{KeyFile, Resealed, Sealer};
+use merpati_postgres::PostgresStore;
 use merpati_sqlite::SqliteStore;
 
-use crate::config::Config;
+use crate::config::{Config, Database};
 
 pub const KEY_FILE: &str = "secret.key";
 
@@ -31,13 +32,43 @@ fn sealer(config: &Config) -> anyhow::Result<(Arc<Sealer>, String)> {
     Ok((Arc::new(sealer), shown))
 }
 
-async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
-    let path = config.sqlite_path()?;
+/// A store and what opening it did to the sealed secrets.
+struct Opened {
+    store: SharedStore,
+    resealed: Resealed,
+    /// The database, as the log may show it (never a password).
+    shown: String,
+}
+
+async fn open_backend(config: &Config) -> anyhow::Result<Opened> {
     let (sealer, keys) = sealer(config)?;
-    let store = SqliteStore::open(&path, &config.database, sealer)
-        .await
-        .with_context(|| format!("opening {} with the keys of {keys}", path.display()))?;
-    let resealed = store.resealed();
+    let opened = match config.database()? {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(&path, &config.database, sealer)
+                .await
+                .with_context(|| format!("opening {} with the keys of {keys}", path.display()))?;
+            Opened {
+                resealed: store.resealed().clone(),
+                store: Arc::new(store),
+                shown: path.display().to_string(),
+            }
+        }
+        Database::Postgres(url) => {
+            let options = merpati_postgres::Options {
+                read_connections: config.database.read_connections,
+            };
+            let shown = merpati_postgres::describe_url(&url);
+            let store = PostgresStore::open(&url, &options, sealer)
+                .await
+                .with_context(|| format!("opening {shown} with the keys of {keys}"))?;
+            Opened {
+                resealed: store.resealed().clone(),
+                store: Arc::new(store),
+                shown,
+            }
+        }
+    };
+    let resealed = &opened.resealed;
     tracing::info!(key = %resealed.key_id, from = %keys, "secrets at rest are sealed");
     if resealed.values > 0 {
         tracing::info!(
@@ -46,22 +77,21 @@ async fn open_sqlite(config: &Config) -> anyhow::Result<SqliteStore> {
             "sealed secrets that were in clear or under another key"
         );
     }
-    Ok(store)
+    Ok(opened)
 }
 
 /// Opens (and migrates) the backend the configuration names.
 pub async fn open(config: &Config) -> anyhow::Result<SharedStore> {
-    Ok(Arc::new(open_sqlite(config).await?))
+    Ok(open_backend(config).await?.store)
 }
 
 /// Opens the database (which migrates it) and closes it again: what it is, and its schema
 /// version.
 pub async fn migrate(config: &Config) -> anyhow::Result<(String, i64)> {
-    let path = config.sqlite_path()?;
-    let store = open_sqlite(config).await?;
-    let version = store.schema_version().await;
-    store.close().await;
-    Ok((path.display().to_string(), version?))
+    let opened = open_backend(config).await?;
+    let version = opened.store.schema_version().await;
+    opened.store.close().await;
+    Ok((opened.shown, version?))
 }
 
 /// Seals every secret with a new key, beside a running server or not: the key file gets
@@ -83,9 +113,9 @@ pub async fn rotate_key(config: &Config) -> anyhow::Result<String> {
     );
     let old = file.load()?;
     let new = file.begin_rotation()?;
-    let store = open_sqlite(config).await?;
-    let resealed = store.resealed().clone();
-    store.close().await;
+    let opened = open_backend(config).await?;
+    let resealed = opened.resealed.clone();
+    opened.store.close().await;
     file.finish_rotation()?;
     let old_ids: Vec<&str> = old.keys().iter().map(|k| k.id()).collect();
     Ok(format!(

@@ -956,8 +956,7 @@ async fn a_store_that_cannot_write_answers_503_and_the_retry_is_stored() {
     let body = fixture("waha-message-received.json");
     let sig = sign(Engine::Waha, &c.secret, &body, 0);
 
-    let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
-    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let blocked = RawDatabase::of(&app).block_writes();
     let resp = app
         .client
         .post(format!("{}{}", app.url, c.path))
@@ -968,7 +967,7 @@ async fn a_store_that_cannot_write_answers_503_and_the_retry_is_stored() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert!(resp.headers().contains_key("retry-after"));
-    db.execute_batch("ROLLBACK").unwrap();
+    drop(blocked);
 
     let (status, taken) = waha(&app, &c, &body).await;
     assert_eq!(

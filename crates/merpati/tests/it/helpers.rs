@@ -60,7 +60,161 @@ pub fn test_settings() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// With `MERPATI_TEST_BACKEND=postgres`, servers keep their data in PostgreSQL: each in a
+/// fresh database of one private server for the whole run (unless the test names its own
+/// `database_url`).
+pub fn on_postgres() -> bool {
+    std::env::var("MERPATI_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The run's private PostgreSQL server, started on first use.
+pub async fn postgres_server() -> &'static merpati_postgres::scratch::ScratchServer {
+    static SERVER: tokio::sync::OnceCell<merpati_postgres::scratch::ScratchServer> =
+        tokio::sync::OnceCell::const_new();
+    SERVER
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                merpati_postgres::scratch::ScratchServer::start(Default::default())
+                    .expect("a private PostgreSQL server")
+            })
+            .await
+            .unwrap()
+        })
+        .await
+}
+
+/// A fresh, migrated database of the run's PostgreSQL server.
+pub async fn fresh_postgres_database() -> String {
+    let server = postgres_server().await;
+    tokio::task::spawn_blocking(move || {
+        server
+            .fresh_database(|url| {
+                merpati_postgres::PostgresStore::migrate(url)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .expect("a fresh database")
+    })
+    .await
+    .unwrap()
+}
+
+async fn postgres_database(overrides: &[(String, String)]) -> Option<String> {
+    if !on_postgres() || overrides.iter().any(|(k, _)| k == "database_url") {
+        return None;
+    }
+    Some(fresh_postgres_database().await)
+}
+
+/// The database beside a test's server, for what a test must read or change behind the
+/// server's back: the SQLite file (WAL lets a reader in) or the PostgreSQL database.
+pub enum RawDatabase {
+    Sqlite(rusqlite::Connection),
+    /// The driver's blocking client runs on a thread of its own, never on a test's
+    /// async thread.
+    Postgres(String),
+}
+
+impl RawDatabase {
+    pub fn of(app: &TestApp) -> RawDatabase {
+        match app.database_url() {
+            Some(url) if url.starts_with("postgres") => RawDatabase::Postgres(url),
+            _ => {
+                let db = rusqlite::Connection::open(app.data_dir.join("merpati.db")).unwrap();
+                db.busy_timeout(Duration::from_secs(5)).unwrap();
+                RawDatabase::Sqlite(db)
+            }
+        }
+    }
+
+    /// The first column of the first row of `sql`, an integer.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        match self {
+            RawDatabase::Sqlite(db) => db.query_row(sql, [], |r| r.get(0)).unwrap(),
+            RawDatabase::Postgres(url) => {
+                on_a_thread(url, |c| c.query_one(sql, &[]).unwrap().get(0))
+            }
+        }
+    }
+
+    /// Runs `sql`; rows changed.
+    pub fn execute(&self, sql: &str) -> u64 {
+        match self {
+            RawDatabase::Sqlite(db) => db.execute(sql, []).unwrap() as u64,
+            RawDatabase::Postgres(url) => on_a_thread(url, |c| c.execute(sql, &[]).unwrap()),
+        }
+    }
+}
+
+/// Holds the database's write lock (SQLite's, or on PostgreSQL the events table's) until
+/// dropped, so that the server's writes wait and give up.
+pub enum WriteBlock {
+    Sqlite(rusqlite::Connection),
+    Postgres(
+        Option<std::sync::mpsc::Sender<()>>,
+        Option<std::thread::JoinHandle<()>>,
+    ),
+}
+
+impl RawDatabase {
+    pub fn block_writes(self) -> WriteBlock {
+        match self {
+            RawDatabase::Sqlite(db) => {
+                db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                WriteBlock::Sqlite(db)
+            }
+            RawDatabase::Postgres(url) => {
+                let (locked, is_locked) = std::sync::mpsc::channel();
+                let (release, released) = std::sync::mpsc::channel::<()>();
+                let holder = std::thread::spawn(move || {
+                    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                    client
+                        .batch_execute("BEGIN; LOCK TABLE events IN EXCLUSIVE MODE")
+                        .unwrap();
+                    locked.send(()).unwrap();
+                    let _ = released.recv();
+                    client.batch_execute("ROLLBACK").unwrap();
+                });
+                is_locked.recv().unwrap();
+                WriteBlock::Postgres(Some(release), Some(holder))
+            }
+        }
+    }
+}
+
+impl Drop for WriteBlock {
+    fn drop(&mut self) {
+        match self {
+            WriteBlock::Sqlite(db) => db.execute_batch("ROLLBACK").unwrap(),
+            WriteBlock::Postgres(release, holder) => {
+                drop(release.take());
+                holder.take().unwrap().join().unwrap();
+            }
+        }
+    }
+}
+
+fn on_a_thread<T: Send>(url: &str, f: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            f(&mut client)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 impl TestApp {
+    /// The `database_url` the server was started with, if any.
+    pub fn database_url(&self) -> Option<String> {
+        self.overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "database_url")
+            .map(|(_, v)| v.clone())
+    }
+
     pub async fn spawn() -> TestApp {
         Self::spawn_with(&[]).await
     }
@@ -84,10 +238,13 @@ impl TestApp {
     ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().to_path_buf();
-        let overrides: Vec<(String, String)> = overrides
+        let mut overrides: Vec<(String, String)> = overrides
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if let Some(url) = postgres_database(&overrides).await {
+            overrides.push(("database_url".into(), url));
+        }
         let mut app = Self::start_in(data_dir, overrides, clock, manual).await;
         app._dir = Some(dir);
         app

@@ -46,6 +46,10 @@ fn crates_depend_only_downward() {
             &["merpati-domain", "merpati-keyring", "merpati-webhooks"][..],
         ),
         (
+            "merpati-postgres",
+            &["merpati-domain", "merpati-keyring", "merpati-webhooks"][..],
+        ),
+        (
             "merpati-runtime",
             &["merpati-domain", "merpati-engines", "merpati-webhooks"][..],
         ),
@@ -65,6 +69,7 @@ fn crates_depend_only_downward() {
                 "merpati-keyring",
                 "merpati-runtime",
                 "merpati-sqlite",
+                "merpati-postgres",
                 "merpati-webhooks",
             ][..],
         ),
