@@ -532,7 +532,7 @@ impl AlertTx for PostgresAlertTx<'_, '_> {
             inbound: None,
         };
         let run = |tx: &mut Tx<'_>| -> DbResult<usize> {
-            let (seq, _) = insert_event(tx, &new, 1, |_| payload)?;
+            let (seq, _) = insert_event(tx, &new, |_| payload)?;
             let subs = tx.subscriptions(account)?;
             fan_out(tx, &subs, seq, event_type, scope, now, None)
         };

@@ -2,6 +2,7 @@
 //! endpoint's health, parking and taking back. The outcome, the health verdict and the
 //! notice of a disabled endpoint are the domain's rules; this runs their statements.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use merpati_domain::delivery::{
@@ -75,7 +76,7 @@ fn endpoint_health(
         inbound: None,
     };
     let body = String::from_utf8(notice.to_json()).expect("JSON is UTF-8");
-    let (seq, _) = insert_event(tx, &new, 1, |_| body)?;
+    let (seq, _) = insert_event(tx, &new, |_| body)?;
     let told = notice_recipients(&tx.subscriptions(&account)?, endpoint);
     let due = fan_out(
         tx,
@@ -103,58 +104,123 @@ pub(crate) const UNPARK: &str = "UPDATE deliveries SET next_attempt_at = $2
                     AND next_attempt_at > $2
                   ORDER BY next_attempt_at LIMIT $3)";
 
-/// Records one attempt, the delivery's outcome and the endpoint's health.
-fn record_attempt(
+/// Records a batch of attempts: every delivery's outcome in one statement and every attempt
+/// in another (as arrays), then, in the order they were made, what moves a device queue on
+/// and the endpoints' health.
+fn record_batch(
     tx: &mut Tx<'_>,
-    a: &AttemptRecord,
+    records: &[AttemptRecord],
     disable_after_ms: i64,
-    healthy: &mut Healthy,
-    recorded: &mut Recorded,
-) -> DbResult<()> {
-    let finished = a.started_at + a.duration_ms;
-    let after = outcome(a.next, finished);
-    let Some(row) = tx.query_opt(
-        "UPDATE deliveries SET status = $2, attempts = $3, next_attempt_at = $4,
-            completed_at = $5, claimed_at = NULL
-         WHERE id = $1 RETURNING order_key",
-        &[
-            &a.delivery_id.0,
-            &after.status.as_str(),
-            &a.attempt,
-            &after.next_attempt_at,
-            &after.completed_at,
-        ],
-    )?
-    else {
-        // Deleted while under way, with its endpoint or by retention: nothing left to
-        // record.
-        return Ok(());
-    };
-    let order_key: Option<String> = row.get(0);
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code,
-                               error_kind, error, response_body)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &a.delivery_id.0,
-            &a.attempt,
-            &a.started_at,
-            &a.duration_ms,
-            &a.status_code.map(i64::from),
-            &a.error_kind,
-            &a.error,
-            &a.response_body,
-        ],
-    )?;
-    if moves_queue_on(a.endpoint.ordered, &after) {
-        if let Some(key) = order_key {
-            recorded.made_due += advance_queue(tx, &a.endpoint.id, &key, finished)?;
+) -> DbResult<Recorded> {
+    let mut recorded = Recorded::default();
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|a| outcome(a.next, a.started_at + a.duration_ms))
+        .collect();
+    // A delivery attempted twice within one batch ends as its last attempt left it.
+    let mut last: HashMap<i64, usize> = HashMap::new();
+    for (i, a) in records.iter().enumerate() {
+        last.insert(a.delivery_id.0, i);
+    }
+    let mut latest: Vec<usize> = last.into_values().collect();
+    latest.sort_unstable();
+    let ids: Vec<i64> = latest.iter().map(|&i| records[i].delivery_id.0).collect();
+    let statuses: Vec<&str> = latest
+        .iter()
+        .map(|&i| outcomes[i].status.as_str())
+        .collect();
+    let attempts: Vec<i64> = latest.iter().map(|&i| records[i].attempt).collect();
+    let next: Vec<Option<i64>> = latest
+        .iter()
+        .map(|&i| outcomes[i].next_attempt_at)
+        .collect();
+    let completed: Vec<Option<i64>> = latest.iter().map(|&i| outcomes[i].completed_at).collect();
+    // Endpoints that only succeeded in this batch end their failing streak with the
+    // outcomes; the others are followed attempt by attempt below.
+    let failing: HashSet<&EndpointId> = records
+        .iter()
+        .filter(|a| a.next != NextStep::Succeeded)
+        .map(|a| &a.endpoint.id)
+        .collect();
+    let healed: Vec<&str> = records
+        .iter()
+        .filter(|a| !failing.contains(&a.endpoint.id))
+        .map(|a| a.endpoint.id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let column = |f: fn(&AttemptRecord) -> i64| records.iter().map(f).collect::<Vec<_>>();
+    let text = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
+    // One round trip: the outcomes, the attempts of deliveries still there (one deleted
+    // while under way, with its endpoint or by retention, has nothing left to record), and
+    // the streaks ended.
+    // Straight to the connection: the streak is in neither a subscription nor a target.
+    let queues: HashMap<i64, Option<String>> = tx
+        .conn()
+        .query(
+            "WITH done AS (
+                 UPDATE deliveries d SET status = u.status, attempts = u.attempts,
+                        next_attempt_at = u.next, completed_at = u.completed, claimed_at = NULL
+                 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[],
+                             $5::BIGINT[]) AS u(id, status, attempts, next, completed)
+                 WHERE d.id = u.id
+                 RETURNING d.id, d.order_key
+             ), logged AS (
+                 INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
+                                       status_code, error_kind, error, response_body)
+                 SELECT a.* FROM UNNEST($6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
+                                        $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[],
+                                        $13::TEXT[])
+                     AS a(delivery_id, attempt, started_at, duration_ms, status_code,
+                          error_kind, error, response_body)
+                 WHERE a.delivery_id IN (SELECT id FROM done)
+             ), healed AS (
+                 UPDATE endpoints SET failing_since = NULL
+                 WHERE id = ANY($14) AND failing_since IS NOT NULL
+             )
+             SELECT id, order_key FROM done",
+            &[
+                &ids,
+                &statuses,
+                &attempts,
+                &next,
+                &completed,
+                &column(|a| a.delivery_id.0),
+                &column(|a| a.attempt),
+                &column(|a| a.started_at),
+                &column(|a| a.duration_ms),
+                &records
+                    .iter()
+                    .map(|a| a.status_code.map(i64::from))
+                    .collect::<Vec<_>>(),
+                &text(|a| a.error_kind.clone()),
+                &text(|a| a.error.clone()),
+                &text(|a| a.response_body.clone()),
+                &healed,
+            ],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let kept = records
+        .iter()
+        .zip(&outcomes)
+        .filter(|(a, _)| queues.contains_key(&a.delivery_id.0));
+    let mut healthy = Healthy::new();
+    for (a, after) in kept {
+        let finished = a.started_at + a.duration_ms;
+        if moves_queue_on(a.endpoint.ordered, after) {
+            if let Some(Some(key)) = queues.get(&a.delivery_id.0) {
+                recorded.made_due += advance_queue(tx, &a.endpoint.id, key, finished)?;
+            }
+        }
+        if failing.contains(&a.endpoint.id) {
+            let (due, disabled) = endpoint_health(tx, a, finished, disable_after_ms, &mut healthy)?;
+            recorded.made_due += due;
+            recorded.disabled.extend(disabled);
         }
     }
-    let (due, disabled) = endpoint_health(tx, a, finished, disable_after_ms, healthy)?;
-    recorded.made_due += due;
-    recorded.disabled.extend(disabled);
-    Ok(())
+    Ok(recorded)
 }
 
 #[async_trait::async_trait]
@@ -166,51 +232,43 @@ impl DeliveryStore for PostgresStore {
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>> {
         self.write_checked(move |tx| {
-            // Rows another node is claiming at the same moment are skipped, not waited for.
-            let found = tx.query(
-                "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id, ep.disabled
-                 FROM deliveries d
-                 JOIN events e ON e.seq = d.event_seq
-                 JOIN endpoints ep ON ep.id = d.endpoint_id
-                 WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-                 ORDER BY d.next_attempt_at
-                 LIMIT $2
-                 FOR UPDATE OF d SKIP LOCKED",
-                &[&now, &(limit as i64)],
+            // One round trip: rows another node is claiming at the same moment are skipped,
+            // not waited for; a delivery whose endpoint was disabled since it was queued is
+            // held, to be released on re-enable; the others are leased.
+            let found = tx.conn().query(
+                "WITH picked AS (
+                     SELECT d.id, d.attempts, d.event_seq, d.endpoint_id, d.next_attempt_at,
+                            ep.disabled
+                     FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
+                     WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+                     ORDER BY d.next_attempt_at
+                     LIMIT $2
+                     FOR UPDATE OF d SKIP LOCKED
+                 ), held AS (
+                     UPDATE deliveries d SET status = 'held', next_attempt_at = NULL
+                     FROM picked p WHERE d.id = p.id AND p.disabled
+                 ), claimed AS (
+                     UPDATE deliveries d SET claimed_at = $1, next_attempt_at = $3,
+                            parked = FALSE
+                     FROM picked p WHERE d.id = p.id AND NOT p.disabled
+                     RETURNING d.id, p.attempts, p.event_seq, p.endpoint_id,
+                               p.next_attempt_at AS due
+                 )
+                 SELECT c.id, c.attempts, e.id, e.payload, c.endpoint_id
+                 FROM claimed c JOIN events e ON e.seq = c.event_seq
+                 ORDER BY c.due, c.id",
+                &[&now, &(limit as i64), &lease_until],
             )?;
-            let mut claimed: Vec<i64> = Vec::new();
-            let mut held: Vec<i64> = Vec::new();
-            let mut due = Vec::new();
+            let mut due = Vec::with_capacity(found.len());
             for r in &found {
-                let delivery: i64 = r.get(0);
-                if r.get::<_, bool>(5) {
-                    // Disabled since it was queued: kept, to be released on re-enable.
-                    held.push(delivery);
-                    continue;
-                }
-                claimed.push(delivery);
                 let endpoint = EndpointId::from(r.get::<_, String>(4));
                 due.push(DueDelivery {
-                    delivery_id: DeliveryId(delivery),
+                    delivery_id: DeliveryId(r.get(0)),
                     attempt: r.get::<_, i64>(1) + 1,
                     event_id: EventId::from(r.get::<_, String>(2)),
                     payload: r.get::<_, &str>(3).into(),
                     endpoint: tx.target(&endpoint, now)?,
                 });
-            }
-            if !held.is_empty() {
-                tx.execute(
-                    "UPDATE deliveries SET status = 'held', next_attempt_at = NULL
-                     WHERE id = ANY($1)",
-                    &[&held],
-                )?;
-            }
-            if !claimed.is_empty() {
-                tx.execute(
-                    "UPDATE deliveries SET claimed_at = $2, next_attempt_at = $3, parked = FALSE
-                     WHERE id = ANY($1)",
-                    &[&claimed, &now, &lease_until],
-                )?;
             }
             Ok(due)
         })
@@ -234,11 +292,7 @@ impl DeliveryStore for PostgresStore {
         disable_after_ms: i64,
     ) -> StoreResult<Recorded> {
         self.write_checked(move |tx| {
-            let mut recorded = Recorded::default();
-            let mut healthy = Healthy::new();
-            for a in records.iter() {
-                record_attempt(tx, a, disable_after_ms, &mut healthy, &mut recorded)?;
-            }
+            let recorded = record_batch(tx, &records, disable_after_ms)?;
             crate::endpoint_stats::add_attempts(tx, &records)?;
             Ok(recorded)
         })

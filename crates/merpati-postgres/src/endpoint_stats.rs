@@ -11,50 +11,53 @@ use crate::error::DbResult;
 use crate::writer::Tx;
 use crate::PostgresStore;
 
-const ADD: &str = "INSERT INTO endpoint_minutes
-    (endpoint_id, minute, succeeded, failed, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-    ON CONFLICT (endpoint_id, minute) DO UPDATE SET
-        succeeded = endpoint_minutes.succeeded + excluded.succeeded,
-        failed = endpoint_minutes.failed + excluded.failed,
-        b0 = endpoint_minutes.b0 + excluded.b0, b1 = endpoint_minutes.b1 + excluded.b1,
-        b2 = endpoint_minutes.b2 + excluded.b2, b3 = endpoint_minutes.b3 + excluded.b3,
-        b4 = endpoint_minutes.b4 + excluded.b4, b5 = endpoint_minutes.b5 + excluded.b5,
-        b6 = endpoint_minutes.b6 + excluded.b6, b7 = endpoint_minutes.b7 + excluded.b7,
-        b8 = endpoint_minutes.b8 + excluded.b8, b9 = endpoint_minutes.b9 + excluded.b9,
-        b10 = endpoint_minutes.b10 + excluded.b10, b11 = endpoint_minutes.b11 + excluded.b11,
-        b12 = endpoint_minutes.b12 + excluded.b12";
+/// Adds each (endpoint, minute)'s tally, for endpoints still there, and lets the minutes of
+/// those endpoints older than `$18` go: one statement.
+const ADD: &str = "WITH gone AS (
+         DELETE FROM endpoint_minutes
+         WHERE endpoint_id IN (SELECT DISTINCT unnest($1::TEXT[])) AND minute < $18
+     )
+     INSERT INTO endpoint_minutes
+         (endpoint_id, minute, succeeded, failed, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10,
+          b11, b12)
+     SELECT t.* FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[],
+                            $5::BIGINT[], $6::BIGINT[], $7::BIGINT[], $8::BIGINT[],
+                            $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
+                            $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], $16::BIGINT[],
+                            $17::BIGINT[])
+         AS t(endpoint_id, minute, succeeded, failed, b0, b1, b2, b3, b4, b5, b6, b7, b8, b9,
+              b10, b11, b12)
+     WHERE EXISTS (SELECT 1 FROM endpoints e WHERE e.id = t.endpoint_id)
+     ON CONFLICT (endpoint_id, minute) DO UPDATE SET
+         succeeded = endpoint_minutes.succeeded + excluded.succeeded,
+         failed = endpoint_minutes.failed + excluded.failed,
+         b0 = endpoint_minutes.b0 + excluded.b0, b1 = endpoint_minutes.b1 + excluded.b1,
+         b2 = endpoint_minutes.b2 + excluded.b2, b3 = endpoint_minutes.b3 + excluded.b3,
+         b4 = endpoint_minutes.b4 + excluded.b4, b5 = endpoint_minutes.b5 + excluded.b5,
+         b6 = endpoint_minutes.b6 + excluded.b6, b7 = endpoint_minutes.b7 + excluded.b7,
+         b8 = endpoint_minutes.b8 + excluded.b8, b9 = endpoint_minutes.b9 + excluded.b9,
+         b10 = endpoint_minutes.b10 + excluded.b10, b11 = endpoint_minutes.b11 + excluded.b11,
+         b12 = endpoint_minutes.b12 + excluded.b12";
 
 /// Adds a batch of attempts to their endpoints' minutes, and lets minutes older than a day
 /// go. Endpoints deleted meanwhile are skipped.
 pub(crate) fn add_attempts(tx: &mut Tx<'_>, records: &[AttemptRecord]) -> DbResult<()> {
     let tallies = endpoint_stats::by_minute(records);
-    // Endpoints purged meanwhile have no row to refer to.
-    let mut current: Option<(&EndpointId, bool)> = None;
-    for ((endpoint, minute), t) in &tallies {
-        if current.is_none_or(|(e, _)| e != endpoint) {
-            let exists = tx
-                .query_opt(
-                    "SELECT 1 FROM endpoints WHERE id = $1",
-                    &[&endpoint.as_str()],
-                )?
-                .is_some();
-            if exists {
-                tx.execute(
-                    "DELETE FROM endpoint_minutes WHERE endpoint_id = $1 AND minute < $2",
-                    &[&endpoint.as_str(), &(minute - KEPT_MS)],
-                )?;
-            }
-            current = Some((endpoint, exists));
-        }
-        if current.is_some_and(|(_, exists)| !exists) {
-            continue;
-        }
-        let id = endpoint.as_str();
-        let mut values: Vec<Param<'_>> = vec![&id, minute, &t.succeeded, &t.failed];
-        values.extend(t.latency.iter().map(|n| n as Param<'_>));
-        tx.execute(ADD, &values)?;
-    }
+    let Some(newest) = tallies.keys().map(|(_, minute)| *minute).max() else {
+        return Ok(());
+    };
+    let endpoints: Vec<&str> = tallies.keys().map(|(e, _)| e.as_str()).collect();
+    let minutes: Vec<i64> = tallies.keys().map(|(_, m)| *m).collect();
+    let succeeded: Vec<i64> = tallies.values().map(|t| t.succeeded).collect();
+    let failed: Vec<i64> = tallies.values().map(|t| t.failed).collect();
+    let buckets: Vec<Vec<i64>> = (0..BUCKETS)
+        .map(|b| tallies.values().map(|t| t.latency[b]).collect())
+        .collect();
+    let oldest_kept = newest - KEPT_MS;
+    let mut params: Vec<Param<'_>> = vec![&endpoints, &minutes, &succeeded, &failed];
+    params.extend(buckets.iter().map(|b| b as Param<'_>));
+    params.push(&oldest_kept);
+    tx.conn().execute(ADD, &params)?;
     Ok(())
 }
 

@@ -9,8 +9,8 @@ use merpati_domain::endpoint::Subscription;
 use merpati_domain::fanout::{hand_over, place, plan, Place};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
 
-use crate::conn::Conn;
 use crate::error::DbResult;
+use crate::outbox::{DeliveryRow, EventRow};
 use crate::writer::Tx;
 
 pub(crate) struct NewEvent<'a> {
@@ -29,36 +29,29 @@ pub(crate) struct EventBody<'a> {
     pub payload: std::sync::Arc<str>,
 }
 
-/// Inserts the event; `payload` is given the event's system-wide sequence number (the
-/// `data.id` of inbound payloads) and returns the exact body to deliver. Returns the
-/// sequence number and that body. `ahead` is how many events the write will insert, so
-/// that their numbers are taken at once.
+/// Adds the event to the write; `payload` is given the event's system-wide sequence number
+/// (the `data.id` of inbound payloads) and returns the exact body to deliver. Returns the
+/// sequence number and that body.
 pub(crate) fn insert_event(
     tx: &mut Tx<'_>,
     e: &NewEvent<'_>,
-    ahead: usize,
     payload: impl FnOnce(i64) -> String,
 ) -> DbResult<(i64, String)> {
-    let seq = tx.next_seq(ahead)?;
+    let seq = tx.next_seq()?;
     let payload = payload(seq);
-    tx.execute(
-        "INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
-                             payload, created_at, rid, content_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        &[
-            &seq,
-            &e.id.as_str(),
-            &e.account_id.as_str(),
-            &e.event_type,
-            &e.scope.device_id.map(DeviceId::as_str),
-            &e.scope.channel_id.map(|c| c.as_str()),
-            &e.scope.business_id.map(|b| b.as_str()),
-            &payload,
-            &e.created_at,
-            &e.inbound.map(|i| i.0),
-            &e.inbound.map(|i| i.1),
-        ],
-    )?;
+    tx.state.outbox.add_event(EventRow {
+        seq,
+        id: e.id.to_string(),
+        account_id: e.account_id.to_string(),
+        event_type: e.event_type.to_owned(),
+        device_id: e.scope.device_id.map(|d| d.to_string()),
+        channel_id: e.scope.channel_id.map(|c| c.to_string()),
+        business_id: e.scope.business_id.map(|b| b.to_string()),
+        payload: payload.clone(),
+        created_at: e.created_at,
+        rid: e.inbound.map(|i| i.0.to_owned()),
+        content_hash: e.inbound.map(|i| i.1.to_vec()),
+    });
     Ok((seq, payload))
 }
 
@@ -81,10 +74,12 @@ pub(crate) fn fan_out(
     now: i64,
     mut handing: Option<Handing<'_>>,
 ) -> DbResult<usize> {
+    let planned: Vec<_> = plan(subs, event_type, scope).collect();
+    tx.reserve(0, planned.len())?;
     let mut due = 0;
-    for planned in plan(subs, event_type, scope) {
+    for planned in planned {
         let placed = place(planned.disabled, planned.order_key, |key| {
-            queue_busy(tx.conn(), planned.endpoint_id, key)
+            queue_busy(tx, planned.endpoint_id, key)
         })?;
         let placed = hand_over(placed, handing.as_mut().map(|h| &mut *h.reservation));
         let delivery = insert_delivery(
@@ -122,13 +117,11 @@ pub(crate) fn enqueue(
     disabled: bool,
     now: i64,
 ) -> DbResult<DeliveryId> {
-    let placed = place(disabled, order_key, |key| {
-        queue_busy(tx.conn(), endpoint, key)
-    })?;
+    let placed = place(disabled, order_key, |key| queue_busy(tx, endpoint, key))?;
     insert_delivery(tx, event_seq, endpoint, order_key, placed, now)
 }
 
-/// Returns the new delivery's id.
+/// Adds the delivery to the write; returns its id.
 fn insert_delivery(
     tx: &mut Tx<'_>,
     event_seq: i64,
@@ -143,32 +136,33 @@ fn insert_delivery(
         Place::Due => ("pending", Some(now), None),
         Place::Leased(until) => ("pending", Some(until), Some(now)),
     };
-    let row = tx.query_one(
-        "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,
-                                 order_key, claimed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        &[
-            &event_seq,
-            &endpoint.as_str(),
-            &status,
-            &next,
-            &now,
-            &order_key.map(DeviceId::as_str),
-            &claimed_at,
-        ],
-    )?;
-    Ok(DeliveryId(row.get(0)))
+    let id = tx.next_delivery_id()?;
+    tx.state.outbox.add_delivery(DeliveryRow {
+        id,
+        event_seq,
+        endpoint_id: endpoint,
+        status,
+        next_attempt_at: next,
+        created_at: now,
+        order_key,
+        claimed_at,
+    });
+    Ok(DeliveryId(id))
 }
 
 /// Whether a device queue has a delivery that has not reached its outcome.
 pub(crate) const QUEUE_BUSY: &str = "SELECT EXISTS (SELECT 1 FROM deliveries
                     WHERE endpoint_id = $1 AND order_key = $2 AND status = 'pending')";
 
-fn queue_busy(c: &mut Conn, endpoint: &EndpointId, key: &DeviceId) -> DbResult<bool> {
-    Ok(
-        c.query_one(QUEUE_BUSY, &[&endpoint.as_str(), &key.as_str()])?
-            .get(0),
-    )
+/// Whether the queue has a pending delivery, stored or added by this write.
+fn queue_busy(tx: &mut Tx<'_>, endpoint: &EndpointId, key: &DeviceId) -> DbResult<bool> {
+    if tx.state.outbox.made_busy(endpoint, key) {
+        return Ok(true);
+    }
+    Ok(tx
+        .conn()
+        .query_one(QUEUE_BUSY, &[&endpoint.as_str(), &key.as_str()])?
+        .get(0))
 }
 
 /// Makes the first waiting delivery of a device queue due, unless one of the queue is

@@ -1,24 +1,253 @@
-//! Storing what a device received: the dedup verdict first (the domain's rule), then each
-//! new item's event and its deliveries, in one transaction; the deliveries due now are
-//! handed to the worker once the commit is durable.
+//! Storing what devices received. Every request waiting for the writer is stored in one
+//! pass of its group: one lookup finds what every request's rids became before, the
+//! domain's dedup rule decides each request in turn (a request seeing what an earlier one of
+//! the group stored), one round trip takes every number the group needs, and the new
+//! events and deliveries go as arrays with the rest of the group's writes. A request refused
+//! by the rule changes nothing; the deliveries due now are handed to the worker once the
+//! commit is durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use merpati_domain::delivery::Reservation;
 use merpati_domain::device::DeviceContext;
+use merpati_domain::fanout::plan;
 use merpati_domain::ids::EventId;
 use merpati_domain::ingest::{
     dedup, AcceptedItem, IngestResult, IngestStore, PreparedItem, Seen, SentBefore,
 };
-use merpati_domain::StoreResult;
+use merpati_domain::{StoreError, StoreResult};
 use merpati_webhooks::Event;
+use tokio::sync::oneshot;
 
+use crate::error::{closed, DbResult};
 use crate::fanout::{fan_out, insert_event, EventBody, Handing, NewEvent};
+use crate::writer::{Guard, Tx, WriteJob};
 use crate::PostgresStore;
 
-/// The event a device's item with this rid became.
-pub(crate) const SENT_BEFORE: &str = "SELECT content_hash, seq, id FROM events
-     WHERE account_id = $1 AND device_id = $2 AND rid = $3";
+/// One request's items, on their way to the writer.
+pub(crate) struct IngestWork {
+    device: Arc<DeviceContext>,
+    items: Vec<PreparedItem>,
+    now: i64,
+    handoff: Option<Box<dyn Reservation>>,
+    result: Option<StoreResult<IngestResult>>,
+}
+
+pub(crate) struct IngestJob {
+    work: IngestWork,
+    reply: oneshot::Sender<StoreResult<IngestResult>>,
+}
+
+impl WriteJob for IngestJob {
+    fn guard(&self) -> Guard {
+        Guard::ChecksFirst
+    }
+
+    fn run(&mut self, tx: &mut Tx<'_>) -> bool {
+        if let Err(e) = store_group(tx, &mut [&mut self.work]) {
+            self.work.result = Some(Err(e.into()));
+        }
+        matches!(self.work.result, Some(Ok(_)))
+    }
+
+    fn failure(&self) -> Option<StoreError> {
+        match &self.work.result {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn done(&self) -> bool {
+        self.work.result.is_some()
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let IngestJob { mut work, reply } = *self;
+        let answer = match (commit, work.result.take()) {
+            (Ok(()), Some(Ok(result))) => {
+                // Once committed, the leased deliveries go to the worker, even if the caller
+                // has gone.
+                if let Some(handoff) = work.handoff.take() {
+                    handoff.hand_over();
+                }
+                Ok(result)
+            }
+            (Ok(()), Some(Err(e))) | (Err(e), _) => Err(e),
+            (Ok(()), None) => Err(StoreError::Internal("the write did not run".into())),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// What an item's rid became: `(account, device, rid key)`.
+type RidKey = (String, String, String);
+
+/// The events the group's rids became before.
+const SENT_BEFORE: &str = "SELECT e.account_id, e.device_id, e.rid, e.content_hash, e.seq, e.id
+     FROM events e
+     JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(account_id, device_id, rid)
+       ON e.account_id = k.account_id AND e.device_id = k.device_id AND e.rid = k.rid";
+
+/// The writer's group pass: every request waiting in the group, stored together.
+pub(crate) fn store_requests(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+    let mut works: Vec<&mut IngestWork> = group
+        .iter_mut()
+        .filter_map(|j| j.as_any().downcast_mut::<IngestJob>())
+        .map(|j| &mut j.work)
+        .collect();
+    if works.is_empty() {
+        return Ok(());
+    }
+    store_group(tx, &mut works)
+}
+
+/// Stores the requests of a group in their order. A request refused by the rules gets its
+/// error and changes nothing; an error of the server fails them all (the transaction is
+/// aborted) and is returned.
+pub(crate) fn store_group(tx: &mut Tx<'_>, works: &mut [&mut IngestWork]) -> DbResult<()> {
+    let mut keys: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for w in works.iter() {
+        for item in &w.items {
+            keys.0.push(w.device.account_id.as_str());
+            keys.1.push(w.device.device_id.as_str());
+            keys.2.push(&item.rid_key);
+        }
+    }
+    let mut before: HashMap<RidKey, SentBefore> = tx
+        .query(SENT_BEFORE, &[&keys.0, &keys.1, &keys.2])?
+        .iter()
+        .map(|r| {
+            let key = (r.get(0), r.get(1), r.get(2));
+            let sent = SentBefore {
+                content_hash: r.get(3),
+                seq: r.get(4),
+                event_id: EventId::from(r.get::<_, String>(5)),
+            };
+            (key, sent)
+        })
+        .collect();
+    // The numbers of every item not stored before, taken at once (a refused request's go
+    // unused and are skipped).
+    let (mut events, mut deliveries) = (0, 0);
+    let mut counted: std::collections::HashSet<RidKey> = Default::default();
+    for w in works.iter() {
+        let subs = tx.subscriptions(&w.device.account_id)?;
+        for item in &w.items {
+            let key = (
+                w.device.account_id.to_string(),
+                w.device.device_id.to_string(),
+                item.rid_key.clone(),
+            );
+            if before.contains_key(&key) || !counted.insert(key) {
+                continue;
+            }
+            events += 1;
+            deliveries += plan(&subs, item.event.event_type(), w.device.scope()).count();
+        }
+    }
+    tx.reserve(events, deliveries)?;
+    for w in works.iter_mut() {
+        let mark = tx.state.outbox.mark();
+        let stored = store_one(tx, w, &mut before);
+        w.result = Some(match stored {
+            Ok(result) => Ok(result),
+            Err(crate::error::DbError::Store(refused)) => {
+                tx.state.outbox.back_to(mark);
+                Err(refused)
+            }
+            Err(server) => return Err(server),
+        });
+    }
+    Ok(())
+}
+
+/// One request: the dedup verdict first, so that a refused request has changed nothing.
+fn store_one(
+    tx: &mut Tx<'_>,
+    w: &mut IngestWork,
+    before: &mut HashMap<RidKey, SentBefore>,
+) -> DbResult<IngestResult> {
+    let device = w.device.clone();
+    let key = |rid: &str| {
+        (
+            device.account_id.to_string(),
+            device.device_id.to_string(),
+            rid.to_owned(),
+        )
+    };
+    let seen = dedup(&w.items, |item| {
+        Ok(before.get(&key(&item.rid_key)).cloned())
+    })?;
+    let subs = tx.subscriptions(&device.account_id)?;
+    let handoff = w.handoff.as_mut().expect("a request is stored once");
+    let mut accepted: Vec<AcceptedItem> = Vec::with_capacity(w.items.len());
+    let mut new_deliveries = 0;
+    for (item, seen) in std::mem::take(&mut w.items).into_iter().zip(seen) {
+        let (id, event_id, new) = match seen {
+            Seen::Stored { seq, event_id } => (seq, event_id, false),
+            Seen::EarlierInBatch(i) => (accepted[i].id, accepted[i].event_id.clone(), false),
+            Seen::New => {
+                let event_id = EventId::generate();
+                let mut event = item.event;
+                let event_type = event.event_type();
+                let new = NewEvent {
+                    id: &event_id,
+                    account_id: &device.account_id,
+                    event_type,
+                    scope: device.scope(),
+                    created_at: w.now,
+                    inbound: Some((&item.rid_key, &item.content_hash)),
+                };
+                let (seq, payload) = insert_event(tx, &new, |seq| {
+                    event.set_system_id(seq);
+                    String::from_utf8(Event::Inbound(event).to_json()).expect("JSON is UTF-8")
+                })?;
+                let body = EventBody {
+                    id: &event_id,
+                    payload: payload.into(),
+                };
+                let handing = Handing {
+                    reservation: handoff.as_mut(),
+                    event: &body,
+                };
+                new_deliveries += fan_out(
+                    tx,
+                    &subs,
+                    seq,
+                    event_type,
+                    device.scope(),
+                    w.now,
+                    Some(handing),
+                )?;
+                // A later request of the group with this rid finds it stored.
+                before.insert(
+                    key(&item.rid_key),
+                    SentBefore {
+                        content_hash: item.content_hash.clone(),
+                        seq,
+                        event_id: event_id.clone(),
+                    },
+                );
+                (seq, event_id, true)
+            }
+        };
+        accepted.push(AcceptedItem {
+            rid: item.rid,
+            id,
+            event_id,
+            new,
+        });
+    }
+    Ok(IngestResult {
+        items: accepted,
+        new_deliveries,
+    })
+}
 
 #[async_trait::async_trait]
 impl IngestStore for PostgresStore {
@@ -27,95 +256,20 @@ impl IngestStore for PostgresStore {
         device: Arc<DeviceContext>,
         items: Vec<PreparedItem>,
         now_ms: i64,
-        mut handoff: Box<dyn Reservation>,
+        handoff: Box<dyn Reservation>,
     ) -> StoreResult<IngestResult> {
-        let write = move |tx: &mut crate::writer::Tx<'_>| {
-            // Every check first, so that a refused batch has changed nothing.
-            let seen = dedup(&items, |item| {
-                let found = tx
-                    .query_opt(
-                        SENT_BEFORE,
-                        &[
-                            &device.account_id.as_str(),
-                            &device.device_id.as_str(),
-                            &item.rid_key,
-                        ],
-                    )
-                    .map_err(merpati_domain::StoreError::from)?;
-                Ok(found.map(|r| SentBefore {
-                    content_hash: r.get(0),
-                    seq: r.get(1),
-                    event_id: EventId::from(r.get::<_, String>(2)),
-                }))
-            })?;
-            let subs = tx.subscriptions(&device.account_id)?;
-            let mut accepted: Vec<AcceptedItem> = Vec::with_capacity(items.len());
-            let mut new_deliveries = 0;
-            let fresh = seen.iter().filter(|s| matches!(s, Seen::New)).count();
-            for (item, seen) in items.into_iter().zip(seen) {
-                let (id, event_id, new) = match seen {
-                    Seen::Stored { seq, event_id } => (seq, event_id, false),
-                    Seen::EarlierInBatch(i) => {
-                        (accepted[i].id, accepted[i].event_id.clone(), false)
-                    }
-                    Seen::New => {
-                        let event_id = EventId::generate();
-                        let mut event = item.event;
-                        let event_type = event.event_type();
-                        let new = NewEvent {
-                            id: &event_id,
-                            account_id: &device.account_id,
-                            event_type,
-                            scope: device.scope(),
-                            created_at: now_ms,
-                            inbound: Some((&item.rid_key, &item.content_hash)),
-                        };
-                        let (seq, payload) = insert_event(tx, &new, fresh, |seq| {
-                            event.set_system_id(seq);
-                            String::from_utf8(Event::Inbound(event).to_json())
-                                .expect("JSON is UTF-8")
-                        })?;
-                        let body = EventBody {
-                            id: &event_id,
-                            payload: payload.into(),
-                        };
-                        let handing = Handing {
-                            reservation: handoff.as_mut(),
-                            event: &body,
-                        };
-                        new_deliveries += fan_out(
-                            tx,
-                            &subs,
-                            seq,
-                            event_type,
-                            device.scope(),
-                            now_ms,
-                            Some(handing),
-                        )?;
-                        (seq, event_id, true)
-                    }
-                };
-                accepted.push(AcceptedItem {
-                    rid: item.rid,
-                    id,
-                    event_id,
-                    new,
-                });
-            }
-            let result = IngestResult {
-                items: accepted,
-                new_deliveries,
-            };
-            Ok((result, handoff))
-        };
-        // Once committed, the leased deliveries go to the worker, even if the caller has gone.
-        self.write_checked_then(
-            write,
-            |(result, handoff): (IngestResult, Box<dyn Reservation>)| {
-                handoff.hand_over();
-                result
+        let (reply, answer) = oneshot::channel();
+        let job = IngestJob {
+            work: IngestWork {
+                device,
+                items,
+                now: now_ms,
+                handoff: Some(handoff),
+                result: None,
             },
-        )
-        .await
+            reply,
+        };
+        self.send(Box::new(job)).await?;
+        answer.await.map_err(|_| closed())?
     }
 }

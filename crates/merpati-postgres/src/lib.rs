@@ -33,6 +33,7 @@ mod fanout;
 mod ingest;
 mod jobs;
 mod migrations;
+mod outbox;
 mod presence;
 mod reader;
 mod rows;
@@ -120,7 +121,16 @@ impl PostgresStore {
         let writer_sealer = sealer.clone();
         let thread = std::thread::Builder::new()
             .name("postgres-writer".into())
-            .spawn(move || writer::writer_loop(writer_url, Some(conn), writer_sealer, rx, stats))
+            .spawn(move || {
+                writer::writer_loop(
+                    writer_url,
+                    Some(conn),
+                    writer_sealer,
+                    rx,
+                    stats,
+                    ingest::store_requests,
+                )
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
@@ -166,37 +176,26 @@ impl PostgresStore {
         self.submit(f, |t| t, Guard::ChecksFirst).await
     }
 
-    /// As `write_checked`, and `committed` turns what `f` returned into the answer on the
-    /// writer's side as soon as the commit is durable, whether or not the caller still
-    /// waits.
-    pub(crate) async fn write_checked_then<R, T, F>(
-        &self,
-        f: F,
-        committed: fn(R) -> T,
-    ) -> StoreResult<T>
-    where
-        R: Send + 'static,
-        T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
-    {
-        self.submit(f, committed, Guard::ChecksFirst).await
-    }
-
     async fn submit<R, T, F>(&self, f: F, committed: fn(R) -> T, guard: Guard) -> StoreResult<T>
     where
         R: Send + 'static,
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
     {
+        let (job, answer) = Job::new(f, guard, committed);
+        self.send(Box::new(job)).await?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Queues a write for the writer.
+    pub(crate) async fn send(&self, job: Box<dyn WriteJob>) -> StoreResult<()> {
         let sender = self
             .writer
             .lock()
             .expect("writer lock")
             .clone()
             .ok_or_else(closed)?;
-        let (job, answer) = Job::new(f, guard, committed);
-        sender.send(Box::new(job)).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        sender.send(job).await.map_err(|_| closed())
     }
 
     /// Runs `f` on a read connection, off the async threads.
@@ -423,6 +422,62 @@ mod tests {
         assert!(scratch_rows(&store).await.is_empty());
         store.write_checked(|c| insert(c, 4)).await.unwrap();
         assert_eq!(scratch_rows(&store).await, [4]);
+        store.close().await;
+    }
+
+    /// The requests of one group are stored in one pass, each as if alone in its turn: a
+    /// request sees what an earlier one of the group stored, and one refused by the rules
+    /// changes nothing while the others of its group are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_of_requests_is_stored_in_one_pass_each_in_its_turn() {
+        use merpati_store_contract::support::{endpoint, sms, tree, Room, T0};
+        let url = tokio::task::spawn_blocking(|| server().empty_database().unwrap())
+            .await
+            .unwrap();
+        let store = Arc::new(
+            PostgresStore::open(&url, &Options::default(), Arc::new(Sealer::ephemeral()))
+                .await
+                .unwrap(),
+        );
+        let shared: merpati_domain::SharedStore = store.clone();
+        let t = tree(&shared, "acct", 2).await;
+        endpoint(&shared, &t.account, "ep", |_| {}).await;
+        let (d0, d1) = (&t.devices[0], &t.devices[1]);
+        let ingest = |d: &Arc<merpati_domain::device::DeviceContext>, items| {
+            shared.ingest(d.clone(), items, T0, Room::none())
+        };
+        let (first, again, reused, other) = in_one_group(&store, 4, async {
+            tokio::join!(
+                ingest(d0, vec![sms(d0, 1, "hello"), sms(d0, 2, "world")]),
+                ingest(d0, vec![sms(d0, 2, "world"), sms(d0, 3, "new")]),
+                ingest(d0, vec![sms(d0, 4, "fine"), sms(d0, 1, "changed")]),
+                ingest(d1, vec![sms(d1, 1, "hello")]),
+            )
+        })
+        .await;
+        let (first, again, other) = (first.unwrap(), again.unwrap(), other.unwrap());
+        assert!(first.items.iter().all(|i| i.new));
+        assert_eq!(
+            again.items[0].id, first.items[1].id,
+            "the earlier request's event"
+        );
+        assert!(!again.items[0].new && again.items[1].new);
+        assert!(again.items[1].id > first.items[1].id);
+        assert!(matches!(reused, Err(StoreError::Conflict(_))), "{reused:?}");
+        assert!(other.items[0].new, "another device's rid 1 is its own");
+        let events: i64 = store
+            .read(|c| Ok(c.query_one("SELECT COUNT(*) FROM events", &[])?.get(0)))
+            .await
+            .unwrap();
+        let deliveries: i64 = store
+            .read(|c| Ok(c.query_one("SELECT COUNT(*) FROM deliveries", &[])?.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (events, deliveries),
+            (4, 4),
+            "rid 4 of the refused request is not kept"
+        );
         store.close().await;
     }
 

@@ -77,7 +77,7 @@ fn announce(
         inbound: None,
     };
     let body = String::from_utf8(Event::Device(a.event).to_json()).expect("JSON is UTF-8");
-    let (seq, _) = insert_event(tx, &new, 1, |_| body)?;
+    let (seq, _) = insert_event(tx, &new, |_| body)?;
     let subs = tx.subscriptions(&d.account_id)?;
     let due = fan_out(tx, &subs, seq, kind, d.scope(), now, None)?;
     Ok((event_id, due))

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::conn::{Conn, Param};
 use crate::endpoint_cache::EndpointCache;
 use crate::error::{is_broken, postgres_error, DbError, DbResult};
+use crate::outbox::Outbox;
 use merpati_domain::commit_stats::CommitStats;
 
 /// At most this many writes share one commit.
@@ -30,15 +31,27 @@ pub(crate) const WRITE_QUEUE: usize = 8192;
 #[derive(Default)]
 pub(crate) struct WriterState {
     pub(crate) endpoints: EndpointCache,
-    /// Event numbers taken from the sequence and not used yet (taken many at a time).
-    pub(crate) seqs: std::collections::VecDeque<i64>,
+    /// Event numbers and delivery ids taken from their sequences for the write under way
+    /// and not used yet (taken many at a time, never kept for another write: a device's
+    /// next request, on whichever node, must get greater numbers).
+    seqs: std::collections::VecDeque<i64>,
+    delivery_ids: std::collections::VecDeque<i64>,
+    /// The write's new events and deliveries, sent as arrays when it is done.
+    pub(crate) outbox: Outbox,
 }
 
 impl WriterState {
     /// Empties what the writer keeps, when a write is undone or the group ends.
     pub(crate) fn forget(&mut self) {
         self.endpoints.forget();
+        self.end_write();
+    }
+
+    /// What one write alone may use.
+    fn end_write(&mut self) {
         self.seqs.clear();
+        self.delivery_ids.clear();
+        self.outbox.clear();
     }
 }
 
@@ -105,20 +118,42 @@ impl<'a> Tx<'a> {
         self.conn.query_one(sql, params)
     }
 
-    /// The next event number; with none left, takes `ahead` (at least one) from the
-    /// sequence in one round trip. Numbers a group took and did not use are skipped.
-    pub(crate) fn next_seq(&mut self, ahead: usize) -> DbResult<i64> {
-        if self.state.seqs.is_empty() {
-            let rows = self.conn.query(
-                "SELECT nextval(pg_get_serial_sequence('events', 'seq'))
-                 FROM generate_series(1, $1::BIGINT)",
-                &[&(ahead.max(1) as i64)],
-            )?;
-            self.state
-                .seqs
-                .extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    /// Makes sure the write has at least `events` event numbers and `deliveries` delivery
+    /// ids in hand, taking what is missing of both from their sequences in one round trip.
+    /// Numbers a write took and did not use are skipped.
+    pub(crate) fn reserve(&mut self, events: usize, deliveries: usize) -> DbResult<()> {
+        let need_events = events.saturating_sub(self.state.seqs.len()) as i64;
+        let need_deliveries = deliveries.saturating_sub(self.state.delivery_ids.len()) as i64;
+        if need_events == 0 && need_deliveries == 0 {
+            return Ok(());
         }
-        Ok(self.state.seqs.pop_front().expect("numbers were taken"))
+        let row = self.conn.query_one(
+            "SELECT ARRAY(SELECT nextval('events_seq_seq') FROM generate_series(1, $1::BIGINT)),
+                    ARRAY(SELECT nextval('deliveries_id_seq')
+                          FROM generate_series(1, $2::BIGINT))",
+            &[&need_events, &need_deliveries],
+        )?;
+        self.state.seqs.extend(row.get::<_, Vec<i64>>(0));
+        self.state.delivery_ids.extend(row.get::<_, Vec<i64>>(1));
+        Ok(())
+    }
+
+    /// The next event number (in hand, or taken now).
+    pub(crate) fn next_seq(&mut self) -> DbResult<i64> {
+        self.reserve(1, 0)?;
+        Ok(self.state.seqs.pop_front().expect("a number in hand"))
+    }
+
+    /// The next delivery id (in hand, or taken now).
+    pub(crate) fn next_delivery_id(&mut self) -> DbResult<i64> {
+        self.reserve(0, 1)?;
+        Ok(self.state.delivery_ids.pop_front().expect("an id in hand"))
+    }
+
+    /// Sends the write's new events and deliveries.
+    pub(crate) fn flush(&mut self) -> DbResult<()> {
+        let outbox = std::mem::take(&mut self.state.outbox);
+        outbox.flush(self.conn)
     }
 
     pub(crate) fn conn(&mut self) -> &mut Conn {
@@ -161,6 +196,12 @@ pub(crate) trait WriteJob: Send {
     fn run(&mut self, tx: &mut Tx<'_>) -> bool;
     /// Why it failed, once it ran and failed.
     fn failure(&self) -> Option<StoreError>;
+    /// For a group pass to find the writes it stores itself.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+    /// Stored already, by the group pass.
+    fn done(&self) -> bool {
+        false
+    }
     /// Answers the caller once the commit's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
@@ -205,9 +246,13 @@ where
         let Some(f) = self.f.take() else {
             return false;
         };
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(tx)))
-            .map(|r| r.map_err(StoreError::from))
-            .unwrap_or_else(|_| Err(StoreError::Internal("a write panicked".into())));
+        tx.state.end_write();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            f(tx).and_then(|r| tx.flush().map(|()| r))
+        }))
+        .map(|r| r.map_err(StoreError::from))
+        .unwrap_or_else(|_| Err(StoreError::Internal("a write panicked".into())));
+        tx.state.end_write();
         let keep = result.is_ok();
         self.result = Some(result);
         keep
@@ -218,6 +263,10 @@ where
             Some(Err(e)) => Some(e.clone()),
             _ => None,
         }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -240,6 +289,7 @@ pub(crate) fn writer_loop(
     sealer: Arc<Sealer>,
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     stats: Arc<CommitStats>,
+    pass: GroupPass,
 ) {
     let mut state = WriterState::default();
     while let Some(first) = queue.blocking_recv() {
@@ -264,7 +314,7 @@ pub(crate) fn writer_loop(
         }
         let c = conn.as_mut().expect("connected");
         let started = std::time::Instant::now();
-        let committed = run_group(c, &mut state, &mut group);
+        let committed = run_group(c, &mut state, &mut group, pass);
         state.forget();
         match committed {
             Ok(()) => {
@@ -290,10 +340,15 @@ fn commit_failed(e: DbError) -> StoreError {
     }
 }
 
+/// What runs over a whole group before its writes run one by one (storing many requests in
+/// one pass); the writes it stores it marks done.
+pub(crate) type GroupPass = fn(&mut Tx<'_>, &mut [Box<dyn WriteJob>]) -> DbResult<()>;
+
 pub(crate) fn run_group(
     conn: &mut Conn,
     state: &mut WriterState,
     group: &mut [Box<dyn WriteJob>],
+    pass: GroupPass,
 ) -> Result<(), StoreError> {
     let rollback = |conn: &mut Conn| {
         if let Err(DbError::Postgres(e)) = conn.batch("ROLLBACK") {
@@ -303,7 +358,21 @@ pub(crate) fn run_group(
         }
     };
     conn.batch("BEGIN").map_err(commit_failed)?;
+    state.end_write();
+    let passed = {
+        let mut tx = Tx::new(conn, state);
+        pass(&mut tx, group).and_then(|()| tx.flush())
+    };
+    state.end_write();
+    if let Err(e) = passed {
+        state.forget();
+        rollback(conn);
+        return Err(commit_failed(e));
+    }
     for job in group.iter_mut() {
+        if job.done() {
+            continue;
+        }
         if job.guard() == Guard::ChecksFirst {
             // A write that failed on its own checks leaves the transaction as it was; one
             // whose statement the server refused has aborted it, and only undoing all of
