@@ -118,6 +118,8 @@ impl PostgresStore {
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
         let stats = commits.clone();
         let writer_url = url.clone();
+        let outages = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer_outages = outages.clone();
         let writer_sealer = sealer.clone();
         let thread = std::thread::Builder::new()
             .name("postgres-writer".into())
@@ -129,13 +131,14 @@ impl PostgresStore {
                     rx,
                     stats,
                     ingest::store_requests,
+                    writer_outages,
                 )
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            readers: ReadPool::start(url, sealer, options.read_connections)
+            readers: ReadPool::start(url, sealer, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
             commits,
             resealed,

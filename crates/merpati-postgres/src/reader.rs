@@ -2,6 +2,7 @@
 //! first needed and made again when the server dropped it. A connection lives and dies on
 //! its thread: the driver's blocking client must never be dropped on an async thread.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -24,16 +25,18 @@ impl ReadPool {
         url: String,
         sealer: Arc<Sealer>,
         connections: usize,
+        outages: Arc<AtomicU64>,
     ) -> std::io::Result<ReadPool> {
         let (jobs, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
         let mut threads = Vec::new();
         for i in 0..connections.max(1) {
             let (queue, url, sealer) = (queue.clone(), url.clone(), sealer.clone());
+            let outages = outages.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("postgres-read-{i}"))
-                    .spawn(move || reader_loop(&url, &sealer, &queue))?,
+                    .spawn(move || reader_loop(&url, &sealer, &queue, &outages))?,
             );
         }
         Ok(ReadPool {
@@ -75,14 +78,25 @@ impl ReadPool {
     }
 }
 
-fn reader_loop(url: &str, sealer: &Arc<Sealer>, queue: &Mutex<mpsc::Receiver<ReadJob>>) {
+/// Runs reads on one connection. A connection made before the last time any connection of
+/// the store found the server gone is made again before it is used: a server that went
+/// away and came back has closed it, and a read should not be the one to find out.
+fn reader_loop(
+    url: &str,
+    sealer: &Arc<Sealer>,
+    queue: &Mutex<mpsc::Receiver<ReadJob>>,
+    outages: &AtomicU64,
+) {
     let mut conn: Option<Conn> = None;
+    let mut made_after = 0;
     loop {
         let job = match queue.lock().expect("reader queue lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        if conn.as_ref().is_none_or(Conn::is_closed) {
+        let seen = outages.load(Ordering::Acquire);
+        if conn.as_ref().is_none_or(Conn::is_closed) || made_after < seen {
+            made_after = seen;
             conn = match Conn::connect(url, sealer.clone()) {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -92,5 +106,8 @@ fn reader_loop(url: &str, sealer: &Arc<Sealer>, queue: &Mutex<mpsc::Receiver<Rea
             };
         }
         job(&mut conn);
+        if conn.as_ref().is_some_and(Conn::is_closed) {
+            outages.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }

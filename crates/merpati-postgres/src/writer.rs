@@ -290,6 +290,7 @@ pub(crate) fn writer_loop(
     mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
     stats: Arc<CommitStats>,
     pass: GroupPass,
+    outages: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut state = WriterState::default();
     while let Some(first) = queue.blocking_recv() {
@@ -301,6 +302,10 @@ pub(crate) fn writer_loop(
             }
         }
         if conn.as_ref().is_none_or(Conn::is_closed) {
+            if conn.is_some() {
+                // The readers' connections went with it.
+                outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
             conn = match Conn::connect(&url, sealer.clone()) {
                 Ok(c) => Some(c),
                 Err(e) => {

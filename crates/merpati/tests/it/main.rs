@@ -34,6 +34,7 @@ mod metrics;
 mod notifications;
 mod openapi;
 mod payloads;
+mod postgres;
 mod presence;
 mod properties;
 mod restart;

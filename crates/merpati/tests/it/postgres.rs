@@ -1,0 +1,123 @@
+//! merpati on a PostgreSQL server that goes away: a private server of the test's own, stopped
+//! as a crash would (immediate shutdown) while devices post, then started again.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use merpati_postgres::scratch::{ScratchOptions, ScratchServer};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// While the server is down, every request is answered 503 with `Retry-After` and
+/// `/readyz` is not ready; once it is back, the same node takes requests again without a
+/// restart, every item that was answered 202 (before or after) reaches the receiver, and so
+/// does every refused one the device sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
+    let (server, url) = tokio::task::spawn_blocking(|| {
+        let server = ScratchServer::start(ScratchOptions::default()).unwrap();
+        let url = server
+            .fresh_database(|url| {
+                merpati_postgres::PostgresStore::migrate(url)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        (server, url)
+    })
+    .await
+    .unwrap();
+    let server = Arc::new(server);
+    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
+    let m = app.merchant("acct").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+
+    let accepted = Arc::new(Mutex::new(BTreeSet::new()));
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let posting = {
+        let (app_url, token) = (app.url.clone(), m.device_token.clone());
+        let (accepted, refused) = (accepted.clone(), refused.clone());
+        let client = client();
+        async move {
+            for rid in 0..400i64 {
+                let answer = client
+                    .post(format!("{app_url}/v1/device/messages"))
+                    .bearer_auth(&token)
+                    .json(&json!({"type": "sms", "rid": rid, "phone": "+62811", "message": "m"}))
+                    .send()
+                    .await
+                    .unwrap();
+                match answer.status() {
+                    StatusCode::ACCEPTED => {
+                        accepted.lock().unwrap().insert(rid);
+                    }
+                    status => {
+                        let retry = answer.headers().contains_key("retry-after");
+                        refused.lock().unwrap().push((rid, status.as_u16(), retry));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let outage = {
+        let (server, app_url) = (server.clone(), app.url.clone());
+        let accepted = accepted.clone();
+        async move {
+            while accepted.lock().unwrap().len() < 50 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let stopping = server.clone();
+            tokio::task::spawn_blocking(move || stopping.stop(true))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let ready = client()
+                .get(format!("{app_url}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            let starting = server.clone();
+            tokio::task::spawn_blocking(move || starting.run().unwrap())
+                .await
+                .unwrap();
+            ready
+        }
+    };
+    let ((), ready_while_down) = tokio::join!(posting, outage);
+    assert_eq!(ready_while_down, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _) = app.get("/readyz", "").await;
+    assert_eq!(status, StatusCode::OK, "ready again without a restart");
+
+    let refused = refused.lock().unwrap().clone();
+    assert!(!refused.is_empty(), "the outage refused nothing");
+    for (rid, status, retry) in &refused {
+        assert_eq!((*status, *retry), (503, true), "rid {rid}");
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let last = *accepted.last().unwrap();
+    assert!(
+        refused.iter().all(|(rid, ..)| *rid < last),
+        "requests were accepted again after the outage"
+    );
+    // The device sends the refused items again, as devices do: each is taken now (or was
+    // stored after all, when the server died between its commit and the answer).
+    for (rid, ..) in &refused {
+        let again = app.sms(&m.device_token, *rid).await;
+        assert_eq!(again["items"][0]["rid"], *rid);
+    }
+    // Every item answered 202 arrives, and so does every item sent again.
+    receiver.wait_for(400).await;
+    let rids: BTreeSet<i64> = receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["data"]["rid"].as_i64().unwrap())
+        .collect();
+    assert!(accepted.is_subset(&rids), "an accepted item was lost");
+    assert_eq!(rids.len(), 400);
+}
