@@ -10,6 +10,7 @@ pub mod account;
 pub mod alert;
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod commit_stats;
 pub mod connector;
 pub mod delivery;

@@ -36,6 +36,7 @@ pub trait Store:
     + AlertStore
     + ConnectorStore
     + crate::audit::AuditStore
+    + crate::cluster::ClusterStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -20,6 +20,7 @@ mod accounts;
 mod alert_tx;
 mod alerts;
 mod audit;
+mod cluster;
 mod conn;
 mod connectors;
 mod delivery;

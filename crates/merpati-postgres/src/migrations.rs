@@ -7,8 +7,10 @@ use merpati_domain::StoreError;
 use crate::conn::Conn;
 use crate::error::DbResult;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "cluster", include_str!("../migrations/0002_cluster.sql")),
+];
 
 /// The advisory lock migrations are applied under (any constant of our own).
 const MIGRATION_LOCK: i64 = 0x6d65_7270_6174_6901;

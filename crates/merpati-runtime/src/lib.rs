@@ -14,6 +14,7 @@
 
 pub mod alerts;
 pub mod bus;
+pub mod cluster;
 pub mod connectors;
 pub mod delivery;
 pub mod jobs;

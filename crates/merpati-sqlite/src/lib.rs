@@ -21,6 +21,7 @@ mod alert_tx;
 mod alerts;
 mod audit;
 mod checkpoint;
+mod cluster;
 mod connectors;
 mod delivery;
 mod devices;

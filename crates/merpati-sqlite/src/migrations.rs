@@ -81,6 +81,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit_log",
         include_str!("../migrations/0018_audit_log.sql"),
     ),
+    (
+        19,
+        "cluster",
+        include_str!("../migrations/0019_cluster.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -82,6 +82,7 @@ macro_rules! contract_suite {
             sessions::a_key_grants_what_it_was_made_for_until_it_expires,
             limits::an_account_gets_no_more_than_its_caps,
             audit::the_audit_trail_is_each_account_s_newest_first_until_pruned,
+            cluster::one_node_at_a_time_holds_the_database_until_its_lease_ends,
             connectors::connectors_are_the_account_s_checked_and_found_by_id_with_live_secrets
         );
     };

@@ -72,6 +72,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(crate::connectors::routes())
         .merge(crate::stream::routes())
         .merge(crate::audit::routes())
+        .merge(crate::cluster::routes())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))

@@ -76,6 +76,25 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
     pub alerts: AlertsConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// This node among the nodes of its database (`cluster.*`).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// How long the node's lease lasts unless renewed (it is renewed three times within).
+    pub lease: Duration,
+    /// What the node is called in `GET /v1/cluster`; the host's name when absent.
+    pub node_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease: Duration::from_secs(5),
+            node_name: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +247,8 @@ const KEYS: &[&str] = &[
     "alerts.smtp_url",
     "alerts.smtp_from",
     "alerts.smtp_ca_file",
+    "cluster.lease",
+    "cluster.node_name",
 ];
 
 /// `presence.engines.<engine>.<setting>`: per-engine lease settings.
@@ -263,6 +284,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
+            cluster: ClusterConfig::default(),
             presence: PresenceConfig {
                 lease: LeaseSettings::default(),
                 min_heartbeat_interval: Duration::from_secs(1),
@@ -341,6 +363,15 @@ impl Config {
                     c.server.trusted_proxies = split_list(raw)
                         .map(|s| parse_network(s).map_err(&invalid))
                         .collect::<Result<_, _>>()?
+                }
+                "cluster.lease" => {
+                    c.cluster.lease = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "cluster.node_name" => {
+                    if raw.trim().is_empty() {
+                        return Err(invalid("expected a name".into()));
+                    }
+                    c.cluster.node_name = Some(raw.trim().to_owned())
                 }
                 "server.max_connections" => {
                     c.server.max_connections = parse_count(raw).map_err(invalid)?

@@ -21,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod dashboard;
@@ -163,6 +164,33 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let failed = Failed::default();
+    let membership = merpati_runtime::cluster::Membership {
+        store: store.clone(),
+        node: merpati_domain::cluster::new_node_id(),
+        name: node_name(&config),
+        lease: config.cluster.lease,
+        shutdown: shutdown.clone(),
+    };
+    if let Err(e) = membership.join().await {
+        store.close().await;
+        return Err(e.into());
+    }
+    let node: Arc<str> = membership.node.as_str().into();
+    tracing::info!(node = %node, name = %membership.name, "joined the nodes of the database");
+    {
+        let (shutdown, failed) = (shutdown.clone(), failed.clone());
+        tasks.spawn(async move {
+            if let Err(e) = membership.run().await {
+                tracing::error!(error = %e, "stopping the server");
+                failed
+                    .0
+                    .lock()
+                    .expect("failed lock")
+                    .get_or_insert("node lease");
+                shutdown.cancel();
+            }
+        });
+    }
     let bus = Bus::default();
     let waker = DeliveryWaker::default();
     let pauses = Pauses::new(bus.clone());
@@ -306,6 +334,7 @@ pub async fn start(
         connectors_changed: connectors_changed.clone(),
         metrics,
         rates: Default::default(),
+        node,
     };
     let app = app::router(state);
     let http = tokio::spawn(serve::serve(
@@ -408,6 +437,18 @@ async fn alert_runner(
         sender,
         shutdown: w.shutdown.clone(),
     }))
+}
+
+/// What this node is called among the nodes of its database: `cluster.node_name`, else the
+/// host's name.
+fn node_name(config: &Config) -> String {
+    config.cluster.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "merpati".to_owned())
+    })
 }
 
 const ADMIN_TOKEN_FILE: &str = "admin-token";

@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod audit;
 pub mod claims;
+pub mod cluster;
 pub mod connectors;
 pub mod dedup;
 pub mod fanout;

@@ -247,6 +247,7 @@ fn the_server_s_modules_point_one_way() {
             "presence",
             "stream",
             "audit",
+            "cluster",
         ],
         &["dashboard"],
         &["app", "serve", "tls", "store", "remote", "cli"],

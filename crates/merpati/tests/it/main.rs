@@ -10,6 +10,7 @@ mod bench;
 mod browser;
 mod changes;
 mod cli;
+mod cluster;
 mod compat;
 mod connections;
 mod connectors;

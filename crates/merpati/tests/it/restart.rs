@@ -64,6 +64,9 @@ pub async fn spawn_binary_logged(
         )
         .env("MERPATI_DELIVERY_TIMEOUT", "30s")
         .env("MERPATI_DELIVERY_ALLOWED_NETWORKS", "127.0.0.0/8")
+        // A binary killed by a test holds the database until its lease runs out, and the
+        // next one started on it waits that long.
+        .env("MERPATI_CLUSTER_LEASE", "1s")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
