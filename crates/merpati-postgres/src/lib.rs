@@ -52,12 +52,17 @@ use writer::{Guard, Job, Tx, WriteJob};
 #[derive(Debug, Clone)]
 pub struct Options {
     pub read_connections: usize,
+    /// Connections committing groups side by side: one group's statements run while
+    /// another's commit is under way (one by default: on 2 cores a second gained nothing,
+    /// BENCHMARKS.md).
+    pub writers: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             read_connections: 4,
+            writers: 1,
         }
     }
 }
@@ -94,7 +99,7 @@ pub fn describe_url(url: &str) -> String {
 
 pub struct PostgresStore {
     writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: ReadPool,
     commits: Arc<CommitStats>,
     resealed: Resealed,
@@ -117,28 +122,29 @@ impl PostgresStore {
         let resealed = sealed::reseal_all(&mut conn, &sealer)?;
         let commits = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
-        let stats = commits.clone();
-        let writer_url = url.clone();
         let outages = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writer_outages = outages.clone();
-        let writer_sealer = sealer.clone();
-        let thread = std::thread::Builder::new()
-            .name("postgres-writer".into())
-            .spawn(move || {
-                writer::writer_loop(
-                    writer_url,
-                    Some(conn),
-                    writer_sealer,
-                    rx,
-                    stats,
-                    ingest::store_requests,
-                    writer_outages,
-                )
-            })
-            .map_err(|e| StoreError::Internal(format!("cannot start the writer: {e}")))?;
+        let writers = Arc::new(writer::Writers {
+            url: url.clone(),
+            sealer: sealer.clone(),
+            queue: Arc::new(Mutex::new(rx)),
+            stats: commits.clone(),
+            pass: ingest::store_requests,
+            outages: outages.clone(),
+        });
+        let mut threads = Vec::new();
+        let mut first = Some(conn);
+        for i in 0..options.writers.max(1) {
+            let (writers, conn) = (writers.clone(), first.take());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("postgres-writer-{i}"))
+                    .spawn(move || writer::writer_loop(&writers, conn))
+                    .map_err(|e| StoreError::Internal(format!("cannot start a writer: {e}")))?,
+            );
+        }
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
             readers: ReadPool::start(url, sealer, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
             commits,
@@ -282,7 +288,9 @@ impl Store for PostgresStore {
         // Dropping the last sender lets the writer finish its queue and exit.
         self.writer.lock().expect("writer lock").take();
         let mut threads = self.readers.close();
-        threads.extend(self.thread.lock().expect("thread lock").take());
+        threads.extend(std::mem::take(
+            &mut *self.threads.lock().expect("thread lock"),
+        ));
         let _ = tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();
@@ -303,12 +311,21 @@ mod tests {
         SERVER.get_or_init(|| ScratchServer::start(Default::default()).unwrap())
     }
 
+    fn one_writer() -> Options {
+        Options {
+            writers: 1,
+            ..Options::default()
+        }
+    }
+
     async fn scratch_store() -> PostgresStore {
         let url = tokio::task::spawn_blocking(|| server().empty_database().unwrap())
             .await
             .unwrap();
+        // One writer, so that writes queued together make one group.
         let options = Options {
             read_connections: 1,
+            writers: 1,
         };
         let store = PostgresStore::open(&url, &options, Arc::new(Sealer::ephemeral()))
             .await
@@ -439,7 +456,7 @@ mod tests {
             .await
             .unwrap();
         let store = Arc::new(
-            PostgresStore::open(&url, &Options::default(), Arc::new(Sealer::ephemeral()))
+            PostgresStore::open(&url, &one_writer(), Arc::new(Sealer::ephemeral()))
                 .await
                 .unwrap(),
         );
@@ -496,7 +513,12 @@ mod tests {
         })
         .await
         .unwrap();
-        let store = PostgresStore::open(&url, &Options::default(), Arc::new(Sealer::ephemeral()))
+        // Two writers: each must find its connection gone and make it again.
+        let two_writers = Options {
+            writers: 2,
+            ..Options::default()
+        };
+        let store = PostgresStore::open(&url, &two_writers, Arc::new(Sealer::ephemeral()))
             .await
             .unwrap();
         store

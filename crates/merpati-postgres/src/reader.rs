@@ -101,6 +101,7 @@ fn reader_loop(
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!(error = %postgres_error(&e), "a read connection failed");
+                    outages.fetch_add(1, Ordering::AcqRel);
                     None
                 }
             };

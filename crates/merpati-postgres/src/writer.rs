@@ -1,5 +1,6 @@
-//! The writer: one connection per node commits in groups. It takes every write waiting in
-//! its queue, runs each inside one transaction and commits once; with
+//! The writers: each owns a connection and commits in groups. It takes every write waiting
+//! in the queue, runs each inside one transaction and commits once (while another writer
+//! takes the next writes and runs them on its own connection); with
 //! `synchronous_commit` on, the commit's answer means durable, and only then is each
 //! caller answered. One failing write never undoes another: each runs in a savepoint of
 //! its own, except the hot ones that check everything before they change anything and so
@@ -283,32 +284,55 @@ where
 
 /// The writer thread: takes every write waiting, runs them as one group, answers them once
 /// the commit is durable. A lost connection is made again before the next group.
-pub(crate) fn writer_loop(
-    url: String,
-    mut conn: Option<Conn>,
-    sealer: Arc<Sealer>,
-    mut queue: mpsc::Receiver<Box<dyn WriteJob>>,
-    stats: Arc<CommitStats>,
-    pass: GroupPass,
-    outages: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut state = WriterState::default();
-    while let Some(first) = queue.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
+/// The writers' shared queue: each writer takes a group from it in turn.
+pub(crate) type Queue = Arc<std::sync::Mutex<mpsc::Receiver<Box<dyn WriteJob>>>>;
+
+/// What every writer of a store shares.
+pub(crate) struct Writers {
+    pub(crate) url: String,
+    pub(crate) sealer: Arc<Sealer>,
+    pub(crate) queue: Queue,
+    pub(crate) stats: Arc<CommitStats>,
+    pub(crate) pass: GroupPass,
+    pub(crate) outages: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Takes every write waiting (the first waited for), up to a group's worth.
+fn next_group(queue: &Queue) -> Option<Vec<Box<dyn WriteJob>>> {
+    let mut queue = queue.lock().expect("write queue lock");
+    let first = queue.blocking_recv()?;
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
         }
-        if conn.as_ref().is_none_or(Conn::is_closed) {
-            if conn.is_some() {
-                // The readers' connections went with it.
-                outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-            }
-            conn = match Conn::connect(&url, sealer.clone()) {
+    }
+    Some(group)
+}
+
+pub(crate) fn writer_loop(w: &Writers, mut conn: Option<Conn>) {
+    let Writers {
+        url,
+        sealer,
+        queue,
+        stats,
+        pass,
+        outages,
+    } = w;
+    let mut state = WriterState::default();
+    let mut made_after = outages.load(std::sync::atomic::Ordering::Acquire);
+    while let Some(mut group) = next_group(queue) {
+        // A connection made before the last time any connection of the store found the
+        // server gone is made again: the server closed it, and a group should not be the
+        // one to find out.
+        let seen = outages.load(std::sync::atomic::Ordering::Acquire);
+        if conn.as_ref().is_none_or(Conn::is_closed) || made_after < seen {
+            made_after = outages.load(std::sync::atomic::Ordering::Acquire);
+            conn = match Conn::connect(url, sealer.clone()) {
                 Ok(c) => Some(c),
                 Err(e) => {
+                    outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     let e = postgres_error(&e);
                     for job in group {
                         job.finish(Err(e.clone()));
@@ -319,8 +343,12 @@ pub(crate) fn writer_loop(
         }
         let c = conn.as_mut().expect("connected");
         let started = std::time::Instant::now();
-        let committed = run_group(c, &mut state, &mut group, pass);
+        let committed = run_group(c, &mut state, &mut group, *pass);
         state.forget();
+        if c.is_closed() {
+            // The server went away: every other connection is suspect too.
+            outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
         match committed {
             Ok(()) => {
                 stats.observe(started.elapsed());

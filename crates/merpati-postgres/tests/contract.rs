@@ -26,8 +26,10 @@ async fn fixture() -> Fixture {
     })
     .await
     .unwrap();
+    // Two writers: every case must hold with other writers beside (as other nodes are).
     let options = Options {
         read_connections: 2,
+        writers: 2,
     };
     let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
     let store = PostgresStore::open(&url, &options, sealer)

@@ -72,6 +72,8 @@ pub struct Config {
     /// What an account may take, unless the admin set its own (`limits.*`).
     pub limits: Limits,
     pub database: DatabaseConfig,
+    /// PostgreSQL: connections committing groups side by side (`database.writers`).
+    pub database_writers: usize,
     pub delivery: DeliveryConfig,
     pub presence: PresenceConfig,
     pub retention: RetentionConfig,
@@ -219,6 +221,7 @@ const KEYS: &[&str] = &[
     "limits.max_alert_rules",
     "database.synchronous",
     "database.read_connections",
+    "database.writers",
     "delivery.allowed_networks",
     "delivery.resolve",
     "delivery.retry_schedule",
@@ -281,6 +284,7 @@ impl Default for Config {
                 max_alert_rules: 200,
             },
             database: DatabaseConfig::default(),
+            database_writers: merpati_postgres::Options::default().writers,
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
             alerts: AlertsConfig::default(),
@@ -395,6 +399,7 @@ impl Config {
                 "limits.max_alert_rules" => {
                     c.limits.max_alert_rules = parse_limit(raw).map_err(invalid)?
                 }
+                "database.writers" => c.database_writers = parse_count(raw).map_err(invalid)?,
                 "database.read_connections" => {
                     c.database.read_connections = parse_count(raw).map_err(invalid)?
                 }

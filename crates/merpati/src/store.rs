@@ -56,6 +56,7 @@ async fn open_backend(config: &Config) -> anyhow::Result<Opened> {
         Database::Postgres(url) => {
             let options = merpati_postgres::Options {
                 read_connections: config.database.read_connections,
+                writers: config.database_writers,
             };
             let shown = merpati_postgres::describe_url(&url);
             let store = PostgresStore::open(&url, &options, sealer)
