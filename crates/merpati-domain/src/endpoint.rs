@@ -7,7 +7,7 @@ use merpati_webhooks::events::type_matches;
 
 use crate::device::Scope;
 use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId, EndpointId};
-use crate::storage::{Page, StoreResult};
+use crate::storage::{Owned, Page, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -251,6 +251,38 @@ pub trait EndpointStore: Send + Sync {
         old_expires_at: i64,
         now: i64,
     ) -> StoreResult<()>;
+}
+
+/// Every scope id an endpoint names must be one of its account's own (`owned` answers).
+pub fn check_scope<E: From<StoreError>>(
+    e: &Endpoint,
+    mut owned: impl FnMut(Owned, &str) -> Result<bool, E>,
+) -> Result<(), E> {
+    let scopes: [(Owned, &str, Vec<&str>); 3] = [
+        (
+            Owned::Business,
+            "business_ids",
+            e.business_ids.iter().map(|i| i.as_str()).collect(),
+        ),
+        (
+            Owned::Channel,
+            "channel_ids",
+            e.channel_ids.iter().map(|i| i.as_str()).collect(),
+        ),
+        (
+            Owned::Device,
+            "device_ids",
+            e.device_ids.iter().map(|i| i.as_str()).collect(),
+        ),
+    ];
+    for (kind, field, ids) in scopes {
+        for id in ids {
+            if !owned(kind, id)? {
+                return Err(StoreError::Invalid(format!("{field}: {id:?} does not exist")).into());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,3 +34,13 @@ pub struct Page {
     pub after: Option<String>,
     pub limit: usize,
 }
+
+/// What an account owns that other rows name by id, for the rules that check a name is
+/// the account's own (the backend answers whether it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    Business,
+    Channel,
+    Device,
+    Notifier,
+}

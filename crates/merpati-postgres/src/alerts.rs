@@ -22,44 +22,20 @@ use crate::conn::Conn;
 use crate::devices::{context_row, CONTEXT_QUERY};
 use crate::error::{is_unique_violation, DbError, DbResult};
 use crate::rows::json_column;
-use crate::table::{owned, Table};
+use crate::table::{owned, table_of, Table};
 use crate::writer::Tx;
 use crate::PostgresStore;
 
-/// Every id a match names is the account's.
+/// Every id a match names is the account's (the domain's rule).
 fn check_match(c: &mut Conn, account: &AccountId, m: &Match) -> DbResult<()> {
-    let a = account.as_str();
-    if let Some(b) = &m.business_id {
-        if !owned(c, "businesses", a, b.as_str())? {
-            return Err(StoreError::Invalid(format!("match: no business \"{b}\"")).into());
-        }
-    }
-    if let Some(ch) = &m.channel_id {
-        if !owned(c, "channels", a, ch.as_str())? {
-            return Err(StoreError::Invalid(format!("match: no channel \"{ch}\"")).into());
-        }
-    }
-    if let Some(d) = &m.device_id {
-        if !owned(c, "devices", a, d.as_str())? {
-            return Err(StoreError::Invalid(format!("match: no device \"{d}\"")).into());
-        }
-    }
-    Ok(())
+    merpati_domain::alert::check_match(m, |kind, id| owned(c, table_of(kind), account.as_str(), id))
 }
 
-/// Every notifier a rule names is the account's.
+/// Every notifier a rule names is the account's (the domain's rule).
 fn check_notifiers(c: &mut Conn, account: &AccountId, rule: &AlertRule) -> DbResult<()> {
-    let named = rule
-        .notifiers
-        .iter()
-        .flatten()
-        .chain(rule.escalation.iter().flatten().flat_map(|s| &s.notifiers));
-    for n in named {
-        if !owned(c, "notifiers", account.as_str(), n.as_str())? {
-            return Err(StoreError::Invalid(format!("no notifier \"{n}\"")).into());
-        }
-    }
-    Ok(())
+    merpati_domain::alert::check_notifiers(rule, |kind, id| {
+        owned(c, table_of(kind), account.as_str(), id)
+    })
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -209,25 +185,7 @@ impl AlertStore for PostgresStore {
 
     async fn delete_notifier(&self, account: AccountId, id: NotifierId) -> StoreResult<()> {
         self.write(move |c| {
-            let naming: Vec<String> = RULES
-                .all(c.conn(), &account)?
-                .into_iter()
-                .filter(|r| {
-                    r.notifiers.iter().flatten().any(|n| *n == id)
-                        || r.escalation
-                            .iter()
-                            .flatten()
-                            .any(|s| s.notifiers.contains(&id))
-                })
-                .map(|r| r.id.into_string())
-                .collect();
-            if !naming.is_empty() {
-                return Err(StoreError::Conflict(format!(
-                    "alert rules name this notifier: {}",
-                    naming.join(", ")
-                ))
-                .into());
-            }
+            merpati_domain::alert::check_unnamed(&RULES.all(c.conn(), &account)?, &id)?;
             NOTIFIERS.delete(c.conn(), &account, id.as_str())
         })
         .await

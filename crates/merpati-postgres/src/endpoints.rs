@@ -11,7 +11,7 @@ use crate::conn::Conn;
 use crate::error::DbResult;
 use crate::fanout::release_held;
 use crate::rows::{json_column, json_list};
-use crate::table::owned;
+use crate::table::{owned, table_of};
 use crate::writer::Tx;
 use crate::PostgresStore;
 
@@ -55,33 +55,11 @@ fn endpoint_row(c: &Conn, r: &Row) -> DbResult<Endpoint> {
     })
 }
 
-/// Every scope id must be one of the account's own.
+/// Every scope id must be one of the account's own (the domain's rule).
 fn check_scope(c: &mut Conn, account: &AccountId, e: &Endpoint) -> DbResult<()> {
-    let scopes: [(&str, &str, Vec<&str>); 3] = [
-        (
-            "businesses",
-            "business_ids",
-            e.business_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-        (
-            "channels",
-            "channel_ids",
-            e.channel_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-        (
-            "devices",
-            "device_ids",
-            e.device_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-    ];
-    for (table, field, ids) in scopes {
-        for id in ids {
-            if !owned(c, table, account.as_str(), id)? {
-                return Err(StoreError::Invalid(format!("{field}: {id:?} does not exist")).into());
-            }
-        }
-    }
-    Ok(())
+    merpati_domain::endpoint::check_scope(e, |kind, id| {
+        owned(c, table_of(kind), account.as_str(), id)
+    })
 }
 
 /// Holds an endpoint's pending deliveries.

@@ -108,3 +108,14 @@ pub(crate) fn owned(c: &mut Conn, table: &str, account: &str, id: &str) -> DbRes
     )?
     .is_some())
 }
+
+/// The table holding what an account owns of this kind.
+pub(crate) fn table_of(kind: merpati_domain::storage::Owned) -> &'static str {
+    use merpati_domain::storage::Owned;
+    match kind {
+        Owned::Business => "businesses",
+        Owned::Channel => "channels",
+        Owned::Device => "devices",
+        Owned::Notifier => "notifiers",
+    }
+}

@@ -11,7 +11,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 use crate::error::DbResult;
 use crate::fanout::release_held;
 use crate::rows::{id, json_column, json_list};
-use crate::table::owned;
+use crate::table::{owned, table_of};
 use crate::SqliteStore;
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
@@ -50,33 +50,11 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     })
 }
 
-/// Every scope id must be one of the account's own.
+/// Every scope id must be one of the account's own (the domain's rule).
 fn check_scope(c: &Connection, account: &AccountId, e: &Endpoint) -> DbResult<()> {
-    let scopes: [(&str, &str, Vec<&str>); 3] = [
-        (
-            "businesses",
-            "business_ids",
-            e.business_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-        (
-            "channels",
-            "channel_ids",
-            e.channel_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-        (
-            "devices",
-            "device_ids",
-            e.device_ids.iter().map(|i| i.as_str()).collect(),
-        ),
-    ];
-    for (table, field, ids) in scopes {
-        for id in ids {
-            if !owned(c, table, account.as_str(), id)? {
-                return Err(StoreError::Invalid(format!("{field}: {id:?} does not exist")).into());
-            }
-        }
-    }
-    Ok(())
+    merpati_domain::endpoint::check_scope(e, |kind, id| {
+        owned(c, table_of(kind), account.as_str(), id)
+    })
 }
 
 /// ?1 … ?20 of both the INSERT and the UPDATE (which leaves created_at and the disabled

@@ -107,3 +107,14 @@ pub(crate) fn owned(c: &Connection, table: &str, account: &str, id: &str) -> DbR
     ))?
     .exists(params![account, id])?)
 }
+
+/// The table holding what an account owns of this kind.
+pub(crate) fn table_of(kind: merpati_domain::storage::Owned) -> &'static str {
+    use merpati_domain::storage::Owned;
+    match kind {
+        Owned::Business => "businesses",
+        Owned::Channel => "channels",
+        Owned::Device => "devices",
+        Owned::Notifier => "notifiers",
+    }
+}

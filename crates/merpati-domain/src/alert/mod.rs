@@ -11,7 +11,7 @@ use crate::ids::{
     AccountId, AlertRuleId, BusinessId, ChannelId, DeviceId, IncidentId, NotificationId,
     NotifierId, WindowId,
 };
-use crate::storage::{Page, StoreResult};
+use crate::storage::{Owned, Page, StoreError, StoreResult};
 
 pub mod engine;
 pub mod link;
@@ -563,5 +563,78 @@ pub(crate) fn test_device(engine: &str) -> DeviceContext {
         channel_heartbeat_ms: None,
         channel_grace_ms: None,
         account_limits: Default::default(),
+    }
+}
+
+/// Every id a match names is the account's own (`owned` answers).
+pub fn check_match<E: From<StoreError>>(
+    m: &Match,
+    mut owned: impl FnMut(Owned, &str) -> Result<bool, E>,
+) -> Result<(), E> {
+    let named = [
+        (
+            Owned::Business,
+            "business",
+            m.business_id.as_ref().map(|b| b.as_str()),
+        ),
+        (
+            Owned::Channel,
+            "channel",
+            m.channel_id.as_ref().map(|c| c.as_str()),
+        ),
+        (
+            Owned::Device,
+            "device",
+            m.device_id.as_ref().map(|d| d.as_str()),
+        ),
+    ];
+    for (kind, what, id) in named {
+        if let Some(id) = id {
+            if !owned(kind, id)? {
+                return Err(StoreError::Invalid(format!("match: no {what} \"{id}\"")).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every notifier a rule names is the account's own (`owned` answers).
+pub fn check_notifiers<E: From<StoreError>>(
+    rule: &AlertRule,
+    mut owned: impl FnMut(Owned, &str) -> Result<bool, E>,
+) -> Result<(), E> {
+    let named = rule
+        .notifiers
+        .iter()
+        .flatten()
+        .chain(rule.escalation.iter().flatten().flat_map(|s| &s.notifiers));
+    for n in named {
+        if !owned(Owned::Notifier, n.as_str())? {
+            return Err(StoreError::Invalid(format!("no notifier \"{n}\"")).into());
+        }
+    }
+    Ok(())
+}
+
+/// A notifier may go only when no rule names it: the refusal names the rules.
+pub fn check_unnamed(rules: &[AlertRule], notifier: &NotifierId) -> StoreResult<()> {
+    let naming: Vec<&str> = rules
+        .iter()
+        .filter(|r| {
+            r.notifiers.iter().flatten().any(|n| n == notifier)
+                || r.escalation
+                    .iter()
+                    .flatten()
+                    .any(|s| s.notifiers.contains(notifier))
+        })
+        .map(|r| r.id.as_str())
+        .collect();
+    if naming.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "alert rules name this notifier: {}",
+            naming.join(", ")
+        )))
     }
 }
