@@ -1,5 +1,5 @@
 //! A write's new events and deliveries: kept as columns while the write runs and sent as
-//! arrays, one statement for each table, when it is done.
+//! arrays, in one statement, when it is done.
 
 use std::collections::HashSet;
 
@@ -153,49 +153,47 @@ impl Outbox {
         self.busy.contains(&(endpoint.clone(), key.clone()))
     }
 
+    /// Sends the events and the deliveries in one statement (a side with no rows inserts
+    /// none); the deliveries' references to their events are checked at its end.
     pub(crate) fn flush(self, c: &mut Conn) -> DbResult<()> {
-        let e = &self.events;
-        if !e.seq.is_empty() {
-            c.execute(
-                "INSERT INTO events (seq, id, account_id, type, device_id, channel_id,
+        let (e, d) = (&self.events, &self.deliveries);
+        if e.seq.is_empty() && d.id.is_empty() {
+            return Ok(());
+        }
+        c.execute(
+            "WITH new_events AS (
+                 INSERT INTO events (seq, id, account_id, type, device_id, channel_id,
                                      business_id, payload, created_at, rid, content_hash)
                  SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
                                       $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[],
-                                      $9::BIGINT[], $10::TEXT[], $11::BYTEA[])",
-                &[
-                    &e.seq,
-                    &e.id,
-                    &e.account_id,
-                    &e.event_type,
-                    &e.device_id,
-                    &e.channel_id,
-                    &e.business_id,
-                    &e.payload,
-                    &e.created_at,
-                    &e.rid,
-                    &e.content_hash,
-                ],
-            )?;
-        }
-        let d = &self.deliveries;
-        if !d.id.is_empty() {
-            c.execute(
-                "INSERT INTO deliveries (id, event_seq, endpoint_id, status, next_attempt_at,
-                                         created_at, order_key, claimed_at)
-                 SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[],
-                                      $5::BIGINT[], $6::BIGINT[], $7::TEXT[], $8::BIGINT[])",
-                &[
-                    &d.id,
-                    &d.event_seq,
-                    &d.endpoint_id,
-                    &d.status,
-                    &d.next_attempt_at,
-                    &d.created_at,
-                    &d.order_key,
-                    &d.claimed_at,
-                ],
-            )?;
-        }
+                                      $9::BIGINT[], $10::TEXT[], $11::BYTEA[])
+             )
+             INSERT INTO deliveries (id, event_seq, endpoint_id, status, next_attempt_at,
+                                     created_at, order_key, claimed_at)
+             SELECT * FROM UNNEST($12::BIGINT[], $13::BIGINT[], $14::TEXT[], $15::TEXT[],
+                                  $16::BIGINT[], $17::BIGINT[], $18::TEXT[], $19::BIGINT[])",
+            &[
+                &e.seq,
+                &e.id,
+                &e.account_id,
+                &e.event_type,
+                &e.device_id,
+                &e.channel_id,
+                &e.business_id,
+                &e.payload,
+                &e.created_at,
+                &e.rid,
+                &e.content_hash,
+                &d.id,
+                &d.event_seq,
+                &d.endpoint_id,
+                &d.status,
+                &d.next_attempt_at,
+                &d.created_at,
+                &d.order_key,
+                &d.claimed_at,
+            ],
+        )?;
         Ok(())
     }
 }
