@@ -443,6 +443,21 @@ mod tests {
         assert!(scratch_rows(&store).await.is_empty());
         store.write_checked(|c| insert(c, 4)).await.unwrap();
         assert_eq!(scratch_rows(&store).await, [4]);
+        // So does one that changed rows and then refused on a check of its own.
+        let (a, b) = in_one_group(&store, 2, async {
+            tokio::join!(
+                store.write_checked(|c| insert(c, 5)),
+                store.write_checked(|c| {
+                    insert(c, 6)?;
+                    Err::<(), _>(StoreError::Conflict("refused after writing".into()).into())
+                }),
+            )
+        })
+        .await;
+        for result in [a, b] {
+            assert!(matches!(result, Err(StoreError::Internal(_))), "{result:?}");
+        }
+        assert_eq!(scratch_rows(&store).await, [4]);
         store.close().await;
     }
 

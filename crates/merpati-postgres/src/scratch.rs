@@ -261,7 +261,7 @@ fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
     if let Some((uid, gid)) = owner {
         command.uid(uid).gid(gid);
     }
-    // SAFETY: prctl and setsid are async-signal-safe; nothing else runs in the child.
+    // SAFETY: prctl is async-signal-safe, and nothing else runs in the child before exec.
     unsafe {
         command.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);

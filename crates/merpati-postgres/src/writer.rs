@@ -39,6 +39,8 @@ pub(crate) struct WriterState {
     delivery_ids: std::collections::VecDeque<i64>,
     /// The write's new events and deliveries, sent as arrays when it is done.
     pub(crate) outbox: Outbox,
+    /// Whether the write under way has run a statement that changes rows.
+    wrote: bool,
 }
 
 impl WriterState {
@@ -50,6 +52,7 @@ impl WriterState {
 
     /// What one write alone may use.
     fn end_write(&mut self) {
+        self.wrote = false;
         self.seqs.clear();
         self.delivery_ids.clear();
         self.outbox.clear();
@@ -84,9 +87,7 @@ impl<'a> Tx<'a> {
     /// Rows changed. A statement that changes endpoints or their secrets empties what the
     /// group read of them.
     pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<u64> {
-        if changes_endpoints(sql) {
-            self.state.endpoints.forget();
-        }
+        self.note(sql);
         self.conn.execute(sql, params)
     }
 
@@ -95,9 +96,7 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[Param<'_>],
     ) -> DbResult<Vec<postgres::Row>> {
-        if changes_endpoints(sql) {
-            self.state.endpoints.forget();
-        }
+        self.note(sql);
         self.conn.query(sql, params)
     }
 
@@ -106,16 +105,12 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: &[Param<'_>],
     ) -> DbResult<Option<postgres::Row>> {
-        if changes_endpoints(sql) {
-            self.state.endpoints.forget();
-        }
+        self.note(sql);
         self.conn.query_opt(sql, params)
     }
 
     pub(crate) fn query_one(&mut self, sql: &str, params: &[Param<'_>]) -> DbResult<postgres::Row> {
-        if changes_endpoints(sql) {
-            self.state.endpoints.forget();
-        }
+        self.note(sql);
         self.conn.query_one(sql, params)
     }
 
@@ -171,6 +166,23 @@ impl<'a> Tx<'a> {
     }
 }
 
+impl Tx<'_> {
+    /// What a statement about to run means for the write: it changes rows, and perhaps
+    /// endpoints (what the group read of them goes).
+    fn note(&mut self, sql: &str) {
+        let s = sql.trim_start();
+        if ["INSERT", "UPDATE", "DELETE", "WITH"]
+            .iter()
+            .any(|w| s.starts_with(w))
+        {
+            self.state.wrote = true;
+        }
+        if changes_endpoints(sql) {
+            self.state.endpoints.forget();
+        }
+    }
+}
+
 /// Whether a statement writes endpoints, their secrets, or the accounts owning them.
 fn changes_endpoints(sql: &str) -> bool {
     let s = sql.trim_start();
@@ -203,6 +215,10 @@ pub(crate) trait WriteJob: Send {
     fn done(&self) -> bool {
         false
     }
+    /// It ran a statement that changes rows (before it failed, for a checked write).
+    fn wrote(&self) -> bool {
+        false
+    }
     /// Answers the caller once the commit's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
@@ -211,6 +227,8 @@ pub(crate) struct Job<F, R, T> {
     f: Option<F>,
     guard: Guard,
     result: Option<Result<R, StoreError>>,
+    /// It ran a statement that changes rows.
+    wrote: bool,
     committed: fn(R) -> T,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -226,6 +244,7 @@ impl<F, R, T> Job<F, R, T> {
             f: Some(f),
             guard,
             result: None,
+            wrote: false,
             committed,
             reply,
         };
@@ -253,6 +272,7 @@ where
         }))
         .map(|r| r.map_err(StoreError::from))
         .unwrap_or_else(|_| Err(StoreError::Internal("a write panicked".into())));
+        self.wrote = tx.state.wrote;
         tx.state.end_write();
         let keep = result.is_ok();
         self.result = Some(result);
@@ -268,6 +288,10 @@ where
 
     fn as_any(&mut self) -> &mut dyn std::any::Any {
         self
+    }
+
+    fn wrote(&self) -> bool {
+        self.wrote
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -407,11 +431,14 @@ pub(crate) fn run_group(
             continue;
         }
         if job.guard() == Guard::ChecksFirst {
-            // A write that failed on its own checks leaves the transaction as it was; one
-            // whose statement the server refused has aborted it, and only undoing all of
-            // it goes on. A retryable refusal (a lost connection, a deadlock) lets every
-            // write of the group be sent again.
-            if !job.run(&mut Tx::new(conn, state)) && conn.batch("SELECT 1").is_err() {
+            // A write that failed on its own checks before changing anything leaves the
+            // transaction as it was. One that changed rows and then failed, or whose
+            // statement the server refused (which aborts the transaction), is undone only
+            // with the whole group; a retryable refusal (a lost connection, a deadlock)
+            // lets every write of the group be sent again.
+            if !job.run(&mut Tx::new(conn, state))
+                && (job.wrote() || conn.batch("SELECT 1").is_err())
+            {
                 state.forget();
                 rollback(conn);
                 return Err(match job.failure() {
