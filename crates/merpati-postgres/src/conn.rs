@@ -85,3 +85,60 @@ impl Conn {
         self.client.is_closed()
     }
 }
+
+/// How many times any connection of a store found the server gone (or could not reach
+/// it): a connection made before the last of those has been closed by the server.
+pub(crate) type Outages = Arc<std::sync::atomic::AtomicU64>;
+
+/// A thread's connection, made when first needed and made again when the server dropped
+/// it, or when another connection of the store found the server gone since it was made
+/// (so that a request is not the one to find out).
+pub(crate) struct KeptConn {
+    conn: Option<Conn>,
+    made_after: u64,
+    outages: Outages,
+}
+
+impl KeptConn {
+    pub(crate) fn new(conn: Option<Conn>, outages: Outages) -> KeptConn {
+        let made_after = outages.load(std::sync::atomic::Ordering::Acquire);
+        KeptConn {
+            conn,
+            made_after,
+            outages,
+        }
+    }
+
+    /// The connection, fresh.
+    pub(crate) fn get(
+        &mut self,
+        url: &str,
+        sealer: &Arc<Sealer>,
+    ) -> Result<&mut Conn, postgres::Error> {
+        let seen = self.outages.load(std::sync::atomic::Ordering::Acquire);
+        if self.conn.as_ref().is_none_or(Conn::is_closed) || self.made_after < seen {
+            self.conn = None;
+            self.made_after = seen;
+            match Conn::connect(url, sealer.clone()) {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    self.saw_outage();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.conn.as_mut().expect("connected"))
+    }
+
+    /// After a use: a connection the server closed tells every other one.
+    pub(crate) fn used(&self) {
+        if self.conn.as_ref().is_some_and(Conn::is_closed) {
+            self.saw_outage();
+        }
+    }
+
+    fn saw_outage(&self) {
+        self.outages
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}

@@ -4,9 +4,10 @@
 use merpati_domain::delivery::AttemptRecord;
 use merpati_domain::endpoint_stats::{self, Backlog, EndpointStatsStore, Tally, BUCKETS, KEPT_MS};
 use merpati_domain::ids::{AccountId, EndpointId};
-use merpati_domain::{StoreError, StoreResult};
+use merpati_domain::StoreResult;
 
-use crate::conn::{Conn, Param};
+use crate::conn::Param;
+use crate::endpoints::require_endpoint;
 use crate::error::DbResult;
 use crate::writer::Tx;
 use crate::PostgresStore;
@@ -61,15 +62,6 @@ pub(crate) fn add_attempts(tx: &mut Tx<'_>, records: &[AttemptRecord]) -> DbResu
     Ok(())
 }
 
-fn endpoint_of(c: &mut Conn, account: &AccountId, endpoint: &EndpointId) -> DbResult<()> {
-    c.query_opt(
-        "SELECT 1 FROM endpoints WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL",
-        &[&endpoint.as_str(), &account.as_str()],
-    )?
-    .ok_or(StoreError::NotFound("endpoint"))?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl EndpointStatsStore for PostgresStore {
     async fn endpoint_backlog(
@@ -78,7 +70,7 @@ impl EndpointStatsStore for PostgresStore {
         endpoint: EndpointId,
     ) -> StoreResult<Backlog> {
         self.read(move |c| {
-            endpoint_of(c, &account, &endpoint)?;
+            require_endpoint(c, &account, &endpoint)?;
             // Each count reads its own partial index.
             let mut count = |status: &str| -> DbResult<i64> {
                 Ok(c.query_one(
@@ -106,7 +98,7 @@ impl EndpointStatsStore for PostgresStore {
         to: i64,
     ) -> StoreResult<Tally> {
         self.read(move |c| {
-            endpoint_of(c, &account, &endpoint)?;
+            require_endpoint(c, &account, &endpoint)?;
             let from_minute =
                 from.div_euclid(endpoint_stats::MINUTE_MS) * endpoint_stats::MINUTE_MS;
             let sums = (0..2 + BUCKETS)

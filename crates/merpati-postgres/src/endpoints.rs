@@ -103,7 +103,7 @@ pub(crate) fn endpoint_owned(c: &mut Conn, account: &AccountId, id: &EndpointId)
 }
 
 /// NotFound unless the account has this endpoint.
-fn require_endpoint(c: &mut Conn, account: &AccountId, id: &EndpointId) -> DbResult<()> {
+pub(crate) fn require_endpoint(c: &mut Conn, account: &AccountId, id: &EndpointId) -> DbResult<()> {
     if endpoint_owned(c, account, id)? {
         Ok(())
     } else {

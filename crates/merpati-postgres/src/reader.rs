@@ -2,7 +2,6 @@
 //! first needed and made again when the server dropped it. A connection lives and dies on
 //! its thread: the driver's blocking client must never be dropped on an async thread.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -10,10 +9,10 @@ use merpati_domain::{StoreError, StoreResult};
 use merpati_keyring::Sealer;
 use tokio::sync::oneshot;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, KeptConn, Outages};
 use crate::error::{closed, postgres_error, DbResult};
 
-type ReadJob = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
+type ReadJob = Box<dyn FnOnce(Option<&mut Conn>) + Send>;
 
 pub(crate) struct ReadPool {
     jobs: Mutex<Option<mpsc::Sender<ReadJob>>>,
@@ -25,7 +24,7 @@ impl ReadPool {
         url: String,
         sealer: Arc<Sealer>,
         connections: usize,
-        outages: Arc<AtomicU64>,
+        outages: Outages,
     ) -> std::io::Result<ReadPool> {
         let (jobs, queue) = mpsc::channel::<ReadJob>();
         let queue = Arc::new(Mutex::new(queue));
@@ -36,7 +35,7 @@ impl ReadPool {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("postgres-read-{i}"))
-                    .spawn(move || reader_loop(&url, &sealer, &queue, &outages))?,
+                    .spawn(move || reader_loop(&url, &sealer, &queue, outages))?,
             );
         }
         Ok(ReadPool {
@@ -52,7 +51,7 @@ impl ReadPool {
         F: FnOnce(&mut Conn) -> DbResult<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: ReadJob = Box::new(move |conn: &mut Option<Conn>| {
+        let job: ReadJob = Box::new(move |conn: Option<&mut Conn>| {
             let result = match conn {
                 Some(c) => f(c).map_err(StoreError::from),
                 None => Err(StoreError::Unavailable(
@@ -85,30 +84,21 @@ fn reader_loop(
     url: &str,
     sealer: &Arc<Sealer>,
     queue: &Mutex<mpsc::Receiver<ReadJob>>,
-    outages: &AtomicU64,
+    outages: Outages,
 ) {
-    let mut conn: Option<Conn> = None;
-    let mut made_after = 0;
+    let mut conn = KeptConn::new(None, outages);
     loop {
         let job = match queue.lock().expect("reader queue lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        let seen = outages.load(Ordering::Acquire);
-        if conn.as_ref().is_none_or(Conn::is_closed) || made_after < seen {
-            made_after = seen;
-            conn = match Conn::connect(url, sealer.clone()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(error = %postgres_error(&e), "a read connection failed");
-                    outages.fetch_add(1, Ordering::AcqRel);
-                    None
-                }
-            };
+        match conn.get(url, sealer) {
+            Ok(c) => job(Some(c)),
+            Err(e) => {
+                tracing::warn!(error = %postgres_error(&e), "a read connection failed");
+                job(None);
+            }
         }
-        job(&mut conn);
-        if conn.as_ref().is_some_and(Conn::is_closed) {
-            outages.fetch_add(1, Ordering::AcqRel);
-        }
+        conn.used();
     }
 }

@@ -6,7 +6,6 @@
 //! PostgreSQL refuses to run as root: as root the server runs as the `postgres` user the
 //! distribution's package makes.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -340,7 +339,7 @@ fn remove_abandoned() {
 
 /// A path as the host part of a URL (the driver takes a socket directory there).
 fn percent_path(path: &Path) -> String {
-    let raw = path.as_os_str();
-    let text = <OsStr as AsRef<OsStr>>::as_ref(raw).to_string_lossy();
-    text.replace('%', "%25").replace('/', "%2F")
+    path.to_string_lossy()
+        .replace('%', "%25")
+        .replace('/', "%2F")
 }

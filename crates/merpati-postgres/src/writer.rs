@@ -18,7 +18,7 @@ use merpati_domain::StoreError;
 use merpati_keyring::Sealer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{Conn, Param};
+use crate::conn::{Conn, KeptConn, Outages, Param};
 use crate::endpoint_cache::EndpointCache;
 use crate::error::{is_broken, postgres_error, DbError, DbResult};
 use crate::outbox::Outbox;
@@ -318,7 +318,7 @@ pub(crate) struct Writers {
     pub(crate) queue: Queue,
     pub(crate) stats: Arc<CommitStats>,
     pub(crate) pass: GroupPass,
-    pub(crate) outages: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) outages: Outages,
 }
 
 /// Takes every write waiting (the first waited for), up to a group's worth.
@@ -335,7 +335,7 @@ fn next_group(queue: &Queue) -> Option<Vec<Box<dyn WriteJob>>> {
     Some(group)
 }
 
-pub(crate) fn writer_loop(w: &Writers, mut conn: Option<Conn>) {
+pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
     let Writers {
         url,
         sealer,
@@ -345,34 +345,22 @@ pub(crate) fn writer_loop(w: &Writers, mut conn: Option<Conn>) {
         outages,
     } = w;
     let mut state = WriterState::default();
-    let mut made_after = outages.load(std::sync::atomic::Ordering::Acquire);
+    let mut conn = KeptConn::new(conn, outages.clone());
     while let Some(mut group) = next_group(queue) {
-        // A connection made before the last time any connection of the store found the
-        // server gone is made again: the server closed it, and a group should not be the
-        // one to find out.
-        let seen = outages.load(std::sync::atomic::Ordering::Acquire);
-        if conn.as_ref().is_none_or(Conn::is_closed) || made_after < seen {
-            made_after = outages.load(std::sync::atomic::Ordering::Acquire);
-            conn = match Conn::connect(url, sealer.clone()) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let e = postgres_error(&e);
-                    for job in group {
-                        job.finish(Err(e.clone()));
-                    }
-                    continue;
+        let c = match conn.get(url, sealer) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = postgres_error(&e);
+                for job in group {
+                    job.finish(Err(e.clone()));
                 }
-            };
-        }
-        let c = conn.as_mut().expect("connected");
+                continue;
+            }
+        };
         let started = std::time::Instant::now();
         let committed = run_group(c, &mut state, &mut group, *pass);
         state.forget();
-        if c.is_closed() {
-            // The server went away: every other connection is suspect too.
-            outages.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        conn.used();
         match committed {
             Ok(()) => {
                 stats.observe(started.elapsed());

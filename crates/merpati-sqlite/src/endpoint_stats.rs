@@ -4,9 +4,10 @@
 use merpati_domain::delivery::AttemptRecord;
 use merpati_domain::endpoint_stats::{self, Backlog, EndpointStatsStore, Tally, BUCKETS, KEPT_MS};
 use merpati_domain::ids::{AccountId, EndpointId};
-use merpati_domain::{StoreError, StoreResult};
+use merpati_domain::StoreResult;
 use rusqlite::{params, params_from_iter, OptionalExtension};
 
+use crate::endpoints::require_endpoint;
 use crate::error::DbResult;
 use crate::writer::Tx;
 use crate::SqliteStore;
@@ -58,20 +59,6 @@ pub(crate) fn add_attempts(tx: &mut Tx<'_>, records: &[AttemptRecord]) -> DbResu
     Ok(())
 }
 
-fn endpoint_of(
-    c: &rusqlite::Connection,
-    account: &AccountId,
-    endpoint: &EndpointId,
-) -> DbResult<()> {
-    c.prepare_cached(
-        "SELECT 1 FROM endpoints WHERE id = ?1 AND account_id = ?2 AND deleted_at IS NULL",
-    )?
-    .query_row(params![endpoint.as_str(), account.as_str()], |_| Ok(()))
-    .optional()?
-    .ok_or(StoreError::NotFound("endpoint"))?;
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl EndpointStatsStore for SqliteStore {
     async fn endpoint_backlog(
@@ -80,7 +67,7 @@ impl EndpointStatsStore for SqliteStore {
         endpoint: EndpointId,
     ) -> StoreResult<Backlog> {
         self.read(move |c| {
-            endpoint_of(c, &account, &endpoint)?;
+            require_endpoint(c, &account, &endpoint)?;
             // Each count reads its own partial index.
             let count = |status: &str| -> DbResult<i64> {
                 Ok(c.prepare_cached(&format!(
@@ -104,7 +91,7 @@ impl EndpointStatsStore for SqliteStore {
         to: i64,
     ) -> StoreResult<Tally> {
         self.read(move |c| {
-            endpoint_of(c, &account, &endpoint)?;
+            require_endpoint(c, &account, &endpoint)?;
             let from_minute =
                 from.div_euclid(endpoint_stats::MINUTE_MS) * endpoint_stats::MINUTE_MS;
             let t = c

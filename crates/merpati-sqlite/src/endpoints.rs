@@ -131,7 +131,11 @@ pub(crate) fn endpoint_owned(
 }
 
 /// NotFound unless the account has this endpoint.
-fn require_endpoint(c: &Connection, account: &AccountId, id: &EndpointId) -> DbResult<()> {
+pub(crate) fn require_endpoint(
+    c: &Connection,
+    account: &AccountId,
+    id: &EndpointId,
+) -> DbResult<()> {
     if endpoint_owned(c, account, id)? {
         Ok(())
     } else {
