@@ -1,7 +1,8 @@
 //! The nodes serving one database. Each holds a lease renewed on the database's clock;
-//! a node that cannot renew stops being sure it holds one. Until work is shared out among
-//! nodes, a database has one node at a time: a node joins only while no other node's lease
-//! is live.
+//! a node that cannot renew stops being sure it holds one, and one whose lease ran out is
+//! gone for the others (its slots are taken over): it comes back as a new node. On
+//! PostgreSQL any number of nodes share the database's work ([`crate::slots`]); a SQLite
+//! file has one node at a time.
 
 use crate::storage::StoreResult;
 
@@ -21,24 +22,28 @@ pub fn new_node_id() -> String {
     crate::ids::new_id("node")
 }
 
-/// How often a lease of `lease_ms` is renewed: three times within it, so that one late or
-/// lost renewal does not lose it.
+/// How often a lease of `lease_ms` is renewed: five times within it, so that a late or
+/// lost renewal does not lose it, and a dead node's slots are taken over within a fifth of
+/// a lease after its lease ran out.
 pub fn renew_every_ms(lease_ms: i64) -> i64 {
-    (lease_ms / 3).max(1)
+    (lease_ms / 5).max(1)
 }
 
-/// Until when a node may count on its lease, on its own clock: the lease runs from the
-/// moment the renewal was sent (the database's answer may have taken any time to come
-/// back).
-pub fn sure_until(sent_at: i64, lease_ms: i64) -> i64 {
-    sent_at.saturating_add(lease_ms)
+/// The node that runs what must run once for the whole database (retention, the alert
+/// engine's timers, jobs a stopped node left): the live node that started first. Each node
+/// decides from the same list; while a dead leader's lease runs out, none leads.
+pub fn leader_of(nodes: &[NodeInfo]) -> Option<&NodeInfo> {
+    nodes
+        .iter()
+        .min_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)))
 }
 
 #[async_trait::async_trait]
 pub trait ClusterStore: Send + Sync {
-    /// Joins as `node` with a lease of `lease_ms` from now on the database's clock; when
-    /// another node's lease is live, does not join and answers that node. Nodes whose
-    /// lease ran out long ago are forgotten.
+    /// Joins as `node` with a lease of `lease_ms` from now on the database's clock. Where
+    /// the database serves one node at a time (SQLite), does not join while another node's
+    /// lease is live, and answers that node. Nodes whose lease ran out long ago are
+    /// forgotten.
     async fn join_cluster(
         &self,
         node: &str,
@@ -55,6 +60,9 @@ pub trait ClusterStore: Send + Sync {
 
     /// The nodes whose lease is live, and the database's time now (ms).
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)>;
+
+    /// Whether many nodes may serve the database at once (else one at a time).
+    fn shares_work(&self) -> bool;
 }
 
 #[cfg(test)]
@@ -62,11 +70,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_is_renewed_three_times_within_it_and_counted_from_the_sending() {
-        assert_eq!(renew_every_ms(6_000), 2_000);
+    fn the_leader_is_the_node_that_started_first() {
+        let node = |id: &str, started_at| NodeInfo {
+            id: id.into(),
+            name: id.into(),
+            started_at,
+            renewed_at: started_at,
+            lease_until: started_at + 5_000,
+        };
+        assert_eq!(leader_of(&[]), None);
+        let nodes = [node("node_b", 20), node("node_c", 10), node("node_a", 10)];
+        assert_eq!(leader_of(&nodes).unwrap().id, "node_a", "ties go by id");
+        assert_eq!(leader_of(&nodes[..2]).unwrap().id, "node_c");
+    }
+
+    #[test]
+    fn a_lease_is_renewed_five_times_within_it() {
+        assert_eq!(renew_every_ms(5_000), 1_000);
         assert_eq!(renew_every_ms(1), 1);
-        assert_eq!(sure_until(10_000, 6_000), 16_000);
-        assert_eq!(sure_until(i64::MAX - 1, 6_000), i64::MAX);
         assert!(new_node_id().starts_with("node_"));
         assert_ne!(new_node_id(), new_node_id());
     }

@@ -9,6 +9,7 @@ use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 use crate::endpoint::{DisableReason, Subscription, Target};
 use crate::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use crate::retry::NextStep;
+use crate::slots::Fence;
 use crate::storage::StoreResult;
 
 /// A delivery ready for its next attempt, with everything the attempt needs.
@@ -47,6 +48,9 @@ pub struct Recorded {
     pub made_due: usize,
     /// Endpoints the attempts disabled.
     pub disabled: Vec<Disabled>,
+    /// Records that changed nothing: their slot changed hands since the attempt was claimed
+    /// (or their delivery was deleted meanwhile).
+    pub fenced_out: usize,
 }
 
 /// An endpoint disabled by its attempts, and the `endpoint.disabled` event that tells the
@@ -64,8 +68,9 @@ pub struct Disabled {
 /// before (the write failed or did not commit). The worker implements it; ingest's write
 /// takes one, so that a fresh delivery costs neither a claim nor a read of its payload.
 pub trait Reservation: Send {
-    /// Takes room for one more delivery, if the worker has any.
-    fn take_room(&mut self) -> bool;
+    /// Takes room for one more delivery to the endpoint, if the worker has any and this
+    /// node owns the endpoint's slot; the others are stored due, for their owner to claim.
+    fn take_room(&mut self, endpoint: &EndpointId) -> bool;
     /// Until when a delivery handed over is leased to the worker.
     fn lease_until(&self) -> i64;
     /// A delivery leased to the worker, in room taken before.
@@ -76,34 +81,43 @@ pub trait Reservation: Send {
 
 #[async_trait::async_trait]
 pub trait DeliveryStore: Send + Sync {
-    /// Takes up to `limit` deliveries due at `now` and leases them until `lease_until`. One
-    /// whose endpoint was disabled since it was queued is held instead.
+    /// Takes up to `limit` deliveries due at `now`, of endpoints in the slots `fence` still
+    /// holds, and leases them until `lease_until`. One whose endpoint was disabled since it
+    /// was queued is held instead.
     async fn claim_due(
         &self,
+        fence: Arc<Fence>,
         now: i64,
         limit: usize,
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>>;
-    /// When the earliest pending delivery is due, if any.
-    async fn next_due_at(&self) -> StoreResult<Option<i64>>;
+    /// When the earliest pending delivery of the fence's slots is due, if any.
+    async fn next_due_at(&self, fence: Arc<Fence>) -> StoreResult<Option<i64>>;
     /// Records the attempts, each delivery's next step ([`outcome`]) and its endpoint's
     /// health ([`disable_reason`]): a success clears its failing streak; a 410, or failing
     /// without a success for `disable_after_ms`, disables it (holding its pending
     /// deliveries) and tells the account's other endpoints ([`disabled_notice`]). All or
-    /// none.
+    /// none. A record of a slot the fence no longer holds changes nothing: the slot's new
+    /// owner attempts the delivery again ([`Recorded::fenced_out`]).
     async fn record_attempts(
         &self,
+        fence: Arc<Fence>,
         records: Arc<Vec<AttemptRecord>>,
         disable_after_ms: i64,
     ) -> StoreResult<Recorded>;
-    /// Hands claimed deliveries back, due at the given times, without an attempt.
-    async fn park(&self, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()>;
+    /// Hands claimed deliveries back, due at the given times, without an attempt (only
+    /// those of slots the fence still holds).
+    async fn park(&self, fence: Arc<Fence>, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()>;
     /// Makes up to `limit` of the endpoint's parked deliveries due now, earliest first:
-    /// its lane caught up sooner than it estimated. Returns how many.
-    async fn unpark(&self, endpoint: EndpointId, now: i64, limit: usize) -> StoreResult<usize>;
-    /// At start: leases held by a previous run of this node are void, and what its lanes
-    /// parked is due now. Returns how many.
-    async fn release_claims(&self, now: i64) -> StoreResult<usize>;
+    /// its lane caught up sooner than it estimated. Returns how many (none when the fence
+    /// no longer holds the endpoint's slot).
+    async fn unpark(
+        &self,
+        fence: Arc<Fence>,
+        endpoint: EndpointId,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<usize>;
 }
 
 /// Where a delivery stands.

@@ -78,11 +78,16 @@ pub fn place<E>(
     })
 }
 
-/// A delivery due now goes straight to the worker while it has room.
-pub fn hand_over(place: Place, reservation: Option<&mut (dyn Reservation + '_)>) -> Place {
+/// A delivery due now goes straight to the worker while it has room and owns the
+/// endpoint's slot.
+pub fn hand_over(
+    place: Place,
+    endpoint: &EndpointId,
+    reservation: Option<&mut (dyn Reservation + '_)>,
+) -> Place {
     match (place, reservation) {
         (Place::Due, Some(r)) => {
-            if r.take_room() {
+            if r.take_room(endpoint) {
                 Place::Leased(r.lease_until())
             } else {
                 Place::Due
@@ -170,7 +175,10 @@ mod tests {
     struct Room(usize, Vec<DueDelivery>);
 
     impl Reservation for Room {
-        fn take_room(&mut self) -> bool {
+        fn take_room(&mut self, endpoint: &EndpointId) -> bool {
+            if endpoint.as_str() == "ep_elsewhere" {
+                return false;
+            }
             let free = self.0 > 0;
             self.0 = self.0.saturating_sub(1);
             free
@@ -187,12 +195,24 @@ mod tests {
     #[test]
     fn only_what_is_due_is_handed_over_and_only_while_there_is_room() {
         let mut room = Room(1, Vec::new());
-        assert_eq!(hand_over(Place::Held, Some(&mut room)), Place::Held);
-        assert_eq!(hand_over(Place::Waiting, Some(&mut room)), Place::Waiting);
-        assert_eq!(hand_over(Place::Due, None), Place::Due);
-        assert_eq!(hand_over(Place::Due, Some(&mut room)), Place::Leased(99));
+        let ep = EndpointId::from("ep_here");
+        assert_eq!(hand_over(Place::Held, &ep, Some(&mut room)), Place::Held);
         assert_eq!(
-            hand_over(Place::Due, Some(&mut room)),
+            hand_over(Place::Waiting, &ep, Some(&mut room)),
+            Place::Waiting
+        );
+        assert_eq!(hand_over(Place::Due, &ep, None), Place::Due);
+        assert_eq!(
+            hand_over(Place::Due, &"ep_elsewhere".into(), Some(&mut room)),
+            Place::Due,
+            "another node owns its slot"
+        );
+        assert_eq!(
+            hand_over(Place::Due, &ep, Some(&mut room)),
+            Place::Leased(99)
+        );
+        assert_eq!(
+            hand_over(Place::Due, &ep, Some(&mut room)),
             Place::Due,
             "no room left"
         );

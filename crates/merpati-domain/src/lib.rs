@@ -26,6 +26,7 @@ pub mod limits;
 pub mod presence;
 pub mod retention;
 pub mod retry;
+pub mod slots;
 pub mod storage;
 pub mod store;
 

@@ -37,6 +37,7 @@ pub trait Store:
     + ConnectorStore
     + crate::audit::AuditStore
     + crate::cluster::ClusterStore
+    + crate::slots::SlotStore
 {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;

@@ -1,4 +1,5 @@
-//! The nodes serving the database, their leases on the database's clock.
+//! The nodes serving the database, their leases on the database's clock. Any number of
+//! nodes join; they share the work through slots (`slots`).
 
 use merpati_domain::cluster::{ClusterStore, NodeInfo};
 use merpati_domain::StoreResult;
@@ -7,11 +8,7 @@ use postgres::Row;
 use crate::PostgresStore;
 
 /// The database's time now, in ms.
-const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
-
-/// Joins are taken one at a time: two nodes starting together must not both find the
-/// database free.
-const JOIN_LOCK: i64 = 0x6d65_7270_6174_6902;
+pub(crate) const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// Nodes whose lease ran out this long ago are forgotten.
 const FORGOTTEN_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -38,20 +35,10 @@ impl ClusterStore for PostgresStore {
     ) -> StoreResult<Result<NodeInfo, NodeInfo>> {
         let (node, name) = (node.to_owned(), name.to_owned());
         self.write(move |c| {
-            c.execute("SELECT pg_advisory_xact_lock($1)", &[&JOIN_LOCK])?;
             c.execute(
                 &format!("DELETE FROM cluster_nodes WHERE lease_until < {NOW_MS} - $1"),
                 &[&FORGOTTEN_AFTER_MS],
             )?;
-            if let Some(holder) = c.query_opt(
-                &format!(
-                    "SELECT {COLUMNS} FROM cluster_nodes
-                     WHERE id <> $1 AND lease_until > {NOW_MS} ORDER BY started_at LIMIT 1"
-                ),
-                &[&node],
-            )? {
-                return Ok(Err(node_row(&holder)));
-            }
             let joined = c.query_one(
                 &format!(
                     "INSERT INTO cluster_nodes (id, name, started_at, renewed_at, lease_until)
@@ -94,6 +81,10 @@ impl ClusterStore for PostgresStore {
             Ok(())
         })
         .await
+    }
+
+    fn shares_work(&self) -> bool {
+        true
     }
 
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)> {

@@ -12,11 +12,13 @@ use merpati_domain::delivery::{
 use merpati_domain::device::Scope;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
+use merpati_domain::slots::{slot_of, Fence};
 use merpati_domain::StoreResult;
 
 use crate::endpoints::disable;
 use crate::error::DbResult;
-use crate::fanout::{advance_queue, fan_out, insert_event, NewEvent};
+use crate::fanout::{advance_queue, fan_out, insert_event, lock_queues, NewEvent};
+use crate::slots::{fence_cte, fence_params};
 use crate::writer::Tx;
 use crate::PostgresStore;
 
@@ -109,6 +111,7 @@ pub(crate) const UNPARK: &str = "UPDATE deliveries SET next_attempt_at = $2
 /// and the endpoints' health.
 fn record_batch(
     tx: &mut Tx<'_>,
+    fence: &Fence,
     records: &[AttemptRecord],
     disable_after_ms: i64,
 ) -> DbResult<Recorded> {
@@ -135,6 +138,11 @@ fn record_batch(
         .map(|&i| outcomes[i].next_attempt_at)
         .collect();
     let completed: Vec<Option<i64>> = latest.iter().map(|&i| outcomes[i].completed_at).collect();
+    let slots: Vec<i16> = latest
+        .iter()
+        .map(|&i| slot_of(&records[i].endpoint.id) as i16)
+        .collect();
+    let (node, fenced, epochs) = fence_params(fence);
     // Endpoints that only succeeded in this batch end their failing streak with the
     // outcomes; the others are followed attempt by attempt below.
     let failing: HashSet<&EndpointId> = records
@@ -151,19 +159,21 @@ fn record_batch(
         .collect();
     let column = |f: fn(&AttemptRecord) -> i64| records.iter().map(f).collect::<Vec<_>>();
     let text = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
-    // One round trip: the outcomes, the attempts of deliveries still there (one deleted
-    // while under way, with its endpoint or by retention, has nothing left to record), and
-    // the streaks ended.
+    // One round trip: the outcomes of deliveries of slots the fence still holds, the
+    // attempts of deliveries still there (one deleted while under way, with its endpoint or
+    // by retention, has nothing left to record), and the streaks ended.
     // Straight to the connection: the streak is in neither a subscription nor a target.
     let queues: HashMap<i64, Option<String>> = tx
         .conn()
         .query(
-            "WITH done AS (
+            &format!(
+                "WITH {}, done AS (
                  UPDATE deliveries d SET status = u.status, attempts = u.attempts,
                         next_attempt_at = u.next, completed_at = u.completed, claimed_at = NULL
                  FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[],
-                             $5::BIGINT[]) AS u(id, status, attempts, next, completed)
-                 WHERE d.id = u.id
+                             $5::BIGINT[], $15::SMALLINT[])
+                      AS u(id, status, attempts, next, completed, slot)
+                 WHERE d.id = u.id AND u.slot IN (SELECT slot FROM fence)
                  RETURNING d.id, d.order_key
              ), logged AS (
                  INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
@@ -179,6 +189,8 @@ fn record_batch(
                  WHERE id = ANY($14) AND failing_since IS NOT NULL
              )
              SELECT id, order_key FROM done",
+                fence_cte(16, 17, 18)
+            ),
             &[
                 &ids,
                 &statuses,
@@ -197,15 +209,26 @@ fn record_batch(
                 &text(|a| a.error.clone()),
                 &text(|a| a.response_body.clone()),
                 &healed,
+                &slots,
+                &node,
+                &fenced,
+                &epochs,
             ],
         )?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    recorded.fenced_out = ids.len() - queues.len();
     let kept = records
         .iter()
         .zip(&outcomes)
         .filter(|(a, _)| queues.contains_key(&a.delivery_id.0));
+    let queued: Vec<&str> = kept
+        .clone()
+        .filter(|(a, after)| moves_queue_on(a.endpoint.ordered, after))
+        .filter_map(|(a, _)| queues.get(&a.delivery_id.0)?.as_deref())
+        .collect();
+    lock_queues(tx, &queued)?;
     let mut healthy = Healthy::new();
     for (a, after) in kept {
         let finished = a.started_at + a.duration_ms;
@@ -227,20 +250,24 @@ fn record_batch(
 impl DeliveryStore for PostgresStore {
     async fn claim_due(
         &self,
+        fence: Arc<Fence>,
         now: i64,
         limit: usize,
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>> {
         self.write_checked(move |tx| {
+            let (node, slots, epochs) = fence_params(&fence);
             // One round trip: rows another node is claiming at the same moment are skipped,
             // not waited for; a delivery whose endpoint was disabled since it was queued is
             // held, to be released on re-enable; the others are leased.
             let found = tx.conn().query(
-                "WITH picked AS (
+                &format!(
+                    "WITH {}, picked AS (
                      SELECT d.id, d.attempts, d.event_seq, d.endpoint_id, d.next_attempt_at,
                             ep.disabled
                      FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
                      WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+                       AND ep.slot IN (SELECT slot FROM fence)
                      ORDER BY d.next_attempt_at
                      LIMIT $2
                      FOR UPDATE OF d SKIP LOCKED
@@ -257,7 +284,9 @@ impl DeliveryStore for PostgresStore {
                  SELECT c.id, c.attempts, e.id, e.payload, c.endpoint_id
                  FROM claimed c JOIN events e ON e.seq = c.event_seq
                  ORDER BY c.due, c.id",
-                &[&now, &(limit as i64), &lease_until],
+                    fence_cte(4, 5, 6)
+                ),
+                &[&now, &(limit as i64), &lease_until, &node, &slots, &epochs],
             )?;
             let mut due = Vec::with_capacity(found.len());
             for r in &found {
@@ -275,11 +304,14 @@ impl DeliveryStore for PostgresStore {
         .await
     }
 
-    async fn next_due_at(&self) -> StoreResult<Option<i64>> {
-        self.read(|c| {
+    async fn next_due_at(&self, fence: Arc<Fence>) -> StoreResult<Option<i64>> {
+        let (_, slots, _) = fence_params(&fence);
+        self.read(move |c| {
             Ok(c.query_one(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
-                &[],
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d
+                 JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.status = 'pending' AND ep.slot = ANY($1)",
+                &[&slots],
             )?
             .get(0))
         })
@@ -288,53 +320,64 @@ impl DeliveryStore for PostgresStore {
 
     async fn record_attempts(
         &self,
+        fence: Arc<Fence>,
         records: Arc<Vec<AttemptRecord>>,
         disable_after_ms: i64,
     ) -> StoreResult<Recorded> {
         self.write_checked(move |tx| {
-            let recorded = record_batch(tx, &records, disable_after_ms)?;
+            let recorded = record_batch(tx, &fence, &records, disable_after_ms)?;
             crate::endpoint_stats::add_attempts(tx, &records)?;
             Ok(recorded)
         })
         .await
     }
 
-    async fn park(&self, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()> {
+    async fn park(&self, fence: Arc<Fence>, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()> {
         self.write_checked(move |tx| {
             let (ids, at): (Vec<i64>, Vec<i64>) = parked.iter().map(|(d, at)| (d.0, *at)).unzip();
+            let (node, slots, epochs) = fence_params(&fence);
             tx.execute(
-                "UPDATE deliveries d SET next_attempt_at = p.at, claimed_at = NULL, parked = TRUE
-                 FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS p(id, at)
-                 WHERE d.id = p.id AND d.status = 'pending'",
-                &[&ids, &at],
+                &format!(
+                    "WITH {}
+                     UPDATE deliveries d SET next_attempt_at = p.at, claimed_at = NULL,
+                            parked = TRUE
+                     FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS p(id, at), endpoints ep
+                     WHERE d.id = p.id AND d.status = 'pending' AND ep.id = d.endpoint_id
+                       AND ep.slot IN (SELECT slot FROM fence)",
+                    fence_cte(3, 4, 5)
+                ),
+                &[&ids, &at, &node, &slots, &epochs],
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn unpark(&self, endpoint: EndpointId, now: i64, limit: usize) -> StoreResult<usize> {
+    async fn unpark(
+        &self,
+        fence: Arc<Fence>,
+        endpoint: EndpointId,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<usize> {
         self.write_checked(move |tx| {
-            Ok(tx.execute(UNPARK, &[&endpoint.as_str(), &now, &(limit as i64)])? as usize)
-        })
-        .await
-    }
-
-    async fn release_claims(&self, now: i64) -> StoreResult<usize> {
-        self.write(move |tx| {
-            let claims = tx.execute(
-                "UPDATE deliveries SET claimed_at = NULL,
-                        next_attempt_at = LEAST(next_attempt_at, $1)
-                 WHERE status = 'pending' AND claimed_at IS NOT NULL",
-                &[&now],
-            )?;
-            // The lanes that would have taken their parked deliveries back are gone.
-            let parked = tx.execute(
-                "UPDATE deliveries SET parked = FALSE, next_attempt_at = LEAST(next_attempt_at, $1)
-                 WHERE status = 'pending' AND parked",
-                &[&now],
-            )?;
-            Ok((claims + parked) as usize)
+            let (node, slots, epochs) = fence_params(&fence);
+            let slot = slot_of(&endpoint) as i16;
+            Ok(tx.execute(
+                &format!(
+                    "WITH {} {UNPARK} AND $4::SMALLINT IN (SELECT slot FROM fence)",
+                    fence_cte(5, 6, 7)
+                ),
+                &[
+                    &endpoint.as_str(),
+                    &now,
+                    &(limit as i64),
+                    &slot,
+                    &node,
+                    &slots,
+                    &epochs,
+                ],
+            )? as usize)
         })
         .await
     }

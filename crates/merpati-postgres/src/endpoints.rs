@@ -4,6 +4,7 @@
 use merpati_domain::endpoint::{BodyFormat, DisableReason, Endpoint, EndpointStore, Ordering};
 use merpati_domain::ids::{AccountId, EndpointId};
 use merpati_domain::limits::check_cap;
+use merpati_domain::slots::slot_of;
 use merpati_domain::{Page, StoreError, StoreResult};
 use postgres::Row;
 
@@ -182,9 +183,9 @@ impl EndpointStore for PostgresStore {
                 "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
                      created_at, updated_at, disabled_reason, disabled_at, max_concurrency,
-                     rate_limit, revision)
+                     rate_limit, revision, slot)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                         $17, $18, $19, $20)",
+                         $17, $18, $19, $20, $21)",
                 &[
                     &account.as_str(),
                     &e.id.as_str(),
@@ -206,6 +207,7 @@ impl EndpointStore for PostgresStore {
                     &e.max_concurrency.map(i64::from),
                     &e.rate_limit.map(i64::from),
                     &e.revision,
+                    &(slot_of(&e.id) as i16),
                 ],
             )?;
             c.execute(

@@ -81,7 +81,11 @@ pub(crate) fn fan_out(
         let placed = place(planned.disabled, planned.order_key, |key| {
             queue_busy(tx, planned.endpoint_id, key)
         })?;
-        let placed = hand_over(placed, handing.as_mut().map(|h| &mut *h.reservation));
+        let placed = hand_over(
+            placed,
+            planned.endpoint_id,
+            handing.as_mut().map(|h| &mut *h.reservation),
+        );
         let delivery = insert_delivery(
             tx,
             event_seq,
@@ -159,10 +163,39 @@ fn queue_busy(tx: &mut Tx<'_>, endpoint: &EndpointId, key: &DeviceId) -> DbResul
     if tx.state.outbox.made_busy(endpoint, key) {
         return Ok(true);
     }
+    lock_queues(tx, &[key.as_str()])?;
     Ok(tx
         .conn()
         .query_one(QUEUE_BUSY, &[&endpoint.as_str(), &key.as_str()])?
         .get(0))
+}
+
+/// Takes the device queues named (by their device ids) for the rest of the transaction, in
+/// one order for every node: placing a delivery behind a queue's head (ingest, on any
+/// node) and moving a queue on (the recorder, on its owner) each read what the other
+/// writes, and unserialized, a delivery placed behind a head whose outcome was committed
+/// meanwhile would wait forever. The locks are taken before those reads, each read a
+/// statement of its own, so that it sees what the transaction it waited for committed.
+pub(crate) fn lock_queues(tx: &mut Tx<'_>, device_ids: &[&str]) -> DbResult<()> {
+    let device_ids: Vec<&str> = device_ids
+        .iter()
+        .copied()
+        .filter(|d| !tx.state.locked_queues.contains(*d))
+        .collect();
+    if device_ids.is_empty() {
+        return Ok(());
+    }
+    tx.state
+        .locked_queues
+        .extend(device_ids.iter().map(|d| d.to_string()));
+    tx.conn().query(
+        "SELECT pg_advisory_xact_lock(h) FROM (
+             SELECT DISTINCT hashtextextended(k, 0) AS h FROM UNNEST($1::TEXT[]) AS k
+             ORDER BY h
+         ) AS queues",
+        &[&device_ids],
+    )?;
+    Ok(())
 }
 
 /// Makes the first waiting delivery of a device queue due, unless one of the queue is
@@ -180,6 +213,7 @@ pub(crate) fn advance_queue(
     key: &str,
     now: i64,
 ) -> DbResult<usize> {
+    lock_queues(tx, &[key])?;
     Ok(tx.execute(ADVANCE_QUEUE, &[&endpoint.as_str(), &key, &now])? as usize)
 }
 

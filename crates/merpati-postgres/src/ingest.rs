@@ -21,7 +21,7 @@ use merpati_webhooks::Event;
 use tokio::sync::oneshot;
 
 use crate::error::{closed, DbResult};
-use crate::fanout::{fan_out, insert_event, EventBody, Handing, NewEvent};
+use crate::fanout::{fan_out, insert_event, lock_queues, EventBody, Handing, NewEvent};
 use crate::writer::{Guard, Tx, WriteJob};
 use crate::PostgresStore;
 
@@ -155,6 +155,17 @@ pub(crate) fn store_group(tx: &mut Tx<'_>, works: &mut [&mut IngestWork]) -> DbR
         }
     }
     tx.reserve(events, deliveries)?;
+    let mut queued: Vec<&str> = Vec::new();
+    for w in works.iter() {
+        if tx
+            .subscriptions(&w.device.account_id)?
+            .iter()
+            .any(|s| s.ordered)
+        {
+            queued.push(w.device.device_id.as_str());
+        }
+    }
+    lock_queues(tx, &queued)?;
     for w in works.iter_mut() {
         let mark = tx.state.outbox.mark();
         let stored = store_one(tx, w, &mut before);

@@ -33,6 +33,7 @@ mod events;
 mod fanout;
 mod ingest;
 mod jobs;
+mod listener;
 mod migrations;
 mod outbox;
 mod presence;
@@ -40,6 +41,7 @@ mod reader;
 mod rows;
 pub mod scratch;
 mod sealed;
+mod slots;
 mod table;
 mod writer;
 
@@ -103,6 +105,9 @@ pub struct PostgresStore {
     readers: ReadPool,
     commits: Arc<CommitStats>,
     resealed: Resealed,
+    url: String,
+    /// Set when the store closes: the listener's thread ends.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PostgresStore {
@@ -145,11 +150,21 @@ impl PostgresStore {
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
             threads: Mutex::new(threads),
-            readers: ReadPool::start(url, sealer, options.read_connections, outages)
+            readers: ReadPool::start(url.clone(), sealer, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
             commits,
             resealed,
+            url,
+            closing: Arc::default(),
         })
+    }
+
+    /// Starts listening for other nodes' wakes (see `listener`).
+    fn start_listener(&self, wake: listener::Wake) -> StoreResult<()> {
+        let thread = listener::start(self.url.clone(), wake, self.closing.clone())
+            .map_err(|e| StoreError::Internal(format!("cannot start the listener: {e}")))?;
+        self.threads.lock().expect("thread lock").push(thread);
+        Ok(())
     }
 
     /// What opening did to the stored secrets.
@@ -287,6 +302,8 @@ impl Store for PostgresStore {
     async fn close(&self) {
         // Dropping the last sender lets the writer finish its queue and exit.
         self.writer.lock().expect("writer lock").take();
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut threads = self.readers.close();
         threads.extend(std::mem::take(
             &mut *self.threads.lock().expect("thread lock"),

@@ -41,12 +41,17 @@ pub(crate) struct WriterState {
     pub(crate) outbox: Outbox,
     /// Whether the write under way has run a statement that changes rows.
     wrote: bool,
+    /// Device queues the transaction holds (`fanout::lock_queues`).
+    pub(crate) locked_queues: std::collections::HashSet<String>,
 }
 
 impl WriterState {
     /// Empties what the writer keeps, when a write is undone or the group ends.
     pub(crate) fn forget(&mut self) {
         self.endpoints.forget();
+        // A write undone gave back the locks it took; what is no longer known held is
+        // taken again if needed.
+        self.locked_queues.clear();
         self.end_write();
     }
 

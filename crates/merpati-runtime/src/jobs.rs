@@ -4,6 +4,7 @@
 //! after the next start from where it was. Each chunk's progress goes on the bus.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use merpati_domain::clock::SharedClock;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Change};
+use crate::cluster::Ownership;
 use crate::delivery::DeliveryWaker;
 
 /// How the API hands a new job to the runner.
@@ -36,6 +38,9 @@ pub struct Runner {
     bus: Bus,
     shutdown: CancellationToken,
     rx: mpsc::UnboundedReceiver<JobId>,
+    /// The jobs a stop interrupted are taken up by the leading node; the others run the
+    /// jobs started through them.
+    ownership: Arc<Ownership>,
 }
 
 pub fn runner(
@@ -43,6 +48,7 @@ pub fn runner(
     clock: SharedClock,
     waker: DeliveryWaker,
     bus: Bus,
+    ownership: Arc<Ownership>,
     shutdown: CancellationToken,
 ) -> (JobQueue, Runner) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -55,13 +61,19 @@ pub fn runner(
             bus,
             shutdown,
             rx,
+            ownership,
         },
     )
 }
 
 impl Runner {
     pub async fn run(mut self) {
-        let mut queue: VecDeque<JobId> = match self.store.running_jobs().await {
+        let interrupted = if self.ownership.leads() {
+            self.store.running_jobs().await
+        } else {
+            Ok(Vec::new())
+        };
+        let mut queue: VecDeque<JobId> = match interrupted {
             Ok(ids) => ids.into(),
             Err(e) => {
                 tracing::error!(error = %e, "could not read running jobs");

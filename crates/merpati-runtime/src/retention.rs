@@ -20,6 +20,8 @@ use merpati_domain::{SharedStore, StoreResult};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Ownership;
+
 #[derive(Debug, Clone)]
 pub struct RetentionConfig {
     /// Events (with their deliveries and attempts) older than this are deleted.
@@ -55,14 +57,19 @@ pub struct Pruner {
     pub config: RetentionConfig,
     /// Notified when there is something to delete now (an endpoint or account was deleted).
     pub wake: Arc<Notify>,
+    /// Only the leading node prunes.
+    pub ownership: Arc<Ownership>,
     pub shutdown: CancellationToken,
 }
 
 impl Pruner {
     pub async fn run(self) {
         loop {
-            self.purge_deleted().await;
-            self.prune().await;
+            // A deletion on another node is pruned at the leader's next look.
+            if self.ownership.leads() {
+                self.purge_deleted().await;
+                self.prune().await;
+            }
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}

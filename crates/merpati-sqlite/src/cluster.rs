@@ -97,6 +97,11 @@ impl ClusterStore for SqliteStore {
         .await
     }
 
+    fn shares_work(&self) -> bool {
+        // Its writer is in this process: a second process would write beside it.
+        false
+    }
+
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)> {
         self.read(|c| {
             let now: i64 = c.query_row(&format!("SELECT {NOW_MS}"), [], |r| r.get(0))?;

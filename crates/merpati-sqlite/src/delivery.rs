@@ -11,6 +11,7 @@ use merpati_domain::delivery::{
 use merpati_domain::device::Scope;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
+use merpati_domain::slots::{slot_of, Fence, SLOTS};
 use merpati_domain::StoreResult;
 use rusqlite::params;
 
@@ -18,6 +19,7 @@ use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, NewEvent};
 use crate::rows::id;
+use crate::slots;
 use crate::writer::Tx;
 use crate::SqliteStore;
 
@@ -125,6 +127,7 @@ fn record_attempt(
         ])?;
     // Deleted while under way, with its endpoint or by retention: nothing left to record.
     if updated == 0 {
+        recorded.fenced_out += 1;
         return Ok(());
     }
     tx.prepare_cached(
@@ -162,18 +165,24 @@ fn record_attempt(
 impl DeliveryStore for SqliteStore {
     async fn claim_due(
         &self,
+        fence: Arc<Fence>,
         now: i64,
         limit: usize,
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>> {
         self.write_checked(move |tx| {
             let c = tx.conn();
+            let held = slots::held(c, &fence)?;
+            if !held.contains(&true) {
+                return Ok(Vec::new());
+            }
             let mut rows = c.prepare_cached(
                 "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id, ep.disabled
                  FROM deliveries d
                  JOIN events e ON e.seq = d.event_seq
                  JOIN endpoints ep ON ep.id = d.endpoint_id
                  WHERE d.status = 'pending' AND d.next_attempt_at <= ?1
+                   AND (?3 IS NULL OR ep.slot IN (SELECT value FROM json_each(?3)))
                  ORDER BY d.next_attempt_at
                  LIMIT ?2",
             )?;
@@ -185,16 +194,17 @@ impl DeliveryStore for SqliteStore {
                 "UPDATE deliveries SET status = 'held', next_attempt_at = NULL WHERE id = ?1",
             )?;
             let mut due = Vec::new();
-            let found = rows.query_map(params![now, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    id::<EventId>(r, 2)?,
-                    r.get::<_, String>(3)?,
-                    id::<EndpointId>(r, 4)?,
-                    r.get::<_, bool>(5)?,
-                ))
-            })?;
+            let found =
+                rows.query_map(params![now, limit as i64, slots::held_list(&held)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        id::<EventId>(r, 2)?,
+                        r.get::<_, String>(3)?,
+                        id::<EndpointId>(r, 4)?,
+                        r.get::<_, bool>(5)?,
+                    ))
+                })?;
             for row in found {
                 let (delivery, attempts, event_id, payload, endpoint, disabled) = row?;
                 if disabled {
@@ -216,25 +226,45 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn next_due_at(&self) -> StoreResult<Option<i64>> {
-        self.read(|c| {
+    async fn next_due_at(&self, fence: Arc<Fence>) -> StoreResult<Option<i64>> {
+        let (slots, _) = fence.columns();
+        if slots.len() == usize::from(SLOTS) {
+            return self
+                .read(|c| {
+                    Ok(c.prepare_cached(
+                        "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+                    )?
+                    .query_row([], |r| r.get(0))?)
+                })
+                .await;
+        }
+        let list = serde_json::to_string(&slots).expect("a list of numbers");
+        self.read(move |c| {
             Ok(c.prepare_cached(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status = 'pending'",
+                "SELECT MIN(d.next_attempt_at) FROM deliveries d
+                 JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.status = 'pending' AND ep.slot IN (SELECT value FROM json_each(?1))",
             )?
-            .query_row([], |r| r.get(0))?)
+            .query_row([list], |r| r.get(0))?)
         })
         .await
     }
 
     async fn record_attempts(
         &self,
+        fence: Arc<Fence>,
         records: Arc<Vec<AttemptRecord>>,
         disable_after_ms: i64,
     ) -> StoreResult<Recorded> {
         self.write_checked(move |tx| {
             let mut recorded = Recorded::default();
             let mut healthy = Healthy::new();
+            let held = slots::held(tx.conn(), &fence)?;
             for a in records.iter() {
+                if !held[usize::from(slot_of(&a.endpoint.id))] {
+                    recorded.fenced_out += 1;
+                    continue;
+                }
                 record_attempt(tx, a, disable_after_ms, &mut healthy, &mut recorded)?;
             }
             crate::endpoint_stats::add_attempts(tx, &records)?;
@@ -243,42 +273,38 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
-    async fn park(&self, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()> {
+    async fn park(&self, fence: Arc<Fence>, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()> {
         self.write_checked(move |tx| {
+            let held = slots::held(tx.conn(), &fence)?;
+            let list = slots::held_list(&held);
             let mut park = tx.prepare_cached(
                 "UPDATE deliveries SET next_attempt_at = ?2, claimed_at = NULL, parked = 1
-                 WHERE id = ?1 AND status = 'pending'",
+                 WHERE id = ?1 AND status = 'pending'
+                   AND (?3 IS NULL OR (SELECT slot FROM endpoints WHERE id = endpoint_id)
+                                      IN (SELECT value FROM json_each(?3)))",
             )?;
             for (delivery, at) in parked {
-                park.execute(params![delivery.0, at])?;
+                park.execute(params![delivery.0, at, list])?;
             }
             Ok(())
         })
         .await
     }
 
-    async fn unpark(&self, endpoint: EndpointId, now: i64, limit: usize) -> StoreResult<usize> {
+    async fn unpark(
+        &self,
+        fence: Arc<Fence>,
+        endpoint: EndpointId,
+        now: i64,
+        limit: usize,
+    ) -> StoreResult<usize> {
         self.write_checked(move |tx| {
+            if !slots::held(tx.conn(), &fence)?[usize::from(slot_of(&endpoint))] {
+                return Ok(0);
+            }
             Ok(tx
                 .prepare_cached(UNPARK)?
                 .execute(params![endpoint.as_str(), now, limit as i64])?)
-        })
-        .await
-    }
-
-    async fn release_claims(&self, now: i64) -> StoreResult<usize> {
-        // One SQLite file has one node, so every claim still standing was this node's.
-        self.write(move |tx| {
-            Ok(tx.execute(
-                "UPDATE deliveries SET claimed_at = NULL, next_attempt_at = MIN(next_attempt_at, ?1)
-                 WHERE status = 'pending' AND claimed_at IS NOT NULL",
-                [now],
-            )? + tx.execute(
-                // The lanes that would have taken their parked deliveries back are gone.
-                "UPDATE deliveries SET parked = 0, next_attempt_at = MIN(next_attempt_at, ?1)
-                 WHERE status = 'pending' AND parked = 1",
-                [now],
-            )?)
         })
         .await
     }

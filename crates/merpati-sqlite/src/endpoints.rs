@@ -210,10 +210,10 @@ impl EndpointStore for SqliteStore {
                 "INSERT INTO endpoints (account_id, id, url, description, events, business_ids,
                      channel_ids, device_ids, format, secret_in_body, headers, ordering, disabled,
                      created_at, updated_at, disabled_reason, disabled_at, max_concurrency,
-                     rate_limit, revision)
+                     rate_limit, revision, slot)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
                          seal_secret('endpoints.headers:' || ?2, ?11), ?12, ?13, ?14, ?15, ?16,
-                         ?17, ?18, ?19, ?20)",
+                         ?17, ?18, ?19, ?20, merpati_slot(?2))",
                 params_from_iter(endpoint_params(&account, &e)),
             )?;
             c.execute(

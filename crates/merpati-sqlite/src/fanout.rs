@@ -94,7 +94,11 @@ pub(crate) fn fan_out(
         let placed = place(planned.disabled, planned.order_key, |key| {
             queue_busy(tx, planned.endpoint_id, key)
         })?;
-        let placed = hand_over(placed, handing.as_mut().map(|h| &mut *h.reservation));
+        let placed = hand_over(
+            placed,
+            planned.endpoint_id,
+            handing.as_mut().map(|h| &mut *h.reservation),
+        );
         let delivery = insert_delivery(
             tx,
             event_seq,

@@ -38,6 +38,7 @@ mod presence;
 mod reader;
 mod rows;
 mod sealed;
+mod slots;
 mod table;
 mod wal_writes;
 mod writer;

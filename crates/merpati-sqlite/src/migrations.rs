@@ -86,6 +86,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cluster",
         include_str!("../migrations/0019_cluster.sql"),
     ),
+    (20, "slots", include_str!("../migrations/0020_slots.sql")),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {
@@ -94,6 +95,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {
 
 /// Applies the migrations up to `target` (a test starts from an older schema this way).
 pub(crate) fn migrate_to(conn: &mut Connection, target: i64) -> DbResult<()> {
+    crate::slots::register(conn)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    INTEGER PRIMARY KEY,

@@ -53,7 +53,7 @@ macro_rules! contract_suite {
             dedup::integer_and_string_rids_never_collide,
             dedup::the_system_id_only_grows,
             claims::a_claim_leases_until_the_lease_ends,
-            claims::a_restart_voids_the_leases_and_what_lanes_parked,
+            claims::a_takeover_voids_the_leases_and_what_lanes_parked,
             claims::handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise,
             claims::parked_deliveries_wait_until_taken_back,
             outcomes::a_retry_is_due_at_its_time_and_every_attempt_is_logged,
@@ -82,7 +82,8 @@ macro_rules! contract_suite {
             sessions::a_key_grants_what_it_was_made_for_until_it_expires,
             limits::an_account_gets_no_more_than_its_caps,
             audit::the_audit_trail_is_each_account_s_newest_first_until_pruned,
-            cluster::one_node_at_a_time_holds_the_database_until_its_lease_ends,
+            cluster::nodes_hold_leases_and_join_beside_each_other_only_where_work_is_shared,
+            cluster::slots_change_hands_only_when_free_and_each_time_with_a_new_epoch,
             connectors::connectors_are_the_account_s_checked_and_found_by_id_with_live_secrets
         );
     };
@@ -96,6 +97,8 @@ macro_rules! contract_cases {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
                 let fixture = $fixture().await;
+                // The cases run as one node holding every slot, from before any write.
+                $crate::support::fence(&fixture.store).await;
                 $crate::cases::$module::$case(&fixture.store).await;
                 fixture.close().await;
             }

@@ -14,6 +14,7 @@ use merpati_domain::ids::{
 };
 use merpati_domain::ingest::{canonical_digest, rid_key, IngestResult, PreparedItem};
 use merpati_domain::retry::NextStep;
+use merpati_domain::slots::{Fence, SLOTS};
 use merpati_domain::{SharedStore, StoreResult};
 use merpati_webhooks::{InboundEvent, Rid, Sms};
 use serde_json::json;
@@ -255,7 +256,7 @@ struct Reserved {
 }
 
 impl Reservation for Reserved {
-    fn take_room(&mut self) -> bool {
+    fn take_room(&mut self, _endpoint: &EndpointId) -> bool {
         let mut free = self.room.free.lock().unwrap();
         if *free == 0 {
             return false;
@@ -329,9 +330,41 @@ pub fn to<'a>(event: &'a EventDetail, endpoint: &str) -> Vec<&'a DeliveryDetail>
         .collect()
 }
 
+/// The node the cases run as.
+pub const NODE: &str = "node_contract";
+
+/// Long enough that no test run outlives it.
+pub const LONG: i64 = 3_600_000;
+
+/// The fence of `node` once it joined (again) and took every slot free.
+pub async fn fence_of(store: &SharedStore, node: &str) -> Arc<Fence> {
+    store
+        .join_cluster(node, "host", LONG)
+        .await
+        .unwrap()
+        .expect("the database is free");
+    let held = store
+        .trade_slots(node, (0..SLOTS).collect(), Vec::new(), T0)
+        .await
+        .unwrap()
+        .held;
+    Arc::new(Fence {
+        node: node.into(),
+        epochs: held,
+    })
+}
+
+/// The cases' node's fence, holding every slot.
+pub async fn fence(store: &SharedStore) -> Arc<Fence> {
+    fence_of(store, NODE).await
+}
+
 /// Everything due at `now`, leased until a minute later.
 pub async fn claim(store: &SharedStore, now: i64) -> Vec<DueDelivery> {
-    store.claim_due(now, 1000, now + 60_000).await.unwrap()
+    store
+        .claim_due(fence(store).await, now, 1000, now + 60_000)
+        .await
+        .unwrap()
 }
 
 /// The endpoints of what was claimed, sorted.
@@ -366,7 +399,7 @@ pub async fn record(
     disable_after_ms: i64,
 ) -> merpati_domain::delivery::Recorded {
     store
-        .record_attempts(Arc::new(attempts), disable_after_ms)
+        .record_attempts(fence(store).await, Arc::new(attempts), disable_after_ms)
         .await
         .unwrap()
 }

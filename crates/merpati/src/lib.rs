@@ -44,6 +44,7 @@ use merpati_domain::ids;
 use merpati_domain::SharedStore;
 use merpati_runtime::alerts::{self as alert_runtime, AlertHandle};
 use merpati_runtime::bus::{Bus, Subscriber};
+use merpati_runtime::cluster::Ownership;
 use merpati_runtime::delivery::guard::{Guard, GuardedResolver};
 use merpati_runtime::delivery::send;
 use merpati_runtime::delivery::{self, DeliveryWaker, Pauses};
@@ -70,6 +71,7 @@ pub async fn run(config: Config, listener: TcpListener) -> anyhow::Result<()> {
 /// A running server: its address and the means to stop it.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    ownership: Arc<Ownership>,
     tls: Option<Arc<tls::Tls>>,
     shutdown: CancellationToken,
     failed: Failed,
@@ -112,6 +114,11 @@ impl Server {
         let served = self.http.await;
         self.tasks.close();
         self.tasks.wait().await;
+        // Only once every attempt is recorded: the node's records count while it holds its
+        // lease, and leaving hands its slots to the others at once.
+        if let Err(e) = self.store.leave_cluster(&self.ownership.node()).await {
+            tracing::warn!(error = %e, "cannot end this node's lease");
+        }
         self.store.close().await;
         served.context("HTTP server task")?.context("HTTP server")?;
         match self.failed.0.lock().expect("failed lock").take() {
@@ -164,19 +171,40 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let failed = Failed::default();
-    let membership = merpati_runtime::cluster::Membership {
+    let waker = DeliveryWaker::default();
+    let node = merpati_domain::cluster::new_node_id();
+    let ownership = Arc::new(Ownership::new(&node));
+    let mut membership = merpati_runtime::cluster::Membership {
         store: store.clone(),
-        node: merpati_domain::cluster::new_node_id(),
+        node,
         name: node_name(&config),
         lease: config.cluster.lease,
+        ownership: ownership.clone(),
+        on_change: {
+            let waker = waker.clone();
+            Box::new(move || waker.wake())
+        },
+        clock: clock.clone(),
         shutdown: shutdown.clone(),
     };
     if let Err(e) = membership.join().await {
         store.close().await;
         return Err(e.into());
     }
-    let node: Arc<str> = membership.node.as_str().into();
-    tracing::info!(node = %node, name = %membership.name, "joined the nodes of the database");
+    tracing::info!(
+        node = %membership.node,
+        name = %membership.name,
+        slots = ownership.fence().epochs.len(),
+        "joined the nodes of the database"
+    );
+    {
+        let (ownership, waker) = (ownership.clone(), waker.clone());
+        store.listen_for_due(Box::new(move |slots| {
+            if ownership.takes_any(&slots) {
+                waker.wake();
+            }
+        }))?;
+    }
     {
         let (shutdown, failed) = (shutdown.clone(), failed.clone());
         tasks.spawn(async move {
@@ -192,12 +220,18 @@ pub async fn start(
         });
     }
     let bus = Bus::default();
-    let waker = DeliveryWaker::default();
     let pauses = Pauses::new(bus.clone());
     let metrics = Arc::new(Metrics::default());
     let announced = Arc::new(tokio::sync::Notify::new());
-    let (handoff, inbox) = delivery::handoff(&config.delivery);
+    let (handoff, inbox, owners_to_wake) = delivery::handoff(&config.delivery, ownership.clone());
     let mailer = mailer(&config)?;
+    spawn_essential(
+        &tasks,
+        &shutdown,
+        &failed,
+        "wakes of other nodes",
+        owners_to_wake.run(store.clone(), shutdown.clone()),
+    );
 
     spawn_essential(
         &tasks,
@@ -214,6 +248,7 @@ pub async fn start(
             bus: bus.clone(),
             metrics: metrics.clone(),
             mailer: mailer.clone(),
+            ownership: ownership.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -243,6 +278,7 @@ pub async fn start(
             clock: clock.clone(),
             config: config.retention.clone(),
             wake: purge.clone(),
+            ownership: ownership.clone(),
             shutdown: shutdown.clone(),
         }
         .run(),
@@ -253,6 +289,7 @@ pub async fn start(
         clock.clone(),
         waker.clone(),
         bus.clone(),
+        ownership.clone(),
         shutdown.clone(),
     );
     spawn_essential(&tasks, &shutdown, &failed, "job runner", job_runner.run());
@@ -266,6 +303,7 @@ pub async fn start(
         shutdown: &shutdown,
         announced: &announced,
         metrics: &metrics,
+        ownership: &ownership,
     };
     let (alerts, alert_runner) = alert_runner(&config, &wiring, addr, mailer).await?;
     spawn_essential(
@@ -334,8 +372,9 @@ pub async fn start(
         connectors_changed: connectors_changed.clone(),
         metrics,
         rates: Default::default(),
-        node,
+        ownership: ownership.clone(),
     };
+    let state_ownership = ownership;
     let app = app::router(state);
     let http = tokio::spawn(serve::serve(
         listener,
@@ -347,6 +386,7 @@ pub async fn start(
     ));
     tracing::info!(%addr, https = tls.is_some(), "merpati is listening");
     Ok(Server {
+        ownership: state_ownership,
         addr,
         tls,
         shutdown,
@@ -369,6 +409,7 @@ struct Wiring<'a> {
     shutdown: &'a CancellationToken,
     announced: &'a Arc<tokio::sync::Notify>,
     metrics: &'a Arc<Metrics>,
+    ownership: &'a Arc<Ownership>,
 }
 
 /// The alert runner, with the engine's settings and the means to send notifications.
@@ -435,6 +476,7 @@ async fn alert_runner(
         metrics: w.metrics.clone(),
         settings,
         sender,
+        ownership: w.ownership.clone(),
         shutdown: w.shutdown.clone(),
     }))
 }

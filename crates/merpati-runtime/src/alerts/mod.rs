@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Change};
+use crate::cluster::Ownership;
 use crate::delivery::DeliveryWaker;
 use crate::metrics::Metrics;
 
@@ -102,6 +103,7 @@ pub struct AlertRunner {
     settings: Arc<Settings>,
     sender: Arc<Sender>,
     commands: mpsc::Receiver<Command>,
+    ownership: Arc<Ownership>,
     shutdown: CancellationToken,
 }
 
@@ -115,6 +117,8 @@ pub struct RunnerSettings {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub sender: Sender,
+    /// Only the leading node runs the engine and sends its notifications.
+    pub ownership: Arc<Ownership>,
     pub shutdown: CancellationToken,
 }
 
@@ -140,6 +144,7 @@ pub fn runner(s: RunnerSettings) -> (AlertHandle, AlertRunner) {
         settings,
         sender,
         commands: rx,
+        ownership: s.ownership,
         shutdown: s.shutdown,
     };
     (handle, runner)
@@ -161,7 +166,17 @@ impl AlertRunner {
             if run_now {
                 run_now = false;
                 gathering = None;
-                wake_at = self.pass(&mut sending, &mut in_flight).await;
+                wake_at = if self.ownership.leads() {
+                    self.pass(&mut sending, &mut in_flight).await
+                } else {
+                    None
+                };
+                if self.ownership.shared() {
+                    // Announcements written on other nodes, and a leadership taken over,
+                    // are seen within a second.
+                    let poll = self.clock.now_ms() + 1000;
+                    wake_at = Some(wake_at.map_or(poll, |at| at.min(poll)));
+                }
                 if sending.is_empty() {
                     for t in ticks.drain(..) {
                         let _ = t.send(());

@@ -3,16 +3,23 @@
 //! commits, so a fresh delivery costs neither a claim (a write) nor a read of its payload.
 //! The worker's room bounds what it holds: one permit per delivery it may hold, shared by
 //! ingest and the worker's claims. With no room, deliveries are stored due and the worker
-//! claims them from the store as it catches up.
+//! claims them from the store as it catches up. Deliveries of slots another node holds are
+//! stored due, and that node is woken once the write commits ([`OwnersToWake`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use merpati_domain::delivery::{DueDelivery, Reservation};
 use merpati_domain::ids::EndpointId;
+use merpati_domain::slots::{slot_of, Slot};
+use merpati_domain::SharedStore;
 use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::DeliveryConfig;
+use crate::cluster::Ownership;
 
 /// Claims cover what is under way and a queue behind it, so that a completion finds the
 /// next delivery in memory rather than in the store.
@@ -41,6 +48,36 @@ pub struct Handoff {
     deleted: mpsc::UnboundedSender<EndpointId>,
     /// How long a delivery handed over stays leased to this run of the worker.
     lease: Duration,
+    ownership: Arc<Ownership>,
+    /// Slots of other nodes that writes made deliveries due for.
+    elsewhere: mpsc::UnboundedSender<BTreeSet<Slot>>,
+}
+
+/// Wakes the owners of slots held elsewhere for which writes here made deliveries due:
+/// one notification at a time, with every slot named since the last.
+pub struct OwnersToWake {
+    slots: mpsc::UnboundedReceiver<BTreeSet<Slot>>,
+}
+
+impl OwnersToWake {
+    /// Runs until shutdown.
+    pub async fn run(mut self, store: SharedStore, shutdown: CancellationToken) {
+        let mut batch = Vec::new();
+        loop {
+            let got = tokio::select! {
+                () = shutdown.cancelled() => return,
+                n = self.slots.recv_many(&mut batch, 1024) => n,
+            };
+            if got == 0 {
+                return;
+            }
+            let slots: BTreeSet<Slot> = batch.drain(..).flatten().collect();
+            if let Err(e) = store.wake_slot_owners(slots.into_iter().collect()).await {
+                // Their owners' fallback finds the deliveries within a second.
+                tracing::debug!(error = %e, "could not wake the owners of slots");
+            }
+        }
+    }
 }
 
 /// The worker's end of the handoff.
@@ -51,23 +88,30 @@ pub struct Inbox {
 }
 
 /// A handoff for a worker holding at most `max_in_flight` plus a claim's worth of
-/// deliveries.
-pub fn handoff(config: &DeliveryConfig) -> (Handoff, Inbox) {
+/// deliveries, of the slots `ownership` holds.
+pub fn handoff(
+    config: &DeliveryConfig,
+    ownership: Arc<Ownership>,
+) -> (Handoff, Inbox, OwnersToWake) {
     let room = Arc::new(Semaphore::new(claim_budget(config)));
     let (to_worker, from_ingest) = mpsc::unbounded_channel();
     let (deleted_tx, deleted) = mpsc::unbounded_channel();
+    let (elsewhere, slots) = mpsc::unbounded_channel();
     (
         Handoff {
             room: room.clone(),
             to_worker,
             deleted: deleted_tx,
             lease: lease(config),
+            ownership,
+            elsewhere,
         },
         Inbox {
             room,
             from_ingest,
             deleted,
         },
+        OwnersToWake { slots },
     )
 }
 
@@ -89,6 +133,9 @@ impl Handoff {
             to_worker: self.to_worker.clone(),
             deliveries: Vec::new(),
             lease_until: now + self.lease.as_millis() as i64,
+            ownership: self.ownership.clone(),
+            elsewhere: BTreeSet::new(),
+            wake_elsewhere: self.elsewhere.clone(),
         })
     }
 
@@ -109,10 +156,18 @@ struct Reserved {
     to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
     deliveries: Vec<DueDelivery>,
     lease_until: i64,
+    ownership: Arc<Ownership>,
+    /// Slots of other nodes this write made deliveries due for.
+    elsewhere: BTreeSet<Slot>,
+    wake_elsewhere: mpsc::UnboundedSender<BTreeSet<Slot>>,
 }
 
 impl Reservation for Reserved {
-    fn take_room(&mut self) -> bool {
+    fn take_room(&mut self, endpoint: &EndpointId) -> bool {
+        if !self.ownership.takes(endpoint) {
+            self.elsewhere.insert(slot_of(endpoint));
+            return false;
+        }
         match self.room.try_acquire() {
             Ok(permit) => {
                 permit.forget();
@@ -133,6 +188,11 @@ impl Reservation for Reserved {
 
     fn hand_over(mut self: Box<Self>) {
         self.taken = 0;
+        if !self.elsewhere.is_empty() {
+            let _ = self
+                .wake_elsewhere
+                .send(std::mem::take(&mut self.elsewhere));
+        }
         let deliveries = std::mem::take(&mut self.deliveries);
         if !deliveries.is_empty() {
             // A worker gone (shut down) leaves them leased; the next start releases them.
@@ -172,6 +232,10 @@ pub(crate) mod tests {
 
     use super::*;
 
+    pub(crate) fn sole() -> Arc<Ownership> {
+        Arc::new(Ownership::sole("node_test"))
+    }
+
     pub(crate) fn config(max_in_flight: usize) -> DeliveryConfig {
         DeliveryConfig {
             max_in_flight,
@@ -202,13 +266,13 @@ pub(crate) mod tests {
 
     #[test]
     fn room_taken_by_a_write_that_does_not_commit_comes_back() {
-        let (handoff, inbox) = handoff(&config(4));
+        let (handoff, inbox, _) = handoff(&config(4), sole());
         let budget = claim_budget(&config(4));
         let mut reserved = handoff.reserve(0);
-        assert!(reserved.take_room());
+        assert!(reserved.take_room(&"ep".into()));
         reserved.push(due(1));
         // Taken but the write failed before the delivery was pushed: still given back.
-        assert!(reserved.take_room());
+        assert!(reserved.take_room(&"ep".into()));
         assert_eq!(inbox.room.available_permits(), budget - 2);
         drop(reserved);
         assert_eq!(inbox.room.available_permits(), budget);
@@ -261,19 +325,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn deliveries_of_slots_held_elsewhere_wake_their_owner_once_committed() {
+        let ownership = Arc::new(Ownership::new("node_test"));
+        let (handoff, inbox, mut owners) = handoff(&config(4), ownership);
+        let budget = claim_budget(&config(4));
+        let ep = EndpointId::from("ep_elsewhere");
+        let mut reserved = handoff.reserve(0);
+        assert!(!reserved.take_room(&ep), "not this node's slot");
+        assert_eq!(inbox.room.available_permits(), budget, "no room taken");
+        drop(reserved);
+        assert!(
+            owners.slots.try_recv().is_err(),
+            "not committed: nobody woken"
+        );
+        let mut reserved = handoff.reserve(0);
+        assert!(!reserved.take_room(&ep));
+        reserved.hand_over();
+        assert_eq!(
+            owners.slots.try_recv().expect("sent"),
+            BTreeSet::from([slot_of(&ep)])
+        );
+    }
+
+    #[test]
     fn room_sent_with_its_deliveries_belongs_to_the_worker() {
-        let (handoff, mut inbox) = handoff(&config(0));
+        let (handoff, mut inbox, _) = handoff(&config(0), sole());
         let mut reserved = handoff.reserve(1_000);
         assert_eq!(
             reserved.lease_until(),
             1_000 + lease(&config(0)).as_millis() as i64
         );
         for id in 0..CLAIM_BATCH as i64 {
-            assert!(reserved.take_room());
+            assert!(reserved.take_room(&"ep".into()));
             reserved.push(due(id));
         }
         // No room left: the next delivery is stored due instead.
-        assert!(!reserved.take_room());
+        assert!(!reserved.take_room(&"ep".into()));
         reserved.hand_over();
         assert_eq!(inbox.room.available_permits(), 0);
         let handed = inbox.from_ingest.try_recv().expect("sent");

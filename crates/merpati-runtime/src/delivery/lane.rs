@@ -145,6 +145,13 @@ impl Lane {
         }
     }
 
+    /// A lane that starts with no burst: another node may have sent to the endpoint within
+    /// the last second (its slot was just taken over).
+    pub fn without_burst(mut self) -> Lane {
+        self.tokens = 0.0;
+        self
+    }
+
     /// A lane for an endpoint whose pace an earlier lane learnt (its usual latency, in ms).
     pub fn remembering(mut self, avg_ms: Option<f64>) -> Lane {
         if let Some(avg_ms) = avg_ms {
@@ -470,6 +477,9 @@ impl Lane {
             && self.breaker == Breaker::Closed { failures: 0 }
     }
 }
+
+/// The window a rate limit counts in.
+pub(crate) const RATE_WINDOW_MS: i64 = 1000;
 
 /// A rate limit lets at most this many requests go at once (50 ms worth, at least one).
 fn burst(rate: Option<u32>) -> f64 {

@@ -8,9 +8,10 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use merpati_domain::clock::earliest;
 use merpati_domain::delivery::DueDelivery;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
+use merpati_domain::slots::{slot_of, Slot};
 use tokio::sync::Semaphore;
 
-use super::lane::{Breaker, BreakerPolicy, Gate, Health, Lane, Limits};
+use super::lane::{Breaker, BreakerPolicy, Gate, Health, Lane, Limits, RATE_WINDOW_MS};
 use super::prepared::{Prepared, PreparedTargets};
 use super::{DeliveryConfig, Pauses};
 
@@ -55,6 +56,9 @@ pub(crate) struct Lanes {
     answered_at: i64,
     /// Each endpoint's URL and signing keys, worked out once.
     pub(crate) prepared: PreparedTargets,
+    /// Slots this node took within the last second, and when: another node may have sent
+    /// to their endpoints in that second, so their new lanes start with no burst.
+    taken_slots: FastMap<Slot, i64>,
 }
 
 impl Lanes {
@@ -69,6 +73,7 @@ impl Lanes {
             prune_paces_at: MIN_PACES_PRUNE,
             answered_at: i64::MIN,
             prepared: PreparedTargets::default(),
+            taken_slots: FastMap::default(),
         }
     }
 
@@ -88,7 +93,7 @@ impl Lanes {
                 .max(1),
             rate: job.endpoint.rate_limit,
         };
-        let paces = &mut self.paces;
+        let (paces, taken_slots) = (&mut self.paces, &self.taken_slots);
         let lane = self
             .lanes
             .entry(job.endpoint.id.clone())
@@ -96,7 +101,13 @@ impl Lanes {
                 let pace = paces
                     .remove(&job.endpoint.id)
                     .filter(|(_, at)| now - at < PACE_MEMORY_MS);
-                Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms))
+                let lane = Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms));
+                let taken = taken_slots.get(&slot_of(&job.endpoint.id));
+                if taken.is_some_and(|at| now - at < RATE_WINDOW_MS) {
+                    lane.without_burst()
+                } else {
+                    lane
+                }
             });
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
@@ -206,6 +217,17 @@ impl Lanes {
 
     /// A deleted endpoint's lane goes, with what it queued (those deliveries went with the
     /// endpoint); attempts under way end as ever, and find no lane to report to.
+    /// This node took these slots (at start, or from another node).
+    pub(crate) fn slots_taken(&mut self, slots: impl IntoIterator<Item = Slot>, now: i64) {
+        self.taken_slots.retain(|_, at| now - *at < RATE_WINDOW_MS);
+        self.taken_slots.extend(slots.into_iter().map(|s| (s, now)));
+    }
+
+    /// The endpoints the lanes are for.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &EndpointId> {
+        self.lanes.keys()
+    }
+
     pub(crate) fn forget(&mut self, endpoint_id: &EndpointId, pauses: &Pauses) {
         pauses.forget(endpoint_id);
         self.active.remove(endpoint_id);
@@ -303,7 +325,7 @@ fn unclaim(claimed: &mut FastSet<DeliveryId>, room: &Semaphore, delivery_id: Del
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::handoff::tests::{config, due};
+    use crate::delivery::handoff::tests::{config, due, sole};
     use crate::delivery::handoff::{handoff, take_room, Inbox};
 
     fn lanes(inbox: &Inbox) -> Lanes {
@@ -344,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_lane_made_again_soon_after_it_went_idle_knows_its_endpoint_s_pace() {
-        let (_handoff, inbox) = handoff(&config(4));
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
         let mut lanes = lanes(&inbox);
         answered(&mut lanes, 1, 0);
         assert!(lanes.lanes.is_empty(), "idle, so gone");
@@ -372,7 +394,7 @@ mod tests {
 
     #[test]
     fn remembered_paces_are_pruned_as_they_grow() {
-        let (_handoff, inbox) = handoff(&config(4));
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
         let mut lanes = lanes(&inbox);
         for i in 0..MIN_PACES_PRUNE - 1 {
             lanes.remember_pace(format!("old{i}").into(), 5.0, 0);
@@ -385,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_deleted_endpoint_s_lane_is_forgotten_and_its_room_comes_back() {
-        let (handoff, mut inbox) = handoff(&config(4));
+        let (handoff, mut inbox, _) = handoff(&config(4), sole());
         let pauses = pauses();
         let policy = BreakerPolicy {
             failures: 1,

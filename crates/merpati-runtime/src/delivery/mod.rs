@@ -33,7 +33,7 @@ mod recorder;
 pub mod send;
 mod worker;
 
-pub use handoff::{handoff, DeliveryWaker, Handoff, Inbox};
+pub use handoff::{handoff, DeliveryWaker, Handoff, Inbox, OwnersToWake};
 pub use worker::Worker;
 
 #[derive(Debug, Clone)]

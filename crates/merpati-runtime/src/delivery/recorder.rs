@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::DeliveryWaker;
 use crate::bus::{Bus, Change, DeliveryChange, DeliveryOutcome, EndpointState, StoredEvent};
+use crate::cluster::Ownership;
 use crate::metrics::{AttemptOutcome, Metrics};
 
 /// Records written in one transaction at most. Under a backlog the attempts ending while a
@@ -27,6 +28,9 @@ pub(crate) struct Recorder {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) disable_after_ms: i64,
     pub(crate) records: mpsc::Receiver<AttemptRecord>,
+    /// Told of each record written (or given up on): a slot is given back only once its
+    /// attempts are recorded.
+    pub(crate) ownership: Arc<Ownership>,
 }
 
 impl Recorder {
@@ -36,6 +40,9 @@ impl Recorder {
         while self.records.recv_many(&mut batch, RECORD_BATCH).await > 0 {
             let records = Arc::new(std::mem::take(&mut batch));
             let made_due = self.record(records.clone()).await;
+            for r in records.iter() {
+                self.ownership.attempt_recorded(&r.endpoint.id);
+            }
             // A retry already due by the time it is written was perhaps looked for too
             // early.
             let now = self.clock.now_ms();
@@ -50,12 +57,20 @@ impl Recorder {
 
     /// Writes a batch; returns how many deliveries it made due.
     async fn record(&self, records: Arc<Vec<AttemptRecord>>) -> usize {
+        let fence = self.ownership.fence();
         match self
             .store
-            .record_attempts(records.clone(), self.disable_after_ms)
+            .record_attempts(fence.clone(), records.clone(), self.disable_after_ms)
             .await
         {
             Ok(recorded) => {
+                if recorded.fenced_out > 0 {
+                    tracing::info!(
+                        records = recorded.fenced_out,
+                        "attempts not recorded: their slot is another node's now, which \
+                         attempts them again"
+                    );
+                }
                 self.publish(&records, &recorded);
                 recorded.made_due
             }
@@ -66,7 +81,7 @@ impl Recorder {
                     let alone = Arc::new(vec![record.clone()]);
                     match self
                         .store
-                        .record_attempts(alone.clone(), self.disable_after_ms)
+                        .record_attempts(fence.clone(), alone.clone(), self.disable_after_ms)
                         .await
                     {
                         Ok(recorded) => {

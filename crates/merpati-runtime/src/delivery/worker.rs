@@ -15,6 +15,7 @@ use merpati_domain::delivery::{AttemptRecord, DueDelivery};
 use merpati_domain::endpoint::mail_recipients;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::retry::{next_step, NextStep};
+use merpati_domain::slots::Fence;
 use merpati_domain::{SharedStore, StoreResult};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -27,6 +28,7 @@ use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
+use crate::cluster::Ownership;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
 
@@ -42,6 +44,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// For e-mail endpoints, when SMTP is set up.
     pub mailer: Option<Mailer>,
+    /// The slots this node holds: it claims and attempts only theirs.
+    pub ownership: Arc<Ownership>,
     pub shutdown: CancellationToken,
 }
 
@@ -87,6 +91,10 @@ struct Claimed {
 
 type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
 
+/// How long a worker sharing the database with other nodes goes at most without looking
+/// for due deliveries, should a wake from another node be lost.
+const FALLBACK_WAKE_MS: i64 = 1_000;
+
 /// When the retries the worker scheduled itself are due: the earliest `MAX` of them, and
 /// the earliest of those let go to stay that small. The worker wakes then and claims, and
 /// the store's next due time (read whenever a claim finds less than it asked for) has the
@@ -131,6 +139,9 @@ struct DueTimes {
     /// Whether `next_due` may be out of date, and when the store was last asked.
     stale: bool,
     read_at: i64,
+    /// When the worker last looked for due deliveries without being told: other nodes
+    /// wake it, and a wake lost costs at most a second.
+    polled_at: i64,
 }
 
 /// What every attempt shares.
@@ -188,6 +199,9 @@ struct Run {
     /// when nothing is queued or under way.
     sent_since_release: bool,
     idle_since: Option<tokio::time::Instant>,
+    /// The generation of the ownership the lanes hold deliveries for, and its slots.
+    generation: u64,
+    active_slots: BTreeSet<merpati_domain::slots::Slot>,
 }
 
 impl Run {
@@ -207,6 +221,7 @@ impl Run {
                 metrics: worker.metrics.clone(),
                 disable_after_ms: config.disable_after.as_millis() as i64,
                 records: recorded,
+                ownership: worker.ownership.clone(),
             }
             .run(),
         );
@@ -224,11 +239,8 @@ impl Run {
             max_cooldown_ms: config.breaker_max_cooldown.as_millis() as i64,
         };
         let min_claim = (config.max_in_flight / 4).clamp(1, CLAIM_BATCH);
-        match worker.store.release_claims(worker.clock.now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
-            Err(e) => tracing::error!(error = %e, "could not release old claims"),
-        }
+        let generation = worker.ownership.generation();
+        let active_slots = worker.ownership.active().epochs.keys().copied().collect();
         let lanes = Lanes::new(worker.inbox.room.clone());
         Run {
             worker,
@@ -246,12 +258,15 @@ impl Run {
                 retries: Retries::default(),
                 stale: true,
                 read_at: i64::MIN / 2,
+                polled_at: i64::MIN / 2,
             },
             claiming: None,
             lane_writes: None,
             taken_back_unclaimed: false,
             sent_since_release: false,
             idle_since: None,
+            generation,
+            active_slots,
         }
     }
 
@@ -266,6 +281,7 @@ impl Run {
             if self.worker.shutdown.is_cancelled() {
                 return None;
             }
+            self.follow_ownership();
             let worth_claiming = self.claim();
             let lane_wake = self.start_ready();
             self.write_for_lanes();
@@ -281,8 +297,13 @@ impl Run {
         } else {
             None
         };
+        let fallback = self
+            .worker
+            .ownership
+            .shared()
+            .then_some(self.due.polled_at + FALLBACK_WAKE_MS);
         let wake_at = earliest(
-            earliest(store_wake, lane_wake),
+            earliest(earliest(store_wake, lane_wake), fallback),
             self.lanes.probe_wake(self.now()),
         );
         let sleep = wake_at.map(|at| {
@@ -331,6 +352,11 @@ impl Run {
     fn claim(&mut self) -> bool {
         let room = self.lanes.room.available_permits();
         let worth_claiming = room >= self.min_claim || self.lanes.claimed.is_empty();
+        let fence = self.worker.ownership.active();
+        if fence.epochs.is_empty() {
+            // Nothing can be claimed until this node holds a slot (which wakes it).
+            self.due.known_due = false;
+        }
         let want = if self.claiming.is_none() && self.due.known_due && room > 0 && worth_claiming {
             take_room(&self.lanes.room, room.min(CLAIM_BATCH))
         } else {
@@ -348,7 +374,7 @@ impl Run {
             // a lane's take-back while it commits sets this again and is not lost.
             self.due.known_due = false;
             self.claiming = Some(Box::pin(async move {
-                let claimed = store.claim_due(now, want, lease_until).await;
+                let claimed = store.claim_due(fence, now, want, lease_until).await;
                 Claimed {
                     now,
                     want,
@@ -360,10 +386,15 @@ impl Run {
         worth_claiming
     }
 
-    /// Starts what the lanes allow; returns when a lane held back can go next.
+    /// Starts what the lanes allow; returns when a lane held back can go next. Nothing
+    /// starts while the node cannot be sure its lease holds: the slots may be another's.
     fn start_ready(&mut self) -> Option<i64> {
         let now = self.now();
         self.lanes.trim(now);
+        if !self.worker.ownership.sure() {
+            return None;
+        }
+        let ownership = &self.worker.ownership;
         let under_way = self.in_flight.len();
         let (in_flight, running, sender) = (&mut self.in_flight, &mut self.running, &self.sender);
         let lane_wake = self.lanes.start_ready(
@@ -377,6 +408,7 @@ impl Run {
                     endpoint_id: job.endpoint.id.clone(),
                     started_at: now,
                 };
+                ownership.attempt_started(&job.endpoint.id);
                 let task = in_flight.spawn(deliver(sender.clone(), job, prepared, now));
                 running.insert(task.id(), key);
             },
@@ -406,6 +438,7 @@ impl Run {
         self.due.next_due = earliest(self.due.next_due, parked.iter().map(|p| p.1).min());
         self.lane_writes = Some(Box::pin(write_for_lanes(
             self.worker.store.clone(),
+            self.worker.ownership.fence(),
             now,
             take_back,
             parked,
@@ -431,7 +464,8 @@ impl Run {
         }
         self.due.stale = false;
         self.due.read_at = now;
-        match self.worker.store.next_due_at().await {
+        let fence = self.worker.ownership.active();
+        match self.worker.store.next_due_at(fence).await {
             // Retries the recorder has not written yet are in `retries`.
             Ok(at) => self.due.next_due = earliest(at, self.due.next_due),
             Err(e) => {
@@ -455,7 +489,7 @@ impl Run {
                     .or_else(|| self.worker.inbox.from_ingest.try_recv().ok())
                 {
                     for job in jobs {
-                        self.lanes.take(job, &self.worker.config, now);
+                        self.take(job, now);
                     }
                 }
             }
@@ -472,6 +506,10 @@ impl Run {
             Wake::Due => {
                 self.due.known_due = true;
                 self.due.stale = true;
+                let now = self.now();
+                if now >= self.due.polled_at + FALLBACK_WAKE_MS {
+                    self.due.polled_at = now;
+                }
             }
             Wake::Idle => {
                 // A burst is over: its connections (kept alive, each with its buffers)
@@ -482,6 +520,52 @@ impl Run {
                 release_memory(&self.worker.store).await;
             }
         }
+    }
+
+    /// A claimed or handed-over delivery joins its lane, unless its slot stopped being
+    /// this node's meanwhile: then it is let go, and its lease is voided when the slot is
+    /// given back or taken over.
+    fn take(&mut self, job: DueDelivery, now: i64) {
+        if self.worker.ownership.takes(&job.endpoint.id) {
+            self.lanes.take(job, &self.worker.config, now);
+        } else {
+            self.lanes.room.add_permits(1);
+        }
+    }
+
+    /// When the slots held changed: the lanes of endpoints whose slot is no longer active
+    /// here are forgotten (what they held is due again once the slot is given back or
+    /// taken over), and the ownership is told nothing of them starts from now on.
+    fn follow_ownership(&mut self) {
+        let ownership = self.worker.ownership.clone();
+        let generation = ownership.generation();
+        if generation == self.generation {
+            return;
+        }
+        self.generation = generation;
+        let active: BTreeSet<_> = ownership.active().epochs.keys().copied().collect();
+        let now = self.now();
+        self.lanes
+            .slots_taken(active.difference(&self.active_slots).copied(), now);
+        self.active_slots = active;
+        let gone: Vec<EndpointId> = self
+            .lanes
+            .endpoints()
+            .filter(|e| !ownership.takes(e))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            tracing::info!(
+                endpoints = gone.len(),
+                "lanes of slots no longer held here let go"
+            );
+        }
+        for endpoint in gone {
+            self.lanes.forget(&endpoint, &self.worker.pauses);
+        }
+        ownership.applied(generation);
+        self.due.known_due = true;
+        self.due.stale = true;
     }
 
     fn claimed(&mut self, claimed: Claimed) {
@@ -506,7 +590,7 @@ impl Run {
                     self.due.stale = true;
                 }
                 for job in jobs {
-                    self.lanes.take(job, &self.worker.config, now);
+                    self.take(job, now);
                 }
             }
             Err(e) => {
@@ -545,6 +629,8 @@ impl Run {
                 let Some(r) = self.running.remove(&e.id()) else {
                     return;
                 };
+                // Its record was never sent.
+                self.worker.ownership.attempt_recorded(&r.endpoint_id);
                 Finished {
                     delivery_id: r.delivery_id,
                     account_id: r.account_id,
@@ -585,6 +671,7 @@ impl Run {
 /// One set of the lanes' writes: their parked deliveries taken back, then what they park.
 async fn write_for_lanes(
     store: SharedStore,
+    fence: Arc<Fence>,
     now: i64,
     take_back: Vec<TakeBack>,
     parked: Vec<(DeliveryId, i64)>,
@@ -592,7 +679,7 @@ async fn write_for_lanes(
     let mut lanes = Vec::with_capacity(take_back.len());
     for asked in take_back {
         let taken = match store
-            .unpark(asked.endpoint_id.clone(), now, asked.limit)
+            .unpark(fence.clone(), asked.endpoint_id.clone(), now, asked.limit)
             .await
         {
             Ok(n) => n,
@@ -605,7 +692,7 @@ async fn write_for_lanes(
     }
     if !parked.is_empty() {
         let n = parked.len();
-        match store.park(parked).await {
+        match store.park(fence, parked).await {
             Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
             // Their leases run out and they are claimed again: delayed, not lost.
             Err(e) => tracing::error!(error = %e, "could not park deliveries"),

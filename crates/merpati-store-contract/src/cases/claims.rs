@@ -1,9 +1,13 @@
 //! Claims and leases: a claimed delivery is leased to the worker until its lease ends, and
-//! claimed by nobody else meanwhile; a restart voids the leases of the run that stopped.
-//! Fresh deliveries handed straight to the worker are leased in the transaction that
-//! stores them.
+//! claimed by nobody else meanwhile; the node that takes a stopped node's slots voids its
+//! leases. Fresh deliveries handed straight to the worker are leased in the transaction
+//! that stores them.
+
+use std::sync::Arc;
 
 use merpati_domain::ids::EndpointId;
+use merpati_domain::retry::NextStep;
+use merpati_domain::slots::{Fence, SLOTS};
 use merpati_domain::SharedStore;
 
 use crate::support::*;
@@ -14,25 +18,26 @@ pub async fn a_claim_leases_until_the_lease_ends(store: &SharedStore) {
     for rid in 0..3 {
         one_event(store, &t.devices[0], rid, T0).await;
     }
-    assert_eq!(store.next_due_at().await.unwrap(), Some(T0));
+    let f = fence(store).await;
+    assert_eq!(store.next_due_at(f.clone()).await.unwrap(), Some(T0));
     // Nothing is due before its time.
     assert!(store
-        .claim_due(T0 - 1, 10, T0 + 1000)
+        .claim_due(f.clone(), T0 - 1, 10, T0 + 1000)
         .await
         .unwrap()
         .is_empty());
-    let first = store.claim_due(T0, 2, T0 + 1000).await.unwrap();
+    let first = store.claim_due(f.clone(), T0, 2, T0 + 1000).await.unwrap();
     assert_eq!(first.len(), 2, "no more than asked");
-    let rest = store.claim_due(T0, 10, T0 + 1000).await.unwrap();
+    let rest = store.claim_due(f.clone(), T0, 10, T0 + 1000).await.unwrap();
     assert_eq!(rest.len(), 1, "what is leased is not claimed again");
     assert!(store
-        .claim_due(T0 + 999, 10, T0 + 2000)
+        .claim_due(f.clone(), T0 + 999, 10, T0 + 2000)
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.next_due_at().await.unwrap(), Some(T0 + 1000));
+    assert_eq!(store.next_due_at(f.clone()).await.unwrap(), Some(T0 + 1000));
     // The lease ran out with no outcome recorded (the worker died): due again.
-    let again = store.claim_due(T0 + 1000, 10, T0 + 2000).await.unwrap();
+    let again = store.claim_due(f, T0 + 1000, 10, T0 + 2000).await.unwrap();
     assert_eq!(again.len(), 3);
     let mut ids: Vec<_> = again.iter().map(|d| d.delivery_id).collect();
     let mut before: Vec<_> = first.iter().chain(&rest).map(|d| d.delivery_id).collect();
@@ -45,23 +50,95 @@ pub async fn a_claim_leases_until_the_lease_ends(store: &SharedStore) {
     );
 }
 
-pub async fn a_restart_voids_the_leases_and_what_lanes_parked(store: &SharedStore) {
+/// A node that stopped (its lease ended) is succeeded by one that takes its slots: what the
+/// first had leased or parked is due at once, and the first's writes change nothing.
+pub async fn a_takeover_voids_the_leases_and_what_lanes_parked(store: &SharedStore) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "ep", |_| {}).await;
     for rid in 0..3 {
         one_event(store, &t.devices[0], rid, T0).await;
     }
-    let claimed = claim(store, T0).await;
-    assert_eq!(claimed.len(), 3);
-    store
-        .park(vec![(claimed[0].delivery_id, T0 + 600_000)])
+    store.leave_cluster(NODE).await.unwrap();
+    let old = fence_of(store, "node_old").await;
+    let claimed = store
+        .claim_due(old.clone(), T0, 10, T0 + 60_000)
         .await
         .unwrap();
-    assert_eq!(store.release_claims(T0 + 5).await.unwrap(), 3);
-    let after = claim(store, T0 + 5).await;
-    assert_eq!(after.len(), 3, "leased and parked alike are due at once");
-    assert_eq!(store.release_claims(T0 + 6).await.unwrap(), 3);
-    assert_eq!(store.release_claims(T0 + 7).await.unwrap(), 0);
+    assert_eq!(claimed.len(), 3);
+    store
+        .park(old.clone(), vec![(claimed[0].delivery_id, T0 + 600_000)])
+        .await
+        .unwrap();
+    store.leave_cluster("node_old").await.unwrap();
+    store
+        .join_cluster("node_new", "host", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let taken = store
+        .trade_slots("node_new", (0..SLOTS).collect(), Vec::new(), T0 + 5)
+        .await
+        .unwrap();
+    assert_eq!(taken.held.len(), usize::from(SLOTS));
+    for (slot, epoch) in &taken.held {
+        assert!(
+            old.epochs.get(slot).is_none_or(|e| epoch > e),
+            "an epoch is raised when its slot changes hands"
+        );
+    }
+    assert_eq!(taken.released, 3, "leased and parked alike");
+    let new = Arc::new(Fence {
+        node: "node_new".into(),
+        epochs: taken.held,
+    });
+    // The old node's claims, parks and records find nothing of theirs.
+    assert!(store
+        .claim_due(old.clone(), T0 + 5, 10, T0 + 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+    let recorded = store
+        .record_attempts(
+            old.clone(),
+            Arc::new(vec![attempt(
+                &claimed[1],
+                T0 + 1,
+                Some(200),
+                NextStep::Succeeded,
+            )]),
+            WEEK_MS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.fenced_out, 1);
+    store
+        .park(old.clone(), vec![(claimed[2].delivery_id, T0 + 600_000)])
+        .await
+        .unwrap();
+    assert_eq!(store.unpark(old, "ep".into(), T0 + 5, 10).await.unwrap(), 0);
+    let after = store
+        .claim_due(new.clone(), T0 + 5, 10, T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 3, "due at once, for the new node");
+    assert!(after.iter().all(|d| d.attempt == 1), "nothing was recorded");
+    let e = event(store, &t.account, &claimed[1].event_id).await;
+    assert!(e.deliveries[0].attempts.is_empty());
+    // The new node's own record counts.
+    let recorded = store
+        .record_attempts(
+            new,
+            Arc::new(vec![attempt(
+                &after[0],
+                T0 + 6,
+                Some(200),
+                NextStep::Succeeded,
+            )]),
+            WEEK_MS,
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded.fenced_out, 0);
 }
 
 pub async fn handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise(
@@ -99,7 +176,7 @@ pub async fn handed_over_deliveries_are_leased_once_committed_and_room_comes_bac
     assert_eq!(claim(store, T0).await.len(), 1);
     assert_eq!(
         store
-            .claim_due(lease_until, 10, lease_until + 1)
+            .claim_due(fence(store).await, lease_until, 10, lease_until + 1)
             .await
             .unwrap()
             .len(),
@@ -130,20 +207,28 @@ pub async fn parked_deliveries_wait_until_taken_back(store: &SharedStore) {
         .map(|d| (d.delivery_id, T0 + 30_000 + d.delivery_id.0))
         .collect();
     assert_eq!(slow.len(), 4);
-    store.park(slow.clone()).await.unwrap();
-    store.release_claims(T0).await.unwrap();
-    // Released at a restart, then parked again by the lane as it was.
-    let claimed = claim(store, T0).await;
-    assert_eq!(claimed.len(), 8);
-    store.park(slow).await.unwrap();
+    let f = fence(store).await;
+    store.park(f.clone(), slow).await.unwrap();
     assert!(claim(store, T0 + 1).await.is_empty());
     // The lane caught up: two back now, earliest first, and no more than asked.
     let slow_id = EndpointId::from("slow");
-    assert_eq!(store.unpark(slow_id.clone(), T0 + 1, 2).await.unwrap(), 2);
-    assert_eq!(store.unpark("fast".into(), T0 + 1, 2).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .unpark(f.clone(), slow_id.clone(), T0 + 1, 2)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .unpark(f.clone(), "fast".into(), T0 + 1, 2)
+            .await
+            .unwrap(),
+        0
+    );
     let back = claim(store, T0 + 1).await;
     assert_eq!(back.len(), 2);
     // Parking costs no attempt.
     assert!(back.iter().all(|d| d.attempt == 1));
-    assert_eq!(store.unpark(slow_id, T0 + 1, 10).await.unwrap(), 2);
+    assert_eq!(store.unpark(f, slow_id, T0 + 1, 10).await.unwrap(), 2);
 }

@@ -47,8 +47,8 @@ pub struct AppState {
     pub metrics: Arc<merpati_runtime::metrics::Metrics>,
     /// Each account's and device's events a second.
     pub rates: Arc<merpati_runtime::limits::RateLimiter>,
-    /// This node's id among the nodes of the database.
-    pub node: Arc<str>,
+    /// This node's id among the nodes of the database, and the slots it holds.
+    pub ownership: Arc<merpati_runtime::cluster::Ownership>,
 }
 
 impl AppState {

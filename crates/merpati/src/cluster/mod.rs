@@ -1,4 +1,5 @@
-//! `GET /v1/cluster`: the nodes serving this database, with their leases (the admin's).
+//! `GET /v1/cluster`: the nodes serving this database, with their leases and the slots
+//! each holds (the admin's).
 
 use axum::extract::State;
 use axum::Json;
@@ -41,18 +42,42 @@ pub struct NodeView {
     #[serde(with = "as_rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub lease_until: i64,
+    /// The slots it holds (endpoints are hashed into 64): it alone attempts their
+    /// endpoints' deliveries.
+    pub slots: Vec<SlotView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SlotView {
+    pub slot: u16,
+    /// Raised each time the slot changes hands; every write of its owner names it.
+    pub epoch: i64,
+    /// When the node took it.
+    #[serde(with = "as_rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: i64,
 }
 
 #[utoipa::path(get, path = "/v1/cluster", tag = "server", security(("admin_token" = [])),
     responses((status = 200, description = "The nodes serving this database.", body = ClusterView)))]
 async fn read(_: Admin, State(state): State<AppState>) -> ApiResult<Json<ClusterView>> {
     let (nodes, now) = state.store.cluster_nodes().await?;
+    let slots = state.store.slot_leases().await?;
     Ok(Json(ClusterView {
-        this_node: state.node.to_string(),
+        this_node: state.ownership.node(),
         now,
         nodes: nodes
             .into_iter()
             .map(|n| NodeView {
+                slots: slots
+                    .iter()
+                    .filter(|s| s.node.as_deref() == Some(n.id.as_str()))
+                    .map(|s| SlotView {
+                        slot: s.slot,
+                        epoch: s.epoch,
+                        since: s.since,
+                    })
+                    .collect(),
                 id: n.id,
                 name: n.name,
                 started_at: n.started_at,

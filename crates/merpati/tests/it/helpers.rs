@@ -852,7 +852,26 @@ impl Receiver {
     /// Waits until `ready` gives a value (woken by each arrival and closed connection);
     /// fails with its last complaint after [`PATIENCE`].
     async fn wait_until<T>(&self, ready: impl Fn(&ReceiverState) -> Result<T, String>) -> T {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_until_within(PATIENCE, ready).await
+    }
+
+    /// Waits until `ready`, given what arrived so far, gives a value; fails with its last
+    /// complaint after `patience`.
+    pub async fn wait_for_arrivals<T>(
+        &self,
+        patience: Duration,
+        ready: impl Fn(&[Received]) -> Result<T, String>,
+    ) -> T {
+        self.wait_until_within(patience, |s| ready(&s.received.lock().unwrap()))
+            .await
+    }
+
+    async fn wait_until_within<T>(
+        &self,
+        patience: Duration,
+        ready: impl Fn(&ReceiverState) -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + patience;
         loop {
             let changed = self.state.arrived.notified();
             let why = match ready(&self.state) {
@@ -1021,4 +1040,20 @@ pub fn compat_python(args: &[&std::ffi::OsStr], input: &[u8]) -> std::process::O
         .expect("python3 runs");
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// Polls `check` until it gives a value; fails after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not so within {PATIENCE:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

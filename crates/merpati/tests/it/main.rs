@@ -32,6 +32,7 @@ mod listener;
 mod mail_endpoints;
 mod maintenance;
 mod metrics;
+mod nodes;
 mod notifications;
 mod openapi;
 mod payloads;

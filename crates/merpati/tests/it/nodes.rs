@@ -1,0 +1,407 @@
+//! Many nodes on one PostgreSQL, as real processes: devices post through all of them while
+//! one is killed and another joins, and every accepted event reaches every endpoint, each
+//! device's events in order where the endpoint asks for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use merpati_domain::slots::slot_of;
+use serde_json::{json, Value};
+use tokio::process::Child;
+
+use crate::helpers::*;
+use crate::restart::{spawn_binary_with, stop_gracefully};
+
+/// Every node seals with the same key.
+const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
+struct Node {
+    child: Child,
+    url: String,
+    id: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_node(database: &str, name: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url) = spawn_node(dir.path(), database, name).await;
+    let (_, cluster) = TestApp::at(url.clone()).get("/v1/cluster", ADMIN).await;
+    Node {
+        child,
+        url,
+        id: cluster["this_node"].as_str().unwrap().to_string(),
+        _dir: dir,
+    }
+}
+
+async fn spawn_node(dir: &Path, database: &str, name: &str) -> (Child, String) {
+    spawn_binary_with(
+        dir,
+        &[
+            ("MERPATI_DATABASE_URL", database),
+            ("MERPATI_SECRET_KEY", KEY),
+            ("MERPATI_CLUSTER_NODE_NAME", name),
+            ("MERPATI_DELIVERY_TIMEOUT", "5s"),
+        ],
+    )
+    .await
+}
+
+/// Waits until `n` nodes are live and hold all 64 slots between them, each some; answers
+/// which node holds each slot.
+async fn balanced(url: &str, n: usize) -> BTreeMap<u64, String> {
+    let app = TestApp::at(url.to_string());
+    eventually(|| async {
+        let (_, cluster) = app.get("/v1/cluster", ADMIN).await;
+        let nodes = cluster["nodes"].as_array()?;
+        let mut owners = BTreeMap::new();
+        for node in nodes {
+            let slots = node["slots"].as_array()?;
+            if slots.is_empty() {
+                return None;
+            }
+            for s in slots {
+                owners.insert(s["slot"].as_u64()?, node["id"].as_str()?.to_string());
+            }
+        }
+        (nodes.len() == n && owners.len() == 64).then_some(owners)
+    })
+    .await
+}
+
+/// What the devices sent and had accepted: per device, its events in the order sent, and
+/// when each was accepted.
+#[derive(Default)]
+struct Sent {
+    by_device: BTreeMap<usize, Vec<String>>,
+    accepted_at: BTreeMap<String, Instant>,
+}
+
+/// A device posting one item a request, in order, through the nodes in turn: a request a
+/// node cannot answer goes to the next node with the same rid.
+async fn post_as_device(
+    device: usize,
+    token: String,
+    urls: Arc<Mutex<Vec<String>>>,
+    until: Instant,
+    sent: Arc<Mutex<Sent>>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut rid = 0u64;
+    let mut turn = device;
+    while Instant::now() < until {
+        let body = json!({"items": [{"type": "sms", "rid": rid, "phone": "+1", "message": format!("d{device} m{rid}")}]});
+        let event = loop {
+            let url = {
+                let urls = urls.lock().unwrap();
+                urls[turn % urls.len()].clone()
+            };
+            turn += 1;
+            let answer = client
+                .post(format!("{url}/v1/device/messages"))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await;
+            let Ok(answer) = answer else { continue };
+            if answer.status() != 202 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let v: Value = answer.json().await.unwrap();
+            break v["items"][0]["event_id"].as_str().unwrap().to_string();
+        };
+        {
+            let mut sent = sent.lock().unwrap();
+            sent.by_device
+                .entry(device)
+                .or_default()
+                .push(event.clone());
+            sent.accepted_at.insert(event, Instant::now());
+        }
+        rid += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}
+
+/// The events a receiver got, in order of arrival, with when each first arrived and how
+/// many times it did.
+fn arrivals(receiver: &Receiver) -> (Vec<String>, BTreeMap<String, (Instant, usize)>) {
+    let mut order = Vec::new();
+    let mut seen: BTreeMap<String, (Instant, usize)> = BTreeMap::new();
+    for r in receiver.received() {
+        let id = r.header("webhook-id").to_string();
+        let entry = seen.entry(id.clone()).or_insert((r.at, 0));
+        entry.1 += 1;
+        if entry.1 == 1 {
+            order.push(id);
+        }
+    }
+    (order, seen)
+}
+
+/// Three nodes, devices posting through all of them; the node holding the ordered
+/// endpoint's slot is killed (SIGKILL) a third of the way in, and a new node joins two
+/// thirds of the way. Every accepted event reaches both endpoints; each device's events
+/// reach the ordered endpoint in the order sent; only events accepted before the kill
+/// arrive twice (attempts the dead node had not recorded); the ordered endpoint's
+/// deliveries resume on another node within 7 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_event_in_order_through_a_kill_and_a_join() {
+    const DEVICES: usize = 12;
+    const RATE: usize = 10;
+    const CONCURRENCY: usize = 2;
+    let database = fresh_postgres_database().await;
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start_node(&database, &format!("n{i}")).await);
+    }
+    let owners = balanced(&nodes[0].url, 3).await;
+
+    let admin = TestApp::at(nodes[0].url.clone());
+    let m = admin.merchant("m1").await;
+    let ordered = Receiver::start().await;
+    let plain = Receiver::start().await;
+    let limited = Receiver::start().await;
+    limited.always(Answer::status(200).delay(Duration::from_millis(150)));
+    let ordered_id = admin
+        .endpoint(&m.key, &ordered, json!({"ordering": "device"}))
+        .await;
+    admin.endpoint(&m.key, &plain, json!({})).await;
+    let mut tokens = vec![m.device_token.clone()];
+    for d in 1..DEVICES {
+        tokens.push(admin.device(&m.key, &format!("dev{d}"), "ch").await);
+    }
+    let victim = owners[&u64::from(slot_of(&ordered_id.as_str().into()))].clone();
+    // One device's events, at most RATE a second and CONCURRENCY at once, whichever node
+    // holds the endpoint: the one that is killed (an endpoint in another's slot is deleted
+    // and made again).
+    loop {
+        let id = admin
+            .endpoint(
+                &m.key,
+                &limited,
+                json!({"device_ids": ["dev1"], "max_concurrency": CONCURRENCY, "rate_limit": RATE}),
+            )
+            .await;
+        if owners[&u64::from(slot_of(&id.as_str().into()))] == victim {
+            break;
+        }
+        let (status, _) = admin.delete(&format!("/v1/endpoints/{id}"), &m.key).await;
+        assert_eq!(status, 204);
+    }
+
+    let victim = nodes.iter().position(|n| n.id == victim).unwrap();
+    let urls = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>(),
+    ));
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let start = Instant::now();
+    let run = Duration::from_secs(12);
+    let mut devices = tokio::task::JoinSet::new();
+    for (d, token) in tokens.into_iter().enumerate() {
+        devices.spawn(post_as_device(
+            d,
+            token,
+            urls.clone(),
+            start + run,
+            sent.clone(),
+        ));
+    }
+
+    tokio::time::sleep(run / 3).await;
+    nodes[victim].child.start_kill().unwrap();
+    let killed_at = Instant::now();
+    nodes[victim].child.wait().await.unwrap();
+    urls.lock().unwrap().retain(|u| *u != nodes[victim].url);
+    let dead = nodes.remove(victim);
+
+    tokio::time::sleep(run / 3).await;
+    let joined = start_node(&database, "n3").await;
+    urls.lock().unwrap().push(joined.url.clone());
+    nodes.push(joined);
+    while devices.join_next().await.is_some() {}
+
+    let sent = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
+    let accepted: BTreeSet<String> = sent.accepted_at.keys().cloned().collect();
+    assert!(accepted.len() > 200, "only {} accepted", accepted.len());
+    for receiver in [&ordered, &plain] {
+        receiver
+            .wait_for_arrivals(Duration::from_secs(60), |got| {
+                let ids: BTreeSet<String> = got
+                    .iter()
+                    .map(|r| r.header("webhook-id").to_string())
+                    .collect();
+                let missing = accepted.difference(&ids).count();
+                (missing == 0)
+                    .then_some(())
+                    .ok_or(format!("{missing} not delivered"))
+            })
+            .await;
+    }
+
+    let limited_events: BTreeSet<String> = sent.by_device[&1].iter().cloned().collect();
+    limited
+        .wait_for_arrivals(Duration::from_secs(90), |got| {
+            let ids: BTreeSet<String> = got
+                .iter()
+                .map(|r| r.header("webhook-id").to_string())
+                .collect();
+            let missing = limited_events.difference(&ids).count();
+            (missing == 0)
+                .then_some(())
+                .ok_or(format!("{missing} not delivered to the limited endpoint"))
+        })
+        .await;
+    assert!(
+        limited.most_at_once() <= CONCURRENCY,
+        "{} at once",
+        limited.most_at_once()
+    );
+    let at: Vec<Instant> = limited.received().iter().map(|r| r.at).collect();
+    let most_in_a_second = at
+        .iter()
+        .map(|from| {
+            at.iter()
+                .filter(|t| **t >= *from && **t < *from + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    // The rate, and a burst of one: 50 ms worth of 10 a second, at least one.
+    assert!(
+        most_in_a_second <= RATE + 1,
+        "{most_in_a_second} in one second"
+    );
+    let (order, seen) = arrivals(&ordered);
+    let position: BTreeMap<&String, usize> =
+        order.iter().enumerate().map(|(i, e)| (e, i)).collect();
+    for (device, events) in &sent.by_device {
+        let positions: Vec<usize> = events.iter().map(|e| position[e]).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "device {device}'s events arrived out of order"
+        );
+    }
+    for receiver in [&ordered, &plain] {
+        let (_, seen) = arrivals(receiver);
+        for (event, (_, times)) in &seen {
+            if *times > 1 {
+                assert!(
+                    sent.accepted_at[event] < killed_at,
+                    "an event accepted after the kill arrived {times} times"
+                );
+            }
+        }
+    }
+    let resumed = seen
+        .values()
+        .filter(|(at, _)| *at > killed_at)
+        .map(|(at, _)| *at)
+        .min()
+        .expect("deliveries after the kill");
+    let gap = resumed - killed_at;
+    assert!(gap < Duration::from_secs(7), "resumed after {gap:?}");
+    println!(
+        "{} events through 3 nodes, the owner of the ordered and the limited endpoints killed: \
+         resumed after {gap:?}; {} arrived twice at the ordered endpoint; the limited one got \
+         at most {most_in_a_second} in a second, {} at once",
+        accepted.len(),
+        seen.values().filter(|(_, n)| *n > 1).count(),
+        limited.most_at_once()
+    );
+    drop(dead);
+    for node in &mut nodes {
+        stop_gracefully(&mut node.child).await;
+    }
+}
+
+/// Sends a signal to a node's process.
+async fn signal(node: &Node, name: &str) {
+    let pid = node.child.id().expect("still running").to_string();
+    let sent = tokio::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The owner of an endpoint with a queue in its lane is paused (SIGSTOP) for three leases:
+/// the other node takes the slot over and delivers everything; when the paused node wakes,
+/// it starts nothing it held, so no event arrives twice but the one it had under way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
+    let database = fresh_postgres_database().await;
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(start_node(&database, &format!("n{i}")).await);
+    }
+    let owners = balanced(&nodes[0].url, 2).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(200).delay(Duration::from_millis(300)));
+    let m;
+    let endpoint;
+    let paused;
+    {
+        let admin = TestApp::at(nodes[0].url.clone());
+        m = admin.merchant("m1").await;
+        endpoint = admin
+            .endpoint(&m.key, &receiver, json!({"max_concurrency": 1}))
+            .await;
+        let owner = &owners[&u64::from(slot_of(&endpoint.as_str().into()))];
+        paused = nodes.iter().position(|n| n.id == *owner).unwrap();
+    }
+    // Devices post through the node that is not paused.
+    let poster = TestApp::at(nodes[1 - paused].url.clone());
+    let mut accepted = BTreeSet::new();
+    for rid in 0..20 {
+        let v = poster.sms(&m.device_token, rid).await;
+        accepted.insert(v["items"][0]["event_id"].as_str().unwrap().to_string());
+    }
+    // One under way, the rest queued behind it in the owner's lane.
+    receiver.wait_for(1).await;
+    signal(&nodes[paused], "STOP").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&nodes[paused], "CONT").await;
+
+    receiver
+        .wait_for_arrivals(Duration::from_secs(60), |got| {
+            let ids: BTreeSet<String> = got
+                .iter()
+                .map(|r| r.header("webhook-id").to_string())
+                .collect();
+            let missing = accepted.difference(&ids).count();
+            (missing == 0)
+                .then_some(())
+                .ok_or(format!("{missing} not delivered"))
+        })
+        .await;
+    // Long enough for a node that did start what it held to be seen doing so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, seen) = arrivals(&receiver);
+    let twice: Vec<usize> = seen.values().map(|(_, n)| *n).filter(|n| *n > 1).collect();
+    assert!(
+        twice.len() <= 1 && twice.iter().all(|n| *n == 2),
+        "only the attempt under way at the pause may arrive twice: {twice:?}"
+    );
+    let (_, cluster) = TestApp::at(nodes[1 - paused].url.clone())
+        .get("/v1/cluster", ADMIN)
+        .await;
+    assert!(
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["id"] != nodes[paused].id.as_str()),
+        "the paused node came back as a new node: {cluster}"
+    );
+    for node in &mut nodes {
+        stop_gracefully(&mut node.child).await;
+    }
+}
