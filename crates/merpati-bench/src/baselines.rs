@@ -28,7 +28,7 @@ pub(crate) async fn baseline(args: &Shape, duration: Duration) -> anyhow::Result
     let epoch = Instant::now();
     let done = load(
         client,
-        url,
+        vec![url],
         vec!["x".into()],
         args.items_per_request,
         args.concurrency,
@@ -126,7 +126,7 @@ pub(crate) async fn relay_baseline(
     let started = Instant::now();
     let accepted = load(
         client,
-        format!("http://{addr}/v1/device/messages"),
+        vec![format!("http://{addr}/v1/device/messages")],
         vec!["x".into()],
         args.items_per_request,
         args.concurrency,

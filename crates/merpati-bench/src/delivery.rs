@@ -44,17 +44,19 @@ pub struct DeliveryArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub idle: Option<Duration>,
     /// Measure a merpati already running on this machine, at this URL, instead of starting
-    /// one. It must let deliveries go to loopback (`delivery.allowed_networks`), where the
-    /// receivers listen. The run provisions an account of its own there, which stays.
+    /// one; several nodes of one database as a list separated by commas: the devices post
+    /// through each in turn. It must let deliveries go to loopback
+    /// (`delivery.allowed_networks`), where the receivers listen. The run provisions an
+    /// account of its own there (through the first), which stays.
     #[arg(long)]
     pub url: Option<String>,
     /// With `--url`: the running merpati's admin token, to provision the run's account.
     #[arg(long, env = "MERPATI_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// With `--url`: the running merpati's process id, to read its CPU and memory (without
-    /// it they are not reported).
-    #[arg(long, requires = "url")]
-    pub server_pid: Option<u32>,
+    /// With `--url`: the running merpati's process id (every node's, separated by commas),
+    /// to read its CPU and memory (without it they are not reported).
+    #[arg(long, requires = "url", value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// How long each of the loopback HTTP and relay baselines runs.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub baseline_duration: Duration,
@@ -182,34 +184,45 @@ pub async fn measure_running(args: &DeliveryArgs) -> anyhow::Result<DeliveryFigu
     measure_delivery(&target, args).await
 }
 
-/// A merpati already running at `url`, checked before anything is provisioned there.
+/// A merpati already running at `url` (or its nodes, separated by commas), checked before
+/// anything is provisioned there.
 fn running_target(url: &str, args: &DeliveryArgs) -> anyhow::Result<Target> {
-    // The devices' client speaks plain HTTP, as a merpati on this machine does.
-    let parsed = url
-        .parse::<http::Uri>()
-        .ok()
-        .filter(|u| u.scheme_str() == Some("http"))
-        .filter(|u| u.host().is_some());
-    if parsed.is_none() {
-        bail!("--url must be the http URL of a running merpati, such as http://127.0.0.1:8080");
+    let urls: Vec<String> = url
+        .split(',')
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .collect();
+    for url in &urls {
+        // The devices' client speaks plain HTTP, as a merpati on this machine does.
+        let parsed = url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| u.scheme_str() == Some("http"))
+            .filter(|u| u.host().is_some());
+        if parsed.is_none() {
+            bail!(
+                "--url must be the http URL of a running merpati, such as \
+                 http://127.0.0.1:8080 (several nodes' separated by commas)"
+            );
+        }
     }
     let Some(admin) = args.admin_token.clone().filter(|t| !t.is_empty()) else {
         bail!(
             "--url needs the running merpati's admin token: --admin-token or MERPATI_ADMIN_TOKEN"
         );
     };
-    if args.idle.is_some() && args.server_pid.is_none() {
+    if args.idle.is_some() && args.server_pid.is_empty() {
         bail!("--idle reads the server's CPU and memory: with --url, give its --server-pid");
     }
-    if let Some(pid) = args.server_pid {
+    for &pid in &args.server_pid {
         if cpu_seconds_of(pid).is_none() {
             bail!("--server-pid {pid}: no such process on this machine");
         }
     }
     Ok(Target {
-        url: url.trim_end_matches('/').to_string(),
+        url: urls[0].clone(),
+        ingest_urls: urls,
         admin,
-        pid: args.server_pid,
+        pids: args.server_pid.clone(),
         shared: true,
     })
 }
@@ -278,7 +291,11 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
     slow_count.store(0, std::sync::atomic::Ordering::Relaxed);
     let outcome = load(
         client,
-        format!("{}/v1/device/messages", target.url),
+        target
+            .ingest_urls
+            .iter()
+            .map(|url| format!("{url}/v1/device/messages"))
+            .collect(),
         tokens,
         args.items_per_request,
         args.concurrency,

@@ -69,11 +69,11 @@ pub(crate) struct LoadOutcome {
     pub(crate) answer_latencies_us: Vec<u64>,
 }
 
-/// Posts items as fast as allowed until `until`.
+/// Posts items as fast as allowed until `until`, each worker to one of `urls` in turn.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn load(
     client: LoadClient,
-    url: String,
+    urls: Vec<String>,
     tokens: Vec<String>,
     items_per_request: usize,
     concurrency: usize,
@@ -84,20 +84,31 @@ pub(crate) async fn load(
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    let Ok(uri) = url.parse::<http::Uri>() else {
+    let Ok(uris) = urls
+        .iter()
+        .map(|url| url.parse::<http::Uri>())
+        .collect::<Result<Vec<_>, _>>()
+    else {
         return LoadOutcome {
             accepted: 0,
             failed_requests: 0,
             answer_latencies_us: Vec::new(),
         };
     };
+    if uris.is_empty() {
+        return LoadOutcome {
+            accepted: 0,
+            failed_requests: 0,
+            answer_latencies_us: Vec::new(),
+        };
+    }
     // A fixed rate is shared out among the workers as a per-worker interval.
     let per_worker =
         rate.map(|r| Duration::from_secs_f64(concurrency as f64 * items_per_request as f64 / r));
     for w in 0..concurrency {
         let (client, uri, accepted, failed) = (
             client.clone(),
-            uri.clone(),
+            uris[w % uris.len()].clone(),
             accepted.clone(),
             failed.clone(),
         );

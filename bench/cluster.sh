@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The figures of BENCHMARKS.md's "Several nodes on one PostgreSQL": a private PostgreSQL of
+# the distribution (as the `postgres` user when run as root), then `bench delivery --url`
+# against one node, and against three nodes on the same database, the devices posting
+# through all three.
+# Usage: bench/cluster.sh [duration]   (default 20s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${1:-20s}"
+cargo build --release --quiet
+bin="$PWD/target/release/merpati"
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+work="$(mktemp -d)"
+chmod 755 "$work"
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+nodes=()
+cleanup() {
+    for pid in "${nodes[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+as_postgres "$pg_bin/initdb" -A trust -U postgres -D "$work/pg" >/dev/null
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+    -o "-k $work -c listen_addresses='' -c max_connections=200" start >/dev/null
+socket="${work//\//%2F}"
+key="$(head -c 32 /dev/urandom | base64)"
+admin="bench-admin-token-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+# Starts `count` nodes on a fresh database; their URLs in $urls, their pids in $pids.
+start_nodes() {
+    local count="$1" db="$2"
+    as_postgres "$pg_bin/createdb" -h "$work" -U postgres "$db"
+    urls="" pids=""
+    for i in $(seq 1 "$count"); do
+        local port=$((18080 + i)) dir="$work/node-$db-$i"
+        mkdir -p "$dir"
+        MERPATI_DATABASE_URL="postgres://postgres@$socket/$db" MERPATI_SECRET_KEY="$key" \
+            MERPATI_ADMIN_TOKEN="$admin" MERPATI_LISTEN="127.0.0.1:$port" \
+            MERPATI_DATA_DIR="$dir" MERPATI_DELIVERY_ALLOWED_NETWORKS=127.0.0.0/8 \
+            MERPATI_CLUSTER_NODE_NAME="node-$i" MERPATI_LOG=warn \
+            "$bin" serve >"$dir/log" 2>&1 &
+        nodes+=("$!")
+        pids="${pids:+$pids,}$!"
+        urls="${urls:+$urls,}http://127.0.0.1:$port"
+        until curl -fs "http://127.0.0.1:$port/readyz" >/dev/null; do sleep 0.2; done
+    done
+    # The slots shared out among them.
+    sleep 3
+}
+stop_nodes() {
+    for pid in "${nodes[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    nodes=()
+}
+bench() {
+    echo "\$ merpati bench delivery --url $urls --duration $duration $*"
+    "$bin" bench delivery --url "$urls" --admin-token "$admin" --server-pid "$pids" \
+        --duration "$duration" "$@"
+    echo
+}
+
+for count in 1 3; do
+    echo "## $count node(s)"
+    start_nodes "$count" "one_item_$count"
+    bench
+    stop_nodes
+    start_nodes "$count" "hundred_items_$count"
+    bench --items-per-request 100 --concurrency 16
+    stop_nodes
+    start_nodes "$count" "steady_$count"
+    bench --rate 2000 --idle 10s
+    stop_nodes
+done
