@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use merpati_domain::clock::SharedClock;
 use merpati_domain::cluster::{leader_of, new_node_id, renew_every_ms, NodeInfo};
 use merpati_domain::ids::EndpointId;
-use merpati_domain::slots::{slot_of, wanted_by, Fence, Slot, SLOTS};
+use merpati_domain::slots::{slot_of, wanted_by, Fence, Slot, SlotsTaken, SLOTS};
 use merpati_domain::{SharedStore, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -298,10 +298,20 @@ impl Membership {
             .map(|(slot, _)| *slot)
             .collect();
         let take: Vec<Slot> = wanted.difference(&held).copied().collect();
-        let traded = self
-            .store
-            .trade_slots(&self.node, take, give_back, self.clock.now_ms())
-            .await?;
+        // Slots change hands only through a trade (another node takes this one's only once
+        // its lease ran out, which the renewal finds): with nothing to trade, what it holds
+        // is what it last traded.
+        let joined = self.ownership.generation() == 0;
+        let traded = if take.is_empty() && give_back.is_empty() && !joined {
+            SlotsTaken {
+                held: fence.epochs.clone(),
+                released: 0,
+            }
+        } else {
+            self.store
+                .trade_slots(&self.node, take, give_back, self.clock.now_ms())
+                .await?
+        };
         if traded.released > 0 {
             tracing::info!(
                 deliveries = traded.released,

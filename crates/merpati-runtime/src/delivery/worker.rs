@@ -74,8 +74,11 @@ enum Wake {
     HandedOver(Vec<DueDelivery>),
     /// An attempt ended (or its task failed).
     Finished(Result<(tokio::task::Id, Finished), JoinError>),
-    /// The time it slept until came: something may be due.
-    Due,
+    /// The time it slept until came: something may be due (or, when only the fallback's
+    /// second is up, another node may have made some due unheard).
+    Due {
+        fallback_only: bool,
+    },
     /// Nothing was queued or under way for `idle_release_after` after a burst.
     Idle,
 }
@@ -302,10 +305,12 @@ impl Run {
             .ownership
             .shared()
             .then_some(self.due.polled_at + FALLBACK_WAKE_MS);
-        let wake_at = earliest(
-            earliest(earliest(store_wake, lane_wake), fallback),
+        let other = earliest(
+            earliest(store_wake, lane_wake),
             self.lanes.probe_wake(self.now()),
         );
+        let wake_at = earliest(other, fallback);
+        let fallback_only = fallback.is_some_and(|f| other.is_none_or(|o| f < o));
         let sleep = wake_at.map(|at| {
             let wait = (at - self.now()).max(0) as u64;
             tokio::time::sleep(Duration::from_millis(wait))
@@ -341,7 +346,9 @@ impl Run {
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 Some(Wake::Finished(done))
             }
-            _ = async { sleep.expect("guarded").await }, if sleep.is_some() => Some(Wake::Due),
+            _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+                Some(Wake::Due { fallback_only })
+            }
             _ = tokio::time::sleep_until(release_at.unwrap_or_else(tokio::time::Instant::now)),
                 if release_at.is_some() => Some(Wake::Idle),
         }
@@ -503,12 +510,15 @@ impl Run {
                     self.finished(result);
                 }
             }
-            Wake::Due => {
-                self.due.known_due = true;
+            Wake::Due { fallback_only } => {
+                self.due.polled_at = self.now();
                 self.due.stale = true;
-                let now = self.now();
-                if now >= self.due.polled_at + FALLBACK_WAKE_MS {
-                    self.due.polled_at = now;
+                if fallback_only {
+                    // Only the fallback: the store is read, and a claim made only if it
+                    // has something due.
+                    self.due.read_at = i64::MIN / 2;
+                } else {
+                    self.due.known_due = true;
                 }
             }
             Wake::Idle => {
