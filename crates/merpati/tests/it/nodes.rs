@@ -130,6 +130,19 @@ async fn post_as_device(
     }
 }
 
+/// Waits until every one of `events` reached the receiver.
+async fn every_one_arrives(receiver: &Receiver, events: &BTreeSet<String>, patience: Duration) {
+    receiver
+        .wait_for_arrivals(patience, |got| {
+            let ids: BTreeSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+            let missing = events.iter().filter(|e| !ids.contains(e.as_str())).count();
+            (missing == 0)
+                .then_some(())
+                .ok_or(format!("{missing} of {} not delivered", events.len()))
+        })
+        .await;
+}
+
 /// The events a receiver got, in order of arrival, with when each first arrived and how
 /// many times it did.
 fn arrivals(receiver: &Receiver) -> (Vec<String>, BTreeMap<String, (Instant, usize)>) {
@@ -232,33 +245,10 @@ async fn three_nodes_deliver_every_event_in_order_through_a_kill_and_a_join() {
     let accepted: BTreeSet<String> = sent.first_sent_at.keys().cloned().collect();
     assert!(accepted.len() > 200, "only {} accepted", accepted.len());
     for receiver in [&ordered, &plain] {
-        receiver
-            .wait_for_arrivals(Duration::from_secs(60), |got| {
-                let ids: BTreeSet<String> = got
-                    .iter()
-                    .map(|r| r.header("webhook-id").to_string())
-                    .collect();
-                let missing = accepted.difference(&ids).count();
-                (missing == 0)
-                    .then_some(())
-                    .ok_or(format!("{missing} not delivered"))
-            })
-            .await;
+        every_one_arrives(receiver, &accepted, Duration::from_secs(60)).await;
     }
-
     let limited_events: BTreeSet<String> = sent.by_device[&1].iter().cloned().collect();
-    limited
-        .wait_for_arrivals(Duration::from_secs(90), |got| {
-            let ids: BTreeSet<String> = got
-                .iter()
-                .map(|r| r.header("webhook-id").to_string())
-                .collect();
-            let missing = limited_events.difference(&ids).count();
-            (missing == 0)
-                .then_some(())
-                .ok_or(format!("{missing} not delivered to the limited endpoint"))
-        })
-        .await;
+    every_one_arrives(&limited, &limited_events, Duration::from_secs(90)).await;
     assert!(
         limited.most_at_once() <= CONCURRENCY,
         "{} at once",
@@ -371,18 +361,7 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     signal(&nodes[paused], "CONT").await;
 
-    receiver
-        .wait_for_arrivals(Duration::from_secs(60), |got| {
-            let ids: BTreeSet<String> = got
-                .iter()
-                .map(|r| r.header("webhook-id").to_string())
-                .collect();
-            let missing = accepted.difference(&ids).count();
-            (missing == 0)
-                .then_some(())
-                .ok_or(format!("{missing} not delivered"))
-        })
-        .await;
+    every_one_arrives(&receiver, &accepted, Duration::from_secs(60)).await;
     // Long enough for a node that did start what it held to be seen doing so.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, seen) = arrivals(&receiver);
