@@ -49,7 +49,6 @@ pub struct Ownership {
     applied: AtomicU64,
 }
 
-#[derive(Clone)]
 struct Held {
     /// Every slot held: what records, parks and take-backs name.
     fence: Arc<Fence>,
@@ -88,8 +87,8 @@ impl Ownership {
     pub fn sole(node: &str) -> Ownership {
         let o = Ownership::new(node);
         let all: BTreeMap<Slot, i64> = (0..SLOTS).map(|s| (s, 0)).collect();
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        o.set(node, all, &BTreeSet::new(), Some(far), false);
+        o.set(node, all, &BTreeSet::new(), false);
+        o.extend_lease(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
         o.state.write().expect("ownership lock").leads = true;
         o
     }
@@ -169,7 +168,6 @@ impl Ownership {
         node: &str,
         held: BTreeMap<Slot, i64>,
         giving_back: &BTreeSet<Slot>,
-        sure_until: Option<Instant>,
         shared: bool,
     ) -> bool {
         let mut state = self.state.write().expect("ownership lock");
@@ -191,7 +189,6 @@ impl Ownership {
             });
             state.generation += 1;
         }
-        state.sure_until = sure_until;
         state.shared = shared;
         changed
     }
@@ -203,8 +200,12 @@ impl Ownership {
 
     /// Forgets every slot: the lease ran out.
     fn lose_all(&self, node: &str) -> bool {
-        self.state.write().expect("ownership lock").leads = false;
-        self.set(node, BTreeMap::new(), &BTreeSet::new(), None, true)
+        {
+            let mut state = self.state.write().expect("ownership lock");
+            state.leads = false;
+            state.sure_until = None;
+        }
+        self.set(node, BTreeMap::new(), &BTreeSet::new(), true)
     }
 
     fn set_leads(&self, leads: bool) -> bool {
@@ -245,8 +246,8 @@ impl Membership {
                 .await?
             {
                 Ok(joined) => {
-                    let mut giving_back = GivingBack::default();
-                    self.trade(sent_at, &mut giving_back).await?;
+                    self.ownership.extend_lease(sent_at + self.lease);
+                    self.trade(&mut GivingBack::default()).await?;
                     return Ok(joined);
                 }
                 Err(holder) if waited => return Err(MembershipError::Taken(holder)),
@@ -270,11 +271,7 @@ impl Membership {
 
     /// Takes the slots this node should own that are free, gives back those it should not
     /// once they are drained, and publishes what it holds.
-    async fn trade(
-        &self,
-        sent_at: Instant,
-        giving_back: &mut GivingBack,
-    ) -> Result<(), StoreError> {
+    async fn trade(&self, giving_back: &mut GivingBack) -> Result<(), StoreError> {
         let (nodes, _) = self.store.cluster_nodes().await?;
         let live: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
         let leads = leader_of(&nodes).is_some_and(|n| n.id == self.node);
@@ -299,10 +296,9 @@ impl Membership {
             .collect();
         let take: Vec<Slot> = wanted.difference(&held).copied().collect();
         // Slots change hands only through a trade (another node takes this one's only once
-        // its lease ran out, which the renewal finds): with nothing to trade, what it holds
-        // is what it last traded.
-        let joined = self.ownership.generation() == 0;
-        let traded = if take.is_empty() && give_back.is_empty() && !joined {
+        // its lease ran out, which the renewal finds; a node just joined holds none): with
+        // nothing to trade, what it holds is what it last traded.
+        let traded = if take.is_empty() && give_back.is_empty() {
             SlotsTaken {
                 held: fence.epochs.clone(),
                 released: 0,
@@ -320,13 +316,9 @@ impl Membership {
         }
         let now_held: BTreeSet<Slot> = traded.held.keys().copied().collect();
         let leaving: BTreeSet<Slot> = now_held.difference(&wanted).copied().collect();
-        let changed = self.ownership.set(
-            &self.node,
-            traded.held,
-            &leaving,
-            Some(sent_at + self.lease),
-            live.len() > 1,
-        );
+        let changed = self
+            .ownership
+            .set(&self.node, traded.held, &leaving, live.len() > 1);
         let generation = self.ownership.generation();
         giving_back.0.retain(|slot, _| leaving.contains(slot));
         for slot in leaving {
@@ -360,7 +352,7 @@ impl Membership {
             match self.store.renew_lease(&self.node, self.lease_ms()).await {
                 Ok(Some(_)) => {
                     self.ownership.extend_lease(sent_at + self.lease);
-                    if let Err(e) = self.trade(sent_at, &mut giving_back).await {
+                    if let Err(e) = self.trade(&mut giving_back).await {
                         tracing::warn!(error = %e, "cannot trade slots");
                     }
                 }
@@ -396,20 +388,22 @@ mod tests {
     fn slots_given_back_stop_taking_deliveries_but_stay_in_the_fence() {
         let o = Ownership::new("node_a");
         assert!(!o.sure());
-        let later = Some(Instant::now() + Duration::from_secs(60));
         let ep = EndpointId::from("ep_1");
         let slot = slot_of(&ep);
         let held: BTreeMap<Slot, i64> = [(slot, 3), ((slot + 1) % SLOTS, 1)].into();
-        assert!(o.set("node_a", held.clone(), &BTreeSet::new(), later, true));
+        assert!(o.set("node_a", held.clone(), &BTreeSet::new(), true));
+        assert!(o.takes(&ep) && !o.sure(), "no lease yet");
+        o.extend_lease(Instant::now() + Duration::from_secs(60));
         assert!(o.takes(&ep) && o.sure());
-        let now = Some(Instant::now());
         assert!(
-            !o.set("node_a", held.clone(), &BTreeSet::new(), now, true),
+            !o.set("node_a", held.clone(), &BTreeSet::new(), true),
             "same slots"
         );
-        assert!(!o.sure(), "the lease may have run out");
+        let ran_out = Ownership::new("node_c");
+        ran_out.extend_lease(Instant::now());
+        assert!(!ran_out.sure(), "the lease may have run out");
         let gen = o.generation();
-        assert!(o.set("node_a", held, &[slot].into(), later, true));
+        assert!(o.set("node_a", held, &[slot].into(), true));
         assert!(o.generation() > gen);
         assert!(!o.takes(&ep) && !o.takes_any(&[slot]));
         assert!(
