@@ -37,6 +37,7 @@ mod listener;
 mod migrations;
 mod outbox;
 mod presence;
+mod presence_machines;
 mod reader;
 mod rows;
 pub mod scratch;

@@ -11,6 +11,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (2, "cluster", include_str!("../migrations/0002_cluster.sql")),
     (3, "slots", include_str!("../migrations/0003_slots.sql")),
+    (
+        4,
+        "presence_machines",
+        include_str!("../migrations/0004_presence_machines.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).

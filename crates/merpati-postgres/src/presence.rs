@@ -4,22 +4,25 @@
 //! the history read back by device, channel or business.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::{AccountId, DeviceId, EventId};
 use merpati_domain::presence::announce::{announcement, Announcement};
-use merpati_domain::presence::machine::{Change, EngineReport};
+use merpati_domain::presence::machine::Change;
+use merpati_domain::presence::step::{plan, CloseWhy, Stepped};
 use merpati_domain::presence::{
-    Applied, Blip, HistoryScope, Period, PeriodState, PresenceStore, PresenceWrite, StoredPresence,
-    WriteKind,
+    Applied, Blip, HeldLink, HistoryScope, LeaseSettings, Period, PeriodState, PresenceStep,
+    PresenceStore, PresenceWrite, StoredView, WriteKind,
 };
 use merpati_domain::{StoreError, StoreResult};
 use merpati_webhooks::Event;
 
 use crate::conn::Conn;
-use crate::devices::{context_row, presence_from_db, presence_to_db, CONTEXT_QUERY};
+use crate::devices::{context_row, presence_to_db, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
+use crate::presence_machines;
 use crate::rows::word;
 use crate::table::owned;
 use crate::writer::Tx;
@@ -118,96 +121,114 @@ fn scope_id(scope: &HistoryScope) -> &str {
     }
 }
 
+/// Records a group of presence writes: history, the device's announced presence, engine
+/// reports, and each announcement's event and deliveries. Writes for devices deleted
+/// meanwhile are skipped.
+pub(crate) fn record(tx: &mut Tx<'_>, writes: Vec<PresenceWrite>, now: i64) -> DbResult<Applied> {
+    let mut applied = Applied::default();
+    let mut contexts: HashMap<(AccountId, DeviceId), Option<DeviceContext>> = HashMap::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        let key = (w.account_id.clone(), w.device_id.clone());
+        if !contexts.contains_key(&key) {
+            let ctx = tx
+                .query_opt(
+                    &format!("{CONTEXT_QUERY} WHERE d.account_id = $1 AND d.id = $2"),
+                    &[&key.0.as_str(), &key.1.as_str()],
+                )?
+                .as_ref()
+                .map(context_row)
+                .transpose()?;
+            contexts.insert(key.clone(), ctx);
+        }
+        let Some(d) = contexts[&key].clone() else {
+            continue;
+        };
+        let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
+        let change = match w.what {
+            WriteKind::Engine(report) => {
+                tx.execute(
+                    "UPDATE devices SET engine_state = $3
+                     WHERE account_id = $1 AND id = $2",
+                    &[&account, &device, &report.map(|r| r.as_str())],
+                )?;
+                continue;
+            }
+            WriteKind::Change(change) => change,
+        };
+        if let Change::Blip {
+            started_at,
+            ended_at,
+            reason,
+        } = change
+        {
+            tx.execute(
+                "INSERT INTO presence_blips
+                     (account_id, device_id, started_at, ended_at, reason)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&account, &device, &started_at, &ended_at, &reason.as_str()],
+            )?;
+        }
+        let Some(a) = announcement(&change, &d) else {
+            continue;
+        };
+        next_period(tx, &d, &a, now)?;
+        let (state, since) = (a.state, a.since);
+        let (event_id, due) = announce(tx, &d, a, now)?;
+        applied.event_ids.insert(i, event_id);
+        applied.new_deliveries += due;
+        if let Some(Some(ctx)) = contexts.get_mut(&key) {
+            ctx.presence = state.presence();
+            ctx.presence_since = Some(since);
+        }
+    }
+    Ok(applied)
+}
+
 #[async_trait::async_trait]
 impl PresenceStore for PostgresStore {
     async fn apply_presence(&self, writes: Vec<PresenceWrite>, now: i64) -> StoreResult<Applied> {
+        self.write(move |tx| record(tx, writes, now)).await
+    }
+
+    async fn step_presence(&self, step: PresenceStep) -> StoreResult<Stepped> {
         self.write(move |tx| {
-            let mut applied = Applied::default();
-            let mut contexts: HashMap<(AccountId, DeviceId), Option<DeviceContext>> =
-                HashMap::new();
-            for (i, w) in writes.into_iter().enumerate() {
-                let key = (w.account_id.clone(), w.device_id.clone());
-                if !contexts.contains_key(&key) {
-                    let ctx = tx
-                        .query_opt(
-                            &format!("{CONTEXT_QUERY} WHERE d.account_id = $1 AND d.id = $2"),
-                            &[&key.0.as_str(), &key.1.as_str()],
-                        )?
-                        .as_ref()
-                        .map(context_row)
-                        .transpose()?;
-                    contexts.insert(key.clone(), ctx);
-                }
-                let Some(d) = contexts[&key].clone() else {
-                    continue;
-                };
-                let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
-                let change = match w.what {
-                    WriteKind::Engine(report) => {
-                        tx.execute(
-                            "UPDATE devices SET engine_state = $3
-                             WHERE account_id = $1 AND id = $2",
-                            &[&account, &device, &report.map(|r| r.as_str())],
-                        )?;
-                        continue;
-                    }
-                    WriteKind::Change(change) => change,
-                };
-                if let Change::Blip {
-                    started_at,
-                    ended_at,
-                    reason,
-                } = change
-                {
-                    tx.execute(
-                        "INSERT INTO presence_blips
-                             (account_id, device_id, started_at, ended_at, reason)
-                         VALUES ($1, $2, $3, $4, $5)",
-                        &[&account, &device, &started_at, &ended_at, &reason.as_str()],
-                    )?;
-                }
-                let Some(a) = announcement(&change, &d) else {
-                    continue;
-                };
-                next_period(tx, &d, &a, now)?;
-                let (state, since) = (a.state, a.since);
-                let (event_id, due) = announce(tx, &d, a, now)?;
-                applied.event_ids.insert(i, event_id);
-                applied.new_deliveries += due;
-                if let Some(Some(ctx)) = contexts.get_mut(&key) {
-                    ctx.presence = state.presence();
-                    ctx.presence_since = Some(since);
-                }
-            }
-            Ok(applied)
+            let (loaded, swept, more) = presence_machines::load_step(tx, &step)?;
+            let plan = plan(
+                &step.node,
+                step.now,
+                &step.lease,
+                &loaded,
+                &swept,
+                &step.requests,
+            );
+            let applied = record(tx, plan.writes.clone(), step.now)?;
+            let next = presence_machines::write_step(tx, &plan.machines)?;
+            Ok(plan.finish(&applied, next, more))
         })
         .await
     }
 
-    async fn presence_to_restore(&self) -> StoreResult<Vec<StoredPresence>> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT d.account_id, d.id, d.presence, d.presence_since, d.engine_state,
-                            ch.engine, ch.heartbeat_timeout_ms, ch.grace_ms
-                     FROM devices d
-                     JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
-                     WHERE d.presence = 'up' OR d.engine_state IS NOT NULL",
-                &[],
-            )?
-            .iter()
-            .map(|r| StoredPresence {
-                account_id: AccountId::from(r.get::<_, String>(0)),
-                device_id: DeviceId::from(r.get::<_, String>(1)),
-                announced: presence_from_db(r.get(2)).into(),
-                since: r.get(3),
-                engine_state: r.get::<_, Option<&str>>(4).and_then(EngineReport::parse),
-                engine: r.get(5),
-                channel_heartbeat_ms: r.get(6),
-                channel_grace_ms: r.get(7),
-            })
-            .collect())
-        })
-        .await
+    async fn restart_presence(&self, lease: Arc<LeaseSettings>, now: i64) -> StoreResult<usize> {
+        self.write(move |tx| presence_machines::restart(tx, &lease, now))
+            .await
+    }
+
+    async fn presence_view(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+    ) -> StoreResult<Option<StoredView>> {
+        self.read(move |c| presence_machines::view(c, &account, &device))
+            .await
+    }
+
+    async fn stale_links(
+        &self,
+        node: String,
+        links: Vec<HeldLink>,
+    ) -> StoreResult<Vec<(u64, CloseWhy)>> {
+        self.read(move |c| presence_machines::stale_links(c, &node, &links))
+            .await
     }
 
     async fn presence_periods(

@@ -35,6 +35,7 @@ mod ingest;
 mod jobs;
 mod migrations;
 mod presence;
+mod presence_machines;
 mod reader;
 mod rows;
 mod sealed;

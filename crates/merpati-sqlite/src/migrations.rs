@@ -87,6 +87,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0019_cluster.sql"),
     ),
     (20, "slots", include_str!("../migrations/0020_slots.sql")),
+    (
+        21,
+        "presence_machines",
+        include_str!("../migrations/0021_presence_machines.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

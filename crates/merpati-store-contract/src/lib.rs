@@ -68,6 +68,8 @@ macro_rules! contract_suite {
             presence::announcements_record_periods_and_go_to_subscribers,
             presence::blips_and_engine_reports_are_recorded_and_deleted_devices_skipped,
             presence::history_is_read_by_device_channel_and_business,
+            presence::any_node_takes_the_next_step_of_a_device,
+            presence::a_restart_forgets_links_and_gives_every_device_up_a_full_lease,
             retention::old_events_go_unless_a_delivery_still_owes_them,
             retention::deleted_endpoints_and_accounts_go_a_chunk_at_a_time,
             revisions::an_update_applies_only_at_the_revision_it_was_read,

@@ -264,9 +264,13 @@ pub async fn start(
         min_heartbeat_interval: config.presence.min_heartbeat_interval,
         announced: announced.clone(),
         metrics: metrics.clone(),
+        ownership: ownership.clone(),
         shutdown: shutdown.clone(),
     });
-    hub.restore().await?;
+    // After every node was down, no link survived and nobody heard the devices.
+    let (nodes, _) = store.cluster_nodes().await?;
+    let after_restart = nodes.iter().all(|n| n.id == ownership.node());
+    hub.start(after_restart).await?;
     spawn_essential(&tasks, &shutdown, &failed, "presence hub", hub.run());
     spawn_essential(
         &tasks,
@@ -326,7 +330,6 @@ pub async fn start(
             store: store.clone(),
             clock: clock.clone(),
             presence: presence.clone(),
-            lease: config.presence.lease.clone(),
             client: send::client(config.delivery.timeout, resolver),
             guard,
             timeout: config.delivery.timeout,

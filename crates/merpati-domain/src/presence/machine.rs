@@ -100,9 +100,53 @@ pub enum Change {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    since: i64,
-    reason: Reason,
+pub struct Pending {
+    /// When life was lost.
+    pub since: i64,
+    pub reason: Reason,
+}
+
+/// What a device shows now: its announced state, or pending while lost inside the grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveStatus {
+    Unknown,
+    Connected,
+    /// Lost, inside the grace: not announced (yet).
+    Pending,
+    Disconnected,
+}
+
+impl LiveStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveStatus::Unknown => "unknown",
+            LiveStatus::Connected => "connected",
+            LiveStatus::Pending => "pending",
+            LiveStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl From<crate::device::Presence> for LiveStatus {
+    fn from(p: crate::device::Presence) -> LiveStatus {
+        match p {
+            crate::device::Presence::Unknown => LiveStatus::Unknown,
+            crate::device::Presence::Connected => LiveStatus::Connected,
+            crate::device::Presence::Disconnected => LiveStatus::Disconnected,
+        }
+    }
+}
+
+/// A machine as kept between steps (in the database, so that any node can take the next
+/// step): everything but its timeouts, which follow the settings of the moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMachine {
+    pub announced: Announced,
+    pub announced_since: Option<i64>,
+    pub link: Option<u64>,
+    pub last_heartbeat: Option<i64>,
+    pub engine: Option<EngineReport>,
+    pub pending: Option<Pending>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +193,58 @@ impl DeviceState {
             s.last_heartbeat = Some(now);
         }
         s
+    }
+
+    pub fn from_stored(stored: StoredMachine, timeouts: Timeouts) -> Self {
+        DeviceState {
+            announced: stored.announced,
+            announced_since: stored.announced_since,
+            link: stored.link,
+            last_heartbeat: stored.last_heartbeat,
+            engine: stored.engine,
+            pending: stored.pending,
+            timeouts,
+        }
+    }
+
+    pub fn stored(&self) -> StoredMachine {
+        StoredMachine {
+            announced: self.announced,
+            announced_since: self.announced_since,
+            link: self.link,
+            last_heartbeat: self.last_heartbeat,
+            engine: self.engine,
+            pending: self.pending,
+        }
+    }
+
+    /// The machine after every node was down (a restart): no link survived, and nobody
+    /// could hear the device meanwhile, so one announced up, or lost inside its grace, is
+    /// treated as heard from at `now`; one whose engine said connected stays up on the
+    /// engine's word. A restart is not an outage.
+    pub fn after_restart(&self, now: i64) -> Self {
+        let mut s = DeviceState::restored(
+            self.announced,
+            self.announced_since,
+            self.engine,
+            self.timeouts,
+            now,
+        );
+        if self.announced != Announced::Up {
+            s.last_heartbeat = self.last_heartbeat;
+        }
+        s
+    }
+
+    pub fn status(&self) -> LiveStatus {
+        if self.pending.is_some() {
+            return LiveStatus::Pending;
+        }
+        match self.announced {
+            Announced::Unknown => LiveStatus::Unknown,
+            Announced::Up => LiveStatus::Connected,
+            Announced::Down => LiveStatus::Disconnected,
+        }
     }
 
     pub fn is_pending(&self) -> bool {

@@ -1,8 +1,10 @@
 //! Device presence: a device's lease as a pure state machine (`machine`), what its changes
 //! announce and record (`announce`), availability over a window (`history`), the lease
-//! settings that apply to a device, and what the store keeps of it all.
+//! settings that apply to a device, one step of many machines as any node takes it
+//! (`step`), and what the store keeps of it all.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::{DeviceContext, Presence};
@@ -13,8 +15,10 @@ pub mod announce;
 pub mod bar;
 pub mod history;
 pub mod machine;
+pub mod step;
 
-use machine::{Announced, Change, EngineReport, Timeouts};
+use machine::{Change, EngineReport, LiveStatus, Timeouts};
+use step::{CloseWhy, DeviceRequest, Stepped};
 
 /// One thing to record for one device.
 #[derive(Debug, Clone)]
@@ -39,17 +43,35 @@ pub struct Applied {
     pub new_deliveries: usize,
 }
 
-/// A device's presence as stored, to rebuild the hub after a restart.
+/// One step of presence ([`step`]), taken by `node` at `now` on its clock.
 #[derive(Debug, Clone)]
-pub struct StoredPresence {
+pub struct PresenceStep {
+    pub node: String,
+    pub now: i64,
+    pub lease: Arc<LeaseSettings>,
+    pub requests: Vec<DeviceRequest>,
+    /// Also steps devices whose deadline has come and devices whose link's node is gone,
+    /// up to [`SWEEP_LIMIT`]; rows another node is stepping are left to it.
+    pub sweep: bool,
+}
+
+/// The most devices one step sweeps.
+pub const SWEEP_LIMIT: usize = 1_000;
+
+/// A device's presence as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredView {
+    pub status: LiveStatus,
+    pub link_open: bool,
+    pub last_heartbeat: Option<i64>,
+}
+
+/// One of a node's links, to ask whether it is still its device's.
+#[derive(Debug, Clone)]
+pub struct HeldLink {
+    pub link: u64,
     pub account_id: AccountId,
     pub device_id: DeviceId,
-    pub announced: Announced,
-    pub since: Option<i64>,
-    pub engine_state: Option<EngineReport>,
-    pub engine: String,
-    pub channel_heartbeat_ms: Option<i64>,
-    pub channel_grace_ms: Option<i64>,
 }
 
 /// The state of a period of a device's history: what was announced.
@@ -115,8 +137,24 @@ pub trait PresenceStore: Send + Sync {
     /// for each announcement ([`announce::announcement`]) its event and deliveries. Writes
     /// for devices deleted meanwhile are skipped.
     async fn apply_presence(&self, writes: Vec<PresenceWrite>, now: i64) -> StoreResult<Applied>;
-    /// Every device announced up or with an engine state.
-    async fn presence_to_restore(&self) -> StoreResult<Vec<StoredPresence>>;
+    /// Takes one step in one transaction: locks the rows of the devices asked about (and
+    /// those swept), plans it ([`step::plan`]), records the plan's writes and machines.
+    async fn step_presence(&self, step: PresenceStep) -> StoreResult<Stepped>;
+    /// After every node was down: every machine as [`step::after_restart`] makes it.
+    /// Returns how many changed.
+    async fn restart_presence(&self, lease: Arc<LeaseSettings>, now: i64) -> StoreResult<usize>;
+    async fn presence_view(
+        &self,
+        account: AccountId,
+        device: DeviceId,
+    ) -> StoreResult<Option<StoredView>>;
+    /// Those of `node`'s links that are no longer their device's, and why: another link
+    /// replaced it, or it was revoked or lost (or the device deleted).
+    async fn stale_links(
+        &self,
+        node: String,
+        links: Vec<HeldLink>,
+    ) -> StoreResult<Vec<(u64, CloseWhy)>>;
     /// Periods overlapping [from, to), oldest first. NotFound when the scope is not the
     /// account's.
     async fn presence_periods(

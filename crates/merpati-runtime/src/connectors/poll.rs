@@ -11,7 +11,6 @@ use merpati_domain::connector::Connector;
 use merpati_domain::device::EngineReport;
 use merpati_domain::ids::ConnectorId;
 use merpati_domain::presence::machine::Input;
-use merpati_domain::presence::LeaseSettings;
 use merpati_domain::{SharedStore, StoreError};
 use merpati_engines::{status, Engine, State};
 use tokio::sync::Notify;
@@ -32,7 +31,6 @@ pub struct Poller {
     pub store: SharedStore,
     pub clock: SharedClock,
     pub presence: PresenceHandle,
-    pub lease: LeaseSettings,
     pub client: Client,
     pub guard: Guard,
     pub timeout: Duration,
@@ -167,8 +165,7 @@ impl Poller {
             State::Pending | State::Disconnected => Input::Report(EngineReport::Disconnected),
             State::LoggedOut => Input::Report(EngineReport::LoggedOut),
         };
-        let timeouts = self.lease.for_device(&ctx);
-        if let Err(e) = self.presence.input(&ctx, timeouts, input).await {
+        if let Err(e) = self.presence.input(&ctx, input).await {
             tracing::warn!(error = %e, "a polled state");
         }
     }

@@ -1,12 +1,16 @@
-//! The presence hub: one task owns every device's state machine and every deadline.
+//! The presence hub: one task per node steps the devices that talk to it, sweeps the
+//! deadlines that came, and holds the node's links.
 //!
-//! Deadlines live in one ordered set, so 10,000 devices cost one timer, not 10,000 tasks,
-//! and nothing polls the database. Commands arrive on a channel; the hub takes all that are
-//! waiting, applies them and the deadlines that came due, writes every resulting change in
-//! one group, and only then answers: a device that is told "connected" has its
-//! announcement on disk.
+//! Every device's machine lives in the database, and each step is one transaction that
+//! locks the rows it moves (`PresenceStore::step_presence`), so any node may take the next
+//! step of any device. Commands arrive on a channel; the hub takes all that are waiting,
+//! steps them with the deadlines that came in one transaction, and only then answers: a
+//! device that is told "connected" has its announcement on disk. A node alone knows every
+//! deadline (the store answers the earliest), so it wakes only for them; nodes sharing the
+//! database also sweep each second for the deadlines others wrote and the links of nodes
+//! that are gone, and close their own links that a newer one replaced elsewhere.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +18,17 @@ use std::time::Duration;
 use merpati_domain::clock::SharedClock;
 use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::{AccountId, DeviceId, EventId};
-use merpati_domain::presence::machine::{
-    Announced, Change, DeviceState, EngineReport, Input, Reason, Timeouts,
-};
-use merpati_domain::presence::{Applied, LeaseSettings, PresenceWrite, WriteKind};
+pub use merpati_domain::presence::machine::LiveStatus;
+use merpati_domain::presence::machine::{Input, Reason};
+use merpati_domain::presence::step::{CloseWhy, DeviceRequest, Request, Stepped};
+use merpati_domain::presence::{HeldLink, LeaseSettings, PresenceStep};
 use merpati_domain::{SharedStore, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Change as BusChange, DeviceStatus, StoredEvent};
+use crate::cluster::Ownership;
 use crate::delivery::DeliveryWaker;
 use crate::metrics::Metrics;
 
@@ -56,32 +62,12 @@ pub struct Telemetry {
     pub network: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiveStatus {
-    Unknown,
-    Connected,
-    /// Lost, inside the grace: not announced (yet).
-    Pending,
-    Disconnected,
-}
-
-impl LiveStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LiveStatus::Unknown => "unknown",
-            LiveStatus::Connected => "connected",
-            LiveStatus::Pending => "pending",
-            LiveStatus::Disconnected => "disconnected",
-        }
-    }
-
-    fn on_bus(self) -> Option<DeviceStatus> {
-        match self {
-            LiveStatus::Unknown => None,
-            LiveStatus::Connected => Some(DeviceStatus::Connected),
-            LiveStatus::Pending => Some(DeviceStatus::Pending),
-            LiveStatus::Disconnected => Some(DeviceStatus::Disconnected),
-        }
+fn on_bus(status: LiveStatus) -> Option<DeviceStatus> {
+    match status {
+        LiveStatus::Unknown => None,
+        LiveStatus::Connected => Some(DeviceStatus::Connected),
+        LiveStatus::Pending => Some(DeviceStatus::Pending),
+        LiveStatus::Disconnected => Some(DeviceStatus::Disconnected),
     }
 }
 
@@ -115,26 +101,17 @@ pub const CLOSE_TOKEN: LinkClose = LinkClose {
     code: 4001,
     reason: "the device token was rotated or the device deleted",
 };
+/// The node lost its lease on the database: the others count its links as lost, so the
+/// device is to connect again (to any node).
+pub const CLOSE_NODE_LOST: LinkClose = LinkClose {
+    code: 1012,
+    reason: "this node lost its lease on the database; connect again",
+};
 
-/// A device as a request presents it: enough to start its machine if the hub has none.
-#[derive(Debug, Clone)]
-struct Target {
-    key: DeviceKey,
-    timeouts: Timeouts,
-    announced: Announced,
-    since: Option<i64>,
-    engine: Option<EngineReport>,
-}
-
-impl Target {
-    fn of(d: &DeviceContext, timeouts: Timeouts) -> Target {
-        Target {
-            key: DeviceKey::new(d.account_id.as_str(), d.device_id.as_str()),
-            timeouts,
-            announced: d.presence.into(),
-            since: d.presence_since,
-            engine: d.engine_state,
-        }
+fn close_for(why: CloseWhy) -> LinkClose {
+    match why {
+        CloseWhy::Replaced => CLOSE_REPLACED,
+        CloseWhy::Revoked => CLOSE_TOKEN,
     }
 }
 
@@ -142,12 +119,12 @@ type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
 enum Command {
     Input {
-        target: Target,
+        key: DeviceKey,
         input: Input,
         reply: Reply<Outcome>,
     },
     Heartbeat {
-        target: Target,
+        key: DeviceKey,
         telemetry: Telemetry,
         /// Err: refused for flooding, retry after this many ms.
         reply: Reply<Result<Outcome, i64>>,
@@ -158,7 +135,7 @@ enum Command {
         telemetry: Telemetry,
     },
     LinkOpened {
-        target: Target,
+        key: DeviceKey,
         link: u64,
         closer: oneshot::Sender<LinkClose>,
         reply: Reply<Outcome>,
@@ -172,13 +149,17 @@ enum Command {
         key: DeviceKey,
         close: LinkClose,
     },
-    View {
+    Heard {
         key: DeviceKey,
-        reply: oneshot::Sender<Option<LiveView>>,
+        reply: oneshot::Sender<Option<(Option<i64>, Option<Telemetry>)>>,
     },
     Tick {
         reply: oneshot::Sender<()>,
     },
+}
+
+fn key_of(device: &DeviceContext) -> DeviceKey {
+    DeviceKey::new(device.account_id.as_str(), device.device_id.as_str())
 }
 
 /// The rest of the server's way to the hub.
@@ -186,6 +167,7 @@ enum Command {
 pub struct PresenceHandle {
     tx: mpsc::Sender<Command>,
     next_link: Arc<AtomicU64>,
+    store: SharedStore,
 }
 
 impl PresenceHandle {
@@ -198,30 +180,20 @@ impl PresenceHandle {
         answer.await.map_err(|_| hub_gone())
     }
 
-    pub async fn input(
-        &self,
-        device: &DeviceContext,
-        timeouts: Timeouts,
-        input: Input,
-    ) -> StoreResult<Outcome> {
-        let target = Target::of(device, timeouts);
-        self.ask(|reply| Command::Input {
-            target,
-            input,
-            reply,
-        })
-        .await?
+    pub async fn input(&self, device: &DeviceContext, input: Input) -> StoreResult<Outcome> {
+        let key = key_of(device);
+        self.ask(|reply| Command::Input { key, input, reply })
+            .await?
     }
 
     pub async fn heartbeat(
         &self,
         device: &DeviceContext,
-        timeouts: Timeouts,
         telemetry: Telemetry,
     ) -> StoreResult<Result<Outcome, i64>> {
-        let target = Target::of(device, timeouts);
+        let key = key_of(device);
         self.ask(|reply| Command::Heartbeat {
-            target,
+            key,
             telemetry,
             reply,
         })
@@ -230,22 +202,23 @@ impl PresenceHandle {
 
     /// A heartbeat frame on a link; dropped rather than waited for when the hub is busy.
     pub fn seen(&self, device: &DeviceContext, telemetry: Telemetry) {
-        let key = DeviceKey::new(device.account_id.as_str(), device.device_id.as_str());
-        let _ = self.tx.try_send(Command::Seen { key, telemetry });
+        let _ = self.tx.try_send(Command::Seen {
+            key: key_of(device),
+            telemetry,
+        });
     }
 
     /// Registers a new link; the receiver fires when the hub wants it closed.
     pub async fn link_opened(
         &self,
         device: &DeviceContext,
-        timeouts: Timeouts,
     ) -> StoreResult<(u64, oneshot::Receiver<LinkClose>, Outcome)> {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         let (closer, closed) = oneshot::channel();
-        let target = Target::of(device, timeouts);
+        let key = key_of(device);
         let outcome = self
             .ask(|reply| Command::LinkOpened {
-                target,
+                key,
                 link,
                 closer,
                 reply,
@@ -255,25 +228,41 @@ impl PresenceHandle {
     }
 
     pub async fn link_closed(&self, device: &DeviceContext, link: u64, reason: Reason) {
-        let key = DeviceKey::new(device.account_id.as_str(), device.device_id.as_str());
+        let key = key_of(device);
         let _ = self
             .tx
             .send(Command::LinkClosed { key, link, reason })
             .await;
     }
 
-    /// Closes the device's link, if it has one (its token changed, or it was deleted).
+    /// Closes the device's link, on whichever node it is (its token changed, or it was
+    /// deleted).
     pub async fn close_link(&self, account: &AccountId, device: &DeviceId, close: LinkClose) {
         let key = DeviceKey::new(account.as_str(), device.as_str());
         let _ = self.tx.send(Command::Close { key, close }).await;
     }
 
+    /// The device's presence as stored, with what this node heard from it.
     pub async fn view(&self, account: &AccountId, device: &DeviceId) -> Option<LiveView> {
+        let stored = self
+            .store
+            .presence_view(account.clone(), device.clone())
+            .await
+            .ok()
+            .flatten()?;
         let key = DeviceKey::new(account.as_str(), device.as_str());
-        self.ask(|reply| Command::View { key, reply })
+        let (last_seen, telemetry) = self
+            .ask(|reply| Command::Heard { key, reply })
             .await
             .ok()
             .flatten()
+            .unwrap_or((None, None));
+        Some(LiveView {
+            status: stored.status,
+            link_open: stored.link_open,
+            last_seen: last_seen.or(stored.last_heartbeat),
+            telemetry,
+        })
     }
 
     /// Makes the hub look at its deadlines now and waits until what came due is written.
@@ -283,10 +272,8 @@ impl PresenceHandle {
     }
 }
 
-struct Entry {
-    machine: DeviceState,
-    deadline: Option<i64>,
-    link: Option<(u64, oneshot::Sender<LinkClose>)>,
+/// What this node heard from a device: for views, and its heartbeat allowance.
+struct Heard {
     last_seen: Option<i64>,
     telemetry: Option<Telemetry>,
     /// Heartbeat allowance (a token bucket), refilled over time.
@@ -294,52 +281,61 @@ struct Entry {
     allowance_at: i64,
 }
 
+impl Default for Heard {
+    fn default() -> Self {
+        Heard {
+            last_seen: None,
+            telemetry: None,
+            allowance: HEARTBEAT_BURST,
+            allowance_at: 0,
+        }
+    }
+}
+
+struct OpenLink {
+    key: DeviceKey,
+    closer: oneshot::Sender<LinkClose>,
+}
+
 /// The hub is gone: the server is stopping.
 fn hub_gone() -> StoreError {
     StoreError::Unavailable("the presence hub has stopped".into())
-}
-
-impl Entry {
-    fn status(&self) -> LiveStatus {
-        if self.machine.is_pending() {
-            return LiveStatus::Pending;
-        }
-        match self.machine.announced {
-            Announced::Unknown => LiveStatus::Unknown,
-            Announced::Up => LiveStatus::Connected,
-            Announced::Down => LiveStatus::Disconnected,
-        }
-    }
 }
 
 /// Heartbeats a device may send at once before the steady rate applies.
 const HEARTBEAT_BURST: f64 = 10.0;
 const MAX_BATCH: usize = 2048;
 const QUEUE: usize = 16_384;
+/// How often nodes sharing the database sweep and look at their links.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Hub {
-    entries: HashMap<DeviceKey, Entry>,
-    deadlines: BTreeSet<(i64, DeviceKey)>,
     rx: mpsc::Receiver<Command>,
     store: SharedStore,
     clock: SharedClock,
     waker: DeliveryWaker,
     bus: Bus,
-    lease: LeaseSettings,
+    lease: Arc<LeaseSettings>,
     /// One heartbeat per this many ms, on average.
     heartbeat_every_ms: i64,
     announced_wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    ownership: Arc<Ownership>,
     shutdown: CancellationToken,
-    /// The status each device the current batch touched had before it, to tell the bus
-    /// what changed once the batch is written (kept only while someone listens).
-    before: HashMap<DeviceKey, LiveStatus>,
+    /// The node this hub's links are stored under.
+    node: String,
+    heard: HashMap<DeviceKey, Heard>,
+    links: HashMap<u64, OpenLink>,
+    /// The earliest deadline of any device, as the last step found it.
+    next_deadline: Option<i64>,
+    /// The last sweep stopped at its limit.
+    more_due: bool,
 }
 
-/// What a command waits for: the write group's outcome.
+/// What a command waits for: the step's outcome.
 enum Waiting {
-    Outcome(Reply<Outcome>, DeviceKey, Option<usize>),
-    Heartbeat(Reply<Result<Outcome, i64>>, DeviceKey, Option<usize>),
+    Outcome(Reply<Outcome>, usize),
+    Heartbeat(Reply<Result<Outcome, i64>>, usize),
     Tick(oneshot::Sender<()>),
 }
 
@@ -355,6 +351,8 @@ pub struct HubSettings {
     /// Notified once a batch with announcements is written (the alert runner waits on it).
     pub announced: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Whose node this is, and whether others share the database.
+    pub ownership: Arc<Ownership>,
     pub shutdown: CancellationToken,
 }
 
@@ -368,46 +366,74 @@ pub fn hub(settings: HubSettings) -> (PresenceHandle, Hub) {
         min_heartbeat_interval,
         announced,
         metrics,
+        ownership,
         shutdown,
     } = settings;
     let (tx, rx) = mpsc::channel(QUEUE);
+    // Link numbers are the node's own; starting each run at random keeps a restarted
+    // node's numbers apart from what it stored before.
+    let first_link = rand::random::<u64>() >> 2 | 1;
     let handle = PresenceHandle {
         tx,
-        next_link: Arc::new(AtomicU64::new(1)),
+        next_link: Arc::new(AtomicU64::new(first_link)),
+        store: store.clone(),
     };
     let hub = Hub {
-        entries: HashMap::new(),
-        deadlines: BTreeSet::new(),
         rx,
         store,
         clock,
         waker,
         bus,
-        lease,
+        lease: Arc::new(lease),
         heartbeat_every_ms: min_heartbeat_interval.as_millis().max(1) as i64,
         announced_wake: announced,
         metrics,
+        node: ownership.node(),
+        ownership,
         shutdown,
-        before: HashMap::new(),
+        heard: HashMap::new(),
+        links: HashMap::new(),
+        next_deadline: None,
+        more_due: false,
     };
     (handle, hub)
 }
 
 impl Hub {
+    /// Gets the hub ready before the server accepts anything: after every node was down
+    /// (`after_restart`), every machine restarts (no link survived, and nobody could hear
+    /// the devices meanwhile); then one sweep, which also finds the earliest deadline.
+    pub async fn start(&mut self, after_restart: bool) -> StoreResult<()> {
+        if after_restart {
+            let now = self.clock.now_ms();
+            let count = self.store.restart_presence(self.lease.clone(), now).await?;
+            if count > 0 {
+                tracing::info!(devices = count, "presence restarted");
+            }
+        }
+        self.process(Vec::new(), true).await;
+        Ok(())
+    }
+
     pub async fn run(mut self) {
         let mut batch = Vec::new();
+        let mut last_look = Instant::now();
         loop {
-            let wait = self.deadlines.first().map(|(at, _)| {
-                let ms = (*at - self.clock.now_ms()).max(0) as u64;
+            let deadline = self.next_deadline.map(|at| {
+                let ms = (at - self.clock.now_ms()).max(0) as u64;
                 tokio::time::sleep(Duration::from_millis(ms))
             });
+            let shared = self.ownership.shared();
+            let mut looked = false;
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 command = self.rx.recv() => match command {
                     Some(c) => batch.push(c),
                     None => break,
                 },
-                _ = async { wait.expect("guarded").await }, if wait.is_some() => {}
+                _ = async { deadline.expect("guarded").await }, if deadline.is_some() => {}
+                _ = tokio::time::sleep_until(last_look + LOOK_EVERY), if shared => looked = true,
+                _ = std::future::ready(()), if self.more_due => {}
             }
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -415,269 +441,207 @@ impl Hub {
                     Err(_) => break,
                 }
             }
-            self.process(std::mem::take(&mut batch)).await;
-        }
-    }
-
-    /// Rebuilds every device that was up from the store. Done before the server accepts
-    /// anything, so that restored leases start at the restart.
-    pub async fn restore(&mut self) -> StoreResult<()> {
-        let now = self.clock.now_ms();
-        let stored = self.store.presence_to_restore().await?;
-        let count = stored.len();
-        for s in stored {
-            let timeouts =
-                self.lease
-                    .timeouts(&s.engine, s.channel_heartbeat_ms, s.channel_grace_ms);
-            let machine =
-                DeviceState::restored(s.announced, s.since, s.engine_state, timeouts, now);
-            let key = DeviceKey::new(s.account_id.as_str(), s.device_id.as_str());
-            let entry = self.entry(key.clone(), || machine);
-            entry.machine.timeouts = timeouts;
-            self.reschedule(&key);
-        }
-        if count > 0 {
-            tracing::info!(devices = count, "presence restored");
-        }
-        Ok(())
-    }
-
-    fn entry(&mut self, key: DeviceKey, make: impl FnOnce() -> DeviceState) -> &mut Entry {
-        self.entries.entry(key).or_insert_with(|| Entry {
-            machine: make(),
-            deadline: None,
-            link: None,
-            last_seen: None,
-            telemetry: None,
-            allowance: HEARTBEAT_BURST,
-            allowance_at: 0,
-        })
-    }
-
-    fn target_entry(&mut self, t: &Target, now: i64) -> &mut Entry {
-        let entry = self.entry(t.key.clone(), || {
-            DeviceState::restored(t.announced, t.since, t.engine, t.timeouts, now)
-        });
-        // Settings may have changed since the machine was made.
-        entry.machine.timeouts = t.timeouts;
-        entry
-    }
-
-    fn reschedule(&mut self, key: &DeviceKey) {
-        let Some(entry) = self.entries.get_mut(key) else {
-            return;
-        };
-        let next = entry.machine.deadline();
-        if next == entry.deadline {
-            return;
-        }
-        if let Some(old) = entry.deadline {
-            self.deadlines.remove(&(old, key.clone()));
-        }
-        if let Some(new) = next {
-            self.deadlines.insert((new, key.clone()));
-        }
-        entry.deadline = next;
-    }
-
-    /// Applies an input; queues its changes; returns the index of its announcement.
-    fn apply(
-        &mut self,
-        key: &DeviceKey,
-        input: Input,
-        now: i64,
-        writes: &mut Vec<PresenceWrite>,
-    ) -> Option<usize> {
-        let entry = self.entries.get_mut(key)?;
-        if self.bus.is_watched() {
-            self.before
-                .entry(key.clone())
-                .or_insert_with(|| entry.status());
-        }
-        let changes = entry.machine.apply(input, now);
-        let (account, device) = key.ids();
-        let mut announcement = None;
-        let engine = match input {
-            Input::Report(report) => Some(Some(report)),
-            Input::EngineWorking => Some(None),
-            _ => None,
-        };
-        if let Some(report) = engine {
-            writes.push(PresenceWrite {
-                account_id: account.clone(),
-                device_id: device.clone(),
-                what: WriteKind::Engine(report),
-            });
-        }
-        for change in changes {
-            if matches!(
-                change,
-                Change::Connected { .. } | Change::Disconnected { .. }
-            ) {
-                announcement = Some(writes.len());
+            let now = self.clock.now_ms();
+            let sweep = looked
+                || self.more_due
+                || self.next_deadline.is_some_and(|at| at <= now)
+                || batch.iter().any(|c| matches!(c, Command::Tick { .. }));
+            self.process(std::mem::take(&mut batch), sweep).await;
+            if looked {
+                last_look = Instant::now();
+                self.close_stale_links().await;
             }
-            writes.push(PresenceWrite {
-                account_id: account.clone(),
-                device_id: device.clone(),
-                what: WriteKind::Change(change),
-            });
         }
-        self.reschedule(key);
-        announcement
     }
 
-    async fn process(&mut self, batch: Vec<Command>) {
+    /// A node whose lease ran out comes back as another: the others count the links it
+    /// held as lost, so they are closed for their devices to connect again.
+    fn follow_node(&mut self) {
+        let node = self.ownership.node();
+        if node == self.node {
+            return;
+        }
+        let links = std::mem::take(&mut self.links);
+        if !links.is_empty() {
+            tracing::warn!(
+                links = links.len(),
+                "closing this node's links: it lost its lease"
+            );
+        }
+        for (_, open) in links {
+            let _ = open.closer.send(CLOSE_NODE_LOST);
+        }
+        self.node = node;
+    }
+
+    /// Closes this node's links that are no longer their device's: replaced by a newer
+    /// link on another node, or revoked there.
+    async fn close_stale_links(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
+        let held: Vec<HeldLink> = self
+            .links
+            .iter()
+            .map(|(link, open)| {
+                let (account, device) = open.key.ids();
+                HeldLink {
+                    link: *link,
+                    account_id: account,
+                    device_id: device,
+                }
+            })
+            .collect();
+        match self.store.stale_links(self.node.clone(), held).await {
+            Ok(stale) => {
+                for (link, why) in stale {
+                    if let Some(open) = self.links.remove(&link) {
+                        let _ = open.closer.send(close_for(why));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look whether this node's links are current")
+            }
+        }
+    }
+
+    fn heard(&mut self, key: &DeviceKey) -> &mut Heard {
+        if !self.heard.contains_key(key) {
+            self.heard.insert(key.clone(), Heard::default());
+        }
+        self.heard.get_mut(key).expect("inserted")
+    }
+
+    async fn process(&mut self, batch: Vec<Command>, sweep: bool) {
+        self.follow_node();
         let now = self.clock.now_ms();
-        let mut writes = Vec::new();
+        let mut requests = Vec::new();
         let mut waiting = Vec::new();
+        let request = |key: &DeviceKey, request: Request| {
+            let (account_id, device_id) = key.ids();
+            DeviceRequest {
+                account_id,
+                device_id,
+                request,
+            }
+        };
         for command in batch {
             match command {
-                Command::Input {
-                    target,
-                    input,
-                    reply,
-                } => {
-                    self.target_entry(&target, now);
-                    let idx = self.apply(&target.key, input, now, &mut writes);
-                    waiting.push(Waiting::Outcome(reply, target.key, idx));
+                Command::Input { key, input, reply } => {
+                    waiting.push(Waiting::Outcome(reply, requests.len()));
+                    requests.push(request(&key, Request::Input(input)));
                 }
                 Command::Heartbeat {
-                    target,
+                    key,
                     telemetry,
                     reply,
                 } => {
                     let every = self.heartbeat_every_ms as f64;
-                    let entry = self.target_entry(&target, now);
-                    let refill = (now - entry.allowance_at).max(0) as f64 / every;
-                    entry.allowance = (entry.allowance + refill).min(HEARTBEAT_BURST);
-                    entry.allowance_at = now;
-                    if entry.allowance < 1.0 {
-                        let wait = ((1.0 - entry.allowance) * every).ceil() as i64;
+                    let heard = self.heard(&key);
+                    let refill = (now - heard.allowance_at).max(0) as f64 / every;
+                    heard.allowance = (heard.allowance + refill).min(HEARTBEAT_BURST);
+                    heard.allowance_at = now;
+                    if heard.allowance < 1.0 {
+                        let wait = ((1.0 - heard.allowance) * every).ceil() as i64;
                         let _ = reply.send(Ok(Err(wait)));
                         continue;
                     }
-                    entry.allowance -= 1.0;
-                    entry.last_seen = Some(now);
-                    entry.telemetry = Some(telemetry);
-                    let idx = self.apply(&target.key, Input::Heartbeat, now, &mut writes);
-                    waiting.push(Waiting::Heartbeat(reply, target.key, idx));
+                    heard.allowance -= 1.0;
+                    heard.last_seen = Some(now);
+                    heard.telemetry = Some(telemetry);
+                    waiting.push(Waiting::Heartbeat(reply, requests.len()));
+                    requests.push(request(&key, Request::Input(Input::Heartbeat)));
                 }
                 Command::Seen { key, telemetry } => {
-                    if let Some(entry) = self.entries.get_mut(&key) {
-                        entry.last_seen = Some(now);
-                        entry.telemetry = Some(telemetry);
-                    }
+                    let heard = self.heard(&key);
+                    heard.last_seen = Some(now);
+                    heard.telemetry = Some(telemetry);
                 }
                 Command::LinkOpened {
-                    target,
+                    key,
                     link,
                     closer,
                     reply,
                 } => {
-                    let entry = self.target_entry(&target, now);
-                    if let Some((_, older)) = entry.link.replace((link, closer)) {
-                        let _ = older.send(CLOSE_REPLACED);
-                    }
-                    entry.last_seen = Some(now);
-                    let idx = self.apply(&target.key, Input::LinkOpened { link }, now, &mut writes);
-                    waiting.push(Waiting::Outcome(reply, target.key, idx));
+                    self.heard(&key).last_seen = Some(now);
+                    waiting.push(Waiting::Outcome(reply, requests.len()));
+                    requests.push(request(&key, Request::Input(Input::LinkOpened { link })));
+                    self.links.insert(link, OpenLink { key, closer });
                 }
                 Command::LinkClosed { key, link, reason } => {
-                    if let Some(entry) = self.entries.get_mut(&key) {
-                        if entry.link.as_ref().is_some_and(|(l, _)| *l == link) {
-                            entry.link = None;
-                        }
-                    }
-                    self.apply(&key, Input::LinkClosed { link, reason }, now, &mut writes);
+                    self.links.remove(&link);
+                    requests.push(request(
+                        &key,
+                        Request::Input(Input::LinkClosed { link, reason }),
+                    ));
                 }
                 Command::Close { key, close } => {
-                    if let Some((_, closer)) =
-                        self.entries.get_mut(&key).and_then(|e| e.link.take())
-                    {
-                        let _ = closer.send(close);
+                    // A link here is closed at once (its close is then stepped as any);
+                    // one elsewhere is revoked in the database, for its node to close.
+                    let here = self
+                        .links
+                        .iter()
+                        .find_map(|(link, open)| (open.key == key).then_some(*link));
+                    match here.and_then(|link| self.links.remove(&link)) {
+                        Some(open) => {
+                            let _ = open.closer.send(close);
+                        }
+                        None => requests.push(request(&key, Request::Revoke)),
                     }
                 }
-                Command::View { key, reply } => {
-                    let view = self.entries.get(&key).map(|e| LiveView {
-                        status: e.status(),
-                        link_open: e.machine.link_open(),
-                        last_seen: e.last_seen,
-                        telemetry: e.telemetry.clone(),
-                    });
-                    let _ = reply.send(view);
+                Command::Heard { key, reply } => {
+                    let heard = self
+                        .heard
+                        .get(&key)
+                        .map(|h| (h.last_seen, h.telemetry.clone()));
+                    let _ = reply.send(heard);
                 }
                 Command::Tick { reply } => waiting.push(Waiting::Tick(reply)),
             }
         }
-        // Every deadline that has come, in order.
-        while let Some((at, key)) = self.deadlines.first().cloned() {
-            if at > now {
-                break;
-            }
-            self.deadlines.remove(&(at, key.clone()));
-            if let Some(entry) = self.entries.get_mut(&key) {
-                entry.deadline = None;
-            }
-            self.apply(&key, Input::Tick, now, &mut writes);
-        }
-
-        let announced = self.announced(&writes);
-        let kinds: Vec<Option<&'static str>> = writes.iter().map(announcement_type).collect();
-        let applied = if writes.is_empty() {
-            Ok(Default::default())
-        } else {
-            let count = writes.len();
-            let result = self.store.apply_presence(writes, now).await;
-            match &result {
-                Ok(a) if a.new_deliveries > 0 => self.waker.wake(),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, writes = count, "presence not recorded"),
-            }
-            result
-        };
-        let before = std::mem::take(&mut self.before);
-        if let Ok(applied) = &applied {
-            for i in applied.event_ids.keys() {
-                if let Some(Some(event_type)) = kinds.get(*i) {
-                    self.metrics.event(event_type);
+        if requests.is_empty() && !sweep {
+            for w in waiting {
+                if let Waiting::Tick(reply) = w {
+                    let _ = reply.send(());
                 }
             }
-            if !applied.event_ids.is_empty() {
-                self.announced_wake.notify_one();
+            return;
+        }
+        let count = requests.len();
+        let step = PresenceStep {
+            node: self.node.clone(),
+            now,
+            lease: self.lease.clone(),
+            requests,
+            sweep,
+        };
+        let stepped = self.store.step_presence(step).await;
+        match &stepped {
+            Ok(s) => self.stepped(s),
+            Err(e) => {
+                tracing::error!(error = %e, requests = count, "presence not recorded");
+                // Looked at again soon rather than forgotten.
+                self.more_due = sweep;
             }
-            self.publish(announced, applied, before, now);
         }
         for w in waiting {
-            let event_of = |idx: Option<usize>| {
-                let applied = applied.as_ref().ok()?;
-                idx.and_then(|i| applied.event_ids.get(&i).cloned())
-            };
-            let status_of = |key: &DeviceKey| {
-                self.entries
-                    .get(key)
-                    .map(Entry::status)
-                    .unwrap_or(LiveStatus::Unknown)
+            let outcome = |i: usize| -> StoreResult<Outcome> {
+                let s = stepped.as_ref().map_err(Clone::clone)?;
+                let (status, event_id) = s
+                    .answers
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or((LiveStatus::Unknown, None));
+                Ok(Outcome { status, event_id })
             };
             match w {
-                Waiting::Outcome(reply, key, idx) => {
-                    let answer = match &applied {
-                        Ok(_) => Ok(Outcome {
-                            status: status_of(&key),
-                            event_id: event_of(idx),
-                        }),
-                        Err(e) => Err(e.clone()),
-                    };
-                    let _ = reply.send(answer);
+                Waiting::Outcome(reply, i) => {
+                    let _ = reply.send(outcome(i));
                 }
-                Waiting::Heartbeat(reply, key, idx) => {
-                    let answer = match &applied {
-                        Ok(_) => Ok(Ok(Outcome {
-                            status: status_of(&key),
-                            event_id: event_of(idx),
-                        })),
-                        Err(e) => Err(e.clone()),
-                    };
-                    let _ = reply.send(answer);
+                Waiting::Heartbeat(reply, i) => {
+                    let _ = reply.send(outcome(i).map(Ok));
                 }
                 Waiting::Tick(reply) => {
                     let _ = reply.send(());
@@ -685,77 +649,51 @@ impl Hub {
             }
         }
     }
-}
 
-/// The event a write announces, if it announces one.
-fn announcement_type(w: &PresenceWrite) -> Option<&'static str> {
-    match w.what {
-        WriteKind::Change(Change::Connected { .. }) => Some("device.connected"),
-        WriteKind::Change(Change::Disconnected { .. }) => Some("device.disconnected"),
-        _ => None,
-    }
-}
-
-impl Hub {
-    /// The announcements among the writes, by write index, for the bus: (account, device,
-    /// event type). Empty while nobody listens.
-    fn announced(
-        &self,
-        writes: &[PresenceWrite],
-    ) -> Vec<(usize, AccountId, DeviceId, &'static str)> {
-        if !self.bus.is_watched() {
-            return Vec::new();
-        }
-        writes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| {
-                let event_type = announcement_type(w)?;
-                Some((i, w.account_id.clone(), w.device_id.clone(), event_type))
-            })
-            .collect()
-    }
-
-    /// Tells the bus what a batch, now written, changed: the announcements stored, and each
-    /// device whose status moved.
-    fn publish(
-        &self,
-        announced: Vec<(usize, AccountId, DeviceId, &'static str)>,
-        applied: &Applied,
-        before: HashMap<DeviceKey, LiveStatus>,
-        now: i64,
-    ) {
-        for (i, account, device, event_type) in announced {
-            let Some(id) = applied.event_ids.get(&i) else {
+    /// Acts on a step written: closes the links it replaced here, wakes what waits on new
+    /// deliveries and announcements, and tells the bus.
+    fn stepped(&mut self, s: &Stepped) {
+        self.next_deadline = s.next_deadline;
+        self.more_due = s.more;
+        for c in &s.closes {
+            if c.node != self.node {
                 continue;
-            };
+            }
+            if let Some(open) = self.links.remove(&c.link) {
+                let _ = open.closer.send(close_for(c.why));
+            }
+        }
+        if s.new_deliveries > 0 {
+            self.waker.wake();
+        }
+        for a in &s.announced {
+            self.metrics.event(a.event_type);
+        }
+        if !s.announced.is_empty() {
+            self.announced_wake.notify_one();
+        }
+        if !self.bus.is_watched() {
+            return;
+        }
+        for a in &s.announced {
             self.bus.publish(BusChange::EventsStored {
-                account,
+                account: a.account_id.clone(),
                 events: Arc::new([StoredEvent {
-                    id: id.clone(),
-                    event_type,
-                    device: Some(device),
+                    id: a.event_id.clone(),
+                    event_type: a.event_type,
+                    device: Some(a.device_id.clone()),
                 }]),
             });
         }
-        for (key, was) in before {
-            let Some(entry) = self.entries.get(&key) else {
+        for m in &s.moves {
+            let Some(status) = on_bus(m.status) else {
                 continue;
             };
-            let status = entry.status();
-            let Some(on_bus) = status.on_bus().filter(|_| status != was) else {
-                continue;
-            };
-            let at = match status {
-                LiveStatus::Pending => now,
-                _ => entry.machine.announced_since.unwrap_or(now),
-            };
-            let (account, device) = key.ids();
             self.bus.publish(BusChange::Device {
-                account,
-                device,
-                status: on_bus,
-                at,
+                account: m.account_id.clone(),
+                device: m.device_id.clone(),
+                status,
+                at: m.at,
             });
         }
     }

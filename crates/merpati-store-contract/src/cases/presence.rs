@@ -4,8 +4,13 @@
 
 use merpati_domain::device::Presence;
 use merpati_domain::ids::{BusinessId, ChannelId, DeviceId};
-use merpati_domain::presence::machine::{Announced, Change, EngineReport, Reason};
-use merpati_domain::presence::{HistoryScope, PeriodState, PresenceWrite, WriteKind};
+use std::sync::Arc;
+
+use merpati_domain::presence::machine::{Change, EngineReport, Input, LiveStatus, Reason};
+use merpati_domain::presence::step::{CloseWhy, DeviceRequest, LinkToClose, Request};
+use merpati_domain::presence::{
+    HeldLink, HistoryScope, LeaseSettings, PeriodState, PresenceStep, PresenceWrite, WriteKind,
+};
 use merpati_domain::{SharedStore, StoreError};
 
 use crate::support::*;
@@ -107,25 +112,28 @@ pub async fn announcements_record_periods_and_go_to_subscribers(store: &SharedSt
             (PeriodState::Down, lost, None, Some("heartbeat_timeout")),
         ]
     );
-    // The device announced up is what a restart rebuilds; down and never seen are not.
+    // What each device shows now.
     let back = T0 + 120_000;
     store
         .apply_presence(vec![write(&t, 1, up(back, Some(30)))], back)
         .await
         .unwrap();
-    let restore = store.presence_to_restore().await.unwrap();
-    let up_now: Vec<_> = restore
-        .iter()
-        .map(|s| {
-            (
-                s.device_id.as_str(),
-                s.announced,
-                s.since,
-                s.engine.as_str(),
-            )
-        })
-        .collect();
-    assert_eq!(up_now, [("dev1", Announced::Up, Some(back), "sms")]);
+    for (device, status) in [
+        ("dev0", LiveStatus::Disconnected),
+        ("dev1", LiveStatus::Connected),
+    ] {
+        let view = store
+            .presence_view(t.account.clone(), device.into())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((view.status, view.link_open), (status, false));
+    }
+    let elsewhere = store
+        .presence_view("other".into(), "dev1".into())
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, None, "another account's device is not found");
 }
 
 pub async fn blips_and_engine_reports_are_recorded_and_deleted_devices_skipped(
@@ -168,9 +176,6 @@ pub async fn blips_and_engine_reports_are_recorded_and_deleted_devices_skipped(
         ),
         (T0, T0 + 2_000, "link_closed")
     );
-    let restore = store.presence_to_restore().await.unwrap();
-    assert_eq!(restore.len(), 1, "a device with an engine state is rebuilt");
-    assert_eq!(restore[0].engine_state, Some(EngineReport::LoggedOut));
     let context = &store
         .device_for_token(merpati_domain::ids::token_hash("token-acct-dev0"))
         .await
@@ -258,4 +263,245 @@ pub async fn history_is_read_by_device_channel_and_business(store: &SharedStore)
         )
         .await;
     assert_eq!(walled, Err(StoreError::NotFound("device")));
+}
+
+fn step(node: &str, now: i64, requests: Vec<DeviceRequest>, sweep: bool) -> PresenceStep {
+    PresenceStep {
+        node: node.into(),
+        now,
+        lease: Arc::new(LeaseSettings::default()),
+        requests,
+        sweep,
+    }
+}
+
+fn ask(t: &Tree, device: usize, request: Request) -> DeviceRequest {
+    DeviceRequest {
+        account_id: t.account.clone(),
+        device_id: t.devices[device].device_id.clone(),
+        request,
+    }
+}
+
+async fn view(store: &SharedStore, t: &Tree, device: usize) -> (LiveStatus, bool) {
+    let v = store
+        .presence_view(t.account.clone(), t.devices[device].device_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    (v.status, v.link_open)
+}
+
+fn held(t: &Tree, device: usize, link: u64) -> HeldLink {
+    HeldLink {
+        link,
+        account_id: t.account.clone(),
+        device_id: t.devices[device].device_id.clone(),
+    }
+}
+
+/// A device's machine is kept in the database between steps, so any node takes the next
+/// one: a link on one node is replaced by a newer one on another (which the first finds
+/// stale), only its own node closes a link, a revoke closes it wherever it is, deadlines
+/// are swept by whoever looks, and a link whose node is gone is lost and announced after
+/// the grace.
+pub async fn any_node_takes_the_next_step_of_a_device(store: &SharedStore) {
+    let t = tree(store, "acct", 3).await;
+    endpoint(store, &t.account, "devices", |e| {
+        e.events = Some(vec!["device.*".into()])
+    })
+    .await;
+    let opened = |link| Request::Input(Input::LinkOpened { link });
+    let s = store
+        .step_presence(step(NODE, T0, vec![ask(&t, 0, opened(5))], false))
+        .await
+        .unwrap();
+    let (status, event) = s.answers[0].clone().unwrap();
+    assert_eq!(status, LiveStatus::Connected);
+    let event = event.expect("announced");
+    assert_eq!(
+        s.announced
+            .iter()
+            .map(|a| (a.event_type, &a.event_id))
+            .collect::<Vec<_>>(),
+        [("device.connected", &event)]
+    );
+    assert_eq!(s.new_deliveries, 1);
+    assert_eq!(s.next_deadline, None, "an open link needs no deadline");
+    assert_eq!(view(store, &t, 0).await, (LiveStatus::Connected, true));
+
+    // The same device links to another node: the first node's link is replaced.
+    let s = store
+        .step_presence(step(
+            "node_b",
+            T0 + 1_000,
+            vec![ask(&t, 0, opened(5))],
+            false,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s.answers[0], Some((LiveStatus::Connected, None)));
+    assert_eq!(
+        s.closes,
+        [LinkToClose {
+            node: NODE.into(),
+            link: 5,
+            why: CloseWhy::Replaced
+        }]
+    );
+    let stale = store
+        .stale_links(NODE.into(), vec![held(&t, 0, 5)])
+        .await
+        .unwrap();
+    assert_eq!(stale, [(5, CloseWhy::Replaced)]);
+    let closed = Request::Input(Input::LinkClosed {
+        link: 5,
+        reason: Reason::LinkClosed,
+    });
+    let s = store
+        .step_presence(step(NODE, T0 + 2_000, vec![ask(&t, 0, closed)], false))
+        .await
+        .unwrap();
+    assert_eq!(s.answers[0], Some((LiveStatus::Connected, None)));
+    assert_eq!(
+        view(store, &t, 0).await,
+        (LiveStatus::Connected, true),
+        "only the link's node closes it"
+    );
+    assert!(store
+        .stale_links("node_b".into(), vec![held(&t, 0, 5)])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Revoked from the first node: node_b's link is lost now, and stale there.
+    let s = store
+        .step_presence(step(
+            NODE,
+            T0 + 3_000,
+            vec![ask(&t, 0, Request::Revoke)],
+            false,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s.answers[0], Some((LiveStatus::Pending, None)));
+    assert_eq!(s.closes[0].why, CloseWhy::Revoked);
+    assert_eq!(s.next_deadline, Some(T0 + 33_000), "the end of the grace");
+    let stale = store
+        .stale_links("node_b".into(), vec![held(&t, 0, 5)])
+        .await
+        .unwrap();
+    assert_eq!(stale, [(5, CloseWhy::Revoked)]);
+
+    // A heartbeat on a third node; the sweep finds the grace over.
+    let s = store
+        .step_presence(step(
+            "node_c",
+            T0 + 10_000,
+            vec![ask(&t, 1, Request::Input(Input::Heartbeat))],
+            false,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(s.answers[0].clone().unwrap().0, LiveStatus::Connected);
+    assert_eq!(s.next_deadline, Some(T0 + 33_000));
+    let s = store
+        .step_presence(step("node_c", T0 + 32_999, Vec::new(), true))
+        .await
+        .unwrap();
+    assert!(s.announced.is_empty(), "not yet");
+    let s = store
+        .step_presence(step("node_b", T0 + 33_000, Vec::new(), true))
+        .await
+        .unwrap();
+    assert_eq!(s.announced.len(), 1);
+    assert_eq!(s.announced[0].event_type, "device.disconnected");
+    assert_eq!(s.announced[0].device_id.as_str(), "dev0");
+    assert_eq!(s.moves[0].status, LiveStatus::Disconnected);
+    assert_eq!(s.moves[0].at, T0 + 3_000, "the outage began at the revoke");
+    assert_eq!(
+        s.next_deadline,
+        Some(T0 + 100_000),
+        "dev1's heartbeat lease"
+    );
+    assert_eq!(view(store, &t, 0).await, (LiveStatus::Disconnected, false));
+
+    // dev2 links to a node that is not live: its link is lost when swept.
+    store
+        .step_presence(step(
+            "node_gone",
+            T0 + 40_000,
+            vec![ask(&t, 2, opened(9))],
+            false,
+        ))
+        .await
+        .unwrap();
+    let s = store
+        .step_presence(step(NODE, T0 + 41_000, Vec::new(), true))
+        .await
+        .unwrap();
+    assert_eq!(s.moves.len(), 1);
+    assert_eq!(s.moves[0].status, LiveStatus::Pending);
+    assert!(s.announced.is_empty(), "inside the grace");
+    assert_eq!(view(store, &t, 2).await, (LiveStatus::Pending, false));
+    let back = store
+        .step_presence(step(NODE, T0 + 45_000, vec![ask(&t, 2, opened(11))], false))
+        .await
+        .unwrap();
+    assert_eq!(
+        back.answers[0],
+        Some((LiveStatus::Connected, None)),
+        "a blip"
+    );
+    assert!(back.closes.is_empty(), "the lost link is nobody's");
+
+    // A device deleted meanwhile: answered None, nothing written.
+    store
+        .delete_device(t.account.clone(), "dev2".into())
+        .await
+        .unwrap();
+    let s = store
+        .step_presence(step(NODE, T0 + 46_000, vec![ask(&t, 2, opened(12))], false))
+        .await
+        .unwrap();
+    assert_eq!(s.answers, [None]);
+    let stale = store
+        .stale_links(NODE.into(), vec![held(&t, 2, 11)])
+        .await
+        .unwrap();
+    assert_eq!(stale, [(11, CloseWhy::Revoked)]);
+}
+
+/// After every node was down no link survived and nobody could hear the devices: links
+/// are forgotten and each device up gets a full lease from the restart, so the restart
+/// itself announces nothing.
+pub async fn a_restart_forgets_links_and_gives_every_device_up_a_full_lease(store: &SharedStore) {
+    let t = tree(store, "acct", 3).await;
+    let requests = vec![
+        ask(&t, 0, Request::Input(Input::LinkOpened { link: 1 })),
+        ask(&t, 1, Request::Input(Input::Heartbeat)),
+    ];
+    store
+        .step_presence(step(NODE, T0, requests, false))
+        .await
+        .unwrap();
+    let restart = T0 + 500_000;
+    let changed = store
+        .restart_presence(Arc::new(LeaseSettings::default()), restart)
+        .await
+        .unwrap();
+    assert_eq!(changed, 2, "the unknown device is untouched");
+    let s = store
+        .step_presence(step(NODE, restart, Vec::new(), true))
+        .await
+        .unwrap();
+    assert!(s.announced.is_empty() && s.moves.is_empty());
+    assert_eq!(s.next_deadline, Some(restart + 90_000));
+    assert_eq!(view(store, &t, 0).await, (LiveStatus::Connected, false));
+    let s = store
+        .step_presence(step(NODE, restart + 90_000, Vec::new(), true))
+        .await
+        .unwrap();
+    assert_eq!(s.moves.len(), 2, "both lost a lease after the restart");
+    assert_eq!(view(store, &t, 2).await.0, LiveStatus::Unknown);
 }

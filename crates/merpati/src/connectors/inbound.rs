@@ -171,7 +171,6 @@ async fn read(
             }
         }
         // A signed request is a sign of life, whatever it says.
-        let timeouts = state.lease.for_device(&ctx);
         let input = match &one {
             Inbound::State { state: s, .. } => match s {
                 EngineState::Connected => Input::EngineWorking,
@@ -182,7 +181,7 @@ async fn read(
             },
             _ => Input::Heartbeat,
         };
-        state.presence.input(&ctx, timeouts, input).await?;
+        state.presence.input(&ctx, input).await?;
         match one {
             Inbound::Item { item, .. } => {
                 match crate::ingest::prepare_item(item, &ctx, now.div_euclid(1000)) {

@@ -144,7 +144,7 @@ async fn run(mut socket: WebSocket, state: AppState, device: DeviceContext) {
     // Shared with every ingest of the link rather than copied into each.
     let device = std::sync::Arc::new(device);
     let timeouts = state.lease.for_device(&device);
-    let (link, mut replaced, _) = match state.presence.link_opened(&device, timeouts).await {
+    let (link, mut replaced, _) = match state.presence.link_opened(&device).await {
         Ok(opened) => opened,
         Err(_) => {
             close(&mut socket, CLOSE_SHUTDOWN).await;

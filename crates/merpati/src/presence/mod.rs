@@ -87,11 +87,7 @@ async fn heartbeat(
         network: body.network,
     };
     let timeouts = state.lease.for_device(&device);
-    match state
-        .presence
-        .heartbeat(&device, timeouts, telemetry)
-        .await?
-    {
+    match state.presence.heartbeat(&device, telemetry).await? {
         Ok(outcome) => Ok(Json(HeartbeatAnswer {
             status: outcome.status.as_str(),
             event_id: outcome.event_id,
@@ -168,11 +164,7 @@ async fn report_status(
         ReportedStatus::Disconnected => EngineReport::Disconnected,
         ReportedStatus::LoggedOut => EngineReport::LoggedOut,
     };
-    let timeouts = state.lease.for_device(&device);
-    let outcome = state
-        .presence
-        .input(&device, timeouts, Input::Report(report))
-        .await?;
+    let outcome = state.presence.input(&device, Input::Report(report)).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(StatusAnswer {

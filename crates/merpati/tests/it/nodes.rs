@@ -25,8 +25,12 @@ struct Node {
 }
 
 async fn start_node(database: &str, name: &str) -> Node {
+    start_node_with(database, name, &[]).await
+}
+
+async fn start_node_with(database: &str, name: &str, settings: &[(&str, &str)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let (child, url) = spawn_node(dir.path(), database, name).await;
+    let (child, url) = spawn_node(dir.path(), database, name, settings).await;
     let (_, cluster) = TestApp::at(url.clone()).get("/v1/cluster", ADMIN).await;
     Node {
         child,
@@ -36,17 +40,20 @@ async fn start_node(database: &str, name: &str) -> Node {
     }
 }
 
-async fn spawn_node(dir: &Path, database: &str, name: &str) -> (Child, String) {
-    spawn_binary_with(
-        dir,
-        &[
-            ("MERPATI_DATABASE_URL", database),
-            ("MERPATI_SECRET_KEY", KEY),
-            ("MERPATI_CLUSTER_NODE_NAME", name),
-            ("MERPATI_DELIVERY_TIMEOUT", "5s"),
-        ],
-    )
-    .await
+async fn spawn_node(
+    dir: &Path,
+    database: &str,
+    name: &str,
+    settings: &[(&str, &str)],
+) -> (Child, String) {
+    let mut all = vec![
+        ("MERPATI_DATABASE_URL", database),
+        ("MERPATI_SECRET_KEY", KEY),
+        ("MERPATI_CLUSTER_NODE_NAME", name),
+        ("MERPATI_DELIVERY_TIMEOUT", "5s"),
+    ];
+    all.extend_from_slice(settings);
+    spawn_binary_with(dir, &all).await
 }
 
 /// Waits until `n` nodes are live and hold all 64 slots between them, each some; answers
@@ -382,6 +389,158 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
         "the paused node came back as a new node: {cluster}"
     );
     for node in &mut nodes {
+        stop_gracefully(&mut node.child).await;
+    }
+}
+
+/// Each device's `device.disconnected` announcements at the receiver: device id → when
+/// each arrived.
+fn disconnects(receiver: &Receiver) -> BTreeMap<String, Vec<Instant>> {
+    let mut out: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+    for r in receiver.received() {
+        let v = r.json();
+        if v["event"] == "device.disconnected" {
+            let device = v["device"]["id"].as_str().unwrap().to_string();
+            out.entry(device).or_default().push(r.at);
+        }
+    }
+    out
+}
+
+/// Presence across nodes: 300 devices linked to one node that is killed; 200 of them
+/// connect again to the other nodes within the grace and are never announced; the 100
+/// that do not are announced within max(grace, lease) + 1 s of the kill. And a newer link
+/// on one live node replaces the link on another, which closes it with 4002.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_links_are_announced_after_the_grace_unless_they_connect_elsewhere() {
+    const LINKS: usize = 300;
+    const BACK: usize = 200;
+    let grace = Duration::from_secs(5);
+    let lease = Duration::from_secs(1);
+    let database = fresh_postgres_database().await;
+    let settings = [
+        ("MERPATI_PRESENCE_GRACE", "5s"),
+        ("MERPATI_CLUSTER_LEASE", "1s"),
+    ];
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start_node_with(&database, &format!("n{i}"), &settings).await);
+    }
+    balanced(&nodes[0].url, 3).await;
+    let admin = TestApp::at(nodes[1].url.clone());
+    let m = admin.merchant("m1").await;
+    let receiver = Receiver::start().await;
+    admin
+        .endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
+        .await;
+    let mut tokens = Vec::new();
+    for d in 0..LINKS {
+        tokens.push(admin.device(&m.key, &format!("link{d}"), "ch").await);
+    }
+
+    let victim = TestApp::at(nodes[0].url.clone());
+    let mut opening = tokio::task::JoinSet::new();
+    for token in tokens.clone() {
+        let app = TestApp::at(victim.url.clone());
+        opening.spawn(async move { Link::open(&app, &token).await });
+    }
+    let mut links = Vec::new();
+    while let Some(link) = opening.join_next().await {
+        links.push(link.unwrap());
+    }
+    eventually(|| async {
+        let connected = receiver
+            .received()
+            .iter()
+            .filter(|r| r.json()["event"] == "device.connected")
+            .count();
+        (connected == LINKS).then_some(())
+    })
+    .await;
+
+    nodes[0].child.start_kill().unwrap();
+    let killed_at = Instant::now();
+    let killed_at_clock = std::time::SystemTime::now();
+    nodes[0].child.wait().await.unwrap();
+    drop(links);
+    let mut reopening = tokio::task::JoinSet::new();
+    for (d, token) in tokens.iter().take(BACK).enumerate() {
+        let app = TestApp::at(nodes[1 + d % 2].url.clone());
+        let token = token.clone();
+        reopening.spawn(async move { (d, Link::open(&app, &token).await) });
+    }
+    let mut back = Vec::new();
+    while let Some(link) = reopening.join_next().await {
+        back.push(link.unwrap());
+    }
+    let reconnected_in = killed_at.elapsed();
+    assert!(
+        reconnected_in < grace,
+        "the test reconnected too slowly: {reconnected_in:?}"
+    );
+
+    let bound = grace.max(lease) + Duration::from_secs(1);
+    let gone: BTreeSet<String> = (BACK..LINKS).map(|d| format!("link{d}")).collect();
+    let announced = eventually(|| async {
+        let down = disconnects(&receiver);
+        gone.iter().all(|d| down.contains_key(d)).then_some(down)
+    })
+    .await;
+    let arrived = gone
+        .iter()
+        .map(|d| announced[d][0] - killed_at)
+        .max()
+        .unwrap();
+    // Announced: when the event was stored, as the events API says.
+    let (_, events) = admin
+        .get("/v1/events?type=device.disconnected&limit=500", &m.key)
+        .await;
+    let stored: Vec<std::time::SystemTime> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| humantime::parse_rfc3339(e["created_at"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(stored.len(), LINKS - BACK);
+    let latest = stored
+        .iter()
+        .map(|t| t.duration_since(killed_at_clock).unwrap_or_default())
+        .max()
+        .unwrap();
+    assert!(
+        latest <= bound,
+        "the last was announced {latest:?} after the kill"
+    );
+    // Time for any wrong announcement of the 200 to show.
+    tokio::time::sleep(
+        (killed_at + bound + Duration::from_secs(2)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let down = disconnects(&receiver);
+    let wrongly: Vec<&String> = down.keys().filter(|d| !gone.contains(*d)).collect();
+    assert!(
+        wrongly.is_empty(),
+        "announced though back in time: {wrongly:?}"
+    );
+    assert!(
+        down.values().all(|times| times.len() == 1),
+        "announced once each"
+    );
+
+    // A newer link on the other live node replaces one: its node closes it.
+    let (d, mut replaced) = back.pop().expect("links are back");
+    let elsewhere = TestApp::at(nodes[1 + (d + 1) % 2].url.clone());
+    let _newer = Link::open(&elsewhere, &tokens[d]).await;
+    let (code, _) = replaced.closed().await;
+    assert_eq!(code, 4002, "closed as replaced");
+    println!(
+        "{} links on a killed node: the {} that did not come back announced at most {latest:?} \
+         after the kill, the last received after {arrived:?} (grace {grace:?}, lease \
+         {lease:?}); the {BACK} back within {reconnected_in:?} never",
+        LINKS,
+        LINKS - BACK
+    );
+    for node in nodes.iter_mut().skip(1) {
         stop_gracefully(&mut node.child).await;
     }
 }
