@@ -26,7 +26,7 @@ static MACHINE_QUERY: LazyLock<String> = LazyLock::new(|| {
     CONTEXT_QUERY.replacen(
         "FROM devices d",
         ", d.presence_link, d.presence_link_node, d.presence_heard,
-           d.presence_pending_since, d.presence_pending_reason
+           d.presence_pending_since, d.presence_pending_reason, d.presence_deadline
          FROM devices d",
         1,
     )
@@ -53,6 +53,7 @@ fn loaded_row(r: &Row) -> DbResult<Loaded> {
         context,
         machine,
         link_node: r.get(17),
+        deadline: r.get(21),
     })
 }
 

@@ -25,7 +25,7 @@ static MACHINE_QUERY: LazyLock<String> = LazyLock::new(|| {
     CONTEXT_QUERY.replacen(
         "FROM devices d",
         ", d.presence_link, d.presence_link_node, d.presence_heard,
-           d.presence_pending_since, d.presence_pending_reason
+           d.presence_pending_since, d.presence_pending_reason, d.presence_deadline
          FROM devices d",
         1,
     )
@@ -58,6 +58,7 @@ fn loaded_row(r: &Row<'_>) -> rusqlite::Result<Loaded> {
         context,
         machine,
         link_node: r.get(17)?,
+        deadline: r.get(21)?,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Loaded {
     pub machine: StoredMachine,
     /// The node that holds the machine's link.
     pub link_node: Option<String>,
+    /// The deadline stored with it (settings may have moved the machine's since).
+    pub deadline: Option<i64>,
 }
 
 /// The machine to store for one device, with the node of its link and its next deadline
@@ -171,7 +173,7 @@ impl Plan {
 struct Stepping {
     machine: DeviceState,
     link_node: Option<String>,
-    before: (StoredMachine, Option<String>, LiveStatus),
+    before: (StoredMachine, Option<String>, LiveStatus, Option<i64>),
 }
 
 /// Steps the loaded machines: first what was swept (it happened before), then the
@@ -202,7 +204,7 @@ pub fn plan(
             Stepping {
                 machine,
                 link_node: row.link_node.clone(),
-                before: (row.machine, row.link_node.clone(), status),
+                before: (row.machine, row.link_node.clone(), status, row.deadline),
             },
         );
         order.push(key.clone());
@@ -239,8 +241,8 @@ pub fn plan(
                         s.machine.apply(closed, since.min(now)),
                         &mut plan.writes,
                     );
-                    s.link_node = None;
                 }
+                s.link_node = None;
                 record(&key, s.machine.apply(Input::Tick, now), &mut plan.writes);
             }
         }
@@ -315,14 +317,16 @@ pub fn plan(
         let s = &stepping[key];
         let stored = s.machine.stored();
         let status = s.machine.status();
-        let (was, was_node, was_status) = &s.before;
-        if stored != *was || s.link_node != *was_node {
+        let (was, was_node, was_status, was_deadline) = &s.before;
+        let deadline = s.machine.deadline();
+        // A deadline that is not the machine's would be swept again and again.
+        if stored != *was || s.link_node != *was_node || deadline != *was_deadline {
             plan.machines.push(MachineWrite {
                 account_id: key.0.clone(),
                 device_id: key.1.clone(),
                 machine: stored,
                 link_node: s.link_node.clone(),
-                deadline: s.machine.deadline(),
+                deadline,
             });
         }
         if status != *was_status {
@@ -378,12 +382,15 @@ pub fn after_restart(
     let machine = DeviceState::from_stored(row.machine, lease.for_device(&row.context));
     let restarted = machine.after_restart(now);
     let stored = restarted.stored();
-    (stored != row.machine || row.link_node.is_some()).then(|| MachineWrite {
-        account_id: key.0.clone(),
-        device_id: key.1.clone(),
-        machine: stored,
-        link_node: None,
-        deadline: restarted.deadline(),
+    let deadline = restarted.deadline();
+    (stored != row.machine || row.link_node.is_some() || deadline != row.deadline).then(|| {
+        MachineWrite {
+            account_id: key.0.clone(),
+            device_id: key.1.clone(),
+            machine: stored,
+            link_node: None,
+            deadline,
+        }
     })
 }
 
@@ -429,10 +436,13 @@ mod tests {
     }
 
     fn loaded(device: &str, machine: StoredMachine, link_node: Option<&str>) -> Loaded {
+        let deadline =
+            DeviceState::from_stored(machine, lease().for_device(&context(device))).deadline();
         Loaded {
             context: context(device),
             machine,
             link_node: link_node.map(String::from),
+            deadline,
         }
     }
 
@@ -635,5 +645,31 @@ mod tests {
             &[],
         );
         assert!(p.writes.is_empty(), "not due yet");
+    }
+
+    #[test]
+    fn a_deadline_the_settings_moved_is_written_again_when_swept() {
+        let heard = StoredMachine {
+            announced: Announced::Up,
+            announced_since: Some(0),
+            link: None,
+            last_heartbeat: Some(0),
+            engine: None,
+            pending: None,
+        };
+        let mut rows = rows(&[("d1", heard, None)]);
+        // Stored under a shorter heartbeat timeout than the one that applies now.
+        rows.get_mut(&key("d1")).unwrap().deadline = Some(10_000);
+        let p = plan(
+            "node_a",
+            10_000,
+            &lease(),
+            &rows,
+            &[(key("d1"), Swept::Due)],
+            &[],
+        );
+        assert!(p.writes.is_empty());
+        assert_eq!(p.machines.len(), 1, "else it would be swept again at once");
+        assert_eq!(p.machines[0].deadline, Some(60_000));
     }
 }
