@@ -108,6 +108,14 @@ pub trait DeliveryStore: Send + Sync {
     /// Hands claimed deliveries back, due at the given times, without an attempt (only
     /// those of slots the fence still holds).
     async fn park(&self, fence: Arc<Fence>, parked: Vec<(DeliveryId, i64)>) -> StoreResult<()>;
+    /// Keeps each endpoint's circuit breaker as its lane left it (None: closed), so that
+    /// the next owner of its slot starts where this one was (only endpoints of slots the
+    /// fence still holds).
+    async fn mark_breakers(
+        &self,
+        fence: Arc<Fence>,
+        marks: Vec<(EndpointId, Option<crate::endpoint::StoredBreaker>)>,
+    ) -> StoreResult<()>;
     /// Makes up to `limit` of the endpoint's parked deliveries due now, earliest first:
     /// its lane caught up sooner than it estimated. Returns how many (none when the fence
     /// no longer holds the endpoint's slot).

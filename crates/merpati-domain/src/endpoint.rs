@@ -104,6 +104,9 @@ pub struct Endpoint {
     pub disabled_at: Option<i64>,
     /// Since when every attempt has failed, while that lasts.
     pub failing_since: Option<i64>,
+    /// Until when its circuit breaker pauses it, as its owner last kept it (it may have
+    /// passed: a probe decides).
+    pub paused_until: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub revision: i64,
@@ -166,6 +169,16 @@ pub struct Target {
     pub rate_limit: Option<u32>,
     /// Whether it takes each device's events in order (`ordering: "device"`).
     pub ordered: bool,
+    /// Its circuit breaker as its last owner left it; None when closed.
+    pub breaker: Option<StoredBreaker>,
+}
+
+/// An endpoint's circuit breaker, opened: nothing goes before `until`; then one probe,
+/// whose failure opens it for twice `cooldown_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBreaker {
+    pub until: i64,
+    pub cooldown_ms: i64,
 }
 
 /// The most addresses one e-mail endpoint sends to.

@@ -10,6 +10,7 @@ use merpati_domain::delivery::{
     DeliveryStore, Disabled, DueDelivery, Recorded,
 };
 use merpati_domain::device::Scope;
+use merpati_domain::endpoint::StoredBreaker;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence};
@@ -347,6 +348,36 @@ impl DeliveryStore for PostgresStore {
                     fence_cte(3, 4, 5)
                 ),
                 &[&ids, &at, &node, &slots, &epochs],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_breakers(
+        &self,
+        fence: Arc<Fence>,
+        marks: Vec<(EndpointId, Option<StoredBreaker>)>,
+    ) -> StoreResult<()> {
+        self.write_checked(move |tx| {
+            let ids: Vec<&str> = marks.iter().map(|(e, _)| e.as_str()).collect();
+            let until: Vec<Option<i64>> = marks.iter().map(|(_, b)| b.map(|b| b.until)).collect();
+            let cooldown: Vec<Option<i64>> = marks
+                .iter()
+                .map(|(_, b)| b.map(|b| b.cooldown_ms))
+                .collect();
+            let (node, slots, epochs) = fence_params(&fence);
+            tx.execute(
+                &format!(
+                    "WITH {}
+                     UPDATE endpoints ep SET breaker_until = m.until,
+                            breaker_cooldown_ms = m.cooldown_ms
+                     FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[])
+                          AS m(id, until, cooldown_ms)
+                     WHERE ep.id = m.id AND ep.slot IN (SELECT slot FROM fence)",
+                    fence_cte(4, 5, 6)
+                ),
+                &[&ids, &until, &cooldown, &node, &slots, &epochs],
             )?;
             Ok(())
         })

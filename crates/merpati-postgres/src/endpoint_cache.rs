@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use merpati_domain::endpoint::{BodyFormat, Subscription, Target};
+use merpati_domain::endpoint::{BodyFormat, StoredBreaker, Subscription, Target};
 use merpati_domain::ids::{AccountId, EndpointId};
 
 use crate::conn::Conn;
@@ -82,7 +82,7 @@ fn load_subscriptions(c: &mut Conn, account: &AccountId) -> DbResult<Vec<Subscri
 pub(crate) fn load_target(c: &mut Conn, endpoint: &EndpointId, now: i64) -> DbResult<Target> {
     let r = c.query_one(
         "SELECT account_id, url, format, secret_in_body, headers, max_concurrency,
-                rate_limit, ordering
+                rate_limit, ordering, breaker_until, breaker_cooldown_ms
          FROM endpoints WHERE id = $1",
         &[&endpoint.as_str()],
     )?;
@@ -109,5 +109,9 @@ pub(crate) fn load_target(c: &mut Conn, endpoint: &EndpointId, now: i64) -> DbRe
         max_concurrency: r.get::<_, Option<i64>>(5).map(|n| n as u32),
         rate_limit: r.get::<_, Option<i64>>(6).map(|n| n as u32),
         ordered: r.get::<_, Option<&str>>(7) == Some("device"),
+        breaker: match (r.get(8), r.get(9)) {
+            (Some(until), Some(cooldown_ms)) => Some(StoredBreaker { until, cooldown_ms }),
+            _ => None,
+        },
     })
 }

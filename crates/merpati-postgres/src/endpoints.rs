@@ -18,7 +18,8 @@ use crate::PostgresStore;
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
     format, secret_in_body, headers, ordering, disabled, created_at, updated_at,
-    disabled_reason, disabled_at, failing_since, max_concurrency, rate_limit, revision";
+    disabled_reason, disabled_at, failing_since, max_concurrency, rate_limit, revision,
+    breaker_until";
 
 pub(crate) fn headers_context(id: &str) -> String {
     format!("endpoints.headers:{id}")
@@ -53,6 +54,7 @@ fn endpoint_row(c: &Conn, r: &Row) -> DbResult<Endpoint> {
         max_concurrency: r.get::<_, Option<i64>>(17).map(|n| n as u32),
         rate_limit: r.get::<_, Option<i64>>(18).map(|n| n as u32),
         revision: r.get(19),
+        paused_until: r.get(20),
     })
 }
 

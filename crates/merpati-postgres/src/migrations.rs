@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "presence_machines",
         include_str!("../migrations/0004_presence_machines.sql"),
     ),
+    (
+        5,
+        "breakers",
+        include_str!("../migrations/0005_breakers.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).

@@ -9,6 +9,7 @@ use merpati_domain::delivery::{
     DeliveryStore, Disabled, DueDelivery, Recorded,
 };
 use merpati_domain::device::Scope;
+use merpati_domain::endpoint::StoredBreaker;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence, SLOTS};
@@ -285,6 +286,30 @@ impl DeliveryStore for SqliteStore {
             )?;
             for (delivery, at) in parked {
                 park.execute(params![delivery.0, at, list])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_breakers(
+        &self,
+        fence: Arc<Fence>,
+        marks: Vec<(EndpointId, Option<StoredBreaker>)>,
+    ) -> StoreResult<()> {
+        self.write_checked(move |tx| {
+            let held = slots::held(tx.conn(), &fence)?;
+            let mut mark = tx.prepare_cached(
+                "UPDATE endpoints SET breaker_until = ?2, breaker_cooldown_ms = ?3 WHERE id = ?1",
+            )?;
+            for (endpoint, breaker) in marks {
+                if held[usize::from(slot_of(&endpoint))] {
+                    mark.execute(params![
+                        endpoint.as_str(),
+                        breaker.map(|b| b.until),
+                        breaker.map(|b| b.cooldown_ms)
+                    ])?;
+                }
             }
             Ok(())
         })

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use merpati_domain::clock::earliest;
-use merpati_domain::endpoint::{BodyFormat, Subscription, Target};
+use merpati_domain::endpoint::{BodyFormat, StoredBreaker, Subscription, Target};
 use merpati_domain::ids::{AccountId, EndpointId};
 use rusqlite::{params, Connection};
 
@@ -140,6 +140,14 @@ fn load_target(c: &Connection, endpoint: &EndpointId, now: i64) -> DbResult<(Tar
                 r.get::<_, Option<String>>(7)?,
             ))
         })?;
+    let breaker = c
+        .prepare_cached("SELECT breaker_until, breaker_cooldown_ms FROM endpoints WHERE id = ?1")?
+        .query_row([endpoint.as_str()], |r| {
+            Ok(match (r.get(0)?, r.get(1)?) {
+                (Some(until), Some(cooldown_ms)) => Some(StoredBreaker { until, cooldown_ms }),
+                _ => None,
+            })
+        })?;
     let mut live = c.prepare_cached(
         "SELECT open_secret('endpoint_secrets.secret:' || endpoint_id, secret), expires_at
          FROM endpoint_secrets
@@ -166,6 +174,7 @@ fn load_target(c: &Connection, endpoint: &EndpointId, now: i64) -> DbResult<(Tar
         max_concurrency,
         rate_limit,
         ordered: ordering.as_deref() == Some("device"),
+        breaker,
     };
     Ok((target, changes_at))
 }

@@ -16,7 +16,8 @@ use crate::SqliteStore;
 
 const COLUMNS: &str = "id, url, description, events, business_ids, channel_ids, device_ids,
     format, secret_in_body, open_secret('endpoints.headers:' || id, headers), ordering, disabled,
-    created_at, updated_at, disabled_reason, disabled_at, failing_since, max_concurrency, rate_limit, revision";
+    created_at, updated_at, disabled_reason, disabled_at, failing_since, max_concurrency, rate_limit, revision,
+    breaker_until";
 
 fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
     let events: Option<String> = r.get(3)?;
@@ -47,6 +48,7 @@ fn endpoint_row(r: &Row<'_>) -> rusqlite::Result<Endpoint> {
         max_concurrency: r.get(17)?,
         rate_limit: r.get(18)?,
         revision: r.get(19)?,
+        paused_until: r.get(20)?,
     })
 }
 

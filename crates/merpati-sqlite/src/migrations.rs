@@ -92,6 +92,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "presence_machines",
         include_str!("../migrations/0021_presence_machines.sql"),
     ),
+    (
+        22,
+        "breakers",
+        include_str!("../migrations/0022_breakers.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -176,6 +176,7 @@ pub async fn endpoint_within(
         disabled_reason: None,
         disabled_at: None,
         failing_since: None,
+        paused_until: None,
         created_at: T0,
         updated_at: T0,
         revision: 0,

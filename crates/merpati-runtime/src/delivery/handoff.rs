@@ -259,6 +259,7 @@ pub(crate) mod tests {
                 secrets: Vec::new(),
                 max_concurrency: None,
                 ordered: false,
+                breaker: None,
                 rate_limit: None,
             }),
         }

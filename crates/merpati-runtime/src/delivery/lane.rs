@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use merpati_domain::delivery::DueDelivery;
+use merpati_domain::endpoint::StoredBreaker;
 use merpati_domain::retry::AttemptResult;
 
 /// The limits an endpoint asks for, or the configured defaults.
@@ -150,6 +151,34 @@ impl Lane {
     pub fn without_burst(mut self) -> Lane {
         self.tokens = 0.0;
         self
+    }
+
+    /// A lane whose breaker starts as the endpoint's last owner left it: open until its
+    /// time, or, once that passed, letting one probe decide.
+    pub fn with_breaker(mut self, stored: Option<StoredBreaker>, now: i64) -> Lane {
+        self.breaker = match stored {
+            None => Breaker::Closed { failures: 0 },
+            Some(b) if now < b.until => Breaker::Open {
+                until: b.until,
+                cooldown_ms: b.cooldown_ms,
+            },
+            Some(b) => Breaker::HalfOpen {
+                probe: None,
+                cooldown_ms: b.cooldown_ms,
+            },
+        };
+        self
+    }
+
+    /// The breaker as it is kept for the endpoint's next owner, once it opened or closed.
+    pub fn breaker_to_keep(&self) -> Option<Option<StoredBreaker>> {
+        match self.breaker {
+            Breaker::Open { until, cooldown_ms } => {
+                Some(Some(StoredBreaker { until, cooldown_ms }))
+            }
+            Breaker::Closed { .. } => Some(None),
+            Breaker::HalfOpen { .. } => None,
+        }
     }
 
     /// A lane for an endpoint whose pace an earlier lane learnt (its usual latency, in ms).
@@ -501,6 +530,40 @@ mod tests {
 
     fn lane(concurrency: usize, rate: Option<u32>) -> Lane {
         Lane::new(Limits { concurrency, rate }, 0)
+    }
+
+    #[test]
+    fn a_lane_starts_with_the_breaker_its_endpoints_last_owner_kept() {
+        let mut l = lane(1, None);
+        for at in 0..3 {
+            l.start(at);
+            l.finish(at, at + 1, 1, Health::Down, &POLICY);
+        }
+        let kept = l.breaker_to_keep().expect("opened");
+        assert_eq!(
+            kept,
+            Some(StoredBreaker {
+                until: 1_003,
+                cooldown_ms: 1000
+            })
+        );
+        let mut taken_over = lane(1, None).with_breaker(kept, 500);
+        assert_eq!(taken_over.gate(500), Gate::At(1_003), "still open");
+        let mut later = lane(1, None).with_breaker(kept, 2_000);
+        assert_eq!(later.gate(2_000), Gate::Go, "its probe");
+        later.start(2_000);
+        assert_eq!(later.gate(2_000), Gate::Busy, "one probe only");
+        later.finish(2_000, 2_010, 10, Health::Down, &POLICY);
+        assert_eq!(
+            later.breaker_to_keep(),
+            Some(Some(StoredBreaker {
+                until: 4_010,
+                cooldown_ms: 2000
+            })),
+            "a failed probe doubles the pause it took over"
+        );
+        let closed = lane(1, None).with_breaker(None, 0);
+        assert_eq!(closed.breaker_to_keep(), Some(None));
     }
 
     #[test]

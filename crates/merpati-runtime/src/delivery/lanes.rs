@@ -7,6 +7,7 @@ use std::sync::Arc;
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use merpati_domain::clock::earliest;
 use merpati_domain::delivery::DueDelivery;
+use merpati_domain::endpoint::StoredBreaker;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::slots::{slot_of, Slot};
 use tokio::sync::Semaphore;
@@ -47,6 +48,8 @@ pub(crate) struct Lanes {
     pub(crate) room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
     pub(crate) to_park: Vec<(DeliveryId, i64)>,
+    /// Breakers that opened or closed, to keep for the endpoints' next owners.
+    pub(crate) to_mark: Vec<(EndpointId, Option<StoredBreaker>)>,
     /// The pace (usual latency, ms) of endpoints whose lanes went idle, and when: a lane
     /// made again soon after starts from it rather than from not knowing.
     paces: FastMap<EndpointId, (f64, i64)>,
@@ -69,6 +72,7 @@ impl Lanes {
             claimed: FastSet::default(),
             room,
             to_park: Vec::new(),
+            to_mark: Vec::new(),
             paces: FastMap::default(),
             prune_paces_at: MIN_PACES_PRUNE,
             answered_at: i64::MIN,
@@ -79,7 +83,13 @@ impl Lanes {
 
     /// A claimed delivery joins its endpoint's lane, or is parked when the lane cannot
     /// start it soon (its breaker is open, or it is already queued as deep as its pace).
-    pub(crate) fn take(&mut self, job: DueDelivery, config: &DeliveryConfig, now: i64) {
+    pub(crate) fn take(
+        &mut self,
+        job: DueDelivery,
+        config: &DeliveryConfig,
+        now: i64,
+        pauses: &Pauses,
+    ) {
         if !self.claimed.insert(job.delivery_id) {
             // Claimed twice (a lease ran out under it): one claim is enough.
             self.room.add_permits(1);
@@ -101,7 +111,9 @@ impl Lanes {
                 let pace = paces
                     .remove(&job.endpoint.id)
                     .filter(|(_, at)| now - at < PACE_MEMORY_MS);
-                let lane = Lane::new(limits, now).remembering(pace.map(|(avg_ms, _)| avg_ms));
+                let lane = Lane::new(limits, now)
+                    .remembering(pace.map(|(avg_ms, _)| avg_ms))
+                    .with_breaker(job.endpoint.breaker, now);
                 let taken = taken_slots.get(&slot_of(&job.endpoint.id));
                 if taken.is_some_and(|at| now - at < RATE_WINDOW_MS) {
                     lane.without_burst()
@@ -109,6 +121,9 @@ impl Lanes {
                     lane
                 }
             });
+        if let Breaker::Open { until, .. } = lane.breaker() {
+            pauses.set(&job.endpoint.account_id, &job.endpoint.id, Some(until));
+        }
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
             park(
@@ -261,10 +276,13 @@ impl Lanes {
             Breaker::Open { until, .. } if lane.breaker() != before => {
                 tracing::warn!(endpoint = %f.endpoint_id, until, "endpoint paused by its circuit breaker");
                 pauses.set(&f.account_id, &f.endpoint_id, Some(until));
+                self.to_mark
+                    .push((f.endpoint_id.clone(), lane.breaker_to_keep().flatten()));
             }
             Breaker::Closed { .. } if !matches!(before, Breaker::Closed { .. }) => {
                 tracing::info!(endpoint = %f.endpoint_id, "endpoint answers again; circuit breaker closed");
                 pauses.set(&f.account_id, &f.endpoint_id, None);
+                self.to_mark.push((f.endpoint_id.clone(), None));
             }
             _ => {}
         }
@@ -358,7 +376,7 @@ mod tests {
     /// Takes `id` into its lane and runs it to an answer after 5 ms.
     fn answered(lanes: &mut Lanes, id: i64, at: i64) {
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(id), &config(4), at);
+        lanes.take(due(id), &config(4), at, &pauses());
         lanes.start_ready(at, 0, 4, |_, _| {});
         let done = finished(id, "ep", at, Health::Up);
         lanes.finish(done, at + 5, &POLICY, &pauses());
@@ -372,7 +390,7 @@ mod tests {
         assert!(lanes.lanes.is_empty(), "idle, so gone");
         // Back within the minute: known to be fast, so nothing it is handed is parked.
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(2), &config(4), 30_000);
+        lanes.take(due(2), &config(4), 30_000, &pauses());
         assert_eq!(
             lanes.lanes[&EndpointId::from("ep")].queue_cap(30_000, i64::MIN),
             usize::MAX
@@ -382,7 +400,7 @@ mod tests {
         lanes.finish(done, 30_005, &POLICY, &pauses());
         // A minute after it was last idle, its pace is not known any more.
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(3), &config(4), 30_005 + PACE_MEMORY_MS);
+        lanes.take(due(3), &config(4), 30_005 + PACE_MEMORY_MS, &pauses());
         let cap = lanes.lanes[&EndpointId::from("ep")].queue_cap(30_005 + PACE_MEMORY_MS, i64::MIN);
         assert!(cap < usize::MAX, "{cap}");
         // Deleting the endpoint forgets its pace too.
@@ -420,21 +438,21 @@ mod tests {
             |delivery_id, endpoint_id: &str| finished(delivery_id, endpoint_id, 0, Health::Down);
         // "ep" fails: its breaker opens, and what comes for it meanwhile is parked.
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(1), &config(4), 0);
+        lanes.take(due(1), &config(4), 0, &pauses);
         let mut started = Vec::new();
         lanes.start_ready(0, 0, 4, |job, _| started.push(job.delivery_id.0));
         assert_eq!(started, [1]);
         lanes.finish(failed(1, "ep"), 10, &policy, &pauses);
         assert!(pauses.until(&"ep".into()).is_some());
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(2), &config(4), 20);
+        lanes.take(due(2), &config(4), 20, &pauses);
         assert_eq!(lanes.to_park.len(), 1);
         // "other" has deliveries queued behind one under way.
         assert_eq!(take_room(&lanes.room, 3), 3);
         for id in 3..=5 {
             let mut job = due(id);
             Arc::make_mut(&mut job.endpoint).id = "other".into();
-            lanes.take(job, &config(4), 20);
+            lanes.take(job, &config(4), 20, &pauses);
         }
         lanes.start_ready(20, 0, 1, |_, _| {});
         assert_eq!(lanes.lanes[&EndpointId::from("other")].queue.len(), 2);

@@ -26,6 +26,7 @@ use crate::bus::{Bus, Change, EndpointState};
 pub mod guard;
 mod handoff;
 pub mod lane;
+mod lane_writes;
 mod lanes;
 mod mail;
 mod prepared;

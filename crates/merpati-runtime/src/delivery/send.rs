@@ -341,6 +341,7 @@ mod tests {
                 secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
                 max_concurrency: None,
                 ordered: false,
+                breaker: None,
                 rate_limit: None,
             }),
         };

@@ -15,7 +15,6 @@ use merpati_domain::delivery::{AttemptRecord, DueDelivery};
 use merpati_domain::endpoint::mail_recipients;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::retry::{next_step, NextStep};
-use merpati_domain::slots::Fence;
 use merpati_domain::{SharedStore, StoreResult};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -23,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
 use super::lane::{BreakerPolicy, Health};
-use super::lanes::{Finished, Lanes, TakeBack, TakenBack};
+use super::lane_writes;
+use super::lanes::{Finished, Lanes, TakenBack};
 use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
@@ -439,16 +439,18 @@ impl Run {
             self.lanes.take_back(now)
         };
         let parked = std::mem::take(&mut self.lanes.to_park);
-        if take_back.is_empty() && parked.is_empty() {
+        let marks = std::mem::take(&mut self.lanes.to_mark);
+        if take_back.is_empty() && parked.is_empty() && marks.is_empty() {
             return;
         }
         self.due.next_due = earliest(self.due.next_due, parked.iter().map(|p| p.1).min());
-        self.lane_writes = Some(Box::pin(write_for_lanes(
+        self.lane_writes = Some(Box::pin(lane_writes::write(
             self.worker.store.clone(),
             self.worker.ownership.fence(),
             now,
             take_back,
             parked,
+            marks,
         )));
     }
 
@@ -537,7 +539,8 @@ impl Run {
     /// given back or taken over.
     fn take(&mut self, job: DueDelivery, now: i64) {
         if self.worker.ownership.takes(&job.endpoint.id) {
-            self.lanes.take(job, &self.worker.config, now);
+            self.lanes
+                .take(job, &self.worker.config, now, &self.worker.pauses);
         } else {
             self.lanes.room.add_permits(1);
         }
@@ -676,39 +679,6 @@ impl Run {
             tracing::error!(error = %e, "the attempt recorder failed");
         }
     }
-}
-
-/// One set of the lanes' writes: their parked deliveries taken back, then what they park.
-async fn write_for_lanes(
-    store: SharedStore,
-    fence: Arc<Fence>,
-    now: i64,
-    take_back: Vec<TakeBack>,
-    parked: Vec<(DeliveryId, i64)>,
-) -> TakenBack {
-    let mut lanes = Vec::with_capacity(take_back.len());
-    for asked in take_back {
-        let taken = match store
-            .unpark(fence.clone(), asked.endpoint_id.clone(), now, asked.limit)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "could not take parked deliveries back");
-                0
-            }
-        };
-        lanes.push((asked, taken));
-    }
-    if !parked.is_empty() {
-        let n = parked.len();
-        match store.park(fence, parked).await {
-            Ok(()) => tracing::debug!(deliveries = n, "parked for their lanes"),
-            // Their leases run out and they are claimed again: delayed, not lost.
-            Err(e) => tracing::error!(error = %e, "could not park deliveries"),
-        }
-    }
-    TakenBack { now, lanes }
 }
 
 /// Shrinks the store's caches and gives the process's free memory back to the system.

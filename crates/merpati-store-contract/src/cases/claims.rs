@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use merpati_domain::endpoint::StoredBreaker;
 use merpati_domain::ids::EndpointId;
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{Fence, SLOTS};
@@ -231,4 +232,59 @@ pub async fn parked_deliveries_wait_until_taken_back(store: &SharedStore) {
     // Parking costs no attempt.
     assert!(back.iter().all(|d| d.attempt == 1));
     assert_eq!(store.unpark(f, slow_id, T0 + 1, 10).await.unwrap(), 2);
+}
+
+/// An endpoint's breaker is kept by its owner, shown on the endpoint and handed to whoever
+/// claims its deliveries next; a node that lost the slot keeps nothing.
+pub async fn a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one(
+    store: &SharedStore,
+) {
+    let t = tree(store, "acct", 1).await;
+    let ep = endpoint(store, &t.account, "ep", |_| {}).await;
+    one_event(store, &t.devices[0], 0, T0).await;
+    store.leave_cluster(NODE).await.unwrap();
+    let old = fence_of(store, "node_old").await;
+    let open = StoredBreaker {
+        until: T0 + 60_000,
+        cooldown_ms: 30_000,
+    };
+    store
+        .mark_breakers(old.clone(), vec![(ep.id.clone(), Some(open))])
+        .await
+        .unwrap();
+    let shown = store
+        .get_endpoint(t.account.clone(), ep.id.clone())
+        .await
+        .unwrap();
+    assert_eq!(shown.paused_until, Some(T0 + 60_000));
+
+    store.leave_cluster("node_old").await.unwrap();
+    let new = fence_of(store, "node_new").await;
+    let claimed = store
+        .claim_due(new.clone(), T0, 10, T0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].endpoint.breaker,
+        Some(open),
+        "the new owner starts there"
+    );
+
+    // The old owner closing it changes nothing now; the new one does.
+    store
+        .mark_breakers(old, vec![(ep.id.clone(), None)])
+        .await
+        .unwrap();
+    let kept = |store: &SharedStore| {
+        let (account, id) = (t.account.clone(), ep.id.clone());
+        let store = store.clone();
+        async move { store.get_endpoint(account, id).await.unwrap().paused_until }
+    };
+    assert_eq!(kept(store).await, Some(T0 + 60_000));
+    store
+        .mark_breakers(new, vec![(ep.id.clone(), None)])
+        .await
+        .unwrap();
+    assert_eq!(kept(store).await, None);
 }

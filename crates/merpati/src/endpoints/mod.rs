@@ -135,9 +135,19 @@ fn new_secret() -> String {
 
 /// The endpoint with the breaker's pause, while it lasts.
 fn view(state: &AppState, e: &Endpoint) -> EndpointView {
+    EndpointView::new(e, paused_until(state, e))
+}
+
+/// Until when the endpoint's breaker pauses it: as its lane here knows it when this node
+/// owns its slot, else as its owner last kept it.
+pub(crate) fn paused_until(state: &AppState, e: &Endpoint) -> Option<i64> {
     let now = state.clock.now_ms();
-    let paused_until = state.pauses.until(&e.id).filter(|until| *until > now);
-    EndpointView::new(e, paused_until)
+    let until = if state.ownership.takes(&e.id) {
+        state.pauses.until(&e.id)
+    } else {
+        e.paused_until
+    };
+    until.filter(|until| *until > now)
 }
 
 #[utoipa::path(post, path = "/v1/endpoints", tag = "endpoints", security(("api_key" = [])),
@@ -182,6 +192,7 @@ async fn create(
         disabled_reason: body.disabled.then_some(DisableReason::Manual),
         disabled_at: body.disabled.then_some(now),
         failing_since: None,
+        paused_until: None,
         created_at: now,
         updated_at: now,
         revision: 0,

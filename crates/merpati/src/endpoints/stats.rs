@@ -75,8 +75,15 @@ pub async fn stats(
         .store
         .endpoint_tally(account.clone(), id.clone(), now - 86_400_000, now + 1)
         .await?;
-    let backlog = state.store.endpoint_backlog(account, id.clone()).await?;
-    let paused_until = state.pauses.until(&id).filter(|until| *until > now);
+    let backlog = state
+        .store
+        .endpoint_backlog(account.clone(), id.clone())
+        .await?;
+    let endpoint = state
+        .store
+        .get_endpoint(account.clone(), id.clone())
+        .await?;
+    let paused_until = super::paused_until(&state, &endpoint);
     Ok(Json(EndpointStats {
         endpoint_id: id,
         last_hour: (&hour).into(),
