@@ -20,7 +20,7 @@ use merpati_domain::device::DeviceContext;
 use merpati_domain::ids::{AccountId, DeviceId, EventId};
 pub use merpati_domain::presence::machine::LiveStatus;
 use merpati_domain::presence::machine::{Input, Reason};
-use merpati_domain::presence::step::{CloseWhy, DeviceRequest, Request, Stepped};
+use merpati_domain::presence::step::{CloseWhy, DeviceKey, DeviceRequest, Request, Stepped};
 use merpati_domain::presence::{HeldLink, LeaseSettings, PresenceStep};
 use merpati_domain::{SharedStore, StoreError, StoreResult};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -31,24 +31,6 @@ use crate::bus::{Bus, Change as BusChange, DeviceStatus, StoredEvent};
 use crate::cluster::Ownership;
 use crate::delivery::DeliveryWaker;
 use crate::metrics::Metrics;
-
-/// `account \0 device`: one allocation, cheap to clone into the deadline set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceKey(Arc<str>);
-
-impl DeviceKey {
-    pub fn new(account: &str, device: &str) -> Self {
-        DeviceKey(format!("{account}\0{device}").into())
-    }
-    pub fn parts(&self) -> (&str, &str) {
-        self.0.split_once('\0').expect("keys hold a separator")
-    }
-
-    fn ids(&self) -> (AccountId, DeviceId) {
-        let (account, device) = self.parts();
-        (account.into(), device.into())
-    }
-}
 
 /// What a phone says of itself with its heartbeats.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,7 +141,7 @@ enum Command {
 }
 
 fn key_of(device: &DeviceContext) -> DeviceKey {
-    DeviceKey::new(device.account_id.as_str(), device.device_id.as_str())
+    (device.account_id.clone(), device.device_id.clone())
 }
 
 /// The rest of the server's way to the hub.
@@ -238,7 +220,7 @@ impl PresenceHandle {
     /// Closes the device's link, on whichever node it is (its token changed, or it was
     /// deleted).
     pub async fn close_link(&self, account: &AccountId, device: &DeviceId, close: LinkClose) {
-        let key = DeviceKey::new(account.as_str(), device.as_str());
+        let key = (account.clone(), device.clone());
         let _ = self.tx.send(Command::Close { key, close }).await;
     }
 
@@ -250,7 +232,7 @@ impl PresenceHandle {
             .await
             .ok()
             .flatten()?;
-        let key = DeviceKey::new(account.as_str(), device.as_str());
+        let key = (account.clone(), device.clone());
         let (last_seen, telemetry) = self
             .ask(|reply| Command::Heard { key, reply })
             .await
@@ -442,10 +424,7 @@ impl Hub {
                 }
             }
             let now = self.clock.now_ms();
-            let sweep = looked
-                || self.more_due
-                || self.next_deadline.is_some_and(|at| at <= now)
-                || batch.iter().any(|c| matches!(c, Command::Tick { .. }));
+            let sweep = looked || self.more_due || self.next_deadline.is_some_and(|at| at <= now);
             self.process(std::mem::take(&mut batch), sweep).await;
             if looked {
                 last_look = Instant::now();
@@ -483,13 +462,10 @@ impl Hub {
         let held: Vec<HeldLink> = self
             .links
             .iter()
-            .map(|(link, open)| {
-                let (account, device) = open.key.ids();
-                HeldLink {
-                    link: *link,
-                    account_id: account,
-                    device_id: device,
-                }
+            .map(|(link, open)| HeldLink {
+                link: *link,
+                account_id: open.key.0.clone(),
+                device_id: open.key.1.clone(),
             })
             .collect();
         match self.store.stale_links(self.node.clone(), held).await {
@@ -507,24 +483,19 @@ impl Hub {
     }
 
     fn heard(&mut self, key: &DeviceKey) -> &mut Heard {
-        if !self.heard.contains_key(key) {
-            self.heard.insert(key.clone(), Heard::default());
-        }
-        self.heard.get_mut(key).expect("inserted")
+        self.heard.entry(key.clone()).or_default()
     }
 
-    async fn process(&mut self, batch: Vec<Command>, sweep: bool) {
+    /// Steps what the batch asks, sweeping too when `sweep` (or when asked to tick).
+    async fn process(&mut self, batch: Vec<Command>, mut sweep: bool) {
         self.follow_node();
         let now = self.clock.now_ms();
         let mut requests = Vec::new();
         let mut waiting = Vec::new();
-        let request = |key: &DeviceKey, request: Request| {
-            let (account_id, device_id) = key.ids();
-            DeviceRequest {
-                account_id,
-                device_id,
-                request,
-            }
+        let request = |key: &DeviceKey, request: Request| DeviceRequest {
+            account_id: key.0.clone(),
+            device_id: key.1.clone(),
+            request,
         };
         for command in batch {
             match command {
@@ -597,15 +568,14 @@ impl Hub {
                         .map(|h| (h.last_seen, h.telemetry.clone()));
                     let _ = reply.send(heard);
                 }
-                Command::Tick { reply } => waiting.push(Waiting::Tick(reply)),
+                Command::Tick { reply } => {
+                    sweep = true;
+                    waiting.push(Waiting::Tick(reply));
+                }
             }
         }
         if requests.is_empty() && !sweep {
-            for w in waiting {
-                if let Waiting::Tick(reply) = w {
-                    let _ = reply.send(());
-                }
-            }
+            // Nothing to step, and so nobody waits.
             return;
         }
         let count = requests.len();
@@ -696,16 +666,5 @@ impl Hub {
                 at: m.at,
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_split_back() {
-        let k = DeviceKey::new("acct", "dev:1");
-        assert_eq!(k.parts(), ("acct", "dev:1"));
     }
 }
