@@ -170,17 +170,6 @@ impl Lane {
         self
     }
 
-    /// The breaker as it is kept for the endpoint's next owner, once it opened or closed.
-    pub fn breaker_to_keep(&self) -> Option<Option<StoredBreaker>> {
-        match self.breaker {
-            Breaker::Open { until, cooldown_ms } => {
-                Some(Some(StoredBreaker { until, cooldown_ms }))
-            }
-            Breaker::Closed { .. } => Some(None),
-            Breaker::HalfOpen { .. } => None,
-        }
-    }
-
     /// A lane for an endpoint whose pace an earlier lane learnt (its usual latency, in ms).
     pub fn remembering(mut self, avg_ms: Option<f64>) -> Lane {
         if let Some(avg_ms) = avg_ms {
@@ -539,14 +528,17 @@ mod tests {
             l.start(at);
             l.finish(at, at + 1, 1, Health::Down, &POLICY);
         }
-        let kept = l.breaker_to_keep().expect("opened");
         assert_eq!(
-            kept,
-            Some(StoredBreaker {
+            l.breaker(),
+            Breaker::Open {
                 until: 1_003,
                 cooldown_ms: 1000
-            })
+            }
         );
+        let kept = Some(StoredBreaker {
+            until: 1_003,
+            cooldown_ms: 1000,
+        });
         let mut taken_over = lane(1, None).with_breaker(kept, 500);
         assert_eq!(taken_over.gate(500), Gate::At(1_003), "still open");
         let mut later = lane(1, None).with_breaker(kept, 2_000);
@@ -555,15 +547,15 @@ mod tests {
         assert_eq!(later.gate(2_000), Gate::Busy, "one probe only");
         later.finish(2_000, 2_010, 10, Health::Down, &POLICY);
         assert_eq!(
-            later.breaker_to_keep(),
-            Some(Some(StoredBreaker {
+            later.breaker(),
+            Breaker::Open {
                 until: 4_010,
                 cooldown_ms: 2000
-            })),
+            },
             "a failed probe doubles the pause it took over"
         );
         let closed = lane(1, None).with_breaker(None, 0);
-        assert_eq!(closed.breaker_to_keep(), Some(None));
+        assert_eq!(closed.breaker(), Breaker::Closed { failures: 0 });
     }
 
     #[test]

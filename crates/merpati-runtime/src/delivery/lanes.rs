@@ -273,11 +273,11 @@ impl Lanes {
         let before = lane.breaker();
         lane.finish(f.started_at, now, f.took_ms, f.health, policy);
         match lane.breaker() {
-            Breaker::Open { until, .. } if lane.breaker() != before => {
+            Breaker::Open { until, cooldown_ms } if lane.breaker() != before => {
                 tracing::warn!(endpoint = %f.endpoint_id, until, "endpoint paused by its circuit breaker");
                 pauses.set(&f.account_id, &f.endpoint_id, Some(until));
-                self.to_mark
-                    .push((f.endpoint_id.clone(), lane.breaker_to_keep().flatten()));
+                let kept = StoredBreaker { until, cooldown_ms };
+                self.to_mark.push((f.endpoint_id.clone(), Some(kept)));
             }
             Breaker::Closed { .. } if !matches!(before, Breaker::Closed { .. }) => {
                 tracing::info!(endpoint = %f.endpoint_id, "endpoint answers again; circuit breaker closed");
