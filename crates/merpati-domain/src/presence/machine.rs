@@ -247,14 +247,6 @@ impl DeviceState {
         }
     }
 
-    pub fn is_pending(&self) -> bool {
-        self.pending.is_some()
-    }
-
-    pub fn link_open(&self) -> bool {
-        self.link.is_some()
-    }
-
     pub fn current_link(&self) -> Option<u64> {
         self.link
     }
@@ -434,7 +426,7 @@ mod tests {
                 10_000
             )
             .is_empty());
-        assert!(s.is_pending());
+        assert_eq!(s.status(), LiveStatus::Pending);
         assert_eq!(s.deadline(), Some(40_000));
         assert!(s.apply(Input::Tick, 39_999).is_empty());
         assert_eq!(
@@ -479,7 +471,7 @@ mod tests {
         assert!(s.apply(Input::Heartbeat, 60_000).is_empty());
         assert_eq!(s.deadline(), Some(150_000));
         assert!(s.apply(Input::Tick, 150_000).is_empty());
-        assert!(s.is_pending());
+        assert_eq!(s.status(), LiveStatus::Pending);
         assert_eq!(s.deadline(), Some(180_000));
         // Noticed late: the outage still began when the lease ran out.
         assert_eq!(
@@ -525,8 +517,8 @@ mod tests {
                 6
             )
             .is_empty());
-        assert!(!s.is_pending());
-        assert!(s.link_open());
+        assert_ne!(s.status(), LiveStatus::Pending);
+        assert!(s.current_link().is_some());
     }
 
     #[test]
@@ -559,7 +551,7 @@ mod tests {
         ));
         // Silence: the lease runs out, and the grace after it.
         assert!(s.apply(Input::Tick, T.heartbeat_ms).is_empty());
-        assert!(s.is_pending());
+        assert_eq!(s.status(), LiveStatus::Pending);
         assert!(matches!(
             s.apply(Input::Tick, T.heartbeat_ms + T.grace_ms)[..],
             [Change::Disconnected {
@@ -572,12 +564,12 @@ mod tests {
         assert!(!s.apply(Input::EngineWorking, later).is_empty());
         s.apply(Input::Report(EngineReport::Disconnected), later + 1);
         assert!(s.apply(Input::Heartbeat, later + 2).is_empty(), "vetoed");
-        assert!(s.is_pending());
+        assert_eq!(s.status(), LiveStatus::Pending);
         assert!(matches!(
             s.apply(Input::EngineWorking, later + 3)[..],
             [Change::Blip { .. }]
         ));
-        assert!(!s.is_pending());
+        assert_ne!(s.status(), LiveStatus::Pending);
     }
 
     #[test]
