@@ -23,6 +23,7 @@ use merpati_domain::ids::{AccountId, EndpointId};
 
 use crate::bus::{Bus, Change, EndpointState};
 
+mod due_times;
 pub mod guard;
 mod handoff;
 pub mod lane;

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::due_times::DueTimes;
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
 use super::lane::{BreakerPolicy, Health};
 use super::lane_writes;
@@ -97,55 +98,6 @@ type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
 /// How long a worker sharing the database with other nodes goes at most without looking
 /// for due deliveries, should a wake from another node be lost.
 const FALLBACK_WAKE_MS: i64 = 1_000;
-
-/// When the retries the worker scheduled itself are due: the earliest `MAX` of them, and
-/// the earliest of those let go to stay that small. The worker wakes then and claims, and
-/// the store's next due time (read whenever a claim finds less than it asked for) has the
-/// rest, whose records were written long before.
-#[derive(Default)]
-struct Retries {
-    soon: BTreeSet<i64>,
-    let_go: Option<i64>,
-}
-
-impl Retries {
-    const MAX: usize = 1024;
-
-    fn add(&mut self, at: i64) {
-        self.soon.insert(at);
-        if self.soon.len() > Self::MAX {
-            self.let_go = earliest(self.let_go, self.soon.pop_last());
-        }
-    }
-
-    fn first(&self) -> Option<i64> {
-        earliest(self.soon.first().copied(), self.let_go)
-    }
-
-    /// Forgets the retries due at `now` or before: a claim at `now` took them.
-    fn forget_until(&mut self, now: i64) {
-        self.soon = self.soon.split_off(&(now + 1));
-        self.let_go = self.let_go.filter(|at| *at > now);
-    }
-}
-
-/// What the worker knows of when deliveries in the store are due.
-struct DueTimes {
-    /// Whether deliveries may be due now (woken, or the last claim was full).
-    known_due: bool,
-    /// When the next one is due as far as the worker knows.
-    next_due: Option<i64>,
-    /// The retries this worker scheduled, apart from `next_due`: the recorder may not have
-    /// written one yet when a claim finds nothing due, and a later one folded into
-    /// `next_due` would be dropped with the earlier time it hid behind.
-    retries: Retries,
-    /// Whether `next_due` may be out of date, and when the store was last asked.
-    stale: bool,
-    read_at: i64,
-    /// When the worker last looked for due deliveries without being told: other nodes
-    /// wake it, and a wake lost costs at most a second.
-    polled_at: i64,
-}
 
 /// What every attempt shares.
 struct Sender {
@@ -255,14 +207,7 @@ impl Run {
             lanes,
             in_flight: JoinSet::new(),
             running: FastMap::default(),
-            due: DueTimes {
-                known_due: true,
-                next_due: None,
-                retries: Retries::default(),
-                stale: true,
-                read_at: i64::MIN / 2,
-                polled_at: i64::MIN / 2,
-            },
+            due: DueTimes::default(),
             claiming: None,
             lane_writes: None,
             taken_back_unclaimed: false,
@@ -296,7 +241,7 @@ impl Run {
         };
         self.read_next_due().await;
         let store_wake = if worth_claiming || self.lanes.claimed.is_empty() {
-            earliest(self.due.next_due, self.due.retries.first())
+            self.due.next()
         } else {
             None
         };
@@ -443,7 +388,9 @@ impl Run {
         if take_back.is_empty() && parked.is_empty() && marks.is_empty() {
             return;
         }
-        self.due.next_due = earliest(self.due.next_due, parked.iter().map(|p| p.1).min());
+        if let Some(at) = parked.iter().map(|p| p.1).min() {
+            self.due.schedule(at);
+        }
         self.lane_writes = Some(Box::pin(lane_writes::write(
             self.worker.store.clone(),
             self.worker.ownership.fence(),
@@ -475,11 +422,10 @@ impl Run {
         self.due.read_at = now;
         let fence = self.worker.ownership.active();
         match self.worker.store.next_due_at(fence).await {
-            // Retries the recorder has not written yet are in `retries`.
-            Ok(at) => self.due.next_due = earliest(at, self.due.next_due),
+            Ok(at) => self.due.read(at),
             Err(e) => {
                 tracing::error!(error = %e, "could not read the next due time");
-                self.due.next_due = Some(now + 1000);
+                self.due.look_again_in_a_second(now);
             }
         }
     }
@@ -595,12 +541,7 @@ impl Run {
                 self.due.known_due |= jobs.len() == want;
                 self.lanes.room.add_permits(want - jobs.len());
                 if !self.due.known_due {
-                    // Nothing else is due now; what is due later is still known. A retry
-                    // due by now whose record was not written yet is not lost: the
-                    // recorder wakes the worker once it is.
-                    self.due.next_due = self.due.next_due.filter(|at| *at > now);
-                    self.due.retries.forget_until(now);
-                    self.due.stale = true;
+                    self.due.caught_up(now);
                 }
                 for job in jobs {
                     self.take(job, now);
@@ -610,7 +551,7 @@ impl Run {
                 self.lanes.room.add_permits(want);
                 tracing::error!(error = %e, "could not claim deliveries");
                 // Try again in a second rather than at once.
-                self.due.next_due = Some(now + 1000);
+                self.due.look_again_in_a_second(now);
             }
         }
     }
@@ -656,7 +597,7 @@ impl Run {
             }
         };
         if let Some(at) = finished.retry_at {
-            self.due.retries.add(at);
+            self.due.schedule(at);
         }
         let now = self.now();
         self.lanes
@@ -756,35 +697,5 @@ async fn deliver(
             NextStep::RetryAt(at) => Some(at),
             _ => None,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_are_remembered_apart_until_a_claim_takes_them() {
-        let mut retries = Retries::default();
-        assert_eq!(retries.first(), None);
-        retries.add(655);
-        retries.add(529);
-        assert_eq!(retries.first(), Some(529));
-        // A claim at 535 took what was due; the retry at 655 is still to come.
-        retries.forget_until(535);
-        assert_eq!(retries.first(), Some(655));
-        retries.forget_until(655);
-        assert_eq!(retries.first(), None);
-        // The earliest are kept, and of the rest the earliest time.
-        let max = Retries::MAX as i64;
-        for at in 0..2 * max {
-            retries.add(at);
-        }
-        assert_eq!(retries.soon.len(), Retries::MAX);
-        assert_eq!(retries.first(), Some(0));
-        retries.forget_until(max - 1);
-        assert_eq!(retries.first(), Some(max), "the earliest let go");
-        retries.forget_until(max);
-        assert_eq!(retries.first(), None);
     }
 }

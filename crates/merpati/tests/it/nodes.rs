@@ -544,3 +544,126 @@ async fn a_dead_nodes_links_are_announced_after_the_grace_unless_they_connect_el
         stop_gracefully(&mut node.child).await;
     }
 }
+
+/// An endpoint's breaker opened on its owner, which is then killed: the node that takes
+/// its slot over keeps it open until the time the first set (every node's API shows that
+/// pause), then sends one probe, whose failure opens it again for twice as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breaker_open_on_a_killed_owner_stays_open_on_the_next() {
+    let database = fresh_postgres_database().await;
+    let settings = [
+        ("MERPATI_DELIVERY_BREAKER_FAILURES", "2"),
+        ("MERPATI_DELIVERY_BREAKER_COOLDOWN", "8s"),
+    ];
+    let mut nodes = Vec::new();
+    let mut logs = Vec::new();
+    for i in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("n{i}");
+        let mut all = vec![
+            ("MERPATI_DATABASE_URL", database.as_str()),
+            ("MERPATI_SECRET_KEY", KEY),
+            ("MERPATI_CLUSTER_NODE_NAME", name.as_str()),
+            ("MERPATI_LOG", "info,merpati_runtime=debug"),
+        ];
+        all.extend_from_slice(&settings);
+        let (child, url, log) = crate::restart::spawn_binary_logged(dir.path(), &all).await;
+        let (_, cluster) = TestApp::at(url.clone()).get("/v1/cluster", ADMIN).await;
+        nodes.push(Node { child, url, id: cluster["this_node"].as_str().unwrap().to_string(), _dir: dir });
+        logs.push(log);
+    }
+    let owners = balanced(&nodes[0].url, 2).await;
+    let receiver = Receiver::start().await;
+    receiver.always(Answer::status(500));
+    let (m, endpoint, owner) = {
+        let admin = TestApp::at(nodes[0].url.clone());
+        let m = admin.merchant("m1").await;
+        let endpoint = admin.endpoint(&m.key, &receiver, json!({})).await;
+        let owner = &owners[&u64::from(slot_of(&endpoint.as_str().into()))];
+        let owner = nodes.iter().position(|n| n.id == *owner).unwrap();
+        (m, endpoint, owner)
+    };
+    let other = TestApp::at(nodes[1 - owner].url.clone());
+    for rid in 0..5 {
+        other.sms(&m.device_token, rid).await;
+    }
+    // Shown by the node that does not own it: kept in the database.
+    let paused_until = eventually(|| async {
+        let (_, e) = other
+            .get(&format!("/v1/endpoints/{endpoint}"), &m.key)
+            .await;
+        let until = e["paused_until"].as_str()?;
+        Some(humantime::parse_rfc3339(until).unwrap())
+    })
+    .await;
+    let now = (std::time::SystemTime::now(), Instant::now());
+    let reopens_at = now.1 + paused_until.duration_since(now.0).unwrap_or_default();
+
+    nodes[owner].child.start_kill().unwrap();
+    let killed_at = Instant::now();
+    nodes[owner].child.wait().await.unwrap();
+    balanced(&other.url, 1).await;
+    let taken_over_in = killed_at.elapsed();
+    assert!(
+        Instant::now() + Duration::from_secs(1) < reopens_at,
+        "the slot was taken over too late to tell: {taken_over_in:?}"
+    );
+    let after_kill = || -> Vec<Instant> {
+        receiver
+            .received()
+            .iter()
+            .map(|r| r.at)
+            .filter(|at| *at > killed_at)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(14);
+    while after_kill().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if after_kill().is_empty() {
+        let (_, evs) = other.get("/v1/events?limit=10", &m.key).await;
+        for e in evs["data"].as_array().unwrap() {
+            let (_, d) = other
+                .get(&format!("/v1/events/{}", e["id"].as_str().unwrap()), &m.key)
+                .await;
+            eprintln!("DEBUG {}", d["deliveries"]);
+        }
+        let (_, e) = other
+            .get(&format!("/v1/endpoints/{endpoint}"), &m.key)
+            .await;
+        eprintln!(
+            "DEBUG endpoint {e} reopens in {:?} killed {:?} ago",
+            reopens_at.saturating_duration_since(killed_at),
+            killed_at.elapsed()
+        );
+        for line in logs[1 - owner].lock().unwrap().iter() {
+            if line.contains("presence") || line.contains("http") && !line.contains("attempt") { continue; }
+            eprintln!("LOG {}", &line[..line.len().min(300)]);
+        }
+        panic!("no probe");
+    }
+    let probe = eventually(|| async { after_kill().first().copied() }).await;
+    assert!(
+        probe + Duration::from_millis(100) >= reopens_at,
+        "a request went out {:?} before the pause the first owner set ended",
+        reopens_at - probe
+    );
+    // Its failure opens the breaker again, for twice as long.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(after_kill().len(), 1, "one probe, then paused again");
+    let (_, e) = other
+        .get(&format!("/v1/endpoints/{endpoint}"), &m.key)
+        .await;
+    let again =
+        humantime::parse_rfc3339(e["paused_until"].as_str().expect("paused again")).unwrap();
+    let doubled = again.duration_since(paused_until).unwrap();
+    assert!(
+        doubled >= Duration::from_secs(15),
+        "paused again for twice the cooldown: {doubled:?} later"
+    );
+    println!(
+        "breaker open on a killed owner: slot taken over after {taken_over_in:?}, nothing sent \
+         until the pause the first owner set ended, then one probe"
+    );
+    stop_gracefully(&mut nodes[1 - owner].child).await;
+}
