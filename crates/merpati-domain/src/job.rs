@@ -49,14 +49,19 @@ pub struct Chunk {
     pub made_due: usize,
     /// The job after the chunk; `None` when it is gone (with its endpoint or account).
     pub job: Option<Job>,
+    /// Another node took the job up (this one was taken for gone): the chunk did nothing,
+    /// and this node leaves the job to it.
+    pub runs_elsewhere: bool,
 }
 
 impl Chunk {
-    /// Whether nothing is left to do.
+    /// Whether nothing is left for this node to do.
     pub fn finished(&self) -> bool {
-        self.job
-            .as_ref()
-            .is_none_or(|job| job.status == JobStatus::Done)
+        self.runs_elsewhere
+            || self
+                .job
+                .as_ref()
+                .is_none_or(|job| job.status == JobStatus::Done)
     }
 }
 
@@ -64,17 +69,25 @@ impl Chunk {
 pub trait JobStore: Send + Sync {
     /// A job to send again every delivery to the endpoint, made since `since`, that failed
     /// and was not followed by another delivery of its event there. Conflict when the
-    /// endpoint is disabled.
+    /// endpoint is disabled. `node` runs it.
     async fn create_recover_job(
         &self,
         account: AccountId,
         endpoint: EndpointId,
         since: i64,
         now: i64,
+        node: String,
     ) -> StoreResult<Job>;
     async fn get_job(&self, account: AccountId, id: JobId) -> StoreResult<Job>;
-    /// Ids of the jobs still running.
-    async fn running_jobs(&self) -> StoreResult<Vec<JobId>>;
-    /// Does the next chunk of up to `limit` deliveries of a job.
-    async fn run_job_chunk(&self, id: JobId, limit: usize, now: i64) -> StoreResult<Chunk>;
+    /// Makes `node` run every job still running whose node is gone (its lease ran out, or
+    /// it left); their ids, oldest first.
+    async fn take_up_jobs(&self, node: String) -> StoreResult<Vec<JobId>>;
+    /// Does the next chunk of up to `limit` deliveries of a job, if `node` still runs it.
+    async fn run_job_chunk(
+        &self,
+        id: JobId,
+        node: String,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Chunk>;
 }

@@ -7,6 +7,7 @@ use merpati_domain::job::{Chunk, Job, JobStatus, JobStore};
 use merpati_domain::{StoreError, StoreResult};
 use postgres::Row;
 
+use crate::cluster::NOW_MS;
 use crate::conn::Conn;
 use crate::endpoints::endpoint_owned;
 use crate::error::DbResult;
@@ -58,6 +59,7 @@ impl JobStore for PostgresStore {
         endpoint: EndpointId,
         since: i64,
         now: i64,
+        node: String,
     ) -> StoreResult<Job> {
         self.write(move |c| {
             if !endpoint_owned(c.conn(), &account, &endpoint)? {
@@ -84,8 +86,8 @@ impl JobStore for PostgresStore {
             let id = JobId::generate();
             c.execute(
                 "INSERT INTO jobs (id, account_id, kind, endpoint_id, since, status, total,
-                                   created_at)
-                 VALUES ($1, $2, 'recover', $3, $4, $5, $6, $7)",
+                                   created_at, node)
+                 VALUES ($1, $2, 'recover', $3, $4, $5, $6, $7, $8)",
                 &[
                     &id.as_str(),
                     &account.as_str(),
@@ -94,6 +96,7 @@ impl JobStore for PostgresStore {
                     &JobStatus::Running.as_str(),
                     &total,
                     &now,
+                    &node,
                 ],
             )?;
             Ok(job(c.conn(), &id)?.ok_or(StoreError::NotFound("job"))?)
@@ -118,27 +121,45 @@ impl JobStore for PostgresStore {
         .await
     }
 
-    async fn running_jobs(&self) -> StoreResult<Vec<JobId>> {
-        self.read(|c| {
-            Ok(c.query(
-                "SELECT id FROM jobs WHERE status = 'running' ORDER BY created_at",
-                &[],
-            )?
-            .iter()
-            .map(|r| JobId::from(r.get::<_, String>(0)))
-            .collect())
+    async fn take_up_jobs(&self, node: String) -> StoreResult<Vec<JobId>> {
+        self.write(move |c| {
+            let mut taken: Vec<(i64, JobId)> = c
+                .query(
+                    &format!(
+                        "UPDATE jobs SET node = $1
+                         WHERE status = 'running'
+                           AND (node IS NULL OR node NOT IN
+                                (SELECT id FROM cluster_nodes WHERE lease_until > {NOW_MS}))
+                         RETURNING created_at, id"
+                    ),
+                    &[&node],
+                )?
+                .iter()
+                .map(|r| (r.get(0), JobId::from(r.get::<_, String>(1))))
+                .collect();
+            taken.sort();
+            Ok(taken.into_iter().map(|(_, id)| id).collect())
         })
         .await
     }
 
-    async fn run_job_chunk(&self, id: JobId, limit: usize, now: i64) -> StoreResult<Chunk> {
+    async fn run_job_chunk(
+        &self,
+        id: JobId,
+        node: String,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Chunk> {
         self.write(move |c| {
             let gone = Chunk {
                 made_due: 0,
                 job: None,
+                runs_elsewhere: false,
             };
+            // Locked: a node taken for gone may still be running a chunk.
             let Some(state) = c.query_opt(
-                "SELECT endpoint_id, since, cursor, status FROM jobs WHERE id = $1",
+                "SELECT endpoint_id, since, cursor, status, node FROM jobs WHERE id = $1
+                 FOR UPDATE",
                 &[&id.as_str()],
             )?
             else {
@@ -147,10 +168,12 @@ impl JobStore for PostgresStore {
             let endpoint = EndpointId::from(state.get::<_, String>(0));
             let (since, cursor, status): (i64, i64, String) =
                 (state.get(1), state.get(2), state.get(3));
-            if status != JobStatus::Running.as_str() {
+            let runs_elsewhere = state.get::<_, Option<&str>>(4) != Some(node.as_str());
+            if runs_elsewhere || status != JobStatus::Running.as_str() {
                 return Ok(Chunk {
                     made_due: 0,
                     job: job(c.conn(), &id)?,
+                    runs_elsewhere,
                 });
             }
             let e = c.query_one(
@@ -203,6 +226,7 @@ impl JobStore for PostgresStore {
             Ok(Chunk {
                 made_due: picked.len(),
                 job: job(c.conn(), &id)?,
+                runs_elsewhere: false,
             })
         })
         .await

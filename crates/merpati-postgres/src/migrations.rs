@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "breakers",
         include_str!("../migrations/0005_breakers.sql"),
     ),
+    (
+        6,
+        "job_nodes",
+        include_str!("../migrations/0006_job_nodes.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).

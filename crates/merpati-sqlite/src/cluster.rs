@@ -7,7 +7,8 @@ use rusqlite::{params, OptionalExtension, Row};
 use crate::SqliteStore;
 
 /// The time now, in ms (the machine's: every process on one file shares it).
-const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+/// The database's clock, in ms.
+pub(crate) const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 /// Nodes whose lease ran out this long ago are forgotten.
 const FORGOTTEN_AFTER_MS: i64 = 24 * 3600 * 1000;

@@ -6,6 +6,7 @@ use merpati_domain::job::{Chunk, Job, JobStatus, JobStore};
 use merpati_domain::{StoreError, StoreResult};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::cluster::NOW_MS;
 use crate::endpoints::endpoint_owned;
 use crate::error::DbResult;
 use crate::fanout::enqueue;
@@ -55,6 +56,7 @@ impl JobStore for SqliteStore {
         endpoint: EndpointId,
         since: i64,
         now: i64,
+        node: String,
     ) -> StoreResult<Job> {
         self.write(move |c| {
             if !endpoint_owned(c, &account, &endpoint)? {
@@ -78,8 +80,9 @@ impl JobStore for SqliteStore {
             )?;
             let id = JobId::generate();
             c.execute(
-                "INSERT INTO jobs (id, account_id, kind, endpoint_id, since, status, total, created_at)
-                 VALUES (?1, ?2, 'recover', ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO jobs (id, account_id, kind, endpoint_id, since, status, total,
+                                   created_at, node)
+                 VALUES (?1, ?2, 'recover', ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     id.as_str(),
                     account.as_str(),
@@ -87,7 +90,8 @@ impl JobStore for SqliteStore {
                     since,
                     JobStatus::Running.as_str(),
                     total,
-                    now
+                    now,
+                    node
                 ],
             )?;
             Ok(job(c, &id)?.ok_or(StoreError::NotFound("job"))?)
@@ -108,38 +112,62 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn running_jobs(&self) -> StoreResult<Vec<JobId>> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT id FROM jobs WHERE status = 'running' ORDER BY created_at",
-            )?;
-            let rows = s.query_map([], |r| id(r, 0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+    async fn take_up_jobs(&self, node: String) -> StoreResult<Vec<JobId>> {
+        self.write(move |c| {
+            let mut s = c.prepare_cached(&format!(
+                "UPDATE jobs SET node = ?1
+                 WHERE status = 'running'
+                   AND (node IS NULL OR node NOT IN
+                        (SELECT id FROM cluster_nodes WHERE lease_until > {NOW_MS}))
+                 RETURNING id, created_at"
+            ))?;
+            let mut taken: Vec<(JobId, i64)> = s
+                .query_map([node.as_str()], |r| Ok((id(r, 0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            taken.sort_by_key(|(_, created_at)| *created_at);
+            Ok(taken.into_iter().map(|(id, _)| id).collect())
         })
         .await
     }
 
-    async fn run_job_chunk(&self, id: JobId, limit: usize, now: i64) -> StoreResult<Chunk> {
+    async fn run_job_chunk(
+        &self,
+        id: JobId,
+        node: String,
+        limit: usize,
+        now: i64,
+    ) -> StoreResult<Chunk> {
         self.write(move |c| {
             let gone = Chunk {
                 made_due: 0,
                 job: None,
+                runs_elsewhere: false,
             };
-            let state: Option<(EndpointId, i64, i64, String)> = c
+            let state: Option<(EndpointId, i64, i64, String, Option<String>)> = c
                 .query_row(
-                    "SELECT endpoint_id, since, cursor, status FROM jobs WHERE id = ?1",
+                    "SELECT endpoint_id, since, cursor, status, node FROM jobs WHERE id = ?1",
                     [id.as_str()],
-                    |r| Ok((crate::rows::id(r, 0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| {
+                        Ok((
+                            crate::rows::id(r, 0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                        ))
+                    },
                 )
                 .optional()?;
             // Gone with its endpoint or account, or already done.
-            let Some((endpoint, since, cursor, status)) = state else {
+            let Some((endpoint, since, cursor, status, runner)) = state else {
                 return Ok(gone);
             };
-            if status != JobStatus::Running.as_str() {
+            let runs_elsewhere = runner.as_deref() != Some(node.as_str());
+            if runs_elsewhere || status != JobStatus::Running.as_str() {
                 return Ok(Chunk {
                     made_due: 0,
                     job: job(c, &id)?,
+                    runs_elsewhere,
                 });
             }
             let (ordered, disabled, deleted): (bool, bool, bool) = c.query_row(
@@ -186,6 +214,7 @@ impl JobStore for SqliteStore {
             Ok(Chunk {
                 made_due: picked.len(),
                 job: job(c, &id)?,
+                runs_elsewhere: false,
             })
         })
         .await

@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "breakers",
         include_str!("../migrations/0022_breakers.sql"),
     ),
+    (
+        23,
+        "job_nodes",
+        include_str!("../migrations/0023_job_nodes.sql"),
+    ),
 ];
 
 pub(crate) fn migrate(conn: &mut Connection) -> DbResult<()> {

@@ -18,7 +18,7 @@ use crate::error::DbResult;
 use crate::rows::id;
 use crate::writer::Tx;
 
-const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+use crate::cluster::NOW_MS;
 
 /// A device's context and machine columns (16 onwards).
 static MACHINE_QUERY: LazyLock<String> = LazyLock::new(|| {

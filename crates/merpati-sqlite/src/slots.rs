@@ -11,7 +11,7 @@ use crate::error::DbResult;
 use crate::SqliteStore;
 
 /// The time now, in ms (the machine's, like the nodes' leases).
-const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+use crate::cluster::NOW_MS;
 
 /// Gives `conn` `merpati_slot(id)`, the domain's slot of an endpoint id.
 pub(crate) fn register(conn: &Connection) -> rusqlite::Result<()> {

@@ -66,6 +66,7 @@ macro_rules! contract_suite {
             queues::enabling_releases_held_deliveries_and_each_queue_from_its_earliest,
             queues::switching_ordering_off_lets_the_waiting_go,
             queues::a_recover_job_sends_failed_deliveries_again_in_chunks,
+            queues::a_gone_nodes_job_is_taken_up_from_where_it_was,
             presence::announcements_record_periods_and_go_to_subscribers,
             presence::blips_and_engine_reports_are_recorded_and_deleted_devices_skipped,
             presence::history_is_read_by_device_channel_and_business,

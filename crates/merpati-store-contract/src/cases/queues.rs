@@ -163,25 +163,31 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
     record(store, attempts, WEEK_MS).await;
 
     let job = store
-        .create_recover_job(t.account.clone(), "ep".into(), T0 - 1000, T0 + 10)
+        .create_recover_job(
+            t.account.clone(),
+            "ep".into(),
+            T0 - 1000,
+            T0 + 10,
+            NODE.into(),
+        )
         .await
         .unwrap();
     assert_eq!(
         (job.status, job.total, job.done),
         (JobStatus::Running, 3, 0)
     );
-    assert_eq!(
-        store.running_jobs().await.unwrap(),
-        std::slice::from_ref(&job.id)
+    assert!(
+        store.take_up_jobs(NODE.into()).await.unwrap().is_empty(),
+        "its node is live"
     );
     let chunk = store
-        .run_job_chunk(job.id.clone(), 2, T0 + 20)
+        .run_job_chunk(job.id.clone(), NODE.into(), 2, T0 + 20)
         .await
         .unwrap();
     assert_eq!(chunk.made_due, 2);
     assert!(!chunk.finished());
     let chunk = store
-        .run_job_chunk(job.id.clone(), 2, T0 + 30)
+        .run_job_chunk(job.id.clone(), NODE.into(), 2, T0 + 30)
         .await
         .unwrap();
     assert_eq!(chunk.made_due, 1);
@@ -192,10 +198,15 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
         (JobStatus::Done, 3, Some(T0 + 30))
     );
     assert_eq!(claim(store, T0 + 30).await.len(), 3);
-    assert!(store.running_jobs().await.unwrap().is_empty());
     // Recovered once: a second job finds nothing left to send.
     let again = store
-        .create_recover_job(t.account.clone(), "ep".into(), T0 - 1000, T0 + 40)
+        .create_recover_job(
+            t.account.clone(),
+            "ep".into(),
+            T0 - 1000,
+            T0 + 40,
+            NODE.into(),
+        )
         .await
         .unwrap();
     assert_eq!(again.total, 0);
@@ -205,7 +216,7 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
         .await
         .unwrap();
     let refused = store
-        .create_recover_job(t.account.clone(), "ep".into(), T0, T0)
+        .create_recover_job(t.account.clone(), "ep".into(), T0, T0, NODE.into())
         .await;
     assert!(
         matches!(refused, Err(StoreError::Conflict(_))),
@@ -213,7 +224,79 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
     );
     let other = tree(store, "other", 0).await;
     let walled = store
-        .create_recover_job(other.account, "ep".into(), T0, T0)
+        .create_recover_job(other.account, "ep".into(), T0, T0, NODE.into())
         .await;
     assert_eq!(walled, Err(StoreError::NotFound("endpoint")));
+}
+
+/// A job whose node is gone (its lease ended) is taken up by another node, from where it
+/// was; the first node's chunks change nothing after that.
+pub async fn a_gone_nodes_job_is_taken_up_from_where_it_was(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    for rid in 0..3 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let failed = claim(store, T0)
+        .await
+        .iter()
+        .map(|d| attempt(d, T0, Some(500), NextStep::Failed))
+        .collect();
+    record(store, failed, WEEK_MS).await;
+    let job = store
+        .create_recover_job(
+            t.account.clone(),
+            "ep".into(),
+            T0 - 1000,
+            T0 + 10,
+            NODE.into(),
+        )
+        .await
+        .unwrap();
+    let chunk = store
+        .run_job_chunk(job.id.clone(), NODE.into(), 1, T0 + 20)
+        .await
+        .unwrap();
+    assert_eq!((chunk.made_due, chunk.runs_elsewhere), (1, false));
+    assert!(
+        store
+            .take_up_jobs("node_new".into())
+            .await
+            .unwrap()
+            .is_empty(),
+        "its node is live"
+    );
+
+    store.leave_cluster(NODE).await.unwrap();
+    store
+        .join_cluster("node_new", "host", LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.take_up_jobs("node_new".into()).await.unwrap(),
+        std::slice::from_ref(&job.id)
+    );
+    assert!(
+        store
+            .take_up_jobs("node_new".into())
+            .await
+            .unwrap()
+            .is_empty(),
+        "taken up once"
+    );
+    let left = store
+        .run_job_chunk(job.id.clone(), NODE.into(), 10, T0 + 30)
+        .await
+        .unwrap();
+    assert!(left.runs_elsewhere && left.finished(), "{left:?}");
+    assert_eq!(left.made_due, 0);
+    assert_eq!(left.job.as_ref().map(|j| j.done), Some(1));
+    let rest = store
+        .run_job_chunk(job.id.clone(), "node_new".into(), 10, T0 + 40)
+        .await
+        .unwrap();
+    assert_eq!((rest.made_due, rest.runs_elsewhere), (2, false));
+    let done = rest.job.unwrap();
+    assert_eq!((done.status, done.done), (JobStatus::Done, 3));
 }

@@ -98,7 +98,13 @@ async fn recover(
     }
     let job = state
         .store
-        .create_recover_job(account, endpoint_id.into(), since, now)
+        .create_recover_job(
+            account,
+            endpoint_id.into(),
+            since,
+            now,
+            state.ownership.node(),
+        )
         .await?;
     state.jobs.start(job.id.clone());
     Ok((StatusCode::ACCEPTED, Json((&job).into())))
