@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use merpati_domain::device::DeviceContext;
+use merpati_domain::fanout;
 use merpati_domain::ids::{AccountId, DeviceId, EventId};
 use merpati_domain::presence::announce::{announcement, Announcement};
 use merpati_domain::presence::machine::Change;
-use merpati_domain::presence::step::{plan, CloseWhy, Stepped};
+use merpati_domain::presence::step::{plan, CloseWhy, DeviceKey, Stepped};
 use merpati_domain::presence::{
     Applied, Blip, HeldLink, HistoryScope, LeaseSettings, Period, PeriodState, PresenceStep,
     PresenceStore, PresenceWrite, StoredView, WriteKind,
@@ -27,41 +28,6 @@ use crate::rows::word;
 use crate::table::owned;
 use crate::writer::Tx;
 use crate::PostgresStore;
-
-fn next_period(tx: &mut Tx<'_>, d: &DeviceContext, a: &Announcement, now: i64) -> DbResult<()> {
-    let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
-    tx.execute(
-        "UPDATE presence_periods SET ended_at = GREATEST(started_at, $3)
-         WHERE account_id = $1 AND device_id = $2 AND ended_at IS NULL",
-        &[&account, &device, &a.since],
-    )?;
-    let reason = a.reason.map(|r| r.as_str());
-    tx.execute(
-        "INSERT INTO presence_periods
-             (account_id, device_id, state, started_at, reason, announced_at)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &account,
-            &device,
-            &a.state.as_str(),
-            &a.since,
-            &reason,
-            &now,
-        ],
-    )?;
-    tx.execute(
-        "UPDATE devices SET presence = $3, presence_since = $4, presence_reason = $5
-         WHERE account_id = $1 AND id = $2",
-        &[
-            &account,
-            &device,
-            &presence_to_db(a.state.presence()),
-            &a.since,
-            &reason,
-        ],
-    )?;
-    Ok(())
-}
 
 fn announce(
     tx: &mut Tx<'_>,
@@ -121,36 +87,141 @@ fn scope_id(scope: &HistoryScope) -> &str {
     }
 }
 
+/// The devices' contexts (deleted devices absent), in one round trip.
+fn contexts(
+    tx: &mut Tx<'_>,
+    writes: &[PresenceWrite],
+) -> DbResult<HashMap<DeviceKey, DeviceContext>> {
+    let (accounts, devices): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .map(|w| (w.account_id.as_str(), w.device_id.as_str()))
+        .unzip();
+    tx.query(
+        &format!(
+            "{CONTEXT_QUERY}
+             JOIN (SELECT DISTINCT * FROM UNNEST($1::TEXT[], $2::TEXT[])) AS k(account_id, id)
+               ON d.account_id = k.account_id AND d.id = k.id"
+        ),
+        &[&accounts, &devices],
+    )?
+    .iter()
+    .map(|r| {
+        let d = context_row(r)?;
+        Ok(((d.account_id.clone(), d.device_id.clone()), d))
+    })
+    .collect()
+}
+
+/// A period an announcement opens; `ended_at` when a later one of the same write closes it.
+struct NewPeriod<'a> {
+    device: &'a DeviceContext,
+    announcement: &'a Announcement,
+    ended_at: Option<i64>,
+}
+
+/// The history the announcements make: each device's open period closed at its first
+/// announcement, one period per announcement (closed by the next of the same device), and
+/// the device's announced presence as of its last, a statement each for them all.
+fn periods(
+    tx: &mut Tx<'_>,
+    announced: &[(usize, DeviceContext, Announcement)],
+    now: i64,
+) -> DbResult<()> {
+    let mut first: HashMap<DeviceKey, i64> = HashMap::new();
+    let mut last: HashMap<DeviceKey, &Announcement> = HashMap::new();
+    let mut opened: Vec<NewPeriod<'_>> = Vec::with_capacity(announced.len());
+    let mut open_at: HashMap<DeviceKey, usize> = HashMap::new();
+    for (_, d, a) in announced {
+        let key = (d.account_id.clone(), d.device_id.clone());
+        first.entry(key.clone()).or_insert(a.since);
+        if let Some(previous) = open_at.insert(key.clone(), opened.len()) {
+            let p = &mut opened[previous];
+            p.ended_at = Some(p.announcement.since.max(a.since));
+        }
+        last.insert(key, a);
+        opened.push(NewPeriod {
+            device: d,
+            announcement: a,
+            ended_at: None,
+        });
+    }
+    let (accounts, devices, since): (Vec<&str>, Vec<&str>, Vec<i64>) = first
+        .iter()
+        .map(|((account, device), since)| (account.as_str(), device.as_str(), *since))
+        .collect();
+    tx.execute(
+        "UPDATE presence_periods p SET ended_at = GREATEST(p.started_at, c.since)
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS c(account_id, device_id, since)
+         WHERE p.account_id = c.account_id AND p.device_id = c.device_id
+           AND p.ended_at IS NULL",
+        &[&accounts, &devices, &since],
+    )?;
+    let accounts: Vec<&str> = opened
+        .iter()
+        .map(|p| p.device.account_id.as_str())
+        .collect();
+    let devices: Vec<&str> = opened.iter().map(|p| p.device.device_id.as_str()).collect();
+    let states: Vec<&str> = opened
+        .iter()
+        .map(|p| p.announcement.state.as_str())
+        .collect();
+    let started: Vec<i64> = opened.iter().map(|p| p.announcement.since).collect();
+    let reasons: Vec<Option<&str>> = opened
+        .iter()
+        .map(|p| p.announcement.reason.map(|r| r.as_str()))
+        .collect();
+    let ended: Vec<Option<i64>> = opened.iter().map(|p| p.ended_at).collect();
+    tx.execute(
+        "INSERT INTO presence_periods
+             (account_id, device_id, state, started_at, reason, ended_at, announced_at)
+         SELECT account_id, device_id, state, started_at, reason, ended_at, $7
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $6::BIGINT[])
+              AS n(account_id, device_id, state, started_at, reason, ended_at)",
+        &[
+            &accounts, &devices, &states, &started, &reasons, &ended, &now,
+        ],
+    )?;
+    let last: Vec<(&DeviceKey, &&Announcement)> = last.iter().collect();
+    let accounts: Vec<&str> = last.iter().map(|(k, _)| k.0.as_str()).collect();
+    let devices: Vec<&str> = last.iter().map(|(k, _)| k.1.as_str()).collect();
+    let presences: Vec<&str> = last
+        .iter()
+        .map(|(_, a)| presence_to_db(a.state.presence()))
+        .collect();
+    let since: Vec<i64> = last.iter().map(|(_, a)| a.since).collect();
+    let reasons: Vec<Option<&str>> = last
+        .iter()
+        .map(|(_, a)| a.reason.map(|r| r.as_str()))
+        .collect();
+    tx.execute(
+        "UPDATE devices d SET presence = n.presence, presence_since = n.since,
+                presence_reason = n.reason
+         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[])
+              AS n(account_id, id, presence, since, reason)
+         WHERE d.account_id = n.account_id AND d.id = n.id",
+        &[&accounts, &devices, &presences, &since, &reasons],
+    )?;
+    Ok(())
+}
+
 /// Records a group of presence writes: history, the device's announced presence, engine
 /// reports, and each announcement's event and deliveries. Writes for devices deleted
-/// meanwhile are skipped.
+/// meanwhile are skipped. Each kind of row is written for the whole group at once: a mass
+/// drop's thousand announcements cost a few round trips, not a few thousand.
 pub(crate) fn record(tx: &mut Tx<'_>, writes: Vec<PresenceWrite>, now: i64) -> DbResult<Applied> {
     let mut applied = Applied::default();
-    let mut contexts: HashMap<(AccountId, DeviceId), Option<DeviceContext>> = HashMap::new();
+    let mut contexts = contexts(tx, &writes)?;
+    let mut engines: HashMap<DeviceKey, Option<&'static str>> = HashMap::new();
+    let mut blips: Vec<(DeviceKey, i64, i64, &str)> = Vec::new();
+    let mut announced: Vec<(usize, DeviceContext, Announcement)> = Vec::new();
     for (i, w) in writes.into_iter().enumerate() {
-        let key = (w.account_id.clone(), w.device_id.clone());
-        if !contexts.contains_key(&key) {
-            let ctx = tx
-                .query_opt(
-                    &format!("{CONTEXT_QUERY} WHERE d.account_id = $1 AND d.id = $2"),
-                    &[&key.0.as_str(), &key.1.as_str()],
-                )?
-                .as_ref()
-                .map(context_row)
-                .transpose()?;
-            contexts.insert(key.clone(), ctx);
-        }
-        let Some(d) = contexts[&key].clone() else {
+        let key = (w.account_id, w.device_id);
+        let Some(d) = contexts.get_mut(&key) else {
             continue;
         };
-        let (account, device) = (d.account_id.as_str(), d.device_id.as_str());
         let change = match w.what {
             WriteKind::Engine(report) => {
-                tx.execute(
-                    "UPDATE devices SET engine_state = $3
-                     WHERE account_id = $1 AND id = $2",
-                    &[&account, &device, &report.map(|r| r.as_str())],
-                )?;
+                engines.insert(key, report.map(|r| r.as_str()));
                 continue;
             }
             WriteKind::Change(change) => change,
@@ -161,25 +232,54 @@ pub(crate) fn record(tx: &mut Tx<'_>, writes: Vec<PresenceWrite>, now: i64) -> D
             reason,
         } = change
         {
-            tx.execute(
-                "INSERT INTO presence_blips
-                     (account_id, device_id, started_at, ended_at, reason)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&account, &device, &started_at, &ended_at, &reason.as_str()],
-            )?;
+            blips.push((key.clone(), started_at, ended_at, reason.as_str()));
         }
-        let Some(a) = announcement(&change, &d) else {
+        let Some(a) = announcement(&change, d) else {
             continue;
         };
-        next_period(tx, &d, &a, now)?;
-        let (state, since) = (a.state, a.since);
+        let before = d.clone();
+        d.presence = a.state.presence();
+        d.presence_since = Some(a.since);
+        announced.push((i, before, a));
+    }
+    if !engines.is_empty() {
+        let (keys, states): (Vec<_>, Vec<_>) = engines.into_iter().unzip();
+        let (accounts, devices): (Vec<&str>, Vec<&str>) =
+            keys.iter().map(|(a, d)| (a.as_str(), d.as_str())).unzip();
+        tx.execute(
+            "UPDATE devices d SET engine_state = n.state
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS n(account_id, id, state)
+             WHERE d.account_id = n.account_id AND d.id = n.id",
+            &[&accounts, &devices, &states],
+        )?;
+    }
+    if !blips.is_empty() {
+        let accounts: Vec<&str> = blips.iter().map(|b| b.0 .0.as_str()).collect();
+        let devices: Vec<&str> = blips.iter().map(|b| b.0 .1.as_str()).collect();
+        let started: Vec<i64> = blips.iter().map(|b| b.1).collect();
+        let ended: Vec<i64> = blips.iter().map(|b| b.2).collect();
+        let reasons: Vec<&str> = blips.iter().map(|b| b.3).collect();
+        tx.execute(
+            "INSERT INTO presence_blips (account_id, device_id, started_at, ended_at, reason)
+             SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[])",
+            &[&accounts, &devices, &started, &ended, &reasons],
+        )?;
+    }
+    if announced.is_empty() {
+        return Ok(applied);
+    }
+    periods(tx, &announced, now)?;
+    // Every number the events and their deliveries take, in one round trip.
+    let mut deliveries = 0;
+    for (_, d, a) in &announced {
+        let subs = tx.subscriptions(&d.account_id)?;
+        deliveries += fanout::plan(&subs, a.event_type(), d.scope()).count();
+    }
+    tx.reserve(announced.len(), deliveries)?;
+    for (i, d, a) in announced {
         let (event_id, due) = announce(tx, &d, a, now)?;
         applied.event_ids.insert(i, event_id);
         applied.new_deliveries += due;
-        if let Some(Some(ctx)) = contexts.get_mut(&key) {
-            ctx.presence = state.presence();
-            ctx.presence_since = Some(since);
-        }
     }
     Ok(applied)
 }

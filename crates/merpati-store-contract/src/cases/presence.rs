@@ -134,6 +134,66 @@ pub async fn announcements_record_periods_and_go_to_subscribers(store: &SharedSt
         .await
         .unwrap();
     assert_eq!(elsewhere, None, "another account's device is not found");
+
+    // One write with two announcements of one device (down, then up) and one of another:
+    // each its event, and the first's period closed by the second.
+    let (lost, down_at, up_at) = (T0 + 180_000, T0 + 200_000, T0 + 210_000);
+    let applied = store
+        .apply_presence(
+            vec![
+                write(&t, 1, down(down_at, lost)),
+                write(&t, 1, up(up_at, Some(30))),
+                write(&t, 0, up(up_at, Some(150))),
+            ],
+            up_at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.new_deliveries, 3);
+    for (i, kind) in [
+        (0, "device.disconnected"),
+        (1, "device.connected"),
+        (2, "device.connected"),
+    ] {
+        let e = event(store, &t.account, &applied.event_ids[&i]).await;
+        assert_eq!(e.summary.event_type, kind, "write {i}");
+    }
+    let periods = store
+        .presence_periods(
+            t.account.clone(),
+            HistoryScope::Device("dev1".into()),
+            T0 + 100_000,
+            T0 + 300_000,
+        )
+        .await
+        .unwrap();
+    let shape: Vec<_> = periods
+        .iter()
+        .map(|p| (p.state, p.started_at, p.ended_at, p.reason.as_deref()))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (PeriodState::Up, back, Some(lost), None),
+            (
+                PeriodState::Down,
+                lost,
+                Some(up_at),
+                Some("heartbeat_timeout")
+            ),
+            (PeriodState::Up, up_at, None, None),
+        ]
+    );
+    for device in ["dev0", "dev1"] {
+        let d = store
+            .get_device(t.account.clone(), device.into())
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.status, d.status_since),
+            (Presence::Connected, Some(up_at))
+        );
+    }
 }
 
 pub async fn blips_and_engine_reports_are_recorded_and_deleted_devices_skipped(
