@@ -38,6 +38,28 @@ fn down(at: i64, since: i64) -> WriteKind {
     })
 }
 
+/// A device's periods from `from` to `to`: state, start, end and reason.
+async fn period_shape(
+    store: &SharedStore,
+    t: &Tree,
+    device: &str,
+    from: i64,
+    to: i64,
+) -> Vec<(PeriodState, i64, Option<i64>, Option<String>)> {
+    store
+        .presence_periods(
+            t.account.clone(),
+            HistoryScope::Device(device.into()),
+            from,
+            to,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.state, p.started_at, p.ended_at, p.reason))
+        .collect()
+}
+
 pub async fn announcements_record_periods_and_go_to_subscribers(store: &SharedStore) {
     let t = tree(store, "acct", 2).await;
     endpoint(store, &t.account, "devices", |e| {
@@ -92,24 +114,16 @@ pub async fn announcements_record_periods_and_go_to_subscribers(store: &SharedSt
         (device.status, device.status_since),
         (Presence::Disconnected, Some(lost))
     );
-    let periods = store
-        .presence_periods(
-            t.account.clone(),
-            HistoryScope::Device("dev0".into()),
-            T0 - 1,
-            T0 + 100_000,
-        )
-        .await
-        .unwrap();
-    let shape: Vec<_> = periods
-        .iter()
-        .map(|p| (p.state, p.started_at, p.ended_at, p.reason.as_deref()))
-        .collect();
     assert_eq!(
-        shape,
+        period_shape(store, &t, "dev0", T0 - 1, T0 + 100_000).await,
         [
             (PeriodState::Up, T0, Some(lost), None),
-            (PeriodState::Down, lost, None, Some("heartbeat_timeout")),
+            (
+                PeriodState::Down,
+                lost,
+                None,
+                Some("heartbeat_timeout".into())
+            ),
         ]
     );
     // What each device shows now.
@@ -158,28 +172,15 @@ pub async fn announcements_record_periods_and_go_to_subscribers(store: &SharedSt
         let e = event(store, &t.account, &applied.event_ids[&i]).await;
         assert_eq!(e.summary.event_type, kind, "write {i}");
     }
-    let periods = store
-        .presence_periods(
-            t.account.clone(),
-            HistoryScope::Device("dev1".into()),
-            T0 + 100_000,
-            T0 + 300_000,
-        )
-        .await
-        .unwrap();
-    let shape: Vec<_> = periods
-        .iter()
-        .map(|p| (p.state, p.started_at, p.ended_at, p.reason.as_deref()))
-        .collect();
     assert_eq!(
-        shape,
+        period_shape(store, &t, "dev1", T0 + 100_000, T0 + 300_000).await,
         [
             (PeriodState::Up, back, Some(lost), None),
             (
                 PeriodState::Down,
                 lost,
                 Some(up_at),
-                Some("heartbeat_timeout")
+                Some("heartbeat_timeout".into())
             ),
             (PeriodState::Up, up_at, None, None),
         ]

@@ -143,14 +143,20 @@ pub async fn switching_ordering_off_lets_the_waiting_go(store: &SharedStore) {
     assert_eq!(claim(store, T0 + 1).await.len(), 2, "the two that waited");
 }
 
-pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &SharedStore) {
+/// An endpoint "ep" of `acct` to which `failed` deliveries failed and `succeeded` succeeded,
+/// and a job, run by [`NODE`], to recover the failed ones.
+async fn recover_job_after(
+    store: &SharedStore,
+    failed: usize,
+    succeeded: usize,
+) -> (Tree, merpati_domain::job::Job) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "ep", |_| {}).await;
-    for rid in 0..5 {
-        one_event(store, &t.devices[0], rid, T0).await;
+    for rid in 0..failed + succeeded {
+        one_event(store, &t.devices[0], rid as i64, T0).await;
     }
     let claimed = claim(store, T0).await;
-    let (fail, succeed) = claimed.split_at(3);
+    let (fail, succeed) = claimed.split_at(failed);
     let mut attempts: Vec<_> = fail
         .iter()
         .map(|d| attempt(d, T0, Some(500), NextStep::Failed))
@@ -161,7 +167,6 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
             .map(|d| attempt(d, T0, Some(200), NextStep::Succeeded)),
     );
     record(store, attempts, WEEK_MS).await;
-
     let job = store
         .create_recover_job(
             t.account.clone(),
@@ -172,6 +177,11 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
         )
         .await
         .unwrap();
+    (t, job)
+}
+
+pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &SharedStore) {
+    let (t, job) = recover_job_after(store, 3, 2).await;
     assert_eq!(
         (job.status, job.total, job.done),
         (JobStatus::Running, 3, 0)
@@ -232,27 +242,7 @@ pub async fn a_recover_job_sends_failed_deliveries_again_in_chunks(store: &Share
 /// A job whose node is gone (its lease ended) is taken up by another node, from where it
 /// was; the first node's chunks change nothing after that.
 pub async fn a_gone_nodes_job_is_taken_up_from_where_it_was(store: &SharedStore) {
-    let t = tree(store, "acct", 1).await;
-    endpoint(store, &t.account, "ep", |_| {}).await;
-    for rid in 0..3 {
-        one_event(store, &t.devices[0], rid, T0).await;
-    }
-    let failed = claim(store, T0)
-        .await
-        .iter()
-        .map(|d| attempt(d, T0, Some(500), NextStep::Failed))
-        .collect();
-    record(store, failed, WEEK_MS).await;
-    let job = store
-        .create_recover_job(
-            t.account.clone(),
-            "ep".into(),
-            T0 - 1000,
-            T0 + 10,
-            NODE.into(),
-        )
-        .await
-        .unwrap();
+    let (_, job) = recover_job_after(store, 3, 0).await;
     let chunk = store
         .run_job_chunk(job.id.clone(), NODE.into(), 1, T0 + 20)
         .await
