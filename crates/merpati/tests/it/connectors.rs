@@ -258,6 +258,9 @@ async fn engine_states_make_a_reconnect_a_blip_and_a_silent_engine_is_noticed() 
     let (code, taken) = waha(&app, &c, &status("WORKING")).await;
     assert_eq!((code, taken["states"].as_i64()), (200, Some(1)));
     app.wait_status(&m.key, "dev", "connected").await;
+    // Each announcement is received before the clock jumps: a delivery under way across a
+    // jump past its lease would be claimed and sent again.
+    receiver.wait_for(1).await;
     // WAHA restarts its session: STARTING, then WORKING inside the grace. A blip.
     waha(&app, &c, &status("STARTING")).await;
     app.advance(10_000).await;
@@ -267,8 +270,10 @@ async fn engine_states_make_a_reconnect_a_blip_and_a_silent_engine_is_noticed() 
     waha(&app, &c, &status("STOPPED")).await;
     app.advance(31_000).await;
     app.wait_status(&m.key, "dev", "disconnected").await;
+    receiver.wait_for(2).await;
     waha(&app, &c, &status("WORKING")).await;
     app.wait_status(&m.key, "dev", "connected").await;
+    receiver.wait_for(3).await;
     // A state dated before the last one, arriving late, is dropped.
     let late = br#"{"event":"session.status","session":"default","timestamp":1000,"payload":{"status":"STOPPED"}}"#;
     let newer = br#"{"event":"session.status","session":"default","timestamp":2000,"payload":{"status":"WORKING"}}"#;
