@@ -162,7 +162,7 @@ fn record_batch(
     let text = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
     // One round trip: the outcomes of deliveries of slots the fence still holds, the
     // attempts of deliveries still there (one deleted while under way, with its endpoint or
-    // by retention, has nothing left to record), and the streaks ended.
+    // by retention, has nothing left to record), and the streaks those outcomes ended.
     // Straight to the connection: the streak is in neither a subscription nor a target.
     let queues: HashMap<i64, Option<String>> = tx
         .conn()
@@ -175,7 +175,7 @@ fn record_batch(
                              $5::BIGINT[], $15::SMALLINT[])
                       AS u(id, status, attempts, next, completed, slot)
                  WHERE d.id = u.id AND u.slot IN (SELECT slot FROM fence)
-                 RETURNING d.id, d.order_key
+                 RETURNING d.id, d.order_key, d.endpoint_id
              ), logged AS (
                  INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
                                        status_code, error_kind, error, response_body)
@@ -188,6 +188,7 @@ fn record_batch(
              ), healed AS (
                  UPDATE endpoints SET failing_since = NULL
                  WHERE id = ANY($14) AND failing_since IS NOT NULL
+                   AND id IN (SELECT endpoint_id FROM done)
              )
              SELECT id, order_key FROM done",
                 fence_cte(16, 17, 18)

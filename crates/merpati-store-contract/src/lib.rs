@@ -57,6 +57,7 @@ macro_rules! contract_suite {
             claims::handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise,
             claims::parked_deliveries_wait_until_taken_back,
             claims::a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one,
+            claims::a_fenced_out_success_leaves_the_failing_streak,
             outcomes::a_retry_is_due_at_its_time_and_every_attempt_is_logged,
             outcomes::an_endpoint_answering_410_is_disabled_and_the_others_are_told,
             outcomes::an_endpoint_failing_too_long_is_disabled,

@@ -288,3 +288,41 @@ pub async fn a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one(
         .unwrap();
     assert_eq!(kept(store).await, None);
 }
+
+/// A success the old owner records after a takeover is fenced out with its delivery: the
+/// endpoint's failing streak goes on.
+pub async fn a_fenced_out_success_leaves_the_failing_streak(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    for rid in 0..2 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    store.leave_cluster(NODE).await.unwrap();
+    let old = fence_of(store, "node_old").await;
+    let claimed = store
+        .claim_due(old.clone(), T0, 10, T0 + 60_000)
+        .await
+        .unwrap();
+    let failed = attempt(&claimed[0], T0, Some(500), NextStep::RetryAt(T0 + 1000));
+    store
+        .record_attempts(old.clone(), Arc::new(vec![failed]), WEEK_MS)
+        .await
+        .unwrap();
+    let failing_since = || async {
+        store
+            .get_endpoint(t.account.clone(), "ep".into())
+            .await
+            .unwrap()
+            .failing_since
+    };
+    assert_eq!(failing_since().await, Some(T0));
+    store.leave_cluster("node_old").await.unwrap();
+    fence_of(store, "node_new").await;
+    let late = attempt(&claimed[1], T0 + 2, Some(200), NextStep::Succeeded);
+    let recorded = store
+        .record_attempts(old, Arc::new(vec![late]), WEEK_MS)
+        .await
+        .unwrap();
+    assert_eq!(recorded.fenced_out, 1);
+    assert_eq!(failing_since().await, Some(T0), "the streak goes on");
+}
