@@ -65,15 +65,23 @@ pub struct Pruner {
 impl Pruner {
     pub async fn run(self) {
         loop {
-            // A deletion on another node is pruned at the leader's next look.
-            if self.ownership.leads() {
+            // A deletion on another node is pruned at the leader's next look. A node that
+            // does not lead (yet) looks again in a second: the leader may be gone, or its
+            // own lease not yet sure.
+            let leads = self.ownership.leads();
+            if leads {
                 self.purge_deleted().await;
                 self.prune().await;
             }
+            let next = if leads {
+                self.config.interval
+            } else {
+                Duration::from_secs(1)
+            };
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(self.config.interval) => {}
+                _ = tokio::time::sleep(next) => {}
             }
         }
     }

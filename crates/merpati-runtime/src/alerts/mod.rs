@@ -171,9 +171,9 @@ impl AlertRunner {
                 } else {
                     None
                 };
-                if self.ownership.shared() {
-                    // Announcements written on other nodes, and a leadership taken over,
-                    // are seen within a second.
+                if self.ownership.shared() || !self.ownership.leads() {
+                    // Announcements written on other nodes, and a leadership taken over
+                    // (or a lease this node is sure of again), are seen within a second.
                     let poll = self.clock.now_ms() + 1000;
                     wake_at = Some(wake_at.map_or(poll, |at| at.min(poll)));
                 }
