@@ -116,11 +116,13 @@ impl Runner {
         let mut looking = Looking::default();
         let mut next_look = Instant::now();
         loop {
-            let (leads, shared) = (self.ownership.leads(), self.ownership.shared());
-            if looking.wanted(leads, shared) && Instant::now() >= next_look {
+            if Instant::now() >= next_look {
                 next_look = Instant::now() + LOOK_EVERY;
-                let looked = self.take_up(&mut queue).await;
-                looking.looked(shared, looked);
+                let (leads, shared) = (self.ownership.leads(), self.ownership.shared());
+                if looking.wanted(leads, shared) {
+                    let looked = self.take_up(&mut queue).await;
+                    looking.looked(shared, looked);
+                }
             }
             while let Ok(id) = self.rx.try_recv() {
                 queue.push_back(id);
@@ -143,8 +145,8 @@ impl Runner {
                     _ = tokio::time::sleep(pause) => continue,
                 }
             }
-            // Alone on a SQLite file, a node looks again only if its first look failed.
-            let look = self.store.shares_work() || looking.wanted(self.ownership.leads(), false);
+            // Alone on a SQLite file, a node wakes to look only until it has once.
+            let look = self.store.shares_work() || looking.wanted(true, false);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 next = self.rx.recv() => match next {
