@@ -51,12 +51,15 @@ pub async fn a_claim_leases_until_the_lease_ends(store: &SharedStore) {
     );
 }
 
-/// A node that stopped (its lease ended) is succeeded by one that takes its slots: what the
-/// first had leased or parked is due at once, and the first's writes change nothing.
-pub async fn a_takeover_voids_the_leases_and_what_lanes_parked(store: &SharedStore) {
+/// `events` deliveries to an endpoint "ep" of `acct`, claimed by "node_old", which holds
+/// every slot in place of [`NODE`].
+async fn claimed_by_an_old_node(
+    store: &SharedStore,
+    events: i64,
+) -> (Tree, Arc<Fence>, Vec<merpati_domain::delivery::DueDelivery>) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "ep", |_| {}).await;
-    for rid in 0..3 {
+    for rid in 0..events {
         one_event(store, &t.devices[0], rid, T0).await;
     }
     store.leave_cluster(NODE).await.unwrap();
@@ -65,6 +68,13 @@ pub async fn a_takeover_voids_the_leases_and_what_lanes_parked(store: &SharedSto
         .claim_due(old.clone(), T0, 10, T0 + 60_000)
         .await
         .unwrap();
+    (t, old, claimed)
+}
+
+/// A node that stopped (its lease ended) is succeeded by one that takes its slots: what the
+/// first had leased or parked is due at once, and the first's writes change nothing.
+pub async fn a_takeover_voids_the_leases_and_what_lanes_parked(store: &SharedStore) {
+    let (t, old, claimed) = claimed_by_an_old_node(store, 3).await;
     assert_eq!(claimed.len(), 3);
     store
         .park(old.clone(), vec![(claimed[0].delivery_id, T0 + 600_000)])
@@ -292,17 +302,7 @@ pub async fn a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one(
 /// A success the old owner records after a takeover is fenced out with its delivery: the
 /// endpoint's failing streak goes on.
 pub async fn a_fenced_out_success_leaves_the_failing_streak(store: &SharedStore) {
-    let t = tree(store, "acct", 1).await;
-    endpoint(store, &t.account, "ep", |_| {}).await;
-    for rid in 0..2 {
-        one_event(store, &t.devices[0], rid, T0).await;
-    }
-    store.leave_cluster(NODE).await.unwrap();
-    let old = fence_of(store, "node_old").await;
-    let claimed = store
-        .claim_due(old.clone(), T0, 10, T0 + 60_000)
-        .await
-        .unwrap();
+    let (t, old, claimed) = claimed_by_an_old_node(store, 2).await;
     let failed = attempt(&claimed[0], T0, Some(500), NextStep::RetryAt(T0 + 1000));
     store
         .record_attempts(old.clone(), Arc::new(vec![failed]), WEEK_MS)
