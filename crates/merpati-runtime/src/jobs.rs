@@ -146,7 +146,7 @@ impl Runner {
                 }
             }
             // Alone on a SQLite file, a node wakes to look only until it has once.
-            let look = self.store.shares_work() || looking.wanted(true, false);
+            let look = self.store.shares_work() || !looking.looked;
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 next = self.rx.recv() => match next {

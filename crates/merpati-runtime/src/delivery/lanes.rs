@@ -114,6 +114,10 @@ impl Lanes {
                 let lane = Lane::new(limits, now)
                     .remembering(pace.map(|(avg_ms, _)| avg_ms))
                     .with_breaker(job.endpoint.breaker, now);
+                // A breaker taken over open is this node's pause from now on.
+                if let Breaker::Open { until, .. } = lane.breaker() {
+                    pauses.set(&job.endpoint.account_id, &job.endpoint.id, Some(until));
+                }
                 let taken = taken_slots.get(&slot_of(&job.endpoint.id));
                 if taken.is_some_and(|at| now - at < RATE_WINDOW_MS) {
                     lane.without_burst()
@@ -121,9 +125,6 @@ impl Lanes {
                     lane
                 }
             });
-        if let Breaker::Open { until, .. } = lane.breaker() {
-            pauses.set(&job.endpoint.account_id, &job.endpoint.id, Some(until));
-        }
         lane.set_limits(limits);
         if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
             park(
