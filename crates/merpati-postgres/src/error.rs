@@ -59,7 +59,7 @@ pub(crate) fn postgres_error(e: &postgres::Error) -> StoreError {
     ];
     match e.code() {
         Some(code) if retryable.contains(code) => {
-            StoreError::Unavailable(format!("the database cannot take it now: {e}"))
+            StoreError::Unavailable(format!("the database cannot take it now: {}", describe(e)))
         }
         _ => StoreError::Internal(format!("postgres: {}", describe(e))),
     }
@@ -79,6 +79,11 @@ fn describe(e: &postgres::Error) -> String {
 /// True when the error is a UNIQUE or PRIMARY KEY violation.
 pub(crate) fn is_unique_violation(e: &DbError) -> bool {
     matches!(e, DbError::Postgres(p) if p.code() == Some(&SqlState::UNIQUE_VIOLATION))
+}
+
+/// True when a statement gave up waiting for a lock (`lock_timeout`).
+pub(crate) fn is_lock_timeout(e: &DbError) -> bool {
+    matches!(e, DbError::Postgres(p) if p.code() == Some(&SqlState::LOCK_NOT_AVAILABLE))
 }
 
 /// True when the connection the error came on cannot be used again.
