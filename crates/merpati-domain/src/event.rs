@@ -73,10 +73,19 @@ pub trait EventStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<EventSummary>>;
     async fn get_event(&self, account: AccountId, id: EventId) -> StoreResult<EventDetail>;
-    /// Deletes up to `limit` events created before `before` that no delivery still owes
-    /// (see [`crate::retention`]), with their deliveries, attempts and dedup records.
-    /// Returns how many.
+    /// One step of retention: deletes up to `limit` events created before `before` that no
+    /// delivery still owes (see [`crate::retention`]), with their deliveries, attempts and
+    /// dedup records. Returns how many rows went; 0 when nothing more can go now.
+    ///
+    /// A log kept in parts ([`crate::retention::LogPart`]) goes a part at a time: an event
+    /// stays until every event of its part is past the cut, a step may drop a whole part
+    /// (and returns its events' count), and the rows a part's drop must not leave behind
+    /// (dedup records, later deliveries of its events) go first, up to `limit` a step.
     async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize>;
+    /// Moves a log kept in parts onto its next part when [`crate::retention::part_turn_due`]
+    /// says so (a part a `span`), making the one after ready; answers whether it moved. A
+    /// log kept whole does nothing.
+    async fn turn_event_log(&self, now: i64, span: std::time::Duration) -> StoreResult<bool>;
     /// A new delivery of the same event to the same endpoint; returns its id. Conflict when
     /// the endpoint is disabled.
     async fn resend_delivery(

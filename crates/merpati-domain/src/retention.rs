@@ -39,9 +39,74 @@ pub fn first_young(
     Ok(low)
 }
 
+/// One part of an event log kept in parts that retention drops whole (PostgreSQL's): a
+/// range of event numbers, with the deliveries and attempts numbered in the same range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPart {
+    /// When its newest event was created; None when it holds none.
+    pub newest_event_at: Option<i64>,
+    /// Whether a delivery of one of its events, or one numbered in it, is still owed.
+    pub owed: bool,
+}
+
+/// What retention does with a part that the numbers have moved past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartFate {
+    /// Some of its events are younger than the cut: it stays whole (and so do the parts
+    /// after it).
+    Keep,
+    /// Every event is older than the cut, but a delivery still owes one: the events nothing
+    /// owes go a chunk at a time, and the part stays until the last owed one is settled.
+    Thin,
+    /// Every event is older than the cut and nothing is owed: the part is dropped whole.
+    Drop,
+}
+
+/// What becomes of `part` given the cut (`before`).
+pub fn part_fate(part: LogPart, before: i64) -> PartFate {
+    match part.newest_event_at {
+        Some(newest) if newest >= before => PartFate::Keep,
+        _ if part.owed => PartFate::Thin,
+        _ => PartFate::Drop,
+    }
+}
+
+/// Whether the numbers should move onto the next part: the one in use was opened a span
+/// ago, or half its numbers are used (a day busier than a part holds, which then lasts
+/// less than a day). A zero span moves them at every look, whatever the clocks say.
+pub fn part_turn_due(opened_at: i64, now: i64, span: Duration, used: i64, size: i64) -> bool {
+    span.is_zero() || now.saturating_sub(opened_at) >= span.as_millis() as i64 || used >= size / 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_goes_whole_once_all_of_it_is_old_and_nothing_in_it_is_owed() {
+        let part = |newest, owed| LogPart {
+            newest_event_at: newest,
+            owed,
+        };
+        assert_eq!(part_fate(part(Some(99), false), 100), PartFate::Drop);
+        assert_eq!(part_fate(part(None, false), 100), PartFate::Drop, "empty");
+        assert_eq!(part_fate(part(Some(99), true), 100), PartFate::Thin);
+        assert_eq!(part_fate(part(Some(100), false), 100), PartFate::Keep);
+        assert_eq!(part_fate(part(Some(100), true), 100), PartFate::Keep);
+    }
+
+    #[test]
+    fn the_numbers_move_on_after_a_span_or_when_half_a_part_is_used() {
+        let day = Duration::from_secs(86_400);
+        assert!(!part_turn_due(0, 86_399_999, day, 10, 1000));
+        assert!(part_turn_due(0, 86_400_000, day, 10, 1000));
+        assert!(part_turn_due(0, 1, day, 500, 1000), "half used");
+        assert!(!part_turn_due(5_000, 1_000, day, 0, 1000), "a clock behind");
+        assert!(
+            part_turn_due(5_000, 1_000, Duration::ZERO, 0, 1000),
+            "every look"
+        );
+    }
 
     /// (number, created at) of each event, in number order.
     fn found(events: &[(i64, i64)], before: i64) -> Option<i64> {

@@ -92,9 +92,18 @@ fn get_account(c: &mut Conn, id: &AccountId) -> DbResult<Account> {
 pub(crate) const DELETED_ACCOUNT: &str =
     "SELECT id FROM accounts WHERE deleted_at IS NOT NULL LIMIT 1";
 
-/// Up to $2 of an account's events (their deliveries and attempts go with them).
-pub(crate) const ACCOUNT_EVENTS: &str = "DELETE FROM events WHERE seq IN
-     (SELECT seq FROM events WHERE account_id = $1 LIMIT $2)";
+/// Up to $2 of an account's events, with their rids and any deliveries and attempts left to
+/// them (the backend keeps these references; see migration 7).
+pub(crate) const ACCOUNT_EVENTS: &str = "WITH gone AS (
+         SELECT seq FROM events WHERE account_id = $1 LIMIT $2
+     ), deliveries_gone AS (
+         DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM gone) RETURNING id
+     ), attempts_gone AS (
+         DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries_gone)
+     ), rids_gone AS (
+         DELETE FROM event_rids WHERE event_seq IN (SELECT seq FROM gone)
+     )
+     DELETE FROM events WHERE seq IN (SELECT seq FROM gone)";
 
 /// Removes up to `limit` events of a deleted account, or the account itself once it has no
 /// events and its endpoints are purged (see `purge_deleted_endpoint`). Returns how many rows

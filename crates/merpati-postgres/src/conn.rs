@@ -81,6 +81,26 @@ impl Conn {
         Ok(self.client.batch_execute(sql)?)
     }
 
+    /// Runs `f` in a transaction of its own that waits at most `lock_wait` (as PostgreSQL
+    /// writes it: "200ms") for a lock; commits what it did, or rolls it back on an error.
+    pub(crate) fn in_transaction<T>(
+        &mut self,
+        lock_wait: &str,
+        f: impl FnOnce(&mut Conn) -> DbResult<T>,
+    ) -> DbResult<T> {
+        self.batch(&format!("BEGIN; SET LOCAL lock_timeout = '{lock_wait}'"))?;
+        match f(self) {
+            Ok(value) => {
+                self.batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }

@@ -118,9 +118,13 @@ pub(crate) fn require_endpoint(c: &mut Conn, account: &AccountId, id: &EndpointI
 pub(crate) const DELETED_ENDPOINT: &str =
     "SELECT id FROM endpoints WHERE deleted_at IS NOT NULL LIMIT 1";
 
-/// Up to $2 of an endpoint's deliveries, whichever their status.
-pub(crate) const ENDPOINT_DELIVERIES: &str = "DELETE FROM deliveries WHERE id IN
-     (SELECT id FROM deliveries WHERE endpoint_id = $1 LIMIT $2)";
+/// Up to $2 of an endpoint's deliveries, whichever their status, with their attempts.
+pub(crate) const ENDPOINT_DELIVERIES: &str = "WITH gone AS (
+         SELECT id FROM deliveries WHERE endpoint_id = $1 LIMIT $2
+     ), attempts_gone AS (
+         DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM gone)
+     )
+     DELETE FROM deliveries WHERE id IN (SELECT id FROM gone)";
 
 /// One step of a background deletion: the first row `find` gives (one marked deleted), and
 /// how many of what it owns `chunk` removed (up to `limit`); None when nothing is marked.

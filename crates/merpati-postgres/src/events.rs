@@ -19,7 +19,6 @@ use crate::endpoints::endpoint_owned;
 use crate::error::DbResult;
 use crate::fanout::{enqueue, fan_out};
 use crate::rows::word;
-use crate::writer::Tx;
 use crate::PostgresStore;
 
 const SUMMARY_COLUMNS: &str = "id, type, device_id, channel_id, business_id, created_at, seq";
@@ -59,7 +58,7 @@ fn at_or_after(c: &mut Conn, seq: i64) -> StoreResult<Option<(i64, i64)>> {
 }
 
 /// The statuses of a delivery that still owes its event, as SQL.
-fn owed_statuses() -> String {
+pub(crate) fn owed_statuses() -> String {
     [
         DeliveryStatus::Pending,
         DeliveryStatus::Held,
@@ -71,26 +70,6 @@ fn owed_statuses() -> String {
     .map(|s| format!("'{}'", s.as_str()))
     .collect::<Vec<_>>()
     .join(", ")
-}
-
-/// Deletes up to `limit` events created before `before`, oldest first, but for those a
-/// delivery still owes.
-fn prune(c: &mut Tx<'_>, before: i64, limit: usize) -> DbResult<usize> {
-    let Some(young) = first_young_seq(c.conn(), before)? else {
-        return Ok(0);
-    };
-    Ok(c.execute(
-        &format!(
-            "DELETE FROM events WHERE seq IN (
-                 SELECT e.seq FROM events e
-                 WHERE e.seq < $3 AND e.created_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_seq = e.seq AND d.status IN ({}))
-                 ORDER BY e.seq LIMIT $2)",
-            owed_statuses()
-        ),
-        &[&before, &(limit as i64), &young],
-    )? as usize)
 }
 
 #[async_trait::async_trait]
@@ -201,7 +180,11 @@ impl EventStore for PostgresStore {
     }
 
     async fn prune_events(&self, before: i64, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| prune(c, before, limit)).await
+        self.prune_parts(before, limit).await
+    }
+
+    async fn turn_event_log(&self, now: i64, span: std::time::Duration) -> StoreResult<bool> {
+        self.turn_parts(now, span).await
     }
 
     async fn resend_delivery(

@@ -89,13 +89,13 @@ type RidKey = (String, String, String);
 
 /// The events the group's rids became before: one look into the rid index for each (a
 /// join the planner would hash would read the whole table).
-const SENT_BEFORE: &str = "SELECT e.account_id, e.device_id, e.rid, e.content_hash, e.seq, e.id
+const SENT_BEFORE: &str = "SELECT r.account_id, r.device_id, r.rid, r.content_hash, r.event_seq,
+            r.event_id
      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(account_id, device_id, rid)
      CROSS JOIN LATERAL (
-         SELECT * FROM events e
-         WHERE e.account_id = k.account_id AND e.device_id = k.device_id AND e.rid = k.rid
-           AND e.rid IS NOT NULL
-     ) e";
+         SELECT * FROM event_rids r
+         WHERE r.account_id = k.account_id AND r.device_id = k.device_id AND r.rid = k.rid
+     ) r";
 
 /// The writer's group pass: every request waiting in the group, stored together.
 pub(crate) fn store_requests(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -> DbResult<()> {

@@ -34,6 +34,7 @@ mod fanout;
 mod ingest;
 mod jobs;
 mod listener;
+mod log_parts;
 mod migrations;
 mod outbox;
 mod presence;

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "job_nodes",
         include_str!("../migrations/0006_job_nodes.sql"),
     ),
+    (
+        7,
+        "log_parts",
+        include_str!("../migrations/0007_log_parts.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).
@@ -49,12 +54,13 @@ pub(crate) fn migrate(conn: &mut Conn) -> DbResult<i64> {
         }
     })?;
     conn.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
-    let applied = apply(conn);
+    let applied = apply(conn, i64::MAX);
     conn.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
     applied
 }
 
-fn apply(conn: &mut Conn) -> DbResult<i64> {
+/// Applies the migrations after the current version, up to `target`.
+fn apply(conn: &mut Conn, target: i64) -> DbResult<i64> {
     let mut current = version(conn)?;
     let newest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > newest {
@@ -65,7 +71,7 @@ fn apply(conn: &mut Conn) -> DbResult<i64> {
         .into());
     }
     for (version, name, sql) in MIGRATIONS {
-        if *version <= current {
+        if *version <= current || *version > target {
             continue;
         }
         let now = std::time::SystemTime::now()
@@ -99,4 +105,68 @@ pub(crate) fn version(conn: &mut Conn) -> DbResult<i64> {
             &[],
         )?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use merpati_keyring::Sealer;
+
+    use super::*;
+    use crate::scratch::ScratchServer;
+
+    /// A log written before it was kept in parts is all in part 0, its rids known, its
+    /// numbers going on from where they were.
+    #[test]
+    fn the_log_moves_into_parts_whole() {
+        let server = ScratchServer::start(Default::default()).unwrap();
+        let url = server.empty_database().unwrap();
+        let mut conn = Conn::connect(&url, Arc::new(Sealer::ephemeral())).unwrap();
+        migrate(&mut conn).unwrap();
+        conn.batch("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            .unwrap();
+        conn.batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                                             applied_at BIGINT NOT NULL)",
+        )
+        .unwrap();
+        assert_eq!(apply(&mut conn, 6).unwrap(), 6);
+        conn.batch(
+            "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('a', 'a', 0, 0);
+             INSERT INTO endpoints (account_id, id, url, business_ids, channel_ids, device_ids,
+                                    format, secret_in_body, headers, created_at, updated_at)
+             VALUES ('a', 'ep', 'http://x', '[]', '[]', '[]', 'gateway', FALSE, '{}', 0, 0);
+             INSERT INTO events (id, account_id, type, device_id, payload, created_at, rid,
+                                 content_hash)
+             VALUES ('evt_1', 'a', 'sms', 'd', '{}', 10, 'i:1', '\\x01'),
+                    ('evt_2', 'a', 'device.connected', 'd', '{}', 20, NULL, NULL);
+             INSERT INTO deliveries (event_seq, endpoint_id, status, created_at)
+             VALUES (1, 'ep', 'succeeded', 10), (2, 'ep', 'pending', 20);
+             INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms)
+             VALUES (1, 1, 10, 5);",
+        )
+        .unwrap();
+        assert_eq!(apply(&mut conn, i64::MAX).unwrap(), 7);
+        let count =
+            |conn: &mut Conn, sql: &str| -> i64 { conn.query_one(sql, &[]).unwrap().get(0) };
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events_p0"), 2);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM deliveries_p0"), 2);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM attempts_p0"), 1);
+        let rid = conn
+            .query_one(
+                "SELECT event_seq, event_id, content_hash FROM event_rids
+                 WHERE account_id = 'a' AND device_id = 'd' AND rid = 'i:1'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(rid.get::<_, i64>(0), 1);
+        assert_eq!(rid.get::<_, String>(1), "evt_1");
+        assert_eq!(rid.get::<_, Vec<u8>>(2), vec![1]);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM event_rids"), 1);
+        assert_eq!(count(&mut conn, "SELECT nextval('event_numbers')"), 3);
+        assert_eq!(count(&mut conn, "SELECT nextval('delivery_numbers')"), 3);
+        assert_eq!(count(&mut conn, "SELECT nextval('attempt_numbers')"), 2);
+        server.stop(true);
+    }
 }

@@ -153,8 +153,8 @@ impl Outbox {
         self.busy.contains(&(endpoint.clone(), key.clone()))
     }
 
-    /// Sends the events and the deliveries in one statement (a side with no rows inserts
-    /// none); the deliveries' references to their events are checked at its end.
+    /// Sends the events (with the rids of those a device sent) and the deliveries in one
+    /// statement; a side with no rows inserts none.
     pub(crate) fn flush(self, c: &mut Conn) -> DbResult<()> {
         let (e, d) = (&self.events, &self.deliveries);
         if e.seq.is_empty() && d.id.is_empty() {
@@ -162,11 +162,22 @@ impl Outbox {
         }
         c.execute(
             "WITH new_events AS (
-                 INSERT INTO events (seq, id, account_id, type, device_id, channel_id,
-                                     business_id, payload, created_at, rid, content_hash)
                  SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[],
                                       $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[],
                                       $9::BIGINT[], $10::TEXT[], $11::BYTEA[])
+                     AS n(seq, id, account_id, type, device_id, channel_id, business_id,
+                          payload, created_at, rid, content_hash)
+             ), stored AS (
+                 INSERT INTO events (seq, id, account_id, type, device_id, channel_id,
+                                     business_id, payload, created_at)
+                 SELECT seq, id, account_id, type, device_id, channel_id, business_id,
+                        payload, created_at
+                 FROM new_events
+             ), rids AS (
+                 INSERT INTO event_rids (account_id, device_id, rid, content_hash, event_seq,
+                                         event_id)
+                 SELECT account_id, device_id, rid, content_hash, seq, id
+                 FROM new_events WHERE rid IS NOT NULL AND device_id IS NOT NULL
              )
              INSERT INTO deliveries (id, event_seq, endpoint_id, status, next_attempt_at,
                                      created_at, order_key, claimed_at)

@@ -129,8 +129,8 @@ impl<'a> Tx<'a> {
             return Ok(());
         }
         let row = self.conn.query_one(
-            "SELECT ARRAY(SELECT nextval('events_seq_seq') FROM generate_series(1, $1::BIGINT)),
-                    ARRAY(SELECT nextval('deliveries_id_seq')
+            "SELECT ARRAY(SELECT nextval('event_numbers') FROM generate_series(1, $1::BIGINT)),
+                    ARRAY(SELECT nextval('delivery_numbers')
                           FROM generate_series(1, $2::BIGINT))",
             &[&need_events, &need_deliveries],
         )?;

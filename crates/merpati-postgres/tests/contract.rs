@@ -39,3 +39,130 @@ async fn fixture() -> Fixture {
 }
 
 contract_suite!(fixture);
+
+/// The log in parts, seen from the database: a part pinned by an owed delivery is thinned
+/// by rows; once settled, its rids and its events' later deliveries go first, then its three
+/// tables are dropped whole.
+mod log_parts {
+    use std::time::Duration;
+
+    use merpati_domain::retry::NextStep;
+    use merpati_store_contract::support::*;
+
+    /// A query's one number, on a connection of the test's own (a blocking client, so off
+    /// the async threads).
+    async fn number(url: &str, sql: &str) -> i64 {
+        let (url, sql) = (url.to_owned(), sql.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.query_one(sql.as_str(), &[]).unwrap().get(0)
+        })
+        .await
+        .unwrap()
+    }
+
+    const PART_0: &str = "SELECT COUNT(*) FROM pg_class
+                          WHERE relname IN ('events_p0', 'deliveries_p0', 'attempts_p0')";
+
+    #[tokio::test]
+    async fn a_settled_part_is_dropped_whole_after_what_refers_to_it() {
+        let url = tokio::task::spawn_blocking(|| {
+            super::server()
+                .fresh_database(|url| {
+                    merpati_postgres::PostgresStore::migrate(url)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let sealer = std::sync::Arc::new(merpati_keyring::Sealer::ephemeral());
+        let opened = merpati_postgres::PostgresStore::open(&url, &Default::default(), sealer)
+            .await
+            .unwrap();
+        let store: merpati_domain::SharedStore = std::sync::Arc::new(opened);
+        let t = tree(&store, "acct", 1).await;
+        endpoint(&store, &t.account, "ep", |_| {}).await;
+        let d = &t.devices[0];
+        for rid in 0..3 {
+            one_event(&store, d, rid, T0).await;
+        }
+        let first = claim(&store, T0).await;
+        let done = first
+            .iter()
+            .map(|c| attempt(c, T0, Some(200), NextStep::Succeeded))
+            .collect();
+        record(&store, done, WEEK_MS).await;
+
+        let day = Duration::from_secs(86_400);
+        assert!(store.turn_event_log(T0 + 1, Duration::ZERO).await.unwrap());
+        assert!(!store
+            .turn_event_log(T0 + 1 + 86_399_999, day)
+            .await
+            .unwrap());
+        // Part 0 is closed; part 1 is in use and part 2 ready.
+        let open = "SELECT COUNT(*) FROM log_parts WHERE opened_at IS NOT NULL";
+        assert_eq!(number(&url, open).await, 2);
+        assert_eq!(number(&url, "SELECT MAX(number) FROM log_parts").await, 2);
+
+        // A resend of an old event: a delivery numbered in part 1 that owes part 0's event.
+        let late = store
+            .resend_delivery(t.account.clone(), first[0].delivery_id, T0 + 100)
+            .await
+            .unwrap();
+        assert!(late.0 >= 10_000_000_000, "numbered in part 1: {late:?}");
+        let young = one_event(&store, d, 3, T0 + 10_000).await;
+
+        let cut = T0 + 5_000;
+        let mut thinned = 0;
+        while let n @ 1.. = store.prune_events(cut, 100).await.unwrap() {
+            thinned += n;
+        }
+        assert_eq!(thinned, 2, "the two events nothing owes, by rows");
+        assert_eq!(number(&url, PART_0).await, 3, "kept while owed");
+
+        let resent = claim(&store, T0 + 100).await;
+        assert_eq!(resent.len(), 1);
+        let settled = vec![attempt(
+            &resent[0],
+            T0 + 100,
+            Some(200),
+            NextStep::Succeeded,
+        )];
+        record(&store, settled, WEEK_MS).await;
+        while store.prune_events(cut, 1).await.unwrap() > 0 {}
+        assert_eq!(number(&url, PART_0).await, 0, "dropped whole");
+        let below = |table: &str| format!("SELECT COUNT(*) FROM {table} WHERE event_seq < 1e10");
+        assert_eq!(
+            number(&url, &below("deliveries")).await,
+            0,
+            "the late delivery went first"
+        );
+        assert_eq!(number(&url, &below("event_rids")).await, 0);
+        assert_eq!(
+            number(
+                &url,
+                &format!(
+                    "SELECT COUNT(*) FROM attempts WHERE delivery_id = {}",
+                    late.0
+                )
+            )
+            .await,
+            0
+        );
+        assert_eq!(number(&url, "SELECT MIN(number) FROM log_parts").await, 1);
+        let kept = event(&store, &t.account, &young).await;
+        assert_eq!(
+            kept.deliveries.len(),
+            1,
+            "the young event and its delivery stay"
+        );
+        assert!(store
+            .turn_event_log(T0 + 1 + 86_400_000, day)
+            .await
+            .unwrap());
+        assert_eq!(number(&url, "SELECT MAX(number) FROM log_parts").await, 3);
+        store.close().await;
+    }
+}

@@ -30,6 +30,9 @@ pub struct RetentionConfig {
     pub interval: Duration,
     /// Audit entries older than this are deleted.
     pub audit_max_age: Duration,
+    /// How much of the log one part holds, in a log kept in parts (PostgreSQL's): events
+    /// go between `max_age` and `max_age` + this (+ `interval`) after they were created.
+    pub part_span: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -38,6 +41,7 @@ impl Default for RetentionConfig {
             max_age: Duration::from_secs(30 * 24 * 3600),
             interval: Duration::from_secs(600),
             audit_max_age: Duration::from_secs(90 * 24 * 3600),
+            part_span: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -86,14 +90,19 @@ impl Pruner {
         }
     }
 
-    /// One pass: chunks until nothing old is left (or shutdown).
+    /// One pass: moves a log kept in parts onto its next part when due, then deletes in
+    /// chunks until nothing old is left (or shutdown).
     pub async fn prune(&self) -> usize {
-        let before = cutoff(self.clock.now_ms(), self.config.max_age);
+        let now = self.clock.now_ms();
+        if let Err(e) = self.store.turn_event_log(now, self.config.part_span).await {
+            tracing::error!(error = %e, "the event log could not move onto its next part");
+        }
+        let before = cutoff(now, self.config.max_age);
         let total = self
             .in_chunks(CHUNK, |n| self.store.prune_events(before, n))
             .await;
         if total > 0 {
-            tracing::info!(events = total, "pruned old events");
+            tracing::info!(rows = total, "pruned old events");
         }
         let alerts = self
             .in_chunks(CHUNK, |n| self.store.prune_alerts(before, n))

@@ -197,6 +197,11 @@ impl EventStore for SqliteStore {
         self.write(move |c| prune(c, before, limit)).await
     }
 
+    /// One file's log is kept whole: retention deletes it by rows.
+    async fn turn_event_log(&self, _now: i64, _span: std::time::Duration) -> StoreResult<bool> {
+        Ok(false)
+    }
+
     async fn resend_delivery(
         &self,
         account: AccountId,

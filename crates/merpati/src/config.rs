@@ -240,6 +240,7 @@ const KEYS: &[&str] = &[
     "retention.max_age",
     "retention.interval",
     "retention.audit_log",
+    "retention.part_span",
     "alerts.group_wait",
     "alerts.reopen_within",
     "alerts.flap_drops",
@@ -474,6 +475,9 @@ impl Config {
                 }
                 "retention.interval" => {
                     c.retention.interval = parse_positive_duration(raw).map_err(invalid)?
+                }
+                "retention.part_span" => {
+                    c.retention.part_span = parse_positive_duration(raw).map_err(invalid)?
                 }
                 "alerts.group_wait" => {
                     c.alerts.group_wait = parse_duration(raw).map_err(invalid)?

@@ -6,6 +6,7 @@ use merpati_domain::event::EventFilter;
 use merpati_domain::ids::AccountId;
 use merpati_domain::retry::NextStep;
 use merpati_domain::{SharedStore, StoreError};
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -48,7 +49,11 @@ pub async fn old_events_go_unless_a_delivery_still_owes_them(store: &SharedStore
     )
     .await;
     let owed = old[2].clone();
-    // And a young one.
+    // The log moves on (a log kept in parts starts a new one), and a young event.
+    store
+        .turn_event_log(T0 + 1, Duration::ZERO)
+        .await
+        .expect("the log moves on");
     one_event(store, d, 3, T0 + 10_000).await;
     let before = events(store, &t.account).await;
     assert_eq!(before.len(), 4);
@@ -73,6 +78,46 @@ pub async fn old_events_go_unless_a_delivery_still_owes_them(store: &SharedStore
     // Its dedup record went with it: the same rid is a new item now.
     let again = ingest(store, d, vec![sms(d, 0, "m0")], T0 + 20_000).await;
     assert!(again.items[0].new);
+
+    // Once settled, the owed event goes too (in a log kept in parts, with its part).
+    let retried = claim(store, T0 + 1_000).await;
+    assert_eq!(retried.len(), 1, "only the owed one is due");
+    record(
+        store,
+        vec![attempt(
+            &retried[0],
+            T0 + 1_000,
+            Some(200),
+            NextStep::Succeeded,
+        )],
+        WEEK_MS,
+    )
+    .await;
+    assert!(prune_all(store, cut).await >= 1);
+    let left = events(store, &t.account).await;
+    assert_eq!(left.len(), 2, "the young one and the new rid 0");
+    assert_eq!(
+        store
+            .get_event(t.account.clone(), owed.clone())
+            .await
+            .unwrap_err(),
+        StoreError::NotFound("event")
+    );
+    let again = ingest(store, d, vec![sms(d, 2, "m2")], T0 + 30_000).await;
+    assert!(again.items[0].new, "its rid went with it");
+    let young = ingest(store, d, vec![sms(d, 3, "m3")], T0 + 30_000).await;
+    assert!(!young.items[0].new, "the young one's rid stays");
+}
+
+/// Retention steps until nothing more goes; returns how many rows went.
+async fn prune_all(store: &SharedStore, before: i64) -> usize {
+    let mut total = 0;
+    loop {
+        match store.prune_events(before, 100).await.unwrap() {
+            0 => return total,
+            n => total += n,
+        }
+    }
 }
 
 pub async fn deleted_endpoints_and_accounts_go_a_chunk_at_a_time(store: &SharedStore) {

@@ -8,10 +8,16 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// On PostgreSQL the log is kept in parts of `retention.part_span`: with a minute's, the
+/// events are in a part closed before they are an hour old, and retention gets to them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_events_are_pruned_unless_still_owed() {
-    let app =
-        TestApp::spawn_manual(&[("retention.max_age", "1h"), ("retention.interval", "50ms")]).await;
+    let app = TestApp::spawn_manual(&[
+        ("retention.max_age", "1h"),
+        ("retention.interval", "50ms"),
+        ("retention.part_span", "1m"),
+    ])
+    .await;
     let (live, off) = (Receiver::start().await, Receiver::start().await);
     let m = app.merchant("m1").await;
     app.endpoint(&m.key, &live, json!({"events": ["sms"]}))
