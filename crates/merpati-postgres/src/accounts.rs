@@ -240,7 +240,8 @@ impl AccountStore for PostgresStore {
     }
 
     async fn purge_deleted_account(&self, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| purge_deleted_account(c, limit)).await
+        self.write_aside(move |c| purge_deleted_account(c, limit))
+            .await
     }
 
     async fn create_api_key(&self, key: ApiKey, hash: Vec<u8>) -> StoreResult<ApiKey> {

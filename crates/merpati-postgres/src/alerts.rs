@@ -87,7 +87,7 @@ fn recheck_waiting(tx: &mut Tx<'_>, account: &AccountId, now: i64) -> DbResult<(
 #[async_trait::async_trait]
 impl AlertStore for PostgresStore {
     async fn alert_write(&self, job: AlertJob<Outcome>) -> StoreResult<Outcome> {
-        self.write(move |tx| {
+        self.write_aside(move |tx| {
             let mut alert_tx = PostgresAlertTx { tx };
             job(&mut alert_tx).map_err(DbError::from)
         })
@@ -378,7 +378,7 @@ impl AlertStore for PostgresStore {
     }
 
     async fn prune_alerts(&self, before: i64, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| {
+        self.write_aside(move |c| {
             let incidents = c.execute(
                 "DELETE FROM incidents WHERE id IN (
                      SELECT id FROM incidents

@@ -81,7 +81,7 @@ impl AuditStore for PostgresStore {
     }
 
     async fn prune_audit(&self, before: i64, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| {
+        self.write_aside(move |c| {
             Ok(c.execute(
                 "DELETE FROM audit_log WHERE id IN
                    (SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",

@@ -345,7 +345,8 @@ impl EndpointStore for PostgresStore {
     }
 
     async fn purge_deleted_endpoint(&self, limit: usize) -> StoreResult<usize> {
-        self.write(move |c| purge_deleted_endpoint(c, limit)).await
+        self.write_aside(move |c| purge_deleted_endpoint(c, limit))
+            .await
     }
 
     async fn rotate_endpoint_secret(

@@ -103,6 +103,9 @@ pub fn describe_url(url: &str) -> String {
 
 pub struct PostgresStore {
     writer: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// The background writer: a connection of its own for the alert engine's writes and
+    /// retention's, so that a long one never holds up ingest, claims and records.
+    aside: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: ReadPool,
     commits: Arc<CommitStats>,
@@ -138,7 +141,19 @@ impl PostgresStore {
             pass: ingest::store_requests,
             outages: outages.clone(),
         });
-        let mut threads = Vec::new();
+        let (aside_tx, aside_rx) = mpsc::channel(writer::WRITE_QUEUE);
+        let aside = Arc::new(writer::Writers {
+            url: url.clone(),
+            sealer: sealer.clone(),
+            queue: Arc::new(Mutex::new(aside_rx)),
+            stats: commits.clone(),
+            pass: ingest::store_requests,
+            outages: outages.clone(),
+        });
+        let mut threads = vec![std::thread::Builder::new()
+            .name("postgres-aside".into())
+            .spawn(move || writer::writer_loop(&aside, None))
+            .map_err(|e| StoreError::Internal(format!("cannot start a writer: {e}")))?];
         let mut first = Some(conn);
         for i in 0..options.writers.max(1) {
             let (writers, conn) = (writers.clone(), first.take());
@@ -151,6 +166,7 @@ impl PostgresStore {
         }
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
+            aside: Mutex::new(Some(aside_tx)),
             threads: Mutex::new(threads),
             readers: ReadPool::start(url.clone(), sealer, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
@@ -214,10 +230,28 @@ impl PostgresStore {
         answer.await.map_err(|_| closed())?
     }
 
+    /// As `write`, on the background writer: for the alert engine's writes and
+    /// retention's, which may run long and are waited for by nobody's request.
+    pub(crate) async fn write_aside<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
+    {
+        let (job, answer) = Job::new(f, Guard::Savepoint, |t| t);
+        Self::queue(&self.aside, Box::new(job)).await?;
+        answer.await.map_err(|_| closed())?
+    }
+
     /// Queues a write for the writer.
     pub(crate) async fn send(&self, job: Box<dyn WriteJob>) -> StoreResult<()> {
-        let sender = self
-            .writer
+        Self::queue(&self.writer, job).await
+    }
+
+    async fn queue(
+        writer: &Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+        job: Box<dyn WriteJob>,
+    ) -> StoreResult<()> {
+        let sender = writer
             .lock()
             .expect("writer lock")
             .clone()
@@ -304,6 +338,7 @@ impl Store for PostgresStore {
     async fn close(&self) {
         // Dropping the last sender lets the writer finish its queue and exit.
         self.writer.lock().expect("writer lock").take();
+        self.aside.lock().expect("writer lock").take();
         self.closing
             .store(true, std::sync::atomic::Ordering::Release);
         let mut threads = self.readers.close();

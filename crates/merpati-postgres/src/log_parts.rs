@@ -303,13 +303,17 @@ impl PostgresStore {
             match part_fate(part, before) {
                 PartFate::Keep => return Ok(0),
                 PartFate::Thin => {
-                    let gone = self.write(move |c| thin(c, number, before, limit)).await?;
+                    let gone = self
+                        .write_aside(move |c| thin(c, number, before, limit))
+                        .await?;
                     if gone > 0 {
                         return Ok(gone);
                     }
                 }
                 PartFate::Drop => {
-                    let cleared = self.write(move |c| clear_ahead(c, number, limit)).await?;
+                    let cleared = self
+                        .write_aside(move |c| clear_ahead(c, number, limit))
+                        .await?;
                     if cleared > 0 {
                         return Ok(cleared);
                     }
