@@ -4,8 +4,14 @@
 # against one node, and against three nodes on the same database, the devices posting
 # through all three.
 # Usage: bench/cluster.sh [duration]   (default 20s)
+#        bench/cluster.sh kill [endpoints] (three nodes, devices posting 2,000 events/s for
+#                                          60 s to each endpoint (default 3), the last node
+#                                          killed with SIGKILL 20 s in: BENCHMARKS.md's
+#                                          failover run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="figures"
+if [ "${1:-}" = kill ]; then mode="kill"; endpoints="${2:-3}"; shift $#; fi
 duration="${1:-20s}"
 cargo build --release --quiet
 bin="$PWD/target/release/merpati"
@@ -61,6 +67,14 @@ bench() {
         --duration "$duration" "$@"
     echo
 }
+
+if [ "$mode" = kill ]; then
+    start_nodes 3 failover
+    echo "\$ merpati bench delivery --url $urls --rate 2000 --concurrency 256 --endpoints $endpoints --duration 60s --kill-after 20s"
+    "$bin" bench delivery --url "$urls" --admin-token "$admin" --server-pid "$pids" \
+        --rate 2000 --concurrency 256 --endpoints "$endpoints" --duration 60s --kill-after 20s
+    exit 0
+fi
 
 for count in 1 3; do
     echo "## $count node(s)"

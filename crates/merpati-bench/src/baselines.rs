@@ -35,6 +35,7 @@ pub(crate) async fn baseline(args: &Shape, duration: Duration) -> anyhow::Result
         None,
         Instant::now() + duration,
         epoch,
+        false,
     )
     .await
     .accepted;
@@ -133,6 +134,7 @@ pub(crate) async fn relay_baseline(
         args.rate,
         started + duration,
         epoch,
+        false,
     )
     .await
     .accepted;

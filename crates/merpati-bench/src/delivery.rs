@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::baselines::{baseline, relay_baseline, CpuPerDelivery, RelayFigures};
+use crate::failover::{Arrivals, FailoverFigures, Kill};
 use crate::load::{load, load_client, percentile, wait_until, Shape};
 use crate::process::{cpu_seconds_of, own_cpu_seconds, ServerProcess, Target};
 use crate::receivers::{start_slow_receiver, start_timing_receiver, ReceiptLog};
@@ -57,6 +58,12 @@ pub struct DeliveryArgs {
     /// to read its CPU and memory (without it they are not reported).
     #[arg(long, requires = "url", value_delimiter = ',')]
     pub server_pid: Vec<u32>,
+    /// With several nodes' `--url` and `--server-pid`: kill the last node (SIGKILL) this far
+    /// into the run (e.g. `20s`). Its devices post again through the next node; the run
+    /// then says whether every accepted event reached every endpoint, which arrived twice,
+    /// and how long each endpoint waited after the kill.
+    #[arg(long, requires = "url", value_parser = humantime::parse_duration)]
+    pub kill_after: Option<Duration>,
     /// How long each of the loopback HTTP and relay baselines runs.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub baseline_duration: Duration,
@@ -100,6 +107,8 @@ pub struct DeliveryFigures {
     pub accepted_requests_vs_baseline: f64,
     pub relay_baseline: RelayFigures,
     pub delivered_vs_relay: f64,
+    /// With `--kill-after`.
+    pub failover: Option<FailoverFigures>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -234,7 +243,14 @@ const FIRST_DELIVERY_LIMIT: Duration = Duration::from_secs(30);
 /// the load, waits for every delivery, runs the baselines; returns the figures.
 async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Result<DeliveryFigures> {
     let epoch = Instant::now();
-    let log = Arc::new(ReceiptLog::default());
+    let kill = args
+        .kill_after
+        .map(|after| Kill::plan(after, target.ingest_urls.len(), &target.pids))
+        .transpose()?;
+    let log = Arc::new(ReceiptLog {
+        arrivals: kill.map(|_| Arrivals::default()),
+        ..ReceiptLog::default()
+    });
     let (receiver, receiver_task) = start_timing_receiver(log.clone(), epoch).await?;
     let api = Api::new(&target.url);
     let fleet = simulate::provision(&api, &target.admin, args.devices, "sms", None).await?;
@@ -289,7 +305,7 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
     }
     // The first delivery was the slow receiver's first request too.
     slow_count.store(0, std::sync::atomic::Ordering::Relaxed);
-    let outcome = load(
+    let devices = load(
         client,
         target
             .ingest_urls
@@ -302,8 +318,15 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
         args.rate,
         started + args.duration,
         epoch,
-    )
-    .await;
+        kill.is_some(),
+    );
+    let (outcome, killed_at) = match kill {
+        Some(kill) => {
+            let (outcome, killed_at) = tokio::join!(devices, kill.run(started));
+            (outcome, Some(killed_at?))
+        }
+        None => (devices.await, None),
+    };
     let (accepted, failed) = (outcome.accepted, outcome.failed_requests);
     let answers = &outcome.answer_latencies_us;
     let ingest_seconds = started.elapsed().as_secs_f64();
@@ -314,6 +337,29 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
     })
     .await
     .is_ok();
+    let failover = match (kill, killed_at, &log.arrivals) {
+        (Some(kill), Some(killed_at), Some(arrivals)) => {
+            let endpoints = args.endpoints as u32;
+            let figures = || {
+                let arrivals = arrivals.0.lock().expect("log lock");
+                FailoverFigures::of(
+                    kill,
+                    killed_at,
+                    started,
+                    &outcome.accepted_rids,
+                    endpoints,
+                    &arrivals,
+                )
+            };
+            // Duplicates count towards the total: wait on until none is missing.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while figures().missing > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Some(figures())
+        }
+        _ => None,
+    };
     let delivered = log.count.load(std::sync::atomic::Ordering::Relaxed);
     let last = log
         .last
@@ -393,6 +439,7 @@ async fn measure_delivery(target: &Target, args: &DeliveryArgs) -> anyhow::Resul
         accepted_requests_vs_baseline: accepted_per_second / args.items_per_request as f64 / base,
         delivered_vs_relay: delivered_per_second / relay.deliveries_per_second,
         relay_baseline: relay,
+        failover,
     })
 }
 
@@ -487,6 +534,9 @@ fn report_delivery(result: &DeliveryFigures, args: &DeliveryArgs) -> anyhow::Res
         "  answer latency  {}   (request sent to its 202: the events durable)",
         result.answer_latency_ms
     );
+    if let Some(failover) = &result.failover {
+        failover.print();
+    }
     let rss = result.server_rss_mib;
     match result.server_cpu_percent_of_one_core {
         Some(cpu) => println!(

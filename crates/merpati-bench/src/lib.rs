@@ -6,11 +6,13 @@
 //!   presence`, 10,000 links and a mass drop; `alerts`: `merpati bench alerts`, an alert
 //!   storm of 10,000 devices in 100 businesses.
 //! - `baselines`: what the same load costs with no merpati (loopback HTTP, a relay).
-//! - `process`, `receivers`, `load`: the server under test, the receivers, the devices' load.
+//! - `process`, `receivers`, `load`: the server under test, the receivers, the devices' load;
+//!   `failover`: a node killed mid-run, and what arrived.
 
 pub mod alerts;
 mod baselines;
 pub mod delivery;
+mod failover;
 mod load;
 pub mod presence;
 mod process;
@@ -19,4 +21,5 @@ pub mod simulate;
 
 pub use alerts::{alerts, AlertArgs, AlertFigures};
 pub use delivery::{delivery, measure_running, DeliveryArgs, DeliveryFigures};
+pub use failover::FailoverFigures;
 pub use presence::{presence, PresenceArgs, PresenceFigures};

@@ -67,9 +67,13 @@ pub(crate) struct LoadOutcome {
     pub(crate) failed_requests: u64,
     /// From sending each accepted request to its answer (the event durable), sorted.
     pub(crate) answer_latencies_us: Vec<u64>,
+    /// The rids of every accepted item, with `failover` only.
+    pub(crate) accepted_rids: Vec<u64>,
 }
 
 /// Posts items as fast as allowed until `until`, each worker to one of `urls` in turn.
+/// With `failover`, a worker whose request fails posts the same items again through the
+/// next of `urls` (a device whose node is gone), and the accepted items' rids are kept.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn load(
     client: LoadClient,
@@ -80,6 +84,7 @@ pub(crate) async fn load(
     rate: Option<f64>,
     until: Instant,
     epoch: Instant,
+    failover: bool,
 ) -> LoadOutcome {
     let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -93,6 +98,7 @@ pub(crate) async fn load(
             accepted: 0,
             failed_requests: 0,
             answer_latencies_us: Vec::new(),
+            accepted_rids: Vec::new(),
         };
     };
     if uris.is_empty() {
@@ -100,22 +106,24 @@ pub(crate) async fn load(
             accepted: 0,
             failed_requests: 0,
             answer_latencies_us: Vec::new(),
+            accepted_rids: Vec::new(),
         };
     }
     // A fixed rate is shared out among the workers as a per-worker interval.
     let per_worker =
         rate.map(|r| Duration::from_secs_f64(concurrency as f64 * items_per_request as f64 / r));
     for w in 0..concurrency {
-        let (client, uri, accepted, failed) = (
+        let (client, uris, accepted, failed) = (
             client.clone(),
-            uris[w % uris.len()].clone(),
+            uris.clone(),
             accepted.clone(),
             failed.clone(),
         );
+        let mut node = w % uris.len();
         let token = tokens[w % tokens.len()].clone();
         workers.spawn(async move {
             let mut rid: u64 = (w as u64) << 40;
-            let mut answers_us = Vec::new();
+            let (mut answers_us, mut rids) = (Vec::new(), Vec::new());
             let mut tick = per_worker.map(|p| {
                 let mut i = tokio::time::interval_at(
                     tokio::time::Instant::now() + p.mul_f64(w as f64 / concurrency as f64),
@@ -140,30 +148,43 @@ pub(crate) async fn load(
                 } else {
                     json!({ "items": items })
                 };
-                let sent = Instant::now();
-                let ok = post_json(&client, &uri, Some(&token), body.to_string()).await;
-                if ok {
-                    answers_us.push(sent.elapsed().as_micros() as u64);
-                    accepted.fetch_add(
-                        items_per_request as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                } else {
+                let (sent, body) = (Instant::now(), body.to_string());
+                loop {
+                    let ok = post_json(&client, &uris[node], Some(&token), body.clone()).await;
+                    if ok {
+                        answers_us.push(sent.elapsed().as_micros() as u64);
+                        accepted.fetch_add(
+                            items_per_request as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        if failover {
+                            rids.extend(rid + 1 - items_per_request as u64..=rid);
+                        }
+                        break;
+                    }
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if !failover || Instant::now() >= until {
+                        break;
+                    }
+                    node = (node + 1) % uris.len();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            answers_us
+            (answers_us, rids)
         });
     }
-    let mut answer_latencies_us = Vec::new();
-    while let Some(answers) = workers.join_next().await {
-        answer_latencies_us.extend(answers.unwrap_or_default());
+    let (mut answer_latencies_us, mut accepted_rids) = (Vec::new(), Vec::new());
+    while let Some(done) = workers.join_next().await {
+        let (answers, rids) = done.unwrap_or_default();
+        answer_latencies_us.extend(answers);
+        accepted_rids.extend(rids);
     }
     answer_latencies_us.sort_unstable();
     LoadOutcome {
         accepted: accepted.load(std::sync::atomic::Ordering::Relaxed),
         failed_requests: failed.load(std::sync::atomic::Ordering::Relaxed),
         answer_latencies_us,
+        accepted_rids,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The run's receivers on loopback: one that times each delivery from the moment its item
 //! was sent, one that answers slowly, and one that notes when each device event arrived.
 
+use crate::failover::{arrival_of, Arrival, Arrivals};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ pub(crate) struct ReceiptLog {
     pub(crate) count: std::sync::atomic::AtomicU64,
     pub(crate) latencies_us: Mutex<Vec<u64>>,
     pub(crate) last: Mutex<Option<Instant>>,
+    /// Every arrival, noted in a run with a kill only.
+    pub(crate) arrivals: Option<Arrivals>,
 }
 
 /// The moment an item was sent, from its message (`"bench <µs>"`). Only that field is read,
@@ -70,10 +73,17 @@ pub(crate) async fn start_timing_receiver(
     log: Arc<ReceiptLog>,
     epoch: Instant,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let app = axum::Router::new().fallback(move |body: Bytes| {
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: Bytes| {
         let log = log.clone();
         async move {
             let now = epoch.elapsed().as_micros() as u64;
+            if let Some(arrivals) = &log.arrivals {
+                if let Some((endpoint, rid)) = arrival_of(uri.path(), &body) {
+                    let at = Instant::now();
+                    let arrival = Arrival { endpoint, rid, at };
+                    arrivals.0.lock().expect("log lock").push(arrival);
+                }
+            }
             let sent = sent_at_us(&body);
             if let Some(sent) = sent {
                 log.latencies_us
