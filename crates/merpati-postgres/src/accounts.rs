@@ -11,6 +11,7 @@ use postgres::Row;
 use crate::conn::Conn;
 use crate::endpoints::purge_step;
 use crate::error::DbResult;
+use crate::events::delete_events;
 use crate::rows::{json_column, word};
 use crate::writer::Tx;
 use crate::PostgresStore;
@@ -92,24 +93,16 @@ fn get_account(c: &mut Conn, id: &AccountId) -> DbResult<Account> {
 pub(crate) const DELETED_ACCOUNT: &str =
     "SELECT id FROM accounts WHERE deleted_at IS NOT NULL LIMIT 1";
 
-/// Up to $2 of an account's events, with their rids and any deliveries and attempts left to
-/// them (the backend keeps these references; see migration 7).
-pub(crate) const ACCOUNT_EVENTS: &str = "WITH gone AS (
-         SELECT seq FROM events WHERE account_id = $1 LIMIT $2
-     ), deliveries_gone AS (
-         DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM gone) RETURNING id
-     ), attempts_gone AS (
-         DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries_gone)
-     ), rids_gone AS (
-         DELETE FROM event_rids WHERE event_seq IN (SELECT seq FROM gone)
-     )
-     DELETE FROM events WHERE seq IN (SELECT seq FROM gone)";
+/// Up to $2 of an account's events, with what hangs off them (see `delete_events`).
+fn account_events() -> String {
+    delete_events("SELECT seq FROM events WHERE account_id = $1 LIMIT $2")
+}
 
 /// Removes up to `limit` events of a deleted account, or the account itself once it has no
 /// events and its endpoints are purged (see `purge_deleted_endpoint`). Returns how many rows
 /// it removed: 0 when there is nothing it can do now.
 fn purge_deleted_account(c: &mut Tx<'_>, limit: usize) -> DbResult<usize> {
-    let id = match purge_step(c, DELETED_ACCOUNT, ACCOUNT_EVENTS, limit)? {
+    let id = match purge_step(c, DELETED_ACCOUNT, &account_events(), limit)? {
         None => return Ok(0),
         Some((_, events)) if events > 0 => return Ok(events),
         Some((id, _)) => id,

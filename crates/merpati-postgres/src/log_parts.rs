@@ -24,7 +24,7 @@ use merpati_domain::StoreResult;
 
 use crate::conn::Conn;
 use crate::error::{is_lock_timeout, DbResult};
-use crate::events::owed_statuses;
+use crate::events::{delete_events, owed_statuses};
 use crate::writer::Tx;
 use crate::PostgresStore;
 
@@ -102,26 +102,14 @@ fn shape(c: &mut Conn, number: i64) -> DbResult<LogPart> {
 /// with their deliveries, attempts and rids; returns how many events went.
 fn thin(c: &mut Tx<'_>, number: i64, before: i64, limit: usize) -> DbResult<usize> {
     let (lo, hi) = bounds(number);
-    Ok(c.execute(
-        &format!(
-            "WITH gone AS (
-                 SELECT e.seq FROM events e
-                 WHERE e.seq >= $1 AND e.seq < $2 AND e.created_at < $3
-                   AND NOT EXISTS (SELECT 1 FROM deliveries d
-                                   WHERE d.event_seq = e.seq AND {})
-                 ORDER BY e.seq LIMIT $4
-             ), deliveries_gone AS (
-                 DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM gone) RETURNING id
-             ), attempts_gone AS (
-                 DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries_gone)
-             ), rids_gone AS (
-                 DELETE FROM event_rids WHERE event_seq IN (SELECT seq FROM gone)
-             )
-             DELETE FROM events WHERE seq IN (SELECT seq FROM gone)",
-            owing("d")
-        ),
-        &[&lo, &hi, &before, &(limit as i64)],
-    )? as usize)
+    let gone = format!(
+        "SELECT e.seq FROM events e
+         WHERE e.seq >= $1 AND e.seq < $2 AND e.created_at < $3
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND {})
+         ORDER BY e.seq LIMIT $4",
+        owing("d")
+    );
+    Ok(c.execute(&delete_events(&gone), &[&lo, &hi, &before, &(limit as i64)])? as usize)
 }
 
 /// Deletes up to `limit` rids of the part's events and up to `limit` of its events' later
