@@ -64,8 +64,8 @@ mod log_parts {
     const PART_0: &str = "SELECT COUNT(*) FROM pg_class
                           WHERE relname IN ('events_p0', 'deliveries_p0', 'attempts_p0')";
 
-    #[tokio::test]
-    async fn a_settled_part_is_dropped_whole_after_what_refers_to_it() {
+    /// A store on a fresh database, and the database's URL.
+    async fn fresh() -> (String, merpati_domain::SharedStore) {
         let url = tokio::task::spawn_blocking(|| {
             super::server()
                 .fresh_database(|url| {
@@ -81,7 +81,12 @@ mod log_parts {
         let opened = merpati_postgres::PostgresStore::open(&url, &Default::default(), sealer)
             .await
             .unwrap();
-        let store: merpati_domain::SharedStore = std::sync::Arc::new(opened);
+        (url, std::sync::Arc::new(opened))
+    }
+
+    #[tokio::test]
+    async fn a_settled_part_is_dropped_whole_after_what_refers_to_it() {
+        let (url, store) = fresh().await;
         let t = tree(&store, "acct", 1).await;
         endpoint(&store, &t.account, "ep", |_| {}).await;
         let d = &t.devices[0];
@@ -163,6 +168,34 @@ mod log_parts {
             .await
             .unwrap());
         assert_eq!(number(&url, "SELECT MAX(number) FROM log_parts").await, 3);
+        store.close().await;
+    }
+
+    /// A pending delivery whose endpoint row is gone (an insert that raced the endpoint's
+    /// purge) is never claimed, so it owes nothing: its part still goes.
+    #[tokio::test]
+    async fn a_delivery_to_an_endpoint_that_is_gone_does_not_pin_its_part() {
+        let (url, store) = fresh().await;
+        let t = tree(&store, "acct", 1).await;
+        endpoint(&store, &t.account, "ep", |_| {}).await;
+        one_event(&store, &t.devices[0], 1, T0).await;
+        let pending = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'";
+        assert_eq!(number(&url, pending).await, 1);
+        assert!(store.turn_event_log(T0 + 1, Duration::ZERO).await.unwrap());
+        assert_eq!(
+            store.prune_events(T0 + 5_000, 100).await.unwrap(),
+            0,
+            "owed"
+        );
+        assert_eq!(number(&url, PART_0).await, 3);
+
+        let gone = "WITH gone AS (DELETE FROM endpoints WHERE id = 'ep' RETURNING 1)
+                    SELECT COUNT(*) FROM gone";
+        assert_eq!(number(&url, gone).await, 1);
+        assert!(claim(&store, T0 + 10).await.is_empty(), "never claimed");
+        while store.prune_events(T0 + 5_000, 100).await.unwrap() > 0 {}
+        assert_eq!(number(&url, PART_0).await, 0, "dropped with its part");
+        assert_eq!(number(&url, pending).await, 0);
         store.close().await;
     }
 }
