@@ -56,6 +56,9 @@ async fn spawn_node(
         ("MERPATI_SECRET_KEY", KEY),
         ("MERPATI_CLUSTER_NODE_NAME", name),
         ("MERPATI_DELIVERY_TIMEOUT", "5s"),
+        // Tests post as fast as they can (as the in-process servers' settings say).
+        ("MERPATI_LIMITS_EVENTS_PER_SECOND", "1000000"),
+        ("MERPATI_LIMITS_DEVICE_EVENTS_PER_SECOND", "1000000"),
     ];
     all.extend_from_slice(settings);
     spawn_binary_with(dir, &all).await
