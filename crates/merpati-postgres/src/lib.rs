@@ -133,23 +133,21 @@ impl PostgresStore {
         let commits = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
         let outages = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writers = Arc::new(writer::Writers {
-            url: url.clone(),
-            sealer: sealer.clone(),
-            queue: Arc::new(Mutex::new(rx)),
-            stats: commits.clone(),
-            pass: ingest::store_requests,
-            outages: outages.clone(),
-        });
+        // The writers for requests and the background writer: the same loop, each on a
+        // queue of its own.
+        let writers_on = |queue| {
+            Arc::new(writer::Writers {
+                url: url.clone(),
+                sealer: sealer.clone(),
+                queue: Arc::new(Mutex::new(queue)),
+                stats: commits.clone(),
+                pass: ingest::store_requests,
+                outages: outages.clone(),
+            })
+        };
+        let writers = writers_on(rx);
         let (aside_tx, aside_rx) = mpsc::channel(writer::WRITE_QUEUE);
-        let aside = Arc::new(writer::Writers {
-            url: url.clone(),
-            sealer: sealer.clone(),
-            queue: Arc::new(Mutex::new(aside_rx)),
-            stats: commits.clone(),
-            pass: ingest::store_requests,
-            outages: outages.clone(),
-        });
+        let aside = writers_on(aside_rx);
         let mut threads = vec![std::thread::Builder::new()
             .name("postgres-aside".into())
             .spawn(move || writer::writer_loop(&aside, None))
@@ -225,8 +223,25 @@ impl PostgresStore {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
     {
+        self.submit_to(&self.writer, f, committed, guard).await
+    }
+
+    /// Queues `f` as a write for the writers that take from `queue`; answers once it is
+    /// committed.
+    async fn submit_to<R, T, F>(
+        &self,
+        queue: &Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+        f: F,
+        committed: fn(R) -> T,
+        guard: Guard,
+    ) -> StoreResult<T>
+    where
+        R: Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<R> + Send + 'static,
+    {
         let (job, answer) = Job::new(f, guard, committed);
-        self.send(Box::new(job)).await?;
+        Self::queue(queue, Box::new(job)).await?;
         answer.await.map_err(|_| closed())?
     }
 
@@ -237,9 +252,8 @@ impl PostgresStore {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
     {
-        let (job, answer) = Job::new(f, Guard::Savepoint, |t| t);
-        Self::queue(&self.aside, Box::new(job)).await?;
-        answer.await.map_err(|_| closed())?
+        self.submit_to(&self.aside, f, |t| t, Guard::Savepoint)
+            .await
     }
 
     /// Queues a write for the writer.
