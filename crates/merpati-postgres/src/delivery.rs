@@ -261,18 +261,27 @@ impl DeliveryStore for PostgresStore {
             let (node, slots, epochs) = fence_params(&fence);
             // One round trip: rows another node is claiming at the same moment are skipped,
             // not waited for; a delivery whose endpoint was disabled since it was queued is
-            // held, to be released on re-enable; the others are leased.
+            // held, to be released on re-enable; the others are leased. Each held slot is
+            // read on its own, in due order, so what other slots have waiting is never read.
             let found = tx.conn().query(
                 &format!(
                     "WITH {}, picked AS (
                      SELECT d.id, d.attempts, d.event_seq, d.endpoint_id, d.next_attempt_at,
                             ep.disabled
-                     FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
-                     WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-                       AND ep.slot IN (SELECT slot FROM fence)
+                     FROM fence f
+                     CROSS JOIN LATERAL (
+                         SELECT d.id, d.attempts, d.event_seq, d.endpoint_id,
+                                d.next_attempt_at
+                         FROM deliveries d
+                         WHERE d.slot = f.slot AND d.status = 'pending'
+                           AND d.next_attempt_at <= $1
+                         ORDER BY d.next_attempt_at
+                         LIMIT $2
+                         FOR UPDATE SKIP LOCKED
+                     ) d
+                     JOIN endpoints ep ON ep.id = d.endpoint_id
                      ORDER BY d.next_attempt_at
                      LIMIT $2
-                     FOR UPDATE OF d SKIP LOCKED
                  ), held AS (
                      UPDATE deliveries d SET status = 'held', next_attempt_at = NULL
                      FROM picked p WHERE d.id = p.id AND p.disabled
@@ -310,9 +319,15 @@ impl DeliveryStore for PostgresStore {
         let (_, slots, _) = fence_params(&fence);
         self.read(move |c| {
             Ok(c.query_one(
-                "SELECT MIN(d.next_attempt_at) FROM deliveries d
-                 JOIN endpoints ep ON ep.id = d.endpoint_id
-                 WHERE d.status = 'pending' AND ep.slot = ANY($1)",
+                "SELECT MIN(first.at) FROM UNNEST($1::SMALLINT[]) AS s(slot)
+                 CROSS JOIN LATERAL (
+                     SELECT d.next_attempt_at AS at FROM deliveries d
+                     JOIN endpoints ep ON ep.id = d.endpoint_id
+                     WHERE d.slot = s.slot AND d.status = 'pending'
+                       AND d.next_attempt_at IS NOT NULL
+                     ORDER BY d.next_attempt_at
+                     LIMIT 1
+                 ) first",
                 &[&slots],
             )?
             .get(0))

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "log_parts",
         include_str!("../migrations/0007_log_parts.sql"),
     ),
+    (
+        8,
+        "delivery_slots",
+        include_str!("../migrations/0008_delivery_slots.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).
@@ -117,7 +122,7 @@ mod tests {
     use crate::scratch::ScratchServer;
 
     /// A log written before it was kept in parts is all in part 0, its rids known, its
-    /// numbers going on from where they were.
+    /// numbers going on from where they were; its deliveries then learn their slots.
     #[test]
     fn the_log_moves_into_parts_whole() {
         let server = ScratchServer::start(Default::default()).unwrap();
@@ -147,7 +152,7 @@ mod tests {
              VALUES (1, 1, 10, 5);",
         )
         .unwrap();
-        assert_eq!(apply(&mut conn, i64::MAX).unwrap(), 7);
+        assert_eq!(apply(&mut conn, 7).unwrap(), 7);
         let count =
             |conn: &mut Conn, sql: &str| -> i64 { conn.query_one(sql, &[]).unwrap().get(0) };
         assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events_p0"), 2);
@@ -167,6 +172,17 @@ mod tests {
         assert_eq!(count(&mut conn, "SELECT nextval('event_numbers')"), 3);
         assert_eq!(count(&mut conn, "SELECT nextval('delivery_numbers')"), 3);
         assert_eq!(count(&mut conn, "SELECT nextval('attempt_numbers')"), 2);
+
+        // Then every delivery takes its endpoint's slot.
+        assert_eq!(apply(&mut conn, i64::MAX).unwrap(), 8);
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT COUNT(*) FROM deliveries d JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.slot = ep.slot"
+            ),
+            2
+        );
         server.stop(true);
     }
 }

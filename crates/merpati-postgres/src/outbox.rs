@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use merpati_domain::ids::{DeviceId, EndpointId};
+use merpati_domain::slots::slot_of;
 
 use crate::conn::Conn;
 use crate::error::DbResult;
@@ -77,6 +78,7 @@ struct DeliveryColumns {
     created_at: Vec<i64>,
     order_key: Vec<Option<String>>,
     claimed_at: Vec<Option<i64>>,
+    slot: Vec<i16>,
 }
 
 impl Outbox {
@@ -112,6 +114,7 @@ impl Outbox {
         c.created_at.push(d.created_at);
         c.order_key.push(d.order_key.map(|k| k.to_string()));
         c.claimed_at.push(d.claimed_at);
+        c.slot.push(slot_of(d.endpoint_id) as i16);
     }
 
     /// Where the outbox is now, to go back to if what is added next is refused.
@@ -145,6 +148,7 @@ impl Outbox {
         d.created_at.truncate(mark.deliveries);
         d.order_key.truncate(mark.deliveries);
         d.claimed_at.truncate(mark.deliveries);
+        d.slot.truncate(mark.deliveries);
         self.busy = mark.busy;
     }
 
@@ -180,9 +184,10 @@ impl Outbox {
                  FROM new_events WHERE rid IS NOT NULL AND device_id IS NOT NULL
              )
              INSERT INTO deliveries (id, event_seq, endpoint_id, status, next_attempt_at,
-                                     created_at, order_key, claimed_at)
+                                     created_at, order_key, claimed_at, slot)
              SELECT * FROM UNNEST($12::BIGINT[], $13::BIGINT[], $14::TEXT[], $15::TEXT[],
-                                  $16::BIGINT[], $17::BIGINT[], $18::TEXT[], $19::BIGINT[])",
+                                  $16::BIGINT[], $17::BIGINT[], $18::TEXT[], $19::BIGINT[],
+                                  $20::SMALLINT[])",
             &[
                 &e.seq,
                 &e.id,
@@ -203,6 +208,7 @@ impl Outbox {
                 &d.created_at,
                 &d.order_key,
                 &d.claimed_at,
+                &d.slot,
             ],
         )?;
         Ok(())

@@ -51,8 +51,7 @@ fn void_leases(c: &mut Conn, slots: &[i16], now: i64) -> DbResult<usize> {
     Ok(c.execute(
         "UPDATE deliveries SET claimed_at = NULL, parked = FALSE,
                 next_attempt_at = LEAST(next_attempt_at, $1)
-         WHERE status = 'pending' AND (claimed_at IS NOT NULL OR parked)
-           AND endpoint_id IN (SELECT id FROM endpoints WHERE slot = ANY($2))",
+         WHERE slot = ANY($2) AND status = 'pending' AND (claimed_at IS NOT NULL OR parked)",
         &[&now, &slots],
     )? as usize)
 }
