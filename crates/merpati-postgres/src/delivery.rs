@@ -257,7 +257,7 @@ impl DeliveryStore for PostgresStore {
         limit: usize,
         lease_until: i64,
     ) -> StoreResult<Vec<DueDelivery>> {
-        self.write_checked(move |tx| {
+        self.write_lease(move |tx| {
             let (node, slots, epochs) = fence_params(&fence);
             // One round trip: rows another node is claiming at the same moment are skipped,
             // not waited for; a delivery whose endpoint was disabled since it was queued is

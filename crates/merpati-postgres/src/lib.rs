@@ -106,6 +106,10 @@ pub struct PostgresStore {
     /// The background writer: a connection of its own for the alert engine's writes and
     /// retention's, so that a long one never holds up ingest, claims and records.
     aside: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// The lease writer: a connection of its own for claims, committed without waiting
+    /// for the disk (see `write_lease`), so that a claim waits neither for a group of
+    /// requests nor for their flush.
+    leases: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     readers: ReadPool,
     commits: Arc<CommitStats>,
@@ -133,38 +137,45 @@ impl PostgresStore {
         let commits = Arc::new(CommitStats::default());
         let (tx, rx) = mpsc::channel(writer::WRITE_QUEUE);
         let outages = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        // The writers for requests and the background writer: the same loop, each on a
-        // queue of its own.
-        let writers_on = |queue| {
+        // The writers for requests, the background writer and the lease writer: the same
+        // loop, each on a queue of its own.
+        let writers_on = |queue, pass| {
             Arc::new(writer::Writers {
                 url: url.clone(),
                 sealer: sealer.clone(),
                 queue: Arc::new(Mutex::new(queue)),
                 stats: commits.clone(),
-                pass: ingest::store_requests,
+                pass,
                 outages: outages.clone(),
             })
         };
-        let writers = writers_on(rx);
+        let writers = writers_on(rx, ingest::store_requests);
         let (aside_tx, aside_rx) = mpsc::channel(writer::WRITE_QUEUE);
-        let aside = writers_on(aside_rx);
-        let mut threads = vec![std::thread::Builder::new()
-            .name("postgres-aside".into())
-            .spawn(move || writer::writer_loop(&aside, None))
-            .map_err(|e| StoreError::Internal(format!("cannot start a writer: {e}")))?];
+        let aside = writers_on(aside_rx, ingest::store_requests);
+        let (leases_tx, leases_rx) = mpsc::channel(writer::WRITE_QUEUE);
+        let leases = writers_on(leases_rx, writer::commit_without_flush);
+        let start = |name: &str, writers: Arc<writer::Writers>, conn| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || writer::writer_loop(&writers, conn))
+                .map_err(|e| StoreError::Internal(format!("cannot start a writer: {e}")))
+        };
+        let mut threads = vec![
+            start("postgres-aside", aside, None)?,
+            start("postgres-leases", leases, None)?,
+        ];
         let mut first = Some(conn);
         for i in 0..options.writers.max(1) {
-            let (writers, conn) = (writers.clone(), first.take());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("postgres-writer-{i}"))
-                    .spawn(move || writer::writer_loop(&writers, conn))
-                    .map_err(|e| StoreError::Internal(format!("cannot start a writer: {e}")))?,
-            );
+            threads.push(start(
+                &format!("postgres-writer-{i}"),
+                writers.clone(),
+                first.take(),
+            )?);
         }
         Ok(PostgresStore {
             writer: Mutex::new(Some(tx)),
             aside: Mutex::new(Some(aside_tx)),
+            leases: Mutex::new(Some(leases_tx)),
             threads: Mutex::new(threads),
             readers: ReadPool::start(url.clone(), sealer, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
@@ -253,6 +264,20 @@ impl PostgresStore {
         F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
     {
         self.submit_to(&self.aside, f, |t| t, Guard::Savepoint)
+            .await
+    }
+
+    /// As `write_checked`, on the lease writer: for a claim, a lease on deliveries that
+    /// may be lost without harm. Its commit does not wait for the disk; should PostgreSQL
+    /// crash before the flush, the deliveries are due again as before the claim (at least
+    /// once allows it), and any later durable commit, such as the record of an attempt the
+    /// claim led to, flushes it first.
+    pub(crate) async fn write_lease<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> DbResult<T> + Send + 'static,
+    {
+        self.submit_to(&self.leases, f, |t| t, Guard::ChecksFirst)
             .await
     }
 
@@ -353,6 +378,7 @@ impl Store for PostgresStore {
         // Dropping the last sender lets the writer finish its queue and exit.
         self.writer.lock().expect("writer lock").take();
         self.aside.lock().expect("writer lock").take();
+        self.leases.lock().expect("writer lock").take();
         self.closing
             .store(true, std::sync::atomic::Ordering::Release);
         let mut threads = self.readers.close();

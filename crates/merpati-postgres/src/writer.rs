@@ -394,6 +394,11 @@ fn commit_failed(e: DbError) -> StoreError {
 /// one pass); the writes it stores it marks done.
 pub(crate) type GroupPass = fn(&mut Tx<'_>, &mut [Box<dyn WriteJob>]) -> DbResult<()>;
 
+/// The lease writer's group pass: its commit returns without waiting for the flush.
+pub(crate) fn commit_without_flush(tx: &mut Tx<'_>, _: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+    tx.conn().batch("SET LOCAL synchronous_commit TO OFF")
+}
+
 pub(crate) fn run_group(
     conn: &mut Conn,
     state: &mut WriterState,
