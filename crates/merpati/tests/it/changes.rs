@@ -104,8 +104,13 @@ async fn events_outcomes_endpoints_and_jobs_are_told_once_committed() {
     app.sms(&m.device_token, 1).await;
     // Paused by its breaker, then resumed by the probe that succeeds.
     receiver.script([Answer::status(503), Answer::status(503)]);
-    app.sms(&m.device_token, 2).await;
-    app.sms(&m.device_token, 3).await;
+    let paused: Vec<String> = [
+        app.sms(&m.device_token, 2).await,
+        app.sms(&m.device_token, 3).await,
+    ]
+    .iter()
+    .map(|sent| sent["items"][0]["event_id"].as_str().unwrap().to_string())
+    .collect();
     let events = changes.next(stored).await;
     assert_eq!(events[0].1, "sms", "the second item, not the re-sent first");
     let pause = changes
@@ -132,6 +137,11 @@ async fn events_outcomes_endpoints_and_jobs_are_told_once_committed() {
             .then_some(())
         })
         .await;
+    // Both delivered before the receiver is made to answer otherwise.
+    for event_id in &paused {
+        let event = app.settled_event(&m.key, event_id).await;
+        assert_eq!(event["deliveries"][0]["status"], "succeeded", "{event}");
+    }
 
     // Disabled and enabled by hand.
     let (status, _) = app
