@@ -87,6 +87,27 @@ pub(crate) const CONTEXT_QUERY: &str =
      JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
      JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id";
 
+/// `query` (the context query or one made from it) over the devices named by two arrays,
+/// `$1` accounts and `$2` ids, each device found by its key (and locked, with `lock`, in the
+/// arrays' order). A join the planner made while the table was small looked each key up
+/// among its channel's devices, and was kept as the channel grew: 7 to 9 ms a presence
+/// group at 10,000 devices. The `LIMIT` keeps each look one probe of the key.
+pub(crate) fn by_keys(query: &str, lock: bool) -> String {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    query.replacen(
+        "FROM devices d",
+        &format!(
+            "FROM UNNEST($1::TEXT[], $2::TEXT[]) AS k(account_id, id)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM devices d
+                 WHERE d.account_id = k.account_id AND d.id = k.id
+                 LIMIT 1{lock}
+             ) d"
+        ),
+        1,
+    )
+}
+
 pub(crate) fn context_row(r: &Row) -> DbResult<DeviceContext> {
     Ok(DeviceContext {
         account_id: AccountId::from(r.get::<_, String>(0)),

@@ -20,7 +20,7 @@ use merpati_domain::{StoreError, StoreResult};
 use merpati_webhooks::Event;
 
 use crate::conn::Conn;
-use crate::devices::{context_row, presence_to_db, CONTEXT_QUERY};
+use crate::devices::{by_keys, context_row, presence_to_db, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::presence_machines;
@@ -96,20 +96,13 @@ fn contexts(
         .iter()
         .map(|w| (w.account_id.as_str(), w.device_id.as_str()))
         .unzip();
-    tx.query(
-        &format!(
-            "{CONTEXT_QUERY}
-             JOIN (SELECT DISTINCT * FROM UNNEST($1::TEXT[], $2::TEXT[])) AS k(account_id, id)
-               ON d.account_id = k.account_id AND d.id = k.id"
-        ),
-        &[&accounts, &devices],
-    )?
-    .iter()
-    .map(|r| {
-        let d = context_row(r)?;
-        Ok(((d.account_id.clone(), d.device_id.clone()), d))
-    })
-    .collect()
+    tx.query(&by_keys(CONTEXT_QUERY, false), &[&accounts, &devices])?
+        .iter()
+        .map(|r| {
+            let d = context_row(r)?;
+            Ok(((d.account_id.clone(), d.device_id.clone()), d))
+        })
+        .collect()
 }
 
 /// A period an announcement opens; `ended_at` when a later one of the same write closes it.

@@ -17,7 +17,7 @@ use postgres::Row;
 
 use crate::cluster::NOW_MS;
 use crate::conn::Conn;
-use crate::devices::{context_row, presence_from_db, CONTEXT_QUERY};
+use crate::devices::{by_keys, context_row, presence_from_db, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::writer::Tx;
 
@@ -66,11 +66,8 @@ fn load(tx: &mut Tx<'_>, keys: &[DeviceKey]) -> DbResult<Vec<Loaded>> {
     let devices: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
     tx.query(
         &format!(
-            "{} JOIN unnest($1::text[], $2::text[]) AS k(account_id, id)
-                 ON k.account_id = d.account_id AND k.id = d.id
-             ORDER BY d.account_id, d.id
-             FOR UPDATE OF d",
-            *MACHINE_QUERY
+            "{} ORDER BY d.account_id, d.id",
+            by_keys(&MACHINE_QUERY, true)
         ),
         &[&accounts, &devices],
     )?
