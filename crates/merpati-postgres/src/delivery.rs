@@ -262,7 +262,9 @@ impl DeliveryStore for PostgresStore {
             // One round trip: rows another node is claiming at the same moment are skipped,
             // not waited for; a delivery whose endpoint was disabled since it was queued is
             // held, to be released on re-enable; the others are leased. Each held slot is
-            // read on its own, in due order, so what other slots have waiting is never read.
+            // read on its own, in due order, so what other slots have waiting is never read,
+            // and each payload is one probe of its event (a plan made while the log was
+            // small hashed a scan of all of it, 13.8 ms a claim at 11,000 events).
             let found = tx.conn().query(
                 &format!(
                     "WITH {}, picked AS (
@@ -293,7 +295,10 @@ impl DeliveryStore for PostgresStore {
                                p.next_attempt_at AS due
                  )
                  SELECT c.id, c.attempts, e.id, e.payload, c.endpoint_id
-                 FROM claimed c JOIN events e ON e.seq = c.event_seq
+                 FROM claimed c
+                 CROSS JOIN LATERAL (
+                     SELECT e.id, e.payload FROM events e WHERE e.seq = c.event_seq LIMIT 1
+                 ) e
                  ORDER BY c.due, c.id",
                     fence_cte(4, 5, 6)
                 ),
