@@ -87,6 +87,10 @@ fn scope_id(scope: &HistoryScope) -> &str {
     }
 }
 
+/// The context query over keyed devices: made once, as it runs for every presence group.
+static CONTEXTS_QUERY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| by_keys(CONTEXT_QUERY, false));
+
 /// The devices' contexts (deleted devices absent), in one round trip.
 fn contexts(
     tx: &mut Tx<'_>,
@@ -96,7 +100,7 @@ fn contexts(
         .iter()
         .map(|w| (w.account_id.as_str(), w.device_id.as_str()))
         .unzip();
-    tx.query(&by_keys(CONTEXT_QUERY, false), &[&accounts, &devices])?
+    tx.query(&CONTEXTS_QUERY, &[&accounts, &devices])?
         .iter()
         .map(|r| {
             let d = context_row(r)?;

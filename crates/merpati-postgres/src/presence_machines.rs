@@ -32,6 +32,15 @@ static MACHINE_QUERY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The machine query over keyed devices, locked and in key order (see `load`): made once,
+/// as it runs for every presence group.
+static LOAD_QUERY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ORDER BY d.account_id, d.id",
+        by_keys(&MACHINE_QUERY, true)
+    )
+});
+
 fn loaded_row(r: &Row) -> DbResult<Loaded> {
     let context = context_row(r)?;
     let pending = r.get::<_, Option<i64>>(19).map(|since| Pending {
@@ -64,16 +73,10 @@ fn load(tx: &mut Tx<'_>, keys: &[DeviceKey]) -> DbResult<Vec<Loaded>> {
     sorted.dedup();
     let accounts: Vec<&str> = sorted.iter().map(|k| k.0.as_str()).collect();
     let devices: Vec<&str> = sorted.iter().map(|k| k.1.as_str()).collect();
-    tx.query(
-        &format!(
-            "{} ORDER BY d.account_id, d.id",
-            by_keys(&MACHINE_QUERY, true)
-        ),
-        &[&accounts, &devices],
-    )?
-    .iter()
-    .map(loaded_row)
-    .collect()
+    tx.query(&LOAD_QUERY, &[&accounts, &devices])?
+        .iter()
+        .map(loaded_row)
+        .collect()
 }
 
 fn key_of(r: &Row) -> DeviceKey {
