@@ -50,7 +50,7 @@ mod writer;
 use conn::Conn;
 use error::{closed, postgres_error, DbResult};
 use reader::ReadPool;
-use writer::{Guard, Job, Tx, WriteJob};
+use writer::{Commit, Guard, Job, Tx, WriteJob};
 
 /// How the database is used.
 #[derive(Debug, Clone)]
@@ -139,21 +139,22 @@ impl PostgresStore {
         let outages = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // The writers for requests, the background writer and the lease writer: the same
         // loop, each on a queue of its own.
-        let writers_on = |queue, pass| {
+        let writers_on = |queue, commit| {
             Arc::new(writer::Writers {
                 url: url.clone(),
                 sealer: sealer.clone(),
                 queue: Arc::new(Mutex::new(queue)),
                 stats: commits.clone(),
-                pass,
+                pass: ingest::store_requests,
+                commit,
                 outages: outages.clone(),
             })
         };
-        let writers = writers_on(rx, ingest::store_requests);
+        let writers = writers_on(rx, Commit::Durable);
         let (aside_tx, aside_rx) = mpsc::channel(writer::WRITE_QUEUE);
-        let aside = writers_on(aside_rx, ingest::store_requests);
+        let aside = writers_on(aside_rx, Commit::Durable);
         let (leases_tx, leases_rx) = mpsc::channel(writer::WRITE_QUEUE);
-        let leases = writers_on(leases_rx, writer::commit_without_flush);
+        let leases = writers_on(leases_rx, Commit::WithoutFlush);
         let start = |name: &str, writers: Arc<writer::Writers>, conn| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -513,6 +514,18 @@ mod tests {
         assert!(matches!(c, Err(StoreError::Internal(_))), "{c:?}");
         assert_eq!(scratch_rows(&store).await, [1, 3]);
         store.close().await;
+    }
+
+    /// Claims commit without waiting for the flush; every other write waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_lease_writer_commits_without_the_flush() {
+        let store = scratch_store().await;
+        let setting = |tx: &mut Tx<'_>| -> DbResult<String> {
+            Ok(tx.query_one("SHOW synchronous_commit", &[])?.get(0))
+        };
+        assert_eq!(store.write_lease(setting).await.unwrap(), "off");
+        assert_eq!(store.write(setting).await.unwrap(), "on");
+        assert_eq!(store.write_aside(setting).await.unwrap(), "on");
     }
 
     /// A checked write whose statement the server refused has aborted the transaction:

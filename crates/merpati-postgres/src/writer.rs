@@ -323,6 +323,7 @@ pub(crate) struct Writers {
     pub(crate) queue: Queue,
     pub(crate) stats: Arc<CommitStats>,
     pub(crate) pass: GroupPass,
+    pub(crate) commit: Commit,
     pub(crate) outages: Outages,
 }
 
@@ -347,6 +348,7 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
         queue,
         stats,
         pass,
+        commit,
         outages,
     } = w;
     let mut state = WriterState::default();
@@ -363,7 +365,7 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
             }
         };
         let started = std::time::Instant::now();
-        let committed = run_group(c, &mut state, &mut group, *pass);
+        let committed = run_group(c, &mut state, &mut group, *pass, *commit);
         state.forget();
         conn.used();
         match committed {
@@ -394,9 +396,23 @@ fn commit_failed(e: DbError) -> StoreError {
 /// one pass); the writes it stores it marks done.
 pub(crate) type GroupPass = fn(&mut Tx<'_>, &mut [Box<dyn WriteJob>]) -> DbResult<()>;
 
-/// The lease writer's group pass: its commit returns without waiting for the flush.
-pub(crate) fn commit_without_flush(tx: &mut Tx<'_>, _: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
-    tx.conn().batch("SET LOCAL synchronous_commit TO OFF")
+/// How a writer's groups commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Commit {
+    /// Answered once the commit is on disk (`synchronous_commit` on).
+    Durable,
+    /// Answered before the flush: for leases, which a crash may lose without harm.
+    WithoutFlush,
+}
+
+impl Commit {
+    /// What opens a group's transaction, in one round trip either way.
+    fn begin(self) -> &'static str {
+        match self {
+            Commit::Durable => "BEGIN",
+            Commit::WithoutFlush => "BEGIN; SET LOCAL synchronous_commit TO OFF",
+        }
+    }
 }
 
 pub(crate) fn run_group(
@@ -404,6 +420,7 @@ pub(crate) fn run_group(
     state: &mut WriterState,
     group: &mut [Box<dyn WriteJob>],
     pass: GroupPass,
+    commit: Commit,
 ) -> Result<(), StoreError> {
     let rollback = |conn: &mut Conn| {
         if let Err(DbError::Postgres(e)) = conn.batch("ROLLBACK") {
@@ -412,7 +429,7 @@ pub(crate) fn run_group(
             }
         }
     };
-    conn.batch("BEGIN").map_err(commit_failed)?;
+    conn.batch(commit.begin()).map_err(commit_failed)?;
     state.end_write();
     let passed = {
         let mut tx = Tx::new(conn, state);
