@@ -168,20 +168,17 @@ impl KeptConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scratch::ScratchServer;
 
     /// Every connection of the store gives up on a lock after a while, and never compiles
     /// a plan: the server's defaults would do both.
     #[test]
     fn a_connection_waits_for_locks_a_while_and_compiles_no_plan() {
-        let server = ScratchServer::start(Default::default()).unwrap();
-        let url = server.empty_database().unwrap();
+        let url = crate::scratch::shared().empty_database().unwrap();
         let mut conn = Conn::connect(&url, Arc::new(Sealer::ephemeral())).unwrap();
         let show = |conn: &mut Conn, what: &str| -> String {
             conn.query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
         };
         assert_eq!(show(&mut conn, "jit"), "off");
         assert_eq!(show(&mut conn, "lock_timeout"), "5s");
-        server.stop(true);
     }
 }

@@ -399,12 +399,8 @@ impl Store for PostgresStore {
 mod tests {
     use super::*;
     use crate::scratch::ScratchServer;
-    use std::sync::OnceLock;
 
-    fn server() -> &'static ScratchServer {
-        static SERVER: OnceLock<ScratchServer> = OnceLock::new();
-        SERVER.get_or_init(|| ScratchServer::start(Default::default()).unwrap())
-    }
+    use crate::scratch::shared as server;
 
     fn one_writer() -> Options {
         Options {

@@ -119,14 +119,12 @@ mod tests {
     use merpati_keyring::Sealer;
 
     use super::*;
-    use crate::scratch::ScratchServer;
 
     /// A log written before it was kept in parts is all in part 0, its rids known, its
     /// numbers going on from where they were; its deliveries then learn their slots.
     #[test]
     fn the_log_moves_into_parts_whole() {
-        let server = ScratchServer::start(Default::default()).unwrap();
-        let url = server.empty_database().unwrap();
+        let url = crate::scratch::shared().empty_database().unwrap();
         let mut conn = Conn::connect(&url, Arc::new(Sealer::ephemeral())).unwrap();
         migrate(&mut conn).unwrap();
         conn.batch("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
@@ -183,6 +181,5 @@ mod tests {
             ),
             2
         );
-        server.stop(true);
     }
 }

@@ -206,6 +206,14 @@ impl ScratchServer {
     }
 }
 
+/// One server for the crate's unit tests, started by the first that asks; each test takes
+/// a database of its own.
+#[cfg(test)]
+pub(crate) fn shared() -> &'static ScratchServer {
+    static SERVER: std::sync::OnceLock<ScratchServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| ScratchServer::start(Default::default()).unwrap())
+}
+
 impl Drop for ScratchServer {
     fn drop(&mut self) {
         self.stop(false);
