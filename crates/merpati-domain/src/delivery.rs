@@ -69,8 +69,14 @@ pub struct Disabled {
 /// takes one, so that a fresh delivery costs neither a claim nor a read of its payload.
 pub trait Reservation: Send {
     /// Takes room for one more delivery to the endpoint, if the worker has any and this
-    /// node owns the endpoint's slot; the others are stored due, for their owner to claim.
+    /// node owns the endpoint's slot.
     fn take_room(&mut self, endpoint: &EndpointId) -> bool;
+    /// For a delivery `take_room` did not take: until when it is offered to the node that
+    /// holds the endpoint's slot, when that is another node ([`crate::slots::OFFER_MS`]).
+    /// None when the slot is this node's and its worker had no room: it is stored due.
+    fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64>;
+    /// A delivery stored offered; named to its slot's owner once the write commits.
+    fn offered(&mut self, endpoint: &EndpointId, delivery: DeliveryId);
     /// Until when a delivery handed over is leased to the worker.
     fn lease_until(&self) -> i64;
     /// A delivery leased to the worker, in room taken before.
@@ -93,6 +99,15 @@ pub trait DeliveryStore: Send + Sync {
     ) -> StoreResult<Vec<DueDelivery>>;
     /// When the earliest pending delivery of the fence's slots is due, if any.
     async fn next_due_at(&self, fence: Arc<Fence>) -> StoreResult<Option<i64>>;
+    /// Those of `deliveries` still offered at `now` (pending, leased, the lease not run
+    /// out), with what their attempts need: a read, for the owner of their slot, which
+    /// another node told of them. Those no longer offered (attempted since, or due again)
+    /// are left to claims.
+    async fn read_offered(
+        &self,
+        deliveries: Vec<DeliveryId>,
+        now: i64,
+    ) -> StoreResult<Vec<DueDelivery>>;
     /// Records the attempts, each delivery's next step ([`outcome`]) and its endpoint's
     /// health ([`disable_reason`]): a success clears its failing streak; a 410, or failing
     /// without a success for `disable_after_ms`, disables it (holding its pending

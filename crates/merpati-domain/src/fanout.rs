@@ -61,6 +61,9 @@ pub enum Place {
     Due,
     /// Due now and leased to the worker until the given time, handed over once committed.
     Leased(i64),
+    /// Due now, of a slot another node holds: leased to that node until the given time,
+    /// and offered to it once committed.
+    Offered(i64),
 }
 
 /// Held while the endpoint is disabled; waiting when an earlier delivery of the same device
@@ -79,7 +82,7 @@ pub fn place<E>(
 }
 
 /// A delivery due now goes straight to the worker while it has room and owns the
-/// endpoint's slot.
+/// endpoint's slot, and is offered to the slot's owner when another node owns it.
 pub fn hand_over(
     place: Place,
     endpoint: &EndpointId,
@@ -89,6 +92,8 @@ pub fn hand_over(
         (Place::Due, Some(r)) => {
             if r.take_room(endpoint) {
                 Place::Leased(r.lease_until())
+            } else if let Some(until) = r.offer_until(endpoint) {
+                Place::Offered(until)
             } else {
                 Place::Due
             }
@@ -186,6 +191,10 @@ mod tests {
         fn lease_until(&self) -> i64 {
             99
         }
+        fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64> {
+            (endpoint.as_str() == "ep_elsewhere").then_some(7)
+        }
+        fn offered(&mut self, _endpoint: &EndpointId, _delivery: crate::ids::DeliveryId) {}
         fn push(&mut self, delivery: DueDelivery) {
             self.1.push(delivery);
         }
@@ -193,7 +202,7 @@ mod tests {
     }
 
     #[test]
-    fn only_what_is_due_is_handed_over_and_only_while_there_is_room() {
+    fn what_is_due_is_handed_over_while_there_is_room_or_offered_to_its_slots_owner() {
         let mut room = Room(1, Vec::new());
         let ep = EndpointId::from("ep_here");
         assert_eq!(hand_over(Place::Held, &ep, Some(&mut room)), Place::Held);
@@ -204,7 +213,7 @@ mod tests {
         assert_eq!(hand_over(Place::Due, &ep, None), Place::Due);
         assert_eq!(
             hand_over(Place::Due, &"ep_elsewhere".into(), Some(&mut room)),
-            Place::Due,
+            Place::Offered(7),
             "another node owns its slot"
         );
         assert_eq!(
@@ -215,6 +224,11 @@ mod tests {
             hand_over(Place::Due, &ep, Some(&mut room)),
             Place::Due,
             "no room left"
+        );
+        assert_eq!(
+            hand_over(Place::Waiting, &"ep_elsewhere".into(), Some(&mut room)),
+            Place::Waiting,
+            "only what is due now is offered"
         );
     }
 

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::ids::EndpointId;
+use crate::ids::{DeliveryId, EndpointId};
 
 /// How many slots the endpoints are hashed into: far more than nodes, so that each node's
 /// share is even, and few enough that a node's whole fence is a short list.
@@ -126,6 +126,19 @@ pub struct SlotsTaken {
     pub released: usize,
 }
 
+/// How long a delivery made due on one node stays leased to the owner of its slot on
+/// another, which is told its id ([`Offer`]) and reads it rather than claims it: long enough
+/// for the owner to read it, short enough that an offer lost on the way costs no more than
+/// the owner's fallback wake. Past it, the delivery is due and claimed as any other.
+pub const OFFER_MS: i64 = 1000;
+
+/// Deliveries of a slot stored on one node, offered to the slot's owner ([`OFFER_MS`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offer {
+    pub slot: Slot,
+    pub deliveries: Vec<DeliveryId>,
+}
+
 #[async_trait::async_trait]
 pub trait SlotStore: Send + Sync {
     /// As `node`, whose lease must be live: takes each of `wanted` that no live node holds
@@ -143,13 +156,17 @@ pub trait SlotStore: Send + Sync {
     /// Every slot that has been held, and by whom.
     async fn slot_leases(&self) -> crate::StoreResult<Vec<SlotLease>>;
 
-    /// Tells the owners of these slots that deliveries of theirs are due now. A no-op where
-    /// one node is all there is.
-    async fn wake_slot_owners(&self, slots: Vec<Slot>) -> crate::StoreResult<()>;
+    /// Tells the owners of these slots of the deliveries offered to them. A no-op where one
+    /// node is all there is.
+    async fn offer_to_owners(&self, offers: Vec<Offer>) -> crate::StoreResult<()>;
 
-    /// Calls `wake` with the slots named each time another node wakes their owners, until
-    /// the store closes. Nothing where one node is all there is.
-    fn listen_for_due(&self, wake: Box<dyn Fn(Vec<Slot>) + Send + Sync>) -> crate::StoreResult<()>;
+    /// Calls `take` with the offers each time another node makes them, until the store
+    /// closes; an offer naming no delivery (as after a lost connection, for every slot)
+    /// means: look for what is due. Nothing where one node is all there is.
+    fn listen_for_offers(
+        &self,
+        take: Box<dyn Fn(Vec<Offer>) + Send + Sync>,
+    ) -> crate::StoreResult<()>;
 }
 
 #[cfg(test)]

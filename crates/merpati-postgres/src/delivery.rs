@@ -10,12 +10,13 @@ use merpati_domain::delivery::{
     DeliveryStore, Disabled, DueDelivery, Recorded,
 };
 use merpati_domain::device::Scope;
-use merpati_domain::endpoint::StoredBreaker;
+use merpati_domain::endpoint::{StoredBreaker, Target};
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence};
 use merpati_domain::StoreResult;
 
+use crate::endpoint_cache::load_targets;
 use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, lock_queues, NewEvent};
@@ -248,6 +249,21 @@ fn record_batch(
     Ok(recorded)
 }
 
+/// The deliveries named that are still offered (pending, leased, the lease not run out),
+/// in the order named, with their events' payloads: each one probe of its key.
+const READ_OFFERED: &str = "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id
+     FROM UNNEST($1::BIGINT[]) WITH ORDINALITY AS o(id, n)
+     CROSS JOIN LATERAL (
+         SELECT d.id, d.attempts, d.event_seq, d.endpoint_id FROM deliveries d
+         WHERE d.id = o.id AND d.status = 'pending' AND d.claimed_at IS NOT NULL
+           AND d.next_attempt_at > $2
+         LIMIT 1
+     ) d
+     CROSS JOIN LATERAL (
+         SELECT e.id, e.payload FROM events e WHERE e.seq = d.event_seq LIMIT 1
+     ) e
+     ORDER BY o.n";
+
 #[async_trait::async_trait]
 impl DeliveryStore for PostgresStore {
     async fn claim_due(
@@ -316,6 +332,44 @@ impl DeliveryStore for PostgresStore {
                 });
             }
             Ok(due)
+        })
+        .await
+    }
+
+    async fn read_offered(
+        &self,
+        deliveries: Vec<DeliveryId>,
+        now: i64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = deliveries.iter().map(|d| d.0).collect();
+        self.read(move |c| {
+            let found = c.query(READ_OFFERED, &[&ids, &now])?;
+            let endpoints: Vec<EndpointId> = found
+                .iter()
+                .map(|r| EndpointId::from(r.get::<_, String>(4)))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let targets: HashMap<EndpointId, Arc<Target>> = load_targets(c, &endpoints, now)?
+                .into_iter()
+                .map(|(id, target)| (id, Arc::new(target)))
+                .collect();
+            Ok(found
+                .iter()
+                .filter_map(|r| {
+                    let endpoint = targets.get(r.get::<_, &str>(4))?;
+                    Some(DueDelivery {
+                        delivery_id: DeliveryId(r.get(0)),
+                        attempt: r.get::<_, i64>(1) + 1,
+                        event_id: EventId::from(r.get::<_, String>(2)),
+                        payload: r.get::<_, &str>(3).into(),
+                        endpoint: endpoint.clone(),
+                    })
+                })
+                .collect())
         })
         .await
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use merpati_domain::endpoint::{BodyFormat, StoredBreaker, Subscription, Target};
 use merpati_domain::ids::{AccountId, EndpointId};
+use merpati_domain::StoreError;
 
 use crate::conn::Conn;
 use crate::error::DbResult;
@@ -78,40 +79,60 @@ fn load_subscriptions(c: &mut Conn, account: &AccountId) -> DbResult<Vec<Subscri
         .collect()
 }
 
+/// The targets of endpoints, with the secrets live at `now`, in one round trip: each
+/// endpoint one probe of its key, its live secrets newest first.
+const TARGETS: &str =
+    "SELECT ep.id, ep.account_id, ep.url, ep.format, ep.secret_in_body, ep.headers,
+            ep.max_concurrency, ep.rate_limit, ep.ordering, ep.breaker_until,
+            ep.breaker_cooldown_ms,
+            ARRAY(SELECT s.secret FROM endpoint_secrets s
+                  WHERE s.endpoint_id = ep.id AND (s.expires_at IS NULL OR s.expires_at > $2)
+                  ORDER BY s.created_at DESC, s.id DESC)
+     FROM UNNEST($1::TEXT[]) AS k(id)
+     CROSS JOIN LATERAL (SELECT * FROM endpoints ep WHERE ep.id = k.id LIMIT 1) ep";
+
 /// An endpoint's target, with the secrets live at `now`.
 pub(crate) fn load_target(c: &mut Conn, endpoint: &EndpointId, now: i64) -> DbResult<Target> {
-    let r = c.query_one(
-        "SELECT account_id, url, format, secret_in_body, headers, max_concurrency,
-                rate_limit, ordering, breaker_until, breaker_cooldown_ms
-         FROM endpoints WHERE id = $1",
-        &[&endpoint.as_str()],
-    )?;
-    let headers = c.open(&format!("endpoints.headers:{endpoint}"), r.get(4))?;
-    let secrets = c
-        .query(
-            "SELECT secret FROM endpoint_secrets
-             WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > $2)
-             ORDER BY created_at DESC, id DESC",
-            &[&endpoint.as_str(), &now],
-        )?
-        .iter()
-        .map(|s| c.open(&format!("endpoint_secrets.secret:{endpoint}"), s.get(0)))
-        .collect::<DbResult<Vec<String>>>()?;
-    let format: &str = r.get(2);
-    Ok(Target {
-        id: endpoint.clone(),
-        account_id: AccountId::from(r.get::<_, String>(0)),
-        url: r.get(1),
-        format: BodyFormat::parse(format).unwrap_or(BodyFormat::Json),
-        secret_in_body: r.get(3),
-        headers: json_column(&headers)?,
-        secrets,
-        max_concurrency: r.get::<_, Option<i64>>(5).map(|n| n as u32),
-        rate_limit: r.get::<_, Option<i64>>(6).map(|n| n as u32),
-        ordered: r.get::<_, Option<&str>>(7) == Some("device"),
-        breaker: match (r.get(8), r.get(9)) {
-            (Some(until), Some(cooldown_ms)) => Some(StoredBreaker { until, cooldown_ms }),
-            _ => None,
-        },
-    })
+    load_targets(c, std::slice::from_ref(endpoint), now)?
+        .remove(endpoint)
+        .ok_or_else(|| StoreError::Internal(format!("endpoint {endpoint} is gone")).into())
+}
+
+/// The targets of those of `endpoints` that exist, with the secrets live at `now`.
+pub(crate) fn load_targets(
+    c: &mut Conn,
+    endpoints: &[EndpointId],
+    now: i64,
+) -> DbResult<HashMap<EndpointId, Target>> {
+    let ids: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
+    let rows = c.query(TARGETS, &[&ids, &now])?;
+    let mut targets = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let endpoint = EndpointId::from(r.get::<_, String>(0));
+        let headers = c.open(&format!("endpoints.headers:{endpoint}"), r.get(5))?;
+        let secrets = r
+            .get::<_, Vec<String>>(11)
+            .iter()
+            .map(|s| c.open(&format!("endpoint_secrets.secret:{endpoint}"), s))
+            .collect::<DbResult<Vec<String>>>()?;
+        let format: &str = r.get(3);
+        let target = Target {
+            id: endpoint.clone(),
+            account_id: AccountId::from(r.get::<_, String>(1)),
+            url: r.get(2),
+            format: BodyFormat::parse(format).unwrap_or(BodyFormat::Json),
+            secret_in_body: r.get(4),
+            headers: json_column(&headers)?,
+            secrets,
+            max_concurrency: r.get::<_, Option<i64>>(6).map(|n| n as u32),
+            rate_limit: r.get::<_, Option<i64>>(7).map(|n| n as u32),
+            ordered: r.get::<_, Option<&str>>(8) == Some("device"),
+            breaker: match (r.get(9), r.get(10)) {
+                (Some(until), Some(cooldown_ms)) => Some(StoredBreaker { until, cooldown_ms }),
+                _ => None,
+            },
+        };
+        targets.insert(endpoint, target);
+    }
+    Ok(targets)
 }

@@ -63,8 +63,8 @@ pub(crate) struct Handing<'a> {
 }
 
 /// Creates one delivery per endpoint the event goes to; with `handing`, those due now are
-/// leased to the worker while it has room. Returns how many are due now and not handed
-/// over.
+/// leased to the worker while it has room, or offered to their slot's owner when another
+/// node owns it. Returns how many are due now and neither handed over nor offered.
 pub(crate) fn fan_out(
     tx: &mut Tx<'_>,
     subs: &[Subscription],
@@ -105,6 +105,7 @@ pub(crate) fn fan_out(
                     endpoint: target,
                 });
             }
+            (Place::Offered(_), Some(h)) => h.reservation.offered(planned.endpoint_id, delivery),
             (Place::Due, _) => due += 1,
             _ => {}
         }
@@ -138,7 +139,7 @@ fn insert_delivery(
         Place::Held => ("held", None, None),
         Place::Waiting => ("pending", None, None),
         Place::Due => ("pending", Some(now), None),
-        Place::Leased(until) => ("pending", Some(until), Some(now)),
+        Place::Leased(until) | Place::Offered(until) => ("pending", Some(until), Some(now)),
     };
     let id = tx.next_delivery_id()?;
     tx.state.outbox.add_delivery(DeliveryRow {

@@ -1,22 +1,22 @@
-//! The node's ear: one connection that LISTENs for other nodes telling the owners of slots
-//! that deliveries are due, on a thread of its own until the store closes. A notification
-//! lost while the connection was down costs at most the worker's fallback wake (a second):
-//! after reconnecting, every slot is taken as woken.
+//! The node's ear: one connection that LISTENs for other nodes offering the owners of slots
+//! the deliveries they stored (`merpati_domain::slots::Offer`), on a thread of its own
+//! until the store closes. An offer lost while the connection was down costs at most its
+//! lease (a second): after reconnecting, every slot is taken as woken.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use merpati_domain::slots::{Slot, SLOTS};
+use merpati_domain::slots::{Offer, SLOTS};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use crate::slots::{parse_due, DUE_CHANNEL};
+use crate::slots::{parse_offers, DUE_CHANNEL};
 
 /// How often the thread looks whether the store is closing.
 const POLL: Duration = Duration::from_millis(200);
 
-pub(crate) type Wake = Box<dyn Fn(Vec<Slot>) + Send + Sync>;
+pub(crate) type Wake = Box<dyn Fn(Vec<Offer>) + Send + Sync>;
 
 pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
     let mut first = true;
@@ -33,21 +33,28 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
             }
         };
         if !first {
-            wake((0..SLOTS).collect());
+            wake(
+                (0..SLOTS)
+                    .map(|slot| Offer {
+                        slot,
+                        deliveries: Vec::new(),
+                    })
+                    .collect(),
+            );
         }
         first = false;
         while !stop.load(Ordering::Acquire) {
-            let mut slots = Vec::new();
+            let mut offers = Vec::new();
             let mut notes = client.notifications();
             let first = notes.timeout_iter(POLL).next();
             let lost = match first {
                 Ok(Some(note)) => {
-                    slots.extend(parse_due(note.payload()));
+                    offers.extend(parse_offers(note.payload()));
                     // What else has come already goes with it.
                     let mut pending = notes.iter();
                     loop {
                         match pending.next() {
-                            Ok(Some(note)) => slots.extend(parse_due(note.payload())),
+                            Ok(Some(note)) => offers.extend(parse_offers(note.payload())),
                             Ok(None) => break false,
                             Err(_) => break true,
                         }
@@ -57,10 +64,8 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
                 Err(_) => true,
             };
             drop(notes);
-            if !slots.is_empty() {
-                slots.sort_unstable();
-                slots.dedup();
-                wake(slots);
+            if !offers.is_empty() {
+                wake(offers);
             }
             if lost || client.is_closed() {
                 break;

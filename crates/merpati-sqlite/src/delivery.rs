@@ -2,6 +2,7 @@
 //! endpoint's health, parking and taking back. The outcome, the health verdict and the
 //! notice of a disabled endpoint are the domain's rules; this runs their statements.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use merpati_domain::delivery::{
@@ -9,13 +10,14 @@ use merpati_domain::delivery::{
     DeliveryStore, Disabled, DueDelivery, Recorded,
 };
 use merpati_domain::device::Scope;
-use merpati_domain::endpoint::StoredBreaker;
+use merpati_domain::endpoint::{StoredBreaker, Target};
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence, SLOTS};
 use merpati_domain::StoreResult;
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 
+use crate::endpoint_cache::load_target;
 use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, NewEvent};
@@ -220,6 +222,58 @@ impl DeliveryStore for SqliteStore {
                     event_id,
                     payload: payload.into(),
                     endpoint: tx.target(&endpoint, now)?,
+                });
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn read_offered(
+        &self,
+        deliveries: Vec<DeliveryId>,
+        now: i64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let mut offered = c.prepare_cached(
+                "SELECT d.attempts, e.id, e.payload, d.endpoint_id
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.id = ?1 AND d.status = 'pending' AND d.claimed_at IS NOT NULL
+                   AND d.next_attempt_at > ?2",
+            )?;
+            let mut targets: HashMap<EndpointId, Arc<Target>> = HashMap::new();
+            let mut due = Vec::new();
+            for delivery in deliveries {
+                let found = offered
+                    .query_row(params![delivery.0, now], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            id::<EventId>(r, 1)?,
+                            r.get::<_, String>(2)?,
+                            id::<EndpointId>(r, 3)?,
+                        ))
+                    })
+                    .optional()?;
+                let Some((attempts, event_id, payload, endpoint)) = found else {
+                    continue;
+                };
+                let target = match targets.get(&endpoint) {
+                    Some(target) => target.clone(),
+                    None => {
+                        let target = Arc::new(load_target(c, &endpoint, now)?.0);
+                        targets.insert(endpoint, target.clone());
+                        target
+                    }
+                };
+                due.push(DueDelivery {
+                    delivery_id: delivery,
+                    attempt: attempts + 1,
+                    event_id,
+                    payload: payload.into(),
+                    endpoint: target,
                 });
             }
             Ok(due)

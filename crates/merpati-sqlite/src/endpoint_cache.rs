@@ -120,7 +120,11 @@ fn load_subscriptions(c: &Connection, account: &AccountId) -> DbResult<Vec<Subsc
 }
 
 /// The target, and the earliest time one of its live secrets expires.
-fn load_target(c: &Connection, endpoint: &EndpointId, now: i64) -> DbResult<(Target, Option<i64>)> {
+pub(crate) fn load_target(
+    c: &Connection,
+    endpoint: &EndpointId,
+    now: i64,
+) -> DbResult<(Target, Option<i64>)> {
     let (account, url, format, secret_in_body, headers, max_concurrency, rate_limit, ordering) = c
         .prepare_cached(
             "SELECT account_id, url, format, secret_in_body,

@@ -78,8 +78,8 @@ pub(crate) struct Handing<'a> {
 }
 
 /// Creates one delivery per endpoint the event goes to; with `handing`, those due now are
-/// leased to the worker while it has room. Returns how many are due now and not handed
-/// over.
+/// leased to the worker while it has room, or offered to their slot's owner when another
+/// node owns it. Returns how many are due now and neither handed over nor offered.
 pub(crate) fn fan_out(
     tx: &mut Tx<'_>,
     subs: &[Subscription],
@@ -118,6 +118,7 @@ pub(crate) fn fan_out(
                     endpoint: target,
                 });
             }
+            (Place::Offered(_), Some(h)) => h.reservation.offered(planned.endpoint_id, delivery),
             (Place::Due, _) => due += 1,
             _ => {}
         }
@@ -151,7 +152,7 @@ fn insert_delivery(
         Place::Held => ("held", None, None),
         Place::Waiting => ("pending", None, None),
         Place::Due => ("pending", Some(now), None),
-        Place::Leased(until) => ("pending", Some(until), Some(now)),
+        Place::Leased(until) | Place::Offered(until) => ("pending", Some(until), Some(now)),
     };
     c.prepare_cached(
         "INSERT INTO deliveries (event_seq, endpoint_id, status, next_attempt_at, created_at,

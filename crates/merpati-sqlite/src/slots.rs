@@ -2,7 +2,7 @@
 //! when it starts (voiding what a stopped run had leased); the statements are those of a
 //! cluster all the same, so that both backends keep one contract.
 
-use merpati_domain::slots::{slot_of, Fence, Slot, SlotLease, SlotStore, SlotsTaken, SLOTS};
+use merpati_domain::slots::{slot_of, Fence, Offer, Slot, SlotLease, SlotStore, SlotsTaken, SLOTS};
 use merpati_domain::StoreResult;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection};
@@ -148,11 +148,11 @@ impl SlotStore for SqliteStore {
         .await
     }
 
-    async fn wake_slot_owners(&self, _slots: Vec<Slot>) -> StoreResult<()> {
+    async fn offer_to_owners(&self, _offers: Vec<Offer>) -> StoreResult<()> {
         Ok(())
     }
 
-    fn listen_for_due(&self, _wake: Box<dyn Fn(Vec<Slot>) + Send + Sync>) -> StoreResult<()> {
+    fn listen_for_offers(&self, _take: Box<dyn Fn(Vec<Offer>) + Send + Sync>) -> StoreResult<()> {
         Ok(())
     }
 }

@@ -55,6 +55,7 @@ macro_rules! contract_suite {
             claims::a_claim_leases_until_the_lease_ends,
             claims::a_takeover_voids_the_leases_and_what_lanes_parked,
             claims::handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise,
+            claims::offered_deliveries_are_read_while_the_offer_holds_then_claimed,
             claims::parked_deliveries_wait_until_taken_back,
             claims::a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one,
             claims::a_fenced_out_success_leaves_the_failing_streak,

@@ -10,7 +10,7 @@ use merpati_domain::device::{Business, Channel, Device, DeviceContext, Presence}
 use merpati_domain::endpoint::{BodyFormat, Endpoint};
 use merpati_domain::event::{DeliveryDetail, EventDetail};
 use merpati_domain::ids::{
-    token_hash, AccountId, BusinessId, ChannelId, DeviceId, EndpointId, EventId,
+    token_hash, AccountId, BusinessId, ChannelId, DeliveryId, DeviceId, EndpointId, EventId,
 };
 use merpati_domain::ingest::{canonical_digest, rid_key, IngestResult, PreparedItem};
 use merpati_domain::retry::NextStep;
@@ -215,12 +215,15 @@ pub fn sms_from(device: &DeviceContext, rid: Rid, phone: &str, message: &str) ->
 }
 
 /// The worker's room as a case sees it: `free` deliveries' worth, and what was handed over
-/// once the write committed.
+/// once the write committed; with an offer, what it had no room for is offered to another
+/// node until then, and what was offered once committed is kept too.
 #[derive(Clone)]
 pub struct Room {
     free: Arc<Mutex<usize>>,
     pub handed: Arc<Mutex<Vec<DueDelivery>>>,
     lease_until: i64,
+    offer_until: Option<i64>,
+    pub offered: Arc<Mutex<Vec<DeliveryId>>>,
 }
 
 impl Room {
@@ -229,6 +232,16 @@ impl Room {
             free: Arc::new(Mutex::new(free)),
             handed: Arc::default(),
             lease_until,
+            offer_until: None,
+            offered: Arc::default(),
+        }
+    }
+
+    /// No room here: every delivery due now is offered to another node until `until`.
+    pub fn offering(until: i64) -> Room {
+        Room {
+            offer_until: Some(until),
+            ..Room::new(0, 0)
         }
     }
 
@@ -242,6 +255,7 @@ impl Room {
             room: self.clone(),
             taken: 0,
             pushed: Vec::new(),
+            offered: Vec::new(),
         })
     }
 
@@ -254,6 +268,7 @@ struct Reserved {
     room: Room,
     taken: usize,
     pushed: Vec<DueDelivery>,
+    offered: Vec<DeliveryId>,
 }
 
 impl Reservation for Reserved {
@@ -271,6 +286,14 @@ impl Reservation for Reserved {
         self.room.lease_until
     }
 
+    fn offer_until(&mut self, _endpoint: &EndpointId) -> Option<i64> {
+        self.room.offer_until
+    }
+
+    fn offered(&mut self, _endpoint: &EndpointId, delivery: DeliveryId) {
+        self.offered.push(delivery);
+    }
+
     fn push(&mut self, delivery: DueDelivery) {
         self.pushed.push(delivery);
     }
@@ -279,6 +302,8 @@ impl Reservation for Reserved {
         self.taken = 0;
         let pushed = std::mem::take(&mut self.pushed);
         self.room.handed.lock().unwrap().extend(pushed);
+        let offered = std::mem::take(&mut self.offered);
+        self.room.offered.lock().unwrap().extend(offered);
     }
 }
 

@@ -198,14 +198,6 @@ pub async fn start(
         "joined the nodes of the database"
     );
     {
-        let (ownership, waker) = (ownership.clone(), waker.clone());
-        store.listen_for_due(Box::new(move |slots| {
-            if ownership.takes_any(&slots) {
-                waker.wake();
-            }
-        }))?;
-    }
-    {
         let (shutdown, failed) = (shutdown.clone(), failed.clone());
         tasks.spawn(async move {
             if let Err(e) = membership.run().await {
@@ -224,6 +216,28 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let announced = Arc::new(tokio::sync::Notify::new());
     let (handoff, inbox, owners_to_wake) = delivery::handoff(&config.delivery, ownership.clone());
+    // Offers of other nodes go to the worker; a wake naming none makes it look for what
+    // is due.
+    {
+        let (ownership, waker, handoff) = (ownership.clone(), waker.clone(), handoff.clone());
+        store.listen_for_offers(Box::new(move |offers| {
+            let mut look = false;
+            let mut mine = Vec::new();
+            for offer in offers {
+                if !ownership.takes_any(&[offer.slot]) {
+                    continue;
+                }
+                if offer.deliveries.is_empty() {
+                    look = true;
+                }
+                mine.extend(offer.deliveries);
+            }
+            handoff.offered(mine);
+            if look {
+                waker.wake();
+            }
+        }))?;
+    }
     let mailer = mailer(&config)?;
     spawn_essential(
         &tasks,

@@ -4,16 +4,18 @@
 //! The worker's room bounds what it holds: one permit per delivery it may hold, shared by
 //! ingest and the worker's claims. With no room, deliveries are stored due and the worker
 //! claims them from the store as it catches up. Deliveries of slots another node holds are
-//! stored due, and that node is woken once the write commits ([`OwnersToWake`]).
+//! stored leased to that node for a short offer (`merpati_domain::slots::OFFER_MS`), and
+//! their ids are sent to it once the write commits ([`OwnersToWake`]): it reads them
+//! rather than claims them ([`Inbox::offered`]), and claims them only if it never does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use merpati_domain::delivery::{DueDelivery, Reservation};
-use merpati_domain::ids::EndpointId;
-use merpati_domain::slots::{slot_of, Slot};
+use merpati_domain::ids::{DeliveryId, EndpointId};
+use merpati_domain::slots::{slot_of, Offer, Slot, OFFER_MS};
 use merpati_domain::SharedStore;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -49,14 +51,19 @@ pub struct Handoff {
     /// How long a delivery handed over stays leased to this run of the worker.
     lease: Duration,
     ownership: Arc<Ownership>,
-    /// Slots of other nodes that writes made deliveries due for.
-    elsewhere: mpsc::UnboundedSender<BTreeSet<Slot>>,
+    /// Deliveries writes here offered to the owners of other nodes' slots.
+    elsewhere: mpsc::UnboundedSender<Offers>,
+    /// Deliveries other nodes offered to this one.
+    offered: mpsc::UnboundedSender<Vec<DeliveryId>>,
 }
 
-/// Wakes the owners of slots held elsewhere for which writes here made deliveries due:
-/// one notification at a time, with every slot named since the last.
+/// Deliveries offered, by slot.
+type Offers = BTreeMap<Slot, Vec<DeliveryId>>;
+
+/// Tells the owners of slots held elsewhere of the deliveries writes here offered them:
+/// one notification at a time, with every offer made since the last.
 pub struct OwnersToWake {
-    slots: mpsc::UnboundedReceiver<BTreeSet<Slot>>,
+    offers: mpsc::UnboundedReceiver<Offers>,
 }
 
 impl OwnersToWake {
@@ -66,15 +73,24 @@ impl OwnersToWake {
         loop {
             let got = tokio::select! {
                 () = shutdown.cancelled() => return,
-                n = self.slots.recv_many(&mut batch, 1024) => n,
+                n = self.offers.recv_many(&mut batch, 1024) => n,
             };
             if got == 0 {
                 return;
             }
-            let slots: BTreeSet<Slot> = batch.drain(..).flatten().collect();
-            if let Err(e) = store.wake_slot_owners(slots.into_iter().collect()).await {
-                // Their owners' fallback finds the deliveries within a second.
-                tracing::debug!(error = %e, "could not wake the owners of slots");
+            let mut offers = Offers::new();
+            for made in batch.drain(..) {
+                for (slot, ids) in made {
+                    offers.entry(slot).or_default().extend(ids);
+                }
+            }
+            let offers = offers
+                .into_iter()
+                .map(|(slot, deliveries)| Offer { slot, deliveries })
+                .collect();
+            if let Err(e) = store.offer_to_owners(offers).await {
+                // The owners claim the deliveries once their offer runs out.
+                tracing::debug!(error = %e, "could not offer deliveries to their owners");
             }
         }
     }
@@ -85,6 +101,8 @@ pub struct Inbox {
     pub(crate) room: Arc<Semaphore>,
     pub(crate) from_ingest: mpsc::UnboundedReceiver<Vec<DueDelivery>>,
     pub(crate) deleted: mpsc::UnboundedReceiver<EndpointId>,
+    /// Deliveries other nodes offered this one, to read.
+    pub(crate) offered: mpsc::UnboundedReceiver<Vec<DeliveryId>>,
 }
 
 /// A handoff for a worker holding at most `max_in_flight` plus a claim's worth of
@@ -96,7 +114,8 @@ pub fn handoff(
     let room = Arc::new(Semaphore::new(claim_budget(config)));
     let (to_worker, from_ingest) = mpsc::unbounded_channel();
     let (deleted_tx, deleted) = mpsc::unbounded_channel();
-    let (elsewhere, slots) = mpsc::unbounded_channel();
+    let (elsewhere, offers) = mpsc::unbounded_channel();
+    let (offered_tx, offered) = mpsc::unbounded_channel();
     (
         Handoff {
             room: room.clone(),
@@ -105,13 +124,15 @@ pub fn handoff(
             lease: lease(config),
             ownership,
             elsewhere,
+            offered: offered_tx,
         },
         Inbox {
             room,
             from_ingest,
             deleted,
+            offered,
         },
-        OwnersToWake { slots },
+        OwnersToWake { offers },
     )
 }
 
@@ -133,8 +154,9 @@ impl Handoff {
             to_worker: self.to_worker.clone(),
             deliveries: Vec::new(),
             lease_until: now + self.lease.as_millis() as i64,
+            offer_until: now + OFFER_MS,
             ownership: self.ownership.clone(),
-            elsewhere: BTreeSet::new(),
+            elsewhere: Offers::new(),
             wake_elsewhere: self.elsewhere.clone(),
         })
     }
@@ -146,6 +168,14 @@ impl Handoff {
         // A worker gone (shut down) has no lanes to forget.
         let _ = self.deleted.send(endpoint);
     }
+
+    /// Deliveries another node offered this one, of its active slots: the worker reads
+    /// them, room permitting.
+    pub fn offered(&self, deliveries: Vec<DeliveryId>) {
+        if !deliveries.is_empty() {
+            let _ = self.offered.send(deliveries);
+        }
+    }
 }
 
 /// Room taken in the worker during one write, with the deliveries it is for: sent once the
@@ -156,16 +186,16 @@ struct Reserved {
     to_worker: mpsc::UnboundedSender<Vec<DueDelivery>>,
     deliveries: Vec<DueDelivery>,
     lease_until: i64,
+    offer_until: i64,
     ownership: Arc<Ownership>,
-    /// Slots of other nodes this write made deliveries due for.
-    elsewhere: BTreeSet<Slot>,
-    wake_elsewhere: mpsc::UnboundedSender<BTreeSet<Slot>>,
+    /// Deliveries this write offered to the owners of other nodes' slots.
+    elsewhere: Offers,
+    wake_elsewhere: mpsc::UnboundedSender<Offers>,
 }
 
 impl Reservation for Reserved {
     fn take_room(&mut self, endpoint: &EndpointId) -> bool {
         if !self.ownership.takes(endpoint) {
-            self.elsewhere.insert(slot_of(endpoint));
             return false;
         }
         match self.room.try_acquire() {
@@ -180,6 +210,17 @@ impl Reservation for Reserved {
 
     fn lease_until(&self) -> i64 {
         self.lease_until
+    }
+
+    fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64> {
+        (!self.ownership.takes(endpoint)).then_some(self.offer_until)
+    }
+
+    fn offered(&mut self, endpoint: &EndpointId, delivery: DeliveryId) {
+        self.elsewhere
+            .entry(slot_of(endpoint))
+            .or_default()
+            .push(delivery);
     }
 
     fn push(&mut self, delivery: DueDelivery) {
@@ -326,26 +367,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn deliveries_of_slots_held_elsewhere_wake_their_owner_once_committed() {
+    fn deliveries_of_slots_held_elsewhere_are_offered_to_their_owner_once_committed() {
         let ownership = Arc::new(Ownership::new("node_test"));
         let (handoff, inbox, mut owners) = handoff(&config(4), ownership);
         let budget = claim_budget(&config(4));
         let ep = EndpointId::from("ep_elsewhere");
-        let mut reserved = handoff.reserve(0);
+        let mut reserved = handoff.reserve(5_000);
         assert!(!reserved.take_room(&ep), "not this node's slot");
+        assert_eq!(reserved.offer_until(&ep), Some(5_000 + OFFER_MS));
+        reserved.offered(&ep, DeliveryId(1));
         assert_eq!(inbox.room.available_permits(), budget, "no room taken");
         drop(reserved);
         assert!(
-            owners.slots.try_recv().is_err(),
-            "not committed: nobody woken"
+            owners.offers.try_recv().is_err(),
+            "not committed: nothing offered"
         );
-        let mut reserved = handoff.reserve(0);
+        let mut reserved = handoff.reserve(5_000);
         assert!(!reserved.take_room(&ep));
+        reserved.offered(&ep, DeliveryId(2));
+        reserved.offered(&ep, DeliveryId(3));
         reserved.hand_over();
         assert_eq!(
-            owners.slots.try_recv().expect("sent"),
-            BTreeSet::from([slot_of(&ep)])
+            owners.offers.try_recv().expect("sent"),
+            Offers::from([(slot_of(&ep), vec![DeliveryId(2), DeliveryId(3)])])
         );
+    }
+
+    #[test]
+    fn deliveries_of_this_nodes_slots_are_not_offered_when_there_is_no_room() {
+        let (handoff, _inbox, _) = handoff(&config(0), sole());
+        let mut reserved = handoff.reserve(0);
+        for _ in 0..CLAIM_BATCH {
+            assert!(reserved.take_room(&"ep".into()));
+        }
+        assert!(!reserved.take_room(&"ep".into()));
+        assert_eq!(reserved.offer_until(&"ep".into()), None, "stored due");
     }
 
     #[test]

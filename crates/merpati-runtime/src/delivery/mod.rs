@@ -30,6 +30,7 @@ pub mod lane;
 mod lane_writes;
 mod lanes;
 mod mail;
+mod offers;
 mod prepared;
 mod recorder;
 pub mod send;

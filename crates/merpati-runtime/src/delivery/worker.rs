@@ -1,5 +1,5 @@
-//! The worker's loop: claims due deliveries, starts what the lanes allow, parks and takes
-//! back for them, and sleeps until something wakes it ([`Wake`]), which it then handles.
+//! The worker's loop: claims due deliveries, reads those other nodes offered it, starts
+//! what the lanes allow, parks and takes back for them, and sleeps until something wakes it ([`Wake`]), which it then handles.
 //! One step returns one wake; handling it changes the worker's state and nothing else
 //! waits.
 
@@ -15,6 +15,7 @@ use merpati_domain::delivery::{AttemptRecord, DueDelivery};
 use merpati_domain::endpoint::mail_recipients;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::retry::{next_step, NextStep};
+use merpati_domain::slots::OFFER_MS;
 use merpati_domain::{SharedStore, StoreResult};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -25,6 +26,7 @@ use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
 use super::lane::{BreakerPolicy, Health};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
+use super::offers::{Left, Offers, OffersRead};
 use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
@@ -73,6 +75,10 @@ enum Wake {
     Deleted(EndpointId),
     /// Fresh deliveries from ingest.
     HandedOver(Vec<DueDelivery>),
+    /// Deliveries another node offered, to read.
+    Offered(Vec<DeliveryId>),
+    /// A read of offered deliveries returned.
+    OffersRead(OffersRead),
     /// An attempt ended (or its task failed).
     Finished(Result<(tokio::task::Id, Finished), JoinError>),
     /// The time it slept until came: something may be due (or, when only the fallback's
@@ -147,6 +153,7 @@ struct Run {
     running: FastMap<tokio::task::Id, Running>,
     due: DueTimes,
     claiming: Pending<Claimed>,
+    offers: Offers,
     lane_writes: Pending<TakenBack>,
     /// Deliveries taken back are due, and no claim started since has returned.
     taken_back_unclaimed: bool,
@@ -209,6 +216,7 @@ impl Run {
             running: FastMap::default(),
             due: DueTimes::default(),
             claiming: None,
+            offers: Offers::default(),
             lane_writes: None,
             taken_back_unclaimed: false,
             sent_since_release: false,
@@ -231,6 +239,7 @@ impl Run {
             }
             self.follow_ownership();
             let worth_claiming = self.claim();
+            self.read_offers();
             let lane_wake = self.start_ready();
             self.write_for_lanes();
             // More is due (the claim was full, or a lane took parked deliveries back) and
@@ -269,8 +278,9 @@ impl Run {
             .idle_since
             .filter(|_| self.sent_since_release)
             .map(|since| since + self.worker.config.idle_release_after);
-        let (claiming, lane_writes, in_flight) = (
+        let (claiming, offers, lane_writes, in_flight) = (
             &mut self.claiming,
+            &mut self.offers,
             &mut self.lane_writes,
             &mut self.in_flight,
         );
@@ -283,11 +293,13 @@ impl Run {
             _ = shutdown.cancelled() => None,
             claimed = async { claiming.as_mut().expect("guarded").await },
                 if claiming.is_some() => Some(Wake::Claimed(claimed)),
+            read = offers.done(), if offers.reading() => Some(Wake::OffersRead(read)),
             taken = async { lane_writes.as_mut().expect("guarded").await },
                 if lane_writes.is_some() => Some(Wake::TakenBack(taken)),
             _ = waker.woken() => Some(Wake::Woken),
             Some(endpoint) = inbox.deleted.recv() => Some(Wake::Deleted(endpoint)),
             Some(handed) = inbox.from_ingest.recv() => Some(Wake::HandedOver(handed)),
+            Some(offered) = inbox.offered.recv() => Some(Wake::Offered(offered)),
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 Some(Wake::Finished(done))
             }
@@ -336,6 +348,19 @@ impl Run {
             }));
         }
         worth_claiming
+    }
+
+    /// Starts a read of the deliveries other nodes offered, in the room there is for them;
+    /// those that find none are claimed once their offer runs out.
+    fn read_offers(&mut self) {
+        let now = self.now();
+        let store = self.worker.store.clone();
+        let left = self.offers.read(&self.lanes.room, now, |ids| {
+            Box::pin(async move { store.read_offered(ids, now).await })
+        });
+        if left == Left::DueAfterOffer {
+            self.due.schedule(now + OFFER_MS);
+        }
     }
 
     /// Starts what the lanes allow; returns when a lane held back can go next. Nothing
@@ -448,6 +473,16 @@ impl Run {
                     }
                 }
             }
+            Wake::Offered(offered) => {
+                let mut offered = Some(offered);
+                while let Some(ids) = offered
+                    .take()
+                    .or_else(|| self.worker.inbox.offered.try_recv().ok())
+                {
+                    self.offers.heard(ids);
+                }
+            }
+            Wake::OffersRead(read) => self.offers_read(read),
             Wake::Finished(done) => {
                 // Take every attempt that has ended, then step once for them all.
                 let mut done = Some(done);
@@ -552,6 +587,23 @@ impl Run {
                 tracing::error!(error = %e, "could not claim deliveries");
                 // Try again in a second rather than at once.
                 self.due.look_again_in_a_second(now);
+            }
+        }
+    }
+
+    fn offers_read(&mut self, OffersRead { now, room, read }: OffersRead) {
+        match read {
+            Ok(jobs) => {
+                self.lanes.room.add_permits(room - jobs.len());
+                for job in jobs {
+                    self.take(job, now);
+                }
+            }
+            Err(e) => {
+                self.lanes.room.add_permits(room);
+                tracing::warn!(error = %e, "could not read the deliveries offered");
+                // They are claimed once their offer runs out.
+                self.due.schedule(now + OFFER_MS);
             }
         }
     }

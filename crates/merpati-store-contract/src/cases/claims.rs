@@ -204,6 +204,86 @@ pub async fn handed_over_deliveries_are_leased_once_committed_and_room_comes_bac
     assert_eq!(room.free(), 3);
 }
 
+/// Deliveries of slots another node holds are stored leased to it for an offer, and named
+/// once committed; that node reads them (a read, no claim) while the offer holds, with
+/// what their attempts need, and claims them as any due delivery once it ran out.
+pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    for id in ["a", "b"] {
+        endpoint(store, &t.account, id, |_| {}).await;
+    }
+    let d = &t.devices[0];
+    let offer_until = T0 + 1_000;
+    let room = Room::offering(offer_until);
+    let result = store
+        .ingest(d.clone(), vec![sms(d, 1, "hi")], T0, room.reserve())
+        .await
+        .unwrap();
+    assert_eq!(result.new_deliveries, 0, "offered, not due");
+    let offered = room.offered.lock().unwrap().clone();
+    assert_eq!(offered.len(), 2, "one for each endpoint");
+    assert!(room.handed.lock().unwrap().is_empty());
+    // A write that does not commit offers nothing.
+    let refused_room = Room::offering(offer_until);
+    let refused = store
+        .ingest(
+            d.clone(),
+            vec![sms(d, 1, "changed")],
+            T0,
+            refused_room.reserve(),
+        )
+        .await;
+    assert!(refused.is_err());
+    assert!(refused_room.offered.lock().unwrap().is_empty());
+
+    // Leased: no claim takes them while the offer holds.
+    assert!(claim(store, T0).await.is_empty());
+    let mut asked = offered.clone();
+    asked.push(merpati_domain::ids::DeliveryId(i64::MAX));
+    let read = store.read_offered(asked, T0 + 10).await.unwrap();
+    assert_eq!(
+        read.iter().map(|r| r.delivery_id).collect::<Vec<_>>(),
+        offered,
+        "those offered, in the order named, and nothing else"
+    );
+    let e = event(store, &t.account, &result.items[0].event_id).await;
+    for r in &read {
+        assert_eq!(r.event_id, e.summary.id);
+        assert_eq!(r.attempt, 1);
+        assert_eq!(&*r.payload, &*e.payload.to_string());
+        assert_eq!(
+            r.endpoint.url,
+            format!("https://example.com/{}", r.endpoint.id)
+        );
+        assert_eq!(r.endpoint.secrets.len(), 1);
+    }
+    assert_ne!(read[0].endpoint.id, read[1].endpoint.id);
+
+    // One attempted and recorded is no longer offered.
+    record(
+        store,
+        vec![attempt(&read[0], T0 + 20, Some(200), NextStep::Succeeded)],
+        i64::MAX,
+    )
+    .await;
+    let read_again = store.read_offered(offered.clone(), T0 + 30).await.unwrap();
+    assert_eq!(
+        read_again.iter().map(|r| r.delivery_id).collect::<Vec<_>>(),
+        [read[1].delivery_id]
+    );
+    // Past the offer, the other is due: claimed, and no longer read.
+    assert!(store
+        .read_offered(offered.clone(), offer_until)
+        .await
+        .unwrap()
+        .is_empty());
+    let claimed = claim(store, offer_until).await;
+    assert_eq!(
+        claimed.iter().map(|c| c.delivery_id).collect::<Vec<_>>(),
+        [read[1].delivery_id]
+    );
+}
+
 pub async fn parked_deliveries_wait_until_taken_back(store: &SharedStore) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "slow", |_| {}).await;
