@@ -355,7 +355,7 @@ impl DeliveryStore for PostgresStore {
                 .collect();
             let targets: HashMap<EndpointId, Arc<Target>> = load_targets(c, &endpoints, now)?
                 .into_iter()
-                .map(|(id, target)| (id, Arc::new(target)))
+                .map(|(id, (target, _))| (id, Arc::new(target)))
                 .collect();
             Ok(found
                 .iter()

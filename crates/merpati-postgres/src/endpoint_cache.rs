@@ -1,7 +1,10 @@
 //! What fan-out and delivery read about endpoints on every event (each account's
-//! subscriptions and each endpoint's target: URL, format, headers, live secrets), read
-//! once in a group and kept until the group ends or one of its statements changes
-//! endpoints: other nodes change them too, so nothing is kept past a transaction.
+//! subscriptions and each endpoint's target: URL, format, headers, live secrets), kept by
+//! a writer from one transaction to the next while nothing of it changes. Other nodes
+//! change endpoints too: each transaction first reads the number every such change raises
+//! (`endpoint_changes`, migration 9), and what was kept under another number goes. The
+//! number is read before anything is loaded, so what is kept is never older than the number
+//! it is kept under. A target is kept no longer than its earliest live secret lives.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,16 +17,57 @@ use crate::conn::Conn;
 use crate::error::DbResult;
 use crate::rows::json_column;
 
+/// The number every change to endpoints raises, read in the transaction under way.
+pub(crate) const CHANGES: &str = "SELECT version FROM endpoint_changes";
+
 #[derive(Default)]
 pub(crate) struct EndpointCache {
     subscriptions: HashMap<AccountId, Arc<Vec<Subscription>>>,
-    targets: HashMap<EndpointId, Arc<Target>>,
+    /// Each target, and when its earliest live secret expires.
+    targets: HashMap<EndpointId, (Arc<Target>, Option<i64>)>,
+    /// The number of changes what is kept was read under; none: nothing is kept.
+    version: Option<i64>,
+    /// Whether the transaction under way read the number.
+    checked: bool,
 }
 
 impl EndpointCache {
+    /// Forgets everything kept: a statement of the transaction changed endpoints, or the
+    /// transaction was undone.
     pub(crate) fn forget(&mut self) {
         self.subscriptions.clear();
         self.targets.clear();
+        self.version = None;
+        self.checked = false;
+    }
+
+    /// The transaction ended: what is kept stays, to be checked by the next.
+    pub(crate) fn end_transaction(&mut self) {
+        self.checked = false;
+    }
+
+    /// The number of changes as the transaction under way read it: what was kept under
+    /// another goes.
+    pub(crate) fn check(&mut self, version: i64) {
+        if self.version != Some(version) {
+            self.subscriptions.clear();
+            self.targets.clear();
+            self.version = Some(version);
+        }
+        self.checked = true;
+    }
+
+    fn checked(&mut self, c: &mut Conn) -> DbResult<()> {
+        if !self.checked {
+            let version = c.query_one(CHANGES, &[])?.get(0);
+            self.check(version);
+        }
+        Ok(())
+    }
+
+    /// An account's endpoints as kept, unchecked: for guesses only.
+    pub(crate) fn kept_subscriptions(&self, account: &AccountId) -> Option<Arc<Vec<Subscription>>> {
+        self.subscriptions.get(account).cloned()
     }
 
     /// An account's endpoints, as fan-out matches events against them.
@@ -32,6 +76,7 @@ impl EndpointCache {
         c: &mut Conn,
         account: &AccountId,
     ) -> DbResult<Arc<Vec<Subscription>>> {
+        self.checked(c)?;
         if let Some(subs) = self.subscriptions.get(account) {
             return Ok(subs.clone());
         }
@@ -40,19 +85,25 @@ impl EndpointCache {
         Ok(subs)
     }
 
-    /// Where deliveries to the endpoint go, with the secrets live at `now` (a group's
-    /// writes share one `now` to within milliseconds).
+    /// Where deliveries to the endpoint go, with the secrets live at `now`.
     pub(crate) fn target(
         &mut self,
         c: &mut Conn,
         endpoint: &EndpointId,
         now: i64,
     ) -> DbResult<Arc<Target>> {
-        if let Some(target) = self.targets.get(endpoint) {
-            return Ok(target.clone());
+        self.checked(c)?;
+        if let Some((target, expires)) = self.targets.get(endpoint) {
+            if expires.is_none_or(|at| now < at) {
+                return Ok(target.clone());
+            }
         }
-        let target = Arc::new(load_target(c, endpoint, now)?);
-        self.targets.insert(endpoint.clone(), target.clone());
+        let (target, expires) = load_targets(c, std::slice::from_ref(endpoint), now)?
+            .remove(endpoint)
+            .ok_or_else(|| StoreError::Internal(format!("endpoint {endpoint} is gone")))?;
+        let target = Arc::new(target);
+        self.targets
+            .insert(endpoint.clone(), (target.clone(), expires));
         Ok(target)
     }
 }
@@ -87,23 +138,19 @@ const TARGETS: &str =
             ep.breaker_cooldown_ms,
             ARRAY(SELECT s.secret FROM endpoint_secrets s
                   WHERE s.endpoint_id = ep.id AND (s.expires_at IS NULL OR s.expires_at > $2)
-                  ORDER BY s.created_at DESC, s.id DESC)
+                  ORDER BY s.created_at DESC, s.id DESC),
+            (SELECT MIN(s.expires_at) FROM endpoint_secrets s
+             WHERE s.endpoint_id = ep.id AND s.expires_at > $2)
      FROM UNNEST($1::TEXT[]) AS k(id)
      CROSS JOIN LATERAL (SELECT * FROM endpoints ep WHERE ep.id = k.id LIMIT 1) ep";
 
-/// An endpoint's target, with the secrets live at `now`.
-pub(crate) fn load_target(c: &mut Conn, endpoint: &EndpointId, now: i64) -> DbResult<Target> {
-    load_targets(c, std::slice::from_ref(endpoint), now)?
-        .remove(endpoint)
-        .ok_or_else(|| StoreError::Internal(format!("endpoint {endpoint} is gone")).into())
-}
-
-/// The targets of those of `endpoints` that exist, with the secrets live at `now`.
+/// The targets of those of `endpoints` that exist, with the secrets live at `now`, and
+/// when the earliest of those secrets expires.
 pub(crate) fn load_targets(
     c: &mut Conn,
     endpoints: &[EndpointId],
     now: i64,
-) -> DbResult<HashMap<EndpointId, Target>> {
+) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
     let ids: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
     let rows = c.query(TARGETS, &[&ids, &now])?;
     let mut targets = HashMap::with_capacity(rows.len());
@@ -132,7 +179,7 @@ pub(crate) fn load_targets(
                 _ => None,
             },
         };
-        targets.insert(endpoint, target);
+        targets.insert(endpoint, (target, r.get(12)));
     }
     Ok(targets)
 }

@@ -90,15 +90,36 @@ type RidKey = (String, String, String);
 /// The events the group's rids became before: one look into the rid index for each. A
 /// join the planner may hash reads the whole table: the statement's plan is made once for
 /// the connection, often while the table is nearly empty, and kept as it grows (4 to 6 ms
-/// a group at 60,000 rids). The `LIMIT` keeps the look a look whatever the estimates.
-const SENT_BEFORE: &str = "SELECT r.account_id, r.device_id, r.rid, r.content_hash, r.event_seq,
-            r.event_id
-     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS k(account_id, device_id, rid)
-     CROSS JOIN LATERAL (
-         SELECT * FROM event_rids r
-         WHERE r.account_id = k.account_id AND r.device_id = k.device_id AND r.rid = k.rid
-         LIMIT 1
-     ) r";
+/// a group at 60,000 rids). The `LIMIT` keeps the look a look whatever the estimates. In
+/// the same round trip, the number of changes to endpoints, which the writer checks what
+/// it keeps of them against (`EndpointCache`), and an event number for each rid not found
+/// with as many delivery ids as it likely fans out to ($4, from the subscriptions the
+/// writer kept). One row: the number, the found rids as columns, the numbers, the ids.
+const SENT_BEFORE: &str = "WITH keys AS (
+         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[])
+             AS k(account_id, device_id, rid, deliveries)
+     ), found AS (
+         SELECT r.account_id, r.device_id, r.rid, r.content_hash, r.event_seq, r.event_id
+         FROM keys k
+         CROSS JOIN LATERAL (
+             SELECT * FROM event_rids r
+             WHERE r.account_id = k.account_id AND r.device_id = k.device_id
+               AND r.rid = k.rid
+             LIMIT 1
+         ) r
+     ), new AS (
+         SELECT k.deliveries FROM keys k
+         WHERE NOT EXISTS (SELECT 1 FROM found f WHERE f.account_id = k.account_id
+                               AND f.device_id = k.device_id AND f.rid = k.rid)
+     )
+     SELECT (SELECT version FROM endpoint_changes),
+            ARRAY(SELECT account_id FROM found), ARRAY(SELECT device_id FROM found),
+            ARRAY(SELECT rid FROM found), ARRAY(SELECT content_hash FROM found),
+            ARRAY(SELECT event_seq FROM found), ARRAY(SELECT event_id FROM found),
+            ARRAY(SELECT nextval('event_numbers')
+                  FROM generate_series(1, (SELECT COUNT(*) FROM new))),
+            ARRAY(SELECT nextval('delivery_numbers')
+                  FROM generate_series(1, (SELECT COALESCE(SUM(deliveries), 0) FROM new)))";
 
 /// The writer's group pass: every request waiting in the group, stored together.
 pub(crate) fn store_requests(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
@@ -113,30 +134,68 @@ pub(crate) fn store_requests(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -
     store_group(tx, &mut works)
 }
 
+/// The group's rid keys, each once, in their order, with how many deliveries its event
+/// likely fans out to (from the subscriptions the writer kept, unchecked: ids taken and
+/// not used are skipped, and what is missing is taken once the endpoints are known).
+type Keys<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+
+fn group_keys<'a>(tx: &Tx<'_>, works: &'a [&mut IngestWork]) -> Keys<'a> {
+    let mut keys: Keys<'a> = Default::default();
+    let mut seen: std::collections::HashSet<(&str, &str, &str)> = Default::default();
+    for w in works {
+        let subs = tx.state.endpoints.kept_subscriptions(&w.device.account_id);
+        let (account, device) = (w.device.account_id.as_str(), w.device.device_id.as_str());
+        for item in &w.items {
+            if !seen.insert((account, device, &item.rid_key)) {
+                continue;
+            }
+            let deliveries = subs.as_ref().map_or(0, |subs| {
+                plan(subs, item.event.event_type(), w.device.scope()).count()
+            });
+            keys.0.push(account);
+            keys.1.push(device);
+            keys.2.push(&item.rid_key);
+            keys.3.push(deliveries as i64);
+        }
+    }
+    keys
+}
+
 /// Stores the requests of a group in their order. A request refused by the rules gets its
 /// error and changes nothing; an error of the server fails them all (the transaction is
 /// aborted) and is returned.
 pub(crate) fn store_group(tx: &mut Tx<'_>, works: &mut [&mut IngestWork]) -> DbResult<()> {
-    let mut keys: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    for w in works.iter() {
-        for item in &w.items {
-            keys.0.push(w.device.account_id.as_str());
-            keys.1.push(w.device.device_id.as_str());
-            keys.2.push(&item.rid_key);
-        }
-    }
-    let mut before: HashMap<RidKey, SentBefore> = tx
-        .query(SENT_BEFORE, &[&keys.0, &keys.1, &keys.2])?
-        .iter()
-        .map(|r| {
-            let key = (r.get(0), r.get(1), r.get(2));
-            let sent = SentBefore {
-                content_hash: r.get(3),
-                seq: r.get(4),
-                event_id: EventId::from(r.get::<_, String>(5)),
-            };
-            (key, sent)
-        })
+    let found = {
+        let keys = group_keys(tx, works);
+        tx.query_one(SENT_BEFORE, &[&keys.0, &keys.1, &keys.2, &keys.3])?
+    };
+    tx.state.endpoints.check(found.get(0));
+    tx.take_numbers(found.get(7), found.get(8));
+    let (accounts, devices, rids) = (
+        found.get::<_, Vec<String>>(1),
+        found.get::<_, Vec<String>>(2),
+        found.get::<_, Vec<String>>(3),
+    );
+    let (hashes, seqs, event_ids) = (
+        found.get::<_, Vec<Option<Vec<u8>>>>(4),
+        found.get::<_, Vec<i64>>(5),
+        found.get::<_, Vec<String>>(6),
+    );
+    let mut before: HashMap<RidKey, SentBefore> = accounts
+        .into_iter()
+        .zip(devices)
+        .zip(rids)
+        .zip(hashes.into_iter().zip(seqs).zip(event_ids))
+        .map(
+            |(((account, device), rid), ((content_hash, seq), event_id))| {
+                let sent = SentBefore {
+                    content_hash: content_hash.unwrap_or_default(),
+                    seq,
+                    event_id: EventId::from(event_id),
+                };
+                ((account, device, rid), sent)
+            },
+        )
         .collect();
     // The numbers of every item not stored before, taken at once (a refused request's go
     // unused and are skipped).

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery_slots",
         include_str!("../migrations/0008_delivery_slots.sql"),
     ),
+    (
+        9,
+        "endpoint_changes",
+        include_str!("../migrations/0009_endpoint_changes.sql"),
+    ),
 ];
 
 /// The advisory lock migrations are applied under (any constant of our own).
@@ -172,7 +177,7 @@ mod tests {
         assert_eq!(count(&mut conn, "SELECT nextval('attempt_numbers')"), 2);
 
         // Then every delivery takes its endpoint's slot.
-        assert_eq!(apply(&mut conn, i64::MAX).unwrap(), 8);
+        assert_eq!(apply(&mut conn, i64::MAX).unwrap(), 9);
         assert_eq!(
             count(
                 &mut conn,
@@ -181,5 +186,25 @@ mod tests {
             ),
             2
         );
+
+        // And every change to what the writers keep of endpoints raises a number, at its
+        // commit; a failing streak does not.
+        let version = |conn: &mut Conn| count(conn, "SELECT version FROM endpoint_changes");
+        let before = version(&mut conn);
+        conn.batch("UPDATE endpoints SET failing_since = 5 WHERE id = 'ep'")
+            .unwrap();
+        assert_eq!(version(&mut conn), before);
+        conn.batch("UPDATE endpoints SET url = 'https://example.com/2' WHERE id = 'ep'")
+            .unwrap();
+        assert_eq!(version(&mut conn), before + 1);
+        conn.batch(
+            "BEGIN;
+             UPDATE endpoints SET rate_limit = 3 WHERE id = 'ep';
+             INSERT INTO endpoint_secrets (endpoint_id, secret, created_at) VALUES ('ep', 's', 1);",
+        )
+        .unwrap();
+        assert_eq!(version(&mut conn), before + 1, "raised at the commit");
+        conn.batch("COMMIT").unwrap();
+        assert_eq!(version(&mut conn), before + 3);
     }
 }

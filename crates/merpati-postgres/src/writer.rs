@@ -7,7 +7,8 @@
 //! need none.
 //!
 //! What the writer keeps is its [`WriterState`], read inside a group and emptied at the
-//! group's end: other nodes write too, so nothing read stays true past a transaction.
+//! group's end, but for what it read of endpoints: other nodes write too, so that is
+//! checked at the start of each transaction (`EndpointCache`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -51,6 +52,14 @@ impl WriterState {
         self.endpoints.forget();
         // A write undone gave back the locks it took; what is no longer known held is
         // taken again if needed.
+        self.locked_queues.clear();
+        self.end_write();
+    }
+
+    /// The group's transaction committed: what it read of endpoints stays, to be checked
+    /// by the next (`EndpointCache`); its locks are gone with it.
+    fn end_group(&mut self) {
+        self.endpoints.end_transaction();
         self.locked_queues.clear();
         self.end_write();
     }
@@ -137,6 +146,12 @@ impl<'a> Tx<'a> {
         self.state.seqs.extend(row.get::<_, Vec<i64>>(0));
         self.state.delivery_ids.extend(row.get::<_, Vec<i64>>(1));
         Ok(())
+    }
+
+    /// Event numbers and delivery ids taken by a statement of the write's own.
+    pub(crate) fn take_numbers(&mut self, seqs: Vec<i64>, delivery_ids: Vec<i64>) {
+        self.state.seqs.extend(seqs);
+        self.state.delivery_ids.extend(delivery_ids);
     }
 
     /// The next event number (in hand, or taken now).
@@ -366,7 +381,11 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
         };
         let started = std::time::Instant::now();
         let committed = run_group(c, &mut state, &mut group, *pass, *commit);
-        state.forget();
+        if committed.is_ok() {
+            state.end_group();
+        } else {
+            state.forget();
+        }
         conn.used();
         match committed {
             Ok(()) => {

@@ -199,3 +199,112 @@ mod log_parts {
         store.close().await;
     }
 }
+
+/// Two nodes on one database: what one node's writers keep of endpoints between their
+/// transactions goes as soon as the other changes an endpoint.
+mod two_nodes {
+    use std::sync::Arc;
+
+    use merpati_domain::ids::EndpointId;
+    use merpati_store_contract::support::*;
+
+    /// A node of the database at `url`, with the nodes' key.
+    async fn node(url: &str, sealer: &Arc<merpati_keyring::Sealer>) -> merpati_domain::SharedStore {
+        // One writer each, so that each keeps what it read from one write to the next.
+        let options = merpati_postgres::Options {
+            read_connections: 1,
+            writers: 1,
+        };
+        let sealer = sealer.clone();
+        Arc::new(
+            merpati_postgres::PostgresStore::open(url, &options, sealer)
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Where the deliveries of a fresh event go, as the store hands them over at `now`: each
+    /// endpoint, its URL and how many secrets sign.
+    async fn handed(
+        store: &merpati_domain::SharedStore,
+        t: &Tree,
+        rid: i64,
+        now: i64,
+    ) -> Vec<(EndpointId, String, usize)> {
+        let room = Room::new(10, now + 60_000);
+        let d = &t.devices[0];
+        store
+            .ingest(d.clone(), vec![sms(d, rid, "hi")], now, room.reserve())
+            .await
+            .unwrap();
+        let mut handed: Vec<_> = room
+            .handed
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let e = &h.endpoint;
+                (e.id.clone(), e.url.clone(), e.secrets.len())
+            })
+            .collect();
+        handed.sort();
+        handed
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_on_one_node_reaches_the_others_next_write() {
+        let url = tokio::task::spawn_blocking(|| {
+            super::server()
+                .fresh_database(|url| {
+                    merpati_postgres::PostgresStore::migrate(url)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
+        let (a, b) = (node(&url, &sealer).await, node(&url, &sealer).await);
+        let t = tree(&a, "acct", 1).await;
+        let ep = endpoint(&a, &t.account, "ep", |_| {}).await;
+        let url_of = |path: &str| format!("https://example.com/{path}");
+        assert_eq!(
+            handed(&a, &t, 1, T0).await,
+            [(ep.id.clone(), url_of("ep"), 1)]
+        );
+
+        // Changed through the other node: a new URL, a second secret, a second endpoint.
+        let mut changed = ep.clone();
+        changed.url = url_of("moved");
+        b.update_endpoint(t.account.clone(), changed).await.unwrap();
+        assert_eq!(
+            handed(&a, &t, 2, T0).await,
+            [(ep.id.clone(), url_of("moved"), 1)]
+        );
+        let (account, id) = (t.account.clone(), ep.id.clone());
+        b.rotate_endpoint_secret(account, id, "whsec_new".into(), T0 + 1_000, T0)
+            .await
+            .unwrap();
+        let other = endpoint(&b, &t.account, "other", |_| {}).await;
+        assert_eq!(
+            handed(&a, &t, 3, T0).await,
+            [
+                (ep.id.clone(), url_of("moved"), 2),
+                (other.id.clone(), url_of("other"), 1)
+            ]
+        );
+        // The old secret expires with nothing changed: kept no longer than it signs.
+        assert_eq!(handed(&a, &t, 4, T0 + 999).await[0].2, 2);
+        assert_eq!(handed(&a, &t, 5, T0 + 1_000).await[0].2, 1);
+
+        // Deleted there: no delivery to it here.
+        b.delete_endpoint(t.account.clone(), ep.id.clone(), T0)
+            .await
+            .unwrap();
+        assert_eq!(
+            handed(&a, &t, 6, T0 + 1_000).await,
+            [(other.id, url_of("other"), 1)]
+        );
+    }
+}
