@@ -38,6 +38,22 @@ struct OutcomeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabel {
+    how: &'static str,
+}
+
+/// How the worker came to hold a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Handed over in memory by ingest on this node.
+    Handed,
+    /// Offered by the node that stored it, and read.
+    Offered,
+    /// Claimed from the store: a retry, a parked delivery, or one nobody handed or offered.
+    Claimed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotificationLabels {
     kind: &'static str,
     outcome: &'static str,
@@ -86,6 +102,7 @@ pub struct Metrics {
     events: Family<TypeLabel, Counter>,
     ingest: Family<IngestLabels, Counter>,
     deliveries: Family<OutcomeLabel, Counter>,
+    taken: Family<HowLabel, Counter>,
     delivery_duration: Buckets,
     notifications: Family<NotificationLabels, Counter>,
     deliveries_pending: Gauge,
@@ -126,6 +143,13 @@ impl Default for Metrics {
             "merpati_deliveries",
             "Delivery attempts recorded, by outcome: succeeded, retrying, failed",
             deliveries.clone(),
+        );
+        let taken = Family::<HowLabel, Counter>::default();
+        registry.register(
+            "merpati_deliveries_taken",
+            "Deliveries the worker took to attempt, by how: handed over by ingest on this node, \
+             offered by the node that stored them, claimed from the store",
+            taken.clone(),
         );
         // 1 ms to about 33 s.
         let delivery_duration = Buckets::new(exponential_buckets(0.001, 2.0, 16));
@@ -203,6 +227,7 @@ impl Default for Metrics {
             events,
             ingest,
             deliveries,
+            taken,
             delivery_duration,
             notifications,
             deliveries_pending,
@@ -244,6 +269,15 @@ impl Metrics {
                 .get_or_create(&TypeLabel { r#type: event_type })
                 .inc_by(n);
         }
+    }
+
+    pub fn taken(&self, how: Taken, n: usize) {
+        let how = match how {
+            Taken::Handed => "handed",
+            Taken::Offered => "offered",
+            Taken::Claimed => "claimed",
+        };
+        self.taken.get_or_create(&HowLabel { how }).inc_by(n as u64);
     }
 
     pub fn attempt(&self, outcome: AttemptOutcome, duration_ms: i64) {
@@ -336,6 +370,7 @@ mod tests {
         m.ingested("sms", true);
         m.ingested("sms", false);
         m.attempt(AttemptOutcome::Succeeded, 12);
+        m.taken(Taken::Offered, 2);
         let text = m.render(
             &Counts {
                 deliveries_pending: 3,
@@ -352,6 +387,7 @@ mod tests {
         assert!(text.contains("merpati_ingest_items_total{type=\"sms\",outcome=\"duplicate\"} 1"));
         assert!(text.contains("merpati_deliveries_total{outcome=\"succeeded\"} 1"));
         assert!(text.contains("merpati_delivery_duration_seconds_count 1"));
+        assert!(text.contains("merpati_deliveries_taken_total{how=\"offered\"} 2"));
         assert!(text.contains("merpati_deliveries_pending 3"));
         assert!(text.contains("merpati_devices{status=\"connected\",engine=\"wa\"} 2"));
         assert!(text.contains("merpati_incidents_open 1"));

@@ -33,7 +33,7 @@ use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
 use crate::cluster::Ownership;
 use crate::mail::Mailer;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Taken};
 
 /// The delivery worker: what it needs to run. See [`Worker::run`].
 pub struct Worker {
@@ -468,6 +468,7 @@ impl Run {
                     .take()
                     .or_else(|| self.worker.inbox.from_ingest.try_recv().ok())
                 {
+                    self.worker.metrics.taken(Taken::Handed, jobs.len());
                     for job in jobs {
                         self.take(job, now);
                     }
@@ -578,6 +579,7 @@ impl Run {
                 if !self.due.known_due {
                     self.due.caught_up(now);
                 }
+                self.worker.metrics.taken(Taken::Claimed, jobs.len());
                 for job in jobs {
                     self.take(job, now);
                 }
@@ -595,6 +597,7 @@ impl Run {
         match read {
             Ok(jobs) => {
                 self.lanes.room.add_permits(room - jobs.len());
+                self.worker.metrics.taken(Taken::Offered, jobs.len());
                 for job in jobs {
                     self.take(job, now);
                 }

@@ -407,6 +407,66 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
     }
 }
 
+/// The node's count of deliveries its worker took, by how (`merpati_deliveries_taken`).
+async fn taken(node: &Node, how: &str) -> u64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", node.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = format!("merpati_deliveries_taken_total{{how=\"{how}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample.as_str()))
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Deliveries stored on a node that does not own their endpoint's slot are offered to the
+/// owner, which reads them rather than claims them: each arrives once, and the owner took
+/// them as offered (a claim only for one whose offer ran out on a slow machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_stored_on_another_node_are_offered_to_the_owner() {
+    let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let database = fresh_postgres_database().await;
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(start_node(&database, &format!("n{i}")).await);
+    }
+    let owners = balanced(&nodes[0].url, 2).await;
+    let receiver = Receiver::start().await;
+    let admin = TestApp::at(nodes[0].url.clone());
+    let m = admin.merchant("m1").await;
+    let endpoint = admin.endpoint(&m.key, &receiver, json!({})).await;
+    let owner_id = &owners[&u64::from(slot_of(&endpoint.as_str().into()))];
+    let owner = nodes.iter().position(|n| n.id == *owner_id).unwrap();
+    let other = TestApp::at(nodes[1 - owner].url.clone());
+    let mut accepted = BTreeSet::new();
+    for rid in 0..30 {
+        let v = other.sms(&m.device_token, rid).await;
+        accepted.insert(v["items"][0]["event_id"].as_str().unwrap().to_string());
+    }
+    every_one_arrives(&receiver, &accepted, Duration::from_secs(30)).await;
+    let (_, seen) = arrivals(&receiver);
+    assert!(seen.values().all(|(_, n)| *n == 1), "each once");
+
+    let (offered, claimed) = (
+        taken(&nodes[owner], "offered").await,
+        taken(&nodes[owner], "claimed").await,
+    );
+    assert!(offered >= 1, "the owner read what was offered");
+    assert!(
+        offered + claimed >= 30,
+        "offered {offered}, claimed {claimed}"
+    );
+    assert_eq!(taken(&nodes[1 - owner], "handed").await, 0, "not its slot");
+    for node in &mut nodes {
+        stop_gracefully(&mut node.child).await;
+    }
+}
+
 /// Each device's `device.disconnected` announcements at the receiver: device id → when
 /// each arrived.
 fn disconnects(receiver: &Receiver) -> BTreeMap<String, Vec<Instant>> {
