@@ -14,8 +14,9 @@ fn server() -> &'static ScratchServer {
     })
 }
 
-async fn fixture() -> Fixture {
-    let url = tokio::task::spawn_blocking(|| {
+/// A database of its own, migrated: its URL.
+async fn migrated_database() -> String {
+    tokio::task::spawn_blocking(|| {
         server()
             .fresh_database(|url| {
                 PostgresStore::migrate(url)
@@ -25,7 +26,11 @@ async fn fixture() -> Fixture {
             .expect("a fresh database")
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+async fn fixture() -> Fixture {
+    let url = migrated_database().await;
     // Two writers: every case must hold with other writers beside (as other nodes are).
     let options = Options {
         read_connections: 2,
@@ -66,17 +71,7 @@ mod log_parts {
 
     /// A store on a fresh database, and the database's URL.
     async fn fresh() -> (String, merpati_domain::SharedStore) {
-        let url = tokio::task::spawn_blocking(|| {
-            super::server()
-                .fresh_database(|url| {
-                    merpati_postgres::PostgresStore::migrate(url)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let url = super::migrated_database().await;
         let sealer = std::sync::Arc::new(merpati_keyring::Sealer::ephemeral());
         let opened = merpati_postgres::PostgresStore::open(&url, &Default::default(), sealer)
             .await
@@ -253,17 +248,7 @@ mod two_nodes {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_change_on_one_node_reaches_the_others_next_write() {
-        let url = tokio::task::spawn_blocking(|| {
-            super::server()
-                .fresh_database(|url| {
-                    merpati_postgres::PostgresStore::migrate(url)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let url = super::migrated_database().await;
         let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
         let (a, b) = (node(&url, &sealer).await, node(&url, &sealer).await);
         let t = tree(&a, "acct", 1).await;

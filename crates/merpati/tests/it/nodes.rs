@@ -29,10 +29,6 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-async fn start_node(database: &str, name: &str) -> Node {
-    start_node_with(database, name, &[]).await
-}
-
 async fn start_node_with(database: &str, name: &str, settings: &[(&str, &str)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let (child, url) = spawn_node(dir.path(), database, name, settings).await;
@@ -84,6 +80,21 @@ async fn balanced(url: &str, n: usize) -> BTreeMap<u64, String> {
         (nodes.len() == n && owners.len() == 64).then_some(owners)
     })
     .await
+}
+
+/// `n` nodes named `n0`, `n1`, … on `database`, once they hold all the slots between them;
+/// with which node holds each slot.
+async fn start_nodes(
+    database: &str,
+    n: usize,
+    settings: &[(&str, &str)],
+) -> (Vec<Node>, BTreeMap<u64, String>) {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(start_node_with(database, &format!("n{i}"), settings).await);
+    }
+    let owners = balanced(&nodes[0].url, n).await;
+    (nodes, owners)
 }
 
 /// What the devices sent and had accepted: per device, its events in the order sent, and
@@ -191,11 +202,7 @@ async fn three_nodes_deliver_every_event_in_order_through_a_kill_and_a_join() {
     // its lease, and its unrecorded attempts be made again, which is right but not what
     // this test counts. Takeover still comes well within the 7 s.
     let lease = [("MERPATI_CLUSTER_LEASE", "3s")];
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(start_node_with(&database, &format!("n{i}"), &lease).await);
-    }
-    let owners = balanced(&nodes[0].url, 3).await;
+    let (mut nodes, owners) = start_nodes(&database, 3, &lease).await;
 
     let admin = TestApp::at(nodes[0].url.clone());
     let m = admin.merchant("m1").await;
@@ -350,11 +357,7 @@ async fn signal(node: &Node, name: &str) {
 async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
     let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(start_node(&database, &format!("n{i}")).await);
-    }
-    let owners = balanced(&nodes[0].url, 2).await;
+    let (mut nodes, owners) = start_nodes(&database, 2, &[]).await;
     let receiver = Receiver::start().await;
     receiver.always(Answer::status(200).delay(Duration::from_millis(300)));
     let m;
@@ -431,11 +434,7 @@ async fn taken(node: &Node, how: &str) -> u64 {
 async fn deliveries_stored_on_another_node_are_offered_to_the_owner() {
     let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(start_node(&database, &format!("n{i}")).await);
-    }
-    let owners = balanced(&nodes[0].url, 2).await;
+    let (mut nodes, owners) = start_nodes(&database, 2, &[]).await;
     let receiver = Receiver::start().await;
     let admin = TestApp::at(nodes[0].url.clone());
     let m = admin.merchant("m1").await;
@@ -631,11 +630,7 @@ async fn a_breaker_open_on_a_killed_owner_stays_open_on_the_next() {
         ("MERPATI_DELIVERY_BREAKER_FAILURES", "2"),
         ("MERPATI_DELIVERY_BREAKER_COOLDOWN", "8s"),
     ];
-    let mut nodes = [
-        start_node_with(&database, "n0", &settings).await,
-        start_node_with(&database, "n1", &settings).await,
-    ];
-    let owners = balanced(&nodes[0].url, 2).await;
+    let (mut nodes, owners) = start_nodes(&database, 2, &settings).await;
     let receiver = Receiver::start().await;
     receiver.always(Answer::status(500));
     let admin = TestApp::at(nodes[0].url.clone());
