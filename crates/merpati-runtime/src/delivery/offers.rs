@@ -1,20 +1,26 @@
 //! Deliveries other nodes offered this one: they stored them leased to it for a short
 //! offer (`merpati_domain::slots::OFFER_MS`) and sent their ids. The worker reads them, one
 //! read at a time, in room it takes for them, rather than claims them: a read writes
-//! nothing and waits for no write. What it has no room for it leaves: their offer runs
-//! out and it claims them as any due delivery.
+//! nothing and waits for no write. What it has no room for it leaves, and what it heard of
+//! too long ago to read well within the offer: their offer runs out and it claims them as
+//! any due delivery. (A read so late that a claim took the delivery meanwhile could hand
+//! it over twice.)
 
 use std::future::Future;
 use std::pin::Pin;
 
 use merpati_domain::delivery::DueDelivery;
 use merpati_domain::ids::DeliveryId;
+use merpati_domain::slots::OFFER_MS;
 use merpati_domain::StoreResult;
 use tokio::sync::Semaphore;
 
 use super::handoff::take_room;
 
 type Read<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Offers heard longer ago than this are left to claims.
+const READ_WITHIN_MS: i64 = OFFER_MS / 2;
 
 /// What a read of offered deliveries found, and how much room it was given.
 pub(super) struct OffersRead {
@@ -26,7 +32,8 @@ pub(super) struct OffersRead {
 /// The offers heard and not read yet, and the read under way.
 #[derive(Default)]
 pub(super) struct Offers {
-    heard: Vec<DeliveryId>,
+    /// Each delivery offered, and when it was heard of.
+    heard: Vec<(DeliveryId, i64)>,
     reading: Option<Read<OffersRead>>,
 }
 
@@ -35,13 +42,14 @@ pub(super) struct Offers {
 pub(super) enum Left {
     /// Every one is being read (or there were none).
     Nothing,
-    /// Some found no room: they are due, to claim, once their offer runs out.
+    /// Some found no room, or were heard of too long ago: they are due, to claim, once
+    /// their offer runs out.
     DueAfterOffer,
 }
 
 impl Offers {
-    pub(super) fn heard(&mut self, deliveries: Vec<DeliveryId>) {
-        self.heard.extend(deliveries);
+    pub(super) fn heard(&mut self, deliveries: Vec<DeliveryId>, now: i64) {
+        self.heard.extend(deliveries.into_iter().map(|d| (d, now)));
     }
 
     pub(super) fn reading(&self) -> bool {
@@ -59,13 +67,18 @@ impl Offers {
         if self.reading.is_some() || self.heard.is_empty() {
             return Left::Nothing;
         }
+        let heard = self.heard.len();
+        self.heard.retain(|(_, at)| now - at < READ_WITHIN_MS);
         let taken = take_room(room, self.heard.len());
-        let left = if taken < self.heard.len() {
+        let left = if taken < heard {
             Left::DueAfterOffer
         } else {
             Left::Nothing
         };
-        let mut ids = std::mem::take(&mut self.heard);
+        let mut ids: Vec<DeliveryId> = std::mem::take(&mut self.heard)
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
         ids.truncate(taken);
         if !ids.is_empty() {
             let reading = read(ids);
@@ -102,7 +115,7 @@ mod tests {
         let mut offers = Offers::default();
         assert_eq!(offers.read(&room, 0, never), Left::Nothing, "none heard");
         assert!(!offers.reading());
-        offers.heard(vec![DeliveryId(1), DeliveryId(2), DeliveryId(3)]);
+        offers.heard(vec![DeliveryId(1), DeliveryId(2), DeliveryId(3)], 0);
         let mut asked = Vec::new();
         let left = offers.read(&room, 0, |ids| {
             asked = ids;
@@ -116,12 +129,31 @@ mod tests {
         );
         assert!(offers.reading());
         assert_eq!(room.available_permits(), 0);
-        offers.heard(vec![DeliveryId(4)]);
+        offers.heard(vec![DeliveryId(4)], 0);
         assert_eq!(
             offers.read(&room, 0, never),
             Left::Nothing,
             "one read at a time"
         );
-        assert!(offers.heard == [DeliveryId(4)], "kept for the next read");
+        assert!(
+            offers.heard == [(DeliveryId(4), 0)],
+            "kept for the next read"
+        );
+    }
+
+    #[test]
+    fn offers_heard_too_long_ago_are_left_to_claims() {
+        let room = Semaphore::new(10);
+        let mut offers = Offers::default();
+        offers.heard(vec![DeliveryId(1)], 0);
+        offers.heard(vec![DeliveryId(2)], 100);
+        let mut asked = Vec::new();
+        let left = offers.read(&room, READ_WITHIN_MS, |ids| {
+            asked = ids;
+            never(Vec::new())
+        });
+        assert_eq!(left, Left::DueAfterOffer);
+        assert_eq!(asked, [DeliveryId(2)], "only the one heard of lately");
+        assert_eq!(room.available_permits(), 9, "room for that one only");
     }
 }

@@ -475,12 +475,13 @@ impl Run {
                 }
             }
             Wake::Offered(offered) => {
+                let now = self.now();
                 let mut offered = Some(offered);
                 while let Some(ids) = offered
                     .take()
                     .or_else(|| self.worker.inbox.offered.try_recv().ok())
                 {
-                    self.offers.heard(ids);
+                    self.offers.heard(ids, now);
                 }
             }
             Wake::OffersRead(read) => self.offers_read(read),
