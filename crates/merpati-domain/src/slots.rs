@@ -129,8 +129,9 @@ pub struct SlotsTaken {
 /// How long a delivery made due on one node stays leased to the owner of its slot on
 /// another, which is told its id ([`Offer`]) and reads it rather than claims it: long enough
 /// for the owner to read it, short enough that an offer lost on the way costs no more than
-/// the owner's fallback wake. Past it, the delivery is due and claimed as any other.
-pub const OFFER_MS: i64 = 1000;
+/// a second. Past it, the delivery is due, and the owner, which looks for due deliveries at
+/// least once a second, claims it as any other.
+pub const OFFER_MS: i64 = 500;
 
 /// Deliveries of a slot stored on one node, offered to the slot's owner ([`OFFER_MS`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
