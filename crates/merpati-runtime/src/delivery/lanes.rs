@@ -44,6 +44,10 @@ pub(crate) struct Lanes {
     /// Queued or under way: a claim whose lease ran out while its delivery waits or is
     /// attempted (the clock stepped) must not start a second attempt beside the first.
     pub(crate) claimed: FastSet<DeliveryId>,
+    /// Attempted, and their records not yet written (with when each ended): a claim or read
+    /// of one meanwhile (its lease or offer ran out first) is dropped. One whose record is
+    /// never told of is let go after a minute.
+    pub(crate) recording: FastMap<DeliveryId, i64>,
     /// One permit for every claim the worker could still hold; shared with ingest.
     pub(crate) room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
@@ -70,6 +74,7 @@ impl Lanes {
             lanes: FastMap::default(),
             active: FastSet::default(),
             claimed: FastSet::default(),
+            recording: FastMap::default(),
             room,
             to_park: Vec::new(),
             to_mark: Vec::new(),
@@ -90,8 +95,9 @@ impl Lanes {
         now: i64,
         pauses: &Pauses,
     ) {
-        if !self.claimed.insert(job.delivery_id) {
-            // Claimed twice (a lease ran out under it): one claim is enough.
+        if self.recording.contains_key(&job.delivery_id) || !self.claimed.insert(job.delivery_id) {
+            // Claimed twice (a lease ran out under it), or attempted and not yet recorded:
+            // one claim is enough.
             self.room.add_permits(1);
             return;
         }
@@ -244,6 +250,15 @@ impl Lanes {
         self.lanes.keys()
     }
 
+    /// The recorder wrote (or gave up on) the records of these deliveries.
+    pub(crate) fn recorded(&mut self, deliveries: &[DeliveryId], now: i64) {
+        for d in deliveries {
+            self.recording.remove(d);
+        }
+        self.recording
+            .retain(|_, ended| now - *ended < RECORDING_MEMORY_MS);
+    }
+
     pub(crate) fn forget(&mut self, endpoint_id: &EndpointId, pauses: &Pauses) {
         pauses.forget(endpoint_id);
         self.active.remove(endpoint_id);
@@ -265,6 +280,7 @@ impl Lanes {
         pauses: &Pauses,
     ) {
         unclaim(&mut self.claimed, &self.room, f.delivery_id);
+        self.recording.insert(f.delivery_id, now);
         if f.health != Health::Unknown {
             self.answered_at = self.answered_at.max(now);
         }
@@ -319,6 +335,9 @@ pub(crate) struct TakenBack {
     pub(crate) now: i64,
     pub(crate) lanes: Vec<(TakeBack, usize)>,
 }
+
+/// How long an attempt whose record the recorder never told of is remembered.
+const RECORDING_MEMORY_MS: i64 = 60_000;
 
 /// Hands a claimed delivery back to the store for when its lane expects to have room.
 fn park(
@@ -381,6 +400,28 @@ mod tests {
         lanes.start_ready(at, 0, 4, |_, _| {});
         let done = finished(id, "ep", at, Health::Up);
         lanes.finish(done, at + 5, &POLICY, &pauses());
+    }
+
+    #[test]
+    fn a_delivery_attempted_and_not_yet_recorded_is_not_taken_again() {
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
+        let mut lanes = lanes(&inbox);
+        answered(&mut lanes, 1, 0);
+        let room = lanes.room.available_permits();
+        // Its lease (or offer) ran out before the record was written: claimed again.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(1), &config(4), 10, &pauses());
+        assert!(!lanes.claimed.contains(&DeliveryId(1)), "dropped");
+        assert_eq!(lanes.room.available_permits(), room, "its room given back");
+        // Once recorded, a claim of it (a retry) is taken.
+        lanes.recorded(&[DeliveryId(1)], 20);
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(due(1), &config(4), 30, &pauses());
+        assert!(lanes.claimed.contains(&DeliveryId(1)));
+        // One whose record is never told of is let go after a while.
+        answered(&mut lanes, 2, 40);
+        lanes.recorded(&[], 45 + RECORDING_MEMORY_MS);
+        assert!(lanes.recording.is_empty());
     }
 
     #[test]

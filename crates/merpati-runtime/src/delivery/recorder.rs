@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use merpati_domain::clock::SharedClock;
 use merpati_domain::delivery::{AttemptRecord, Recorded};
+use merpati_domain::ids::DeliveryId;
 use merpati_domain::retry::NextStep;
 use merpati_domain::SharedStore;
 use tokio::sync::mpsc;
@@ -31,6 +32,8 @@ pub(crate) struct Recorder {
     /// Told of each record written (or given up on): a slot is given back only once its
     /// attempts are recorded.
     pub(crate) ownership: Arc<Ownership>,
+    /// Told the deliveries of each batch once it is written (or given up on).
+    pub(crate) recorded: mpsc::UnboundedSender<Vec<DeliveryId>>,
 }
 
 impl Recorder {
@@ -43,6 +46,10 @@ impl Recorder {
             for r in records.iter() {
                 self.ownership.attempt_recorded(&r.endpoint.id);
             }
+            // A worker gone (shut down) needs no telling.
+            let _ = self
+                .recorded
+                .send(records.iter().map(|r| r.delivery_id).collect());
             // A retry already due by the time it is written was perhaps looked for too
             // early.
             let now = self.clock.now_ms();

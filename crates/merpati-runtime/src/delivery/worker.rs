@@ -79,6 +79,8 @@ enum Wake {
     Offered(Vec<DeliveryId>),
     /// A read of offered deliveries returned.
     OffersRead(OffersRead),
+    /// The recorder wrote these deliveries' records.
+    Recorded(Vec<DeliveryId>),
     /// An attempt ended (or its task failed).
     Finished(Result<(tokio::task::Id, Finished), JoinError>),
     /// The time it slept until came: something may be due (or, when only the fallback's
@@ -154,6 +156,8 @@ struct Run {
     due: DueTimes,
     claiming: Pending<Claimed>,
     offers: Offers,
+    /// The deliveries whose records the recorder wrote.
+    written: mpsc::UnboundedReceiver<Vec<DeliveryId>>,
     lane_writes: Pending<TakenBack>,
     /// Deliveries taken back are due, and no claim started since has returned.
     taken_back_unclaimed: bool,
@@ -172,6 +176,7 @@ impl Run {
         let guard = guard::Guard::new(config.allowed_networks.clone());
         let resolver = guard::GuardedResolver::new(guard.clone(), config.resolve.clone());
         let (records, recorded) = mpsc::channel(RECORD_BATCH * 4);
+        let (written_tx, written) = mpsc::unbounded_channel();
         // Owned here and awaited in `finish`: it ends once the worker and its attempts,
         // the senders of records, are gone.
         let recorder = tokio::spawn(
@@ -184,6 +189,7 @@ impl Run {
                 disable_after_ms: config.disable_after.as_millis() as i64,
                 records: recorded,
                 ownership: worker.ownership.clone(),
+                recorded: written_tx,
             }
             .run(),
         );
@@ -217,6 +223,7 @@ impl Run {
             due: DueTimes::default(),
             claiming: None,
             offers: Offers::default(),
+            written,
             lane_writes: None,
             taken_back_unclaimed: false,
             sent_since_release: false,
@@ -278,9 +285,10 @@ impl Run {
             .idle_since
             .filter(|_| self.sent_since_release)
             .map(|since| since + self.worker.config.idle_release_after);
-        let (claiming, offers, lane_writes, in_flight) = (
+        let (claiming, offers, written, lane_writes, in_flight) = (
             &mut self.claiming,
             &mut self.offers,
+            &mut self.written,
             &mut self.lane_writes,
             &mut self.in_flight,
         );
@@ -300,6 +308,7 @@ impl Run {
             Some(endpoint) = inbox.deleted.recv() => Some(Wake::Deleted(endpoint)),
             Some(handed) = inbox.from_ingest.recv() => Some(Wake::HandedOver(handed)),
             Some(offered) = inbox.offered.recv() => Some(Wake::Offered(offered)),
+            Some(ids) = written.recv() => Some(Wake::Recorded(ids)),
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 Some(Wake::Finished(done))
             }
@@ -485,6 +494,13 @@ impl Run {
                 }
             }
             Wake::OffersRead(read) => self.offers_read(read),
+            Wake::Recorded(written) => {
+                let now = self.now();
+                self.lanes.recorded(&written, now);
+                while let Ok(more) = self.written.try_recv() {
+                    self.lanes.recorded(&more, now);
+                }
+            }
             Wake::Finished(done) => {
                 // Take every attempt that has ended, then step once for them all.
                 let mut done = Some(done);
