@@ -1,5 +1,6 @@
 //! The worker's loop: claims due deliveries, reads those other nodes offered it, starts
-//! what the lanes allow, parks and takes back for them, and sleeps until something wakes it ([`Wake`]), which it then handles.
+//! what the lanes allow, parks and takes back for them, and sleeps until something wakes
+//! it ([`Wake`]), which it then handles.
 //! One step returns one wake; handling it changes the worker's state and nothing else
 //! waits.
 
@@ -363,8 +364,9 @@ impl Run {
     /// those that find none are claimed once their offer runs out.
     fn read_offers(&mut self) {
         let now = self.now();
-        let store = self.worker.store.clone();
+        let store = &self.worker.store;
         let left = self.offers.read(&self.lanes.room, now, |ids| {
+            let store = store.clone();
             Box::pin(async move { store.read_offered(ids, now).await })
         });
         if left == Left::DueAfterOffer {
