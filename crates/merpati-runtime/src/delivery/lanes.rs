@@ -28,6 +28,9 @@ pub(crate) struct Finished {
     pub(crate) took_ms: i64,
     /// When it is due again, if it is to be retried.
     pub(crate) retry_at: Option<i64>,
+    /// The number of the attempt whose record was sent to the recorder (none when the
+    /// attempt's task failed before sending one).
+    pub(crate) recorded_attempt: Option<i64>,
 }
 
 /// How long a lane's pace is remembered once it has gone idle.
@@ -44,10 +47,11 @@ pub(crate) struct Lanes {
     /// Queued or under way: a claim whose lease ran out while its delivery waits or is
     /// attempted (the clock stepped) must not start a second attempt beside the first.
     pub(crate) claimed: FastSet<DeliveryId>,
-    /// Attempted, and their records not yet written (with when each ended): a claim or read
-    /// of one meanwhile (its lease or offer ran out first) is dropped. One whose record is
-    /// never told of is let go after a minute.
-    pub(crate) recording: FastMap<DeliveryId, i64>,
+    /// Attempted, and their records not yet written: a claim or read of one meanwhile (its
+    /// lease or offer ran out first) names the same attempt and is dropped; one naming a
+    /// later attempt was made after the record and is taken. One whose record is never told
+    /// of is let go after a minute.
+    pub(crate) recording: FastMap<DeliveryId, Recording>,
     /// One permit for every claim the worker could still hold; shared with ingest.
     pub(crate) room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
@@ -95,9 +99,17 @@ impl Lanes {
         now: i64,
         pauses: &Pauses,
     ) {
-        if self.recording.contains_key(&job.delivery_id) || !self.claimed.insert(job.delivery_id) {
-            // Claimed twice (a lease ran out under it), or attempted and not yet recorded:
-            // one claim is enough.
+        if let Some(recording) = self.recording.get(&job.delivery_id) {
+            if job.attempt <= recording.attempt {
+                // Its record is not written yet, so this claim saw it before the attempt.
+                self.room.add_permits(1);
+                return;
+            }
+            // The record was written, and the worker heard of it after this claim.
+            self.recording.remove(&job.delivery_id);
+        }
+        if !self.claimed.insert(job.delivery_id) {
+            // Claimed twice (a lease ran out under it): one claim is enough.
             self.room.add_permits(1);
             return;
         }
@@ -256,7 +268,7 @@ impl Lanes {
             self.recording.remove(d);
         }
         self.recording
-            .retain(|_, ended| now - *ended < RECORDING_MEMORY_MS);
+            .retain(|_, r| now - r.ended_at < RECORDING_MEMORY_MS);
     }
 
     pub(crate) fn forget(&mut self, endpoint_id: &EndpointId, pauses: &Pauses) {
@@ -280,7 +292,11 @@ impl Lanes {
         pauses: &Pauses,
     ) {
         unclaim(&mut self.claimed, &self.room, f.delivery_id);
-        self.recording.insert(f.delivery_id, now);
+        if let Some(attempt) = f.recorded_attempt {
+            let ended_at = now;
+            self.recording
+                .insert(f.delivery_id, Recording { attempt, ended_at });
+        }
         if f.health != Health::Unknown {
             self.answered_at = self.answered_at.max(now);
         }
@@ -334,6 +350,13 @@ pub(crate) struct TakeBack {
 pub(crate) struct TakenBack {
     pub(crate) now: i64,
     pub(crate) lanes: Vec<(TakeBack, usize)>,
+}
+
+/// An attempt whose record is on its way to the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recording {
+    attempt: i64,
+    ended_at: i64,
 }
 
 /// How long an attempt whose record the recorder never told of is remembered.
@@ -390,7 +413,13 @@ mod tests {
             health,
             took_ms: 5,
             retry_at: None,
+            recorded_attempt: Some(1),
         }
+    }
+
+    /// Delivery `id` due for its attempt number `attempt`.
+    fn retry(id: i64, attempt: i64) -> DueDelivery {
+        DueDelivery { attempt, ..due(id) }
     }
 
     /// Takes `id` into its lane and runs it to an answer after 5 ms.
@@ -408,7 +437,8 @@ mod tests {
         let mut lanes = lanes(&inbox);
         answered(&mut lanes, 1, 0);
         let room = lanes.room.available_permits();
-        // Its lease (or offer) ran out before the record was written: claimed again.
+        // Its lease (or offer) ran out before the record was written: claimed again, as
+        // the same attempt.
         assert_eq!(take_room(&lanes.room, 1), 1);
         lanes.take(due(1), &config(4), 10, &pauses());
         assert!(!lanes.claimed.contains(&DeliveryId(1)), "dropped");
@@ -416,11 +446,24 @@ mod tests {
         // Once recorded, a claim of it (a retry) is taken.
         lanes.recorded(&[DeliveryId(1)], 20);
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(1), &config(4), 30, &pauses());
+        lanes.take(retry(1, 2), &config(4), 30, &pauses());
         assert!(lanes.claimed.contains(&DeliveryId(1)));
         // One whose record is never told of is let go after a while.
         answered(&mut lanes, 2, 40);
         lanes.recorded(&[], 45 + RECORDING_MEMORY_MS);
+        assert!(lanes.recording.is_empty());
+    }
+
+    #[test]
+    fn a_retry_claimed_before_the_worker_hears_its_record_was_written_is_taken() {
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
+        let mut lanes = lanes(&inbox);
+        answered(&mut lanes, 1, 0);
+        // The record was written and the retry claimed before the recorder's word came:
+        // the claim names the next attempt, so it is the retry, not the attempt again.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        lanes.take(retry(1, 2), &config(4), 10, &pauses());
+        assert!(lanes.claimed.contains(&DeliveryId(1)));
         assert!(lanes.recording.is_empty());
     }
 

@@ -667,6 +667,7 @@ impl Run {
                     health: Health::Unknown,
                     took_ms: 0,
                     retry_at: None,
+                    recorded_attempt: None,
                 }
             }
         };
@@ -771,5 +772,6 @@ async fn deliver(
             NextStep::RetryAt(at) => Some(at),
             _ => None,
         },
+        recorded_attempt: Some(job.attempt),
     }
 }
