@@ -14,7 +14,7 @@ use merpati_domain::{StoreError, StoreResult};
 use postgres::Row;
 
 use crate::conn::Conn;
-use crate::devices::{context_row, CONTEXT_QUERY};
+use crate::devices::{context_row, CONTEXTS_BY_KEYS, CONTEXT_QUERY};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::{json_column, word};
@@ -48,6 +48,14 @@ pub(crate) fn tracker_row(r: &Row) -> Tracker {
         incident_id: r.get::<_, Option<String>>(6).map(IncidentId::from),
         flapping: r.get(7),
     }
+}
+
+/// Device keys as the two arrays the statements take.
+fn key_columns(devices: &[(AccountId, DeviceId)]) -> (Vec<&str>, Vec<&str>) {
+    devices
+        .iter()
+        .map(|(account, device)| (account.as_str(), device.as_str()))
+        .unzip()
 }
 
 pub(crate) fn incident_row(r: &Row) -> DbResult<Incident> {
@@ -294,6 +302,28 @@ impl AlertTx for PostgresAlertTx<'_, '_> {
             &[&account.as_str(), &device.as_str()],
             |r| Ok(tracker_row(r)),
         )
+    }
+
+    fn trackers(&mut self, devices: &[(AccountId, DeviceId)]) -> StoreResult<Vec<Tracker>> {
+        let (accounts, ids) = key_columns(devices);
+        // One probe of the key each, whatever the plan kept thinks of the table's size.
+        self.rows(
+            &format!(
+                "SELECT t.* FROM UNNEST($1::TEXT[], $2::TEXT[]) AS k(account_id, device_id)
+                 CROSS JOIN LATERAL (
+                     SELECT {TRACKER_COLUMNS} FROM alert_trackers t
+                     WHERE t.account_id = k.account_id AND t.device_id = k.device_id
+                     LIMIT 1
+                 ) t"
+            ),
+            &[&accounts, &ids],
+            |r| Ok(tracker_row(r)),
+        )
+    }
+
+    fn devices(&mut self, devices: &[(AccountId, DeviceId)]) -> StoreResult<Vec<DeviceContext>> {
+        let (accounts, ids) = key_columns(devices);
+        self.rows(&CONTEXTS_BY_KEYS, &[&accounts, &ids], context_row)
     }
 
     fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()> {

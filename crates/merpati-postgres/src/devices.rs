@@ -87,6 +87,11 @@ pub(crate) const CONTEXT_QUERY: &str =
      JOIN channels ch ON ch.account_id = d.account_id AND ch.id = d.channel_id
      JOIN businesses b ON b.account_id = d.account_id AND b.id = ch.business_id";
 
+/// The context query over keyed devices (`by_keys`): made once, as it runs for every
+/// presence group and alert run.
+pub(crate) static CONTEXTS_BY_KEYS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| by_keys(CONTEXT_QUERY, false));
+
 /// `query` (the context query or one made from it) over the devices named by two arrays,
 /// `$1` accounts and `$2` ids, each device found by its key (and locked, with `lock`, in the
 /// arrays' order). A join the planner made while the table was small looked each key up

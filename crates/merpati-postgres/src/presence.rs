@@ -20,7 +20,7 @@ use merpati_domain::{StoreError, StoreResult};
 use merpati_webhooks::Event;
 
 use crate::conn::Conn;
-use crate::devices::{by_keys, context_row, presence_to_db, CONTEXT_QUERY};
+use crate::devices::{context_row, presence_to_db, CONTEXTS_BY_KEYS};
 use crate::error::DbResult;
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::presence_machines;
@@ -87,10 +87,6 @@ fn scope_id(scope: &HistoryScope) -> &str {
     }
 }
 
-/// The context query over keyed devices: made once, as it runs for every presence group.
-static CONTEXTS_QUERY: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| by_keys(CONTEXT_QUERY, false));
-
 /// The devices' contexts (deleted devices absent), in one round trip.
 fn contexts(
     tx: &mut Tx<'_>,
@@ -100,7 +96,7 @@ fn contexts(
         .iter()
         .map(|w| (w.account_id.as_str(), w.device_id.as_str()))
         .unzip();
-    tx.query(&CONTEXTS_QUERY, &[&accounts, &devices])?
+    tx.query(&CONTEXTS_BY_KEYS, &[&accounts, &devices])?
         .iter()
         .map(|r| {
             let d = context_row(r)?;

@@ -392,6 +392,24 @@ pub trait AlertTx {
         seq: i64,
     ) -> StoreResult<usize>;
     fn tracker(&mut self, account: &AccountId, device: &DeviceId) -> StoreResult<Option<Tracker>>;
+    /// The trackers of these devices, those that have one, in any order. A backend whose
+    /// every call is a round trip reads them in one.
+    fn trackers(&mut self, devices: &[(AccountId, DeviceId)]) -> StoreResult<Vec<Tracker>> {
+        let mut found = Vec::new();
+        for (account, device) in devices {
+            found.extend(self.tracker(account, device)?);
+        }
+        Ok(found)
+    }
+    /// These devices' contexts, those that still exist, in any order (one round trip, as
+    /// `trackers`).
+    fn devices(&mut self, devices: &[(AccountId, DeviceId)]) -> StoreResult<Vec<DeviceContext>> {
+        let mut found = Vec::new();
+        for (account, device) in devices {
+            found.extend(self.device(account, device)?);
+        }
+        Ok(found)
+    }
     fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()>;
     fn delete_tracker(&mut self, account: &AccountId, device: &DeviceId) -> StoreResult<()>;
     fn due_trackers(&mut self, now: i64, limit: usize) -> StoreResult<Vec<Tracker>>;

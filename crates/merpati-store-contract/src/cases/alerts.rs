@@ -483,3 +483,141 @@ pub async fn drops_count_in_the_order_they_were_announced(store: &SharedStore) {
     assert!(d.flapping);
     assert_eq!(d.down_at, T0 + 4_000, "the fourth drop, not the first");
 }
+
+/// Trackers and devices are read many at once (the engine reads ahead what a run needs,
+/// each device once): each as read alone, the missing ones left out, and within the
+/// transaction that wrote them.
+pub async fn trackers_and_devices_are_read_many_at_once(store: &SharedStore) {
+    let t = tree(store, "acct", 3).await;
+    let other = tree(store, "other", 1).await;
+    let key = |t: &Tree, i: usize| (t.account.clone(), t.devices[i].device_id.clone());
+    let keys = vec![
+        key(&t, 0),
+        key(&t, 1),
+        key(&t, 2),
+        (t.account.clone(), DeviceId::from("gone")),
+        key(&other, 0),
+    ];
+    let tracker = |t: &Tree, i: usize, due: i64| Tracker {
+        account_id: t.account.clone(),
+        device_id: t.devices[i].device_id.clone(),
+        down_since: Some(T0),
+        phase: Phase::Waiting,
+        due_at: Some(due),
+        incident_id: None,
+        flapping: false,
+    };
+    let kept = vec![
+        tracker(&t, 0, T0 + 5),
+        tracker(&t, 2, T0 + 7),
+        tracker(&other, 0, T0 + 9),
+    ];
+    store
+        .alert_write(Box::new(move |tx| {
+            assert!(tx.trackers(&keys)?.is_empty());
+            for k in &kept {
+                tx.put_tracker(k)?;
+            }
+            let mut read = tx.trackers(&keys)?;
+            read.sort_by_key(|t| t.due_at);
+            assert_eq!(read, kept, "written in this transaction, read back");
+            assert!(tx.trackers(&[])?.is_empty());
+
+            let devices = tx.devices(&keys)?;
+            assert_eq!(devices.len(), 4, "{devices:?}");
+            for (account, device) in [&keys[0], &keys[1], &keys[2], &keys[4]] {
+                let alone = tx.device(account, device)?.expect("there");
+                let found = devices.iter().filter(|d| **d == alone).count();
+                assert_eq!(found, 1, "{device} as read alone");
+            }
+            assert!(tx.devices(&[])?.is_empty());
+            Ok(engine::Outcome::default())
+        }))
+        .await
+        .unwrap();
+}
+
+/// Many devices down in one run, and one of them deleted before it: each of the others
+/// joins one incident when due, the deleted one leaves no tracker behind.
+pub async fn many_devices_down_in_one_run_join_one_incident(store: &SharedStore) {
+    let t = tree(store, "acct", 4).await;
+    let a = t.account.clone();
+    store.create_notifier(a.clone(), slack("n1")).await.unwrap();
+    let ups = (0..4).map(|i| up(&t, i, T0)).collect();
+    store.apply_presence(ups, T0).await.unwrap();
+    let downs = (0..4).map(|i| down(&t, i, T0 + 1_000)).collect();
+    store.apply_presence(downs, T0 + 1_000).await.unwrap();
+    store
+        .delete_device(a.clone(), t.devices[3].device_id.clone())
+        .await
+        .unwrap();
+    let out = run(store, T0 + 1_000).await;
+    assert_eq!(out.next_due, Some(T0 + 301_000));
+    let out = run(store, T0 + 301_000).await;
+    assert_eq!(out.notifications, 1, "one alert for the business");
+    let list = store
+        .list_incidents(
+            a.clone(),
+            IncidentFilter::default(),
+            Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let mut down: Vec<String> = list[0]
+        .devices
+        .iter()
+        .map(|d| d.device_id.to_string())
+        .collect();
+    down.sort();
+    let mut expected: Vec<String> = t.devices[..3]
+        .iter()
+        .map(|d| d.device_id.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(down, expected);
+    let gone = t.devices[3].device_id.clone();
+    store
+        .alert_write(Box::new(move |tx| {
+            assert_eq!(tx.tracker(&a, &gone)?, None);
+            Ok(engine::Outcome::default())
+        }))
+        .await
+        .unwrap();
+}
+
+/// A device down and up again before a run takes either in: the run sees the tracker the
+/// first change made, so nothing is left waiting to fire.
+pub async fn a_device_down_and_up_within_one_run_leaves_nothing_to_fire(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    let a = t.account.clone();
+    store.create_notifier(a.clone(), slack("n1")).await.unwrap();
+    store.apply_presence(vec![up(&t, 0, T0)], T0).await.unwrap();
+    store
+        .apply_presence(vec![down(&t, 0, T0 + 1_000)], T0 + 1_000)
+        .await
+        .unwrap();
+    store
+        .apply_presence(vec![up(&t, 0, T0 + 2_000)], T0 + 2_000)
+        .await
+        .unwrap();
+    let out = run(store, T0 + 2_000).await;
+    assert_eq!(out.next_due, None, "nothing waiting");
+    let out = run(store, T0 + 400_000).await;
+    assert_eq!(out.notifications, 0);
+    let list = store
+        .list_incidents(
+            a,
+            IncidentFilter::default(),
+            Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(list.is_empty(), "{list:?}");
+}

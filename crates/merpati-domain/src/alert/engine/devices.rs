@@ -15,14 +15,14 @@ use merpati_webhooks::IncidentEventKind;
 
 impl Engine<'_> {
     pub(super) fn on_change(&mut self, c: &PresenceChange) -> StoreResult<()> {
-        let tracker = self.tx.tracker(&c.account_id, &c.device_id)?;
+        let tracker = self.tracker(&c.account_id, &c.device_id)?;
         // Up with nothing waiting for it: the common case of a connect, nothing to do.
         if !c.down && tracker.is_none() {
             return Ok(());
         }
-        let Some(d) = self.tx.device(&c.account_id, &c.device_id)? else {
+        let Some(d) = self.device(&c.account_id, &c.device_id)? else {
             if tracker.is_some() {
-                self.tx.delete_tracker(&c.account_id, &c.device_id)?;
+                self.delete_tracker(&c.account_id, &c.device_id)?;
             }
             return Ok(());
         };
@@ -88,7 +88,7 @@ impl Engine<'_> {
         if t.due_at.is_some_and(|due| due <= self.now) {
             return self.on_due(t, Some(d.clone()));
         }
-        self.tx.put_tracker(&t)
+        self.put_tracker(&t)
     }
 
     /// A flapping device in an unresolved incident is down again: noted, not notified.
@@ -163,9 +163,9 @@ impl Engine<'_> {
             t.down_since = None;
             t.phase = Phase::Waiting;
             t.due_at = Some(at + self.s.flap_quiet_ms);
-            self.tx.put_tracker(&t)
+            self.put_tracker(&t)
         } else {
-            self.tx.delete_tracker(&t.account_id, &t.device_id)
+            self.delete_tracker(&t.account_id, &t.device_id)
         }
     }
 
@@ -177,14 +177,14 @@ impl Engine<'_> {
     ) -> StoreResult<()> {
         if t.down_since.is_none() {
             // Flapping, and up long enough since: stable again.
-            return self.tx.delete_tracker(&t.account_id, &t.device_id);
+            return self.delete_tracker(&t.account_id, &t.device_id);
         }
         let found = match known {
             Some(d) => Some(d),
-            None => self.tx.device(&t.account_id, &t.device_id)?,
+            None => self.device(&t.account_id, &t.device_id)?,
         };
         let Some(d) = found else {
-            return self.tx.delete_tracker(&t.account_id, &t.device_id);
+            return self.delete_tracker(&t.account_id, &t.device_id);
         };
         let eff = self.effective(&d)?;
         let down_since = t.down_since.unwrap_or(self.now);
@@ -196,12 +196,12 @@ impl Engine<'_> {
             && down_since + eff.down_after_ms.value > self.now
         {
             t.due_at = Some(down_since + eff.down_after_ms.value);
-            return self.tx.put_tracker(&t);
+            return self.put_tracker(&t);
         }
         if let Some((window, end)) = self.window_at(&d, fired_at)? {
             t.phase = Phase::Held(window);
             t.due_at = Some(end + eff.down_after_ms.value);
-            return self.tx.put_tracker(&t);
+            return self.put_tracker(&t);
         }
         let quieted = t.flapping;
         t.flapping = false;
@@ -217,7 +217,7 @@ impl Engine<'_> {
         }
         t.phase = Phase::Firing;
         t.due_at = None;
-        self.tx.put_tracker(&t)
+        self.put_tracker(&t)
     }
 
     /// Puts the device in its business's incident: the unresolved one, or the one resolved

@@ -21,7 +21,7 @@ use super::{
 use crate::ids::{AccountId, IncidentId};
 use crate::storage::{StoreError, StoreResult};
 use merpati_webhooks::IncidentEventKind;
-use state::Engine;
+use state::{DeviceKey, Engine};
 
 /// How much one run takes on of each kind of work; more waits for the next run.
 pub const BATCH: usize = 500;
@@ -95,6 +95,20 @@ pub fn run(tx: &mut dyn AlertTx, settings: &Settings, now: i64) -> StoreResult<O
     let cursor = e.tx.cursor()?;
     let changes = e.tx.changes_after(cursor, BATCH)?;
     e.out.more |= changes.len() == BATCH;
+    // What the changes need, read ahead: every one's tracker, and the device of those that
+    // went down or have a tracker (a connect with neither is skipped unread).
+    let keys: Vec<DeviceKey> = changes
+        .iter()
+        .map(|c| (c.account_id.clone(), c.device_id.clone()))
+        .collect();
+    e.read_trackers(&keys)?;
+    let mut needed = Vec::new();
+    for (c, key) in changes.iter().zip(keys) {
+        if c.down || e.tracker(&key.0, &key.1)?.is_some() {
+            needed.push(key);
+        }
+    }
+    e.read_devices(&needed)?;
     for c in &changes {
         e.on_change(c)?;
     }
@@ -103,9 +117,15 @@ pub fn run(tx: &mut dyn AlertTx, settings: &Settings, now: i64) -> StoreResult<O
     }
     let trackers = e.tx.due_trackers(now, BATCH)?;
     e.out.more |= trackers.len() == BATCH;
+    let keys: Vec<DeviceKey> = trackers
+        .iter()
+        .map(|t| (t.account_id.clone(), t.device_id.clone()))
+        .collect();
+    e.read_devices(&keys)?;
     for t in trackers {
-        // A change above may have settled it already.
-        if let Some(t) = e.tx.tracker(&t.account_id, &t.device_id)? {
+        // As a change above left it, if it did (read after them, it is that already).
+        e.know_tracker(t.clone());
+        if let Some(t) = e.tracker(&t.account_id, &t.device_id)? {
             if t.due_at.is_some_and(|at| at <= now) {
                 e.on_due(t, None)?;
             }

@@ -6,7 +6,7 @@ use super::super::{
     link, Entry, Incident, IncidentDevice, IncidentState, Notification, NotificationStatus,
     NotifierHealth,
 };
-use super::state::Engine;
+use super::state::{DeviceKey, Engine};
 use crate::ids::{AccountId, IncidentId, NotifierId};
 use crate::storage::StoreResult;
 use merpati_webhooks::IncidentEventKind;
@@ -101,9 +101,14 @@ impl Engine<'_> {
         if down.is_empty() {
             return Ok(None);
         }
+        let keys: Vec<DeviceKey> = down
+            .iter()
+            .map(|x| (inc.account_id.clone(), x.device_id.clone()))
+            .collect();
+        self.read_devices(&keys)?;
         let mut until: Option<i64> = None;
         for x in &down {
-            let Some(d) = self.tx.device(&inc.account_id, &x.device_id)? else {
+            let Some(d) = self.device(&inc.account_id, &x.device_id)? else {
                 return Ok(None);
             };
             match self.window_at(&d, self.now)? {

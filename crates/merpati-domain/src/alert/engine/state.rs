@@ -7,11 +7,11 @@ use super::super::rules::{effective, Effective};
 use super::super::window::covering;
 use super::super::{
     AlertRule, AlertTx, BackupChannel, Entry, Incident, IncidentState, Language, MaintenanceWindow,
-    TimelineEntry,
+    TimelineEntry, Tracker,
 };
 use super::{incident_payload, IncidentChange, Outcome, Settings};
 use crate::device::DeviceContext;
-use crate::ids::{AccountId, BusinessId, ChannelId, IncidentId, NotifierId, WindowId};
+use crate::ids::{AccountId, BusinessId, ChannelId, DeviceId, IncidentId, NotifierId, WindowId};
 use crate::storage::StoreResult;
 use merpati_webhooks::IncidentEventKind;
 
@@ -23,6 +23,9 @@ pub(super) struct AccountView {
     pub(super) languages: HashMap<NotifierId, Option<Language>>,
 }
 
+/// A device as the engine keys what it read of it.
+pub(super) type DeviceKey = (AccountId, DeviceId);
+
 pub(super) struct Engine<'a> {
     pub(super) tx: &'a mut dyn AlertTx,
     pub(super) s: &'a Settings,
@@ -32,6 +35,11 @@ pub(super) struct Engine<'a> {
     pub(super) incidents: HashMap<IncidentId, Incident>,
     pub(super) dirty: HashSet<IncidentId>,
     pub(super) backups: HashMap<ChannelId, Option<BackupChannel>>,
+    /// Trackers read ahead for the run's devices (`None`: it has none), kept as the run
+    /// writes them.
+    trackers: HashMap<DeviceKey, Option<Tracker>>,
+    /// Devices read ahead (`None`: deleted). The engine changes none.
+    devices: HashMap<DeviceKey, Option<DeviceContext>>,
     pub(super) out: Outcome,
 }
 
@@ -45,8 +53,97 @@ impl<'a> Engine<'a> {
             incidents: HashMap::new(),
             dirty: HashSet::new(),
             backups: HashMap::new(),
+            trackers: HashMap::new(),
+            devices: HashMap::new(),
             out: Outcome::default(),
         }
+    }
+
+    /// Reads the trackers of these devices not read yet, all in one call.
+    pub(super) fn read_trackers(&mut self, keys: &[DeviceKey]) -> StoreResult<()> {
+        let missing = unread(keys, &self.trackers);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self.tx.trackers(&missing)?;
+        for key in missing {
+            self.trackers.insert(key, None);
+        }
+        for t in found {
+            self.trackers
+                .insert((t.account_id.clone(), t.device_id.clone()), Some(t));
+        }
+        Ok(())
+    }
+
+    /// Reads these devices not read yet, all in one call.
+    pub(super) fn read_devices(&mut self, keys: &[DeviceKey]) -> StoreResult<()> {
+        let missing = unread(keys, &self.devices);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = self.tx.devices(&missing)?;
+        for key in missing {
+            self.devices.insert(key, None);
+        }
+        for d in found {
+            self.devices
+                .insert((d.account_id.clone(), d.device_id.clone()), Some(d));
+        }
+        Ok(())
+    }
+
+    /// Takes a tracker the caller has just read as the run's (unless the run has it).
+    pub(super) fn know_tracker(&mut self, t: Tracker) {
+        self.trackers
+            .entry((t.account_id.clone(), t.device_id.clone()))
+            .or_insert(Some(t));
+    }
+
+    pub(super) fn tracker(
+        &mut self,
+        account: &AccountId,
+        device: &DeviceId,
+    ) -> StoreResult<Option<Tracker>> {
+        let key = (account.clone(), device.clone());
+        if let Some(known) = self.trackers.get(&key) {
+            return Ok(known.clone());
+        }
+        let t = self.tx.tracker(account, device)?;
+        self.trackers.insert(key, t.clone());
+        Ok(t)
+    }
+
+    pub(super) fn device(
+        &mut self,
+        account: &AccountId,
+        device: &DeviceId,
+    ) -> StoreResult<Option<DeviceContext>> {
+        let key = (account.clone(), device.clone());
+        if let Some(known) = self.devices.get(&key) {
+            return Ok(known.clone());
+        }
+        let d = self.tx.device(account, device)?;
+        self.devices.insert(key, d.clone());
+        Ok(d)
+    }
+
+    pub(super) fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()> {
+        self.tx.put_tracker(t)?;
+        let key = (t.account_id.clone(), t.device_id.clone());
+        self.trackers.insert(key, Some(t.clone()));
+        Ok(())
+    }
+
+    pub(super) fn delete_tracker(
+        &mut self,
+        account: &AccountId,
+        device: &DeviceId,
+    ) -> StoreResult<()> {
+        self.tx.delete_tracker(account, device)?;
+        self.trackers
+            .insert((account.clone(), device.clone()), None);
+        Ok(())
     }
 
     pub(super) fn account(&mut self, id: &AccountId) -> StoreResult<&AccountView> {
@@ -223,4 +320,13 @@ impl<'a> Engine<'a> {
         });
         Ok(())
     }
+}
+
+/// The keys not in `known`, each once, in their order.
+fn unread<T>(keys: &[DeviceKey], known: &HashMap<DeviceKey, T>) -> Vec<DeviceKey> {
+    let mut seen = HashSet::new();
+    keys.iter()
+        .filter(|k| !known.contains_key(*k) && seen.insert(*k))
+        .cloned()
+        .collect()
 }
