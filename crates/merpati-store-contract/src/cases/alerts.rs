@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use merpati_domain::alert::engine::{self, SendResult, Settings};
 use merpati_domain::alert::{
-    AlertRule, IncidentFilter, IncidentState, MaintenanceWindow, Match, NotificationStatus,
-    Notifier, NotifierKind, Phase, Schedule, Tracker,
+    AlertRule, Incident, IncidentFilter, IncidentState, MaintenanceWindow, Match,
+    NotificationStatus, Notifier, NotifierKind, Phase, Schedule, Tracker,
 };
 use merpati_domain::ids::{AccountId, AlertRuleId, ChannelId, DeviceId, NotifierId, WindowId};
 use merpati_domain::presence::machine::{Change, Reason};
@@ -183,6 +183,21 @@ fn settings() -> Arc<Settings> {
     })
 }
 
+/// The account's first incidents (all of them, in these cases).
+async fn incidents(store: &SharedStore, account: AccountId) -> Vec<Incident> {
+    store
+        .list_incidents(
+            account,
+            IncidentFilter::default(),
+            Page {
+                after: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+}
+
 async fn run(store: &SharedStore, now: i64) -> engine::Outcome {
     let s = settings();
     store
@@ -213,35 +228,14 @@ pub async fn the_engine_keeps_its_due_times_and_commits_incidents_whole(store: &
     let out = run(store, T0 + 1_000).await;
     assert_eq!(out.next_due, Some(T0 + 301_000));
     assert_eq!(out.notifications, 0);
-    assert!(store
-        .list_incidents(
-            a.clone(),
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 10
-            }
-        )
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(incidents(store, a.clone()).await.is_empty());
     // Taken in once: a second run at the same time changes nothing.
     assert_eq!(run(store, T0 + 1_000).await.next_due, Some(T0 + 301_000));
 
     let out = run(store, T0 + 301_000).await;
     assert_eq!(out.due_deliveries, 1, "incident.opened to the endpoint");
     assert_eq!(out.notifications, 1);
-    let list = store
-        .list_incidents(
-            a.clone(),
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let list = incidents(store, a.clone()).await;
     assert_eq!(list.len(), 1);
     let inc = &list[0];
     assert_eq!(inc.state, IncidentState::Open);
@@ -336,18 +330,7 @@ pub async fn an_incident_is_kept_only_at_the_revision_it_was_read(store: &Shared
         .unwrap();
     run(store, T0 + 1).await;
     run(store, T0 + 400_000).await;
-    let inc = store
-        .list_incidents(
-            t.account.clone(),
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 1,
-            },
-        )
-        .await
-        .unwrap()
-        .remove(0);
+    let inc = incidents(store, t.account.clone()).await.remove(0);
     let stale = inc.clone();
     let fresh = inc.clone();
     store
@@ -467,17 +450,7 @@ pub async fn drops_count_in_the_order_they_were_announced(store: &SharedStore) {
             .unwrap();
     }
     run(store, T0 + 10_000).await;
-    let list = store
-        .list_incidents(
-            a,
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let list = incidents(store, a).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let d = &list[0].devices[0];
     assert!(d.flapping);
@@ -555,17 +528,7 @@ pub async fn many_devices_down_in_one_run_join_one_incident(store: &SharedStore)
     assert_eq!(out.next_due, Some(T0 + 301_000));
     let out = run(store, T0 + 301_000).await;
     assert_eq!(out.notifications, 1, "one alert for the business");
-    let list = store
-        .list_incidents(
-            a.clone(),
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let list = incidents(store, a.clone()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let mut down: Vec<String> = list[0]
         .devices
@@ -608,16 +571,6 @@ pub async fn a_device_down_and_up_within_one_run_leaves_nothing_to_fire(store: &
     assert_eq!(out.next_due, None, "nothing waiting");
     let out = run(store, T0 + 400_000).await;
     assert_eq!(out.notifications, 0);
-    let list = store
-        .list_incidents(
-            a,
-            IncidentFilter::default(),
-            Page {
-                after: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let list = incidents(store, a).await;
     assert!(list.is_empty(), "{list:?}");
 }

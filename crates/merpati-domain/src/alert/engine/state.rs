@@ -61,36 +61,24 @@ impl<'a> Engine<'a> {
 
     /// Reads the trackers of these devices not read yet, all in one call.
     pub(super) fn read_trackers(&mut self, keys: &[DeviceKey]) -> StoreResult<()> {
-        let missing = unread(keys, &self.trackers);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let found = self.tx.trackers(&missing)?;
-        for key in missing {
-            self.trackers.insert(key, None);
-        }
-        for t in found {
-            self.trackers
-                .insert((t.account_id.clone(), t.device_id.clone()), Some(t));
-        }
-        Ok(())
+        let tx = &mut *self.tx;
+        read_ahead(
+            keys,
+            &mut self.trackers,
+            |missing| tx.trackers(missing),
+            |t| (t.account_id.clone(), t.device_id.clone()),
+        )
     }
 
     /// Reads these devices not read yet, all in one call.
     pub(super) fn read_devices(&mut self, keys: &[DeviceKey]) -> StoreResult<()> {
-        let missing = unread(keys, &self.devices);
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let found = self.tx.devices(&missing)?;
-        for key in missing {
-            self.devices.insert(key, None);
-        }
-        for d in found {
-            self.devices
-                .insert((d.account_id.clone(), d.device_id.clone()), Some(d));
-        }
-        Ok(())
+        let tx = &mut *self.tx;
+        read_ahead(
+            keys,
+            &mut self.devices,
+            |missing| tx.devices(missing),
+            |d| (d.account_id.clone(), d.device_id.clone()),
+        )
     }
 
     /// Takes a tracker the caller has just read as the run's (unless the run has it).
@@ -322,11 +310,29 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// The keys not in `known`, each once, in their order.
-fn unread<T>(keys: &[DeviceKey], known: &HashMap<DeviceKey, T>) -> Vec<DeviceKey> {
+/// Reads the keys not in `known` (each once) in one call of `read`, and keeps what it
+/// found, and that the others were not found.
+fn read_ahead<T>(
+    keys: &[DeviceKey],
+    known: &mut HashMap<DeviceKey, Option<T>>,
+    read: impl FnOnce(&[DeviceKey]) -> StoreResult<Vec<T>>,
+    key_of: impl Fn(&T) -> DeviceKey,
+) -> StoreResult<()> {
     let mut seen = HashSet::new();
-    keys.iter()
+    let missing: Vec<DeviceKey> = keys
+        .iter()
         .filter(|k| !known.contains_key(*k) && seen.insert(*k))
         .cloned()
-        .collect()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let found = read(&missing)?;
+    for key in missing {
+        known.insert(key, None);
+    }
+    for x in found {
+        known.insert(key_of(&x), Some(x));
+    }
+    Ok(())
 }
