@@ -186,6 +186,8 @@ pub(crate) fn lock_queues(tx: &mut Tx<'_>, device_ids: &[&str]) -> DbResult<()> 
     if device_ids.is_empty() {
         return Ok(());
     }
+    // Held until the commit, with the deliveries placed behind them.
+    tx.open_transaction()?;
     tx.state
         .locked_queues
         .extend(device_ids.iter().map(|d| d.to_string()));

@@ -66,6 +66,10 @@ impl WriteJob for IngestJob {
         self.work.result.is_some()
     }
 
+    fn stored_by_pass(&self) -> bool {
+        true
+    }
+
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
         let IngestJob { mut work, reply } = *self;
         let answer = match (commit, work.result.take()) {

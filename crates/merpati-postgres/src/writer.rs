@@ -44,6 +44,9 @@ pub(crate) struct WriterState {
     wrote: bool,
     /// Device queues the transaction holds (`fanout::lock_queues`).
     pub(crate) locked_queues: std::collections::HashSet<String>,
+    /// The group runs without a transaction until a statement needs one (`Tx::open_transaction`): a
+    /// group of requests alone whose one write is the outbox's statement commits with it.
+    deferred_begin: bool,
 }
 
 impl WriterState {
@@ -166,6 +169,16 @@ impl<'a> Tx<'a> {
         Ok(self.state.delivery_ids.pop_front().expect("an id in hand"))
     }
 
+    /// Opens the group's transaction, if it runs without one so far: before a statement
+    /// whose effect must last until the commit (a lock), or that must commit with others.
+    pub(crate) fn open_transaction(&mut self) -> DbResult<()> {
+        if self.state.deferred_begin {
+            self.conn.batch("BEGIN")?;
+            self.state.deferred_begin = false;
+        }
+        Ok(())
+    }
+
     /// Sends the write's new events and deliveries.
     pub(crate) fn flush(&mut self) -> DbResult<()> {
         let outbox = std::mem::take(&mut self.state.outbox);
@@ -233,6 +246,11 @@ pub(crate) trait WriteJob: Send {
     fn as_any(&mut self) -> &mut dyn std::any::Any;
     /// Stored already, by the group pass.
     fn done(&self) -> bool {
+        false
+    }
+    /// Stored by the group pass, whose reads need no transaction and whose one write is
+    /// the outbox's statement (unless it opens one).
+    fn stored_by_pass(&self) -> bool {
         false
     }
     /// It ran a statement that changes rows (before it failed, for a checked write).
@@ -448,17 +466,31 @@ pub(crate) fn run_group(
             }
         }
     };
-    conn.batch(commit.begin()).map_err(commit_failed)?;
+    // Requests alone: their reads go without a transaction, and their one write, if none
+    // was opened meanwhile, commits by itself: two round trips fewer, BEGIN and COMMIT.
+    let deferred = commit == Commit::Durable && group.iter().all(|j| j.stored_by_pass());
+    if deferred {
+        state.deferred_begin = true;
+    } else {
+        conn.batch(commit.begin()).map_err(commit_failed)?;
+    }
     state.end_write();
     let passed = {
         let mut tx = Tx::new(conn, state);
         pass(&mut tx, group).and_then(|()| tx.flush())
     };
     state.end_write();
+    let in_transaction = !std::mem::take(&mut state.deferred_begin);
     if let Err(e) = passed {
         state.forget();
-        rollback(conn);
+        if in_transaction {
+            rollback(conn);
+        }
         return Err(commit_failed(e));
+    }
+    if !in_transaction {
+        debug_assert!(group.iter().all(|j| j.done()));
+        return Ok(());
     }
     for job in group.iter_mut() {
         if job.done() {
@@ -503,4 +535,114 @@ pub(crate) fn run_group(
         rollback(conn);
         commit_failed(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write the test's pass stores.
+    struct Stored {
+        by_pass: bool,
+        done: bool,
+    }
+
+    impl WriteJob for Stored {
+        fn guard(&self) -> Guard {
+            Guard::ChecksFirst
+        }
+        fn run(&mut self, _: &mut Tx<'_>) -> bool {
+            self.done = true;
+            true
+        }
+        fn failure(&self) -> Option<StoreError> {
+            None
+        }
+        fn as_any(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+        fn done(&self) -> bool {
+            self.done
+        }
+        fn stored_by_pass(&self) -> bool {
+            self.by_pass
+        }
+        fn finish(self: Box<Self>, _: Result<(), StoreError>) {}
+    }
+
+    /// Two statements in one transaction share its id.
+    fn in_transaction(tx: &mut Tx<'_>) -> bool {
+        let mut id = || -> i64 { tx.query_one("SELECT txid_current()", &[]).unwrap().get(0) };
+        id() == id()
+    }
+
+    fn group(by_pass: &[bool]) -> Vec<Box<dyn WriteJob>> {
+        by_pass
+            .iter()
+            .map(|&by_pass| {
+                Box::new(Stored {
+                    by_pass,
+                    done: false,
+                }) as Box<dyn WriteJob>
+            })
+            .collect()
+    }
+
+    /// A group of requests alone runs without a transaction until a statement needs one;
+    /// any other group, or a lock, runs in one, committed at the end either way.
+    #[test]
+    fn requests_alone_commit_with_their_one_write_and_a_lock_opens_a_transaction() {
+        let url = crate::scratch::shared().empty_database().unwrap();
+        let mut conn = Conn::connect(&url, Arc::new(merpati_keyring::Sealer::ephemeral())).unwrap();
+        conn.batch("CREATE TABLE t (n INT)").unwrap();
+        let mut state = WriterState::default();
+        thread_local!(static SEEN: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) });
+        fn store(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>], lock: bool) -> DbResult<()> {
+            tx.query_one("SELECT 1", &[])?;
+            if lock {
+                tx.open_transaction()?;
+                tx.query_one("SELECT pg_advisory_xact_lock(7)", &[])?;
+            }
+            SEEN.with(|s| s.set(Some(in_transaction(tx))));
+            tx.execute("INSERT INTO t VALUES (1)", &[])?;
+            for job in group.iter_mut().filter(|j| j.stored_by_pass()) {
+                job.run(tx);
+            }
+            Ok(())
+        }
+        fn plain(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+            store(tx, group, false)
+        }
+        fn locking(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+            store(tx, group, true)
+        }
+        let mut ran = |jobs: &[bool], pass: GroupPass, commit: Commit| {
+            SEEN.with(|s| s.set(None));
+            run_group(&mut conn, &mut state, &mut group(jobs), pass, commit).unwrap();
+            SEEN.with(|s| s.get()).expect("the pass ran")
+        };
+        assert!(
+            !ran(&[true, true], plain, Commit::Durable),
+            "requests alone"
+        );
+        assert!(
+            ran(&[true, true], locking, Commit::Durable),
+            "a lock opened one"
+        );
+        assert!(ran(&[true, false], plain, Commit::Durable), "another write");
+        assert!(
+            ran(&[true], plain, Commit::WithoutFlush),
+            "a lease writer's"
+        );
+        // Every group committed, and none is left open.
+        let rows: i64 = conn
+            .query_one("SELECT COUNT(*) FROM t", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 4);
+        let id = |conn: &mut Conn| -> i64 {
+            conn.query_one("SELECT txid_current()", &[]).unwrap().get(0)
+        };
+        assert_ne!(id(&mut conn), id(&mut conn));
+    }
 }
