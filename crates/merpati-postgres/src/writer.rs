@@ -44,8 +44,9 @@ pub(crate) struct WriterState {
     wrote: bool,
     /// Device queues the transaction holds (`fanout::lock_queues`).
     pub(crate) locked_queues: std::collections::HashSet<String>,
-    /// The group runs without a transaction until a statement needs one (`Tx::open_transaction`): a
-    /// group of requests alone whose one write is the outbox's statement commits with it.
+    /// The group runs without a transaction until a statement needs one
+    /// (`Tx::open_transaction`): a group of requests alone, whose one write is the outbox's
+    /// statement, commits with that statement.
     deferred_begin: bool,
 }
 
@@ -539,6 +540,8 @@ pub(crate) fn run_group(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
 
     /// A write the test's pass stores.
@@ -596,7 +599,8 @@ mod tests {
         let mut conn = Conn::connect(&url, Arc::new(merpati_keyring::Sealer::ephemeral())).unwrap();
         conn.batch("CREATE TABLE t (n INT)").unwrap();
         let mut state = WriterState::default();
-        thread_local!(static SEEN: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) });
+        // Whether the pass's statements ran inside a transaction.
+        thread_local!(static SEEN: Cell<Option<bool>> = const { Cell::new(None) });
         fn store(tx: &mut Tx<'_>, group: &mut [Box<dyn WriteJob>], lock: bool) -> DbResult<()> {
             tx.query_one("SELECT 1", &[])?;
             if lock {
