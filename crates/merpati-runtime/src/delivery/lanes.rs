@@ -293,9 +293,11 @@ impl Lanes {
     ) {
         unclaim(&mut self.claimed, &self.room, f.delivery_id);
         if let Some(attempt) = f.recorded_attempt {
-            let ended_at = now;
-            self.recording
-                .insert(f.delivery_id, Recording { attempt, ended_at });
+            let recording = Recording {
+                attempt,
+                ended_at: now,
+            };
+            self.recording.insert(f.delivery_id, recording);
         }
         if f.health != Health::Unknown {
             self.answered_at = self.answered_at.max(now);

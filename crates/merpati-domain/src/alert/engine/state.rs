@@ -93,13 +93,10 @@ impl<'a> Engine<'a> {
         account: &AccountId,
         device: &DeviceId,
     ) -> StoreResult<Option<Tracker>> {
-        let key = (account.clone(), device.clone());
-        if let Some(known) = self.trackers.get(&key) {
-            return Ok(known.clone());
-        }
-        let t = self.tx.tracker(account, device)?;
-        self.trackers.insert(key, t.clone());
-        Ok(t)
+        let tx = &mut *self.tx;
+        known_or_read(&mut self.trackers, account, device, || {
+            tx.tracker(account, device)
+        })
     }
 
     pub(super) fn device(
@@ -107,13 +104,10 @@ impl<'a> Engine<'a> {
         account: &AccountId,
         device: &DeviceId,
     ) -> StoreResult<Option<DeviceContext>> {
-        let key = (account.clone(), device.clone());
-        if let Some(known) = self.devices.get(&key) {
-            return Ok(known.clone());
-        }
-        let d = self.tx.device(account, device)?;
-        self.devices.insert(key, d.clone());
-        Ok(d)
+        let tx = &mut *self.tx;
+        known_or_read(&mut self.devices, account, device, || {
+            tx.device(account, device)
+        })
     }
 
     pub(super) fn put_tracker(&mut self, t: &Tracker) -> StoreResult<()> {
@@ -308,6 +302,22 @@ impl<'a> Engine<'a> {
         });
         Ok(())
     }
+}
+
+/// The device's entry in `known`, or what `read` finds, kept.
+fn known_or_read<T: Clone>(
+    known: &mut HashMap<DeviceKey, Option<T>>,
+    account: &AccountId,
+    device: &DeviceId,
+    read: impl FnOnce() -> StoreResult<Option<T>>,
+) -> StoreResult<Option<T>> {
+    let key = (account.clone(), device.clone());
+    if let Some(x) = known.get(&key) {
+        return Ok(x.clone());
+    }
+    let x = read()?;
+    known.insert(key, x.clone());
+    Ok(x)
 }
 
 /// Reads the keys not in `known` (each once) in one call of `read`, and keeps what it
