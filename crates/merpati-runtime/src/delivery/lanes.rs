@@ -12,7 +12,8 @@ use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::slots::{slot_of, Slot};
 use tokio::sync::Semaphore;
 
-use super::lane::{Breaker, BreakerPolicy, Gate, Health, Lane, Limits, RATE_WINDOW_MS};
+use super::breaker::{Breaker, BreakerPolicy, Health};
+use super::lane::{Gate, Lane, Limits, RATE_WINDOW_MS};
 use super::prepared::{Prepared, PreparedTargets};
 use super::{DeliveryConfig, Pauses};
 

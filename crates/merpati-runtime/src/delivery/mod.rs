@@ -2,7 +2,8 @@
 //! outcome and the next step.
 //!
 //! - `handoff`: fresh deliveries from ingest to the worker, in memory, and the worker's room.
-//! - `lane`: one endpoint's lane as pure logic (limits, breaker, pace, where to park).
+//! - `lane`: one endpoint's lane as pure logic (limits, pace, where to park); `breaker`: its
+//!   circuit breaker.
 //! - `lanes`: the worker's lanes together, and every delivery it holds a claim on.
 //! - `worker`: the loop, as a struct and an enum of what woke it.
 //! - `recorder`: writes attempts, many to a transaction.
@@ -23,6 +24,7 @@ use merpati_domain::ids::{AccountId, EndpointId};
 
 use crate::bus::{Bus, Change, EndpointState};
 
+mod breaker;
 mod due_times;
 pub mod guard;
 mod handoff;

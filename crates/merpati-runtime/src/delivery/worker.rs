@@ -22,9 +22,9 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::breaker::{BreakerPolicy, Health};
 use super::due_times::DueTimes;
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
-use super::lane::{BreakerPolicy, Health};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
 use super::offers::{Left, Offers, OffersRead};

@@ -18,6 +18,7 @@ mod contract;
 mod dashboard;
 mod dedup;
 mod disk;
+mod engine_calls;
 mod filters;
 mod guard;
 mod health;
