@@ -148,7 +148,8 @@ impl Default for Metrics {
         registry.register(
             "merpati_deliveries_taken",
             "Deliveries the worker took to attempt, by how: handed over by ingest on this node, \
-             offered by the node that stored them, claimed from the store",
+             offered by the node that stored them, claimed from the store (one it already \
+             held, claimed or read again, is not counted)",
             taken.clone(),
         );
         // 1 ms to about 33 s.

@@ -93,18 +93,19 @@ impl Lanes {
 
     /// A claimed delivery joins its endpoint's lane, or is parked when the lane cannot
     /// start it soon (its breaker is open, or it is already queued as deep as its pace).
+    /// Returns false, and keeps nothing, for a delivery the worker holds already.
     pub(crate) fn take(
         &mut self,
         job: DueDelivery,
         config: &DeliveryConfig,
         now: i64,
         pauses: &Pauses,
-    ) {
+    ) -> bool {
         if let Some(recording) = self.recording.get(&job.delivery_id) {
             if job.attempt <= recording.attempt {
                 // Its record is not written yet, so this claim saw it before the attempt.
                 self.room.add_permits(1);
-                return;
+                return false;
             }
             // The record was written, and the worker heard of it after this claim.
             self.recording.remove(&job.delivery_id);
@@ -112,7 +113,7 @@ impl Lanes {
         if !self.claimed.insert(job.delivery_id) {
             // Claimed twice (a lease ran out under it): one claim is enough.
             self.room.add_permits(1);
-            return;
+            return false;
         }
         let limits = Limits {
             concurrency: job
@@ -154,10 +155,11 @@ impl Lanes {
                 &self.room,
                 &mut self.to_park,
             );
-            return;
+            return true;
         }
         self.active.insert(job.endpoint.id.clone());
         lane.queue.push_back(job);
+        true
     }
 
     /// Lanes that slowed down (or opened their breaker) since they queued give back what
@@ -428,7 +430,7 @@ mod tests {
     /// Takes `id` into its lane and runs it to an answer after 5 ms.
     fn answered(lanes: &mut Lanes, id: i64, at: i64) {
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(id), &config(4), at, &pauses());
+        assert!(lanes.take(due(id), &config(4), at, &pauses()));
         lanes.start_ready(at, 0, 4, |_, _| {});
         let done = finished(id, "ep", at, Health::Up);
         lanes.finish(done, at + 5, &POLICY, &pauses());
@@ -443,14 +445,17 @@ mod tests {
         // Its lease (or offer) ran out before the record was written: claimed again, as
         // the same attempt.
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(due(1), &config(4), 10, &pauses());
+        assert!(!lanes.take(due(1), &config(4), 10, &pauses()), "not new");
         assert!(!lanes.claimed.contains(&DeliveryId(1)), "dropped");
         assert_eq!(lanes.room.available_permits(), room, "its room given back");
         // Once recorded, a claim of it (a retry) is taken.
         lanes.recorded(&[DeliveryId(1)], 20);
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(retry(1, 2), &config(4), 30, &pauses());
+        assert!(lanes.take(retry(1, 2), &config(4), 30, &pauses()));
         assert!(lanes.claimed.contains(&DeliveryId(1)));
+        // Claimed again while held: one claim is enough.
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        assert!(!lanes.take(retry(1, 2), &config(4), 35, &pauses()), "held");
         // One whose record is never told of is let go after a while.
         answered(&mut lanes, 2, 40);
         lanes.recorded(&[], 45 + RECORDING_MEMORY_MS);
@@ -465,7 +470,7 @@ mod tests {
         // The record was written and the retry claimed before the recorder's word came:
         // the claim names the next attempt, so it is the retry, not the attempt again.
         assert_eq!(take_room(&lanes.room, 1), 1);
-        lanes.take(retry(1, 2), &config(4), 10, &pauses());
+        assert!(lanes.take(retry(1, 2), &config(4), 10, &pauses()));
         assert!(lanes.claimed.contains(&DeliveryId(1)));
         assert!(lanes.recording.is_empty());
     }

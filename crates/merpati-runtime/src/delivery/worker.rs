@@ -479,10 +479,7 @@ impl Run {
                     .take()
                     .or_else(|| self.worker.inbox.from_ingest.try_recv().ok())
                 {
-                    self.worker.metrics.taken(Taken::Handed, jobs.len());
-                    for job in jobs {
-                        self.take(job, now);
-                    }
+                    self.take_all(Taken::Handed, jobs, now);
                 }
             }
             Wake::Offered(offered) => {
@@ -535,16 +532,24 @@ impl Run {
         }
     }
 
-    /// A claimed or handed-over delivery joins its lane, unless its slot stopped being
-    /// this node's meanwhile: then it is let go, and its lease is voided when the slot is
-    /// given back or taken over.
-    fn take(&mut self, job: DueDelivery, now: i64) {
-        if self.worker.ownership.takes(&job.endpoint.id) {
-            self.lanes
-                .take(job, &self.worker.config, now, &self.worker.pauses);
-        } else {
-            self.lanes.room.add_permits(1);
+    /// What a claim, a read of offers or ingest brought joins its lanes, and is counted,
+    /// unless the worker holds it already, or its slot stopped being this node's meanwhile:
+    /// then it is let go, and its lease is voided when the slot is given back or taken over.
+    fn take_all(&mut self, how: Taken, jobs: Vec<DueDelivery>, now: i64) {
+        let mut kept = 0;
+        for job in jobs {
+            if self.worker.ownership.takes(&job.endpoint.id) {
+                kept += usize::from(self.lanes.take(
+                    job,
+                    &self.worker.config,
+                    now,
+                    &self.worker.pauses,
+                ));
+            } else {
+                self.lanes.room.add_permits(1);
+            }
         }
+        self.worker.metrics.taken(how, kept);
     }
 
     /// When the slots held changed: the lanes of endpoints whose slot is no longer active
@@ -598,10 +603,7 @@ impl Run {
                 if !self.due.known_due {
                     self.due.caught_up(now);
                 }
-                self.worker.metrics.taken(Taken::Claimed, jobs.len());
-                for job in jobs {
-                    self.take(job, now);
-                }
+                self.take_all(Taken::Claimed, jobs, now);
             }
             Err(e) => {
                 self.lanes.room.add_permits(want);
@@ -616,10 +618,7 @@ impl Run {
         match read {
             Ok(jobs) => {
                 self.lanes.room.add_permits(room - jobs.len());
-                self.worker.metrics.taken(Taken::Offered, jobs.len());
-                for job in jobs {
-                    self.take(job, now);
-                }
+                self.take_all(Taken::Offered, jobs, now);
             }
             Err(e) => {
                 self.lanes.room.add_permits(room);
