@@ -1,10 +1,9 @@
 //! Deliveries other nodes offered this one: they stored them leased to it for a short
 //! offer (`merpati_domain::slots::OFFER_MS`) and sent their ids. The worker reads them, one
 //! read at a time, in room it takes for them, rather than claims them: a read writes
-//! nothing and waits for no write. What it has no room for it leaves, and what it heard of
-//! too long ago to read well within the offer: their offer runs out and it claims them as
-//! any due delivery. (A read so late that a claim took the delivery meanwhile could hand
-//! it over twice.)
+//! nothing and waits for no write. What it has no room for waits for room while its offer
+//! lasts; what it heard of too long ago to read well within the offer it leaves: their
+//! offer runs out and it claims them as any due delivery.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,8 +41,7 @@ pub(super) struct Offers {
 pub(super) enum Left {
     /// Every one is being read (or there were none).
     Nothing,
-    /// Some found no room, or were heard of too long ago: they are due, to claim, once
-    /// their offer runs out.
+    /// Some were heard of too long ago: they are due, to claim, once their offer runs out.
     DueAfterOffer,
 }
 
@@ -57,7 +55,8 @@ impl Offers {
     }
 
     /// Starts a read (`read`) of what was heard, in as much room as is free, unless one
-    /// is under way; what finds no room is let go.
+    /// is under way; what finds no room waits for the next read, and what was heard of too
+    /// long ago is let go.
     pub(super) fn read(
         &mut self,
         room: &Semaphore,
@@ -69,17 +68,13 @@ impl Offers {
         }
         let heard = self.heard.len();
         self.heard.retain(|(_, at)| now - at < READ_WITHIN_MS);
-        let taken = take_room(room, self.heard.len());
-        let left = if taken < heard {
+        let left = if self.heard.len() < heard {
             Left::DueAfterOffer
         } else {
             Left::Nothing
         };
-        let mut ids: Vec<DeliveryId> = std::mem::take(&mut self.heard)
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
-        ids.truncate(taken);
+        let taken = take_room(room, self.heard.len());
+        let ids: Vec<DeliveryId> = self.heard.drain(..taken).map(|(d, _)| d).collect();
         if !ids.is_empty() {
             let reading = read(ids);
             self.reading = Some(Box::pin(async move {
@@ -110,7 +105,7 @@ mod tests {
     }
 
     #[test]
-    fn offers_are_read_one_read_at_a_time_and_what_finds_no_room_is_left_to_claims() {
+    fn offers_are_read_one_read_at_a_time_and_what_finds_no_room_waits_for_room() {
         let room = Semaphore::new(2);
         let mut offers = Offers::default();
         assert_eq!(offers.read(&room, 0, never), Left::Nothing, "none heard");
@@ -121,7 +116,7 @@ mod tests {
             asked = ids;
             never(Vec::new())
         });
-        assert_eq!(left, Left::DueAfterOffer);
+        assert_eq!(left, Left::Nothing, "the one with no room waits");
         assert_eq!(
             asked,
             [DeliveryId(1), DeliveryId(2)],
@@ -129,16 +124,34 @@ mod tests {
         );
         assert!(offers.reading());
         assert_eq!(room.available_permits(), 0);
-        offers.heard(vec![DeliveryId(4)], 0);
+        offers.heard(vec![DeliveryId(4)], 10);
         assert_eq!(
-            offers.read(&room, 0, never),
+            offers.read(&room, 10, never),
             Left::Nothing,
             "one read at a time"
         );
         assert!(
-            offers.heard == [(DeliveryId(4), 0)],
-            "kept for the next read"
+            offers.heard == [(DeliveryId(3), 0), (DeliveryId(4), 10)],
+            "kept for the next read, in order"
         );
+        // The read returned, and an attempt ended: the first to wait goes first.
+        offers.reading = None;
+        room.add_permits(1);
+        let mut asked = Vec::new();
+        offers.read(&room, 20, |ids| {
+            asked = ids;
+            never(Vec::new())
+        });
+        assert_eq!(asked, [DeliveryId(3)]);
+        // No room until its offer has nearly run out: it is left to claims.
+        offers.reading = None;
+        room.add_permits(1);
+        let left = offers.read(&room, 10 + READ_WITHIN_MS, |_| {
+            panic!("nothing left worth reading")
+        });
+        assert_eq!(left, Left::DueAfterOffer);
+        assert!(offers.heard.is_empty());
+        assert_eq!(room.available_permits(), 1, "no room taken");
     }
 
     #[test]

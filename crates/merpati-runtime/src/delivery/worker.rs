@@ -361,7 +361,7 @@ impl Run {
     }
 
     /// Starts a read of the deliveries other nodes offered, in the room there is for them;
-    /// those that find none are claimed once their offer runs out.
+    /// those that wait too long for room are claimed once their offer runs out.
     fn read_offers(&mut self) {
         let now = self.now();
         let store = &self.worker.store;
