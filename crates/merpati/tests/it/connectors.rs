@@ -34,6 +34,32 @@ pub(crate) async fn connector(app: &TestApp, key: &str, body: Value) -> Connecto
     }
 }
 
+/// A server on a manual clock (heartbeats due within a minute, 30 s of grace), a merchant
+/// with a device on "wa", and a receiver of its device events.
+pub(crate) async fn watched_merchant() -> (TestApp, Merchant, Receiver) {
+    let app = TestApp::spawn_manual(&[
+        ("presence.heartbeat_timeout", "60s"),
+        ("presence.grace", "30s"),
+    ])
+    .await;
+    let m = app.merchant_on("acct", "wa").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
+        .await;
+    (app, m, receiver)
+}
+
+/// Rotates connector `id`'s secret; the connector as the answer shows it.
+pub(crate) async fn rotate_secret(app: &TestApp, key: &str, id: &str) -> Value {
+    app.ok_post(
+        &format!("/v1/connectors/{id}/secret/rotate"),
+        key,
+        json!({}),
+        200,
+    )
+    .await
+}
+
 /// Posts `body` as the engine would, with `headers`; the status and answer.
 async fn post(app: &TestApp, path: &str, body: &[u8], headers: &[(&str, String)]) -> (u16, Value) {
     let mut req = app
@@ -236,15 +262,7 @@ async fn the_android_gateway_signs_body_and_time_and_stale_requests_are_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engine_states_make_a_reconnect_a_blip_and_a_silent_engine_is_noticed() {
-    let app = TestApp::spawn_manual(&[
-        ("presence.heartbeat_timeout", "60s"),
-        ("presence.grace", "30s"),
-    ])
-    .await;
-    let m = app.merchant_on("acct", "wa").await;
-    let receiver = Receiver::start().await;
-    app.endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
-        .await;
+    let (app, m, receiver) = watched_merchant().await;
     let c = connector(
         &app,
         &m.key,
@@ -569,14 +587,7 @@ async fn a_connector_s_secrets_and_its_engine_s_keys_never_reach_the_log() {
     .await;
     assert_eq!(status, 401);
     let id = evo.view["id"].as_str().unwrap();
-    let rotated = app
-        .ok_post(
-            &format!("/v1/connectors/{id}/secret/rotate"),
-            &m.key,
-            json!({}),
-            200,
-        )
-        .await;
+    let rotated = rotate_secret(&app, &m.key, id).await;
     let waha = connector(
         &app,
         &m.key,

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::connectors::connector;
+use crate::connectors::{connector, rotate_secret, watched_merchant};
 use crate::helpers::*;
 
 /// A fake of WAHA's session API on loopback: answers what it is told, counts the asking,
@@ -64,15 +64,7 @@ impl FakeWaha {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_polled_engine_keeps_its_device_up_and_one_that_stops_answering_is_announced() {
-    let app = TestApp::spawn_manual(&[
-        ("presence.heartbeat_timeout", "60s"),
-        ("presence.grace", "30s"),
-    ])
-    .await;
-    let m = app.merchant_on("acct", "wa").await;
-    let receiver = Receiver::start().await;
-    app.endpoint(&m.key, &receiver, json!({"events": ["device.*"]}))
-        .await;
+    let (app, m, receiver) = watched_merchant().await;
     let waha = FakeWaha::start().await;
     connector(
         &app,
@@ -214,16 +206,10 @@ async fn merpati_points_a_telegram_bot_at_its_connector_and_again_after_a_rotati
     app.wait_status(&m.key, "dev", "connected").await;
 
     // A rotated secret is given to Telegram at the next poll.
-    let rotated = app
-        .ok_post(
-            &format!("/v1/connectors/{id}/secret/rotate"),
-            &m.key,
-            json!({}),
-            200,
-        )
-        .await;
+    let rotated = rotate_secret(&app, &m.key, &id).await;
     set_with(rotated["secret"].as_str().unwrap().to_string()).await;
 }
+
 /// Loopback fakes of Evolution's, textbee's, Telegram's and Slack's status APIs, in one
 /// server: each answers that all is well, until told it is dead (then it fails every
 /// request). It counts the asking.
