@@ -44,6 +44,22 @@ pub(crate) fn arrival_of(path: &str, body: &[u8]) -> Option<(u32, u64)> {
     Some((endpoint, rid))
 }
 
+/// The longest time from `kill` on without an arrival, or `None` if nothing arrived after
+/// it. The longest gap, not the first arrival: requests a dead node sent just before it
+/// died may be read after the kill, and must not hide the wait that follows them.
+pub fn longest_silence_after(
+    kill: Instant,
+    arrivals: impl Iterator<Item = Instant>,
+) -> Option<Duration> {
+    let mut after: Vec<Instant> = arrivals.filter(|at| *at >= kill).collect();
+    after.sort_unstable();
+    std::iter::once(kill)
+        .chain(after.iter().copied())
+        .zip(after.iter().copied())
+        .map(|(before, at)| at.duration_since(before))
+        .max()
+}
+
 /// The node to kill, and when.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Kill {
@@ -128,24 +144,16 @@ impl FailoverFigures {
             }
         }
         let twice: Vec<&(u32, Instant)> = seen.values().filter(|(n, _)| *n > 1).collect();
-        // The dead node's last requests, read just after the kill, must not hide the wait
-        // that follows them: the longest gap counts, not the first arrival.
         let longest_silence_after_kill_seconds = (0..endpoints)
             .map(|endpoint| {
-                let mut times: Vec<Instant> = arrivals
-                    .iter()
-                    .filter(|a| a.endpoint == endpoint && a.at >= killed_at)
-                    .map(|a| a.at)
-                    .collect();
-                if times.is_empty() {
-                    return f64::INFINITY;
-                }
-                times.sort_unstable();
-                std::iter::once(killed_at)
-                    .chain(times.iter().copied())
-                    .zip(times.iter().copied())
-                    .map(|(before, after)| after.duration_since(before).as_secs_f64())
-                    .fold(0.0, f64::max)
+                longest_silence_after(
+                    killed_at,
+                    arrivals
+                        .iter()
+                        .filter(|a| a.endpoint == endpoint)
+                        .map(|a| a.at),
+                )
+                .map_or(f64::INFINITY, |d| d.as_secs_f64())
             })
             .collect();
         FailoverFigures {

@@ -21,5 +21,5 @@ pub mod simulate;
 
 pub use alerts::{alerts, AlertArgs, AlertFigures};
 pub use delivery::{delivery, measure_running, DeliveryArgs, DeliveryFigures};
-pub use failover::FailoverFigures;
+pub use failover::{longest_silence_after, FailoverFigures};
 pub use presence::{presence, PresenceArgs, PresenceFigures};

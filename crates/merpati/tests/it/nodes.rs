@@ -317,21 +317,9 @@ async fn three_nodes_deliver_every_event_in_order_through_a_kill_and_a_join() {
             }
         }
     }
-    // The longest wait from the kill on, not the first arrival after it: requests the dead
-    // node sent just before it died may be read after the kill.
-    let mut after: Vec<Instant> = ordered
-        .received()
-        .iter()
-        .map(|r| r.at)
-        .filter(|at| *at > killed_at)
-        .collect();
-    after.sort_unstable();
-    let gap = std::iter::once(killed_at)
-        .chain(after.iter().copied())
-        .zip(after.iter().copied())
-        .map(|(before, at)| at - before)
-        .max()
-        .expect("deliveries after the kill");
+    let gap =
+        merpati_bench::longest_silence_after(killed_at, ordered.received().iter().map(|r| r.at))
+            .expect("deliveries after the kill");
     assert!(
         gap < Duration::from_secs(7),
         "no delivery for {gap:?} after the kill"
