@@ -83,6 +83,11 @@ pub trait Reservation: Send {
     fn push(&mut self, delivery: DueDelivery);
     /// After the commit: the worker owns the deliveries and the room from now on.
     fn hand_over(self: Box<Self>);
+    /// The commit went unanswered (the connection was lost while it was made): the write
+    /// may be stored or not. The room is given back, and the worker reads the deliveries
+    /// from the store as it reads offered ones: it finds them only if the write was stored,
+    /// and takes them then rather than when their lease runs out.
+    fn unanswered(self: Box<Self>);
 }
 
 #[async_trait::async_trait]

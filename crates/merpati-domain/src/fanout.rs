@@ -199,6 +199,7 @@ mod tests {
             self.1.push(delivery);
         }
         fn hand_over(self: Box<Self>) {}
+        fn unanswered(self: Box<Self>) {}
     }
 
     #[test]

@@ -86,6 +86,17 @@ pub(crate) fn is_lock_timeout(e: &DbError) -> bool {
     matches!(e, DbError::Postgres(p) if p.code() == Some(&SqlState::LOCK_NOT_AVAILABLE))
 }
 
+/// True when the statement's connection was lost before the server answered it (closed,
+/// or the server ending the session): a commit under way may have been made.
+pub(crate) fn connection_lost(e: &DbError) -> bool {
+    let DbError::Postgres(e) = e else {
+        return false;
+    };
+    is_broken(e)
+        || e.code()
+            .is_some_and(|c| *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CRASH_SHUTDOWN)
+}
+
 /// True when the connection the error came on cannot be used again.
 pub(crate) fn is_broken(e: &postgres::Error) -> bool {
     use std::error::Error;

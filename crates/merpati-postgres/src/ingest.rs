@@ -86,6 +86,17 @@ impl WriteJob for IngestJob {
         };
         let _ = reply.send(answer);
     }
+
+    fn finish_unanswered(self: Box<Self>, error: StoreError) {
+        let IngestJob { mut work, reply } = *self;
+        // The request may be stored, the deliveries it leased to the worker with it: they
+        // are read back rather than left until their lease runs out. The device is told
+        // to send again, and finds what was stored.
+        if let (Some(Ok(_)), Some(handoff)) = (&work.result, work.handoff.take()) {
+            handoff.unanswered();
+        }
+        let _ = reply.send(Err(error));
+    }
 }
 
 /// What an item's rid became: `(account, device, rid key)`.

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{Conn, KeptConn, Outages, Param};
 use crate::endpoint_cache::EndpointCache;
-use crate::error::{is_broken, postgres_error, DbError, DbResult};
+use crate::error::{connection_lost, is_broken, postgres_error, DbError, DbResult};
 use crate::outbox::Outbox;
 use merpati_domain::commit_stats::CommitStats;
 
@@ -260,6 +260,10 @@ pub(crate) trait WriteJob: Send {
     }
     /// Answers the caller once the commit's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+    /// Answers the caller when the commit went unanswered: the write may be stored or not.
+    fn finish_unanswered(self: Box<Self>, error: StoreError) {
+        self.finish(Err(error))
+    }
 }
 
 pub(crate) struct Job<F, R, T> {
@@ -413,13 +417,42 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
                     job.finish(Ok(()));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+            Err(GroupFailed { error, unanswered }) => {
+                tracing::error!(error = %error, jobs = group.len(), unanswered, "group commit failed");
                 for job in group {
-                    job.finish(Err(e.clone()));
+                    if unanswered {
+                        job.finish_unanswered(error.clone());
+                    } else {
+                        job.finish(Err(error.clone()));
+                    }
                 }
             }
         }
+    }
+}
+
+/// Why a group did not commit.
+#[derive(Debug)]
+pub(crate) struct GroupFailed {
+    pub(crate) error: StoreError,
+    /// The connection was lost while the group's commit was made: it may be stored.
+    pub(crate) unanswered: bool,
+}
+
+impl From<StoreError> for GroupFailed {
+    fn from(error: StoreError) -> Self {
+        GroupFailed {
+            error,
+            unanswered: false,
+        }
+    }
+}
+
+/// A failed commit: unanswered when its connection was lost before the server answered.
+fn commit_lost(e: DbError) -> GroupFailed {
+    GroupFailed {
+        unanswered: connection_lost(&e),
+        error: commit_failed(e),
     }
 }
 
@@ -459,7 +492,7 @@ pub(crate) fn run_group(
     group: &mut [Box<dyn WriteJob>],
     pass: GroupPass,
     commit: Commit,
-) -> Result<(), StoreError> {
+) -> Result<(), GroupFailed> {
     let rollback = |conn: &mut Conn| {
         if let Err(DbError::Postgres(e)) = conn.batch("ROLLBACK") {
             if is_broken(&e) {
@@ -473,7 +506,8 @@ pub(crate) fn run_group(
     if deferred {
         state.deferred_begin = true;
     } else {
-        conn.batch(commit.begin()).map_err(commit_failed)?;
+        conn.batch(commit.begin())
+            .map_err(|e| GroupFailed::from(commit_failed(e)))?;
     }
     state.end_write();
     let passed = {
@@ -486,8 +520,10 @@ pub(crate) fn run_group(
         state.forget();
         if in_transaction {
             rollback(conn);
+            return Err(commit_failed(e).into());
         }
-        return Err(commit_failed(e));
+        // Without a transaction, the write commits as it runs.
+        return Err(commit_lost(e));
     }
     if !in_transaction {
         debug_assert!(group.iter().all(|j| j.done()));
@@ -513,7 +549,8 @@ pub(crate) fn run_group(
                     _ => StoreError::Internal(
                         "a write failed after changing rows; its group is undone".into(),
                     ),
-                });
+                }
+                .into());
             }
             continue;
         }
@@ -528,13 +565,13 @@ pub(crate) fn run_group(
         if let Err(e) = step {
             state.forget();
             rollback(conn);
-            return Err(commit_failed(e));
+            return Err(commit_failed(e).into());
         }
     }
     conn.batch("COMMIT").map_err(|e| {
         state.forget();
         rollback(conn);
-        commit_failed(e)
+        commit_lost(e)
     })
 }
 
@@ -648,5 +685,41 @@ mod tests {
             conn.query_one("SELECT txid_current()", &[]).unwrap().get(0)
         };
         assert_ne!(id(&mut conn), id(&mut conn));
+    }
+    /// A group whose write commits as it runs (requests alone) and loses its connection
+    /// meanwhile may be stored: it is told unanswered. One in a transaction is not stored,
+    /// nor is one whose statement the server refused.
+    #[test]
+    fn a_write_that_commits_as_it_runs_and_loses_its_connection_is_unanswered() {
+        let url = crate::scratch::shared().empty_database().unwrap();
+        let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
+        fn lost(tx: &mut Tx<'_>, _: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+            tx.query_one("SELECT pg_terminate_backend(pg_backend_pid())", &[])?;
+            Ok(())
+        }
+        fn refused(tx: &mut Tx<'_>, _: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
+            tx.query_one("SELECT 1 / 0", &[])?;
+            Ok(())
+        }
+        let run = |jobs: &[bool], pass: GroupPass| {
+            let mut conn = Conn::connect(&url, sealer.clone()).unwrap();
+            let mut state = WriterState::default();
+            run_group(
+                &mut conn,
+                &mut state,
+                &mut group(jobs),
+                pass,
+                Commit::Durable,
+            )
+            .expect_err("the group failed")
+        };
+        let failed = run(&[true], lost);
+        assert!(failed.unanswered, "{failed:?}");
+        assert!(matches!(failed.error, StoreError::Unavailable(_)));
+        let failed = run(&[true, false], lost);
+        assert!(!failed.unanswered, "in a transaction, never committed");
+        let failed = run(&[true], refused);
+        assert!(!failed.unanswered, "refused, never committed");
+        assert!(matches!(failed.error, StoreError::Internal(_)));
     }
 }

@@ -305,6 +305,8 @@ impl Reservation for Reserved {
         let offered = std::mem::take(&mut self.offered);
         self.room.offered.lock().unwrap().extend(offered);
     }
+
+    fn unanswered(self: Box<Self>) {}
 }
 
 impl Drop for Reserved {

@@ -20,6 +20,7 @@ use merpati_domain::SharedStore;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::offers::ToRead;
 use super::DeliveryConfig;
 use crate::cluster::Ownership;
 
@@ -53,8 +54,9 @@ pub struct Handoff {
     ownership: Arc<Ownership>,
     /// Deliveries writes here offered to the owners of other nodes' slots.
     elsewhere: mpsc::UnboundedSender<Offers>,
-    /// Deliveries other nodes offered to this one.
-    offered: mpsc::UnboundedSender<Vec<DeliveryId>>,
+    /// Deliveries to read rather than claim: offered by other nodes, or leased by writes
+    /// whose commit went unanswered.
+    to_read: mpsc::UnboundedSender<ToRead>,
 }
 
 /// Deliveries offered, by slot.
@@ -101,8 +103,8 @@ pub struct Inbox {
     pub(crate) room: Arc<Semaphore>,
     pub(crate) from_ingest: mpsc::UnboundedReceiver<Vec<DueDelivery>>,
     pub(crate) deleted: mpsc::UnboundedReceiver<EndpointId>,
-    /// Deliveries other nodes offered this one, to read.
-    pub(crate) offered: mpsc::UnboundedReceiver<Vec<DeliveryId>>,
+    /// Deliveries to read rather than claim.
+    pub(crate) to_read: mpsc::UnboundedReceiver<ToRead>,
 }
 
 /// A handoff for a worker holding at most `max_in_flight` plus a claim's worth of
@@ -115,7 +117,7 @@ pub fn handoff(
     let (to_worker, from_ingest) = mpsc::unbounded_channel();
     let (deleted_tx, deleted) = mpsc::unbounded_channel();
     let (elsewhere, offers) = mpsc::unbounded_channel();
-    let (offered_tx, offered) = mpsc::unbounded_channel();
+    let (to_read_tx, to_read) = mpsc::unbounded_channel();
     (
         Handoff {
             room: room.clone(),
@@ -124,13 +126,13 @@ pub fn handoff(
             lease: lease(config),
             ownership,
             elsewhere,
-            offered: offered_tx,
+            to_read: to_read_tx,
         },
         Inbox {
             room,
             from_ingest,
             deleted,
-            offered,
+            to_read,
         },
         OwnersToWake { offers },
     )
@@ -158,6 +160,7 @@ impl Handoff {
             ownership: self.ownership.clone(),
             elsewhere: Offers::new(),
             wake_elsewhere: self.elsewhere.clone(),
+            to_read: self.to_read.clone(),
         })
     }
 
@@ -173,7 +176,7 @@ impl Handoff {
     /// them, room permitting.
     pub fn offered(&self, deliveries: Vec<DeliveryId>) {
         if !deliveries.is_empty() {
-            let _ = self.offered.send(deliveries);
+            let _ = self.to_read.send(ToRead::offered(deliveries));
         }
     }
 }
@@ -191,6 +194,19 @@ struct Reserved {
     /// Deliveries this write offered to the owners of other nodes' slots.
     elsewhere: Offers,
     wake_elsewhere: mpsc::UnboundedSender<Offers>,
+    to_read: mpsc::UnboundedSender<ToRead>,
+}
+
+impl Reserved {
+    /// Names what the write offered to its slots' owners, who find it only if it is
+    /// stored.
+    fn offer_elsewhere(&mut self) {
+        if !self.elsewhere.is_empty() {
+            let _ = self
+                .wake_elsewhere
+                .send(std::mem::take(&mut self.elsewhere));
+        }
+    }
 }
 
 impl Reservation for Reserved {
@@ -229,16 +245,25 @@ impl Reservation for Reserved {
 
     fn hand_over(mut self: Box<Self>) {
         self.taken = 0;
-        if !self.elsewhere.is_empty() {
-            let _ = self
-                .wake_elsewhere
-                .send(std::mem::take(&mut self.elsewhere));
-        }
+        self.offer_elsewhere();
         let deliveries = std::mem::take(&mut self.deliveries);
         if !deliveries.is_empty() {
             // A worker gone (shut down) leaves them leased; the next start releases them.
             let _ = self.to_worker.send(deliveries);
         }
+    }
+
+    fn unanswered(mut self: Box<Self>) {
+        self.offer_elsewhere();
+        let deliveries: Vec<DeliveryId> =
+            self.deliveries.drain(..).map(|d| d.delivery_id).collect();
+        if !deliveries.is_empty() {
+            let _ = self.to_read.send(ToRead {
+                deliveries,
+                leased_until: Some(self.lease_until),
+            });
+        }
+        // The room taken goes back as the reservation drops: a read takes its own.
     }
 }
 
@@ -390,6 +415,30 @@ pub(crate) mod tests {
         assert_eq!(
             owners.offers.try_recv().expect("sent"),
             Offers::from([(slot_of(&ep), vec![DeliveryId(2), DeliveryId(3)])])
+        );
+    }
+
+    #[test]
+    fn a_write_whose_commit_went_unanswered_gives_its_room_back_and_its_deliveries_to_read() {
+        let (handoff, mut inbox, mut owners) = handoff(&config(4), sole());
+        let budget = claim_budget(&config(4));
+        let mut reserved = handoff.reserve(1_000);
+        assert!(reserved.take_room(&"ep".into()));
+        reserved.push(due(1));
+        reserved.offered(&"ep_elsewhere".into(), DeliveryId(2));
+        reserved.unanswered();
+        assert_eq!(inbox.room.available_permits(), budget, "room given back");
+        assert!(inbox.from_ingest.try_recv().is_err(), "nothing handed over");
+        assert_eq!(
+            inbox.to_read.try_recv().expect("to read"),
+            ToRead {
+                deliveries: vec![DeliveryId(1)],
+                leased_until: Some(1_000 + lease(&config(4)).as_millis() as i64),
+            }
+        );
+        assert_eq!(
+            owners.offers.try_recv().expect("offered"),
+            Offers::from([(slot_of(&"ep_elsewhere".into()), vec![DeliveryId(2)])])
         );
     }
 

@@ -1,9 +1,12 @@
-//! Deliveries other nodes offered this one: they stored them leased to it for a short
-//! offer (`merpati_domain::slots::OFFER_MS`) and sent their ids. The worker reads them, one
-//! read at a time, in room it takes for them, rather than claims them: a read writes
-//! nothing and waits for no write. What it has no room for waits for room while its offer
-//! lasts; what it heard of too long ago to read well within the offer it leaves: their
-//! offer runs out and it claims them as any due delivery.
+//! Deliveries the worker reads rather than claims: a read writes nothing and waits for no
+//! write. Other nodes offer it deliveries of its slots: they stored them leased to it for a
+//! short offer (`merpati_domain::slots::OFFER_MS`) and sent their ids. And a write of this
+//! node whose commit went unanswered leaves the deliveries it leased to the worker to read
+//! back: they are found only if the write was stored. The worker reads them one read at a
+//! time, in room it takes for them. What it has no room for waits for room, and what the
+//! store could not be asked for is asked again a second later, while their lease lasts
+//! long enough to read them well within it; past that it leaves them: their lease runs
+//! out and it claims them as any due delivery.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,74 +21,104 @@ use super::handoff::take_room;
 
 type Read<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Offers heard longer ago than this are left to claims.
-const READ_WITHIN_MS: i64 = OFFER_MS / 2;
+/// A delivery is read only this long before its lease runs out, or it is left to claims.
+const READ_MARGIN_MS: i64 = OFFER_MS / 2;
 
-/// What a read of offered deliveries found, and how much room it was given.
+/// After a read the store could not answer, the next waits this long.
+const RETRY_AFTER_MS: i64 = 1000;
+
+/// Deliveries to read rather than claim.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ToRead {
+    pub deliveries: Vec<DeliveryId>,
+    /// When their lease runs out, if known; an offer heard of now runs out within
+    /// [`OFFER_MS`].
+    pub leased_until: Option<i64>,
+}
+
+impl ToRead {
+    /// Deliveries another node offered this one.
+    pub fn offered(deliveries: Vec<DeliveryId>) -> ToRead {
+        ToRead {
+            deliveries,
+            leased_until: None,
+        }
+    }
+}
+
+/// A delivery to read, and when its lease runs out.
+type Heard = (DeliveryId, i64);
+
+/// What a read found, what it was for, and how much room it was given.
 pub(super) struct OffersRead {
     pub(super) now: i64,
     pub(super) room: usize,
+    pub(super) asked: Vec<Heard>,
     pub(super) read: StoreResult<Vec<DueDelivery>>,
 }
 
-/// The offers heard and not read yet, and the read under way.
+/// The deliveries to read and not read yet, and the read under way.
 #[derive(Default)]
 pub(super) struct Offers {
-    /// Each delivery offered, and when it was heard of.
-    heard: Vec<(DeliveryId, i64)>,
+    /// In the order heard.
+    heard: Vec<Heard>,
     reading: Option<Read<OffersRead>>,
-}
-
-/// What became of the offers heard when a read started.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Left {
-    /// Every one is being read (or there were none).
-    Nothing,
-    /// Some were heard of too long ago: they are due, to claim, once their offer runs out.
-    DueAfterOffer,
+    /// No read starts before this, after one the store could not answer.
+    retry_at: Option<i64>,
 }
 
 impl Offers {
-    pub(super) fn heard(&mut self, deliveries: Vec<DeliveryId>, now: i64) {
-        self.heard.extend(deliveries.into_iter().map(|d| (d, now)));
+    pub(super) fn heard(&mut self, to_read: ToRead, now: i64) {
+        let until = to_read.leased_until.unwrap_or(now + OFFER_MS);
+        self.heard
+            .extend(to_read.deliveries.into_iter().map(|d| (d, until)));
     }
 
     pub(super) fn reading(&self) -> bool {
         self.reading.is_some()
     }
 
-    /// Starts a read (`read`) of what was heard, in as much room as is free, unless one
-    /// is under way; what finds no room waits for the next read, and what was heard of too
-    /// long ago is let go.
+    /// When the next read may start, after one the store could not answer.
+    pub(super) fn retry_at(&self) -> Option<i64> {
+        self.retry_at.filter(|_| !self.heard.is_empty())
+    }
+
+    /// Starts a read (`read`) of what was heard, in as much room as is free, unless one is
+    /// under way or the store failed a read less than a second ago; what finds no room
+    /// waits for the next read. What is too near the end of its lease to read is let go:
+    /// returns when the last of it is due, to claim.
     pub(super) fn read(
         &mut self,
         room: &Semaphore,
         now: i64,
         read: impl FnOnce(Vec<DeliveryId>) -> Read<StoreResult<Vec<DueDelivery>>>,
-    ) -> Left {
-        if self.reading.is_some() || self.heard.is_empty() {
-            return Left::Nothing;
+    ) -> Option<i64> {
+        let mut due_at = None;
+        self.heard.retain(|&(_, until)| {
+            let keep = now < until - READ_MARGIN_MS;
+            if !keep {
+                due_at = due_at.max(Some(until));
+            }
+            keep
+        });
+        if self.reading.is_some() || self.retry_at.is_some_and(|at| now < at) {
+            return due_at;
         }
-        let heard = self.heard.len();
-        self.heard.retain(|(_, at)| now - at < READ_WITHIN_MS);
-        let left = if self.heard.len() < heard {
-            Left::DueAfterOffer
-        } else {
-            Left::Nothing
-        };
+        self.retry_at = None;
         let taken = take_room(room, self.heard.len());
-        let ids: Vec<DeliveryId> = self.heard.drain(..taken).map(|(d, _)| d).collect();
-        if !ids.is_empty() {
-            let reading = read(ids);
+        if taken > 0 {
+            let asked: Vec<Heard> = self.heard.drain(..taken).collect();
+            let reading = read(asked.iter().map(|&(d, _)| d).collect());
             self.reading = Some(Box::pin(async move {
                 OffersRead {
                     now,
                     room: taken,
+                    asked,
                     read: reading.await,
                 }
             }));
         }
-        left
+        due_at
     }
 
     /// Waits for the read under way; call only while [`Offers::reading`].
@@ -93,6 +126,13 @@ impl Offers {
         let read = self.reading.as_mut().expect("a read under way").await;
         self.reading = None;
         read
+    }
+
+    /// The store could not answer a read made at `now`: what it asked for is read first,
+    /// a second later.
+    pub(super) fn read_failed(&mut self, asked: Vec<Heard>, now: i64) {
+        self.heard.splice(..0, asked);
+        self.retry_at = Some(now + RETRY_AFTER_MS);
     }
 }
 
@@ -104,19 +144,23 @@ mod tests {
         Box::pin(std::future::pending())
     }
 
+    fn offered(ids: &[i64]) -> ToRead {
+        ToRead::offered(ids.iter().map(|&i| DeliveryId(i)).collect())
+    }
+
     #[test]
     fn offers_are_read_one_read_at_a_time_and_what_finds_no_room_waits_for_room() {
         let room = Semaphore::new(2);
         let mut offers = Offers::default();
-        assert_eq!(offers.read(&room, 0, never), Left::Nothing, "none heard");
+        assert_eq!(offers.read(&room, 0, never), None, "none heard");
         assert!(!offers.reading());
-        offers.heard(vec![DeliveryId(1), DeliveryId(2), DeliveryId(3)], 0);
+        offers.heard(offered(&[1, 2, 3]), 0);
         let mut asked = Vec::new();
         let left = offers.read(&room, 0, |ids| {
             asked = ids;
             never(Vec::new())
         });
-        assert_eq!(left, Left::Nothing, "the one with no room waits");
+        assert_eq!(left, None, "the one with no room waits");
         assert_eq!(
             asked,
             [DeliveryId(1), DeliveryId(2)],
@@ -124,14 +168,10 @@ mod tests {
         );
         assert!(offers.reading());
         assert_eq!(room.available_permits(), 0);
-        offers.heard(vec![DeliveryId(4)], 10);
-        assert_eq!(
-            offers.read(&room, 10, never),
-            Left::Nothing,
-            "one read at a time"
-        );
+        offers.heard(offered(&[4]), 10);
+        assert_eq!(offers.read(&room, 10, never), None, "one read at a time");
         assert!(
-            offers.heard == [(DeliveryId(3), 0), (DeliveryId(4), 10)],
+            offers.heard == [(DeliveryId(3), OFFER_MS), (DeliveryId(4), 10 + OFFER_MS)],
             "kept for the next read, in order"
         );
         // The read returned, and an attempt ended: the first to wait goes first.
@@ -146,10 +186,10 @@ mod tests {
         // No room until its offer has nearly run out: it is left to claims.
         offers.reading = None;
         room.add_permits(1);
-        let left = offers.read(&room, 10 + READ_WITHIN_MS, |_| {
+        let left = offers.read(&room, 10 + OFFER_MS - READ_MARGIN_MS, |_| {
             panic!("nothing left worth reading")
         });
-        assert_eq!(left, Left::DueAfterOffer);
+        assert_eq!(left, Some(10 + OFFER_MS), "due once its offer runs out");
         assert!(offers.heard.is_empty());
         assert_eq!(room.available_permits(), 1, "no room taken");
     }
@@ -158,15 +198,68 @@ mod tests {
     fn offers_heard_too_long_ago_are_left_to_claims() {
         let room = Semaphore::new(10);
         let mut offers = Offers::default();
-        offers.heard(vec![DeliveryId(1)], 0);
-        offers.heard(vec![DeliveryId(2)], 100);
+        offers.heard(offered(&[1]), 0);
+        offers.heard(offered(&[2]), 100);
         let mut asked = Vec::new();
-        let left = offers.read(&room, READ_WITHIN_MS, |ids| {
+        let left = offers.read(&room, OFFER_MS - READ_MARGIN_MS, |ids| {
             asked = ids;
             never(Vec::new())
         });
-        assert_eq!(left, Left::DueAfterOffer);
+        assert_eq!(left, Some(OFFER_MS));
         assert_eq!(asked, [DeliveryId(2)], "only the one heard of lately");
         assert_eq!(room.available_permits(), 9, "room for that one only");
+    }
+
+    /// Deliveries leased to this node by a write whose commit went unanswered are read for
+    /// as long as their lease allows, through a store that cannot answer for a while.
+    #[test]
+    fn what_the_store_could_not_be_asked_for_is_asked_again_a_second_later_while_its_lease_lasts() {
+        let room = Semaphore::new(10);
+        let mut offers = Offers::default();
+        let lease = 33_000;
+        offers.heard(
+            ToRead {
+                deliveries: vec![DeliveryId(7), DeliveryId(8)],
+                leased_until: Some(lease),
+            },
+            0,
+        );
+        let mut asked = Vec::new();
+        offers.read(&room, 0, |ids| {
+            asked = ids;
+            never(Vec::new())
+        });
+        assert_eq!(asked, [DeliveryId(7), DeliveryId(8)]);
+        // The store is down: the read fails, and what it asked for waits a second.
+        let failed = std::mem::take(&mut offers.reading);
+        drop(failed);
+        room.add_permits(2);
+        offers.read_failed(vec![(DeliveryId(7), lease), (DeliveryId(8), lease)], 5);
+        offers.heard(offered(&[9]), 6);
+        assert_eq!(offers.retry_at(), Some(1_005));
+        assert_eq!(
+            offers.read(&room, 100, |_| panic!("not before a second")),
+            None
+        );
+        assert_eq!(room.available_permits(), 10);
+        // The offer heard meanwhile ran out waiting; the two leased long are read.
+        let mut asked = Vec::new();
+        let left = offers.read(&room, 1_005, |ids| {
+            asked = ids;
+            never(Vec::new())
+        });
+        assert_eq!(left, Some(6 + OFFER_MS));
+        assert_eq!(asked, [DeliveryId(7), DeliveryId(8)], "in their order");
+        assert_eq!(offers.retry_at(), None);
+        // Failing until their lease is nearly out, they are left to claims then.
+        offers.reading = None;
+        room.add_permits(2);
+        offers.read_failed(
+            vec![(DeliveryId(7), lease), (DeliveryId(8), lease)],
+            lease - 600,
+        );
+        let left = offers.read(&room, lease - READ_MARGIN_MS, |_| panic!("too late"));
+        assert_eq!(left, Some(lease));
+        assert_eq!(offers.retry_at(), None, "nothing left to read");
     }
 }

@@ -16,7 +16,6 @@ use merpati_domain::delivery::{AttemptRecord, DueDelivery};
 use merpati_domain::endpoint::mail_recipients;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
 use merpati_domain::retry::{next_step, NextStep};
-use merpati_domain::slots::OFFER_MS;
 use merpati_domain::{SharedStore, StoreResult};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
@@ -27,7 +26,7 @@ use super::due_times::DueTimes;
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
-use super::offers::{Left, Offers, OffersRead};
+use super::offers::{Offers, OffersRead, ToRead};
 use super::prepared::Prepared;
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
@@ -76,9 +75,9 @@ enum Wake {
     Deleted(EndpointId),
     /// Fresh deliveries from ingest.
     HandedOver(Vec<DueDelivery>),
-    /// Deliveries another node offered, to read.
-    Offered(Vec<DeliveryId>),
-    /// A read of offered deliveries returned.
+    /// Deliveries to read: another node offered them, or a write's commit went unanswered.
+    ToRead(ToRead),
+    /// A read of deliveries to read returned.
     OffersRead(OffersRead),
     /// The recorder wrote these deliveries' records.
     Recorded(Vec<DeliveryId>),
@@ -269,7 +268,7 @@ impl Run {
             .then_some(self.due.polled_at + FALLBACK_WAKE_MS);
         let other = earliest(
             earliest(store_wake, lane_wake),
-            self.lanes.probe_wake(self.now()),
+            earliest(self.lanes.probe_wake(self.now()), self.offers.retry_at()),
         );
         let wake_at = earliest(other, fallback);
         let fallback_only = fallback.is_some_and(|f| other.is_none_or(|o| f < o));
@@ -308,7 +307,7 @@ impl Run {
             _ = waker.woken() => Some(Wake::Woken),
             Some(endpoint) = inbox.deleted.recv() => Some(Wake::Deleted(endpoint)),
             Some(handed) = inbox.from_ingest.recv() => Some(Wake::HandedOver(handed)),
-            Some(offered) = inbox.offered.recv() => Some(Wake::Offered(offered)),
+            Some(to_read) = inbox.to_read.recv() => Some(Wake::ToRead(to_read)),
             Some(ids) = written.recv() => Some(Wake::Recorded(ids)),
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
                 Some(Wake::Finished(done))
@@ -365,12 +364,12 @@ impl Run {
     fn read_offers(&mut self) {
         let now = self.now();
         let store = &self.worker.store;
-        let left = self.offers.read(&self.lanes.room, now, |ids| {
+        let left_due_at = self.offers.read(&self.lanes.room, now, |ids| {
             let store = store.clone();
             Box::pin(async move { store.read_offered(ids, now).await })
         });
-        if left == Left::DueAfterOffer {
-            self.due.schedule(now + OFFER_MS);
+        if let Some(at) = left_due_at {
+            self.due.schedule(at);
         }
     }
 
@@ -482,14 +481,14 @@ impl Run {
                     self.take_all(Taken::Handed, jobs, now);
                 }
             }
-            Wake::Offered(offered) => {
+            Wake::ToRead(to_read) => {
                 let now = self.now();
-                let mut offered = Some(offered);
-                while let Some(ids) = offered
+                let mut to_read = Some(to_read);
+                while let Some(heard) = to_read
                     .take()
-                    .or_else(|| self.worker.inbox.offered.try_recv().ok())
+                    .or_else(|| self.worker.inbox.to_read.try_recv().ok())
                 {
-                    self.offers.heard(ids, now);
+                    self.offers.heard(heard, now);
                 }
             }
             Wake::OffersRead(read) => self.offers_read(read),
@@ -614,7 +613,15 @@ impl Run {
         }
     }
 
-    fn offers_read(&mut self, OffersRead { now, room, read }: OffersRead) {
+    fn offers_read(
+        &mut self,
+        OffersRead {
+            now,
+            room,
+            asked,
+            read,
+        }: OffersRead,
+    ) {
         match read {
             Ok(jobs) => {
                 self.lanes.room.add_permits(room - jobs.len());
@@ -622,9 +629,8 @@ impl Run {
             }
             Err(e) => {
                 self.lanes.room.add_permits(room);
-                tracing::warn!(error = %e, "could not read the deliveries offered");
-                // They are claimed once their offer runs out.
-                self.due.schedule(now + OFFER_MS);
+                tracing::warn!(error = %e, "could not read the deliveries to read");
+                self.offers.read_failed(asked, now);
             }
         }
     }

@@ -128,3 +128,101 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
     assert!(accepted.is_subset(&rids), "an accepted item was lost");
     assert_eq!(rids.len(), 400);
 }
+
+/// A request whose commit the server made but never answered (its connection was lost
+/// while the commit waited: here for a synchronous standby that never comes) is answered
+/// 503; the device sends it again, it is found stored, and its delivery, leased to the
+/// worker by the write that was never answered, still goes out at once, not when its
+/// lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_its_lease() {
+    let (server, url) = tokio::task::spawn_blocking(|| {
+        let server = ScratchServer::start(ScratchOptions::default()).unwrap();
+        let url = server
+            .fresh_database(|url| {
+                merpati_postgres::PostgresStore::migrate(url)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        (server, url)
+    })
+    .await
+    .unwrap();
+    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
+    let m = app.merchant("acct").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+    app.ok_post("/v1/device/messages", &m.device_token, item(0), 202)
+        .await;
+    receiver.wait_for(1).await;
+
+    let db = RawDatabase::of(&app);
+    db.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    db.execute("SELECT pg_reload_conf()");
+    // Until the setting reaches the server's processes, commits are answered as before:
+    // the device posts its next item until one waits.
+    let mut rid = 0;
+    let unanswered = loop {
+        rid += 1;
+        let post = {
+            let (url, token) = (app.url.clone(), m.device_token.clone());
+            tokio::spawn(async move {
+                client()
+                    .post(format!("{url}/v1/device/messages"))
+                    .bearer_auth(token)
+                    .json(&item(rid))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        };
+        let waiting = loop {
+            if post.is_finished() {
+                break None;
+            }
+            let pid = db.scalar(
+                "SELECT COALESCE(MAX(pid), 0)::BIGINT FROM pg_stat_activity
+                 WHERE wait_event = 'SyncRep' AND query LIKE '%INSERT INTO events%'",
+            );
+            if pid != 0 {
+                break Some(pid);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match waiting {
+            None => assert_eq!(post.await.unwrap(), StatusCode::ACCEPTED),
+            Some(pid) => {
+                db.execute(&format!("SELECT pg_terminate_backend({pid})"));
+                assert_eq!(post.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+                break rid;
+            }
+        }
+    };
+    db.execute("ALTER SYSTEM RESET synchronous_standby_names");
+    db.execute("SELECT pg_reload_conf()");
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT COUNT(*) FROM event_rids WHERE rid = 'i:{unanswered}'"
+        )),
+        1,
+        "the commit was made"
+    );
+    let again = app
+        .ok_post(
+            "/v1/device/messages",
+            &m.device_token,
+            item(unanswered),
+            202,
+        )
+        .await;
+    assert_eq!(again["items"][0]["rid"], unanswered);
+    let received = receiver.wait_for(unanswered as usize + 1).await;
+    let rids: BTreeSet<i64> = received
+        .iter()
+        .map(|r| r.json()["data"]["rid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(rids, (0..=unanswered).collect());
+    drop(server);
+}
