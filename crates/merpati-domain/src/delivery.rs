@@ -49,7 +49,7 @@ pub struct Recorded {
     /// Endpoints the attempts disabled.
     pub disabled: Vec<Disabled>,
     /// Records that changed nothing: their slot changed hands since the attempt was claimed
-    /// (or their delivery was deleted meanwhile).
+    /// (or their delivery was deleted meanwhile, or the attempt was recorded before).
     pub fenced_out: usize,
 }
 
@@ -113,12 +113,24 @@ pub trait DeliveryStore: Send + Sync {
         deliveries: Vec<DeliveryId>,
         now: i64,
     ) -> StoreResult<Vec<DueDelivery>>;
+    /// The deliveries of the fence's slots that a claim made at `claimed_at` leased until
+    /// `lease_until`, up to `limit`, if still so leased: a read of what a claim whose
+    /// commit went unanswered ([`crate::StoreError::Unanswered`]) took, if it was made,
+    /// with what their attempts need.
+    async fn read_claimed(
+        &self,
+        fence: Arc<Fence>,
+        claimed_at: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>>;
     /// Records the attempts, each delivery's next step ([`outcome`]) and its endpoint's
     /// health ([`disable_reason`]): a success clears its failing streak; a 410, or failing
     /// without a success for `disable_after_ms`, disables it (holding its pending
     /// deliveries) and tells the account's other endpoints ([`disabled_notice`]). All or
     /// none. A record of a slot the fence no longer holds changes nothing: the slot's new
-    /// owner attempts the delivery again ([`Recorded::fenced_out`]).
+    /// owner attempts the delivery again ([`Recorded::fenced_out`]). Nor does a record of
+    /// an attempt recorded before: one sent again after a commit that went unanswered.
     async fn record_attempts(
         &self,
         fence: Arc<Fence>,

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The store cannot take the request now (closed, busy, out of space); it may later.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The store's connection was lost while a write committed: it may have been made or
+    /// not. Read what it would have written before relying on either.
+    #[error("the store did not answer the commit, which may have been made: {0}")]
+    Unanswered(String),
     /// A fault of the store itself (unreadable data, a failed commit, a task that died).
     #[error("internal storage error: {0}")]
     Internal(String),

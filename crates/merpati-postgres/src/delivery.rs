@@ -163,7 +163,8 @@ fn record_batch(
     let text = |f: fn(&AttemptRecord) -> Option<String>| records.iter().map(f).collect::<Vec<_>>();
     // One round trip: the outcomes of deliveries of slots the fence still holds, the
     // attempts of deliveries still there (one deleted while under way, with its endpoint or
-    // by retention, has nothing left to record), and the streaks those outcomes ended.
+    // by retention, has nothing left to record) and not recorded before (a record sent
+    // again after an unanswered commit), and the streaks those outcomes ended.
     // Straight to the connection: the streak is in neither a subscription nor a target.
     let queues: HashMap<i64, Option<String>> = tx
         .conn()
@@ -176,6 +177,7 @@ fn record_batch(
                              $5::BIGINT[], $15::SMALLINT[])
                       AS u(id, status, attempts, next, completed, slot)
                  WHERE d.id = u.id AND u.slot IN (SELECT slot FROM fence)
+                   AND d.attempts < u.attempts
                  RETURNING d.id, d.order_key, d.endpoint_id
              ), logged AS (
                  INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms,
@@ -264,6 +266,50 @@ const READ_OFFERED: &str = "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint
      ) e
      ORDER BY o.n";
 
+/// What a claim made at `$1`, leased until `$2`, took of the slots `$3`, if still so
+/// leased: the deliveries' index on when they are due finds them.
+const READ_CLAIMED: &str = "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id
+     FROM deliveries d
+     CROSS JOIN LATERAL (
+         SELECT e.id, e.payload FROM events e WHERE e.seq = d.event_seq LIMIT 1
+     ) e
+     WHERE d.status = 'pending' AND d.next_attempt_at = $2 AND d.claimed_at = $1
+       AND d.slot = ANY($3::SMALLINT[])
+     ORDER BY d.id
+     LIMIT $4";
+
+/// Deliveries read as `(id, attempts, event id, payload, endpoint id)`, with their
+/// endpoints' targets as of `now`.
+fn due_of_rows(
+    c: &mut crate::Conn,
+    rows: &[postgres::Row],
+    now: i64,
+) -> DbResult<Vec<DueDelivery>> {
+    let endpoints: Vec<EndpointId> = rows
+        .iter()
+        .map(|r| EndpointId::from(r.get::<_, String>(4)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let targets: HashMap<EndpointId, Arc<Target>> = load_targets(c, &endpoints, now)?
+        .into_iter()
+        .map(|(id, (target, _))| (id, Arc::new(target)))
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let endpoint = targets.get(r.get::<_, &str>(4))?;
+            Some(DueDelivery {
+                delivery_id: DeliveryId(r.get(0)),
+                attempt: r.get::<_, i64>(1) + 1,
+                event_id: EventId::from(r.get::<_, String>(2)),
+                payload: r.get::<_, &str>(3).into(),
+                endpoint: endpoint.clone(),
+            })
+        })
+        .collect())
+}
+
 #[async_trait::async_trait]
 impl DeliveryStore for PostgresStore {
     async fn claim_due(
@@ -347,29 +393,28 @@ impl DeliveryStore for PostgresStore {
         let ids: Vec<i64> = deliveries.iter().map(|d| d.0).collect();
         self.read(move |c| {
             let found = c.query(READ_OFFERED, &[&ids, &now])?;
-            let endpoints: Vec<EndpointId> = found
-                .iter()
-                .map(|r| EndpointId::from(r.get::<_, String>(4)))
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let targets: HashMap<EndpointId, Arc<Target>> = load_targets(c, &endpoints, now)?
-                .into_iter()
-                .map(|(id, (target, _))| (id, Arc::new(target)))
-                .collect();
-            Ok(found
-                .iter()
-                .filter_map(|r| {
-                    let endpoint = targets.get(r.get::<_, &str>(4))?;
-                    Some(DueDelivery {
-                        delivery_id: DeliveryId(r.get(0)),
-                        attempt: r.get::<_, i64>(1) + 1,
-                        event_id: EventId::from(r.get::<_, String>(2)),
-                        payload: r.get::<_, &str>(3).into(),
-                        endpoint: endpoint.clone(),
-                    })
-                })
-                .collect())
+            due_of_rows(c, &found, now)
+        })
+        .await
+    }
+
+    async fn read_claimed(
+        &self,
+        fence: Arc<Fence>,
+        claimed_at: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let (_, slots, _) = fence_params(&fence);
+        if slots.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.read(move |c| {
+            let found = c.query(
+                READ_CLAIMED,
+                &[&claimed_at, &lease_until, &slots, &(limit as i64)],
+            )?;
+            due_of_rows(c, &found, claimed_at)
         })
         .await
     }

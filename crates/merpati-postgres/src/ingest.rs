@@ -81,21 +81,19 @@ impl WriteJob for IngestJob {
                 }
                 Ok(result)
             }
+            (Err(e @ StoreError::Unanswered(_)), Some(Ok(_))) => {
+                // The request may be stored, with the deliveries it leased to the worker:
+                // they are read back rather than left until their lease runs out. The
+                // device is told to send again, and finds what was stored.
+                if let Some(handoff) = work.handoff.take() {
+                    handoff.unanswered();
+                }
+                Err(e)
+            }
             (Ok(()), Some(Err(e))) | (Err(e), _) => Err(e),
             (Ok(()), None) => Err(StoreError::Internal("the write did not run".into())),
         };
         let _ = reply.send(answer);
-    }
-
-    fn finish_unanswered(self: Box<Self>, error: StoreError) {
-        let IngestJob { mut work, reply } = *self;
-        // The request may be stored, the deliveries it leased to the worker with it: they
-        // are read back rather than left until their lease runs out. The device is told
-        // to send again, and finds what was stored.
-        if let (Some(Ok(_)), Some(handoff)) = (&work.result, work.handoff.take()) {
-            handoff.unanswered();
-        }
-        let _ = reply.send(Err(error));
     }
 }
 

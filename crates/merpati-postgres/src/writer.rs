@@ -258,12 +258,9 @@ pub(crate) trait WriteJob: Send {
     fn wrote(&self) -> bool {
         false
     }
-    /// Answers the caller once the commit's fate is known.
+    /// Answers the caller once the commit's fate is known, or that it cannot be
+    /// (`StoreError::Unanswered`).
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
-    /// Answers the caller when the commit went unanswered: the write may be stored or not.
-    fn finish_unanswered(self: Box<Self>, error: StoreError) {
-        self.finish(Err(error))
-    }
 }
 
 pub(crate) struct Job<F, R, T> {
@@ -417,43 +414,23 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
                     job.finish(Ok(()));
                 }
             }
-            Err(GroupFailed { error, unanswered }) => {
-                tracing::error!(error = %error, jobs = group.len(), unanswered, "group commit failed");
+            Err(e) => {
+                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
                 for job in group {
-                    if unanswered {
-                        job.finish_unanswered(error.clone());
-                    } else {
-                        job.finish(Err(error.clone()));
-                    }
+                    job.finish(Err(e.clone()));
                 }
             }
         }
     }
 }
 
-/// Why a group did not commit.
-#[derive(Debug)]
-pub(crate) struct GroupFailed {
-    pub(crate) error: StoreError,
-    /// The connection was lost while the group's commit was made: it may be stored.
-    pub(crate) unanswered: bool,
-}
-
-impl From<StoreError> for GroupFailed {
-    fn from(error: StoreError) -> Self {
-        GroupFailed {
-            error,
-            unanswered: false,
-        }
+/// A failed commit: unanswered when its connection was lost before the server answered,
+/// for it may have been made.
+fn commit_lost(e: DbError) -> StoreError {
+    if connection_lost(&e) {
+        return StoreError::Unanswered(StoreError::from(e).to_string());
     }
-}
-
-/// A failed commit: unanswered when its connection was lost before the server answered.
-fn commit_lost(e: DbError) -> GroupFailed {
-    GroupFailed {
-        unanswered: connection_lost(&e),
-        error: commit_failed(e),
-    }
+    commit_failed(e)
 }
 
 fn commit_failed(e: DbError) -> StoreError {
@@ -492,7 +469,7 @@ pub(crate) fn run_group(
     group: &mut [Box<dyn WriteJob>],
     pass: GroupPass,
     commit: Commit,
-) -> Result<(), GroupFailed> {
+) -> Result<(), StoreError> {
     let rollback = |conn: &mut Conn| {
         if let Err(DbError::Postgres(e)) = conn.batch("ROLLBACK") {
             if is_broken(&e) {
@@ -506,8 +483,7 @@ pub(crate) fn run_group(
     if deferred {
         state.deferred_begin = true;
     } else {
-        conn.batch(commit.begin())
-            .map_err(|e| GroupFailed::from(commit_failed(e)))?;
+        conn.batch(commit.begin()).map_err(commit_failed)?;
     }
     state.end_write();
     let passed = {
@@ -520,7 +496,7 @@ pub(crate) fn run_group(
         state.forget();
         if in_transaction {
             rollback(conn);
-            return Err(commit_failed(e).into());
+            return Err(commit_failed(e));
         }
         // Without a transaction, the write commits as it runs.
         return Err(commit_lost(e));
@@ -549,8 +525,7 @@ pub(crate) fn run_group(
                     _ => StoreError::Internal(
                         "a write failed after changing rows; its group is undone".into(),
                     ),
-                }
-                .into());
+                });
             }
             continue;
         }
@@ -565,7 +540,7 @@ pub(crate) fn run_group(
         if let Err(e) = step {
             state.forget();
             rollback(conn);
-            return Err(commit_failed(e).into());
+            return Err(commit_failed(e));
         }
     }
     conn.batch("COMMIT").map_err(|e| {
@@ -714,12 +689,16 @@ mod tests {
             .expect_err("the group failed")
         };
         let failed = run(&[true], lost);
-        assert!(failed.unanswered, "{failed:?}");
-        assert!(matches!(failed.error, StoreError::Unavailable(_)));
+        assert!(matches!(failed, StoreError::Unanswered(_)), "{failed:?}");
         let failed = run(&[true, false], lost);
-        assert!(!failed.unanswered, "in a transaction, never committed");
+        assert!(
+            matches!(failed, StoreError::Unavailable(_)),
+            "in a transaction, never committed: {failed:?}"
+        );
         let failed = run(&[true], refused);
-        assert!(!failed.unanswered, "refused, never committed");
-        assert!(matches!(failed.error, StoreError::Internal(_)));
+        assert!(
+            matches!(failed, StoreError::Internal(_)),
+            "refused, never committed: {failed:?}"
+        );
     }
 }

@@ -119,7 +119,7 @@ fn record_attempt(
         .prepare_cached(
             "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4,
                 completed_at = ?5, claimed_at = NULL
-         WHERE id = ?1",
+         WHERE id = ?1 AND attempts < ?3",
         )?
         .execute(params![
             a.delivery_id.0,
@@ -128,7 +128,8 @@ fn record_attempt(
             after.next_attempt_at,
             after.completed_at
         ])?;
-    // Deleted while under way, with its endpoint or by retention: nothing left to record.
+    // Deleted while under way, with its endpoint or by retention, or recorded before:
+    // nothing left to record.
     if updated == 0 {
         recorded.fenced_out += 1;
         return Ok(());
@@ -162,6 +163,21 @@ fn record_attempt(
     recorded.made_due += due;
     recorded.disabled.extend(disabled);
     Ok(())
+}
+
+/// The endpoint's target, loaded once for the deliveries of one read.
+fn target_of(
+    c: &rusqlite::Connection,
+    targets: &mut HashMap<EndpointId, Arc<Target>>,
+    endpoint: EndpointId,
+    now: i64,
+) -> DbResult<Arc<Target>> {
+    if let Some(target) = targets.get(&endpoint) {
+        return Ok(target.clone());
+    }
+    let target = Arc::new(load_target(c, &endpoint, now)?.0);
+    targets.insert(endpoint, target.clone());
+    Ok(target)
 }
 
 #[async_trait::async_trait]
@@ -260,20 +276,62 @@ impl DeliveryStore for SqliteStore {
                 let Some((attempts, event_id, payload, endpoint)) = found else {
                     continue;
                 };
-                let target = match targets.get(&endpoint) {
-                    Some(target) => target.clone(),
-                    None => {
-                        let target = Arc::new(load_target(c, &endpoint, now)?.0);
-                        targets.insert(endpoint, target.clone());
-                        target
-                    }
-                };
                 due.push(DueDelivery {
                     delivery_id: delivery,
                     attempt: attempts + 1,
                     event_id,
                     payload: payload.into(),
-                    endpoint: target,
+                    endpoint: target_of(c, &mut targets, endpoint, now)?,
+                });
+            }
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn read_claimed(
+        &self,
+        fence: Arc<Fence>,
+        claimed_at: i64,
+        lease_until: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let (slots, _) = fence.columns();
+        if slots.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let slots = serde_json::to_string(&slots).expect("a list of numbers");
+        self.read(move |c| {
+            let mut claimed = c.prepare_cached(
+                "SELECT d.id, d.attempts, e.id, e.payload, d.endpoint_id
+                 FROM deliveries d
+                 JOIN events e ON e.seq = d.event_seq
+                 JOIN endpoints ep ON ep.id = d.endpoint_id
+                 WHERE d.status = 'pending' AND d.next_attempt_at = ?2 AND d.claimed_at = ?1
+                   AND ep.slot IN (SELECT value FROM json_each(?3))
+                 ORDER BY d.id
+                 LIMIT ?4",
+            )?;
+            let found = claimed
+                .query_map(params![claimed_at, lease_until, slots, limit as i64], |r| {
+                    Ok((
+                        DeliveryId(r.get(0)?),
+                        r.get::<_, i64>(1)?,
+                        id::<EventId>(r, 2)?,
+                        r.get::<_, String>(3)?,
+                        id::<EndpointId>(r, 4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut targets = HashMap::new();
+            let mut due = Vec::with_capacity(found.len());
+            for (delivery_id, attempts, event_id, payload, endpoint) in found {
+                due.push(DueDelivery {
+                    delivery_id,
+                    attempt: attempts + 1,
+                    event_id,
+                    payload: payload.into(),
+                    endpoint: target_of(c, &mut targets, endpoint, claimed_at)?,
                 });
             }
             Ok(due)

@@ -24,6 +24,7 @@ use merpati_domain::ids::{AccountId, EndpointId};
 
 use crate::bus::{Bus, Change, EndpointState};
 
+mod attempt;
 mod breaker;
 mod due_times;
 pub mod guard;

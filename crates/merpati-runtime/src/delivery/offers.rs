@@ -8,6 +8,7 @@
 //! long enough to read them well within it; past that it leaves them: their lease runs
 //! out and it claims them as any due delivery.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -136,6 +137,44 @@ impl Offers {
     }
 }
 
+/// A claim whose commit went unanswered: what it asked for, when, and until when it
+/// leased what it took, if it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct UnansweredClaim {
+    pub(super) claimed_at: i64,
+    pub(super) lease_until: i64,
+    pub(super) want: usize,
+}
+
+/// Claims whose commit went unanswered, to read back in their order while their lease
+/// lasts long enough to read them well within it (`DeliveryStore::read_claimed`).
+#[derive(Debug, Default)]
+pub(super) struct UnansweredClaims(VecDeque<UnansweredClaim>);
+
+impl UnansweredClaims {
+    pub(super) fn add(&mut self, claim: UnansweredClaim) {
+        self.0.push_back(claim);
+    }
+
+    /// The next claim to read back at `now`, and when the last of those let go (too near
+    /// the end of their lease) is due, to claim.
+    pub(super) fn next(&mut self, now: i64) -> (Option<UnansweredClaim>, Option<i64>) {
+        let mut due_at = None;
+        while let Some(claim) = self.0.pop_front() {
+            if now < claim.lease_until - READ_MARGIN_MS {
+                return (Some(claim), due_at);
+            }
+            due_at = due_at.max(Some(claim.lease_until));
+        }
+        (None, due_at)
+    }
+
+    /// A claim not read back after all (the store could not answer): it goes first next.
+    pub(super) fn again(&mut self, claim: UnansweredClaim) {
+        self.0.push_front(claim);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +300,29 @@ mod tests {
         let left = offers.read(&room, lease - READ_MARGIN_MS, |_| panic!("too late"));
         assert_eq!(left, Some(lease));
         assert_eq!(offers.retry_at(), None, "nothing left to read");
+    }
+    #[test]
+    fn unanswered_claims_are_read_back_in_order_while_their_lease_lasts() {
+        let mut claims = UnansweredClaims::default();
+        assert_eq!(claims.next(0), (None, None));
+        let claim = |claimed_at| UnansweredClaim {
+            claimed_at,
+            lease_until: claimed_at + 33_000,
+            want: 256,
+        };
+        claims.add(claim(0));
+        claims.add(claim(10));
+        assert_eq!(claims.next(100), (Some(claim(0)), None));
+        claims.again(claim(0));
+        assert_eq!(claims.next(1_100), (Some(claim(0)), None), "first again");
+        claims.again(claim(0));
+        // The first's lease is nearly out: it is left to claims once it is.
+        assert_eq!(
+            claims.next(33_000 - READ_MARGIN_MS),
+            (Some(claim(10)), Some(33_000))
+        );
+        claims.again(claim(10));
+        assert_eq!(claims.next(33_010), (None, Some(33_010)));
+        assert_eq!(claims.next(0), (None, None), "none left");
     }
 }

@@ -82,6 +82,8 @@ impl Recorder {
                 recorded.made_due
             }
             // One bad record (its delivery deleted meanwhile, say) must not cost the others.
+            // A batch whose commit went unanswered is sent again too: a record made before
+            // changes nothing.
             Err(_) if records.len() > 1 => {
                 let mut made_due = 0;
                 for record in records.iter() {

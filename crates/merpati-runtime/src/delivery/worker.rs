@@ -12,24 +12,22 @@ use std::time::Duration;
 
 use foldhash::HashMap as FastMap;
 use merpati_domain::clock::{earliest, SharedClock};
-use merpati_domain::delivery::{AttemptRecord, DueDelivery};
-use merpati_domain::endpoint::mail_recipients;
+use merpati_domain::delivery::DueDelivery;
 use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
-use merpati_domain::retry::{next_step, NextStep};
-use merpati_domain::{SharedStore, StoreResult};
+use merpati_domain::{SharedStore, StoreError, StoreResult};
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::{deliver, Sender};
 use super::breaker::{BreakerPolicy, Health};
 use super::due_times::DueTimes;
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
-use super::offers::{Offers, OffersRead, ToRead};
-use super::prepared::Prepared;
+use super::offers::{Offers, OffersRead, ToRead, UnansweredClaim, UnansweredClaims};
 use super::recorder::{Recorder, RECORD_BATCH};
-use super::{guard, mail, send, DeliveryConfig, DeliveryWaker, Pauses};
+use super::{guard, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
 use crate::cluster::Ownership;
 use crate::mail::Mailer;
@@ -96,6 +94,9 @@ enum Wake {
 struct Claimed {
     now: i64,
     want: usize,
+    lease_until: i64,
+    /// The unanswered claim this read back, if it was not a claim.
+    read_back: Option<UnansweredClaim>,
     /// Started after the lanes' last take-back made their deliveries due.
     after_take_back: bool,
     claimed: StoreResult<Vec<DueDelivery>>,
@@ -106,31 +107,6 @@ type Pending<T> = Option<Pin<Box<dyn Future<Output = T> + Send>>>;
 /// How long a worker sharing the database with other nodes goes at most without looking
 /// for due deliveries, should a wake from another node be lost.
 const FALLBACK_WAKE_MS: i64 = 1_000;
-
-/// What every attempt shares.
-struct Sender {
-    client: send::Client,
-    guard: guard::Guard,
-    mailer: Option<Mailer>,
-    records: mpsc::Sender<AttemptRecord>,
-    clock: SharedClock,
-    config: DeliveryConfig,
-}
-
-impl Sender {
-    /// The same sender with a client of its own; the old client's connections close as the
-    /// last attempt holding it ends.
-    fn with_new_client(&self, resolver: guard::GuardedResolver) -> Sender {
-        Sender {
-            client: send::client(self.config.timeout, resolver),
-            guard: self.guard.clone(),
-            mailer: self.mailer.clone(),
-            records: self.records.clone(),
-            clock: self.clock.clone(),
-            config: self.config.clone(),
-        }
-    }
-}
 
 /// An attempt under way, to account for it should its task fail.
 struct Running {
@@ -156,6 +132,8 @@ struct Run {
     due: DueTimes,
     claiming: Pending<Claimed>,
     offers: Offers,
+    /// Claims whose commit went unanswered: read back before the next claim.
+    unanswered: UnansweredClaims,
     /// The deliveries whose records the recorder wrote.
     written: mpsc::UnboundedReceiver<Vec<DeliveryId>>,
     lane_writes: Pending<TakenBack>,
@@ -223,6 +201,7 @@ impl Run {
             due: DueTimes::default(),
             claiming: None,
             offers: Offers::default(),
+            unanswered: UnansweredClaims::default(),
             written,
             lane_writes: None,
             taken_back_unclaimed: false,
@@ -346,11 +325,25 @@ impl Run {
             // The claim answers what was known due when it started; a wake, a timer or
             // a lane's take-back while it commits sets this again and is not lost.
             self.due.known_due = false;
+            let (read_back, left_due_at) = self.unanswered.next(now);
+            if let Some(at) = left_due_at {
+                self.due.schedule(at);
+            }
             self.claiming = Some(Box::pin(async move {
-                let claimed = store.claim_due(fence, now, want, lease_until).await;
+                let claimed = match read_back {
+                    // What an unanswered claim took, if it was made, before anything new.
+                    Some(c) => {
+                        store
+                            .read_claimed(fence, c.claimed_at, c.lease_until, want)
+                            .await
+                    }
+                    None => store.claim_due(fence, now, want, lease_until).await,
+                };
                 Claimed {
                     now,
                     want,
+                    lease_until,
+                    read_back,
                     after_take_back,
                     claimed,
                 }
@@ -590,12 +583,22 @@ impl Run {
         let Claimed {
             now,
             want,
+            lease_until,
+            read_back,
             after_take_back,
             claimed,
         } = claimed;
         self.claiming = None;
-        self.taken_back_unclaimed &= !after_take_back;
+        if read_back.is_none() {
+            self.taken_back_unclaimed &= !after_take_back;
+        }
         match claimed {
+            Ok(jobs) if read_back.is_some() => {
+                // The claim that was due when this one started comes next.
+                self.due.known_due = true;
+                self.lanes.room.add_permits(want - jobs.len());
+                self.take_all(Taken::Claimed, jobs, now);
+            }
             Ok(jobs) => {
                 self.due.known_due |= jobs.len() == want;
                 self.lanes.room.add_permits(want - jobs.len());
@@ -607,6 +610,15 @@ impl Run {
             Err(e) => {
                 self.lanes.room.add_permits(want);
                 tracing::error!(error = %e, "could not claim deliveries");
+                match (read_back, e) {
+                    (Some(claim), _) => self.unanswered.again(claim),
+                    (None, StoreError::Unanswered(_)) => self.unanswered.add(UnansweredClaim {
+                        claimed_at: now,
+                        lease_until,
+                        want,
+                    }),
+                    (None, _) => {}
+                }
                 // Try again in a second rather than at once.
                 self.due.look_again_in_a_second(now);
             }
@@ -712,71 +724,4 @@ async fn release_memory(store: &SharedStore) {
         tracing::warn!(error = %e, "could not give memory back");
     }
     tracing::debug!("idle: connections closed, memory given back");
-}
-
-/// One attempt and its record: the unit of work of the worker.
-async fn deliver(
-    sender: Arc<Sender>,
-    job: DueDelivery,
-    prepared: Arc<Prepared>,
-    lane_started_at: i64,
-) -> Finished {
-    let Sender {
-        client,
-        guard,
-        mailer,
-        records,
-        clock,
-        config,
-    } = &*sender;
-    let started = clock.now_ms();
-    let report = match mail_recipients(&job.endpoint.url) {
-        Some(to) => mail::attempt(mailer.as_ref(), &job, to, config.timeout, started).await,
-        None => send::attempt(client, guard, &job, &prepared, config.timeout, started).await,
-    };
-    let next = next_step(
-        job.attempt,
-        &report.result,
-        report.retry_after,
-        &config.retry_schedule,
-        clock.now_ms(),
-        rand::random::<f64>(),
-    );
-    tracing::debug!(
-        delivery = %job.delivery_id,
-        endpoint = %job.endpoint.id,
-        attempt = job.attempt,
-        status = ?report.status_code,
-        error = ?report.error_kind,
-        ?next,
-        "attempt"
-    );
-    let record = AttemptRecord {
-        delivery_id: job.delivery_id,
-        endpoint: job.endpoint.clone(),
-        attempt: job.attempt,
-        started_at: report.started_at,
-        duration_ms: report.duration_ms,
-        status_code: report.status_code,
-        error_kind: report.error_kind.map(str::to_owned),
-        error: report.error,
-        response_body: report.response_body,
-        next,
-    };
-    let health = Health::of(&report.result);
-    // The recorder stops only after the worker, so it takes every record.
-    let _ = records.send(record).await;
-    Finished {
-        delivery_id: job.delivery_id,
-        account_id: job.endpoint.account_id.clone(),
-        endpoint_id: job.endpoint.id.clone(),
-        started_at: lane_started_at,
-        health,
-        took_ms: report.duration_ms,
-        retry_at: match next {
-            NextStep::RetryAt(at) => Some(at),
-            _ => None,
-        },
-        recorded_attempt: Some(job.attempt),
-    }
 }

@@ -284,6 +284,75 @@ pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(stor
     );
 }
 
+/// A claim whose commit went unanswered is read back by when it was made and until when it
+/// leased: what it took of the fence's slots, while still so leased, and nothing of
+/// another claim's.
+pub async fn what_a_claim_leased_is_read_back_by_when_it_was_made(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    for rid in 0..4 {
+        one_event(store, &t.devices[0], rid, T0).await;
+    }
+    let f = fence(store).await;
+    let mut first = store.claim_due(f.clone(), T0, 3, T0 + 1000).await.unwrap();
+    let other = store
+        .claim_due(f.clone(), T0 + 1, 10, T0 + 1001)
+        .await
+        .unwrap();
+    assert_eq!((first.len(), other.len()), (3, 1));
+    first.sort_by_key(|d| d.delivery_id);
+    let read = store
+        .read_claimed(f.clone(), T0, T0 + 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
+        first.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
+        "what that claim took, and nothing of the other"
+    );
+    for (r, c) in read.iter().zip(&first) {
+        assert_eq!(
+            (r.attempt, &r.event_id, &*r.payload, &r.endpoint.url),
+            (c.attempt, &c.event_id, &*c.payload, &c.endpoint.url)
+        );
+        assert_eq!(r.endpoint.secrets.len(), 1);
+    }
+    assert_eq!(
+        store
+            .read_claimed(f.clone(), T0, T0 + 1000, 2)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "no more than asked"
+    );
+    // One attempted and recorded is no longer leased by that claim.
+    record(
+        store,
+        vec![attempt(&first[0], T0 + 5, Some(200), NextStep::Succeeded)],
+        i64::MAX,
+    )
+    .await;
+    let read = store
+        .read_claimed(f.clone(), T0, T0 + 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|d| d.delivery_id).collect::<Vec<_>>(),
+        first[1..].iter().map(|d| d.delivery_id).collect::<Vec<_>>()
+    );
+    // A fence without slots reads nothing.
+    let none = Arc::new(Fence {
+        node: f.node.clone(),
+        epochs: Default::default(),
+    });
+    assert!(store
+        .read_claimed(none, T0, T0 + 1000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 pub async fn parked_deliveries_wait_until_taken_back(store: &SharedStore) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "slow", |_| {}).await;

@@ -83,6 +83,53 @@ pub async fn a_retry_is_due_at_its_time_and_every_attempt_is_logged(store: &Shar
     assert!(claim(store, T0 + WEEK_MS).await.is_empty());
 }
 
+/// A record sent again (its first commit went unanswered, and was made) changes nothing:
+/// the attempt is logged once, and the delivery stays as the first record left it.
+pub async fn an_attempt_recorded_twice_is_logged_once(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    endpoint(store, &t.account, "ep", |_| {}).await;
+    let id = one_event(store, &t.devices[0], 1, T0).await;
+    let first = claim(store, T0).await;
+    let retry_at = T0 + 5_000;
+    let failed = attempt(&first[0], T0, Some(503), NextStep::RetryAt(retry_at));
+    let recorded = record(store, vec![failed.clone()], WEEK_MS).await;
+    assert_eq!(recorded.fenced_out, 0);
+    let again = record(store, vec![failed.clone()], WEEK_MS).await;
+    assert_eq!((again.fenced_out, again.made_due), (1, 0));
+    let e = event(store, &t.account, &id).await;
+    let d = to(&e, "ep")[0];
+    assert_eq!(
+        (
+            d.status,
+            d.attempt_count,
+            d.next_attempt_at,
+            d.attempts.len()
+        ),
+        (DeliveryStatus::Pending, 1, Some(retry_at), 1)
+    );
+    // Nor does it undo a later attempt's record.
+    let second = claim(store, retry_at).await;
+    record(
+        store,
+        vec![attempt(
+            &second[0],
+            retry_at,
+            Some(200),
+            NextStep::Succeeded,
+        )],
+        WEEK_MS,
+    )
+    .await;
+    let late = record(store, vec![failed], WEEK_MS).await;
+    assert_eq!(late.fenced_out, 1);
+    let e = event(store, &t.account, &id).await;
+    let d = to(&e, "ep")[0];
+    assert_eq!(
+        (d.status, d.attempt_count, d.attempts.len()),
+        (DeliveryStatus::Succeeded, 2, 2)
+    );
+}
+
 pub async fn an_endpoint_answering_410_is_disabled_and_the_others_are_told(store: &SharedStore) {
     let t = tree(store, "acct", 1).await;
     endpoint(store, &t.account, "gone", |_| {}).await;

@@ -114,6 +114,12 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%message, "storage unavailable");
                 ApiError::unavailable(message)
             }
+            unanswered @ StoreError::Unanswered(_) => {
+                tracing::warn!(error = %unanswered, "storage did not answer a commit");
+                ApiError::unavailable(format!(
+                    "{unanswered}; send it again: what was stored is found, not stored twice"
+                ))
+            }
             internal @ StoreError::Internal(_) => {
                 tracing::error!(error = %internal, "storage error");
                 ApiError::internal()

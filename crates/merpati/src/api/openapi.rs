@@ -241,7 +241,7 @@ const COMMON_ERRORS: [(&str, &str, &str); 10] = [
     (
         "503",
         "Unavailable",
-        "The database is unavailable (closed, busy, full disk): nothing was stored; send again after `Retry-After` seconds.",
+        "The database is unavailable (closed, busy, full disk): nothing was stored; or its connection was lost while the request's write committed, which may have been made (the message says so). Either way, send again after `Retry-After` seconds.",
     ),
     (
         "500",
