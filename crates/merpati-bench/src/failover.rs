@@ -85,9 +85,10 @@ impl Kill {
     /// Kills the node at its time; answers the moment it did.
     pub(crate) async fn run(self, started: Instant) -> anyhow::Result<Instant> {
         tokio::time::sleep_until((started + self.after).into()).await;
-        let status = std::process::Command::new("kill")
+        let status = tokio::process::Command::new("kill")
             .args(["-KILL", &self.pid.to_string()])
             .status()
+            .await
             .context("running kill")?;
         if !status.success() {
             bail!("kill -KILL {} failed", self.pid);
