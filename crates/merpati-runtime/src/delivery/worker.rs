@@ -1,6 +1,7 @@
-//! The worker's loop: claims due deliveries, reads those other nodes offered it, starts
-//! what the lanes allow, parks and takes back for them, and sleeps until something wakes
-//! it ([`Wake`]), which it then handles.
+//! The worker's loop: claims due deliveries (reading back first what a claim whose commit
+//! went unanswered took), reads those other nodes offered it, starts what the lanes
+//! allow, parks and takes back for them, and sleeps until something wakes it ([`Wake`]),
+//! which it then handles.
 //! One step returns one wake; handling it changes the worker's state and nothing else
 //! waits.
 
