@@ -117,7 +117,8 @@ impl From<StoreError> for ApiError {
             unanswered @ StoreError::Unanswered(_) => {
                 tracing::warn!(error = %unanswered, "storage did not answer a commit");
                 ApiError::unavailable(format!(
-                    "{unanswered}; send it again: what was stored is found, not stored twice"
+                    "{unanswered}; look before sending it again (a device's items are found \
+                     by their rid, never stored twice)"
                 ))
             }
             internal @ StoreError::Internal(_) => {

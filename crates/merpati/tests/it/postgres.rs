@@ -163,19 +163,22 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
     // Until the setting reaches the server's processes, commits are answered as before:
     // the device posts its next item until one waits.
     let mut rid = 0;
+    let started = std::time::Instant::now();
     let unanswered = loop {
+        assert!(started.elapsed() < PATIENCE, "no commit waited for the standby");
         rid += 1;
         let post = {
             let (url, token) = (app.url.clone(), m.device_token.clone());
             tokio::spawn(async move {
-                client()
+                let answer = client()
                     .post(format!("{url}/v1/device/messages"))
                     .bearer_auth(token)
                     .json(&item(rid))
                     .send()
                     .await
-                    .unwrap()
-                    .status()
+                    .unwrap();
+                let status = answer.status();
+                (status, answer.json::<serde_json::Value>().await.unwrap())
             })
         };
         let waiting = loop {
@@ -192,10 +195,14 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         match waiting {
-            None => assert_eq!(post.await.unwrap(), StatusCode::ACCEPTED),
+            None => assert_eq!(post.await.unwrap().0, StatusCode::ACCEPTED),
             Some(pid) => {
                 db.execute(&format!("SELECT pg_terminate_backend({pid})"));
-                assert_eq!(post.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+                let (status, body) = post.await.unwrap();
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+                assert_eq!(body["error"]["code"], "unavailable");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.contains("may have been made"), "{message}");
                 break rid;
             }
         }
