@@ -16,13 +16,10 @@ fn item(rid: i64) -> serde_json::Value {
     json!({"type": "sms", "rid": rid, "phone": "+62811", "message": "m"})
 }
 
-/// While the server is down, every request is answered 503 with `Retry-After` and
-/// `/readyz` is not ready; once it is back, the same node takes requests again without a
-/// restart, every item that was answered 202 (before or after) reaches the receiver, and so
-/// does every refused one the device sends again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
-    let (server, url) = tokio::task::spawn_blocking(|| {
+/// A PostgreSQL server of the test's own (it is stopped, or set up server-wide), and a
+/// migrated database on it.
+async fn private_server() -> (ScratchServer, String) {
+    tokio::task::spawn_blocking(|| {
         let server = ScratchServer::start(ScratchOptions::default()).unwrap();
         let url = server
             .fresh_database(|url| {
@@ -34,7 +31,16 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
         (server, url)
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// While the server is down, every request is answered 503 with `Retry-After` and
+/// `/readyz` is not ready; once it is back, the same node takes requests again without a
+/// restart, every item that was answered 202 (before or after) reaches the receiver, and so
+/// does every refused one the device sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
+    let (server, url) = private_server().await;
     let server = Arc::new(server);
     let app = TestApp::spawn_with(&[("database_url", &url)]).await;
     let m = app.merchant("acct").await;
@@ -136,19 +142,7 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
 /// lease runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_its_lease() {
-    let (server, url) = tokio::task::spawn_blocking(|| {
-        let server = ScratchServer::start(ScratchOptions::default()).unwrap();
-        let url = server
-            .fresh_database(|url| {
-                merpati_postgres::PostgresStore::migrate(url)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap();
-        (server, url)
-    })
-    .await
-    .unwrap();
+    let (server, url) = private_server().await;
     let app = TestApp::spawn_with(&[("database_url", &url)]).await;
     let m = app.merchant("acct").await;
     let receiver = Receiver::start().await;
@@ -165,7 +159,10 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
     let mut rid = 0;
     let started = std::time::Instant::now();
     let unanswered = loop {
-        assert!(started.elapsed() < PATIENCE, "no commit waited for the standby");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no commit waited for the standby"
+        );
         rid += 1;
         let post = {
             let (url, token) = (app.url.clone(), m.device_token.clone());
