@@ -772,7 +772,49 @@ async fn a_killed_nodes_job_is_taken_up_by_the_leader_from_where_it_was() {
     .await;
     let finished_in = killed_at.elapsed();
     assert_eq!(done["done"], EVENTS, "{done}");
-    let got = receiver.wait_for(before + EVENTS).await;
+    let deadline = Instant::now() + PATIENCE;
+    while receiver.received().len() < before + EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.received();
+    if got.len() < before + EVENTS {
+        // Where the deliveries the job made are, to tell why some did not arrive.
+        let states: String = tokio::task::spawn_blocking({
+            let (database, endpoint) = (database.clone(), endpoint.clone());
+            move || {
+                let mut c = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+                c.query(
+                    "SELECT status, attempts, parked, claimed_at IS NOT NULL,
+                            (next_attempt_at - (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)
+                                / 1000, COUNT(*)
+                     FROM deliveries WHERE endpoint_id = $1 AND status <> 'failed'
+                     GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+                    &[&endpoint.as_str()],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} attempts {} parked {} leased {} due in {:?} s: {}\n",
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, bool>(2),
+                        r.get::<_, bool>(3),
+                        r.get::<_, Option<i64>>(4),
+                        r.get::<_, i64>(5)
+                    )
+                })
+                .collect()
+            }
+        })
+        .await
+        .unwrap();
+        panic!(
+            "only {} of {} requests arrived; the job's deliveries:\n{states}",
+            got.len(),
+            before + EVENTS
+        );
+    }
     // Nothing more comes.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got_after = receiver.received();
