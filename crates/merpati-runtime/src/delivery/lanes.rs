@@ -8,7 +8,7 @@ use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use merpati_domain::clock::earliest;
 use merpati_domain::delivery::DueDelivery;
 use merpati_domain::endpoint::StoredBreaker;
-use merpati_domain::ids::{AccountId, DeliveryId, EndpointId};
+use merpati_domain::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use merpati_domain::slots::{slot_of, Slot};
 use tokio::sync::Semaphore;
 
@@ -29,9 +29,9 @@ pub(crate) struct Finished {
     pub(crate) took_ms: i64,
     /// When it is due again, if it is to be retried.
     pub(crate) retry_at: Option<i64>,
-    /// The number of the attempt whose record was sent to the recorder (none when the
-    /// attempt's task failed before sending one).
-    pub(crate) recorded_attempt: Option<i64>,
+    /// The number of the attempt whose record was sent to the recorder, and its delivery's
+    /// event (none when the attempt's task failed before sending one).
+    pub(crate) recorded_attempt: Option<(i64, EventId)>,
 }
 
 /// How long a lane's pace is remembered once it has gone idle.
@@ -57,6 +57,10 @@ pub(crate) struct Lanes {
     pub(crate) room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
     pub(crate) to_park: Vec<(DeliveryId, i64)>,
+    /// The endpoints whose lanes parked what `to_park` holds: none asks for parked
+    /// deliveries back until those are written, or the take-back, written first, would
+    /// find fewer than asked and the lane would forget the ones parked after it.
+    parking: FastSet<EndpointId>,
     /// Breakers that opened or closed, to keep for the endpoints' next owners.
     pub(crate) to_mark: Vec<(EndpointId, Option<StoredBreaker>)>,
     /// The pace (usual latency, ms) of endpoints whose lanes went idle, and when: a lane
@@ -82,6 +86,7 @@ impl Lanes {
             recording: FastMap::default(),
             room,
             to_park: Vec::new(),
+            parking: FastSet::default(),
             to_mark: Vec::new(),
             paces: FastMap::default(),
             prune_paces_at: MIN_PACES_PRUNE,
@@ -102,12 +107,14 @@ impl Lanes {
         pauses: &Pauses,
     ) -> bool {
         if let Some(recording) = self.recording.get(&job.delivery_id) {
-            if job.attempt <= recording.attempt {
+            if job.attempt <= recording.attempt && job.event_id == recording.event_id {
                 // Its record is not written yet, so this claim saw it before the attempt.
                 self.room.add_permits(1);
                 return false;
             }
-            // The record was written, and the worker heard of it after this claim.
+            // The record was written, and the worker heard of it after this claim; or the
+            // id is another delivery's now (SQLite reuses the id of one deleted, with its
+            // endpoint).
             self.recording.remove(&job.delivery_id);
         }
         if !self.claimed.insert(job.delivery_id) {
@@ -155,6 +162,7 @@ impl Lanes {
                 &self.room,
                 &mut self.to_park,
             );
+            self.parking.insert(job.endpoint.id.clone());
             return true;
         }
         self.active.insert(job.endpoint.id.clone());
@@ -178,6 +186,7 @@ impl Lanes {
                     &self.room,
                     &mut self.to_park,
                 );
+                self.parking.insert(id.clone());
             }
         }
         // Lanes this emptied leave `active` in `start_ready`, which always follows.
@@ -237,11 +246,14 @@ impl Lanes {
             .min()
     }
 
-    /// Lanes that caught up, and how many parked deliveries each wants back.
+    /// Lanes that caught up, and how many parked deliveries each wants back; not those
+    /// with parks still to write.
     pub(crate) fn take_back(&mut self, now: i64) -> Vec<TakeBack> {
         let answered_at = self.answered_at;
+        let parking = &self.parking;
         self.lanes
             .iter_mut()
+            .filter(|(id, _)| !parking.contains(*id))
             .filter_map(|(id, lane)| {
                 lane.take_back(now, answered_at).map(|limit| TakeBack {
                     endpoint_id: id.clone(),
@@ -250,6 +262,13 @@ impl Lanes {
                 })
             })
             .collect()
+    }
+
+    /// The deliveries to park, for one write: their lanes may ask for parked ones back
+    /// after it.
+    pub(crate) fn take_parked(&mut self) -> Vec<(DeliveryId, i64)> {
+        self.parking.clear();
+        std::mem::take(&mut self.to_park)
     }
 
     /// A deleted endpoint's lane goes, with what it queued (those deliveries went with the
@@ -295,9 +314,10 @@ impl Lanes {
         pauses: &Pauses,
     ) {
         unclaim(&mut self.claimed, &self.room, f.delivery_id);
-        if let Some(attempt) = f.recorded_attempt {
+        if let Some((attempt, event_id)) = f.recorded_attempt {
             let recording = Recording {
                 attempt,
+                event_id,
                 ended_at: now,
             };
             self.recording.insert(f.delivery_id, recording);
@@ -358,9 +378,10 @@ pub(crate) struct TakenBack {
 }
 
 /// An attempt whose record is on its way to the store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Recording {
     attempt: i64,
+    event_id: EventId,
     ended_at: i64,
 }
 
@@ -418,7 +439,7 @@ mod tests {
             health,
             took_ms: 5,
             retry_at: None,
-            recorded_attempt: Some(1),
+            recorded_attempt: Some((1, format!("evt_{delivery_id}").into())),
         }
     }
 
@@ -460,6 +481,23 @@ mod tests {
         answered(&mut lanes, 2, 40);
         lanes.recorded(&[], 45 + RECORDING_MEMORY_MS);
         assert!(lanes.recording.is_empty());
+    }
+
+    /// SQLite gives the id of a delivery deleted (with its endpoint) to the next one: a
+    /// delivery of another event under that id is new, whatever the worker remembers.
+    #[test]
+    fn an_id_a_deleted_delivery_had_is_another_delivery_s_and_is_taken() {
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
+        let mut lanes = lanes(&inbox);
+        answered(&mut lanes, 1, 0);
+        assert_eq!(take_room(&lanes.room, 1), 1);
+        let reused = DueDelivery {
+            event_id: "evt_next".into(),
+            ..due(1)
+        };
+        assert!(lanes.take(reused, &config(4), 10, &pauses()), "new");
+        assert!(lanes.claimed.contains(&DeliveryId(1)));
+        assert!(lanes.recording.is_empty(), "the old one's memory goes");
     }
 
     #[test]
@@ -565,5 +603,38 @@ mod tests {
         assert!(lanes.lanes.is_empty() && lanes.claimed.is_empty());
         assert_eq!(lanes.room.available_permits(), budget);
         assert_eq!(pauses.until(&"other".into()), None);
+    }
+    /// A lane that parks and catches up before its parks are written asks for nothing
+    /// back until they are: the take-back, written before the parks, would find fewer than
+    /// asked, and the lane would take the ones parked after it for none.
+    #[test]
+    fn a_lane_asks_for_parked_deliveries_back_only_once_its_parks_are_written() {
+        let (_handoff, inbox, _) = handoff(&config(4), sole());
+        let mut lanes = lanes(&inbox);
+        let one_at_a_time = |id| {
+            let mut job = due(id);
+            Arc::make_mut(&mut job.endpoint).max_concurrency = Some(1);
+            job
+        };
+        assert_eq!(take_room(&lanes.room, 3), 3);
+        for id in 1..=3 {
+            lanes.take(one_at_a_time(id), &config(4), 0, &pauses());
+        }
+        lanes.start_ready(0, 0, 4, |_, _| {});
+        assert_eq!(
+            lanes.to_park.len(),
+            1,
+            "one under way, one queued, one parked"
+        );
+        for (id, at) in [(1, 10), (2, 20)] {
+            lanes.finish(finished(id, "ep", at, Health::Up), at, &POLICY, &pauses());
+            lanes.start_ready(at, 0, 4, |_, _| {});
+        }
+        // Caught up, with its park not yet written.
+        assert!(lanes.take_back(30).is_empty());
+        assert_eq!(lanes.take_parked().len(), 1);
+        let asked = lanes.take_back(30);
+        assert_eq!(asked.len(), 1, "once written");
+        assert_eq!(asked[0].endpoint_id, EndpointId::from("ep"));
     }
 }

@@ -412,7 +412,7 @@ impl Run {
         } else {
             self.lanes.take_back(now)
         };
-        let parked = std::mem::take(&mut self.lanes.to_park);
+        let parked = self.lanes.take_parked();
         let marks = std::mem::take(&mut self.lanes.to_mark);
         if take_back.is_empty() && parked.is_empty() && marks.is_empty() {
             return;
