@@ -103,6 +103,6 @@ pub(super) async fn deliver(
             NextStep::RetryAt(at) => Some(at),
             _ => None,
         },
-        recorded_attempt: Some((job.attempt, job.event_id.clone())),
+        recorded_attempt: Some((job.attempt, job.event_id)),
     }
 }

@@ -56,11 +56,7 @@ pub(crate) struct Lanes {
     /// One permit for every claim the worker could still hold; shared with ingest.
     pub(crate) room: Arc<Semaphore>,
     /// Deliveries to hand back to the store with a later due time, in one write.
-    pub(crate) to_park: Vec<(DeliveryId, i64)>,
-    /// The endpoints whose lanes parked what `to_park` holds: none asks for parked
-    /// deliveries back until those are written, or the take-back, written first, would
-    /// find fewer than asked and the lane would forget the ones parked after it.
-    parking: FastSet<EndpointId>,
+    pub(crate) to_park: ToPark,
     /// Breakers that opened or closed, to keep for the endpoints' next owners.
     pub(crate) to_mark: Vec<(EndpointId, Option<StoredBreaker>)>,
     /// The pace (usual latency, ms) of endpoints whose lanes went idle, and when: a lane
@@ -85,8 +81,7 @@ impl Lanes {
             claimed: FastSet::default(),
             recording: FastMap::default(),
             room,
-            to_park: Vec::new(),
-            parking: FastSet::default(),
+            to_park: ToPark::default(),
             to_mark: Vec::new(),
             paces: FastMap::default(),
             prune_paces_at: MIN_PACES_PRUNE,
@@ -156,13 +151,13 @@ impl Lanes {
         if lane.queue.len() >= lane.queue_cap(now, self.answered_at) {
             park(
                 lane,
+                &job.endpoint.id,
                 job.delivery_id,
                 now,
                 &mut self.claimed,
                 &self.room,
                 &mut self.to_park,
             );
-            self.parking.insert(job.endpoint.id.clone());
             return true;
         }
         self.active.insert(job.endpoint.id.clone());
@@ -180,13 +175,13 @@ impl Lanes {
                 let job = lane.queue.pop_back().expect("longer than its cap");
                 park(
                     lane,
+                    id,
                     job.delivery_id,
                     now,
                     &mut self.claimed,
                     &self.room,
                     &mut self.to_park,
                 );
-                self.parking.insert(id.clone());
             }
         }
         // Lanes this emptied leave `active` in `start_ready`, which always follows.
@@ -250,7 +245,7 @@ impl Lanes {
     /// with parks still to write.
     pub(crate) fn take_back(&mut self, now: i64) -> Vec<TakeBack> {
         let answered_at = self.answered_at;
-        let parking = &self.parking;
+        let parking = &self.to_park.endpoints;
         self.lanes
             .iter_mut()
             .filter(|(id, _)| !parking.contains(*id))
@@ -267,8 +262,7 @@ impl Lanes {
     /// The deliveries to park, for one write: their lanes may ask for parked ones back
     /// after it.
     pub(crate) fn take_parked(&mut self) -> Vec<(DeliveryId, i64)> {
-        self.parking.clear();
-        std::mem::take(&mut self.to_park)
+        std::mem::take(&mut self.to_park).deliveries
     }
 
     /// A deleted endpoint's lane goes, with what it queued (those deliveries went with the
@@ -388,18 +382,32 @@ pub(crate) struct Recording {
 /// How long an attempt whose record the recorder never told of is remembered.
 const RECORDING_MEMORY_MS: i64 = 60_000;
 
+/// Deliveries to park in the next write, and the endpoints whose lanes parked them: none
+/// of those asks for parked deliveries back until they are written, or the take-back,
+/// written first, would find fewer than asked and the lane would forget the ones parked
+/// after it.
+#[derive(Default)]
+pub(crate) struct ToPark {
+    pub(crate) deliveries: Vec<(DeliveryId, i64)>,
+    endpoints: FastSet<EndpointId>,
+}
+
 /// Hands a claimed delivery back to the store for when its lane expects to have room.
 fn park(
     lane: &mut Lane,
+    endpoint: &EndpointId,
     delivery_id: DeliveryId,
     now: i64,
     claimed: &mut FastSet<DeliveryId>,
     room: &Semaphore,
-    to_park: &mut Vec<(DeliveryId, i64)>,
+    to_park: &mut ToPark,
 ) {
     let at = lane.park_at(now);
     unclaim(claimed, room, delivery_id);
-    to_park.push((delivery_id, at));
+    to_park.deliveries.push((delivery_id, at));
+    if !to_park.endpoints.contains(endpoint) {
+        to_park.endpoints.insert(endpoint.clone());
+    }
 }
 
 /// The delivery leaves the worker's hands, and its room with it.
@@ -577,7 +585,7 @@ mod tests {
         assert!(pauses.until(&"ep".into()).is_some());
         assert_eq!(take_room(&lanes.room, 1), 1);
         lanes.take(due(2), &config(4), 20, &pauses);
-        assert_eq!(lanes.to_park.len(), 1);
+        assert_eq!(lanes.to_park.deliveries.len(), 1);
         // "other" has deliveries queued behind one under way.
         assert_eq!(take_room(&lanes.room, 3), 3);
         for id in 3..=5 {
@@ -622,7 +630,7 @@ mod tests {
         }
         lanes.start_ready(0, 0, 4, |_, _| {});
         assert_eq!(
-            lanes.to_park.len(),
+            lanes.to_park.deliveries.len(),
             1,
             "one under way, one queued, one parked"
         );

@@ -25,6 +25,12 @@ type Read<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A delivery is read only this long before its lease runs out, or it is left to claims.
 const READ_MARGIN_MS: i64 = OFFER_MS / 2;
 
+/// Whether a delivery leased until `until` is still worth reading at `now`: well within
+/// its lease; later it is left to claims.
+fn worth_reading(now: i64, until: i64) -> bool {
+    now < until - READ_MARGIN_MS
+}
+
 /// After a read the store could not answer, the next waits this long.
 const RETRY_AFTER_MS: i64 = 1000;
 
@@ -96,7 +102,7 @@ impl Offers {
     ) -> Option<i64> {
         let mut due_at = None;
         self.heard.retain(|&(_, until)| {
-            let keep = now < until - READ_MARGIN_MS;
+            let keep = worth_reading(now, until);
             if !keep {
                 due_at = due_at.max(Some(until));
             }
@@ -161,7 +167,7 @@ impl UnansweredClaims {
     pub(super) fn next(&mut self, now: i64) -> (Option<UnansweredClaim>, Option<i64>) {
         let mut due_at = None;
         while let Some(claim) = self.0.pop_front() {
-            if now < claim.lease_until - READ_MARGIN_MS {
+            if worth_reading(now, claim.lease_until) {
                 return (Some(claim), due_at);
             }
             due_at = due_at.max(Some(claim.lease_until));
