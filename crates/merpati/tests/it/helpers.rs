@@ -141,6 +141,22 @@ impl RawDatabase {
         }
     }
 
+    /// The first column of the first row of `sql`, as text (empty when NULL).
+    pub fn text(&self, sql: &str) -> String {
+        match self {
+            RawDatabase::Sqlite(db) => db
+                .query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+                .unwrap()
+                .unwrap_or_default(),
+            RawDatabase::Postgres(url) => on_a_thread(url, |c| {
+                c.query_one(sql, &[])
+                    .unwrap()
+                    .get::<_, Option<String>>(0)
+                    .unwrap_or_default()
+            }),
+        }
+    }
+
     /// Runs `sql`; rows changed.
     pub fn execute(&self, sql: &str) -> u64 {
         match self {

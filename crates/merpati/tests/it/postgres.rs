@@ -155,14 +155,13 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
     db.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
     db.execute("SELECT pg_reload_conf()");
     // Until the setting reaches the server's processes, commits are answered as before:
-    // the device posts its next item until one waits.
+    // the device posts its next item until one is answered as unanswered. Every commit
+    // that waits for the standby is ended, whatever wrote it: the node's other writes (an
+    // attempt's record, a group of several writes ending in `COMMIT`) wait too, and hold
+    // their locks while they wait, so the item's commit may come only after them.
     let mut rid = 0;
-    let started = std::time::Instant::now();
+    let deadline = std::time::Instant::now() + PATIENCE;
     let unanswered = loop {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no commit waited for the standby"
-        );
         rid += 1;
         let post = {
             let (url, token) = (app.url.clone(), m.device_token.clone());
@@ -178,31 +177,32 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
                 (status, answer.json::<serde_json::Value>().await.unwrap())
             })
         };
-        let waiting = loop {
-            if post.is_finished() {
-                break None;
-            }
-            let pid = db.scalar(
-                "SELECT COALESCE(MAX(pid), 0)::BIGINT FROM pg_stat_activity
-                 WHERE wait_event = 'SyncRep' AND query LIKE '%INSERT INTO events%'",
+        while !post.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "item {rid} was neither answered nor held by the standby; the server's \
+                 sessions: {}",
+                db.text(
+                    "SELECT string_agg(format('%s %s/%s: %s', pid, wait_event_type, \
+                     wait_event, left(query, 60)), '; ') FROM pg_stat_activity \
+                     WHERE backend_type = 'client backend'"
+                )
             );
-            if pid != 0 {
-                break Some(pid);
-            }
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE wait_event = 'SyncRep'",
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        match waiting {
-            None => assert_eq!(post.await.unwrap().0, StatusCode::ACCEPTED),
-            Some(pid) => {
-                db.execute(&format!("SELECT pg_terminate_backend({pid})"));
-                let (status, body) = post.await.unwrap();
-                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-                assert_eq!(body["error"]["code"], "unavailable");
-                let message = body["error"]["message"].as_str().unwrap();
-                assert!(message.contains("may have been made"), "{message}");
-                break rid;
-            }
         }
+        let (status, body) = post.await.unwrap();
+        if status == StatusCode::ACCEPTED {
+            continue;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("may have been made"), "{message}");
+        break rid;
     };
     db.execute("ALTER SYSTEM RESET synchronous_standby_names");
     db.execute("SELECT pg_reload_conf()");
