@@ -54,6 +54,20 @@ pub enum Taken {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ThenLabel {
+    then: &'static str,
+}
+
+/// What followed when the store could not take attempt records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordsRefused {
+    /// Sent again after a pause.
+    SentAgain,
+    /// Given up on: their deliveries are attempted again once their lease runs out.
+    GivenUp,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotificationLabels {
     kind: &'static str,
     outcome: &'static str,
@@ -103,6 +117,7 @@ pub struct Metrics {
     ingest: Family<IngestLabels, Counter>,
     deliveries: Family<OutcomeLabel, Counter>,
     taken: Family<HowLabel, Counter>,
+    records_refused: Family<ThenLabel, Counter>,
     delivery_duration: Buckets,
     notifications: Family<NotificationLabels, Counter>,
     deliveries_pending: Gauge,
@@ -114,6 +129,7 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     endpoints_paused: Gauge,
+    store_up: Gauge,
     engines: Mutex<HashSet<String>>,
 }
 
@@ -151,6 +167,14 @@ impl Default for Metrics {
              offered by the node that stored them, claimed from the store (one it already \
              held, claimed or read again, is not counted)",
             taken.clone(),
+        );
+        let records_refused = Family::<ThenLabel, Counter>::default();
+        registry.register(
+            "merpati_attempt_records_refused",
+            "Attempt records the store could not take, by what followed: sent again after a \
+             pause, or given up on (their deliveries are attempted again when their lease \
+             runs out)",
+            records_refused.clone(),
         );
         // 1 ms to about 33 s.
         let delivery_duration = Buckets::new(exponential_buckets(0.001, 2.0, 16));
@@ -220,6 +244,13 @@ impl Default for Metrics {
             "Endpoints whose circuit breaker is open",
             endpoints_paused.clone(),
         );
+        let store_up = Gauge::default();
+        registry.register(
+            "merpati_store_up",
+            "Whether the store answered this scrape's reads: 1, or 0 (the gauges read from it \
+             then keep their last values)",
+            store_up.clone(),
+        );
         let commits = std::sync::Arc::new(Commits::default());
         registry.register_collector(Box::new(commits.clone()));
         Metrics {
@@ -229,6 +260,7 @@ impl Default for Metrics {
             ingest,
             deliveries,
             taken,
+            records_refused,
             delivery_duration,
             notifications,
             deliveries_pending,
@@ -240,6 +272,7 @@ impl Default for Metrics {
             connections_open,
             connections_refused,
             endpoints_paused,
+            store_up,
             engines: Mutex::new(HashSet::new()),
         }
     }
@@ -279,6 +312,16 @@ impl Metrics {
             Taken::Claimed => "claimed",
         };
         self.taken.get_or_create(&HowLabel { how }).inc_by(n as u64);
+    }
+
+    pub fn records_refused(&self, then: RecordsRefused, n: usize) {
+        let then = match then {
+            RecordsRefused::SentAgain => "sent_again",
+            RecordsRefused::GivenUp => "given_up",
+        };
+        self.records_refused
+            .get_or_create(&ThenLabel { then })
+            .inc_by(n as u64);
     }
 
     pub fn attempt(&self, outcome: AttemptOutcome, duration_ms: i64) {
@@ -331,8 +374,23 @@ impl Metrics {
         }
     }
 
-    /// The gauges, from what the store counts and the breakers paused now; then the text.
-    pub fn render(&self, counts: &Counts, endpoints_paused: usize) -> String {
+    /// A scrape's text, its gauges set from what the store counts and the breakers paused
+    /// now. `counts` is `None` when the store could not be read (a database that went
+    /// away): the gauges read from it then keep their last values, and `merpati_store_up`
+    /// says so.
+    pub fn render(&self, counts: Option<&Counts>, endpoints_paused: usize) -> String {
+        self.store_up.set(i64::from(counts.is_some()));
+        if let Some(counts) = counts {
+            self.set_store_gauges(counts);
+        }
+        self.endpoints_paused.set(endpoints_paused as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn set_store_gauges(&self, counts: &Counts) {
         self.deliveries_pending.set(counts.deliveries_pending);
         self.deliveries_held.set(counts.deliveries_held);
         self.devices.clear();
@@ -352,12 +410,7 @@ impl Metrics {
             .set(counts.incidents_acknowledged);
         self.incidents_open
             .set(counts.incidents_open + counts.incidents_acknowledged);
-        self.endpoints_paused.set(endpoints_paused as i64);
         *self.commits.0.lock().expect("commits lock") = counts.commits.clone();
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
     }
 }
 
@@ -372,13 +425,14 @@ mod tests {
         m.ingested("sms", false);
         m.attempt(AttemptOutcome::Succeeded, 12);
         m.taken(Taken::Offered, 2);
+        m.records_refused(RecordsRefused::SentAgain, 3);
         let text = m.render(
-            &Counts {
+            Some(&Counts {
                 deliveries_pending: 3,
                 devices: vec![("connected", "wa".into(), 2)],
                 incidents_open: 1,
                 ..Counts::default()
-            },
+            }),
             0,
         );
         assert!(
@@ -389,14 +443,37 @@ mod tests {
         assert!(text.contains("merpati_deliveries_total{outcome=\"succeeded\"} 1"));
         assert!(text.contains("merpati_delivery_duration_seconds_count 1"));
         assert!(text.contains("merpati_deliveries_taken_total{how=\"offered\"} 2"));
+        assert!(text.contains("merpati_attempt_records_refused_total{then=\"sent_again\"} 3"));
         assert!(text.contains("merpati_deliveries_pending 3"));
         assert!(text.contains("merpati_devices{status=\"connected\",engine=\"wa\"} 2"));
         assert!(text.contains("merpati_incidents_open 1"));
+        assert!(text.contains("merpati_store_up 1"));
         assert!(
             text.contains("merpati_commit_duration_seconds_count 0"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_scrape_the_store_cannot_answer_shows_the_counters_and_the_last_gauges() {
+        let m = Metrics::default();
+        m.render(
+            Some(&Counts {
+                deliveries_pending: 7,
+                ..Counts::default()
+            }),
+            0,
+        );
+        m.records_refused(RecordsRefused::GivenUp, 1);
+        let text = m.render(None, 2);
+        assert!(text.contains("merpati_store_up 0"), "{text}");
+        assert!(text.contains("merpati_deliveries_pending 7"));
+        assert!(text.contains("merpati_endpoints_paused 2"));
+        assert!(text.contains("merpati_attempt_records_refused_total{then=\"given_up\"} 1"));
+        let text = m.render(Some(&Counts::default()), 0);
+        assert!(text.contains("merpati_store_up 1"));
+        assert!(text.contains("merpati_deliveries_pending 0"));
     }
 
     #[test]

@@ -113,9 +113,16 @@ async fn document() -> Response {
     responses((status = 200, description = "The metrics.",
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(_: Admin, State(state): State<AppState>) -> ApiResult<Response> {
-    let counts = state.store.counts().await?;
+    // A scrape during an outage still answers: the outage is what it must show.
+    let counts = match state.store.counts().await {
+        Ok(counts) => Some(counts),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the store's counts could not be read");
+            None
+        }
+    };
     let paused = state.pauses.paused_at(state.clock.now_ms());
-    let text = state.metrics.render(&counts, paused);
+    let text = state.metrics.render(counts.as_ref(), paused);
     Ok((
         [(
             CONTENT_TYPE,

@@ -142,9 +142,12 @@ pub(crate) fn claim_budget(config: &DeliveryConfig) -> usize {
     config.max_in_flight + CLAIM_BATCH
 }
 
+/// How long a claim outlives the longest attempt: time left to record it.
+pub(crate) const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
 /// A claim outlives the longest attempt.
 pub(crate) fn lease(config: &DeliveryConfig) -> Duration {
-    config.timeout + Duration::from_secs(30)
+    config.timeout + LEASE_MARGIN
 }
 
 impl Handoff {

@@ -1,25 +1,36 @@
 //! The recorder: writes attempt records as they come, many to a transaction (under load
 //! the deliveries finishing while one batch commits make the next batch), then tells the
-//! bus what the records did, and wakes the worker for what they made due.
+//! bus what the records did, and wakes the worker for what they made due. A batch the
+//! store could not take (it was unavailable, or its commit went unanswered) is sent again,
+//! pausing longer each time, while its deliveries' leases last: a record sent twice changes
+//! nothing, and one given up on makes its delivery go out again.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use merpati_domain::clock::SharedClock;
 use merpati_domain::delivery::{AttemptRecord, Recorded};
 use merpati_domain::ids::DeliveryId;
 use merpati_domain::retry::NextStep;
-use merpati_domain::SharedStore;
+use merpati_domain::slots::Fence;
+use merpati_domain::{SharedStore, StoreError};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::DeliveryWaker;
 use crate::bus::{Bus, Change, DeliveryChange, DeliveryOutcome, EndpointState, StoredEvent};
 use crate::cluster::Ownership;
-use crate::metrics::{AttemptOutcome, Metrics};
+use crate::metrics::{AttemptOutcome, Metrics, RecordsRefused};
 
 /// Records written in one transaction at most. Under a backlog the attempts ending while a
 /// batch commits (20 ms and more behind ingest's writes) outnumber 256, and at 256 the
 /// records queued up until the attempts waited to hand theirs over.
 pub(crate) const RECORD_BATCH: usize = 1024;
+
+/// The first pause before a batch the store could not take is sent again; each pause
+/// after doubles, up to `LONGEST_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const LONGEST_PAUSE: Duration = Duration::from_secs(2);
 
 pub(crate) struct Recorder {
     pub(crate) store: SharedStore,
@@ -34,6 +45,11 @@ pub(crate) struct Recorder {
     pub(crate) ownership: Arc<Ownership>,
     /// Told the deliveries of each batch once it is written (or given up on).
     pub(crate) recorded: mpsc::UnboundedSender<Vec<DeliveryId>>,
+    /// How long a batch is sent again after the store first could not take it: what is
+    /// left of its deliveries' leases once their attempts are over.
+    pub(crate) keep_trying: Duration,
+    /// Once the node shuts down, a batch is not sent again.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Recorder {
@@ -65,48 +81,80 @@ impl Recorder {
     /// Writes a batch; returns how many deliveries it made due.
     async fn record(&self, records: Arc<Vec<AttemptRecord>>) -> usize {
         let fence = self.ownership.fence();
-        match self
-            .store
-            .record_attempts(fence.clone(), records.clone(), self.disable_after_ms)
-            .await
-        {
-            Ok(recorded) => {
-                if recorded.fenced_out > 0 {
-                    tracing::info!(
-                        records = recorded.fenced_out,
-                        "attempts not recorded: their slot is another node's now, which \
-                         attempts them again"
-                    );
-                }
-                self.publish(&records, &recorded);
-                recorded.made_due
-            }
-            // One bad record (its delivery deleted meanwhile, say) must not cost the others.
-            // A batch whose commit went unanswered is sent again too: a record made before
-            // changes nothing.
-            Err(_) if records.len() > 1 => {
-                let mut made_due = 0;
-                for record in records.iter() {
-                    let alone = Arc::new(vec![record.clone()]);
-                    match self
-                        .store
-                        .record_attempts(fence.clone(), alone.clone(), self.disable_after_ms)
-                        .await
-                    {
-                        Ok(recorded) => {
-                            self.publish(&alone, &recorded);
-                            made_due += recorded.made_due;
-                        }
-                        Err(e) => not_recorded(record, &e),
+        let first_sent = tokio::time::Instant::now();
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let result = self
+                .store
+                .record_attempts(fence.clone(), records.clone(), self.disable_after_ms)
+                .await;
+            let e = match result {
+                Ok(recorded) => {
+                    if recorded.fenced_out > 0 {
+                        tracing::info!(
+                            records = recorded.fenced_out,
+                            "attempts not recorded: their slot is another node's now, which \
+                             attempts them again"
+                        );
                     }
+                    self.publish(&records, &recorded);
+                    return recorded.made_due;
                 }
-                made_due
-            }
-            Err(e) => {
-                not_recorded(&records[0], &e);
-                0
+                Err(e) => e,
+            };
+            let again = try_again_after(&e, pause, first_sent.elapsed(), self.keep_trying);
+            match again {
+                Some(wait) if !self.shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, records = records.len(), retry_in = ?wait,
+                        "could not record attempts; sending them again");
+                    self.metrics
+                        .records_refused(RecordsRefused::SentAgain, records.len());
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled() => {}
+                    }
+                    pause = (pause * 2).min(LONGEST_PAUSE);
+                }
+                // One bad record (its delivery deleted meanwhile, say) must not cost the
+                // others.
+                _ if records.len() > 1 && !transient(&e) => {
+                    return self.record_alone(&fence, &records).await
+                }
+                _ => {
+                    for record in records.iter() {
+                        self.not_recorded(record, &e);
+                    }
+                    return 0;
+                }
             }
         }
+    }
+
+    /// Writes a batch the store refused one record at a time; returns how many
+    /// deliveries they made due.
+    async fn record_alone(&self, fence: &Arc<Fence>, records: &[AttemptRecord]) -> usize {
+        let mut made_due = 0;
+        for record in records {
+            let alone = Arc::new(vec![record.clone()]);
+            match self
+                .store
+                .record_attempts(fence.clone(), alone.clone(), self.disable_after_ms)
+                .await
+            {
+                Ok(recorded) => {
+                    self.publish(&alone, &recorded);
+                    made_due += recorded.made_due;
+                }
+                Err(e) => self.not_recorded(record, &e),
+            }
+        }
+        made_due
+    }
+
+    /// The lease runs out and the delivery is attempted again: at least once, not lost.
+    fn not_recorded(&self, record: &AttemptRecord, e: &StoreError) {
+        tracing::error!(error = %e, delivery = %record.delivery_id, "could not record an attempt");
+        self.metrics.records_refused(RecordsRefused::GivenUp, 1);
     }
 
     fn publish(&self, records: &[AttemptRecord], recorded: &Recorded) {
@@ -158,7 +206,70 @@ impl Recorder {
     }
 }
 
-/// The lease runs out and the delivery is attempted again: at least once, not lost.
-fn not_recorded(record: &AttemptRecord, e: &merpati_domain::StoreError) {
-    tracing::error!(error = %e, delivery = %record.delivery_id, "could not record an attempt");
+/// Whether the store may take later what it could not take now: it was unavailable, or
+/// did not answer the commit (which a record sent again cannot make twice).
+fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_) | StoreError::Unanswered(_))
+}
+
+/// How long to wait before sending again a batch the store refused with `e`, the last wait
+/// having been `pause`, the store having refused it for `trying_for` of the `keep_trying`
+/// its leases leave; `None` to give it up.
+fn try_again_after(
+    e: &StoreError,
+    pause: Duration,
+    trying_for: Duration,
+    keep_trying: Duration,
+) -> Option<Duration> {
+    let left = keep_trying.checked_sub(trying_for)?;
+    (transient(e) && pause <= left).then_some(pause)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEEP_TRYING: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_store_that_cannot_take_a_batch_now_is_asked_again_while_the_leases_last() {
+        let down = StoreError::Unavailable("connection refused".into());
+        let unanswered = StoreError::Unanswered("connection lost".into());
+        let pause = Duration::from_millis(400);
+        assert_eq!(
+            try_again_after(&down, pause, Duration::ZERO, KEEP_TRYING),
+            Some(pause)
+        );
+        assert_eq!(
+            try_again_after(&unanswered, pause, Duration::from_secs(29), KEEP_TRYING),
+            Some(pause)
+        );
+        // A pause that would end past the leases is not taken.
+        assert_eq!(
+            try_again_after(&down, pause, Duration::from_millis(29_700), KEEP_TRYING),
+            None
+        );
+        assert_eq!(
+            try_again_after(&down, pause, Duration::from_secs(31), KEEP_TRYING),
+            None
+        );
+    }
+
+    #[test]
+    fn a_batch_the_store_refuses_for_what_it_holds_is_not_sent_again_as_it_was() {
+        let pause = Duration::from_millis(100);
+        for refused in [
+            StoreError::NotFound("delivery"),
+            StoreError::Conflict("taken".into()),
+            StoreError::Invalid("bad".into()),
+            StoreError::Internal("corrupt".into()),
+        ] {
+            assert_eq!(
+                try_again_after(&refused, pause, Duration::ZERO, KEEP_TRYING),
+                None,
+                "{refused}"
+            );
+            assert!(!transient(&refused));
+        }
+    }
 }

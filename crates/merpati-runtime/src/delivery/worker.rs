@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::attempt::{deliver, Sender};
 use super::breaker::{BreakerPolicy, Health};
 use super::due_times::DueTimes;
-use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH};
+use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH, LEASE_MARGIN};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
 use super::offers::{Offers, OffersRead, ToRead, UnansweredClaim, UnansweredClaims};
@@ -169,6 +169,8 @@ impl Run {
                 records: recorded,
                 ownership: worker.ownership.clone(),
                 recorded: written_tx,
+                keep_trying: LEASE_MARGIN,
+                shutdown: worker.shutdown.clone(),
             }
             .run(),
         );

@@ -64,6 +64,7 @@ async fn metrics_parse_with_the_official_parser_and_move_as_events_flow() {
         "merpati_incidents_open",
         "merpati_links_open",
         "merpati_delivery_duration_seconds_count",
+        "merpati_store_up",
     ] {
         assert!(
             before.iter().any(|s| s["name"] == name),

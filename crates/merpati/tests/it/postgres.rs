@@ -16,6 +16,20 @@ fn item(rid: i64) -> serde_json::Value {
     json!({"type": "sms", "rid": rid, "phone": "+62811", "message": "m"})
 }
 
+/// A sample of the node's `/metrics` by its series (name and labels as the text shows
+/// them); `None` while the scrape fails or shows no such series.
+async fn sample(app: &TestApp, series: &str) -> Option<f64> {
+    let answer = client()
+        .get(format!("{}/metrics", app.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .ok()?;
+    let text = answer.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A PostgreSQL server of the test's own (it is stopped, or set up server-wide), and a
 /// migrated database on it.
 async fn private_server() -> (ScratchServer, String) {
@@ -133,6 +147,59 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
         .collect();
     assert!(accepted.is_subset(&rids), "an accepted item was lost");
     assert_eq!(rids.len(), 400);
+}
+
+/// An attempt that ends while the database is down is recorded once it is back, rather
+/// than made again when its lease runs out: the node sends the record again while the
+/// lease lasts. Meanwhile `/metrics` still answers, and says the store is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_ends_while_the_database_is_down_is_recorded_once_it_is_back() {
+    let (server, url) = private_server().await;
+    let server = Arc::new(server);
+    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
+    let m = app.merchant("acct").await;
+    let receiver = Receiver::start().await;
+    app.endpoint(&m.key, &receiver, json!({})).await;
+    receiver.pause();
+    let posted = app
+        .ok_post("/v1/device/messages", &m.device_token, item(0), 202)
+        .await;
+    let event_id = posted["items"][0]["event_id"].as_str().unwrap().to_owned();
+    receiver.wait_for(1).await;
+
+    let stopping = server.clone();
+    tokio::task::spawn_blocking(move || stopping.stop(true))
+        .await
+        .unwrap();
+    receiver.resume();
+    let sent_again = r#"merpati_attempt_records_refused_total{then="sent_again"}"#;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let store_up = sample(&app, "merpati_store_up").await;
+        let refused = sample(&app, sent_again).await;
+        if store_up == Some(0.0) && refused.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record was not refused while the database was down \
+             (store up: {store_up:?}, records sent again: {refused:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let starting = server.clone();
+    tokio::task::spawn_blocking(move || starting.run().unwrap())
+        .await
+        .unwrap();
+
+    let event = app.settled_event(&m.key, &event_id).await;
+    let delivery = &event["deliveries"][0];
+    assert_eq!(delivery["status"], "succeeded", "{delivery}");
+    assert_eq!(delivery["attempt_count"], 1, "{delivery}");
+    assert_eq!(receiver.received().len(), 1);
+    assert_eq!(sample(&app, "merpati_store_up").await, Some(1.0));
+    let given_up = r#"merpati_attempt_records_refused_total{then="given_up"}"#;
+    assert_eq!(sample(&app, given_up).await, None);
 }
 
 /// A request whose commit the server made but never answered (its connection was lost
