@@ -30,22 +30,57 @@ async fn sample(app: &TestApp, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// A PostgreSQL server of the test's own (it is stopped, or set up server-wide), and a
-/// migrated database on it.
-async fn private_server() -> (ScratchServer, String) {
-    tokio::task::spawn_blocking(|| {
-        let server = ScratchServer::start(ScratchOptions::default()).unwrap();
-        let url = server
-            .fresh_database(|url| {
-                merpati_postgres::PostgresStore::migrate(url)
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            })
-            .unwrap();
-        (server, url)
-    })
-    .await
-    .unwrap()
+/// A PostgreSQL server of the test's own (it is stopped, or set up server-wide), a node on
+/// a migrated database of it, an account and a receiver subscribed to everything.
+struct OnPrivateServer {
+    server: Arc<ScratchServer>,
+    app: TestApp,
+    m: Merchant,
+    receiver: Receiver,
+}
+
+impl OnPrivateServer {
+    async fn start() -> OnPrivateServer {
+        let (server, url) = tokio::task::spawn_blocking(|| {
+            let server = ScratchServer::start(ScratchOptions::default()).unwrap();
+            let url = server
+                .fresh_database(|url| {
+                    merpati_postgres::PostgresStore::migrate(url)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+                .unwrap();
+            (server, url)
+        })
+        .await
+        .unwrap();
+        let app = TestApp::spawn_with(&[("database_url", &url)]).await;
+        let m = app.merchant("acct").await;
+        let receiver = Receiver::start().await;
+        app.endpoint(&m.key, &receiver, json!({})).await;
+        OnPrivateServer {
+            server: Arc::new(server),
+            app,
+            m,
+            receiver,
+        }
+    }
+}
+
+/// Stops the server as a crash would (immediate shutdown).
+async fn stop(server: &Arc<ScratchServer>) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || server.stop(true))
+        .await
+        .unwrap();
+}
+
+/// Starts the stopped server again.
+async fn start_again(server: &Arc<ScratchServer>) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || server.run().unwrap())
+        .await
+        .unwrap();
 }
 
 /// While the server is down, every request is answered 503 with `Retry-After` and
@@ -54,12 +89,12 @@ async fn private_server() -> (ScratchServer, String) {
 /// does every refused one the device sends again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
-    let (server, url) = private_server().await;
-    let server = Arc::new(server);
-    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
-    let m = app.merchant("acct").await;
-    let receiver = Receiver::start().await;
-    app.endpoint(&m.key, &receiver, json!({})).await;
+    let OnPrivateServer {
+        server,
+        app,
+        m,
+        receiver,
+    } = OnPrivateServer::start().await;
 
     let accepted = Arc::new(Mutex::new(BTreeSet::new()));
     let refused = Arc::new(Mutex::new(Vec::new()));
@@ -96,10 +131,7 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
             while accepted.lock().unwrap().len() < 50 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            let stopping = server.clone();
-            tokio::task::spawn_blocking(move || stopping.stop(true))
-                .await
-                .unwrap();
+            stop(&server).await;
             tokio::time::sleep(Duration::from_millis(700)).await;
             let ready = client()
                 .get(format!("{app_url}/readyz"))
@@ -107,10 +139,7 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
                 .await
                 .unwrap()
                 .status();
-            let starting = server.clone();
-            tokio::task::spawn_blocking(move || starting.run().unwrap())
-                .await
-                .unwrap();
+            start_again(&server).await;
             ready
         }
     };
@@ -154,12 +183,12 @@ async fn a_database_that_goes_away_under_load_loses_no_accepted_event() {
 /// lease lasts. Meanwhile `/metrics` still answers, and says the store is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attempt_that_ends_while_the_database_is_down_is_recorded_once_it_is_back() {
-    let (server, url) = private_server().await;
-    let server = Arc::new(server);
-    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
-    let m = app.merchant("acct").await;
-    let receiver = Receiver::start().await;
-    app.endpoint(&m.key, &receiver, json!({})).await;
+    let OnPrivateServer {
+        server,
+        app,
+        m,
+        receiver,
+    } = OnPrivateServer::start().await;
     receiver.pause();
     let posted = app
         .ok_post("/v1/device/messages", &m.device_token, item(0), 202)
@@ -167,10 +196,7 @@ async fn an_attempt_that_ends_while_the_database_is_down_is_recorded_once_it_is_
     let event_id = posted["items"][0]["event_id"].as_str().unwrap().to_owned();
     receiver.wait_for(1).await;
 
-    let stopping = server.clone();
-    tokio::task::spawn_blocking(move || stopping.stop(true))
-        .await
-        .unwrap();
+    stop(&server).await;
     receiver.resume();
     let sent_again = r#"merpati_attempt_records_refused_total{then="sent_again"}"#;
     let deadline = std::time::Instant::now() + PATIENCE;
@@ -187,10 +213,7 @@ async fn an_attempt_that_ends_while_the_database_is_down_is_recorded_once_it_is_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let starting = server.clone();
-    tokio::task::spawn_blocking(move || starting.run().unwrap())
-        .await
-        .unwrap();
+    start_again(&server).await;
 
     let event = app.settled_event(&m.key, &event_id).await;
     let delivery = &event["deliveries"][0];
@@ -209,11 +232,12 @@ async fn an_attempt_that_ends_while_the_database_is_down_is_recorded_once_it_is_
 /// lease runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_its_lease() {
-    let (server, url) = private_server().await;
-    let app = TestApp::spawn_with(&[("database_url", &url)]).await;
-    let m = app.merchant("acct").await;
-    let receiver = Receiver::start().await;
-    app.endpoint(&m.key, &receiver, json!({})).await;
+    let OnPrivateServer {
+        server,
+        app,
+        m,
+        receiver,
+    } = OnPrivateServer::start().await;
     app.ok_post("/v1/device/messages", &m.device_token, item(0), 202)
         .await;
     receiver.wait_for(1).await;
