@@ -81,14 +81,47 @@ impl Recorder {
     /// Writes a batch; returns how many deliveries it made due.
     async fn record(&self, records: Arc<Vec<AttemptRecord>>) -> usize {
         let fence = self.ownership.fence();
-        let first_sent = tokio::time::Instant::now();
+        // The leases of the batch's deliveries, and so the sending again, end together.
+        let give_up_at = tokio::time::Instant::now() + self.keep_trying;
+        match self.send(&fence, records.clone(), give_up_at).await {
+            Ok(made_due) => made_due,
+            // One bad record (its delivery deleted meanwhile, say) must not cost the others.
+            Err(e) if records.len() > 1 && !transient(&e) => {
+                let mut made_due = 0;
+                for record in records.iter() {
+                    let alone = Arc::new(vec![record.clone()]);
+                    match self.send(&fence, alone, give_up_at).await {
+                        Ok(n) => made_due += n,
+                        Err(e) => self.not_recorded(record, &e),
+                    }
+                }
+                made_due
+            }
+            Err(e) => {
+                for record in records.iter() {
+                    self.not_recorded(record, &e);
+                }
+                0
+            }
+        }
+    }
+
+    /// Sends a batch, and again, pausing longer each time, while the store cannot take it
+    /// and it is before `give_up_at`; returns how many deliveries it made due, or the
+    /// store's last refusal.
+    async fn send(
+        &self,
+        fence: &Arc<Fence>,
+        records: Arc<Vec<AttemptRecord>>,
+        give_up_at: tokio::time::Instant,
+    ) -> Result<usize, StoreError> {
         let mut pause = FIRST_PAUSE;
         loop {
-            let result = self
+            let e = match self
                 .store
                 .record_attempts(fence.clone(), records.clone(), self.disable_after_ms)
-                .await;
-            let e = match result {
+                .await
+            {
                 Ok(recorded) => {
                     if recorded.fenced_out > 0 {
                         tracing::info!(
@@ -98,12 +131,12 @@ impl Recorder {
                         );
                     }
                     self.publish(&records, &recorded);
-                    return recorded.made_due;
+                    return Ok(recorded.made_due);
                 }
                 Err(e) => e,
             };
-            let again = try_again_after(&e, pause, first_sent.elapsed(), self.keep_trying);
-            match again {
+            let left = give_up_at.saturating_duration_since(tokio::time::Instant::now());
+            match try_again_after(&e, pause, left) {
                 Some(wait) if !self.shutdown.is_cancelled() => {
                     tracing::warn!(error = %e, records = records.len(), retry_in = ?wait,
                         "could not record attempts; sending them again");
@@ -115,40 +148,9 @@ impl Recorder {
                     }
                     pause = (pause * 2).min(LONGEST_PAUSE);
                 }
-                // One bad record (its delivery deleted meanwhile, say) must not cost the
-                // others.
-                _ if records.len() > 1 && !transient(&e) => {
-                    return self.record_alone(&fence, &records).await
-                }
-                _ => {
-                    for record in records.iter() {
-                        self.not_recorded(record, &e);
-                    }
-                    return 0;
-                }
+                _ => return Err(e),
             }
         }
-    }
-
-    /// Writes a batch the store refused one record at a time; returns how many
-    /// deliveries they made due.
-    async fn record_alone(&self, fence: &Arc<Fence>, records: &[AttemptRecord]) -> usize {
-        let mut made_due = 0;
-        for record in records {
-            let alone = Arc::new(vec![record.clone()]);
-            match self
-                .store
-                .record_attempts(fence.clone(), alone.clone(), self.disable_after_ms)
-                .await
-            {
-                Ok(recorded) => {
-                    self.publish(&alone, &recorded);
-                    made_due += recorded.made_due;
-                }
-                Err(e) => self.not_recorded(record, &e),
-            }
-        }
-        made_due
     }
 
     /// The lease runs out and the delivery is attempted again: at least once, not lost.
@@ -213,15 +215,9 @@ fn transient(e: &StoreError) -> bool {
 }
 
 /// How long to wait before sending again a batch the store refused with `e`, the last wait
-/// having been `pause`, the store having refused it for `trying_for` of the `keep_trying`
-/// its leases leave; `None` to give it up.
-fn try_again_after(
-    e: &StoreError,
-    pause: Duration,
-    trying_for: Duration,
-    keep_trying: Duration,
-) -> Option<Duration> {
-    let left = keep_trying.checked_sub(trying_for)?;
+/// having been `pause`, with `left` of the time its leases leave for it; `None` to give it
+/// up.
+fn try_again_after(e: &StoreError, pause: Duration, left: Duration) -> Option<Duration> {
     (transient(e) && pause <= left).then_some(pause)
 }
 
@@ -229,30 +225,26 @@ fn try_again_after(
 mod tests {
     use super::*;
 
-    const KEEP_TRYING: Duration = Duration::from_secs(30);
-
     #[test]
     fn a_store_that_cannot_take_a_batch_now_is_asked_again_while_the_leases_last() {
         let down = StoreError::Unavailable("connection refused".into());
         let unanswered = StoreError::Unanswered("connection lost".into());
         let pause = Duration::from_millis(400);
         assert_eq!(
-            try_again_after(&down, pause, Duration::ZERO, KEEP_TRYING),
+            try_again_after(&down, pause, Duration::from_secs(30)),
             Some(pause)
         );
         assert_eq!(
-            try_again_after(&unanswered, pause, Duration::from_secs(29), KEEP_TRYING),
+            try_again_after(&unanswered, pause, Duration::from_secs(1)),
             Some(pause)
         );
+        assert_eq!(try_again_after(&down, pause, pause), Some(pause));
         // A pause that would end past the leases is not taken.
         assert_eq!(
-            try_again_after(&down, pause, Duration::from_millis(29_700), KEEP_TRYING),
+            try_again_after(&down, pause, Duration::from_millis(300)),
             None
         );
-        assert_eq!(
-            try_again_after(&down, pause, Duration::from_secs(31), KEEP_TRYING),
-            None
-        );
+        assert_eq!(try_again_after(&down, pause, Duration::ZERO), None);
     }
 
     #[test]
@@ -265,7 +257,7 @@ mod tests {
             StoreError::Internal("corrupt".into()),
         ] {
             assert_eq!(
-                try_again_after(&refused, pause, Duration::ZERO, KEEP_TRYING),
+                try_again_after(&refused, pause, Duration::from_secs(30)),
                 None,
                 "{refused}"
             );
