@@ -612,6 +612,7 @@ mod tests {
         assert_eq!(lanes.room.available_permits(), budget);
         assert_eq!(pauses.until(&"other".into()), None);
     }
+
     /// A lane that parks and catches up before its parks are written asks for nothing
     /// back until they are: the take-back, written before the parks, would find fewer than
     /// asked, and the lane would take the ones parked after it for none.

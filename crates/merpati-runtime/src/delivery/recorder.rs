@@ -136,20 +136,18 @@ impl Recorder {
                 Err(e) => e,
             };
             let left = give_up_at.saturating_duration_since(tokio::time::Instant::now());
-            match try_again_after(&e, pause, left) {
-                Some(wait) if !self.shutdown.is_cancelled() => {
-                    tracing::warn!(error = %e, records = records.len(), retry_in = ?wait,
-                        "could not record attempts; sending them again");
-                    self.metrics
-                        .records_refused(RecordsRefused::SentAgain, records.len());
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => {}
-                    }
-                    pause = (pause * 2).min(LONGEST_PAUSE);
-                }
-                _ => return Err(e),
+            if !send_again(&e, pause, left) || self.shutdown.is_cancelled() {
+                return Err(e);
             }
+            tracing::warn!(error = %e, records = records.len(), retry_in = ?pause,
+                "could not record attempts; sending them again");
+            self.metrics
+                .records_refused(RecordsRefused::SentAgain, records.len());
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.shutdown.cancelled() => {}
+            }
+            pause = (pause * 2).min(LONGEST_PAUSE);
         }
     }
 
@@ -214,11 +212,10 @@ fn transient(e: &StoreError) -> bool {
     matches!(e, StoreError::Unavailable(_) | StoreError::Unanswered(_))
 }
 
-/// How long to wait before sending again a batch the store refused with `e`, the last wait
-/// having been `pause`, with `left` of the time its leases leave for it; `None` to give it
-/// up.
-fn try_again_after(e: &StoreError, pause: Duration, left: Duration) -> Option<Duration> {
-    (transient(e) && pause <= left).then_some(pause)
+/// Whether a batch the store refused with `e` is sent again after `pause`, with `left` of
+/// the time its leases leave for it; otherwise it is given up.
+fn send_again(e: &StoreError, pause: Duration, left: Duration) -> bool {
+    transient(e) && pause <= left
 }
 
 #[cfg(test)]
@@ -230,21 +227,12 @@ mod tests {
         let down = StoreError::Unavailable("connection refused".into());
         let unanswered = StoreError::Unanswered("connection lost".into());
         let pause = Duration::from_millis(400);
-        assert_eq!(
-            try_again_after(&down, pause, Duration::from_secs(30)),
-            Some(pause)
-        );
-        assert_eq!(
-            try_again_after(&unanswered, pause, Duration::from_secs(1)),
-            Some(pause)
-        );
-        assert_eq!(try_again_after(&down, pause, pause), Some(pause));
+        assert!(send_again(&down, pause, Duration::from_secs(30)));
+        assert!(send_again(&unanswered, pause, Duration::from_secs(1)));
+        assert!(send_again(&down, pause, pause));
         // A pause that would end past the leases is not taken.
-        assert_eq!(
-            try_again_after(&down, pause, Duration::from_millis(300)),
-            None
-        );
-        assert_eq!(try_again_after(&down, pause, Duration::ZERO), None);
+        assert!(!send_again(&down, pause, Duration::from_millis(300)));
+        assert!(!send_again(&down, pause, Duration::ZERO));
     }
 
     #[test]
@@ -256,9 +244,8 @@ mod tests {
             StoreError::Invalid("bad".into()),
             StoreError::Internal("corrupt".into()),
         ] {
-            assert_eq!(
-                try_again_after(&refused, pause, Duration::from_secs(30)),
-                None,
+            assert!(
+                !send_again(&refused, pause, Duration::from_secs(30)),
                 "{refused}"
             );
             assert!(!transient(&refused));
