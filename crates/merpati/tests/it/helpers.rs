@@ -44,6 +44,24 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The metrics text of the server at `base_url` (`/metrics`, with the admin token).
+pub async fn metrics_text(base_url: &str) -> reqwest::Result<String> {
+    client()
+        .get(format!("{base_url}/metrics"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await?
+        .text()
+        .await
+}
+
+/// The value of one series of a metrics text, named with its labels as the text shows
+/// them (`merpati_deliveries_taken_total{how="offered"}`); `None` if it has no such series.
+pub fn sample_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn test_settings() -> BTreeMap<String, String> {
     [
         ("admin_token", ADMIN),

@@ -411,19 +411,9 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
 
 /// The node's count of deliveries its worker took, by how (`merpati_deliveries_taken`).
 async fn taken(node: &Node, how: &str) -> u64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", node.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let sample = format!("merpati_deliveries_taken_total{{how=\"{how}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample.as_str()))
-        .map_or(0, |n| n.parse().unwrap())
+    let text = metrics_text(&node.url).await.unwrap();
+    let series = format!("merpati_deliveries_taken_total{{how=\"{how}\"}}");
+    sample_of(&text, &series).map_or(0, |n| n as u64)
 }
 
 /// Deliveries stored on a node that does not own their endpoint's slot are offered to the

@@ -16,18 +16,9 @@ fn item(rid: i64) -> serde_json::Value {
     json!({"type": "sms", "rid": rid, "phone": "+62811", "message": "m"})
 }
 
-/// A sample of the node's `/metrics` by its series (name and labels as the text shows
-/// them); `None` while the scrape fails or shows no such series.
+/// A series of the node's `/metrics`; `None` while the scrape fails or shows no such series.
 async fn sample(app: &TestApp, series: &str) -> Option<f64> {
-    let answer = client()
-        .get(format!("{}/metrics", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .ok()?;
-    let text = answer.text().await.ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    sample_of(&metrics_text(&app.url).await.ok()?, series)
 }
 
 /// A PostgreSQL server of the test's own (it is stopped, or set up server-wide), a node on
