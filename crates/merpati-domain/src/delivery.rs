@@ -2,6 +2,7 @@
 //! deliveries to the worker, and the rules of a delivery's outcome and of an endpoint's
 //! health.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
@@ -9,7 +10,7 @@ use merpati_webhooks::{EndpointEvent, EndpointEventKind, EndpointRef, Event};
 use crate::endpoint::{DisableReason, Subscription, Target};
 use crate::ids::{AccountId, DeliveryId, EndpointId, EventId};
 use crate::retry::NextStep;
-use crate::slots::Fence;
+use crate::slots::{Fence, Offered};
 use crate::storage::StoreResult;
 
 /// A delivery ready for its next attempt, with everything the attempt needs.
@@ -75,8 +76,8 @@ pub trait Reservation: Send {
     /// holds the endpoint's slot, when that is another node ([`crate::slots::OFFER_MS`]).
     /// None when the slot is this node's and its worker had no room: it is stored due.
     fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64>;
-    /// A delivery stored offered; named to its slot's owner once the write commits.
-    fn offered(&mut self, endpoint: &EndpointId, delivery: DeliveryId);
+    /// A delivery stored offered; sent to its slot's owner once the write commits.
+    fn offered(&mut self, endpoint: &EndpointId, delivery: Offered);
     /// Until when a delivery handed over is leased to the worker.
     fn lease_until(&self) -> i64;
     /// A delivery leased to the worker, in room taken before.
@@ -113,6 +114,15 @@ pub trait DeliveryStore: Send + Sync {
         deliveries: Vec<DeliveryId>,
         now: i64,
     ) -> StoreResult<Vec<DueDelivery>>;
+    /// The targets of the endpoints of offers that carried their deliveries ([`crate::slots::Carried`]),
+    /// with the secrets live at `now`, each as new as its offer's `endpoints_seen` at
+    /// least: a store may answer from what it read before, if read that far. An endpoint
+    /// that no longer exists has none.
+    async fn offered_targets(
+        &self,
+        endpoints: Vec<(EndpointId, i64)>,
+        now: i64,
+    ) -> StoreResult<HashMap<EndpointId, Arc<Target>>>;
     /// The deliveries of the fence's slots that a claim made at `claimed_at` leased until
     /// `lease_until`, up to `limit`, if still so leased: a read of what a claim whose
     /// commit went unanswered ([`crate::StoreError::Unanswered`]) took, if it was made,

@@ -194,7 +194,7 @@ mod tests {
         fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64> {
             (endpoint.as_str() == "ep_elsewhere").then_some(7)
         }
-        fn offered(&mut self, _endpoint: &EndpointId, _delivery: crate::ids::DeliveryId) {}
+        fn offered(&mut self, _endpoint: &EndpointId, _delivery: crate::slots::Offered) {}
         fn push(&mut self, delivery: DueDelivery) {
             self.1.push(delivery);
         }

@@ -10,10 +10,11 @@
 //! one leaving gives only its own away.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::ids::{DeliveryId, EndpointId};
+use crate::ids::{DeliveryId, EndpointId, EventId};
 
 /// How many slots the endpoints are hashed into: far more than nodes, so that each node's
 /// share is even, and few enough that a node's whole fence is a short list.
@@ -137,7 +138,39 @@ pub const OFFER_MS: i64 = 500;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Offer {
     pub slot: Slot,
-    pub deliveries: Vec<DeliveryId>,
+    pub deliveries: Vec<Offered>,
+}
+
+/// A delivery offered to its slot's owner: its id, and what its first attempt needs but
+/// the endpoint's target, when the write that stored it could send that along. The owner
+/// then reads nothing of the delivery: the offer is sent only once the write is known
+/// committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offered {
+    pub id: DeliveryId,
+    pub carried: Option<Carried>,
+}
+
+impl Offered {
+    /// An offer naming the delivery only: its owner reads it.
+    pub fn named(id: DeliveryId) -> Offered {
+        Offered { id, carried: None }
+    }
+}
+
+/// What an offered delivery's first attempt needs, sent with the offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub event_id: EventId,
+    /// The exact body.
+    pub payload: Arc<str>,
+    pub endpoint_id: EndpointId,
+    /// When the offer runs out.
+    pub until: i64,
+    /// How far the store's changes to endpoints had gone for the write that made the offer
+    /// ([`crate::delivery::DeliveryStore::offered_targets`]): a target read that far or
+    /// further is as new as the one that write saw.
+    pub endpoints_seen: i64,
 }
 
 #[async_trait::async_trait]

@@ -16,7 +16,7 @@ use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence};
 use merpati_domain::StoreResult;
 
-use crate::endpoint_cache::load_targets;
+use crate::endpoint_cache::{load_enabled_targets, load_targets, CHANGES};
 use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, lock_queues, NewEvent};
@@ -396,6 +396,49 @@ impl DeliveryStore for PostgresStore {
             due_of_rows(c, &found, now)
         })
         .await
+    }
+
+    async fn offered_targets(
+        &self,
+        endpoints: Vec<(EndpointId, i64)>,
+        now: i64,
+    ) -> StoreResult<HashMap<EndpointId, Arc<Target>>> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let kept = self.offer_targets.lock().expect("offer targets lock");
+            for (endpoint, seen) in endpoints {
+                match kept.kept(&endpoint, seen, now) {
+                    Some(target) => {
+                        found.insert(endpoint, target);
+                    }
+                    None => missing.push(endpoint),
+                }
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let kept = self.offer_targets.clone();
+        let read = self
+            .read(move |c| {
+                // The number first: what is read after it is at least that new.
+                let read_at: i64 = c.query_one(CHANGES, &[])?.get(0);
+                let targets: Vec<(EndpointId, (Arc<Target>, Option<i64>))> =
+                    load_enabled_targets(c, &missing, now)?
+                        .into_iter()
+                        .map(|(id, (target, expires))| (id, (Arc::new(target), expires)))
+                        .collect();
+                kept.lock()
+                    .expect("offer targets lock")
+                    .keep(read_at, targets.iter().cloned());
+                Ok(targets)
+            })
+            .await?;
+        found.extend(read.into_iter().map(|(id, (target, _))| (id, target)));
+        Ok(found)
     }
 
     async fn read_claimed(

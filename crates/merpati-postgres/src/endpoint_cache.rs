@@ -65,6 +65,12 @@ impl EndpointCache {
         Ok(())
     }
 
+    /// The number of changes the transaction under way read, while what it changed of
+    /// endpoints (if anything) has not made what is kept go.
+    pub(crate) fn seen(&self) -> Option<i64> {
+        self.version.filter(|_| self.checked)
+    }
+
     /// An account's endpoints as kept, unchecked: for guesses only.
     pub(crate) fn kept_subscriptions(&self, account: &AccountId) -> Option<Arc<Vec<Subscription>>> {
         self.subscriptions.get(account).cloned()
@@ -140,7 +146,8 @@ const TARGETS: &str =
                   WHERE s.endpoint_id = ep.id AND (s.expires_at IS NULL OR s.expires_at > $2)
                   ORDER BY s.created_at DESC, s.id DESC),
             (SELECT MIN(s.expires_at) FROM endpoint_secrets s
-             WHERE s.endpoint_id = ep.id AND s.expires_at > $2)
+             WHERE s.endpoint_id = ep.id AND s.expires_at > $2),
+            ep.disabled
      FROM UNNEST($1::TEXT[]) AS k(id)
      CROSS JOIN LATERAL (SELECT * FROM endpoints ep WHERE ep.id = k.id LIMIT 1) ep";
 
@@ -151,10 +158,32 @@ pub(crate) fn load_targets(
     endpoints: &[EndpointId],
     now: i64,
 ) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
+    load_targets_of(c, endpoints, now, true)
+}
+
+/// As [`load_targets`], of endpoints neither disabled nor deleted (a deleted one is
+/// disabled too).
+pub(crate) fn load_enabled_targets(
+    c: &mut Conn,
+    endpoints: &[EndpointId],
+    now: i64,
+) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
+    load_targets_of(c, endpoints, now, false)
+}
+
+fn load_targets_of(
+    c: &mut Conn,
+    endpoints: &[EndpointId],
+    now: i64,
+    disabled_too: bool,
+) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
     let ids: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
     let rows = c.query(TARGETS, &[&ids, &now])?;
     let mut targets = HashMap::with_capacity(rows.len());
     for r in &rows {
+        if !disabled_too && r.get::<_, bool>(13) {
+            continue;
+        }
         let endpoint = EndpointId::from(r.get::<_, String>(0));
         let headers = c.open(&format!("endpoints.headers:{endpoint}"), r.get(5))?;
         let secrets = r

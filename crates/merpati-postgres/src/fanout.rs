@@ -8,6 +8,7 @@ use merpati_domain::device::Scope;
 use merpati_domain::endpoint::Subscription;
 use merpati_domain::fanout::{hand_over, place, plan, Place};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
+use merpati_domain::slots::{Carried, Offered};
 
 use crate::error::DbResult;
 use crate::outbox::{DeliveryRow, EventRow};
@@ -105,7 +106,24 @@ pub(crate) fn fan_out(
                     endpoint: target,
                 });
             }
-            (Place::Offered(_), Some(h)) => h.reservation.offered(planned.endpoint_id, delivery),
+            (Place::Offered(until), Some(h)) => {
+                // Sent with the offer, so that the owner reads nothing of it; what this
+                // write saw of endpoints tells the owner how new a target it needs.
+                let carried = tx.state.endpoints.seen().map(|endpoints_seen| Carried {
+                    event_id: h.event.id.clone(),
+                    payload: h.event.payload.clone(),
+                    endpoint_id: planned.endpoint_id.clone(),
+                    until,
+                    endpoints_seen,
+                });
+                h.reservation.offered(
+                    planned.endpoint_id,
+                    Offered {
+                        id: delivery,
+                        carried,
+                    },
+                );
+            }
             (Place::Due, _) => due += 1,
             _ => {}
         }

@@ -36,6 +36,8 @@ mod jobs;
 mod listener;
 mod log_parts;
 mod migrations;
+mod notices;
+mod offer_targets;
 mod outbox;
 mod presence;
 mod presence_machines;
@@ -117,6 +119,8 @@ pub struct PostgresStore {
     url: String,
     /// Set when the store closes: the listener's thread ends.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// The targets of endpoints whose deliveries other nodes offer carried.
+    offer_targets: Arc<Mutex<offer_targets::OfferTargets>>,
 }
 
 impl PostgresStore {
@@ -184,6 +188,7 @@ impl PostgresStore {
             resealed,
             url,
             closing: Arc::default(),
+            offer_targets: Arc::default(),
         })
     }
 

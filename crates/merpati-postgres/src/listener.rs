@@ -11,7 +11,8 @@ use merpati_domain::slots::{Offer, SLOTS};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use crate::slots::{parse_offers, DUE_CHANNEL};
+use crate::notices::parse_offers;
+use crate::slots::DUE_CHANNEL;
 
 /// How often the thread looks whether the store is closing.
 const POLL: Duration = Duration::from_millis(200);

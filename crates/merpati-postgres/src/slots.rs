@@ -6,12 +6,12 @@
 //! to commit and then voids what that write leased: a write of the old owner either
 //! commits before the takeover or finds the slot gone.
 
-use merpati_domain::ids::DeliveryId;
-use merpati_domain::slots::{Fence, Offer, Slot, SlotLease, SlotStore, SlotsTaken, SLOTS};
+use merpati_domain::slots::{Fence, Offer, Slot, SlotLease, SlotStore, SlotsTaken};
 use merpati_domain::StoreResult;
 
 use crate::conn::Conn;
 use crate::error::DbResult;
+use crate::notices::notices;
 use crate::PostgresStore;
 
 use crate::cluster::NOW_MS;
@@ -186,104 +186,5 @@ impl SlotStore for PostgresStore {
 
     fn listen_for_offers(&self, take: Box<dyn Fn(Vec<Offer>) + Send + Sync>) -> StoreResult<()> {
         self.start_listener(take)
-    }
-}
-
-/// The longest payload sent: PostgreSQL takes up to 8,000 bytes.
-const MAX_NOTICE: usize = 7_900;
-
-/// Ids in one entry at most: each at most 20 bytes, so that an entry fits a payload.
-const IDS_PER_ENTRY: usize = 300;
-
-/// The offers as notification payloads, `slot:id,id;slot;…`, as many as their length needs.
-pub(crate) fn notices(offers: &[Offer]) -> Vec<String> {
-    let mut payloads: Vec<String> = Vec::new();
-    for offer in offers {
-        let none: &[DeliveryId] = &[];
-        let entries: Vec<&[DeliveryId]> = if offer.deliveries.is_empty() {
-            vec![none]
-        } else {
-            offer.deliveries.chunks(IDS_PER_ENTRY).collect()
-        };
-        for ids in entries {
-            let mut entry = offer.slot.to_string();
-            for (i, id) in ids.iter().enumerate() {
-                entry.push(if i == 0 { ':' } else { ',' });
-                entry.push_str(&id.0.to_string());
-            }
-            match payloads.last_mut() {
-                Some(last) if last.len() + 1 + entry.len() <= MAX_NOTICE => {
-                    last.push(';');
-                    last.push_str(&entry);
-                }
-                _ => payloads.push(entry),
-            }
-        }
-    }
-    payloads
-}
-
-/// The offers a notification makes; what does not parse is skipped.
-pub(crate) fn parse_offers(payload: &str) -> Vec<Offer> {
-    payload
-        .split(';')
-        .filter_map(|entry| {
-            let (slot, ids) = entry.split_once(':').unwrap_or((entry, ""));
-            let slot: Slot = slot.trim().parse().ok().filter(|s| *s < SLOTS)?;
-            let deliveries = ids
-                .split(',')
-                .filter_map(|id| id.trim().parse().ok().map(DeliveryId))
-                .collect();
-            Some(Offer { slot, deliveries })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn offer(slot: Slot, ids: std::ops::Range<i64>) -> Offer {
-        Offer {
-            slot,
-            deliveries: ids.map(DeliveryId).collect(),
-        }
-    }
-
-    #[test]
-    fn offers_go_in_payloads_postgresql_takes_and_come_back_whole() {
-        let offers = vec![
-            offer(3, 1..4),
-            offer(7, 0..0),
-            offer(63, 1_000_000..1_002_000),
-        ];
-        let payloads = notices(&offers);
-        assert!(payloads.len() > 2, "2,000 ids of 7 digits need several");
-        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTICE));
-        assert_eq!(
-            payloads[0].split(';').take(2).collect::<Vec<_>>(),
-            ["3:1,2,3", "7"]
-        );
-        let mut back: Vec<Offer> = payloads.iter().flat_map(|p| parse_offers(p)).collect();
-        let mut slot_63 = Vec::new();
-        back.retain(|o| {
-            if o.slot == 63 {
-                slot_63.extend(o.deliveries.iter().copied());
-            }
-            o.slot != 63
-        });
-        assert_eq!(back, offers[..2]);
-        assert_eq!(slot_63, offers[2].deliveries);
-    }
-
-    #[test]
-    fn what_does_not_parse_is_skipped() {
-        assert_eq!(
-            parse_offers("x;64:1;5:2,y,3"),
-            [Offer {
-                slot: 5,
-                deliveries: vec![DeliveryId(2), DeliveryId(3)]
-            }]
-        );
     }
 }

@@ -289,6 +289,30 @@ impl DeliveryStore for SqliteStore {
         .await
     }
 
+    async fn offered_targets(
+        &self,
+        endpoints: Vec<(EndpointId, i64)>,
+        now: i64,
+    ) -> StoreResult<HashMap<EndpointId, Arc<Target>>> {
+        if endpoints.is_empty() {
+            return Ok(HashMap::new());
+        }
+        self.read(move |c| {
+            let mut enabled =
+                c.prepare_cached("SELECT 1 FROM endpoints WHERE id = ?1 AND NOT disabled")?;
+            let mut targets = HashMap::new();
+            for (endpoint, _) in endpoints {
+                if targets.contains_key(&endpoint) || !enabled.exists([endpoint.as_str()])? {
+                    continue;
+                }
+                let target = Arc::new(load_target(c, &endpoint, now)?.0);
+                targets.insert(endpoint, target);
+            }
+            Ok(targets)
+        })
+        .await
+    }
+
     async fn read_claimed(
         &self,
         fence: Arc<Fence>,

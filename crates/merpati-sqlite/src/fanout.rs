@@ -8,6 +8,7 @@ use merpati_domain::device::Scope;
 use merpati_domain::endpoint::Subscription;
 use merpati_domain::fanout::{hand_over, place, plan, Place};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
+use merpati_domain::slots::{Carried, Offered};
 use rusqlite::{params, Connection};
 
 use crate::error::DbResult;
@@ -118,7 +119,24 @@ pub(crate) fn fan_out(
                     endpoint: target,
                 });
             }
-            (Place::Offered(_), Some(h)) => h.reservation.offered(planned.endpoint_id, delivery),
+            (Place::Offered(until), Some(h)) => {
+                // This store reads every target afresh (`offered_targets`): no count of
+                // changes to endpoints is needed.
+                let carried = Carried {
+                    event_id: h.event.id.clone(),
+                    payload: h.event.payload.clone(),
+                    endpoint_id: planned.endpoint_id.clone(),
+                    until,
+                    endpoints_seen: 0,
+                };
+                h.reservation.offered(
+                    planned.endpoint_id,
+                    Offered {
+                        id: delivery,
+                        carried: Some(carried),
+                    },
+                );
+            }
             (Place::Due, _) => due += 1,
             _ => {}
         }

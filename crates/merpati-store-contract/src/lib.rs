@@ -56,6 +56,7 @@ macro_rules! contract_suite {
             claims::a_takeover_voids_the_leases_and_what_lanes_parked,
             claims::handed_over_deliveries_are_leased_once_committed_and_room_comes_back_otherwise,
             claims::offered_deliveries_are_read_while_the_offer_holds_then_claimed,
+            claims::offered_targets_are_as_new_as_the_offering_write_saw,
             claims::what_a_claim_leased_is_read_back_by_when_it_was_made,
             claims::parked_deliveries_wait_until_taken_back,
             claims::a_kept_breaker_goes_to_the_next_owner_and_only_the_owner_keeps_one,

@@ -10,11 +10,11 @@ use merpati_domain::device::{Business, Channel, Device, DeviceContext, Presence}
 use merpati_domain::endpoint::{BodyFormat, Endpoint};
 use merpati_domain::event::{DeliveryDetail, EventDetail};
 use merpati_domain::ids::{
-    token_hash, AccountId, BusinessId, ChannelId, DeliveryId, DeviceId, EndpointId, EventId,
+    token_hash, AccountId, BusinessId, ChannelId, DeviceId, EndpointId, EventId,
 };
 use merpati_domain::ingest::{canonical_digest, rid_key, IngestResult, PreparedItem};
 use merpati_domain::retry::NextStep;
-use merpati_domain::slots::{Fence, SLOTS};
+use merpati_domain::slots::{Fence, Offered, SLOTS};
 use merpati_domain::{SharedStore, StoreResult};
 use merpati_webhooks::{InboundEvent, Rid, Sms};
 use serde_json::json;
@@ -223,7 +223,7 @@ pub struct Room {
     pub handed: Arc<Mutex<Vec<DueDelivery>>>,
     lease_until: i64,
     offer_until: Option<i64>,
-    pub offered: Arc<Mutex<Vec<DeliveryId>>>,
+    pub offered: Arc<Mutex<Vec<Offered>>>,
 }
 
 impl Room {
@@ -268,7 +268,7 @@ struct Reserved {
     room: Room,
     taken: usize,
     pushed: Vec<DueDelivery>,
-    offered: Vec<DeliveryId>,
+    offered: Vec<Offered>,
 }
 
 impl Reservation for Reserved {
@@ -290,7 +290,7 @@ impl Reservation for Reserved {
         self.room.offer_until
     }
 
-    fn offered(&mut self, _endpoint: &EndpointId, delivery: DeliveryId) {
+    fn offered(&mut self, _endpoint: &EndpointId, delivery: Offered) {
         self.offered.push(delivery);
     }
 

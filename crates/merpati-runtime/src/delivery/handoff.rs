@@ -5,8 +5,9 @@
 //! ingest and the worker's claims. With no room, deliveries are stored due and the worker
 //! claims them from the store as it catches up. Deliveries of slots another node holds are
 //! stored leased to that node for a short offer (`merpati_domain::slots::OFFER_MS`), and
-//! their ids are sent to it once the write commits ([`OwnersToWake`]): it reads them
-//! rather than claims them ([`Inbox::offered`]), and claims them only if it never does.
+//! sent to it once the write commits ([`OwnersToWake`]), with what their first attempt
+//! needs when the store can carry it: it takes them rather than claims them
+//! ([`Handoff::offered`]), and claims them only if it never does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 
 use merpati_domain::delivery::{DueDelivery, Reservation};
-use merpati_domain::ids::{DeliveryId, EndpointId};
-use merpati_domain::slots::{slot_of, Offer, Slot, OFFER_MS};
+use merpati_domain::ids::EndpointId;
+use merpati_domain::slots::{slot_of, Offer, Offered, Slot, OFFER_MS};
 use merpati_domain::SharedStore;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -60,7 +61,7 @@ pub struct Handoff {
 }
 
 /// Deliveries offered, by slot.
-type Offers = BTreeMap<Slot, Vec<DeliveryId>>;
+type Offers = BTreeMap<Slot, Vec<Offered>>;
 
 /// Tells the owners of slots held elsewhere of the deliveries writes here offered them:
 /// one notification at a time, with every offer made since the last.
@@ -175,9 +176,9 @@ impl Handoff {
         let _ = self.deleted.send(endpoint);
     }
 
-    /// Deliveries another node offered this one, of its active slots: the worker reads
+    /// Deliveries another node offered this one, of its active slots: the worker takes
     /// them, room permitting.
-    pub fn offered(&self, deliveries: Vec<DeliveryId>) {
+    pub fn offered(&self, deliveries: Vec<Offered>) {
         if !deliveries.is_empty() {
             let _ = self.to_read.send(ToRead::offered(deliveries));
         }
@@ -235,7 +236,7 @@ impl Reservation for Reserved {
         (!self.ownership.takes(endpoint)).then_some(self.offer_until)
     }
 
-    fn offered(&mut self, endpoint: &EndpointId, delivery: DeliveryId) {
+    fn offered(&mut self, endpoint: &EndpointId, delivery: Offered) {
         self.elsewhere
             .entry(slot_of(endpoint))
             .or_default()
@@ -257,9 +258,17 @@ impl Reservation for Reserved {
     }
 
     fn unanswered(mut self: Box<Self>) {
+        // The write may not be stored: the owners read what was offered, and find it only
+        // if it was, rather than take what an offer carries.
+        for offered in self.elsewhere.values_mut().flatten() {
+            offered.carried = None;
+        }
         self.offer_elsewhere();
-        let deliveries: Vec<DeliveryId> =
-            self.deliveries.drain(..).map(|d| d.delivery_id).collect();
+        let deliveries: Vec<Offered> = self
+            .deliveries
+            .drain(..)
+            .map(|d| Offered::named(d.delivery_id))
+            .collect();
         if !deliveries.is_empty() {
             let _ = self.to_read.send(ToRead {
                 deliveries,
@@ -309,6 +318,20 @@ pub(crate) mod tests {
         DeliveryConfig {
             max_in_flight,
             ..DeliveryConfig::default()
+        }
+    }
+
+    /// An offer carrying its delivery to `endpoint`.
+    pub(crate) fn carrying(id: i64, endpoint: &EndpointId) -> Offered {
+        Offered {
+            id: DeliveryId(id),
+            carried: Some(merpati_domain::slots::Carried {
+                event_id: format!("evt_{id}").into(),
+                payload: "{}".into(),
+                endpoint_id: endpoint.clone(),
+                until: 5_000 + OFFER_MS,
+                endpoints_seen: 1,
+            }),
         }
     }
 
@@ -403,7 +426,7 @@ pub(crate) mod tests {
         let mut reserved = handoff.reserve(5_000);
         assert!(!reserved.take_room(&ep), "not this node's slot");
         assert_eq!(reserved.offer_until(&ep), Some(5_000 + OFFER_MS));
-        reserved.offered(&ep, DeliveryId(1));
+        reserved.offered(&ep, Offered::named(DeliveryId(1)));
         assert_eq!(inbox.room.available_permits(), budget, "no room taken");
         drop(reserved);
         assert!(
@@ -412,12 +435,15 @@ pub(crate) mod tests {
         );
         let mut reserved = handoff.reserve(5_000);
         assert!(!reserved.take_room(&ep));
-        reserved.offered(&ep, DeliveryId(2));
-        reserved.offered(&ep, DeliveryId(3));
+        reserved.offered(&ep, carrying(2, &ep));
+        reserved.offered(&ep, Offered::named(DeliveryId(3)));
         reserved.hand_over();
         assert_eq!(
             owners.offers.try_recv().expect("sent"),
-            Offers::from([(slot_of(&ep), vec![DeliveryId(2), DeliveryId(3)])])
+            Offers::from([(
+                slot_of(&ep),
+                vec![carrying(2, &ep), Offered::named(DeliveryId(3))]
+            )])
         );
     }
 
@@ -428,20 +454,22 @@ pub(crate) mod tests {
         let mut reserved = handoff.reserve(1_000);
         assert!(reserved.take_room(&"ep".into()));
         reserved.push(due(1));
-        reserved.offered(&"ep_elsewhere".into(), DeliveryId(2));
+        let elsewhere = EndpointId::from("ep_elsewhere");
+        reserved.offered(&elsewhere, carrying(2, &elsewhere));
         reserved.unanswered();
         assert_eq!(inbox.room.available_permits(), budget, "room given back");
         assert!(inbox.from_ingest.try_recv().is_err(), "nothing handed over");
         assert_eq!(
             inbox.to_read.try_recv().expect("to read"),
             ToRead {
-                deliveries: vec![DeliveryId(1)],
+                deliveries: vec![Offered::named(DeliveryId(1))],
                 leased_until: Some(1_000 + lease(&config(4)).as_millis() as i64),
             }
         );
         assert_eq!(
             owners.offers.try_recv().expect("offered"),
-            Offers::from([(slot_of(&"ep_elsewhere".into()), vec![DeliveryId(2)])])
+            Offers::from([(slot_of(&elsewhere), vec![Offered::named(DeliveryId(2))])]),
+            "named only: the owner finds it only if it was stored"
         );
     }
 

@@ -26,7 +26,7 @@ use super::due_times::DueTimes;
 use super::handoff::{lease, take_room, Inbox, CLAIM_BATCH, LEASE_MARGIN};
 use super::lane_writes;
 use super::lanes::{Finished, Lanes, TakenBack};
-use super::offers::{Offers, OffersRead, ToRead, UnansweredClaim, UnansweredClaims};
+use super::offers::{take_offered, Offers, OffersRead, ToRead, UnansweredClaim, UnansweredClaims};
 use super::recorder::{Recorder, RECORD_BATCH};
 use super::{guard, send, DeliveryConfig, DeliveryWaker, Pauses};
 use crate::bus::Bus;
@@ -360,9 +360,8 @@ impl Run {
     fn read_offers(&mut self) {
         let now = self.now();
         let store = &self.worker.store;
-        let left_due_at = self.offers.read(&self.lanes.room, now, |ids| {
-            let store = store.clone();
-            Box::pin(async move { store.read_offered(ids, now).await })
+        let left_due_at = self.offers.read(&self.lanes.room, now, |asked| {
+            Box::pin(take_offered(store.clone(), asked, now))
         });
         if let Some(at) = left_due_at {
             self.due.schedule(at);

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use merpati_domain::endpoint::StoredBreaker;
-use merpati_domain::ids::EndpointId;
+use merpati_domain::ids::{DeliveryId, EndpointId};
 use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{Fence, SLOTS};
 use merpati_domain::SharedStore;
@@ -220,9 +220,10 @@ pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(stor
         .await
         .unwrap();
     assert_eq!(result.new_deliveries, 0, "offered, not due");
-    let offered = room.offered.lock().unwrap().clone();
-    assert_eq!(offered.len(), 2, "one for each endpoint");
+    let carried = room.offered.lock().unwrap().clone();
+    assert_eq!(carried.len(), 2, "one for each endpoint");
     assert!(room.handed.lock().unwrap().is_empty());
+    let offered: Vec<DeliveryId> = carried.iter().map(|o| o.id).collect();
     // A write that does not commit offers nothing.
     let refused_room = Room::offering(offer_until);
     let refused = store
@@ -239,7 +240,7 @@ pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(stor
     // Leased: no claim takes them while the offer holds.
     assert!(claim(store, T0).await.is_empty());
     let mut asked = offered.clone();
-    asked.push(merpati_domain::ids::DeliveryId(i64::MAX));
+    asked.push(DeliveryId(i64::MAX));
     let read = store.read_offered(asked, T0 + 10).await.unwrap();
     assert_eq!(
         read.iter().map(|r| r.delivery_id).collect::<Vec<_>>(),
@@ -258,6 +259,14 @@ pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(stor
         assert_eq!(r.endpoint.secrets.len(), 1);
     }
     assert_ne!(read[0].endpoint.id, read[1].endpoint.id);
+    // What the offers carried is what the owner reads.
+    for (offer, r) in carried.iter().zip(&read) {
+        let c = offer.carried.as_ref().expect("a fresh delivery is carried");
+        assert_eq!(c.event_id, r.event_id);
+        assert_eq!(c.payload, r.payload);
+        assert_eq!(c.endpoint_id, r.endpoint.id);
+        assert_eq!(c.until, offer_until);
+    }
 
     // One attempted and recorded is no longer offered.
     record(
@@ -281,6 +290,76 @@ pub async fn offered_deliveries_are_read_while_the_offer_holds_then_claimed(stor
     assert_eq!(
         claimed.iter().map(|c| c.delivery_id).collect::<Vec<_>>(),
         [read[1].delivery_id]
+    );
+}
+
+/// The targets of offers that carried their deliveries are as new as what the offering
+/// write saw of endpoints: a change made before it is in them; an endpoint deleted is not.
+pub async fn offered_targets_are_as_new_as_the_offering_write_saw(store: &SharedStore) {
+    let t = tree(store, "acct", 1).await;
+    let a = endpoint(store, &t.account, "a", |_| {}).await;
+    endpoint(store, &t.account, "b", |_| {}).await;
+    let d = &t.devices[0];
+    // Offers of a write of rid `rid`, by endpoint: how far each saw.
+    let offer = |rid: i64| async move {
+        let room = Room::offering(T0 + 1_000);
+        store
+            .ingest(d.clone(), vec![sms(d, rid, "hi")], T0, room.reserve())
+            .await
+            .unwrap();
+        let offered = room.offered.lock().unwrap().clone();
+        offered
+            .into_iter()
+            .map(|o| {
+                let c = o.carried.expect("carried");
+                (c.endpoint_id.to_string(), c.endpoints_seen)
+            })
+            .collect::<std::collections::BTreeMap<String, i64>>()
+    };
+    let targets = |wanted: Vec<(&str, i64)>| {
+        let wanted = wanted
+            .into_iter()
+            .map(|(e, seen)| (EndpointId::from(e), seen))
+            .collect();
+        async move { store.offered_targets(wanted, T0 + 10).await.unwrap() }
+    };
+
+    let first = offer(1).await;
+    let found = targets(vec![("a", first["a"]), ("b", first["b"])]).await;
+    assert_eq!(found.len(), 2);
+    for (id, target) in &found {
+        assert_eq!(&target.id, id);
+        assert_eq!(target.account_id, t.account);
+        assert_eq!(target.url, format!("https://example.com/{id}"));
+        assert_eq!(target.secrets.len(), 1);
+    }
+
+    let mut moved = a.clone();
+    moved.url = "https://example.com/a-moved".into();
+    moved.updated_at = T0 + 1;
+    store
+        .update_endpoint(t.account.clone(), moved)
+        .await
+        .unwrap();
+    let second = offer(2).await;
+    assert!(second["a"] >= first["a"]);
+    let found = targets(vec![("a", second["a"])]).await;
+    assert_eq!(
+        found[&EndpointId::from("a")].url,
+        "https://example.com/a-moved"
+    );
+
+    store
+        .delete_endpoint(t.account.clone(), "b".into(), T0 + 2)
+        .await
+        .unwrap();
+    let third = offer(3).await;
+    assert!(!third.contains_key("b"), "no longer fanned out to");
+    let found = targets(vec![("a", third["a"]), ("b", third["a"])]).await;
+    assert_eq!(
+        found.keys().map(EndpointId::as_str).collect::<Vec<_>>(),
+        ["a"],
+        "a deleted endpoint has none"
     );
 }
 
