@@ -201,6 +201,12 @@ pub trait SlotStore: Send + Sync {
         &self,
         take: Box<dyn Fn(Vec<Offer>) + Send + Sync>,
     ) -> crate::StoreResult<()>;
+
+    /// The slots whose offers this node hears of from now on: those it holds, and those it
+    /// is to take, so that it hears of a slot's offers from the moment it takes it. Nodes
+    /// that hold a slot or are to take it hear of its offers; the others do not. Nothing
+    /// where one node is all there is.
+    fn listen_to_slots(&self, slots: Vec<Slot>);
 }
 
 #[cfg(test)]

@@ -121,6 +121,8 @@ pub struct PostgresStore {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// The targets of endpoints whose deliveries other nodes offer carried.
     offer_targets: Arc<Mutex<offer_targets::OfferTargets>>,
+    /// The slots whose offers the listener listens for: those the node holds.
+    listened: listener::Listened,
 }
 
 impl PostgresStore {
@@ -189,13 +191,19 @@ impl PostgresStore {
             url,
             closing: Arc::default(),
             offer_targets: Arc::default(),
+            listened: Arc::default(),
         })
     }
 
     /// Starts listening for other nodes' wakes (see `listener`).
     fn start_listener(&self, wake: listener::Wake) -> StoreResult<()> {
-        let thread = listener::start(self.url.clone(), wake, self.closing.clone())
-            .map_err(|e| StoreError::Internal(format!("cannot start the listener: {e}")))?;
+        let thread = listener::start(
+            self.url.clone(),
+            wake,
+            self.listened.clone(),
+            self.closing.clone(),
+        )
+        .map_err(|e| StoreError::Internal(format!("cannot start the listener: {e}")))?;
         self.threads.lock().expect("thread lock").push(thread);
         Ok(())
     }

@@ -1,34 +1,37 @@
-//! The node's ear: one connection that LISTENs for other nodes offering the owners of slots
-//! the deliveries they stored (`merpati_domain::slots::Offer`), on a thread of its own
-//! until the store closes. An offer lost while the connection was down costs at most its
-//! lease (a second): after reconnecting, every slot is taken as woken.
+//! The node's ear: one connection that LISTENs, on the channel of each slot the node holds,
+//! for other nodes offering it the deliveries they stored (`merpati_domain::slots::Offer`),
+//! on a thread of its own until the store closes. What it listens to follows the slots held
+//! (`SlotStore::listen_to_slots`) within a turn of its loop. An offer lost while the
+//! connection was down costs at most its lease (a second): after reconnecting, every slot
+//! is taken as woken.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use merpati_domain::slots::{Offer, SLOTS};
+use merpati_domain::slots::{Offer, Slot, SLOTS};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
 use crate::notices::parse_offers;
-use crate::slots::DUE_CHANNEL;
+use crate::slots::due_channel;
 
-/// How often the thread looks whether the store is closing.
+/// How often the thread looks whether the store is closing or the slots held changed.
 const POLL: Duration = Duration::from_millis(200);
 
 pub(crate) type Wake = Box<dyn Fn(Vec<Offer>) + Send + Sync>;
 
-pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
+/// The slots whose channels the node should listen to.
+pub(crate) type Listened = Arc<Mutex<BTreeSet<Slot>>>;
+
+pub(crate) fn listen_loop(url: &str, wake: &Wake, listened: &Listened, stop: &AtomicBool) {
     let mut first = true;
     while !stop.load(Ordering::Acquire) {
-        let mut client = match Client::connect(url, NoTls).and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN {DUE_CHANNEL}"))
-                .map(|()| c)
-        }) {
+        let mut client = match Client::connect(url, NoTls) {
             Ok(c) => c,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot listen for due deliveries; trying again");
+                tracing::debug!(error = %e, "cannot listen for offers; trying again");
                 pause(stop, Duration::from_secs(1));
                 continue;
             }
@@ -44,7 +47,13 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
             );
         }
         first = false;
+        let mut listening = BTreeSet::new();
         while !stop.load(Ordering::Acquire) {
+            let wanted = listened.lock().expect("listened lock").clone();
+            if let Err(e) = follow(&mut client, &mut listening, &wanted) {
+                tracing::debug!(error = %e, "cannot listen for offers; connecting again");
+                break;
+            }
             let mut offers = Vec::new();
             let mut notes = client.notifications();
             let first = notes.timeout_iter(POLL).next();
@@ -75,6 +84,29 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, stop: &AtomicBool) {
     }
 }
 
+/// Listens to the channels of the slots wanted and of no others, in one round trip when
+/// anything changed.
+fn follow(
+    client: &mut Client,
+    listening: &mut BTreeSet<Slot>,
+    wanted: &BTreeSet<Slot>,
+) -> Result<(), postgres::Error> {
+    let statements: String = wanted
+        .difference(listening)
+        .map(|&slot| format!("LISTEN {};", due_channel(slot)))
+        .chain(
+            listening
+                .difference(wanted)
+                .map(|&slot| format!("UNLISTEN {};", due_channel(slot))),
+        )
+        .collect();
+    if !statements.is_empty() {
+        client.batch_execute(&statements)?;
+        listening.clone_from(wanted);
+    }
+    Ok(())
+}
+
 fn pause(stop: &AtomicBool, total: Duration) {
     let mut left = total;
     while !left.is_zero() && !stop.load(Ordering::Acquire) {
@@ -88,9 +120,120 @@ fn pause(stop: &AtomicBool, total: Duration) {
 pub(crate) fn start(
     url: String,
     wake: Wake,
+    listened: Listened,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("postgres-listen".into())
-        .spawn(move || listen_loop(&url, &wake, &stop))
+        .spawn(move || listen_loop(&url, &wake, &listened, &stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use merpati_domain::ids::DeliveryId;
+    use merpati_domain::slots::{Offered, SlotStore};
+    use merpati_domain::Store;
+    use merpati_keyring::Sealer;
+
+    use super::*;
+    use crate::{Options, PostgresStore};
+
+    type Heard = Arc<Mutex<Vec<Offer>>>;
+
+    async fn node(url: &str) -> (PostgresStore, Heard) {
+        let options = Options {
+            read_connections: 1,
+            writers: 1,
+        };
+        let store = PostgresStore::open(url, &options, Arc::new(Sealer::ephemeral()))
+            .await
+            .unwrap();
+        let heard = Heard::default();
+        let into = heard.clone();
+        store
+            .listen_for_offers(Box::new(move |offers| {
+                into.lock().unwrap().extend(offers);
+            }))
+            .unwrap();
+        (store, heard)
+    }
+
+    fn offer(slot: Slot, id: i64) -> Offer {
+        Offer {
+            slot,
+            deliveries: vec![Offered::named(DeliveryId(id))],
+        }
+    }
+
+    /// The offers heard, as `(slot, id)`.
+    fn heard(heard: &Heard) -> Vec<(Slot, i64)> {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|o| o.deliveries.iter().map(move |d| (o.slot, d.id.0)))
+            .collect()
+    }
+
+    /// Sends offers of `slots` in rounds, each round's with ids `round`, until `done` says
+    /// what was heard is enough; returns the last round.
+    async fn offer_until(
+        sender: &PostgresStore,
+        slots: &[Slot],
+        first_round: i64,
+        done: impl Fn() -> bool,
+    ) -> i64 {
+        let patience = std::time::Instant::now() + Duration::from_secs(20);
+        let mut round = first_round;
+        loop {
+            let offers = slots.iter().map(|&slot| offer(slot, round)).collect();
+            sender.offer_to_owners(offers).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if done() {
+                return round;
+            }
+            assert!(std::time::Instant::now() < patience, "never heard");
+            round += 1;
+        }
+    }
+
+    /// Each node hears of the offers of the slots it holds and of no others; when what it
+    /// holds changes, what it hears follows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_owner_of_a_slot_hears_of_its_offers() {
+        let url = tokio::task::spawn_blocking(|| crate::scratch::shared().empty_database())
+            .await
+            .unwrap()
+            .unwrap();
+        let (a, heard_a) = node(&url).await;
+        let (b, heard_b) = node(&url).await;
+        a.listen_to_slots(vec![3]);
+        b.listen_to_slots(vec![5]);
+        let both = || {
+            heard(&heard_a).iter().any(|(s, _)| *s == 3)
+                && heard(&heard_b).iter().any(|(s, _)| *s == 5)
+        };
+        let last = offer_until(&b, &[3, 5, 7], 1, both).await;
+        assert!(heard(&heard_a).iter().all(|(s, _)| *s == 3));
+        assert!(heard(&heard_b).iter().all(|(s, _)| *s == 5));
+
+        a.listen_to_slots(vec![7]);
+        let switched = offer_until(&b, &[3, 7], last + 1, || {
+            heard(&heard_a).iter().any(|(s, _)| *s == 7)
+        })
+        .await;
+        // One round more, once the switch is seen: its offer of slot 3 goes unheard.
+        offer_until(&b, &[3, 7], switched + 1, || {
+            heard(&heard_a).contains(&(7, switched + 1))
+        })
+        .await;
+        assert!(
+            !heard(&heard_a).contains(&(3, switched + 1)),
+            "{:?}",
+            heard(&heard_a)
+        );
+        assert!(heard(&heard_b).iter().all(|(s, _)| *s == 5));
+        a.close().await;
+        b.close().await;
+    }
 }

@@ -1,5 +1,7 @@
-//! Offers as notification payloads. A payload is entries `slot:item,item;slot;…` (a slot
-//! alone wakes its owner to look for what is due); an item is a delivery's id, or, when
+//! Offers as notification payloads, each on the channel of its slot, which only the slot's
+//! owner listens to. A payload is `slot:item,item,…` (a slot alone wakes its owner to look
+//! for what is due; several such entries may follow each other, separated by `;`); an
+//! item is a delivery's id, or, when
 //! the offer carries its delivery, `id/until/endpoints_seen/event/endpoint/payload` with
 //! the three texts in URL-safe base64. Nothing in a payload needs quoting in SQL.
 
@@ -16,46 +18,27 @@ const MAX_NOTICE: usize = 7_900;
 /// an item naming a delivery always fits.
 const MAX_CARRIED: usize = 2_000;
 
-/// The offers as notification payloads, as many as their length needs.
-pub(crate) fn notices(offers: &[Offer]) -> Vec<String> {
-    let mut payloads: Vec<String> = Vec::new();
-    // The slot whose entry the last payload ends with.
-    let mut open: Option<Slot> = None;
+/// The offers as notification payloads, each for one slot's channel, as many as their
+/// length needs.
+pub(crate) fn notices(offers: &[Offer]) -> Vec<(Slot, String)> {
+    let mut payloads: Vec<(Slot, String)> = Vec::new();
     for offer in offers {
-        let slot = offer.slot.to_string();
-        if offer.deliveries.is_empty() {
-            append(&mut payloads, &slot, ';');
-            open = None;
-        }
+        let mut payload = offer.slot.to_string();
+        let mut separator = ':';
         for offered in &offer.deliveries {
             let item = item(offered);
-            if open == Some(offer.slot) && fits(&payloads, 1 + item.len()) {
-                append(&mut payloads, &item, ',');
-            } else {
-                append(&mut payloads, &format!("{slot}:{item}"), ';');
-                open = Some(offer.slot);
+            if separator == ',' && payload.len() + 1 + item.len() > MAX_NOTICE {
+                payloads.push((offer.slot, std::mem::take(&mut payload)));
+                payload = offer.slot.to_string();
+                separator = ':';
             }
+            payload.push(separator);
+            payload.push_str(&item);
+            separator = ',';
         }
+        payloads.push((offer.slot, payload));
     }
     payloads
-}
-
-/// Whether `more` bytes fit in the last payload.
-fn fits(payloads: &[String], more: usize) -> bool {
-    payloads
-        .last()
-        .is_some_and(|p| p.len() + more <= MAX_NOTICE)
-}
-
-/// Appends `text` to the last payload after `separator`, or starts a payload with it.
-fn append(payloads: &mut Vec<String>, text: &str, separator: char) {
-    match payloads.last_mut() {
-        Some(last) if last.len() + 1 + text.len() <= MAX_NOTICE => {
-            last.push(separator);
-            last.push_str(text);
-        }
-        _ => payloads.push(text.to_owned()),
-    }
 }
 
 fn item(offered: &Offered) -> String {
@@ -147,13 +130,12 @@ mod tests {
             named(63, 1_000_000..1_002_000),
         ];
         let payloads = notices(&offers);
-        assert!(payloads.len() > 2, "2,000 ids of 7 digits need several");
-        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTICE));
-        assert_eq!(
-            payloads[0].split(';').take(2).collect::<Vec<_>>(),
-            ["3:1,2,3", "7"]
-        );
-        let back: Vec<Offer> = payloads.iter().flat_map(|p| parse_offers(p)).collect();
+        assert!(payloads.len() > 3, "2,000 ids of 7 digits need several");
+        assert!(payloads.iter().all(|(_, p)| p.len() <= MAX_NOTICE));
+        assert_eq!(payloads[0], (3, "3:1,2,3".to_string()));
+        assert_eq!(payloads[1], (7, "7".to_string()), "one channel a slot");
+        assert!(payloads[2..].iter().all(|(slot, _)| *slot == 63));
+        let back: Vec<Offer> = payloads.iter().flat_map(|(_, p)| parse_offers(p)).collect();
         assert_eq!(back[..2], offers[..2]);
         let slot_63: Vec<Offered> = back[2..]
             .iter()
@@ -174,10 +156,12 @@ mod tests {
         }];
         let payloads = notices(&offers);
         assert_eq!(payloads.len(), 1);
-        assert!(payloads[0]
+        let (slot, payload) = &payloads[0];
+        assert_eq!(*slot, 5);
+        assert!(payload
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ":;,/-_".contains(c)));
-        assert_eq!(parse_offers(&payloads[0]), offers);
+        assert_eq!(parse_offers(payload), offers);
     }
 
     /// A body too long to carry names its delivery only; many carried fill several
@@ -192,10 +176,10 @@ mod tests {
                 .collect(),
         }];
         let payloads = notices(&offers);
-        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTICE));
+        assert!(payloads.iter().all(|(_, p)| p.len() <= MAX_NOTICE));
         let back: Vec<Offered> = payloads
             .iter()
-            .flat_map(|p| parse_offers(p))
+            .flat_map(|(_, p)| parse_offers(p))
             .flat_map(|o| o.deliveries)
             .collect();
         assert_eq!(back[0], Offered::named(DeliveryId(0)));
@@ -207,8 +191,8 @@ mod tests {
         }];
         let payloads = notices(&many);
         assert!(payloads.len() > 10, "{}", payloads.len());
-        assert!(payloads.iter().all(|p| p.len() <= MAX_NOTICE));
-        let back: Vec<Offer> = payloads.iter().flat_map(|p| parse_offers(p)).collect();
+        assert!(payloads.iter().all(|(_, p)| p.len() <= MAX_NOTICE));
+        let back: Vec<Offer> = payloads.iter().flat_map(|(_, p)| parse_offers(p)).collect();
         assert!(back.iter().all(|o| o.slot == 2));
         let back: Vec<Offered> = back.into_iter().flat_map(|o| o.deliveries).collect();
         assert_eq!(back, many[0].deliveries);

@@ -16,8 +16,10 @@ use crate::PostgresStore;
 
 use crate::cluster::NOW_MS;
 
-/// The channel on which nodes tell each other that deliveries of a slot are due.
-pub(crate) const DUE_CHANNEL: &str = "merpati_due";
+/// The channel on which the owner of a slot hears of the deliveries other nodes offer it.
+pub(crate) fn due_channel(slot: Slot) -> String {
+    format!("merpati_due_{slot}")
+}
 
 /// `fence AS (…)`: the slots the fence (node `$node`, slots `$slots`, epochs `$epochs`,
 /// as parameter numbers) still holds, locked until the write commits.
@@ -166,7 +168,7 @@ impl SlotStore for PostgresStore {
         }
         let notices: String = notices(&offers)
             .iter()
-            .map(|payload| format!("NOTIFY {DUE_CHANNEL}, '{payload}';"))
+            .map(|(slot, payload)| format!("NOTIFY {}, '{payload}';", due_channel(*slot)))
             .collect();
         // On a read connection: NOTIFY takes a lock held through commit, never inside a
         // data transaction. Its commit would otherwise wait for a flush of the log, and an
@@ -186,5 +188,9 @@ impl SlotStore for PostgresStore {
 
     fn listen_for_offers(&self, take: Box<dyn Fn(Vec<Offer>) + Send + Sync>) -> StoreResult<()> {
         self.start_listener(take)
+    }
+
+    fn listen_to_slots(&self, slots: Vec<Slot>) {
+        *self.listened.lock().expect("listened lock") = slots.into_iter().collect();
     }
 }

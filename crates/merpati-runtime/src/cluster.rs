@@ -315,6 +315,10 @@ impl Membership {
             );
         }
         let now_held: BTreeSet<Slot> = traded.held.keys().copied().collect();
+        // Those it is to take too, so that it hears of their offers from the moment it
+        // takes them.
+        self.store
+            .listen_to_slots(now_held.union(&wanted).copied().collect());
         let leaving: BTreeSet<Slot> = now_held.difference(&wanted).copied().collect();
         let changed = self
             .ownership

@@ -155,4 +155,6 @@ impl SlotStore for SqliteStore {
     fn listen_for_offers(&self, _take: Box<dyn Fn(Vec<Offer>) + Send + Sync>) -> StoreResult<()> {
         Ok(())
     }
+
+    fn listen_to_slots(&self, _slots: Vec<Slot>) {}
 }
