@@ -61,6 +61,12 @@ pub trait ClusterStore: Send + Sync {
     /// The nodes whose lease is live, and the database's time now (ms).
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)>;
 
+    /// Ends what nodes whose lease ran out still hold open in the database: a node frozen
+    /// (a paused process or machine) still connected would otherwise hold, with its
+    /// listening session, every notification sent since, until the server's queue is full.
+    /// Answers how many sessions it ended. Nothing where one node is all there is.
+    async fn cut_off_dead_nodes(&self) -> StoreResult<u64>;
+
     /// Whether many nodes may serve the database at once (else one at a time).
     fn shares_work(&self) -> bool;
 }

@@ -202,11 +202,13 @@ pub trait SlotStore: Send + Sync {
         take: Box<dyn Fn(Vec<Offer>) + Send + Sync>,
     ) -> crate::StoreResult<()>;
 
-    /// The slots whose offers this node hears of from now on: those it holds, and those it
-    /// is to take, so that it hears of a slot's offers from the moment it takes it. Nodes
-    /// that hold a slot or are to take it hear of its offers; the others do not. Nothing
-    /// where one node is all there is.
-    fn listen_to_slots(&self, slots: Vec<Slot>);
+    /// The slots whose offers this node, now called `node`, hears of from now on: those it
+    /// holds, and those it is to take, so that it hears of a slot's offers from the moment
+    /// it takes it. Nodes that hold a slot or are to take it hear of its offers; the others
+    /// do not. What listens is known to the database as `node`'s, so that it can be cut
+    /// off once `node`'s lease runs out ([`crate::cluster::ClusterStore::cut_off_dead_nodes`]).
+    /// Nothing where one node is all there is.
+    fn listen_to_slots(&self, node: &str, slots: Vec<Slot>);
 }
 
 #[cfg(test)]

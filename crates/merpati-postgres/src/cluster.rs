@@ -15,6 +15,15 @@ const FORGOTTEN_AFTER_MS: i64 = 24 * 3600 * 1000;
 
 const COLUMNS: &str = "id, name, started_at, renewed_at, lease_until";
 
+/// The start of a node's listening connection's `application_name`, followed by the node.
+const LISTENER_NAME: &str = "merpati listener";
+
+/// The `application_name` of `node`'s listening connection (`listener`), by which the
+/// others find it once `node`'s lease ran out.
+pub(crate) fn listener_name(node: &str) -> String {
+    format!("{LISTENER_NAME} {node}")
+}
+
 fn node_row(r: &Row) -> NodeInfo {
     NodeInfo {
         id: r.get(0),
@@ -85,6 +94,30 @@ impl ClusterStore for PostgresStore {
 
     fn shares_work(&self) -> bool {
         true
+    }
+
+    async fn cut_off_dead_nodes(&self) -> StoreResult<u64> {
+        self.read(|c| {
+            // Chosen first, ended after: the server may weigh a WHERE's terms in any order.
+            let ended: i64 = c
+                .query_one(
+                    &format!(
+                        "WITH dead AS MATERIALIZED (
+                             SELECT a.pid FROM pg_stat_activity a
+                             WHERE a.datname = current_database()
+                               AND starts_with(a.application_name, '{LISTENER_NAME} ')
+                               AND NOT EXISTS (
+                                   SELECT 1 FROM cluster_nodes n
+                                   WHERE n.lease_until > {NOW_MS}
+                                     AND a.application_name = '{LISTENER_NAME} ' || n.id))
+                         SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM dead"
+                    ),
+                    &[],
+                )?
+                .get(0);
+            Ok(ended as u64)
+        })
+        .await
     }
 
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)> {

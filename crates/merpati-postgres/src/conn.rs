@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use merpati_domain::StoreError;
 use merpati_keyring::Sealer;
@@ -14,6 +15,28 @@ use crate::error::DbResult;
 
 pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
 
+/// What every connection of a store is made with.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) sealer: Arc<Sealer>,
+    /// How long the server waits, inside a transaction, for the connection's next
+    /// statement before it ends the session: a node frozen half-way through a transaction
+    /// (a paused process or machine) holds its locks no longer than its lease.
+    pub(crate) idle_in_transaction: Duration,
+}
+
+impl Server {
+    /// A server as tests and `migrate` use it: secrets sealed with a key of its own.
+    pub(crate) fn plain(url: &str) -> Server {
+        Server {
+            url: url.to_owned(),
+            sealer: Arc::new(Sealer::ephemeral()),
+            idle_in_transaction: crate::Options::default().idle_in_transaction,
+        }
+    }
+}
+
 pub(crate) struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
@@ -21,17 +44,21 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn connect(url: &str, sealer: Arc<Sealer>) -> Result<Conn, postgres::Error> {
-        let mut client = Client::connect(url, NoTls)?;
+    pub(crate) fn connect(server: &Server) -> Result<Conn, postgres::Error> {
+        let mut client = Client::connect(&server.url, NoTls)?;
         // A write that waits this long for a row or table another holds gives up, and its
         // caller is told to come back (as SQLite's busy timeout does). No JIT: a prepared
         // statement's generic plan can be estimated at millions of rows (an UPDATE joined to
         // a CTE) and then compiled at every run, 570 ms of a core for a claim that takes 3.
-        client.batch_execute("SET lock_timeout = '5s'; SET jit = off")?;
+        client.batch_execute(&format!(
+            "SET lock_timeout = '5s'; SET jit = off; \
+             SET idle_in_transaction_session_timeout = '{}ms'",
+            server.idle_in_transaction.as_millis().max(1)
+        ))?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
-            sealer,
+            sealer: server.sealer.clone(),
         })
     }
 
@@ -132,16 +159,12 @@ impl KeptConn {
     }
 
     /// The connection, fresh.
-    pub(crate) fn get(
-        &mut self,
-        url: &str,
-        sealer: &Arc<Sealer>,
-    ) -> Result<&mut Conn, postgres::Error> {
+    pub(crate) fn get(&mut self, server: &Server) -> Result<&mut Conn, postgres::Error> {
         let seen = self.outages.load(std::sync::atomic::Ordering::Acquire);
         if self.conn.as_ref().is_none_or(Conn::is_closed) || self.made_after < seen {
             self.conn = None;
             self.made_after = seen;
-            match Conn::connect(url, sealer.clone()) {
+            match Conn::connect(server) {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     self.saw_outage();
@@ -169,16 +192,52 @@ impl KeptConn {
 mod tests {
     use super::*;
 
-    /// Every connection of the store gives up on a lock after a while, and never compiles
-    /// a plan: the server's defaults would do both.
+    /// Every connection of the store gives up on a lock after a while, never compiles a
+    /// plan, and is ended when it leaves a transaction idle for long: the server's
+    /// defaults would do none of these.
     #[test]
     fn a_connection_waits_for_locks_a_while_and_compiles_no_plan() {
         let url = crate::scratch::shared().empty_database().unwrap();
-        let mut conn = Conn::connect(&url, Arc::new(Sealer::ephemeral())).unwrap();
+        let mut conn = Conn::connect(&Server::plain(&url)).unwrap();
         let show = |conn: &mut Conn, what: &str| -> String {
             conn.query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
         };
         assert_eq!(show(&mut conn, "jit"), "off");
         assert_eq!(show(&mut conn, "lock_timeout"), "5s");
+        assert_eq!(show(&mut conn, "idle_in_transaction_session_timeout"), "5s");
+    }
+
+    /// A connection left idle inside its transaction, as a node frozen half-way through
+    /// one leaves it, is ended by the server: what it had locked is free again for the
+    /// others, and nothing it wrote stays.
+    #[test]
+    fn a_transaction_left_idle_gives_up_its_locks() {
+        let url = crate::scratch::shared().empty_database().unwrap();
+        let frozen_node = Server {
+            idle_in_transaction: Duration::from_millis(300),
+            ..Server::plain(&url)
+        };
+        let mut frozen = Conn::connect(&frozen_node).unwrap();
+        frozen
+            .batch("CREATE TABLE held (id INT PRIMARY KEY, n INT); INSERT INTO held VALUES (1, 0)")
+            .unwrap();
+        frozen
+            .batch("BEGIN; UPDATE held SET n = 1 WHERE id = 1")
+            .unwrap();
+        let mut other = Conn::connect(&Server::plain(&url)).unwrap();
+        // Waits for the row (at most its lock_timeout, 5 s) until the server ends the
+        // frozen session.
+        let changed = other.execute("UPDATE held SET n = 2 WHERE id = 1", &[]);
+        assert_eq!(changed.unwrap(), 1);
+        assert!(
+            frozen.batch("COMMIT").is_err(),
+            "the frozen session was ended"
+        );
+        assert!(frozen.is_closed());
+        let n: i32 = other
+            .query_one("SELECT n FROM held WHERE id = 1", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2);
     }
 }

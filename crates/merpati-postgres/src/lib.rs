@@ -49,7 +49,7 @@ mod slots;
 mod table;
 mod writer;
 
-use conn::Conn;
+use conn::{Conn, Server};
 use error::{closed, postgres_error, DbResult};
 use reader::ReadPool;
 use writer::{Commit, Guard, Job, Tx, WriteJob};
@@ -62,6 +62,11 @@ pub struct Options {
     /// another's commit is under way (one by default: on 2 cores a second gained nothing,
     /// BENCHMARKS.md).
     pub writers: usize,
+    /// How long a connection may leave a transaction waiting for its next statement before
+    /// the server ends it (`idle_in_transaction_session_timeout`): the node's lease, so that
+    /// a node frozen half-way through a transaction holds its locks no longer than its
+    /// slots.
+    pub idle_in_transaction: std::time::Duration,
 }
 
 impl Default for Options {
@@ -69,6 +74,7 @@ impl Default for Options {
         Options {
             read_connections: 4,
             writers: 1,
+            idle_in_transaction: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -137,7 +143,12 @@ impl PostgresStore {
     }
 
     fn open_blocking(url: String, options: &Options, sealer: Arc<Sealer>) -> StoreResult<Self> {
-        let mut conn = Conn::connect(&url, sealer.clone()).map_err(|e| postgres_error(&e))?;
+        let server = Server {
+            url: url.clone(),
+            sealer: sealer.clone(),
+            idle_in_transaction: options.idle_in_transaction,
+        };
+        let mut conn = Conn::connect(&server).map_err(|e| postgres_error(&e))?;
         migrations::migrate(&mut conn)?;
         let resealed = sealed::reseal_all(&mut conn, &sealer)?;
         let commits = Arc::new(CommitStats::default());
@@ -147,8 +158,7 @@ impl PostgresStore {
         // loop, each on a queue of its own.
         let writers_on = |queue, commit| {
             Arc::new(writer::Writers {
-                url: url.clone(),
-                sealer: sealer.clone(),
+                server: server.clone(),
                 queue: Arc::new(Mutex::new(queue)),
                 stats: commits.clone(),
                 pass: ingest::store_requests,
@@ -184,7 +194,7 @@ impl PostgresStore {
             aside: Mutex::new(Some(aside_tx)),
             leases: Mutex::new(Some(leases_tx)),
             threads: Mutex::new(threads),
-            readers: ReadPool::start(url.clone(), sealer, options.read_connections, outages)
+            readers: ReadPool::start(server, options.read_connections, outages)
                 .map_err(|e| StoreError::Internal(format!("cannot start the readers: {e}")))?,
             commits,
             resealed,
@@ -216,8 +226,7 @@ impl PostgresStore {
     /// Brings the schema at `url` to the newest version without opening a store; answers
     /// the version.
     pub fn migrate(url: &str) -> StoreResult<i64> {
-        let mut conn =
-            Conn::connect(url, Arc::new(Sealer::ephemeral())).map_err(|e| postgres_error(&e))?;
+        let mut conn = Conn::connect(&Server::plain(url)).map_err(|e| postgres_error(&e))?;
         Ok(migrations::migrate(&mut conn)?)
     }
 
@@ -430,6 +439,7 @@ mod tests {
         let options = Options {
             read_connections: 1,
             writers: 1,
+            ..Options::default()
         };
         let store = PostgresStore::open(&url, &options, Arc::new(Sealer::ephemeral()))
             .await

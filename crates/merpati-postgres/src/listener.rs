@@ -3,7 +3,10 @@
 //! on a thread of its own until the store closes. What it listens to follows the slots held
 //! (`SlotStore::listen_to_slots`) within a turn of its loop. An offer lost while the
 //! connection was down costs at most its lease (a second): after reconnecting, every slot
-//! is taken as woken.
+//! is taken as woken. The connection is named after the node (`application_name`), so that
+//! once the node's lease runs out the others can end it (`ClusterStore::cut_off_dead_nodes`):
+//! the server keeps every notification until each listening session has read it, and a
+//! frozen node's would read none.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,16 +17,23 @@ use merpati_domain::slots::{Offer, Slot, SLOTS};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-use crate::notices::parse_offers;
-use crate::slots::due_channel;
+use crate::cluster::listener_name;
+use crate::notices::{due_channel, parse_offers};
 
 /// How often the thread looks whether the store is closing or the slots held changed.
 const POLL: Duration = Duration::from_millis(200);
 
 pub(crate) type Wake = Box<dyn Fn(Vec<Offer>) + Send + Sync>;
 
-/// The slots whose channels the node should listen to.
-pub(crate) type Listened = Arc<Mutex<BTreeSet<Slot>>>;
+/// What a node listens to, and as which node.
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct Listening {
+    pub(crate) node: Option<String>,
+    pub(crate) slots: BTreeSet<Slot>,
+}
+
+/// What the node should listen to.
+pub(crate) type Listened = Arc<Mutex<Listening>>;
 
 pub(crate) fn listen_loop(url: &str, wake: &Wake, listened: &Listened, stop: &AtomicBool) {
     let mut first = true;
@@ -47,7 +57,7 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, listened: &Listened, stop: &At
             );
         }
         first = false;
-        let mut listening = BTreeSet::new();
+        let mut listening = Listening::default();
         while !stop.load(Ordering::Acquire) {
             let wanted = listened.lock().expect("listened lock").clone();
             if let Err(e) = follow(&mut client, &mut listening, &wanted) {
@@ -84,26 +94,41 @@ pub(crate) fn listen_loop(url: &str, wake: &Wake, listened: &Listened, stop: &At
     }
 }
 
-/// Listens to the channels of the slots wanted and of no others, in one round trip when
-/// anything changed.
+/// Listens to the channels of the slots wanted and of no others, as the node wanted, in
+/// one round trip when anything changed.
 fn follow(
     client: &mut Client,
-    listening: &mut BTreeSet<Slot>,
-    wanted: &BTreeSet<Slot>,
+    listening: &mut Listening,
+    wanted: &Listening,
 ) -> Result<(), postgres::Error> {
-    let statements: String = wanted
-        .difference(listening)
-        .map(|&slot| format!("LISTEN {};", due_channel(slot)))
+    if listening == wanted {
+        return Ok(());
+    }
+    let named = match &wanted.node {
+        Some(node) if wanted.node != listening.node => format!(
+            "SET application_name = '{}';",
+            listener_name(node).replace('\'', "''")
+        ),
+        _ => String::new(),
+    };
+    let statements: String = std::iter::once(named)
+        .chain(
+            wanted
+                .slots
+                .difference(&listening.slots)
+                .map(|&slot| format!("LISTEN {};", due_channel(slot))),
+        )
         .chain(
             listening
-                .difference(wanted)
+                .slots
+                .difference(&wanted.slots)
                 .map(|&slot| format!("UNLISTEN {};", due_channel(slot))),
         )
         .collect();
     if !statements.is_empty() {
         client.batch_execute(&statements)?;
-        listening.clone_from(wanted);
     }
+    listening.clone_from(wanted);
     Ok(())
 }
 
@@ -130,6 +155,7 @@ pub(crate) fn start(
 
 #[cfg(test)]
 mod tests {
+    use merpati_domain::cluster::ClusterStore;
     use merpati_domain::ids::DeliveryId;
     use merpati_domain::slots::{Offered, SlotStore};
     use merpati_domain::Store;
@@ -144,6 +170,7 @@ mod tests {
         let options = Options {
             read_connections: 1,
             writers: 1,
+            ..Options::default()
         };
         let store = PostgresStore::open(url, &options, Arc::new(Sealer::ephemeral()))
             .await
@@ -207,8 +234,8 @@ mod tests {
             .unwrap();
         let (a, heard_a) = node(&url).await;
         let (b, heard_b) = node(&url).await;
-        a.listen_to_slots(vec![3]);
-        b.listen_to_slots(vec![5]);
+        a.listen_to_slots("node_a", vec![3]);
+        b.listen_to_slots("node_b", vec![5]);
         let both = || {
             heard(&heard_a).iter().any(|(s, _)| *s == 3)
                 && heard(&heard_b).iter().any(|(s, _)| *s == 5)
@@ -217,7 +244,7 @@ mod tests {
         assert!(heard(&heard_a).iter().all(|(s, _)| *s == 3));
         assert!(heard(&heard_b).iter().all(|(s, _)| *s == 5));
 
-        a.listen_to_slots(vec![7]);
+        a.listen_to_slots("node_a", vec![7]);
         let switched = offer_until(&b, &[3, 7], last + 1, || {
             heard(&heard_a).iter().any(|(s, _)| *s == 7)
         })
@@ -233,6 +260,69 @@ mod tests {
             heard(&heard_a)
         );
         assert!(heard(&heard_b).iter().all(|(s, _)| *s == 5));
+        a.close().await;
+        b.close().await;
+    }
+
+    /// How many sessions listen as `node`.
+    async fn listening_as(url: &str, node: &str) -> i64 {
+        let (url, name) = (url.to_owned(), listener_name(node));
+        tokio::task::spawn_blocking(move || {
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A node whose lease ran out while its listening session stays open (a frozen
+    /// process) is cut off by the others; the sessions of live nodes are left alone, and
+    /// the node's listener, should it wake, connects again and looks for what is due.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_nodes_listener_is_cut_off_and_a_live_ones_is_not() {
+        let url = tokio::task::spawn_blocking(|| crate::scratch::shared().empty_database())
+            .await
+            .unwrap()
+            .unwrap();
+        let (a, heard_a) = node(&url).await;
+        let (b, heard_b) = node(&url).await;
+        a.join_cluster("node_a", "a", 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        b.join_cluster("node_b", "b", 60_000)
+            .await
+            .unwrap()
+            .unwrap();
+        a.listen_to_slots("node_a", vec![3]);
+        b.listen_to_slots("node_b", vec![5]);
+        let patience = std::time::Instant::now() + Duration::from_secs(20);
+        while listening_as(&url, "node_a").await + listening_as(&url, "node_b").await < 2 {
+            assert!(std::time::Instant::now() < patience, "never named");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(b.cut_off_dead_nodes().await.unwrap(), 0, "both live");
+
+        a.leave_cluster("node_a").await.unwrap();
+        heard_a.lock().unwrap().clear();
+        assert_eq!(b.cut_off_dead_nodes().await.unwrap(), 1);
+        // It connects again, and takes every slot as woken.
+        while heard_a.lock().unwrap().len() < SLOTS as usize {
+            assert!(std::time::Instant::now() < patience, "never listened again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            heard(&heard_a).is_empty(),
+            "offers naming nothing: {:?}",
+            heard(&heard_a)
+        );
+        assert_eq!(listening_as(&url, "node_b").await, 1);
+        offer_until(&a, &[5], 1, || heard(&heard_b).iter().any(|(s, _)| *s == 5)).await;
         a.close().await;
         b.close().await;
     }

@@ -119,18 +119,15 @@ pub(crate) fn version(conn: &mut Conn) -> DbResult<i64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use merpati_keyring::Sealer;
-
     use super::*;
+    use crate::conn::Server;
 
     /// A log written before it was kept in parts is all in part 0, its rids known, its
     /// numbers going on from where they were; its deliveries then learn their slots.
     #[test]
     fn the_log_moves_into_parts_whole() {
         let url = crate::scratch::shared().empty_database().unwrap();
-        let mut conn = Conn::connect(&url, Arc::new(Sealer::ephemeral())).unwrap();
+        let mut conn = Conn::connect(&Server::plain(&url)).unwrap();
         migrate(&mut conn).unwrap();
         conn.batch("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
             .unwrap();

@@ -10,6 +10,11 @@ use base64::Engine;
 use merpati_domain::ids::{DeliveryId, EndpointId, EventId};
 use merpati_domain::slots::{Carried, Offer, Offered, Slot, SLOTS};
 
+/// The channel on which the owner of a slot hears of the deliveries other nodes offer it.
+pub(crate) fn due_channel(slot: Slot) -> String {
+    format!("merpati_due_{slot}")
+}
+
 /// The longest payload sent: PostgreSQL takes up to 8,000 bytes.
 const MAX_NOTICE: usize = 7_900;
 

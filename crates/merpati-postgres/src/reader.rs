@@ -6,10 +6,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use merpati_domain::{StoreError, StoreResult};
-use merpati_keyring::Sealer;
 use tokio::sync::oneshot;
 
-use crate::conn::{Conn, KeptConn, Outages};
+use crate::conn::{Conn, KeptConn, Outages, Server};
 use crate::error::{closed, postgres_error, DbResult};
 
 type ReadJob = Box<dyn FnOnce(Option<&mut Conn>) + Send>;
@@ -21,8 +20,7 @@ pub(crate) struct ReadPool {
 
 impl ReadPool {
     pub(crate) fn start(
-        url: String,
-        sealer: Arc<Sealer>,
+        server: Server,
         connections: usize,
         outages: Outages,
     ) -> std::io::Result<ReadPool> {
@@ -30,12 +28,12 @@ impl ReadPool {
         let queue = Arc::new(Mutex::new(queue));
         let mut threads = Vec::new();
         for i in 0..connections.max(1) {
-            let (queue, url, sealer) = (queue.clone(), url.clone(), sealer.clone());
+            let (queue, server) = (queue.clone(), server.clone());
             let outages = outages.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("postgres-read-{i}"))
-                    .spawn(move || reader_loop(&url, &sealer, &queue, outages))?,
+                    .spawn(move || reader_loop(&server, &queue, outages))?,
             );
         }
         Ok(ReadPool {
@@ -80,19 +78,14 @@ impl ReadPool {
 /// Runs reads on one connection. A connection made before the last time any connection of
 /// the store found the server gone is made again before it is used: a server that went
 /// away and came back has closed it, and a read should not be the one to find out.
-fn reader_loop(
-    url: &str,
-    sealer: &Arc<Sealer>,
-    queue: &Mutex<mpsc::Receiver<ReadJob>>,
-    outages: Outages,
-) {
+fn reader_loop(server: &Server, queue: &Mutex<mpsc::Receiver<ReadJob>>, outages: Outages) {
     let mut conn = KeptConn::new(None, outages);
     loop {
         let job = match queue.lock().expect("reader queue lock").recv() {
             Ok(job) => job,
             Err(_) => return,
         };
-        match conn.get(url, sealer) {
+        match conn.get(server) {
             Ok(c) => job(Some(c)),
             Err(e) => {
                 tracing::warn!(error = %postgres_error(&e), "a read connection failed");

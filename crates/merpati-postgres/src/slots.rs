@@ -11,15 +11,11 @@ use merpati_domain::StoreResult;
 
 use crate::conn::Conn;
 use crate::error::DbResult;
-use crate::notices::notices;
+use crate::listener::Listening;
+use crate::notices::{due_channel, notices};
 use crate::PostgresStore;
 
 use crate::cluster::NOW_MS;
-
-/// The channel on which the owner of a slot hears of the deliveries other nodes offer it.
-pub(crate) fn due_channel(slot: Slot) -> String {
-    format!("merpati_due_{slot}")
-}
 
 /// `fence AS (…)`: the slots the fence (node `$node`, slots `$slots`, epochs `$epochs`,
 /// as parameter numbers) still holds, locked until the write commits.
@@ -190,7 +186,10 @@ impl SlotStore for PostgresStore {
         self.start_listener(take)
     }
 
-    fn listen_to_slots(&self, slots: Vec<Slot>) {
-        *self.listened.lock().expect("listened lock") = slots.into_iter().collect();
+    fn listen_to_slots(&self, node: &str, slots: Vec<Slot>) {
+        *self.listened.lock().expect("listened lock") = Listening {
+            node: Some(node.to_owned()),
+            slots: slots.into_iter().collect(),
+        };
     }
 }

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use merpati_domain::endpoint::{Subscription, Target};
 use merpati_domain::ids::{AccountId, EndpointId};
 use merpati_domain::StoreError;
-use merpati_keyring::Sealer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{Conn, KeptConn, Outages, Param};
+use crate::conn::{Conn, KeptConn, Outages, Param, Server};
 use crate::endpoint_cache::EndpointCache;
 use crate::error::{connection_lost, is_broken, postgres_error, DbError, DbResult};
 use crate::outbox::Outbox;
@@ -353,8 +352,7 @@ pub(crate) type Queue = Arc<std::sync::Mutex<mpsc::Receiver<Box<dyn WriteJob>>>>
 
 /// What every writer of a store shares.
 pub(crate) struct Writers {
-    pub(crate) url: String,
-    pub(crate) sealer: Arc<Sealer>,
+    pub(crate) server: Server,
     pub(crate) queue: Queue,
     pub(crate) stats: Arc<CommitStats>,
     pub(crate) pass: GroupPass,
@@ -378,8 +376,7 @@ fn next_group(queue: &Queue) -> Option<Vec<Box<dyn WriteJob>>> {
 
 pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
     let Writers {
-        url,
-        sealer,
+        server,
         queue,
         stats,
         pass,
@@ -389,7 +386,7 @@ pub(crate) fn writer_loop(w: &Writers, conn: Option<Conn>) {
     let mut state = WriterState::default();
     let mut conn = KeptConn::new(conn, outages.clone());
     while let Some(mut group) = next_group(queue) {
-        let c = match conn.get(url, sealer) {
+        let c = match conn.get(server) {
             Ok(c) => c,
             Err(e) => {
                 let e = postgres_error(&e);
@@ -608,7 +605,7 @@ mod tests {
     #[test]
     fn requests_alone_commit_with_their_one_write_and_a_lock_opens_a_transaction() {
         let url = crate::scratch::shared().empty_database().unwrap();
-        let mut conn = Conn::connect(&url, Arc::new(merpati_keyring::Sealer::ephemeral())).unwrap();
+        let mut conn = Conn::connect(&Server::plain(&url)).unwrap();
         conn.batch("CREATE TABLE t (n INT)").unwrap();
         let mut state = WriterState::default();
         // Whether the pass's statements ran inside a transaction.
@@ -667,7 +664,6 @@ mod tests {
     #[test]
     fn a_write_that_commits_as_it_runs_and_loses_its_connection_is_unanswered() {
         let url = crate::scratch::shared().empty_database().unwrap();
-        let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
         fn lost(tx: &mut Tx<'_>, _: &mut [Box<dyn WriteJob>]) -> DbResult<()> {
             tx.query_one("SELECT pg_terminate_backend(pg_backend_pid())", &[])?;
             Ok(())
@@ -677,7 +673,7 @@ mod tests {
             Ok(())
         }
         let run = |jobs: &[bool], pass: GroupPass| {
-            let mut conn = Conn::connect(&url, sealer.clone()).unwrap();
+            let mut conn = Conn::connect(&Server::plain(&url)).unwrap();
             let mut state = WriterState::default();
             run_group(
                 &mut conn,

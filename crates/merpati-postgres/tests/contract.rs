@@ -35,6 +35,7 @@ async fn fixture() -> Fixture {
     let options = Options {
         read_connections: 2,
         writers: 2,
+        ..Options::default()
     };
     let sealer = Arc::new(merpati_keyring::Sealer::ephemeral());
     let store = PostgresStore::open(&url, &options, sealer)
@@ -209,6 +210,7 @@ mod two_nodes {
         let options = merpati_postgres::Options {
             read_connections: 1,
             writers: 1,
+            ..merpati_postgres::Options::default()
         };
         let sealer = sealer.clone();
         Arc::new(

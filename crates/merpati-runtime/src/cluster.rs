@@ -318,7 +318,7 @@ impl Membership {
         // Those it is to take too, so that it hears of their offers from the moment it
         // takes them.
         self.store
-            .listen_to_slots(now_held.union(&wanted).copied().collect());
+            .listen_to_slots(&self.node, now_held.union(&wanted).copied().collect());
         let leaving: BTreeSet<Slot> = now_held.difference(&wanted).copied().collect();
         let changed = self
             .ownership
@@ -337,6 +337,19 @@ impl Membership {
             (self.on_change)();
         }
         Ok(())
+    }
+
+    /// Ends what the nodes whose lease ran out still hold open in the database: the
+    /// leader's duty, at each renewal.
+    async fn cut_off_dead_nodes(&self) {
+        match self.store.cut_off_dead_nodes().await {
+            Ok(0) => {}
+            Ok(sessions) => tracing::warn!(
+                sessions,
+                "ended the database sessions of nodes whose lease ran out"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot end the sessions of dead nodes"),
+        }
     }
 
     /// Keeps the lease and trades slots until shutdown (the server leaves once its
@@ -358,6 +371,9 @@ impl Membership {
                     self.ownership.extend_lease(sent_at + self.lease);
                     if let Err(e) = self.trade(&mut giving_back).await {
                         tracing::warn!(error = %e, "cannot trade slots");
+                    }
+                    if self.ownership.leads() {
+                        self.cut_off_dead_nodes().await;
                     }
                 }
                 Ok(None) => {

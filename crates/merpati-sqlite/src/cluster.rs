@@ -103,6 +103,10 @@ impl ClusterStore for SqliteStore {
         false
     }
 
+    async fn cut_off_dead_nodes(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
+
     async fn cluster_nodes(&self) -> StoreResult<(Vec<NodeInfo>, i64)> {
         self.read(|c| {
             let now: i64 = c.query_row(&format!("SELECT {NOW_MS}"), [], |r| r.get(0))?;

@@ -156,5 +156,5 @@ impl SlotStore for SqliteStore {
         Ok(())
     }
 
-    fn listen_to_slots(&self, _slots: Vec<Slot>) {}
+    fn listen_to_slots(&self, _node: &str, _slots: Vec<Slot>) {}
 }

@@ -89,7 +89,7 @@ pub struct Config {
 /// This node among the nodes of its database (`cluster.*`).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// How long the node's lease lasts unless renewed (it is renewed three times within).
+    /// How long the node's lease lasts unless renewed (it is renewed five times within).
     pub lease: Duration,
     /// What the node is called in `GET /v1/cluster`; the host's name when absent.
     pub node_name: Option<String>,

@@ -57,6 +57,7 @@ async fn open_backend(config: &Config) -> anyhow::Result<Opened> {
             let options = merpati_postgres::Options {
                 read_connections: config.database.read_connections,
                 writers: config.database_writers,
+                idle_in_transaction: config.cluster.lease,
             };
             let shown = merpati_postgres::describe_url(&url);
             let store = PostgresStore::open(&url, &options, sealer)

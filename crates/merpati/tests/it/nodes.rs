@@ -350,8 +350,9 @@ async fn signal(node: &Node, name: &str) {
 }
 
 /// The owner of an endpoint with a queue in its lane is paused (SIGSTOP) for three leases:
-/// the other node takes the slot over and delivers everything; when the paused node wakes,
-/// it starts nothing it held, so no event arrives twice but the one it had under way.
+/// the other node takes the slot over and delivers everything, and ends the paused node's
+/// listening session; when the paused node wakes, it starts nothing it held, so no event
+/// arrives twice but the one it had under way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
     let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -378,10 +379,23 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
         let v = poster.sms(&m.device_token, rid).await;
         accepted.insert(v["items"][0]["event_id"].as_str().unwrap().to_string());
     }
+    // Its listening session is known to the database as its own.
+    let sessions = RawDatabase::Postgres(database.clone());
+    let paused_id = nodes[paused].id.clone();
+    let listening = || {
+        sessions.scalar(&format!(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE application_name = 'merpati listener {paused_id}'"
+        ))
+    };
+    eventually(|| async { (listening() == 1).then_some(()) }).await;
     // One under way, the rest queued behind it in the owner's lane.
     receiver.wait_for(1).await;
     signal(&nodes[paused], "STOP").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Once its lease ran out the other node ended its listening session, which would
+    // otherwise hold every notification sent since.
+    eventually(|| async { (listening() == 0).then_some(()) }).await;
     signal(&nodes[paused], "CONT").await;
 
     every_one_arrives(&receiver, &accepted, Duration::from_secs(60)).await;
