@@ -224,10 +224,8 @@ mod tests {
         }
     }
 
-    /// Each node hears of the offers of the slots it holds and of no others; when what it
-    /// holds changes, what it hears follows.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn only_the_owner_of_a_slot_hears_of_its_offers() {
+    /// Two nodes of a new database: `node_a` listening to slot 3, `node_b` to slot 5.
+    async fn two_nodes() -> (String, (PostgresStore, Heard), (PostgresStore, Heard)) {
         let url = tokio::task::spawn_blocking(|| crate::scratch::shared().empty_database())
             .await
             .unwrap()
@@ -236,6 +234,14 @@ mod tests {
         let (b, heard_b) = node(&url).await;
         a.listen_to_slots("node_a", vec![3]);
         b.listen_to_slots("node_b", vec![5]);
+        (url, (a, heard_a), (b, heard_b))
+    }
+
+    /// Each node hears of the offers of the slots it holds and of no others; when what it
+    /// holds changes, what it hears follows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_owner_of_a_slot_hears_of_its_offers() {
+        let (_, (a, heard_a), (b, heard_b)) = two_nodes().await;
         let both = || {
             heard(&heard_a).iter().any(|(s, _)| *s == 3)
                 && heard(&heard_b).iter().any(|(s, _)| *s == 5)
@@ -264,13 +270,15 @@ mod tests {
         b.close().await;
     }
 
-    /// How many sessions listen as `node`.
+    /// How many sessions of the database listen as `node` (tests beside use the same names
+    /// on databases of their own).
     async fn listening_as(url: &str, node: &str) -> i64 {
         let (url, name) = (url.to_owned(), listener_name(node));
         tokio::task::spawn_blocking(move || {
             let mut c = Client::connect(&url, NoTls).unwrap();
             c.query_one(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1",
                 &[&name],
             )
             .unwrap()
@@ -285,12 +293,7 @@ mod tests {
     /// the node's listener, should it wake, connects again and looks for what is due.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dead_nodes_listener_is_cut_off_and_a_live_ones_is_not() {
-        let url = tokio::task::spawn_blocking(|| crate::scratch::shared().empty_database())
-            .await
-            .unwrap()
-            .unwrap();
-        let (a, heard_a) = node(&url).await;
-        let (b, heard_b) = node(&url).await;
+        let (url, (a, heard_a), (b, heard_b)) = two_nodes().await;
         a.join_cluster("node_a", "a", 60_000)
             .await
             .unwrap()
@@ -299,8 +302,6 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        a.listen_to_slots("node_a", vec![3]);
-        b.listen_to_slots("node_b", vec![5]);
         let patience = std::time::Instant::now() + Duration::from_secs(20);
         while listening_as(&url, "node_a").await + listening_as(&url, "node_b").await < 2 {
             assert!(std::time::Instant::now() < patience, "never named");
