@@ -8,10 +8,16 @@
 #                                          60 s to each endpoint (default 3), the last node
 #                                          killed with SIGKILL 20 s in: BENCHMARKS.md's
 #                                          failover run)
+#        bench/cluster.sh freeze             (three nodes, devices posting 2,000 events/s to
+#                                          three endpoints through the first two for 50 s,
+#                                          the third stopped with SIGSTOP 10 s in and woken
+#                                          30 s later; the notification queue and the dead
+#                                          nodes' listening sessions every 2 s meanwhile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="figures"
 if [ "${1:-}" = kill ]; then mode="kill"; endpoints="${2:-3}"; shift $#; fi
+if [ "${1:-}" = freeze ]; then mode="freeze"; shift $#; fi
 duration="${1:-20s}"
 cargo build --release --quiet
 bin="$PWD/target/release/merpati"
@@ -22,7 +28,7 @@ as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 nodes=()
 cleanup() {
-    for pid in "${nodes[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${nodes[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -73,6 +79,35 @@ if [ "$mode" = kill ]; then
     echo "\$ merpati bench delivery --url $urls --rate 2000 --concurrency 256 --endpoints $endpoints --duration 60s --kill-after 20s"
     "$bin" bench delivery --url "$urls" --admin-token "$admin" --server-pid "$pids" \
         --rate 2000 --concurrency 256 --endpoints "$endpoints" --duration 60s --kill-after 20s
+    exit 0
+fi
+
+if [ "$mode" = freeze ]; then
+    start_nodes 3 freeze
+    sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d freeze -Atc "$1"; }
+    first_two="${urls%,*}"
+    echo "\$ merpati bench delivery --url $first_two --rate 2000 --concurrency 64 --endpoints 3 --duration 50s"
+    "$bin" bench delivery --url "$first_two" --admin-token "$admin" \
+        --rate 2000 --concurrency 64 --endpoints 3 --duration 50s >"$work/load" 2>&1 &
+    load=$!
+    sleep 10
+    kill -STOP "${nodes[2]}"
+    echo "node 3 stopped (SIGSTOP)"
+    for t in $(seq 2 2 30); do
+        sleep 2
+        queue="$(sql "SELECT round((pg_notification_queue_usage() * 8 * 1024 * 1024)::numeric)")"
+        dead="$(sql "SELECT COUNT(*) FROM pg_stat_activity a
+                     WHERE a.datname = current_database()
+                       AND starts_with(a.application_name, 'merpati listener ')
+                       AND NOT EXISTS (SELECT 1 FROM cluster_nodes n
+                           WHERE n.lease_until > extract(epoch FROM clock_timestamp()) * 1000
+                             AND a.application_name = 'merpati listener ' || n.id)")"
+        echo "${t} s after: notification queue ${queue} KiB, listening sessions of dead nodes ${dead}"
+    done
+    kill -CONT "${nodes[2]}"
+    echo "node 3 woken (SIGCONT)"
+    wait "$load"
+    cat "$work/load"
     exit 0
 fi
 

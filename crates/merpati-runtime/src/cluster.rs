@@ -20,6 +20,8 @@ use merpati_domain::cluster::{leader_of, new_node_id, renew_every_ms, NodeInfo};
 use merpati_domain::ids::EndpointId;
 use merpati_domain::slots::{slot_of, wanted_by, Fence, Slot, SlotsTaken, SLOTS};
 use merpati_domain::{SharedStore, StoreError};
+
+use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,7 @@ pub struct Membership {
     /// Called when the slots held change (it wakes the worker).
     pub on_change: Box<dyn Fn() + Send + Sync>,
     pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
 
@@ -344,10 +347,13 @@ impl Membership {
     async fn cut_off_dead_nodes(&self) {
         match self.store.cut_off_dead_nodes().await {
             Ok(0) => {}
-            Ok(sessions) => tracing::warn!(
-                sessions,
-                "ended the database sessions of nodes whose lease ran out"
-            ),
+            Ok(sessions) => {
+                self.metrics.dead_node_sessions_ended(sessions);
+                tracing::warn!(
+                    sessions,
+                    "ended the database sessions of nodes whose lease ran out"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "cannot end the sessions of dead nodes"),
         }
     }

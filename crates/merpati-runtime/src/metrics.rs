@@ -118,6 +118,7 @@ pub struct Metrics {
     deliveries: Family<OutcomeLabel, Counter>,
     taken: Family<HowLabel, Counter>,
     records_refused: Family<ThenLabel, Counter>,
+    dead_node_sessions_ended: Counter,
     delivery_duration: Buckets,
     notifications: Family<NotificationLabels, Counter>,
     deliveries_pending: Gauge,
@@ -175,6 +176,13 @@ impl Default for Metrics {
              pause, or given up on (their deliveries are attempted again when their lease \
              runs out)",
             records_refused.clone(),
+        );
+        let dead_node_sessions_ended = Counter::default();
+        registry.register(
+            "merpati_dead_node_sessions_ended",
+            "Database sessions of nodes whose lease ran out (a frozen node's listening \
+             session) that this node ended as the leader",
+            dead_node_sessions_ended.clone(),
         );
         // 1 ms to about 33 s.
         let delivery_duration = Buckets::new(exponential_buckets(0.001, 2.0, 16));
@@ -261,6 +269,7 @@ impl Default for Metrics {
             deliveries,
             taken,
             records_refused,
+            dead_node_sessions_ended,
             delivery_duration,
             notifications,
             deliveries_pending,
@@ -312,6 +321,10 @@ impl Metrics {
             Taken::Claimed => "claimed",
         };
         self.taken.get_or_create(&HowLabel { how }).inc_by(n as u64);
+    }
+
+    pub fn dead_node_sessions_ended(&self, n: u64) {
+        self.dead_node_sessions_ended.inc_by(n);
     }
 
     pub fn records_refused(&self, then: RecordsRefused, n: usize) {
@@ -426,6 +439,7 @@ mod tests {
         m.attempt(AttemptOutcome::Succeeded, 12);
         m.taken(Taken::Offered, 2);
         m.records_refused(RecordsRefused::SentAgain, 3);
+        m.dead_node_sessions_ended(1);
         let text = m.render(
             Some(&Counts {
                 deliveries_pending: 3,
@@ -444,6 +458,7 @@ mod tests {
         assert!(text.contains("merpati_delivery_duration_seconds_count 1"));
         assert!(text.contains("merpati_deliveries_taken_total{how=\"offered\"} 2"));
         assert!(text.contains("merpati_attempt_records_refused_total{then=\"sent_again\"} 3"));
+        assert!(text.contains("merpati_dead_node_sessions_ended_total 1"));
         assert!(text.contains("merpati_deliveries_pending 3"));
         assert!(text.contains("merpati_devices{status=\"connected\",engine=\"wa\"} 2"));
         assert!(text.contains("merpati_incidents_open 1"));

@@ -174,6 +174,7 @@ pub async fn start(
     let waker = DeliveryWaker::default();
     let node = merpati_domain::cluster::new_node_id();
     let ownership = Arc::new(Ownership::new(&node));
+    let metrics = Arc::new(Metrics::default());
     let mut membership = merpati_runtime::cluster::Membership {
         store: store.clone(),
         node,
@@ -185,6 +186,7 @@ pub async fn start(
             Box::new(move || waker.wake())
         },
         clock: clock.clone(),
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     };
     if let Err(e) = membership.join().await {
@@ -213,7 +215,6 @@ pub async fn start(
     }
     let bus = Bus::default();
     let pauses = Pauses::new(bus.clone());
-    let metrics = Arc::new(Metrics::default());
     let announced = Arc::new(tokio::sync::Notify::new());
     let (handoff, inbox, owners_to_wake) = delivery::handoff(&config.delivery, ownership.clone());
     // Offers of other nodes go to the worker; a wake naming none makes it look for what

@@ -396,6 +396,14 @@ async fn a_node_paused_past_its_lease_starts_no_attempt_when_it_wakes() {
     // Once its lease ran out the other node ended its listening session, which would
     // otherwise hold every notification sent since.
     eventually(|| async { (listening() == 0).then_some(()) }).await;
+    let ended = sample_of(
+        &metrics_text(&nodes[1 - paused].url).await.unwrap(),
+        "merpati_dead_node_sessions_ended_total",
+    );
+    assert!(
+        ended.is_some_and(|n| n >= 1.0),
+        "the leader counts the sessions it ended: {ended:?}"
+    );
     signal(&nodes[paused], "CONT").await;
 
     every_one_arrives(&receiver, &accepted, Duration::from_secs(60)).await;
