@@ -16,7 +16,7 @@ use merpati_domain::retry::NextStep;
 use merpati_domain::slots::{slot_of, Fence};
 use merpati_domain::StoreResult;
 
-use crate::endpoint_cache::{load_enabled_targets, load_targets, CHANGES};
+use crate::endpoint_cache::{load_targets, TargetsOf, CHANGES};
 use crate::endpoints::disable;
 use crate::error::DbResult;
 use crate::fanout::{advance_queue, fan_out, insert_event, lock_queues, NewEvent};
@@ -291,10 +291,11 @@ fn due_of_rows(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let targets: HashMap<EndpointId, Arc<Target>> = load_targets(c, &endpoints, now)?
-        .into_iter()
-        .map(|(id, (target, _))| (id, Arc::new(target)))
-        .collect();
+    let targets: HashMap<EndpointId, Arc<Target>> =
+        load_targets(c, &endpoints, now, TargetsOf::All)?
+            .into_iter()
+            .map(|(id, (target, _))| (id, Arc::new(target)))
+            .collect();
     Ok(rows
         .iter()
         .filter_map(|r| {
@@ -427,7 +428,7 @@ impl DeliveryStore for PostgresStore {
                 // The number first: what is read after it is at least that new.
                 let read_at: i64 = c.query_one(CHANGES, &[])?.get(0);
                 let targets: Vec<(EndpointId, (Arc<Target>, Option<i64>))> =
-                    load_enabled_targets(c, &missing, now)?
+                    load_targets(c, &missing, now, TargetsOf::Enabled)?
                         .into_iter()
                         .map(|(id, (target, expires))| (id, (Arc::new(target), expires)))
                         .collect();

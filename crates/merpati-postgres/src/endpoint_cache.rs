@@ -104,9 +104,10 @@ impl EndpointCache {
                 return Ok(target.clone());
             }
         }
-        let (target, expires) = load_targets(c, std::slice::from_ref(endpoint), now)?
-            .remove(endpoint)
-            .ok_or_else(|| StoreError::Internal(format!("endpoint {endpoint} is gone")))?;
+        let (target, expires) =
+            load_targets(c, std::slice::from_ref(endpoint), now, TargetsOf::All)?
+                .remove(endpoint)
+                .ok_or_else(|| StoreError::Internal(format!("endpoint {endpoint} is gone")))?;
         let target = Arc::new(target);
         self.targets
             .insert(endpoint.clone(), (target.clone(), expires));
@@ -151,37 +152,27 @@ const TARGETS: &str =
      FROM UNNEST($1::TEXT[]) AS k(id)
      CROSS JOIN LATERAL (SELECT * FROM endpoints ep WHERE ep.id = k.id LIMIT 1) ep";
 
+/// Which endpoints' targets [`load_targets`] answers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetsOf {
+    All,
+    /// Disabled or deleted ones left out (a deleted one is disabled too).
+    Enabled,
+}
+
 /// The targets of those of `endpoints` that exist, with the secrets live at `now`, and
 /// when the earliest of those secrets expires.
 pub(crate) fn load_targets(
     c: &mut Conn,
     endpoints: &[EndpointId],
     now: i64,
-) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
-    load_targets_of(c, endpoints, now, true)
-}
-
-/// As [`load_targets`], of endpoints neither disabled nor deleted (a deleted one is
-/// disabled too).
-pub(crate) fn load_enabled_targets(
-    c: &mut Conn,
-    endpoints: &[EndpointId],
-    now: i64,
-) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
-    load_targets_of(c, endpoints, now, false)
-}
-
-fn load_targets_of(
-    c: &mut Conn,
-    endpoints: &[EndpointId],
-    now: i64,
-    disabled_too: bool,
+    of: TargetsOf,
 ) -> DbResult<HashMap<EndpointId, (Target, Option<i64>)>> {
     let ids: Vec<&str> = endpoints.iter().map(EndpointId::as_str).collect();
     let rows = c.query(TARGETS, &[&ids, &now])?;
     let mut targets = HashMap::with_capacity(rows.len());
     for r in &rows {
-        if !disabled_too && r.get::<_, bool>(13) {
+        if of == TargetsOf::Enabled && r.get::<_, bool>(13) {
             continue;
         }
         let endpoint = EndpointId::from(r.get::<_, String>(0));

@@ -127,7 +127,8 @@ pub struct PostgresStore {
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// The targets of endpoints whose deliveries other nodes offer carried.
     offer_targets: Arc<Mutex<offer_targets::OfferTargets>>,
-    /// The slots whose offers the listener listens for: those the node holds.
+    /// What the listener listens for, and as which node: the slots the node holds or is to
+    /// take.
     listened: listener::Listened,
 }
 

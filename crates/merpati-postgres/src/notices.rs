@@ -1,6 +1,6 @@
 //! Offers as notification payloads, each on the channel of its slot, which only the slot's
 //! owner listens to. A payload is `slot:item,item,…` (a slot alone wakes its owner to look
-//! for what is due; several such entries may follow each other, separated by `;`); an
+//! for what is due; a reader also takes several such entries separated by `;`); an
 //! item is a delivery's id, or, when
 //! the offer carries its delivery, `id/until/endpoints_seen/event/endpoint/payload` with
 //! the three texts in URL-safe base64. Nothing in a payload needs quoting in SQL.

@@ -370,6 +370,7 @@ mod tests {
         assert_eq!(left, Some(lease));
         assert_eq!(offers.retry_at(), None, "nothing left to read");
     }
+
     /// An offer that carried its delivery needs only its endpoint's target, and is dropped
     /// without one (the endpoint is gone); one named only is what the store read of it.
     /// Either way, in the order asked.
