@@ -566,11 +566,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(check, "ok");
-        let log = std::fs::metadata(wal_path(&path)).unwrap().len();
+        // The log's header counts the times it started over; its size alone depends on
+        // how far past the checkpoint size a busy machine let it run before each.
+        let log = std::fs::read(wal_path(&path)).unwrap();
+        let started_over = u32::from_be_bytes(log[12..16].try_into().unwrap());
         let written = (ROWS * 16 * 1024) as u64;
         assert!(
-            log < written / 2,
-            "the log is {log} bytes after {written} bytes were written"
+            started_over >= 2 && (log.len() as u64) < written,
+            "the log started over {started_over} times and is {} bytes after {written} bytes were written",
+            log.len()
         );
         store.close().await;
     }
