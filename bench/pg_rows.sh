@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# What PostgreSQL alone spends per event on the log's writes, with the schema as migrated and
+# with fewer indexes: BENCHMARKS.md's "what the server's share is made of". A private
+# PostgreSQL of the distribution, a database migrated by `merpati migrate`, then pgbench
+# sending what a node sends for 100 events of one endpoint: the ingest's group (events,
+# their rids and deliveries handed to the owner) and the owner's records (attempts, and
+# each delivery marked succeeded), each as one statement over 100 rows.
+# Usage: bench/pg_rows.sh [seconds] [clients]   (default 20 s, 4 clients)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-20}"
+clients="${2:-4}"
+cargo build --release --quiet
+bin="$PWD/target/release/merpati"
+pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+work="$(mktemp -d)"
+chmod 755 "$work"
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+cleanup() {
+    as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+as_postgres "$pg_bin/initdb" -A trust -U postgres -D "$work/pg" >/dev/null
+as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+    -o "-k $work -c listen_addresses='' -c max_connections=200" start >/dev/null
+socket="${work//\//%2F}"
+sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d "$1" -Atqc "$2"; }
+
+# The server's CPU time so far, in clock ticks: the postmaster's own and its ended
+# children's (pgbench's sessions end with it), and its live children's.
+server_ticks() {
+    local main total pid
+    main="$(head -1 "$work/pg/postmaster.pid")"
+    total="$(awk '{print $14 + $15 + $16 + $17}' "/proc/$main/stat")"
+    for pid in $(pgrep -P "$main"); do
+        [ -r "/proc/$pid/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+cat >"$work/ingest.sql" <<'EOF'
+\set now 1700000000000
+WITH new AS (
+    SELECT nextval('event_numbers') AS seq, nextval('delivery_numbers') AS delivery,
+           md5(random()::text) AS tag,
+           'evt_' || to_char(clock_timestamp(), 'YYYYMMDDHH24MISSMS') || left(md5(random()::text), 16) AS id
+    FROM generate_series(1, 100)
+), stored AS (
+    INSERT INTO events (seq, id, account_id, type, device_id, channel_id, business_id,
+                        payload, created_at)
+    SELECT seq, id, 'acct_bench', 'sms', 'dev_' || (seq % 128), 'ch_1', 'biz_1',
+           '{"id":' || seq || ',"rid":"' || seq || '","phone":"+639171234567","message":"bench 1234567890","sim":1,"received_at":"2026-12-05T07:00:00Z"}',
+           (:now::BIGINT)
+    FROM new
+), rids AS (
+    INSERT INTO event_rids (account_id, device_id, rid, content_hash, event_seq, event_id)
+    SELECT 'acct_bench', 'dev_' || (seq % 128), seq::text, decode(tag, 'hex'), seq,
+           id
+    FROM new
+), handed AS (
+    INSERT INTO deliveries (id, event_seq, endpoint_id, status, next_attempt_at, created_at,
+                            order_key, claimed_at, slot)
+    SELECT delivery, seq, 'ep_bench', 'pending', (:now::BIGINT) + 30000, (:now::BIGINT), NULL, (:now::BIGINT), 7
+    FROM new
+    RETURNING id
+)
+SELECT array_agg(id) AS handed FROM handed \gset
+WITH done AS (
+    UPDATE deliveries d SET status = 'succeeded', attempts = 1, next_attempt_at = NULL,
+                            claimed_at = NULL, completed_at = (:now::BIGINT) + 5
+    WHERE d.id = ANY(:handed::BIGINT[]) AND d.slot = 7 AND d.attempts < 1
+    RETURNING d.id
+)
+INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code)
+SELECT id, 1, (:now::BIGINT) + 1, 2, 200 FROM done;
+EOF
+
+# Sends the two statements for `seconds` and prints the server's microseconds an event.
+measure() {
+    local db="$1" label="$2" before after events
+    sql "$db" "CHECKPOINT" >/dev/null
+    before="$(server_ticks)"
+    local out
+    out="$(as_postgres "$pg_bin/pgbench" -h "$work" -U postgres -n -M prepared \
+        -c "$clients" -j "$clients" -T "$seconds" -f "$work/ingest.sql" "$db" 2>&1)"
+    sleep 1
+    after="$(server_ticks)"
+    local tx
+    tx="$(echo "$out" | awk '/number of transactions actually processed/ {print $NF}' | cut -d/ -f1)"
+    events=$((tx * 100))
+    local ticks_per_s
+    ticks_per_s="$(getconf CLK_TCK)"
+    awk -v l="$label" -v e="$events" -v t="$((after - before))" -v hz="$ticks_per_s" -v s="$seconds" \
+        'BEGIN { printf "%-44s %8d events/s  server %5.1f us an event  (%.2f cores)\n",
+                 l, e / s, t / hz * 1e6 / e, t / hz / s }'
+}
+
+prepare() {
+    local db="$1"
+    as_postgres "$pg_bin/createdb" -h "$work" -U postgres "$db"
+    MERPATI_DATABASE_URL="postgres://postgres@$socket/$db" MERPATI_DATA_DIR="$work/data" \
+        MERPATI_LOG=warn "$bin" migrate >/dev/null
+    sql "$db" "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('acct_bench', 'bench', 0, 0)" >/dev/null 2>&1 || true
+}
+
+prepare as_migrated
+measure as_migrated "as migrated"
+
+prepare no_listing
+sql no_listing "DROP INDEX events_account_type; DROP INDEX events_account_device;
+                DROP INDEX deliveries_endpoint"
+measure no_listing "without the listings' 3 indexes"
+
+prepare keys_only
+sql keys_only "DROP INDEX events_account_type; DROP INDEX events_account_device;
+               DROP INDEX deliveries_endpoint; DROP INDEX events_account; DROP INDEX events_id;
+               DROP INDEX deliveries_event; DROP INDEX deliveries_owed;
+               DROP INDEX event_rids_event"
+measure keys_only "primary keys and the due index only"
+
+prepare no_rids
+sql no_rids "DROP INDEX events_account_type; DROP INDEX events_account_device;
+             DROP INDEX deliveries_endpoint; DROP INDEX events_account; DROP INDEX events_id;
+             DROP INDEX deliveries_event; DROP INDEX deliveries_owed;
+             DROP INDEX event_rids_event; DROP INDEX deliveries_due;
+             ALTER TABLE event_rids DROP CONSTRAINT event_rids_pkey"
+measure no_rids "no index but the log's primary keys"
