@@ -11,9 +11,11 @@ use merpati::config::Config;
 use merpati_domain::clock::{Clock, ManualClock, SystemClock};
 use serde_json::{json, Value};
 
+mod commit_cutter;
 mod link;
 mod receiver;
 
+pub use commit_cutter::*;
 pub use link::*;
 pub use receiver::*;
 

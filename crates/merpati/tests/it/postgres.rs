@@ -30,21 +30,27 @@ struct OnPrivateServer {
     receiver: Receiver,
 }
 
+/// A PostgreSQL server of the test's own, and the `database_url` of a migrated database
+/// of it.
+async fn private_server() -> (ScratchServer, String) {
+    tokio::task::spawn_blocking(|| {
+        let server = ScratchServer::start(ScratchOptions::default()).unwrap();
+        let url = server
+            .fresh_database(|url| {
+                merpati_postgres::PostgresStore::migrate(url)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+            .unwrap();
+        (server, url)
+    })
+    .await
+    .unwrap()
+}
+
 impl OnPrivateServer {
     async fn start() -> OnPrivateServer {
-        let (server, url) = tokio::task::spawn_blocking(|| {
-            let server = ScratchServer::start(ScratchOptions::default()).unwrap();
-            let url = server
-                .fresh_database(|url| {
-                    merpati_postgres::PostgresStore::migrate(url)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                })
-                .unwrap();
-            (server, url)
-        })
-        .await
-        .unwrap();
+        let (server, url) = private_server().await;
         let app = TestApp::spawn_with(&[("database_url", &url)]).await;
         let m = app.merchant("acct").await;
         let receiver = Receiver::start().await;
@@ -310,5 +316,62 @@ async fn an_event_whose_commit_went_unanswered_is_delivered_without_waiting_out_
         .map(|r| r.json()["data"]["rid"].as_i64().unwrap())
         .collect();
     assert_eq!(rids, (0..=unanswered).collect());
+    drop(server);
+}
+
+/// A claim the server made but whose answer never came (its connection cut just before:
+/// a network drop, a failover) is read back by when it was made, and the retry goes out
+/// at once, not when the claim's lease runs out (`delivery.timeout` + 30 s, 33 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_commit_went_unanswered_is_attempted_without_waiting_out_its_lease() {
+    let (server, url) = private_server().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    // The claim's statement (`DeliveryStore::claim_due`).
+    let cutter = CommitCutter::start(
+        server.socket_dir(),
+        "SET claimed_at = $1, next_attempt_at = $3",
+    )
+    .await;
+    let app = TestApp::spawn_with(&[
+        ("database_url", &cutter.url(&database)),
+        // Time to arm the cutter between the first attempt and its retry's claim.
+        ("delivery.retry_schedule", "2s"),
+    ])
+    .await;
+    let m = app.merchant("acct").await;
+    let receiver = Receiver::start().await;
+    receiver.script([Answer::status(500)]);
+    app.endpoint(&m.key, &receiver, json!({})).await;
+    app.ok_post("/v1/device/messages", &m.device_token, item(1), 202)
+        .await;
+    // The first attempt fails; its retry, two seconds later, is claimed.
+    receiver.wait_for(1).await;
+    cutter.arm();
+    let armed_at = std::time::Instant::now();
+    let received = receiver.wait_for(2).await;
+    let waited = armed_at.elapsed();
+    assert_eq!(
+        cutter.cuts(),
+        1,
+        "the retry's claim was made, its answer cut"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the retry came {waited:?} after the claim; its lease is 33 s"
+    );
+    assert_eq!(
+        received[0].header("webhook-id"),
+        received[1].header("webhook-id")
+    );
+    // Recorded once, as the second attempt.
+    let db = RawDatabase::Postgres(url);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while db.text("SELECT status || ' ' || attempts FROM deliveries") != "succeeded 2" {
+        assert!(std::time::Instant::now() < deadline, "never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(db.scalar("SELECT COUNT(*) FROM attempts"), 2);
+    assert_eq!(receiver.received().len(), 2);
+    drop(app);
     drop(server);
 }
