@@ -21,23 +21,15 @@ if [ "${1:-}" = freeze ]; then mode="freeze"; shift $#; fi
 duration="${1:-20s}"
 cargo build --release --quiet
 bin="$PWD/target/release/merpati"
-pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-work="$(mktemp -d)"
-chmod 755 "$work"
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$work"
+. bench/private_postgres.sh
 nodes=()
 cleanup() {
     for pid in "${nodes[@]}"; do kill -CONT "$pid" 2>/dev/null || true; kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
+    stop_private_postgres
 }
 trap cleanup EXIT
-as_postgres "$pg_bin/initdb" -A trust -U postgres -D "$work/pg" >/dev/null
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
-    -o "-k $work -c listen_addresses='' -c max_connections=200" start >/dev/null
-socket="${work//\//%2F}"
+start_private_postgres
 key="$(head -c 32 /dev/urandom | base64)"
 admin="bench-admin-token-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What PostgreSQL alone spends per event on the log's writes, with the schema as migrated and
-# with fewer indexes: BENCHMARKS.md's "what the server's share is made of". A private
+# with fewer indexes: BENCHMARKS.md's "the server's floor under 25,000 events/s". A private
 # PostgreSQL of the distribution, a database migrated by `merpati migrate`, then pgbench
 # sending what a node sends for 100 events of one endpoint: the ingest's group (events,
 # their rids and deliveries handed to the owner) and the owner's records (attempts, and
@@ -12,20 +12,9 @@ seconds="${1:-20}"
 clients="${2:-4}"
 cargo build --release --quiet
 bin="$PWD/target/release/merpati"
-pg_bin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-work="$(mktemp -d)"
-chmod 755 "$work"
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$work"
-cleanup() {
-    as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-as_postgres "$pg_bin/initdb" -A trust -U postgres -D "$work/pg" >/dev/null
-as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
-    -o "-k $work -c listen_addresses='' -c max_connections=200" start >/dev/null
-socket="${work//\//%2F}"
+. bench/private_postgres.sh
+trap stop_private_postgres EXIT
+start_private_postgres
 sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d "$1" -Atqc "$2"; }
 
 # The server's CPU time so far, in clock ticks: the postmaster's own and its ended
@@ -106,25 +95,27 @@ prepare() {
     sql "$db" "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('acct_bench', 'bench', 0, 0)" >/dev/null 2>&1 || true
 }
 
-prepare as_migrated
-measure as_migrated "as migrated"
-
-prepare no_listing
-sql no_listing "DROP INDEX events_account_type; DROP INDEX events_account_device;
-                DROP INDEX deliveries_endpoint"
-measure no_listing "without the listings' 3 indexes"
-
-prepare keys_only
-sql keys_only "DROP INDEX events_account_type; DROP INDEX events_account_device;
-               DROP INDEX deliveries_endpoint; DROP INDEX events_account; DROP INDEX events_id;
-               DROP INDEX deliveries_event; DROP INDEX deliveries_owed;
-               DROP INDEX event_rids_event"
-measure keys_only "primary keys and the due index only"
-
-prepare no_rids
-sql no_rids "DROP INDEX events_account_type; DROP INDEX events_account_device;
-             DROP INDEX deliveries_endpoint; DROP INDEX events_account; DROP INDEX events_id;
-             DROP INDEX deliveries_event; DROP INDEX deliveries_owed;
-             DROP INDEX event_rids_event; DROP INDEX deliveries_due;
-             ALTER TABLE event_rids DROP CONSTRAINT event_rids_pkey"
-measure no_rids "no index but the log's primary keys"
+# Each case: a database as migrated, then the indexes it drops (a table's key as
+# table.constraint).
+listings="events_account_type events_account_device deliveries_endpoint"
+lookups="events_account events_id deliveries_event deliveries_owed event_rids_event"
+case_of() {
+    local db="$1" label="$2" index
+    shift 2
+    prepare "$db"
+    for index in "$@"; do
+        case "$index" in
+            *.*) sql "$db" "ALTER TABLE ${index%.*} DROP CONSTRAINT ${index#*.}" ;;
+            *) sql "$db" "DROP INDEX $index" ;;
+        esac
+    done
+    measure "$db" "$label"
+}
+case_of as_migrated "as migrated"
+# shellcheck disable=SC2086 # the lists split into index names
+case_of no_listing "without the listings' 3 indexes" $listings
+# shellcheck disable=SC2086
+case_of keys_only "primary keys and the due index only" $listings $lookups
+# shellcheck disable=SC2086
+case_of no_rids "no index but the log's primary keys" $listings $lookups deliveries_due \
+    event_rids.event_rids_pkey

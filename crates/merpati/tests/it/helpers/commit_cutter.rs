@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::task::JoinSet;
 
@@ -83,21 +83,51 @@ impl CommitCutter {
     }
 }
 
-/// Reads whole protocol messages (a type byte, then a length that counts itself) from
-/// `buffer`, leaving a partial one.
-fn whole_messages(buffer: &mut Vec<u8>) -> Vec<(u8, Vec<u8>)> {
-    let mut messages = Vec::new();
-    loop {
-        if buffer.len() < 5 {
-            return messages;
+/// Whole protocol messages (a type byte, then a length that counts itself) read from one
+/// side of a connection.
+struct Messages<R> {
+    from: R,
+    buffer: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> Messages<R> {
+    fn new(from: R) -> Messages<R> {
+        Messages {
+            from,
+            buffer: Vec::new(),
+            chunk: vec![0u8; 64 * 1024],
         }
-        let length = u32::from_be_bytes(buffer[1..5].try_into().unwrap()) as usize;
-        if buffer.len() < 1 + length {
-            return messages;
-        }
-        let message: Vec<u8> = buffer.drain(..1 + length).collect();
-        messages.push((message[0], message[5..].to_vec()));
     }
+
+    /// The whole messages read so far, at least one; `None` once the side closed.
+    async fn next(&mut self) -> Option<Vec<(u8, Vec<u8>)>> {
+        loop {
+            let mut messages = Vec::new();
+            while self.buffer.len() >= 5 {
+                let length = u32::from_be_bytes(self.buffer[1..5].try_into().unwrap()) as usize;
+                if self.buffer.len() < 1 + length {
+                    break;
+                }
+                let message: Vec<u8> = self.buffer.drain(..1 + length).collect();
+                messages.push((message[0], message[5..].to_vec()));
+            }
+            if !messages.is_empty() {
+                return Some(messages);
+            }
+            match self.from.read(&mut self.chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&self.chunk[..n]),
+            }
+        }
+    }
+}
+
+/// A message as sent.
+fn encode(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
 }
 
 /// The zero-terminated texts at the start of a message's body.
@@ -119,7 +149,7 @@ async fn relay(
         return;
     };
     let (mut client_in, mut client_out) = client.into_split();
-    let (mut server_in, mut server_out) = server.into_split();
+    let (server_in, mut server_out) = server.into_split();
     let following = Arc::new(Mutex::new(Following::default()));
     let from_client = {
         let following = following.clone();
@@ -139,16 +169,10 @@ async fn relay(
             {
                 return;
             }
-            let mut buffer = Vec::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                let n = match client_in.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                buffer.extend_from_slice(&chunk[..n]);
+            let mut messages = Messages::new(client_in);
+            while let Some(batch) = messages.next().await {
                 let mut out = Vec::new();
-                for (kind, body) in whole_messages(&mut buffer) {
+                for (kind, body) in batch {
                     {
                         let mut f = following.lock().unwrap();
                         match kind {
@@ -178,9 +202,7 @@ async fn relay(
                             _ => {}
                         }
                     }
-                    out.push(kind);
-                    out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-                    out.extend_from_slice(&body);
+                    encode(&mut out, kind, &body);
                 }
                 if server_out.write_all(&out).await.is_err() {
                     return;
@@ -189,16 +211,10 @@ async fn relay(
         }
     };
     let to_client = async move {
-        let mut buffer = Vec::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            let n = match server_in.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            buffer.extend_from_slice(&chunk[..n]);
+        let mut messages = Messages::new(server_in);
+        while let Some(batch) = messages.next().await {
             let mut out = Vec::new();
-            for (kind, body) in whole_messages(&mut buffer) {
+            for (kind, body) in batch {
                 {
                     let mut f = following.lock().unwrap();
                     if kind == b'D' && f.watched_in_transaction {
@@ -210,9 +226,7 @@ async fn relay(
                         return;
                     }
                 }
-                out.push(kind);
-                out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
-                out.extend_from_slice(&body);
+                encode(&mut out, kind, &body);
             }
             if client_out.write_all(&out).await.is_err() {
                 return;
