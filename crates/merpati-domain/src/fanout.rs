@@ -2,10 +2,13 @@
 //! device queue, due, or handed straight to the worker). A backend asks these rules and
 //! writes what they say, in the transaction that stores the event.
 
-use crate::delivery::Reservation;
+use std::sync::Arc;
+
+use crate::delivery::{DueDelivery, Reservation};
 use crate::device::Scope;
-use crate::endpoint::Subscription;
-use crate::ids::{DeviceId, EndpointId};
+use crate::endpoint::{Subscription, Target};
+use crate::ids::{DeliveryId, DeviceId, EndpointId, EventId};
+use crate::slots::{Carried, Offered};
 
 /// One delivery an event makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +105,71 @@ pub fn hand_over(
     }
 }
 
+/// An event as a write stored it: its id and the exact body to deliver.
+pub struct EventBody<'a> {
+    pub id: &'a EventId,
+    pub payload: Arc<str>,
+}
+
+/// Deliveries leased to the worker as a write stores them, for ingest to hand over once
+/// the transaction commits.
+pub struct Handing<'a> {
+    pub reservation: &'a mut dyn Reservation,
+    pub event: &'a EventBody<'a>,
+}
+
+/// A delivery a write just stored where [`hand_over`] placed it.
+pub struct Stored<'a> {
+    pub place: Place,
+    pub delivery: DeliveryId,
+    pub endpoint: &'a EndpointId,
+    /// How far the write had seen endpoints change, when the store counts it: an offer
+    /// then carries the delivery whole, and the owner knows how new a target it needs.
+    /// `None` names the delivery only.
+    pub endpoints_seen: Option<i64>,
+}
+
+/// Gives the write's handing what it takes of a stored delivery: a leased one with its
+/// endpoint's target (`target`, read only then), an offered one to its slot's owner.
+/// Returns whether the delivery is due and left for a claim.
+pub fn take_stored<E>(
+    stored: Stored<'_>,
+    handing: Option<&mut Handing<'_>>,
+    target: impl FnOnce() -> Result<Arc<Target>, E>,
+) -> Result<bool, E> {
+    match (stored.place, handing) {
+        (Place::Leased(_), Some(h)) => h.reservation.push(DueDelivery {
+            delivery_id: stored.delivery,
+            attempt: 1,
+            event_id: h.event.id.clone(),
+            payload: h.event.payload.clone(),
+            endpoint: target()?,
+        }),
+        (Place::Offered(until), Some(h)) => {
+            let carried = stored.endpoints_seen.map(|endpoints_seen| Carried {
+                event_id: h.event.id.clone(),
+                payload: h.event.payload.clone(),
+                endpoint_id: stored.endpoint.clone(),
+                until,
+                endpoints_seen,
+            });
+            h.reservation.offered(
+                stored.endpoint,
+                Offered {
+                    id: stored.delivery,
+                    carried,
+                },
+            );
+        }
+        (Place::Due, _) => return Ok(true),
+        _ => {}
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::DueDelivery;
     use crate::ids::{BusinessId, ChannelId};
 
     fn sub(id: &str, ordered: bool, disabled: bool, channels: &[&str]) -> Subscription {
@@ -177,7 +241,7 @@ mod tests {
         assert_eq!(place(false, Some(&dev), |_| Err("lookup")), Err("lookup"));
     }
 
-    struct Room(usize, Vec<DueDelivery>);
+    struct Room(usize, Vec<DueDelivery>, Vec<Offered>);
 
     impl Reservation for Room {
         fn take_room(&mut self, endpoint: &EndpointId) -> bool {
@@ -194,7 +258,9 @@ mod tests {
         fn offer_until(&mut self, endpoint: &EndpointId) -> Option<i64> {
             (endpoint.as_str() == "ep_elsewhere").then_some(7)
         }
-        fn offered(&mut self, _endpoint: &EndpointId, _delivery: crate::slots::Offered) {}
+        fn offered(&mut self, _endpoint: &EndpointId, delivery: Offered) {
+            self.2.push(delivery);
+        }
         fn push(&mut self, delivery: DueDelivery) {
             self.1.push(delivery);
         }
@@ -204,7 +270,7 @@ mod tests {
 
     #[test]
     fn what_is_due_is_handed_over_while_there_is_room_or_offered_to_its_slots_owner() {
-        let mut room = Room(1, Vec::new());
+        let mut room = Room(1, Vec::new(), Vec::new());
         let ep = EndpointId::from("ep_here");
         assert_eq!(hand_over(Place::Held, &ep, Some(&mut room)), Place::Held);
         assert_eq!(
@@ -230,6 +296,96 @@ mod tests {
             hand_over(Place::Waiting, &"ep_elsewhere".into(), Some(&mut room)),
             Place::Waiting,
             "only what is due now is offered"
+        );
+    }
+
+    fn target_of(endpoint: &EndpointId) -> crate::endpoint::Target {
+        crate::endpoint::Target {
+            id: endpoint.clone(),
+            account_id: "acct".into(),
+            url: "http://127.0.0.1/hook".into(),
+            format: crate::endpoint::BodyFormat::Json,
+            secret_in_body: false,
+            headers: Default::default(),
+            secrets: Vec::new(),
+            max_concurrency: None,
+            rate_limit: None,
+            ordered: false,
+            breaker: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_delivery_is_pushed_with_its_target_offered_or_left_for_a_claim() {
+        let mut room = Room(0, Vec::new(), Vec::new());
+        let event_id = EventId::from("evt_1");
+        let event = EventBody {
+            id: &event_id,
+            payload: "{}".into(),
+        };
+        let ep = EndpointId::from("ep_1");
+        let stored = |place, delivery, endpoints_seen| Stored {
+            place,
+            delivery: DeliveryId(delivery),
+            endpoint: &ep,
+            endpoints_seen,
+        };
+        let read = || Ok::<_, &str>(Arc::new(target_of(&ep)));
+        let never_read = || -> Result<Arc<crate::endpoint::Target>, &str> {
+            panic!("only a leased delivery needs its target")
+        };
+        let mut handing = Handing {
+            reservation: &mut room,
+            event: &event,
+        };
+        let h = Some(&mut handing);
+        assert_eq!(
+            take_stored(stored(Place::Leased(99), 1, Some(3)), h, read),
+            Ok(false)
+        );
+        for (delivery, seen) in [(2, Some(3)), (3, None)] {
+            let taken = take_stored(
+                stored(Place::Offered(7), delivery, seen),
+                Some(&mut handing),
+                never_read,
+            );
+            assert_eq!(taken, Ok(false));
+        }
+        for place in [Place::Held, Place::Waiting] {
+            let taken = take_stored(stored(place, 4, None), Some(&mut handing), never_read);
+            assert_eq!(taken, Ok(false));
+        }
+        let due = take_stored(stored(Place::Due, 5, None), Some(&mut handing), never_read);
+        assert_eq!(due, Ok(true), "due, and neither handed nor offered");
+        assert_eq!(
+            take_stored(stored(Place::Due, 6, None), None, never_read),
+            Ok(true)
+        );
+        let unread = take_stored(
+            stored(Place::Leased(99), 8, None),
+            Some(&mut handing),
+            || Err("no target"),
+        );
+        assert_eq!(unread, Err("no target"), "the write fails");
+        let _ = handing;
+
+        assert_eq!(room.1.len(), 1);
+        let pushed = &room.1[0];
+        assert_eq!((pushed.delivery_id, pushed.attempt), (DeliveryId(1), 1));
+        assert_eq!((&pushed.event_id, &*pushed.payload), (&event_id, "{}"));
+        assert_eq!(*pushed.endpoint, target_of(&ep));
+        let offered: Vec<_> = room.2.iter().map(|o| (o.id, o.carried.clone())).collect();
+        let carried = Carried {
+            event_id: event_id.clone(),
+            payload: "{}".into(),
+            endpoint_id: ep.clone(),
+            until: 7,
+            endpoints_seen: 3,
+        };
+        assert_eq!(
+            offered,
+            [(DeliveryId(2), Some(carried)), (DeliveryId(3), None)],
+            "carried whole when the store counts endpoints' changes, else named"
         );
     }
 

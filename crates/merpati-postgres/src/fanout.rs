@@ -3,12 +3,10 @@
 //! Which deliveries and where each goes are the domain's rules (`merpati_domain::fanout`);
 //! this runs their statements.
 
-use merpati_domain::delivery::{DueDelivery, Reservation};
 use merpati_domain::device::Scope;
 use merpati_domain::endpoint::Subscription;
-use merpati_domain::fanout::{hand_over, place, plan, Place};
+use merpati_domain::fanout::{hand_over, place, plan, take_stored, Handing, Place, Stored};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
-use merpati_domain::slots::{Carried, Offered};
 
 use crate::error::DbResult;
 use crate::outbox::{DeliveryRow, EventRow};
@@ -22,12 +20,6 @@ pub(crate) struct NewEvent<'a> {
     pub created_at: i64,
     /// For an item a device sent: its rid (as a dedup key) and the digest of its content.
     pub inbound: Option<(&'a str, &'a [u8])>,
-}
-
-/// What a delivery handed over carries of its event.
-pub(crate) struct EventBody<'a> {
-    pub id: &'a EventId,
-    pub payload: std::sync::Arc<str>,
 }
 
 /// Adds the event to the write; `payload` is given the event's system-wide sequence number
@@ -54,13 +46,6 @@ pub(crate) fn insert_event(
         content_hash: e.inbound.map(|i| i.1.to_vec()),
     });
     Ok((seq, payload))
-}
-
-/// Deliveries leased to the worker as they are inserted, for ingest to hand over once the
-/// transaction commits.
-pub(crate) struct Handing<'a> {
-    pub reservation: &'a mut dyn Reservation,
-    pub event: &'a EventBody<'a>,
 }
 
 /// Creates one delivery per endpoint the event goes to; with `handing`, those due now are
@@ -95,37 +80,18 @@ pub(crate) fn fan_out(
             placed,
             now,
         )?;
-        match (placed, handing.as_mut()) {
-            (Place::Leased(_), Some(h)) => {
-                let target = tx.target(planned.endpoint_id, now)?;
-                h.reservation.push(DueDelivery {
-                    delivery_id: delivery,
-                    attempt: 1,
-                    event_id: h.event.id.clone(),
-                    payload: h.event.payload.clone(),
-                    endpoint: target,
-                });
-            }
-            (Place::Offered(until), Some(h)) => {
-                // Sent with the offer, so that the owner reads nothing of it; what this
-                // write saw of endpoints tells the owner how new a target it needs.
-                let carried = tx.state.endpoints.seen().map(|endpoints_seen| Carried {
-                    event_id: h.event.id.clone(),
-                    payload: h.event.payload.clone(),
-                    endpoint_id: planned.endpoint_id.clone(),
-                    until,
-                    endpoints_seen,
-                });
-                h.reservation.offered(
-                    planned.endpoint_id,
-                    Offered {
-                        id: delivery,
-                        carried,
-                    },
-                );
-            }
-            (Place::Due, _) => due += 1,
-            _ => {}
+        // Sent whole with the offer, so that the owner reads nothing of it; what this write
+        // saw of endpoints tells the owner how new a target it needs.
+        let stored = Stored {
+            place: placed,
+            delivery,
+            endpoint: planned.endpoint_id,
+            endpoints_seen: tx.state.endpoints.seen(),
+        };
+        if take_stored(stored, handing.as_mut(), || {
+            tx.target(planned.endpoint_id, now)
+        })? {
+            due += 1;
         }
     }
     Ok(due)

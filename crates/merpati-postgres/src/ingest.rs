@@ -21,9 +21,10 @@ use merpati_webhooks::Event;
 use tokio::sync::oneshot;
 
 use crate::error::{closed, DbResult};
-use crate::fanout::{fan_out, insert_event, lock_queues, EventBody, Handing, NewEvent};
+use crate::fanout::{fan_out, insert_event, lock_queues, NewEvent};
 use crate::writer::{Guard, Tx, WriteJob};
 use crate::PostgresStore;
+use merpati_domain::fanout::{EventBody, Handing};
 
 /// One request's items, on their way to the writer.
 pub(crate) struct IngestWork {

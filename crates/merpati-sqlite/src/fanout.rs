@@ -3,12 +3,10 @@
 //! Which deliveries and where each goes are the domain's rules (`merpati_domain::fanout`);
 //! this runs their statements.
 
-use merpati_domain::delivery::{DueDelivery, Reservation};
 use merpati_domain::device::Scope;
 use merpati_domain::endpoint::Subscription;
-use merpati_domain::fanout::{hand_over, place, plan, Place};
+use merpati_domain::fanout::{hand_over, place, plan, take_stored, Handing, Place, Stored};
 use merpati_domain::ids::{AccountId, DeliveryId, DeviceId, EndpointId, EventId};
-use merpati_domain::slots::{Carried, Offered};
 use rusqlite::{params, Connection};
 
 use crate::error::DbResult;
@@ -22,12 +20,6 @@ pub(crate) struct NewEvent<'a> {
     pub created_at: i64,
     /// For an item a device sent: its rid (as a dedup key) and the digest of its content.
     pub inbound: Option<(&'a str, &'a [u8])>,
-}
-
-/// What a delivery handed over carries of its event.
-pub(crate) struct EventBody<'a> {
-    pub id: &'a EventId,
-    pub payload: std::sync::Arc<str>,
 }
 
 /// Inserts the event; `payload` is given the event's system-wide sequence number (the
@@ -71,13 +63,6 @@ pub(crate) fn insert_event(
     Ok((seq, payload))
 }
 
-/// Deliveries leased to the worker as they are inserted, for ingest to hand over once the
-/// transaction commits.
-pub(crate) struct Handing<'a> {
-    pub reservation: &'a mut dyn Reservation,
-    pub event: &'a EventBody<'a>,
-}
-
 /// Creates one delivery per endpoint the event goes to; with `handing`, those due now are
 /// leased to the worker while it has room, or offered to their slot's owner when another
 /// node owns it. Returns how many are due now and neither handed over nor offered.
@@ -108,37 +93,18 @@ pub(crate) fn fan_out(
             placed,
             now,
         )?;
-        match (placed, handing.as_mut()) {
-            (Place::Leased(_), Some(h)) => {
-                let target = tx.target(planned.endpoint_id, now)?;
-                h.reservation.push(DueDelivery {
-                    delivery_id: delivery,
-                    attempt: 1,
-                    event_id: h.event.id.clone(),
-                    payload: h.event.payload.clone(),
-                    endpoint: target,
-                });
-            }
-            (Place::Offered(until), Some(h)) => {
-                // This store reads every target afresh (`offered_targets`): no count of
-                // changes to endpoints is needed.
-                let carried = Carried {
-                    event_id: h.event.id.clone(),
-                    payload: h.event.payload.clone(),
-                    endpoint_id: planned.endpoint_id.clone(),
-                    until,
-                    endpoints_seen: 0,
-                };
-                h.reservation.offered(
-                    planned.endpoint_id,
-                    Offered {
-                        id: delivery,
-                        carried: Some(carried),
-                    },
-                );
-            }
-            (Place::Due, _) => due += 1,
-            _ => {}
+        // Offers carry their deliveries whole; this store reads every target afresh
+        // (`offered_targets`), so it counts no changes to endpoints.
+        let stored = Stored {
+            place: placed,
+            delivery,
+            endpoint: planned.endpoint_id,
+            endpoints_seen: Some(0),
+        };
+        if take_stored(stored, handing.as_mut(), || {
+            tx.target(planned.endpoint_id, now)
+        })? {
+            due += 1;
         }
     }
     Ok(due)

@@ -14,9 +14,10 @@ use merpati_domain::StoreResult;
 use merpati_webhooks::Event;
 use rusqlite::{params, OptionalExtension};
 
-use crate::fanout::{fan_out, insert_event, EventBody, Handing, NewEvent};
+use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::id;
 use crate::SqliteStore;
+use merpati_domain::fanout::{EventBody, Handing};
 
 /// The event a device's item with this rid became.
 pub(crate) const SENT_BEFORE: &str = "SELECT content_hash, seq, id FROM events
