@@ -76,7 +76,6 @@ fi
 
 if [ "$mode" = freeze ]; then
     start_nodes 3 freeze
-    sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d freeze -Atc "$1"; }
     first_two="${urls%,*}"
     echo "\$ merpati bench delivery --url $first_two --rate 2000 --concurrency 64 --endpoints 3 --duration 50s"
     "$bin" bench delivery --url "$first_two" --admin-token "$admin" \
@@ -87,8 +86,8 @@ if [ "$mode" = freeze ]; then
     echo "node 3 stopped (SIGSTOP)"
     for t in $(seq 2 2 30); do
         sleep 2
-        queue="$(sql "SELECT round((pg_notification_queue_usage() * 8 * 1024 * 1024)::numeric)")"
-        dead="$(sql "SELECT COUNT(*) FROM pg_stat_activity a
+        queue="$(sql freeze "SELECT round((pg_notification_queue_usage() * 8 * 1024 * 1024)::numeric)")"
+        dead="$(sql freeze "SELECT COUNT(*) FROM pg_stat_activity a
                      WHERE a.datname = current_database()
                        AND starts_with(a.application_name, 'merpati listener ')
                        AND NOT EXISTS (SELECT 1 FROM cluster_nodes n

@@ -15,7 +15,6 @@ bin="$PWD/target/release/merpati"
 . bench/private_postgres.sh
 trap stop_private_postgres EXIT
 start_private_postgres
-sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d "$1" -Atqc "$2"; }
 
 # The server's CPU time so far, in clock ticks: the postmaster's own and its ended
 # children's (pgbench's sessions end with it), and its live children's.
@@ -92,7 +91,6 @@ prepare() {
     as_postgres "$pg_bin/createdb" -h "$work" -U postgres "$db"
     MERPATI_DATABASE_URL="postgres://postgres@$socket/$db" MERPATI_DATA_DIR="$work/data" \
         MERPATI_LOG=warn "$bin" migrate >/dev/null
-    sql "$db" "INSERT INTO accounts (id, name, created_at, updated_at) VALUES ('acct_bench', 'bench', 0, 0)" >/dev/null 2>&1 || true
 }
 
 # Each case: a database as migrated, then the indexes it drops (a table's key as

@@ -9,6 +9,9 @@ as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$
 [ "$(id -u)" = 0 ] && chown postgres "$work"
 socket="${work//\//%2F}"
 
+# Runs one statement in database $1, printing its rows unaligned.
+sql() { as_postgres "$pg_bin/psql" -h "$work" -U postgres -d "$1" -Atqc "$2"; }
+
 start_private_postgres() {
     as_postgres "$pg_bin/initdb" -A trust -U postgres -D "$work/pg" >/dev/null
     as_postgres "$pg_bin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \

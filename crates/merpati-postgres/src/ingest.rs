@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use merpati_domain::delivery::Reservation;
 use merpati_domain::device::DeviceContext;
-use merpati_domain::fanout::plan;
+use merpati_domain::fanout::{plan, EventBody, Handing};
 use merpati_domain::ids::EventId;
 use merpati_domain::ingest::{
     dedup, AcceptedItem, IngestResult, IngestStore, PreparedItem, Seen, SentBefore,
@@ -24,7 +24,6 @@ use crate::error::{closed, DbResult};
 use crate::fanout::{fan_out, insert_event, lock_queues, NewEvent};
 use crate::writer::{Guard, Tx, WriteJob};
 use crate::PostgresStore;
-use merpati_domain::fanout::{EventBody, Handing};
 
 /// One request's items, on their way to the writer.
 pub(crate) struct IngestWork {

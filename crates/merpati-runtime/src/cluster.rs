@@ -20,9 +20,9 @@ use merpati_domain::cluster::{leader_of, new_node_id, renew_every_ms, NodeInfo};
 use merpati_domain::ids::EndpointId;
 use merpati_domain::slots::{slot_of, wanted_by, Fence, Slot, SlotsTaken, SLOTS};
 use merpati_domain::{SharedStore, StoreError};
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use merpati_domain::delivery::Reservation;
 use merpati_domain::device::DeviceContext;
+use merpati_domain::fanout::{EventBody, Handing};
 use merpati_domain::ids::EventId;
 use merpati_domain::ingest::{
     dedup, AcceptedItem, IngestResult, IngestStore, PreparedItem, Seen, SentBefore,
@@ -17,7 +18,6 @@ use rusqlite::{params, OptionalExtension};
 use crate::fanout::{fan_out, insert_event, NewEvent};
 use crate::rows::id;
 use crate::SqliteStore;
-use merpati_domain::fanout::{EventBody, Handing};
 
 /// The event a device's item with this rid became.
 pub(crate) const SENT_BEFORE: &str = "SELECT content_hash, seq, id FROM events
